@@ -1,0 +1,169 @@
+//! The typed error every surface shows: `{code, message, status, details}`.
+//!
+//! Services reply with it over NATS, the edge maps it to an MCP `isError` result, a gRPC status
+//! or an HTTP body. Codes are stable SCREAMING_SNAKE strings; `status` is the HTTP equivalent.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    InvalidArgument,
+    Unauthenticated,
+    Forbidden,
+    NotFound,
+    Conflict,
+    IdempotencyMismatch,
+    RateLimited,
+    PayoutsNotEnabled,
+    Unavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 10] = [
+        ErrorCode::InvalidArgument,
+        ErrorCode::Unauthenticated,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
+        ErrorCode::Conflict,
+        ErrorCode::IdempotencyMismatch,
+        ErrorCode::RateLimited,
+        ErrorCode::PayoutsNotEnabled,
+        ErrorCode::Unavailable,
+        ErrorCode::Internal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidArgument => "INVALID_ARGUMENT",
+            ErrorCode::Unauthenticated => "UNAUTHENTICATED",
+            ErrorCode::Forbidden => "FORBIDDEN",
+            ErrorCode::NotFound => "NOT_FOUND",
+            ErrorCode::Conflict => "CONFLICT",
+            ErrorCode::IdempotencyMismatch => "IDEMPOTENCY_MISMATCH",
+            ErrorCode::RateLimited => "RATE_LIMITED",
+            ErrorCode::PayoutsNotEnabled => "PAYOUTS_NOT_ENABLED",
+            ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::Internal => "INTERNAL",
+        }
+    }
+
+    pub fn parse(code: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| c.as_str() == code)
+    }
+
+    /// The HTTP-equivalent status.
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorCode::InvalidArgument => 400,
+            ErrorCode::Unauthenticated => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::Conflict | ErrorCode::IdempotencyMismatch => 409,
+            ErrorCode::RateLimited => 429,
+            ErrorCode::Internal => 500,
+            ErrorCode::PayoutsNotEnabled | ErrorCode::Unavailable => 503,
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A domain or transport failure as clients see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub details: serde_json::Value,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError { code, message: message.into(), status: code.status(), details: serde_json::Value::Null }
+    }
+
+    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+        self.details = details;
+        self
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        ApiError::new(ErrorCode::InvalidArgument, message)
+    }
+
+    pub fn not_found(what: impl fmt::Display) -> Self {
+        ApiError::new(ErrorCode::NotFound, format!("{what} not found"))
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        ApiError::new(ErrorCode::Forbidden, message)
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        ApiError::new(ErrorCode::Conflict, message)
+    }
+
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        ApiError::new(ErrorCode::Unauthenticated, message)
+    }
+
+    /// An unexpected failure: the cause is logged by the caller, clients see a generic message.
+    pub fn internal() -> Self {
+        ApiError::new(ErrorCode::Internal, "internal error; it has been logged")
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        ApiError::new(ErrorCode::Unavailable, message)
+    }
+
+    /// `{"error": {code, message, status, details?}}`: the body MCP and HTTP clients receive.
+    pub fn to_body(&self) -> serde_json::Value {
+        serde_json::json!({ "error": self })
+    }
+}
+
+impl From<crate::money::MoneyError> for ApiError {
+    fn from(err: crate::money::MoneyError) -> Self {
+        ApiError::invalid(err.to_string())
+    }
+}
+
+impl From<crate::id::IdError> for ApiError {
+    fn from(err: crate::id::IdError) -> Self {
+        ApiError::invalid(err.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_and_map_to_status() {
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
+            let json = serde_json::to_value(code).unwrap_or_default();
+            assert_eq!(json, serde_json::Value::String(code.as_str().to_owned()));
+        }
+        assert_eq!(ErrorCode::PayoutsNotEnabled.status(), 503);
+        assert_eq!(ErrorCode::IdempotencyMismatch.status(), 409);
+    }
+
+    #[test]
+    fn body_has_the_documented_shape() {
+        let body = ApiError::invalid("bad currency").to_body();
+        assert_eq!(body["error"]["code"], "INVALID_ARGUMENT");
+        assert_eq!(body["error"]["status"], 400);
+        assert_eq!(body["error"]["message"], "bad currency");
+        assert!(body["error"].get("details").is_none());
+    }
+}

@@ -1,0 +1,136 @@
+//! Prefixed, time-ordered identifiers: `prg_0196f3c2...`.
+//!
+//! The suffix is a UUIDv7 in lower-case hex, so ids sort by creation time as plain strings
+//! (keyset pagination and event ordering rely on that) and the prefix tells the kind at a glance.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {kind} id {value:?}: expected `{prefix}_` followed by 32 hex digits")]
+pub struct IdError {
+    pub kind: &'static str,
+    pub prefix: &'static str,
+    pub value: String,
+}
+
+/// A fresh time-ordered suffix (UUIDv7, 32 lower-case hex digits).
+pub fn time_ordered_suffix() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
+macro_rules! define_id {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            pub const PREFIX: &'static str = $prefix;
+
+            pub fn new() -> Self {
+                Self(format!("{}_{}", $prefix, time_ordered_suffix()))
+            }
+
+            pub fn parse(value: &str) -> Result<Self, IdError> {
+                let valid = value
+                    .strip_prefix(concat!($prefix, "_"))
+                    .is_some_and(|rest| rest.len() == 32 && rest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
+                if valid {
+                    Ok(Self(value.to_owned()))
+                } else {
+                    Err(IdError { kind: stringify!($name), prefix: $prefix, value: value.to_owned() })
+                }
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(value: String) -> Result<Self, Self::Error> {
+                Self::parse(&value)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(value: $name) -> Self {
+                value.0
+            }
+        }
+    };
+}
+
+define_id!(/// A person's account.
+    AccountId, "acc");
+define_id!(/// An organization: program owners and affiliates are both orgs.
+    OrgId, "org");
+define_id!(/// A personal access token (its id, never its secret).
+    TokenId, "tok");
+define_id!(/// An affiliate program.
+    ProgramId, "prg");
+define_id!(/// An affiliate's enrollment in a program.
+    EnrollmentId, "enr");
+define_id!(/// A recorded click or visit.
+    TouchpointId, "tch");
+define_id!(/// A reported conversion.
+    ConversionId, "cnv");
+define_id!(/// An event; also its `Nats-Msg-Id` and inbox key.
+    EventId, "evt");
+define_id!(/// A payout run.
+    PayoutRunId, "run");
+define_id!(/// A Stripe payout account.
+    PayoutAccountId, "pac");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_carry_their_prefix_and_parse_back() {
+        let id = ProgramId::new();
+        assert!(id.as_str().starts_with("prg_"));
+        assert_eq!(id.as_str().len(), 4 + 32);
+        assert_eq!(ProgramId::parse(id.as_str()), Ok(id));
+    }
+
+    #[test]
+    fn wrong_prefix_or_shape_is_refused() {
+        let program = ProgramId::new();
+        assert!(OrgId::parse(program.as_str()).is_err());
+        assert!(ProgramId::parse("prg_").is_err());
+        assert!(ProgramId::parse("prg_XYZ").is_err());
+        assert!(ProgramId::parse(&program.as_str().to_uppercase()).is_err());
+        assert!(ProgramId::parse("").is_err());
+        assert!(serde_json::from_str::<ProgramId>("\"nope\"").is_err());
+    }
+
+    #[test]
+    fn ids_sort_by_creation_time() {
+        let ids: Vec<EventId> = (0..200).map(|_| EventId::new()).collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(ids, sorted);
+    }
+}

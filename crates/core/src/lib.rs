@@ -1,0 +1,11 @@
+//! Small, pure building blocks shared by every service: money with a fixed scale per currency,
+//! the one rounding rule, prefixed time-ordered ids and the typed error every surface shows.
+
+pub mod error;
+pub mod id;
+pub mod money;
+pub mod rounding;
+
+pub use error::{ApiError, ErrorCode};
+pub use money::{Currency, Money, MoneyError};
+pub use rounding::round_half_even;
