@@ -1,0 +1,223 @@
+//! The one JetStream consumer runner every service uses.
+//!
+//! For each message: read the event id (`Nats-Msg-Id`), open a transaction, record the id in the
+//! inbox — if it was already there the event was applied before and is only acked — run the
+//! handler in the same transaction, commit, then double-ack. A transient failure rolls back and
+//! naks with backoff; an undecodable or permanently invalid message (or one out of retries) is
+//! recorded in `dead_letters` and terminated. Work runs with bounded concurrency and drains on
+//! shutdown: no new message is pulled, in-flight ones finish and are acked.
+
+use async_nats::jetstream::{self, AckKind, consumer::pull};
+use futures::StreamExt;
+use tracing::Instrument;
+use sqlx::{PgConnection, PgPool};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// What a handler sees of a message.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub event_id: String,
+    pub subject: String,
+    pub payload: bytes::Bytes,
+    pub traceparent: String,
+    /// 1 on first delivery.
+    pub attempt: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Worth retrying later (database or downstream briefly unavailable).
+    #[error("transient: {0}")]
+    Retry(#[source] anyhow::Error),
+    /// Retrying cannot help (undecodable, violates an invariant): dead-letter it.
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+impl From<sqlx::Error> for HandlerError {
+    fn from(err: sqlx::Error) -> Self {
+        HandlerError::Retry(err.into())
+    }
+}
+
+impl From<prost::DecodeError> for HandlerError {
+    fn from(err: prost::DecodeError) -> Self {
+        HandlerError::Permanent(format!("undecodable payload: {err}"))
+    }
+}
+
+/// Applies one event inside the runner's transaction. Must not commit or ack itself.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, conn: &mut PgConnection, delivery: &Delivery) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+/// Where a consumer reads from and how hard it tries.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    pub stream: String,
+    pub durable_name: String,
+    /// One subject filter (`<ns>.evt.program.>`); empty for the whole stream. Single filters keep
+    /// this working on NATS 2.9.
+    pub filter_subject: String,
+    pub max_deliver: i64,
+    pub ack_wait: Duration,
+    pub concurrency: usize,
+}
+
+impl ConsumerSpec {
+    pub fn new(stream: String, durable_name: String, filter_subject: String) -> Self {
+        ConsumerSpec { stream, durable_name, filter_subject, max_deliver: 10, ack_wait: Duration::from_secs(30), concurrency: 16 }
+    }
+}
+
+/// Backoff for the n-th failed attempt: 100 ms doubling, capped at 30 s.
+pub fn retry_delay(attempt: i64) -> Duration {
+    let exponent = u32::try_from(attempt.clamp(1, 16) - 1).unwrap_or(0);
+    Duration::from_millis(100u64.saturating_mul(1 << exponent)).min(Duration::from_secs(30))
+}
+
+/// Creates the durable consumer if needed and processes messages until `shutdown`.
+pub async fn run<H: Handler>(
+    js: jetstream::Context,
+    pool: PgPool,
+    spec: ConsumerSpec,
+    handler: Arc<H>,
+    shutdown: CancellationToken,
+) -> Result<(), async_nats::Error> {
+    let stream = js.get_stream(&spec.stream).await?;
+    let consumer = stream
+        .get_or_create_consumer(
+            &spec.durable_name,
+            pull::Config {
+                durable_name: Some(spec.durable_name.clone()),
+                filter_subject: spec.filter_subject.clone(),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                max_deliver: spec.max_deliver,
+                ack_wait: spec.ack_wait,
+                ..Default::default()
+            },
+        )
+        .await?;
+    let messages = consumer.messages().await?;
+    let spec = Arc::new(spec);
+    messages
+        .take_until(shutdown.cancelled_owned())
+        .for_each_concurrent(spec.concurrency, |message| {
+            let (pool, spec, handler) = (pool.clone(), spec.clone(), handler.clone());
+            async move {
+                match message {
+                    Ok(message) => process(&pool, &spec, handler.as_ref(), message).await,
+                    Err(err) => {
+                        tracing::warn!(consumer = %spec.durable_name, error = %err, "pull failed");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+        })
+        .await;
+    Ok(())
+}
+
+async fn process<H: Handler>(pool: &PgPool, spec: &ConsumerSpec, handler: &H, message: jetstream::Message) {
+    let attempt = message.info().map(|i| i.delivered).unwrap_or(1);
+    let event_id = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+        .map(|v| v.as_str().to_owned());
+    let delivery = Delivery {
+        event_id: event_id.clone().unwrap_or_default(),
+        subject: message.subject.to_string(),
+        payload: message.payload.clone(),
+        traceparent: amba_telemetry::traceparent_from_nats(message.headers.as_ref()),
+        attempt,
+    };
+    let span = tracing::info_span!("consume", consumer = %spec.durable_name, subject = %delivery.subject, event_id = %delivery.event_id, attempt);
+    amba_telemetry::set_remote_parent(&span, &delivery.traceparent);
+    settle(pool, spec, handler, message, delivery, event_id.is_some()).instrument(span).await;
+}
+
+async fn settle<H: Handler>(pool: &PgPool, spec: &ConsumerSpec, handler: &H, message: jetstream::Message, mut delivery: Delivery, has_id: bool) {
+    let attempt = delivery.attempt;
+    if !has_id {
+        // Still dead-lettered under a unique key so the operator can find it.
+        delivery.event_id = format!("missing-id:{}", message.info().map(|i| i.stream_sequence).unwrap_or_default());
+    }
+    let outcome = if has_id {
+        apply(pool, &spec.durable_name, handler, &delivery).await
+    } else {
+        Err(HandlerError::Permanent("message has no Nats-Msg-Id".into()))
+    };
+    let ack = match outcome {
+        Ok(()) => message.double_ack().await,
+        Err(HandlerError::Retry(err)) if attempt < spec.max_deliver => {
+            tracing::warn!(error = %err, "handler failed; will retry");
+            message.ack_with(AckKind::Nak(Some(retry_delay(attempt)))).await
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "giving up on message; dead-lettered");
+            if let Err(db) = dead_letter(pool, &spec.durable_name, &delivery, &err.to_string()).await {
+                // Leave it un-acked: it is redelivered after ack_wait and we try to record it again.
+                tracing::error!(error = %db, "could not record dead letter");
+                return;
+            }
+            message.ack_with(AckKind::Term).await
+        }
+    };
+    if let Err(err) = ack {
+        // The effects are committed; a redelivery will find the inbox row and only ack.
+        tracing::warn!(error = %err, "ack failed");
+    }
+}
+
+/// Inbox row and handler effects in one transaction. A known event id commits nothing new.
+async fn apply<H: Handler>(pool: &PgPool, consumer: &str, handler: &H, delivery: &Delivery) -> Result<(), HandlerError> {
+    let mut tx = pool.begin().await?;
+    let inserted = sqlx::query("INSERT INTO inbox (consumer, event_id, subject) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+        .bind(consumer)
+        .bind(&delivery.event_id)
+        .bind(&delivery.subject)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if inserted == 0 {
+        tracing::debug!("duplicate delivery; already applied");
+        return Ok(());
+    }
+    handler.handle(&mut tx, delivery).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn dead_letter(pool: &PgPool, consumer: &str, delivery: &Delivery, error: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO dead_letters (consumer, event_id, subject, payload, error, deliveries) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (consumer, event_id) DO NOTHING",
+    )
+    .bind(consumer)
+    .bind(&delivery.event_id)
+    .bind(&delivery.subject)
+    .bind(delivery.payload.as_ref())
+    .bind(error)
+    .bind(delivery.attempt)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_doubles_and_caps() {
+        assert_eq!(retry_delay(1), Duration::from_millis(100));
+        assert_eq!(retry_delay(2), Duration::from_millis(200));
+        assert_eq!(retry_delay(4), Duration::from_millis(800));
+        assert_eq!(retry_delay(50), Duration::from_secs(30));
+        assert_eq!(retry_delay(0), Duration::from_millis(100));
+    }
+}

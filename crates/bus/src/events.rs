@@ -1,0 +1,35 @@
+//! Building events where a fact originates.
+
+use amba_core::id::EventId;
+use amba_proto::v1::EventMeta;
+use prost::Message;
+
+/// A fresh `EventMeta`: a new time-ordered id, now, and the current trace context.
+pub fn new_meta() -> EventMeta {
+    EventMeta {
+        event_id: EventId::new().to_string(),
+        occurred_at_micros: chrono::Utc::now().timestamp_micros(),
+        traceparent: amba_telemetry::current_traceparent(),
+    }
+}
+
+/// An event ready for the outbox: where it goes and its encoded body.
+#[derive(Debug, Clone)]
+pub struct OutboxEvent {
+    pub event_id: String,
+    pub subject: String,
+    pub payload: Vec<u8>,
+    pub traceparent: String,
+}
+
+impl OutboxEvent {
+    /// `meta` must be the same `EventMeta` embedded in `message`.
+    pub fn new(subject: String, meta: &EventMeta, message: &impl Message) -> Self {
+        OutboxEvent {
+            event_id: meta.event_id.clone(),
+            subject,
+            payload: message.encode_to_vec(),
+            traceparent: meta.traceparent.clone(),
+        }
+    }
+}

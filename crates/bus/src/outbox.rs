@@ -1,0 +1,164 @@
+//! The transactional outbox and its relay.
+//!
+//! A service writes its state change and the event announcing it in one transaction
+//! ([`enqueue`]). The [`Relay`] later publishes unsent rows in batches with
+//! `Nats-Msg-Id = event_id`, waits for every PubAck, and only then marks the rows sent. A crash
+//! between publish and mark republishes the same ids, which JetStream deduplicates (and consumer
+//! inboxes catch beyond the duplicate window), so every committed event is delivered and no
+//! rolled-back one ever is.
+
+use crate::events::OutboxEvent;
+use async_nats::jetstream::{self, message::PublishMessage};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// Adds `event` to the outbox inside the caller's transaction.
+pub async fn enqueue(conn: &mut PgConnection, event: &OutboxEvent) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO outbox (event_id, subject, payload, traceparent) VALUES ($1, $2, $3, $4)")
+        .bind(&event.event_id)
+        .bind(&event.subject)
+        .bind(&event.payload)
+        .bind(&event.traceparent)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("outbox query failed: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("publish failed: {0}")]
+    Publish(String),
+}
+
+/// An unsent outbox row, locked by the relay's transaction while it is being published.
+#[derive(Debug, sqlx::FromRow)]
+pub struct PendingEvent {
+    pub id: i64,
+    pub event_id: String,
+    pub subject: String,
+    pub payload: Vec<u8>,
+    pub traceparent: String,
+}
+
+/// Wakes the relay right after a commit instead of waiting for its next poll.
+#[derive(Clone, Default)]
+pub struct RelayWaker(Arc<Notify>);
+
+impl RelayWaker {
+    pub fn wake(&self) {
+        self.0.notify_one();
+    }
+}
+
+#[derive(Clone)]
+pub struct Relay {
+    pool: PgPool,
+    js: jetstream::Context,
+    waker: RelayWaker,
+    batch_size: i64,
+    poll_interval: Duration,
+}
+
+impl Relay {
+    pub fn new(pool: PgPool, js: jetstream::Context, waker: RelayWaker) -> Self {
+        Relay { pool, js, waker, batch_size: 500, poll_interval: Duration::from_millis(250) }
+    }
+
+    /// Publishes until `shutdown`, then flushes what is left once more.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut failures: u32 = 0;
+        loop {
+            match self.publish_pending().await {
+                Ok(sent) if sent as i64 == self.batch_size => {
+                    failures = 0;
+                    continue; // more may be waiting
+                }
+                Ok(_) => failures = 0,
+                Err(err) => {
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(error = %err, failures, "outbox relay failed; retrying");
+                }
+            }
+            let backoff = self.poll_interval * 2u32.saturating_pow(failures.min(5));
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.waker.0.notified() => {}
+                _ = tokio::time::sleep(backoff) => {}
+            }
+        }
+        if let Err(err) = self.publish_pending().await {
+            tracing::warn!(error = %err, "final outbox flush failed; rows stay for the next start");
+        }
+    }
+
+    /// One batch: lock unsent rows, publish them all, await every PubAck, mark them sent.
+    /// Returns how many rows were published.
+    pub async fn publish_pending(&self) -> Result<usize, RelayError> {
+        let mut tx = self.pool.begin().await?;
+        let batch = fetch_pending(&mut tx, self.batch_size).await?;
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        publish(&self.js, &batch).await?;
+        mark_sent(&mut tx, &batch).await?;
+        tx.commit().await?;
+        Ok(batch.len())
+    }
+
+    /// Deletes rows sent longer than `older_than` ago; the stream and inboxes hold them now.
+    pub async fn prune_sent(&self, older_than: Duration) -> Result<u64, sqlx::Error> {
+        let seconds = older_than.as_secs_f64();
+        let done = sqlx::query("DELETE FROM outbox WHERE sent_at < now() - make_interval(secs => $1)")
+            .bind(seconds)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+/// Locks up to `limit` unsent rows; other relay replicas skip them.
+pub async fn fetch_pending(tx: &mut Transaction<'_, Postgres>, limit: i64) -> Result<Vec<PendingEvent>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, event_id, subject, payload, traceparent FROM outbox \
+         WHERE sent_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(limit)
+    .fetch_all(&mut **tx)
+    .await
+}
+
+/// Publishes a batch pipelined (all sends first, then all acks) with `Nats-Msg-Id = event_id`.
+pub async fn publish(js: &jetstream::Context, batch: &[PendingEvent]) -> Result<(), RelayError> {
+    let mut acks = Vec::with_capacity(batch.len());
+    for event in batch {
+        let mut message = PublishMessage::build()
+            .payload(event.payload.clone().into())
+            .message_id(&event.event_id);
+        if !event.traceparent.is_empty() {
+            message = message.header(amba_telemetry::TRACEPARENT, event.traceparent.as_str());
+        }
+        let ack = js
+            .send_publish(event.subject.clone(), message)
+            .await
+            .map_err(|e| RelayError::Publish(e.to_string()))?;
+        acks.push(ack);
+    }
+    for ack in acks {
+        ack.await.map_err(|e| RelayError::Publish(e.to_string()))?;
+    }
+    Ok(())
+}
+
+pub async fn mark_sent(tx: &mut Transaction<'_, Postgres>, batch: &[PendingEvent]) -> Result<(), sqlx::Error> {
+    let ids: Vec<i64> = batch.iter().map(|e| e.id).collect();
+    sqlx::query("UPDATE outbox SET sent_at = now() WHERE id = ANY($1)")
+        .bind(&ids)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}

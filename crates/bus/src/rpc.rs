@@ -1,0 +1,168 @@
+//! Request/reply between services over core NATS, protobuf in and out.
+//!
+//! Every reply is a `Reply { ok | error }`: the encoded response or the typed error, so a caller
+//! gets exactly the `{code, message, status}` the service produced. Replicas of a service share a
+//! queue group, so each request is answered once.
+
+use crate::Namespace;
+use amba_core::{ApiError, ErrorCode};
+use amba_proto::v1::{self as pb, reply};
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use prost::Message;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+pub fn error_to_proto(err: &ApiError) -> pb::Error {
+    pb::Error {
+        code: err.code.as_str().to_owned(),
+        message: err.message.clone(),
+        status: u32::from(err.status),
+        details_json: if err.details.is_null() { String::new() } else { err.details.to_string() },
+    }
+}
+
+pub fn error_from_proto(err: pb::Error) -> ApiError {
+    let code = ErrorCode::parse(&err.code).unwrap_or(ErrorCode::Internal);
+    let details = serde_json::from_str(&err.details_json).unwrap_or(serde_json::Value::Null);
+    ApiError::new(code, err.message).with_details(details)
+}
+
+/// Calls services. Cheap to clone.
+#[derive(Clone)]
+pub struct RpcClient {
+    nats: async_nats::Client,
+    ns: Namespace,
+    timeout: Duration,
+}
+
+impl RpcClient {
+    pub fn new(nats: async_nats::Client, ns: Namespace) -> Self {
+        RpcClient { nats, ns, timeout: Duration::from_secs(10) }
+    }
+
+    pub fn namespace(&self) -> &Namespace {
+        &self.ns
+    }
+
+    /// Sends `request` to `<ns>.rpc.<service>.<method>` and decodes the reply.
+    pub async fn call<Req: Message, Resp: Message + Default>(&self, service: &str, method: &str, request: &Req) -> Result<Resp, ApiError> {
+        let subject = self.ns.rpc(service, method);
+        let mut headers = async_nats::HeaderMap::new();
+        amba_telemetry::inject_nats_headers(&mut headers);
+        let send = self.nats.request_with_headers(subject, headers, request.encode_to_vec().into());
+        let message = match tokio::time::timeout(self.timeout, send).await {
+            Err(_) => return Err(ApiError::unavailable(format!("{service} did not answer in time"))),
+            Ok(Err(err)) if err.kind() == async_nats::RequestErrorKind::NoResponders => {
+                return Err(ApiError::unavailable(format!("{service} is not running")));
+            }
+            Ok(Err(err)) => return Err(ApiError::unavailable(format!("{service} request failed: {err}"))),
+            Ok(Ok(message)) => message,
+        };
+        let reply = pb::Reply::decode(message.payload).map_err(|err| {
+            tracing::error!(%service, %method, error = %err, "undecodable reply");
+            ApiError::internal()
+        })?;
+        match reply.result {
+            Some(reply::Result::Ok(bytes)) => Resp::decode(bytes.as_slice()).map_err(|err| {
+                tracing::error!(%service, %method, error = %err, "undecodable response");
+                ApiError::internal()
+            }),
+            Some(reply::Result::Error(err)) => Err(error_from_proto(err)),
+            None => Err(ApiError::internal()),
+        }
+    }
+}
+
+type Route = Arc<dyn Fn(Bytes) -> BoxFuture<'static, Result<Vec<u8>, ApiError>> + Send + Sync>;
+
+/// A service's request handlers, keyed by method name.
+pub struct RpcServer {
+    service: &'static str,
+    routes: HashMap<&'static str, Route>,
+    concurrency: usize,
+}
+
+impl RpcServer {
+    pub fn new(service: &'static str) -> Self {
+        RpcServer { service, routes: HashMap::new(), concurrency: 256 }
+    }
+
+    /// Registers `method`: the request is decoded (a bad payload is INVALID_ARGUMENT) and the
+    /// handler's response or error becomes the reply.
+    pub fn route<Req, Resp, F, Fut>(mut self, method: &'static str, handler: F) -> Self
+    where
+        Req: Message + Default + 'static,
+        Resp: Message + 'static,
+        F: Fn(Req) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, ApiError>> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        let route: Route = Arc::new(move |payload: Bytes| {
+            let handler = handler.clone();
+            Box::pin(async move {
+                let request = Req::decode(payload).map_err(|e| ApiError::invalid(format!("malformed request: {e}")))?;
+                handler(request).await.map(|resp| resp.encode_to_vec())
+            })
+        });
+        self.routes.insert(method, route);
+        self
+    }
+
+    /// Answers requests until `shutdown`, then finishes the ones in flight.
+    pub async fn serve(self, nats: async_nats::Client, ns: Namespace, shutdown: CancellationToken) -> Result<(), async_nats::Error> {
+        let prefix = ns.rpc(self.service, ""); // "<ns>.rpc.<service>."
+        let mut subscription = nats.queue_subscribe(ns.rpc_wildcard(self.service), ns.rpc_queue(self.service)).await?;
+        let permits = Arc::new(Semaphore::new(self.concurrency));
+        let routes = Arc::new(self.routes);
+        let service = self.service;
+        loop {
+            let message = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                message = subscription.next() => match message { Some(m) => m, None => break },
+            };
+            let Some(reply_to) = message.reply.clone() else { continue };
+            let Ok(permit) = permits.clone().acquire_owned().await else { break };
+            let method = message.subject.as_str().strip_prefix(&prefix).unwrap_or_default().to_owned();
+            let route = routes.get(method.as_str()).cloned();
+            let nats = nats.clone();
+            let span = tracing::info_span!("rpc", %service, %method);
+            amba_telemetry::set_remote_parent(&span, &amba_telemetry::traceparent_from_nats(message.headers.as_ref()));
+            tokio::spawn(
+                async move {
+                    let result = match route {
+                        Some(route) => route(message.payload).await,
+                        None => Err(ApiError::new(ErrorCode::NotFound, format!("unknown method {service}.{method}"))),
+                    };
+                    if let Err(err) = &result
+                        && err.code == ErrorCode::Internal
+                    {
+                        tracing::error!(error = %err, "request failed");
+                    }
+                    let reply = pb::Reply {
+                        result: Some(match result {
+                            Ok(bytes) => reply::Result::Ok(bytes),
+                            Err(err) => reply::Result::Error(error_to_proto(&err)),
+                        }),
+                    };
+                    if let Err(err) = nats.publish(reply_to, reply.encode_to_vec().into()).await {
+                        tracing::warn!(error = %err, "could not send reply");
+                    }
+                    drop(permit);
+                }
+                .instrument(span),
+            );
+        }
+        let _ = subscription.unsubscribe().await;
+        // Every permit back means every in-flight request has been answered.
+        let all = u32::try_from(self.concurrency).unwrap_or(u32::MAX);
+        let _ = permits.acquire_many(all).await;
+        Ok(())
+    }
+}

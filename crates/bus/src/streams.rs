@@ -1,0 +1,43 @@
+//! The JetStream streams, declared in one place and created idempotently at start-up.
+
+use crate::Namespace;
+use async_nats::jetstream::{self, stream};
+use std::time::Duration;
+
+/// Event domains and the service that publishes them; one stream per publishing service.
+pub const EVENT_STREAMS: &[(&str, &[&str])] = &[
+    ("enrollment", &["program", "enrollment", "code", "identity"]),
+    ("attribution", &["touchpoint", "conversion"]),
+    ("commission", &["commission", "balance"]),
+    ("payout", &["payout"]),
+    ("notification", &["notification"]),
+];
+
+/// How long a stream remembers `Nats-Msg-Id`s. Consumers dedupe beyond it with their inbox.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// Creates (or updates) every event stream of the namespace. File storage: these are money facts.
+pub async fn ensure_event_streams(js: &jetstream::Context, ns: &Namespace) -> Result<(), async_nats::Error> {
+    for (owner, domains) in EVENT_STREAMS {
+        let config = stream::Config {
+            name: ns.events_stream(owner),
+            subjects: domains.iter().map(|d| ns.event_domain(d)).collect(),
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::Limits,
+            duplicate_window: DUPLICATE_WINDOW,
+            max_age: Duration::from_secs(30 * 24 * 3600),
+            ..Default::default()
+        };
+        js.create_or_update_stream(config).await?;
+    }
+    Ok(())
+}
+
+/// Removes every stream of the namespace (tests clean up after themselves with this).
+pub async fn delete_event_streams(js: &jetstream::Context, ns: &Namespace) -> Result<(), async_nats::Error> {
+    for (owner, _) in EVENT_STREAMS {
+        // A stream that was never created is not an error here.
+        let _ = js.delete_stream(ns.events_stream(owner)).await;
+    }
+    Ok(())
+}
