@@ -10,8 +10,10 @@ pub mod consumer;
 pub mod events;
 pub mod outbox;
 pub mod rpc;
+pub mod service;
 pub mod store;
 pub mod streams;
 pub mod subjects;
 
+pub use service::{Bus, RunError};
 pub use subjects::Namespace;

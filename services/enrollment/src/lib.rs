@@ -1,1 +1,31 @@
+//! Enrollment: identity (accounts, orgs, personal access tokens) and programs with their
+//! versioned commission rules. It answers request/reply on `<ns>.rpc.enrollment.*` and
+//! announces every change as `program.*` (later `enrollment.*`, `code.*`) events through its
+//! outbox.
 
+pub mod domain;
+pub mod rpc;
+pub mod store;
+
+use amba_bus::outbox::RelayWaker;
+use amba_bus::{Bus, RunError};
+use sqlx::migrate::Migrator;
+use tokio_util::sync::CancellationToken;
+
+pub const SERVICE: &str = "enrollment";
+pub const SCHEMA: &str = "enrollment";
+pub static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
+
+/// Applies this service's migrations (also done by [`run`]).
+pub async fn migrate(database_url: &str) -> Result<(), RunError> {
+    amba_bus::service::open_store(database_url, SCHEMA, &MIGRATIONS, 2).await.map(|_| ())
+}
+
+/// Serves requests until `shutdown`, then drains them and flushes the outbox.
+pub async fn run(database_url: &str, bus: Bus, shutdown: CancellationToken) -> Result<(), RunError> {
+    let pool = amba_bus::service::open_store(database_url, SCHEMA, &MIGRATIONS, 16).await?;
+    let waker = RelayWaker::default();
+    let service = rpc::Enrollment::new(pool.clone(), bus.ns.clone(), waker.clone());
+    let server = rpc::server(service).serve(bus.nats.clone(), bus.ns.clone(), shutdown);
+    amba_bus::service::with_relay(pool, &bus, waker, async { server.await.map_err(RunError::from) }).await
+}

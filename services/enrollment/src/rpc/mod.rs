@@ -1,0 +1,68 @@
+//! The request/reply endpoints of `<ns>.rpc.enrollment.<method>`.
+//!
+//! Callers are trusted internal services (the edge) that pass the verified `Principal` of the
+//! token; every owner operation checks that principal's org against the program's owner.
+
+mod identity;
+mod programs;
+
+use amba_bus::Namespace;
+use amba_bus::outbox::RelayWaker;
+use amba_bus::rpc::RpcServer;
+use amba_core::ApiError;
+use amba_proto::v1::Principal;
+use sqlx::PgPool;
+
+/// Method names, shared with callers through [`methods`].
+pub mod methods {
+    pub const SIGNUP: &str = "signup";
+    pub const VERIFY_TOKEN: &str = "verify_token";
+    pub const PROGRAM_CREATE: &str = "program_create";
+    pub const PROGRAM_UPDATE: &str = "program_update";
+    pub const PROGRAM_GET: &str = "program_get";
+    pub const PROGRAM_LIST: &str = "program_list";
+}
+
+#[derive(Clone)]
+pub struct Enrollment {
+    pool: PgPool,
+    ns: Namespace,
+    waker: RelayWaker,
+}
+
+impl Enrollment {
+    pub fn new(pool: PgPool, ns: Namespace, waker: RelayWaker) -> Self {
+        Enrollment { pool, ns, waker }
+    }
+}
+
+pub fn server(service: Enrollment) -> RpcServer {
+    macro_rules! route {
+        ($server:expr, $method:expr, $handler:ident) => {{
+            let service = service.clone();
+            $server.route($method, move |request| {
+                let service = service.clone();
+                async move { service.$handler(request).await }
+            })
+        }};
+    }
+    let server = RpcServer::new(crate::SERVICE);
+    let server = route!(server, methods::SIGNUP, signup);
+    let server = route!(server, methods::VERIFY_TOKEN, verify_token);
+    let server = route!(server, methods::PROGRAM_CREATE, create_program);
+    let server = route!(server, methods::PROGRAM_UPDATE, update_program);
+    let server = route!(server, methods::PROGRAM_GET, get_program);
+    route!(server, methods::PROGRAM_LIST, list_programs)
+}
+
+/// The caller's principal; requests without one never reach a handler's logic.
+fn caller(principal: Option<Principal>) -> Result<Principal, ApiError> {
+    principal
+        .filter(|p| !p.org_id.is_empty())
+        .ok_or_else(|| ApiError::unauthenticated("this operation needs a personal access token"))
+}
+
+fn db_error(err: sqlx::Error) -> ApiError {
+    tracing::error!(error = %err, "database error");
+    ApiError::internal()
+}

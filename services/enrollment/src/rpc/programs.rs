@@ -1,0 +1,188 @@
+use super::{Enrollment, caller, db_error};
+use crate::domain::program::{ProgramSettings, ProgramStatus, SettingsInput};
+use crate::store::{self, programs::ProgramRow};
+use amba_bus::events::{OutboxEvent, new_meta};
+use amba_core::id::ProgramId;
+use amba_core::{ApiError, ErrorCode, cursor};
+use amba_proto::v1 as pb;
+use sha2::{Digest, Sha256};
+use sqlx::PgConnection;
+
+impl Enrollment {
+    /// Creates a draft program with commission version 1. With an idempotency key, a retry with
+    /// the same settings returns the first program; different settings are IDEMPOTENCY_MISMATCH.
+    #[tracing::instrument(skip_all, err)]
+    pub async fn create_program(&self, request: pb::CreateProgramRequest) -> Result<pb::ProgramReply, ApiError> {
+        let owner = caller(request.caller)?;
+        let input = settings_input(request.settings.unwrap_or_default())?;
+        let settings = ProgramSettings::create(input)?;
+        let fingerprint = fingerprint(&settings);
+        let key = non_empty(&request.idempotency_key);
+        if key.is_some_and(|k| k.len() > 200) {
+            return Err(ApiError::invalid("idempotency_key must be at most 200 characters"));
+        }
+
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let program_id = ProgramId::new();
+        let new = store::programs::NewProgram {
+            program_id: program_id.as_str(),
+            owner_org_id: &owner.org_id,
+            settings: &settings,
+            idempotency_key: key,
+            request_fingerprint: &fingerprint,
+        };
+        if !store::programs::insert(&mut tx, &new).await.map_err(db_error)? {
+            // The key was used before: replay the original outcome, or refuse a different request.
+            let key = key.unwrap_or_default();
+            let existing = store::programs::get_by_idempotency_key(&mut tx, &owner.org_id, key).await.map_err(db_error)?;
+            let existing = existing.ok_or_else(ApiError::internal)?;
+            if existing.request_fingerprint.as_deref() != Some(fingerprint.as_str()) {
+                return Err(ApiError::new(
+                    ErrorCode::IdempotencyMismatch,
+                    format!("idempotency_key {key:?} was already used for a program with different settings"),
+                ));
+            }
+            return Ok(pb::ProgramReply { program: Some(existing.to_proto()), commission_history: vec![], duplicate: true });
+        }
+        let row = store::programs::get(&mut tx, program_id.as_str(), false).await.map_err(db_error)?.ok_or_else(ApiError::internal)?;
+        self.announce(&mut tx, "created", &row, true).await?;
+        tx.commit().await.map_err(db_error)?;
+        self.waker.wake();
+        tracing::info!(%program_id, owner = %owner.org_id, "program created");
+        Ok(pb::ProgramReply { program: Some(row.to_proto()), commission_history: vec![], duplicate: false })
+    }
+
+    /// Changes settings and/or status. A different commission rule becomes a new version; an
+    /// update that changes nothing writes nothing.
+    #[tracing::instrument(skip_all, fields(program_id = %request.program_id), err)]
+    pub async fn update_program(&self, request: pb::UpdateProgramRequest) -> Result<pb::ProgramReply, ApiError> {
+        let owner = caller(request.caller)?;
+        let program_id = ProgramId::parse(&request.program_id)?;
+        let raw = request.settings.unwrap_or_default();
+        let requested_status = raw.status.as_deref().map(str::parse::<ProgramStatus>).transpose()?;
+        let input = settings_input(raw)?;
+
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let row = owned_program(&mut tx, program_id.as_str(), &owner.org_id, true).await?;
+        let status = row.status()?;
+        if status == ProgramStatus::Archived {
+            return Err(ApiError::conflict("an archived program cannot be changed"));
+        }
+        let current = row.settings()?;
+        let next_status = match requested_status {
+            Some(next) => status.transition_to(next)?,
+            None => status,
+        };
+        let next = current.apply(input, status)?;
+        let commission_changed = next.commission != current.commission;
+        if next == current && next_status == status {
+            return Ok(pb::ProgramReply { program: Some(row.to_proto()), commission_history: vec![], duplicate: false });
+        }
+        let version = if commission_changed {
+            let version = row.commission_version + 1;
+            store::programs::insert_rule(&mut tx, program_id.as_str(), version, &next.commission).await.map_err(db_error)?;
+            version
+        } else {
+            row.commission_version
+        };
+        store::programs::update(&mut tx, program_id.as_str(), &next, next_status, version).await.map_err(db_error)?;
+        let updated = store::programs::get(&mut tx, program_id.as_str(), false).await.map_err(db_error)?.ok_or_else(ApiError::internal)?;
+        self.announce(&mut tx, "updated", &updated, commission_changed).await?;
+        tx.commit().await.map_err(db_error)?;
+        self.waker.wake();
+        tracing::info!(status = %next_status, commission_version = version, "program updated");
+        Ok(pb::ProgramReply { program: Some(updated.to_proto()), commission_history: vec![], duplicate: false })
+    }
+
+    /// The program with every commission version; `commission_version` shows a past rule.
+    pub async fn get_program(&self, request: pb::GetProgramRequest) -> Result<pb::ProgramReply, ApiError> {
+        let owner = caller(request.caller)?;
+        let program_id = ProgramId::parse(&request.program_id)?;
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        let mut row = owned_program(&mut conn, program_id.as_str(), &owner.org_id, false).await?;
+        if let Some(version) = request.commission_version {
+            let version = i32::try_from(version).map_err(|_| ApiError::invalid("commission_version is out of range"))?;
+            row = store::programs::get_with_version(&mut conn, program_id.as_str(), version)
+                .await
+                .map_err(db_error)?
+                .ok_or_else(|| ApiError::not_found(format!("commission version {version} of program {program_id}")))?;
+        }
+        let history = store::programs::rule_history(&mut conn, program_id.as_str()).await.map_err(db_error)?;
+        Ok(pb::ProgramReply { program: Some(row.to_proto()), commission_history: history, duplicate: false })
+    }
+
+    /// The caller's own programs, oldest first, keyset-paginated.
+    pub async fn list_programs(&self, request: pb::ListProgramsRequest) -> Result<pb::ListProgramsResponse, ApiError> {
+        let owner = caller(request.caller)?;
+        let after = cursor::decode(&request.cursor)?;
+        let limit = cursor::page_size(request.limit);
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        let rows = store::programs::list(&mut conn, &owner.org_id, after.as_deref(), limit + 1).await.map_err(db_error)?;
+        let more = rows.len() > limit as usize;
+        let programs: Vec<pb::Program> = rows.iter().take(limit as usize).map(ProgramRow::to_proto).collect();
+        let next_cursor = match programs.last() {
+            Some(last) if more => cursor::encode(&last.program_id),
+            _ => String::new(),
+        };
+        Ok(pb::ListProgramsResponse { programs, next_cursor })
+    }
+
+    async fn announce(&self, conn: &mut PgConnection, kind: &str, row: &ProgramRow, commission_changed: bool) -> Result<(), ApiError> {
+        let meta = new_meta();
+        let event = pb::ProgramChanged { meta: Some(meta.clone()), program: Some(row.to_proto()), commission_changed };
+        let outbox = OutboxEvent::new(self.ns.event("program", kind), &meta, &event);
+        amba_bus::outbox::enqueue(conn, &outbox).await.map_err(db_error)
+    }
+}
+
+/// A program the caller's org owns. Another org's program is reported as not found, so ids
+/// cannot be probed for existence.
+async fn owned_program(conn: &mut PgConnection, program_id: &str, org_id: &str, lock: bool) -> Result<ProgramRow, ApiError> {
+    store::programs::get(conn, program_id, lock)
+        .await
+        .map_err(db_error)?
+        .filter(|row| row.owner_org_id == org_id)
+        .ok_or_else(|| ApiError::not_found(format!("program {program_id}")))
+}
+
+fn settings_input(s: pb::ProgramSettings) -> Result<SettingsInput, ApiError> {
+    let json = |field: &str, text: Option<String>| -> Result<Option<serde_json::Value>, ApiError> {
+        text.map(|t| serde_json::from_str(&t).map_err(|e| ApiError::invalid(format!("{field} is not valid JSON: {e}")))).transpose()
+    };
+    Ok(SettingsInput {
+        name: s.name,
+        currency: s.currency,
+        commission: json("commission", s.commission_json)?,
+        approval_mode: s.approval_mode,
+        attribution_window_days: s.attribution_window_days,
+        hold_days: s.hold_days,
+        payout_threshold_minor: s.payout_threshold_minor,
+        payout_schedule: s.payout_schedule,
+        platform_fee_bps: s.platform_fee_bps,
+        multi_level: json("multi_level", s.multi_level_json)?,
+        landing_url: s.landing_url,
+    })
+}
+
+/// A stable digest of validated settings: equal settings, equal fingerprint.
+fn fingerprint(s: &ProgramSettings) -> String {
+    let canonical = serde_json::json!({
+        "name": s.name,
+        "currency": s.currency.code(),
+        "commission": s.commission.to_json(),
+        "approval_mode": s.approval_mode.as_str(),
+        "attribution_window_days": s.attribution_window_days,
+        "hold_days": s.hold_days,
+        "payout_threshold_minor": s.payout_threshold_minor,
+        "payout_schedule": s.payout_schedule.as_str(),
+        "platform_fee_bps": s.platform_fee_bps,
+        "multi_level": s.multi_level.to_json(),
+        "landing_url": s.landing_url,
+    });
+    hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+}
+
+fn non_empty(s: &str) -> Option<&str> {
+    let s = s.trim();
+    (!s.is_empty()).then_some(s)
+}

@@ -1,0 +1,4 @@
+//! SQL of the enrollment schema. Functions take a connection so callers choose the transaction.
+
+pub mod identity;
+pub mod programs;
