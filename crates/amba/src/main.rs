@@ -1,1 +1,141 @@
-fn main() {}
+//! `amba`: one binary for every role (and the container image's entry point).
+//!
+//! ```text
+//! amba dev                 every service and the edge in one process (starts local PostgreSQL/NATS if needed)
+//! amba serve <service>     one service: enrollment | attribution | commission | payout | notification | edge
+//! amba migrate             apply every service's migrations and exit
+//! amba infra up            start local PostgreSQL and NATS when nothing answers, then exit
+//! ```
+
+use amba::{Settings, ServiceName, local, system};
+use anyhow::Context;
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: amba <command>
+
+commands:
+  dev                  run every service and the edge in one process (starts local PostgreSQL and
+                       NATS when none answers), apply migrations, print the MCP URL and config
+  serve <service>      run one service: enrollment, attribution, commission, payout, notification, edge
+  migrate              apply every service's database migrations and exit
+  infra up             start local PostgreSQL and NATS (JetStream) when none answers, then exit
+  help                 this text
+
+configuration comes from the environment; see README.md (AMBA_DATABASE_URL, AMBA_NATS_URL, ...)";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    if matches!(args.as_slice(), [] | ["help" | "-h" | "--help"]) {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    let settings = match Settings::from_env() {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("amba: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("amba: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(&args, settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("amba: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(args: &[&str], settings: Settings) -> anyhow::Result<()> {
+    match args {
+        ["dev"] => dev(settings).await,
+        ["serve", service] => {
+            let service: ServiceName = service.parse().map_err(anyhow::Error::msg)?;
+            serve(settings, &[service], service.as_str()).await
+        }
+        ["migrate"] => {
+            let _telemetry = amba_telemetry::init("amba-migrate", None, settings.log_json)?;
+            system::migrate_all(&settings).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        ["infra", "up"] => {
+            infra_up(&settings).await?;
+            println!("PostgreSQL and NATS are answering");
+            Ok(())
+        }
+        _ => anyhow::bail!("unknown command {:?}\n\n{USAGE}", args.join(" ")),
+    }
+}
+
+async fn infra_up(settings: &Settings) -> anyhow::Result<()> {
+    let database_url = settings.database_url.expose().to_owned();
+    let nats_url = settings.nats_url.clone();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        local::ensure_postgres(&database_url).context("PostgreSQL")?;
+        local::ensure_nats(&nats_url).context("NATS")?;
+        Ok(())
+    })
+    .await??;
+    local::ensure_database(settings.database_url.expose()).await.context("PostgreSQL")?;
+    Ok(())
+}
+
+async fn dev(settings: Settings) -> anyhow::Result<()> {
+    infra_up(&settings).await?;
+    let (running, _telemetry) = start(&settings, &ServiceName::ALL, "amba-dev").await?;
+    let mcp_url = format!("{}/mcp", settings.public_url);
+    println!(
+        "\nAmba Affiliate is running.\n\n  MCP endpoint: {mcp_url}\n  listening on: {}\n\n\
+         Get a token with the public signup tool, then paste the returned mcp_config into your MCP client:\n\n\
+         {{\n  \"mcpServers\": {{\n    \"amba-affiliate\": {{\n      \"type\": \"http\",\n      \"url\": \"{mcp_url}\",\n      \
+         \"headers\": {{ \"Authorization\": \"Bearer <token from amba_affiliate_signup>\" }}\n    }}\n  }}\n}}\n\nCtrl-C stops it.\n",
+        running.http_addr().map(|a| a.to_string()).unwrap_or_default()
+    );
+    run_until_signal(running).await
+}
+
+async fn serve(settings: Settings, services: &[ServiceName], name: &str) -> anyhow::Result<()> {
+    let (running, _telemetry) = start(&settings, services, &format!("amba-{name}")).await?;
+    run_until_signal(running).await
+}
+
+/// Starts services with telemetry; dropping the returned guard flushes spans.
+async fn start(settings: &Settings, services: &[ServiceName], telemetry_name: &str) -> anyhow::Result<(system::Running, amba_telemetry::TelemetryGuard)> {
+    let telemetry = amba_telemetry::init(telemetry_name, settings.otlp_endpoint.as_deref(), settings.log_json)?;
+    Ok((system::start(settings, services).await?, telemetry))
+}
+
+/// SIGTERM or Ctrl-C: stop taking work, finish in-flight requests, flush outboxes, exit.
+async fn run_until_signal(running: system::Running) -> anyhow::Result<()> {
+    let shutdown = running.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        shutdown.cancel();
+    });
+    running.wait().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

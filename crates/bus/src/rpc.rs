@@ -51,6 +51,11 @@ impl RpcClient {
         &self.ns
     }
 
+    /// Whether `service` answers at all (every [`RpcServer`] serves `ping`).
+    pub async fn ping(&self, service: &str) -> Result<(), ApiError> {
+        self.call::<pb::Ping, pb::Ping>(service, PING, &pb::Ping {}).await.map(|_| ())
+    }
+
     /// Sends `request` to `<ns>.rpc.<service>.<method>` and decodes the reply.
     pub async fn call<Req: Message, Resp: Message + Default>(&self, service: &str, method: &str, request: &Req) -> Result<Resp, ApiError> {
         let subject = self.ns.rpc(service, method);
@@ -80,6 +85,9 @@ impl RpcClient {
     }
 }
 
+/// Answered by every server: a readiness probe for callers.
+pub const PING: &str = "ping";
+
 type Route = Arc<dyn Fn(Bytes) -> BoxFuture<'static, Result<Vec<u8>, ApiError>> + Send + Sync>;
 
 /// A service's request handlers, keyed by method name.
@@ -91,7 +99,7 @@ pub struct RpcServer {
 
 impl RpcServer {
     pub fn new(service: &'static str) -> Self {
-        RpcServer { service, routes: HashMap::new(), concurrency: 256 }
+        RpcServer { service, routes: HashMap::new(), concurrency: 256 }.route(PING, |ping: pb::Ping| async move { Ok(ping) })
     }
 
     /// Registers `method`: the request is decoded (a bad payload is INVALID_ARGUMENT) and the

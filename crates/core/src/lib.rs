@@ -6,6 +6,7 @@ pub mod error;
 pub mod id;
 pub mod money;
 pub mod rounding;
+pub mod secret;
 
 pub use error::{ApiError, ErrorCode};
 pub use money::{Currency, Money, MoneyError};

@@ -1,1 +1,109 @@
+//! The edge: the only process clients talk to, and stateless. It serves MCP at `/mcp`
+//! (streamable HTTP, bearer PAT auth), the public HTTP endpoints and probes, and turns every call
+//! into a request to the owning service over NATS.
 
+pub mod auth;
+pub mod http;
+pub mod mcp;
+
+use amba_bus::Bus;
+use amba_bus::rpc::RpcClient;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    /// Where HTTP and MCP listen (`AMBA_HTTP_ADDR`); port 0 picks a free port.
+    pub http_addr: SocketAddr,
+    /// The externally visible base URL (`AMBA_PUBLIC_URL`), without a trailing slash.
+    pub public_url: String,
+    /// `Host` header values MCP accepts besides loopback (the public URL's host is added).
+    pub allowed_hosts: Vec<String>,
+}
+
+/// Shared by every request handler.
+#[derive(Clone)]
+pub struct EdgeState {
+    pub rpc: RpcClient,
+    pub nats: async_nats::Client,
+    pub public_url: Arc<str>,
+    pub tokens: Arc<auth::TokenCache>,
+    ready: Arc<AtomicBool>,
+}
+
+impl EdgeState {
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) && self.nats.connection_state() == async_nats::connection::State::Connected
+    }
+}
+
+/// A bound but not yet serving edge, so callers (tests, `amba dev`) learn the real address.
+pub struct Edge {
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    state: EdgeState,
+}
+
+impl Edge {
+    pub async fn bind(config: EdgeConfig, bus: &Bus) -> std::io::Result<Edge> {
+        let listener = tokio::net::TcpListener::bind(config.http_addr).await?;
+        let public_url: Arc<str> = config.public_url.trim_end_matches('/').into();
+        let rpc = RpcClient::new(bus.nats.clone(), bus.ns.clone());
+        let state = EdgeState {
+            tokens: Arc::new(auth::TokenCache::new(rpc.clone())),
+            rpc,
+            nats: bus.nats.clone(),
+            public_url,
+            ready: Arc::new(AtomicBool::new(false)),
+        };
+        let mut allowed_hosts = config.allowed_hosts.clone();
+        allowed_hosts.extend(["localhost", "127.0.0.1", "::1"].map(String::from));
+        if let Some(host) = host_of(&state.public_url) {
+            allowed_hosts.push(host);
+        }
+        let router = http::router(state.clone(), allowed_hosts);
+        Ok(Edge { listener, router, state })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown`: readiness flips to false first, then in-flight requests finish.
+    pub async fn serve(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        self.state.ready.store(true, Ordering::Relaxed);
+        let state = self.state.clone();
+        let stop = shutdown.clone();
+        tracing::info!(addr = %self.listener.local_addr()?, "edge listening");
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move {
+                stop.cancelled().await;
+                state.ready.store(false, Ordering::Relaxed);
+            })
+            .await
+    }
+}
+
+/// `https://mcp.example.com:8443/x` → `mcp.example.com`.
+fn host_of(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split('/').next()?;
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?,
+        None => authority.split(':').next()?,
+    };
+    (!host.is_empty()).then(|| host.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn host_of_urls() {
+        assert_eq!(super::host_of("https://mcp.example.com:8443/x").as_deref(), Some("mcp.example.com"));
+        assert_eq!(super::host_of("http://127.0.0.1:8080").as_deref(), Some("127.0.0.1"));
+        assert_eq!(super::host_of("http://[::1]:8080").as_deref(), Some("::1"));
+        assert_eq!(super::host_of("nonsense"), None);
+    }
+}

@@ -12,7 +12,7 @@ use amba_bus::{Bus, RunError};
 use sqlx::migrate::Migrator;
 use tokio_util::sync::CancellationToken;
 
-pub const SERVICE: &str = "enrollment";
+pub const SERVICE: &str = amba_proto::methods::enrollment::SERVICE;
 pub const SCHEMA: &str = "enrollment";
 pub static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 

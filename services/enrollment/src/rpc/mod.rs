@@ -10,18 +10,9 @@ use amba_bus::Namespace;
 use amba_bus::outbox::RelayWaker;
 use amba_bus::rpc::RpcServer;
 use amba_core::ApiError;
+use amba_proto::methods::enrollment as methods;
 use amba_proto::v1::Principal;
 use sqlx::PgPool;
-
-/// Method names, shared with callers through [`methods`].
-pub mod methods {
-    pub const SIGNUP: &str = "signup";
-    pub const VERIFY_TOKEN: &str = "verify_token";
-    pub const PROGRAM_CREATE: &str = "program_create";
-    pub const PROGRAM_UPDATE: &str = "program_update";
-    pub const PROGRAM_GET: &str = "program_get";
-    pub const PROGRAM_LIST: &str = "program_list";
-}
 
 #[derive(Clone)]
 pub struct Enrollment {

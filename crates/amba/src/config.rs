@@ -1,0 +1,203 @@
+//! Configuration: environment first, optionally a `KEY=VALUE` file named by `AMBA_CONFIG_FILE`
+//! (the environment wins). Every value is validated at start-up and a bad one stops the process
+//! with a message naming the variable. Only `main` reads the environment; tests build
+//! [`Settings`] from a map.
+
+use amba_bus::Namespace;
+use amba_core::secret::Secret;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub database_url: Secret,
+    pub nats_url: String,
+    pub namespace: Namespace,
+    pub http_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    /// What `mcp_config` and links point to; defaults to `http://<AMBA_HTTP_ADDR>`.
+    pub public_url: String,
+    /// Extra `Host` values MCP accepts behind an ingress (`AMBA_ALLOWED_HOSTS`, comma-separated).
+    pub allowed_hosts: Vec<String>,
+    pub stripe_api_base: String,
+    pub stripe_secret_key: Option<Secret>,
+    pub stripe_webhook_secret: Option<Secret>,
+    pub smtp_url: Option<Secret>,
+    /// `ORG_PAYOUTS_LIVE`: real transfers; off ⇒ 503 PAYOUTS_NOT_ENABLED (dry runs still work).
+    pub payouts_live: bool,
+    /// `MULTI_LEVEL_ENABLED`: the platform switch for upline overrides.
+    pub multi_level_enabled: bool,
+    pub otlp_endpoint: Option<String>,
+    /// `AMBA_LOG_FORMAT=json` for log shippers; text otherwise.
+    pub log_json: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {variable}: {problem}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub problem: String,
+}
+
+fn bad(variable: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError { variable, problem: problem.into() }
+}
+
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/amba";
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
+impl Settings {
+    /// Reads the process environment (and `AMBA_CONFIG_FILE` if set).
+    pub fn from_env() -> Result<Settings, ConfigError> {
+        let mut values: HashMap<String, String> = HashMap::new();
+        if let Ok(path) = std::env::var("AMBA_CONFIG_FILE") {
+            let text = std::fs::read_to_string(&path).map_err(|e| bad("AMBA_CONFIG_FILE", format!("cannot read {path}: {e}")))?;
+            values.extend(parse_env_file(&text));
+        }
+        values.extend(std::env::vars());
+        Settings::from_map(&values)
+    }
+
+    /// Builds settings from variables; absent ones take their defaults.
+    pub fn from_map(vars: &HashMap<String, String>) -> Result<Settings, ConfigError> {
+        let get = |name: &str| vars.get(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+
+        let database_url = get("AMBA_DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
+        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+            return Err(bad("AMBA_DATABASE_URL", "must be a postgres:// URL"));
+        }
+        let nats_url = get("AMBA_NATS_URL").unwrap_or_else(|| DEFAULT_NATS_URL.to_owned());
+        if !nats_url.split(',').all(|u| u.trim().starts_with("nats://") || u.trim().starts_with("tls://")) {
+            return Err(bad("AMBA_NATS_URL", "must be nats:// or tls:// URLs, comma-separated"));
+        }
+        let namespace = Namespace::new(&get("AMBA_NAMESPACE").unwrap_or_else(|| "amba".to_owned()))
+            .map_err(|e| bad("AMBA_NAMESPACE", e.to_string()))?;
+        let http_addr = addr(&get, "AMBA_HTTP_ADDR", "127.0.0.1:8080")?;
+        let grpc_addr = addr(&get, "AMBA_GRPC_ADDR", "127.0.0.1:50051")?;
+        let public_url = get("AMBA_PUBLIC_URL").unwrap_or_else(|| format!("http://{http_addr}"));
+        if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
+            return Err(bad("AMBA_PUBLIC_URL", "must be an absolute http(s) URL"));
+        }
+        let stripe_api_base = get("AMBA_STRIPE_API_BASE").unwrap_or_else(|| "https://api.stripe.com".to_owned());
+        if !(stripe_api_base.starts_with("http://") || stripe_api_base.starts_with("https://")) {
+            return Err(bad("AMBA_STRIPE_API_BASE", "must be an absolute http(s) URL"));
+        }
+        let smtp_url = get("AMBA_SMTP_URL");
+        if let Some(url) = &smtp_url
+            && !(url.starts_with("smtp://") || url.starts_with("smtps://"))
+        {
+            return Err(bad("AMBA_SMTP_URL", "must be an smtp:// or smtps:// URL"));
+        }
+        let log_json = match get("AMBA_LOG_FORMAT").as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => return Err(bad("AMBA_LOG_FORMAT", format!("{other:?} is not text or json"))),
+        };
+        Ok(Settings {
+            database_url: Secret::new(database_url),
+            nats_url,
+            namespace,
+            http_addr,
+            grpc_addr,
+            public_url: public_url.trim_end_matches('/').to_owned(),
+            allowed_hosts: get("AMBA_ALLOWED_HOSTS")
+                .map(|v| v.split(',').map(|h| h.trim().to_owned()).filter(|h| !h.is_empty()).collect())
+                .unwrap_or_default(),
+            stripe_api_base,
+            stripe_secret_key: get("AMBA_STRIPE_SECRET_KEY").map(Secret::new),
+            stripe_webhook_secret: get("AMBA_STRIPE_WEBHOOK_SECRET").map(Secret::new),
+            smtp_url: smtp_url.map(Secret::new),
+            payouts_live: flag(&get, "ORG_PAYOUTS_LIVE")?,
+            multi_level_enabled: flag(&get, "MULTI_LEVEL_ENABLED")?,
+            otlp_endpoint: get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            log_json,
+        })
+    }
+}
+
+fn addr(get: &impl Fn(&str) -> Option<String>, variable: &'static str, default: &str) -> Result<SocketAddr, ConfigError> {
+    let value = get(variable).unwrap_or_else(|| default.to_owned());
+    value.parse().map_err(|_| bad(variable, format!("{value:?} is not a host:port address such as {default}")))
+}
+
+fn flag(get: &impl Fn(&str) -> Option<String>, variable: &'static str) -> Result<bool, ConfigError> {
+    match get(variable).map(|v| v.to_ascii_lowercase()).as_deref() {
+        None | Some("0" | "false" | "off" | "no") => Ok(false),
+        Some("1" | "true" | "on" | "yes") => Ok(true),
+        Some(other) => Err(bad(variable, format!("{other:?} is not a boolean (use true or false)"))),
+    }
+}
+
+/// `KEY=VALUE` lines; `#` comments and blank lines ignored; optional quotes stripped.
+fn parse_env_file(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().trim_matches('"').to_owned()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn defaults_are_local_and_safe() -> Result<(), ConfigError> {
+        let s = Settings::from_map(&HashMap::new())?;
+        assert_eq!(s.namespace.as_str(), "amba");
+        assert_eq!(s.http_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.public_url, "http://127.0.0.1:8080");
+        assert!(!s.payouts_live);
+        assert!(!s.multi_level_enabled);
+        Ok(())
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        let cases = [
+            ("AMBA_DATABASE_URL", "mysql://x"),
+            ("AMBA_NATS_URL", "http://x"),
+            ("AMBA_NAMESPACE", "Bad.NS"),
+            ("AMBA_HTTP_ADDR", "localhost"),
+            ("AMBA_GRPC_ADDR", "1.2.3.4"),
+            ("AMBA_PUBLIC_URL", "example.com"),
+            ("AMBA_STRIPE_API_BASE", "stripe"),
+            ("AMBA_SMTP_URL", "mail.example.com"),
+            ("ORG_PAYOUTS_LIVE", "maybe"),
+            ("MULTI_LEVEL_ENABLED", "2"),
+            ("AMBA_LOG_FORMAT", "xml"),
+        ];
+        for (variable, value) in cases {
+            let err = Settings::from_map(&vars(&[(variable, value)])).err();
+            assert_eq!(err.as_ref().map(|e| e.variable), Some(variable), "{variable}={value}");
+            assert!(err.is_some_and(|e| e.to_string().contains(variable)));
+        }
+    }
+
+    #[test]
+    fn flags_and_lists_parse() -> Result<(), ConfigError> {
+        let s = Settings::from_map(&vars(&[("ORG_PAYOUTS_LIVE", "TRUE"), ("AMBA_ALLOWED_HOSTS", "a.example.com, b.example.com")]))?;
+        assert!(s.payouts_live);
+        assert_eq!(s.allowed_hosts, vec!["a.example.com", "b.example.com"]);
+        Ok(())
+    }
+
+    #[test]
+    fn secrets_do_not_leak_into_debug_output() -> Result<(), ConfigError> {
+        let s = Settings::from_map(&vars(&[("AMBA_STRIPE_SECRET_KEY", "sk_test_abc"), ("AMBA_DATABASE_URL", "postgres://u:pw@h/db")]))?;
+        let debug = format!("{s:?}");
+        assert!(!debug.contains("sk_test_abc") && !debug.contains("pw@"));
+        Ok(())
+    }
+
+    #[test]
+    fn env_file_lines() {
+        let parsed = parse_env_file("# comment\nAMBA_NAMESPACE=dev\n\nORG_PAYOUTS_LIVE=\"false\"\nnot a pair\n");
+        assert_eq!(parsed, vec![("AMBA_NAMESPACE".to_owned(), "dev".to_owned()), ("ORG_PAYOUTS_LIVE".to_owned(), "false".to_owned())]);
+    }
+}

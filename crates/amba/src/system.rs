@@ -1,0 +1,217 @@
+//! Running services: one (`amba serve <service>`, one per Kubernetes Deployment) or all of them
+//! in one process (`amba dev`, the tests).
+
+use crate::Settings;
+use amba_bus::{Bus, RunError};
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceName {
+    Enrollment,
+    Attribution,
+    Commission,
+    Payout,
+    Notification,
+    Edge,
+}
+
+impl ServiceName {
+    pub const ALL: [ServiceName; 6] = [
+        ServiceName::Enrollment,
+        ServiceName::Attribution,
+        ServiceName::Commission,
+        ServiceName::Payout,
+        ServiceName::Notification,
+        ServiceName::Edge,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceName::Enrollment => "enrollment",
+            ServiceName::Attribution => "attribution",
+            ServiceName::Commission => "commission",
+            ServiceName::Payout => "payout",
+            ServiceName::Notification => "notification",
+            ServiceName::Edge => "edge",
+        }
+    }
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ServiceName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        ServiceName::ALL
+            .into_iter()
+            .find(|n| n.as_str() == s)
+            .ok_or_else(|| format!("unknown service {s:?}; expected one of enrollment, attribution, commission, payout, notification, edge"))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Nats { url: String, source: async_nats::ConnectError },
+    #[error("cannot create JetStream streams (is JetStream enabled on the server?): {0}")]
+    Streams(async_nats::Error),
+    #[error("{service}: {source}")]
+    Service { service: ServiceName, source: RunError },
+    #[error("edge: cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("{0} did not become ready in time")]
+    NotReady(ServiceName),
+}
+
+/// Services started in this process.
+pub struct Running {
+    http_addr: Option<SocketAddr>,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+    nats: async_nats::Client,
+}
+
+impl Running {
+    /// Where the edge listens (if this process runs it).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// Asks every service to stop taking work and finish what it has.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until every service has stopped, then flushes NATS.
+    pub async fn wait(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+        if let Err(err) = self.nats.flush().await {
+            tracing::warn!(error = %err, "final NATS flush failed");
+        }
+    }
+
+    /// Stops and waits.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.wait().await;
+    }
+}
+
+/// Connects to NATS with connection events logged (a slow consumer is the only sign of drops).
+pub async fn connect_nats(url: &str, name: &str) -> Result<async_nats::Client, StartError> {
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => tracing::info!("nats connected"),
+                async_nats::Event::Disconnected => tracing::warn!("nats disconnected"),
+                other => tracing::warn!(event = %other, "nats event"),
+            }
+        })
+        .connect(url)
+        .await
+        .map_err(|source| StartError::Nats { url: url.to_owned(), source })
+}
+
+/// Applies every service's migrations (`amba migrate`, the Kubernetes migration Job).
+pub async fn migrate_all(settings: &Settings) -> Result<(), StartError> {
+    let url = settings.database_url.expose();
+    let wrap = |service| move |source| StartError::Service { service, source };
+    amba_enrollment::migrate(url).await.map_err(wrap(ServiceName::Enrollment))?;
+    amba_attribution::migrate(url).await.map_err(wrap(ServiceName::Attribution))?;
+    amba_commission::migrate(url).await.map_err(wrap(ServiceName::Commission))?;
+    amba_payout::migrate(url).await.map_err(wrap(ServiceName::Payout))?;
+    amba_notification::migrate(url).await.map_err(wrap(ServiceName::Notification))?;
+    Ok(())
+}
+
+/// Starts `services` in this process. Migrations are applied first, streams declared, and
+/// the call returns once the request/reply services answer and the edge is listening.
+pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Running, StartError> {
+    let nats = connect_nats(&settings.nats_url, &format!("amba-{}", settings.namespace)).await?;
+    let bus = Bus::new(nats.clone(), settings.namespace.clone());
+    amba_bus::streams::ensure_event_streams(&bus.js, &bus.ns).await.map_err(StartError::Streams)?;
+
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let url = settings.database_url.expose().to_owned();
+    for &service in services {
+        if service == ServiceName::Edge {
+            continue;
+        }
+        // Migrate before spawning so a schema problem fails start-up, not a request.
+        migrate_one(service, &url).await.map_err(|source| StartError::Service { service, source })?;
+        let (bus, url, stop) = (bus.clone(), url.clone(), shutdown.clone());
+        let service_shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let result = match service {
+                ServiceName::Enrollment => amba_enrollment::run(&url, bus, stop).await,
+                ServiceName::Attribution => amba_attribution::run(&url, bus, stop).await,
+                ServiceName::Commission => amba_commission::run(&url, bus, stop).await,
+                ServiceName::Payout => amba_payout::run(&url, bus, stop).await,
+                ServiceName::Notification => amba_notification::run(&url, bus, stop).await,
+                ServiceName::Edge => Ok(()),
+            };
+            if let Err(err) = result {
+                tracing::error!(%service, error = %err, "service stopped with an error; shutting down");
+                service_shutdown.cancel();
+            }
+        });
+    }
+    if services.contains(&ServiceName::Enrollment) {
+        wait_until_answering(&bus, ServiceName::Enrollment).await?;
+    }
+
+    let mut http_addr = None;
+    if services.contains(&ServiceName::Edge) {
+        let config = amba_edge::EdgeConfig {
+            http_addr: settings.http_addr,
+            public_url: settings.public_url.clone(),
+            allowed_hosts: settings.allowed_hosts.clone(),
+        };
+        let edge = amba_edge::Edge::bind(config, &bus)
+            .await
+            .map_err(|source| StartError::Bind { addr: settings.http_addr, source })?;
+        http_addr = edge.local_addr().ok();
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(err) = edge.serve(stop.clone()).await {
+                tracing::error!(error = %err, "edge stopped with an error; shutting down");
+                stop.cancel();
+            }
+        });
+    }
+    Ok(Running { http_addr, shutdown, tasks, nats })
+}
+
+async fn migrate_one(service: ServiceName, url: &str) -> Result<(), RunError> {
+    match service {
+        ServiceName::Enrollment => amba_enrollment::migrate(url).await,
+        ServiceName::Attribution => amba_attribution::migrate(url).await,
+        ServiceName::Commission => amba_commission::migrate(url).await,
+        ServiceName::Payout => amba_payout::migrate(url).await,
+        ServiceName::Notification => amba_notification::migrate(url).await,
+        ServiceName::Edge => Ok(()),
+    }
+}
+
+async fn wait_until_answering(bus: &Bus, service: ServiceName) -> Result<(), StartError> {
+    let rpc = amba_bus::rpc::RpcClient::new(bus.nats.clone(), bus.ns.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while tokio::time::Instant::now() < deadline {
+        if rpc.ping(service.as_str()).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(StartError::NotReady(service))
+}

@@ -1,0 +1,50 @@
+//! The HTTP surface: `/mcp`, OAuth protected-resource metadata, and the probes.
+
+use crate::EdgeState;
+use crate::mcp::McpServer;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router, middleware};
+use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use std::sync::Arc;
+
+pub fn router(state: EdgeState, allowed_hosts: Vec<String>) -> Router {
+    // Stateless: no MCP session lives in this process, so any replica can take any request.
+    let config = StreamableHttpServerConfig::default()
+        .with_legacy_session_mode(false)
+        .with_json_response(true)
+        .with_allowed_hosts(allowed_hosts);
+    let server = McpServer::new(state.clone());
+    let mcp = StreamableHttpService::new(move || Ok(server.clone()), Arc::new(NeverSessionManager::default()), config);
+    let mcp = Router::new()
+        .nest_service("/mcp", mcp)
+        .layer(middleware::from_fn_with_state(state.clone(), crate::auth::require_token));
+
+    Router::new()
+        .route("/.well-known/oauth-protected-resource", get(protected_resource))
+        .route("/.well-known/oauth-protected-resource/mcp", get(protected_resource))
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .merge(mcp)
+        .with_state(state)
+}
+
+/// RFC 9728 metadata: where the resource is and that it takes bearer tokens in the header.
+async fn protected_resource(State(state): State<EdgeState>) -> impl IntoResponse {
+    Json(serde_json::json!({
+        "resource": format!("{}/mcp", state.public_url),
+        "bearer_methods_supported": ["header"],
+        "resource_name": "Amba Affiliate",
+    }))
+}
+
+async fn readyz(State(state): State<EdgeState>) -> impl IntoResponse {
+    if state.is_ready() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}

@@ -1,0 +1,90 @@
+//! The MCP server: one tool per product operation, each a thin translation to a request.
+//!
+//! Tool names and argument names are the contract of DESIGN.md §6. Domain failures come back as
+//! `isError: true` results whose structured content is `{"error": {code, message, status}}`;
+//! only unknown tools and unparsable arguments are protocol errors.
+
+mod identity;
+mod programs;
+
+use crate::EdgeState;
+use amba_core::ApiError;
+use amba_proto::v1::Principal;
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::tool::ToolCallContext;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, Implementation, ListToolsResult, PaginatedRequestParams,
+    ServerCapabilities, ServerConfig,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData, RoleServer, ServerHandler, tool_handler};
+
+/// Tools anyone may call without a token.
+pub const PUBLIC_TOOLS: &[&str] = &["amba_affiliate_signup", "amba_affiliate_touchpoint_record"];
+
+/// What a tool returns on a domain failure.
+pub type ToolError = CallToolResult;
+
+pub fn tool_error(err: ApiError) -> ToolError {
+    CallToolResult::structured_error(err.to_body())
+}
+
+#[derive(Clone)]
+pub struct McpServer {
+    state: EdgeState,
+    tool_router: ToolRouter<Self>,
+}
+
+impl McpServer {
+    pub fn new(state: EdgeState) -> Self {
+        McpServer { state, tool_router: Self::identity_tools() + Self::program_tools() }
+    }
+}
+
+/// The principal the auth middleware attached to this HTTP request, if any.
+fn principal_of(parts: &http::request::Parts) -> Option<Principal> {
+    parts.extensions.get::<Principal>().cloned()
+}
+
+/// The caller's principal, or UNAUTHENTICATED for an anonymous call of an owner/affiliate tool.
+pub fn require_principal(parts: &http::request::Parts) -> Result<Principal, ToolError> {
+    principal_of(parts).ok_or_else(|| tool_error(ApiError::unauthenticated("this tool needs a personal access token")))
+}
+
+fn context_principal(context: &RequestContext<RoleServer>) -> Option<Principal> {
+    context.extensions.get::<http::request::Parts>().and_then(principal_of)
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for McpServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("amba-affiliate", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "Amba Affiliate runs partner programs. Start with amba_affiliate_signup (no token needed) to get a \
+                 personal access token, then call the other tools with `Authorization: Bearer <token>`. Amounts are \
+                 integer minor units of the program currency (USD cents, JPY yen).",
+            )
+    }
+
+    /// Anonymous callers see only the public tools.
+    async fn list_tools(&self, _request: Option<PaginatedRequestParams>, context: RequestContext<RoleServer>) -> Result<ListToolsResult, ErrorData> {
+        let authenticated = context_principal(&context).is_some();
+        let tools = self
+            .tool_router
+            .list_all()
+            .into_iter()
+            .filter(|tool| authenticated || PUBLIC_TOOLS.contains(&tool.name.as_ref()))
+            .collect();
+        Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    /// The HTTP middleware already answers 401 for anonymous private calls; this is the second
+    /// lock on the same door.
+    async fn call_tool(&self, request: CallToolRequestParams, context: RequestContext<RoleServer>) -> Result<CallToolResponse, ErrorData> {
+        if context_principal(&context).is_none() && !PUBLIC_TOOLS.contains(&request.name.as_ref()) {
+            return Ok(tool_error(ApiError::unauthenticated("this tool needs a personal access token")).into());
+        }
+        self.tool_router.call(ToolCallContext::new(self, request, context)).await
+    }
+}

@@ -1,0 +1,279 @@
+use super::{McpServer, ToolError, require_principal, tool_error};
+use amba_core::ApiError;
+use amba_proto::methods::enrollment as methods;
+use amba_proto::v1 as pb;
+use rmcp::handler::server::tool::Extension;
+use rmcp::handler::server::wrapper::{Json, Parameters};
+use rmcp::{tool, tool_router};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Settings every program has; on update an absent field keeps its value.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+pub struct ProgramOptions {
+    /// Whether conversions need the owner's approval before commission accrues. Default auto.
+    #[schemars(extend("enum" = ["auto", "manual"]))]
+    pub approval_mode: Option<String>,
+    /// Days after a click during which a conversion is attributed to it (1-365). Default 30.
+    pub attribution_window_days: Option<u32>,
+    /// Days commission is held (refund window) before it becomes payable (0-365). Default 30.
+    pub hold_days: Option<u32>,
+    /// Smallest payable balance paid out, in minor units. Default 0.
+    pub payout_threshold_minor: Option<i64>,
+    /// When payouts run unattended. Default manual.
+    #[schemars(extend("enum" = ["manual", "weekly", "monthly"]))]
+    pub payout_schedule: Option<String>,
+    /// Platform fee deducted from each payout, in basis points (0-10000). Default 0.
+    pub platform_fee_bps: Option<u32>,
+    /// Upline overrides: {"enabled": true, "levels_bps": [500, 200]} (level 1 = direct sponsor).
+    pub multi_level: Option<serde_json::Value>,
+    /// Where affiliate links send visitors (absolute http(s) URL).
+    pub landing_url: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ProgramsCreateArgs {
+    pub name: String,
+    /// ISO 4217 code, e.g. USD, EUR, JPY. Fixed once the program leaves draft.
+    pub currency: String,
+    /// Versioned commission rule, e.g. {"schema":1,"type":"percentage","bps":2000},
+    /// {"schema":1,"type":"flat","amount_minor":1500}, {"schema":1,"type":"recurring","bps":2000,"months":12},
+    /// {"schema":1,"type":"tiered","basis":"conversions","period":"month","tiers":[{"from":0,"bps":1000},{"from":10,"bps":1500}]}.
+    pub commission: serde_json::Value,
+    #[serde(flatten)]
+    pub options: ProgramOptions,
+    /// Makes a retried create return the first program instead of a second one.
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ProgramsUpdateArgs {
+    pub program_id: String,
+    /// draft → active ⇄ paused → archived.
+    #[schemars(extend("enum" = ["draft", "active", "paused", "archived"]))]
+    pub status: Option<String>,
+    pub name: Option<String>,
+    pub currency: Option<String>,
+    /// A new commission rule; it becomes a new version, earlier commissions keep theirs.
+    pub commission: Option<serde_json::Value>,
+    #[serde(flatten)]
+    pub options: ProgramOptions,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ProgramsGetArgs {
+    pub program_id: String,
+    /// Show the rule of this past version instead of the current one.
+    pub commission_version: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+pub struct ProgramsListArgs {
+    /// `next_cursor` from the previous page.
+    pub cursor: Option<String>,
+    /// Page size, 1-200 (default 50).
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ProgramView {
+    pub program_id: String,
+    pub owner_org_id: String,
+    pub name: String,
+    pub currency: String,
+    pub status: String,
+    pub approval_mode: String,
+    pub attribution_window_days: u32,
+    pub hold_days: u32,
+    pub payout_threshold_minor: i64,
+    pub payout_schedule: String,
+    pub platform_fee_bps: u32,
+    pub multi_level: serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub landing_url: Option<String>,
+    pub commission_version: u32,
+    pub commission: serde_json::Value,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct CommissionVersionView {
+    pub version: u32,
+    pub commission: serde_json::Value,
+    pub created_at: String,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ProgramOutput {
+    pub program: ProgramView,
+    /// Every commission rule version, oldest first (get only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub commission_history: Vec<CommissionVersionView>,
+    /// True when an idempotency key replayed an earlier create.
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ProgramsListOutput {
+    pub programs: Vec<ProgramView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+#[tool_router(router = program_tools, vis = "pub(super)")]
+impl McpServer {
+    #[tool(
+        name = "amba_affiliate_programs_create",
+        description = "Create an affiliate program (status draft) with a commission rule. Launch it with \
+                       amba_affiliate_programs_update {program_id, status: \"active\"}.",
+        annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false)
+    )]
+    async fn programs_create(
+        &self,
+        Parameters(args): Parameters<ProgramsCreateArgs>,
+        Extension(parts): Extension<http::request::Parts>,
+    ) -> Result<Json<ProgramOutput>, ToolError> {
+        let caller = require_principal(&parts)?;
+        let mut settings = options_to_proto(args.options);
+        settings.name = Some(args.name);
+        settings.currency = Some(args.currency);
+        settings.commission_json = Some(commission_text(args.commission).map_err(tool_error)?);
+        let request = pb::CreateProgramRequest {
+            caller: Some(caller),
+            settings: Some(settings),
+            idempotency_key: args.idempotency_key.unwrap_or_default(),
+        };
+        self.program_call(methods::PROGRAM_CREATE, &request).await
+    }
+
+    #[tool(
+        name = "amba_affiliate_programs_update",
+        description = "Change a program's settings or status (draft → active ⇄ paused → archived). A new commission \
+                       rule becomes a new version; commissions already computed keep their version.",
+        annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = true, open_world_hint = false)
+    )]
+    async fn programs_update(
+        &self,
+        Parameters(args): Parameters<ProgramsUpdateArgs>,
+        Extension(parts): Extension<http::request::Parts>,
+    ) -> Result<Json<ProgramOutput>, ToolError> {
+        let caller = require_principal(&parts)?;
+        let mut settings = options_to_proto(args.options);
+        settings.status = args.status;
+        settings.name = args.name;
+        settings.currency = args.currency;
+        settings.commission_json = args.commission.map(commission_text).transpose().map_err(tool_error)?;
+        let request = pb::UpdateProgramRequest { caller: Some(caller), program_id: args.program_id, settings: Some(settings) };
+        self.program_call(methods::PROGRAM_UPDATE, &request).await
+    }
+
+    #[tool(
+        name = "amba_affiliate_programs_get",
+        description = "A program you own, with every commission rule version.",
+        annotations(read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+    )]
+    async fn programs_get(
+        &self,
+        Parameters(args): Parameters<ProgramsGetArgs>,
+        Extension(parts): Extension<http::request::Parts>,
+    ) -> Result<Json<ProgramOutput>, ToolError> {
+        let caller = require_principal(&parts)?;
+        let request = pb::GetProgramRequest { caller: Some(caller), program_id: args.program_id, commission_version: args.commission_version };
+        self.program_call(methods::PROGRAM_GET, &request).await
+    }
+
+    #[tool(
+        name = "amba_affiliate_programs_list",
+        description = "The programs your organization owns, oldest first. Pass next_cursor as cursor for the next page.",
+        annotations(read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+    )]
+    async fn programs_list(
+        &self,
+        Parameters(args): Parameters<ProgramsListArgs>,
+        Extension(parts): Extension<http::request::Parts>,
+    ) -> Result<Json<ProgramsListOutput>, ToolError> {
+        let caller = require_principal(&parts)?;
+        let request = pb::ListProgramsRequest {
+            caller: Some(caller),
+            cursor: args.cursor.unwrap_or_default(),
+            limit: args.limit.unwrap_or_default(),
+        };
+        let reply: pb::ListProgramsResponse =
+            self.state.rpc.call(methods::SERVICE, methods::PROGRAM_LIST, &request).await.map_err(tool_error)?;
+        Ok(Json(ProgramsListOutput {
+            programs: reply.programs.into_iter().map(program_view).collect(),
+            next_cursor: (!reply.next_cursor.is_empty()).then_some(reply.next_cursor),
+        }))
+    }
+}
+
+impl McpServer {
+    async fn program_call<Req: prost::Message>(&self, method: &str, request: &Req) -> Result<Json<ProgramOutput>, ToolError> {
+        let reply: pb::ProgramReply = self.state.rpc.call(methods::SERVICE, method, request).await.map_err(tool_error)?;
+        let program = reply.program.ok_or_else(|| tool_error(ApiError::internal()))?;
+        Ok(Json(ProgramOutput {
+            program: program_view(program),
+            commission_history: reply
+                .commission_history
+                .into_iter()
+                .map(|v| CommissionVersionView { version: v.version, commission: json_or_null(&v.commission_json), created_at: rfc3339(v.created_at_micros) })
+                .collect(),
+            duplicate: reply.duplicate,
+        }))
+    }
+}
+
+/// Accepts the rule as a JSON object or as a string holding one (some agents send either).
+fn commission_text(value: serde_json::Value) -> Result<String, ApiError> {
+    match value {
+        serde_json::Value::String(text) => Ok(text),
+        serde_json::Value::Object(_) => Ok(value.to_string()),
+        _ => Err(ApiError::invalid("commission must be a JSON object such as {\"schema\":1,\"type\":\"percentage\",\"bps\":2000}")),
+    }
+}
+
+fn options_to_proto(o: ProgramOptions) -> pb::ProgramSettings {
+    pb::ProgramSettings {
+        approval_mode: o.approval_mode,
+        attribution_window_days: o.attribution_window_days,
+        hold_days: o.hold_days,
+        payout_threshold_minor: o.payout_threshold_minor,
+        payout_schedule: o.payout_schedule,
+        platform_fee_bps: o.platform_fee_bps,
+        multi_level_json: o.multi_level.map(|v| v.to_string()),
+        landing_url: o.landing_url,
+        ..Default::default()
+    }
+}
+
+fn program_view(p: pb::Program) -> ProgramView {
+    ProgramView {
+        commission: json_or_null(&p.commission_json),
+        multi_level: json_or_null(&p.multi_level_json),
+        landing_url: (!p.landing_url.is_empty()).then_some(p.landing_url),
+        created_at: rfc3339(p.created_at_micros),
+        updated_at: rfc3339(p.updated_at_micros),
+        program_id: p.program_id,
+        owner_org_id: p.owner_org_id,
+        name: p.name,
+        currency: p.currency,
+        status: p.status,
+        approval_mode: p.approval_mode,
+        attribution_window_days: p.attribution_window_days,
+        hold_days: p.hold_days,
+        payout_threshold_minor: p.payout_threshold_minor,
+        payout_schedule: p.payout_schedule,
+        platform_fee_bps: p.platform_fee_bps,
+        commission_version: p.commission_version,
+    }
+}
+
+fn json_or_null(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or(serde_json::Value::Null)
+}
+
+pub fn rfc3339(micros: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(micros).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)).unwrap_or_default()
+}
