@@ -1,1 +1,157 @@
+//! Test kit: a fresh database per test, a unique NATS namespace per test, the whole system
+//! started in-process on free ports, and an MCP client that talks to it over real HTTP.
+//!
+//! Tests run against a real PostgreSQL and a real NATS JetStream server (`scripts/test` starts
+//! them when needed). `AMBA_TEST_DATABASE_URL` names a database on the server used to create
+//! the per-test ones (default `postgres://postgres@127.0.0.1:5432/postgres`); `AMBA_NATS_URL`
+//! the NATS server (default `nats://127.0.0.1:4222`).
 
+mod mcp;
+
+pub use mcp::McpClient;
+
+use amba::{Running, ServiceName, Settings};
+use amba_bus::{Bus, Namespace};
+use anyhow::Context;
+use sqlx::Connection;
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub fn admin_database_url() -> String {
+    std::env::var("AMBA_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+pub fn nats_url() -> String {
+    std::env::var("AMBA_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+fn unique_suffix() -> String {
+    uuid::Uuid::now_v7().simple().to_string()[20..].to_owned()
+}
+
+/// A namespace no other test uses: `t<12 hex>`.
+pub fn unique_namespace() -> Namespace {
+    Namespace::new(&format!("t{}", unique_suffix())).unwrap_or_else(|e| unreachable!("generated namespace is valid: {e}"))
+}
+
+/// A database created for one test and dropped by [`TestDatabase::drop_now`].
+pub struct TestDatabase {
+    pub url: String,
+    name: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> anyhow::Result<TestDatabase> {
+        let admin = admin_database_url();
+        let name = format!("amba_test_{}", unique_suffix());
+        let mut conn = sqlx::PgConnection::connect(&admin).await.with_context(|| format!("connecting to {admin}"))?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await?;
+        let base = admin.rsplit_once('/').map(|(server, _)| server).unwrap_or(&admin);
+        Ok(TestDatabase { url: format!("{base}/{name}"), name })
+    }
+
+    pub async fn drop_now(self) -> anyhow::Result<()> {
+        let mut conn = sqlx::PgConnection::connect(&admin_database_url()).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))).execute(&mut conn).await?;
+        Ok(())
+    }
+}
+
+/// A NATS connection with a fresh namespace and its event streams declared.
+pub async fn test_bus() -> anyhow::Result<Bus> {
+    let nats = async_nats::connect(nats_url()).await.context("connecting to NATS")?;
+    let bus = Bus::new(nats, unique_namespace());
+    amba_bus::streams::ensure_event_streams(&bus.js, &bus.ns).await.map_err(|e| anyhow::anyhow!("creating streams: {e}"))?;
+    Ok(bus)
+}
+
+/// Every service and the edge, in this process, on a fresh database and namespace.
+pub struct TestSystem {
+    pub db: TestDatabase,
+    pub bus: Bus,
+    pub settings: Settings,
+    running: Running,
+    http_addr: SocketAddr,
+}
+
+impl TestSystem {
+    pub async fn start() -> anyhow::Result<TestSystem> {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts with extra configuration variables (e.g. `("MULTI_LEVEL_ENABLED", "true")`).
+    pub async fn start_with(vars: &[(&str, &str)]) -> anyhow::Result<TestSystem> {
+        let db = TestDatabase::create().await?;
+        let ns = unique_namespace();
+        let port = free_port()?;
+        let mut map: HashMap<String, String> = [
+            ("AMBA_DATABASE_URL", db.url.clone()),
+            ("AMBA_NATS_URL", nats_url()),
+            ("AMBA_NAMESPACE", ns.to_string()),
+            ("AMBA_HTTP_ADDR", format!("127.0.0.1:{port}")),
+            ("AMBA_GRPC_ADDR", "127.0.0.1:0".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        map.extend(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        let settings = Settings::from_map(&map)?;
+        let running = amba::system::start(&settings, &ServiceName::ALL).await?;
+        let http_addr = running.http_addr().context("the edge did not start")?;
+        let nats = async_nats::connect(nats_url()).await?;
+        Ok(TestSystem { db, bus: Bus::new(nats, ns), settings, running, http_addr })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.http_addr)
+    }
+
+    pub fn mcp_url(&self) -> String {
+        format!("{}/mcp", self.base_url())
+    }
+
+    /// An MCP client over streamable HTTP, with `token` as its bearer token.
+    pub async fn mcp(&self, token: Option<&str>) -> anyhow::Result<McpClient> {
+        McpClient::connect(&self.mcp_url(), token).await
+    }
+
+    /// A direct connection to one service's schema, for assertions on stored state.
+    pub async fn service_pool(&self, schema: &'static str) -> anyhow::Result<sqlx::PgPool> {
+        Ok(amba_bus::store::connect(&self.db.url, schema, 2).await?)
+    }
+
+    /// Stops the services, removes the namespace's streams and drops the database.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.running.stop().await;
+        amba_bus::streams::delete_event_streams(&self.bus.js, &self.bus.ns).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.db.drop_now().await
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Polls `check` until it returns `Some`, or fails after `timeout`. Never sleep-and-hope.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await? {
+            return Ok(value);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

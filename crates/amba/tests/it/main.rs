@@ -1,0 +1,4 @@
+//! End-to-end tests of the running system through its public surfaces, one binary.
+
+mod auth;
+mod programs;
