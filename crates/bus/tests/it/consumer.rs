@@ -1,0 +1,154 @@
+use crate::store;
+use amba_bus::consumer::{self, ConsumerSpec, Delivery, Handler, HandlerError};
+use amba_testkit::{eventually, test_bus};
+use async_nats::jetstream::{self, message::PublishMessage, stream};
+use sqlx::{PgConnection, PgPool};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Records each application; fails transiently for the first `fail_attempts` deliveries of
+/// payload "flaky", permanently for payload "poison".
+struct Recorder {
+    fail_attempts: i64,
+}
+
+impl Handler for Recorder {
+    async fn handle(&self, conn: &mut PgConnection, delivery: &Delivery) -> Result<(), HandlerError> {
+        match delivery.payload.as_ref() {
+            b"poison" => return Err(HandlerError::Permanent("payload is poison".into())),
+            b"flaky" if delivery.attempt <= self.fail_attempts => {
+                return Err(HandlerError::Retry(anyhow::anyhow!("database briefly away")));
+            }
+            _ => {}
+        }
+        sqlx::query("INSERT INTO applied (event_id, attempt) VALUES ($1, $2)")
+            .bind(&delivery.event_id)
+            .bind(delivery.attempt)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+}
+
+struct Setup {
+    pool: PgPool,
+    db: amba_testkit::TestDatabase,
+    bus: amba_bus::Bus,
+    stream: String,
+    subject: String,
+}
+
+/// A stream with a short duplicate window, so a test can deliver the same event id twice the way
+/// a republish after the window would.
+async fn setup() -> anyhow::Result<Setup> {
+    let (db, pool) = store().await?;
+    sqlx::query("CREATE TABLE applied (event_id TEXT NOT NULL, attempt BIGINT NOT NULL)").execute(&pool).await?;
+    let bus = test_bus().await?;
+    let stream = format!("{}_PROBE", bus.ns.as_str().to_uppercase());
+    bus.js
+        .create_stream(stream::Config {
+            name: stream.clone(),
+            subjects: vec![bus.ns.event_domain("probe")],
+            duplicate_window: Duration::from_millis(200),
+            ..Default::default()
+        })
+        .await?;
+    let subject = bus.ns.event("probe", "happened");
+    Ok(Setup { pool, db, bus, stream, subject })
+}
+
+async fn publish(js: &jetstream::Context, subject: &str, id: Option<&str>, payload: &'static [u8]) -> anyhow::Result<bool> {
+    let mut message = PublishMessage::build().payload(payload.into());
+    if let Some(id) = id {
+        message = message.message_id(id);
+    }
+    let ack = js.send_publish(subject.to_owned(), message).await?.await?;
+    Ok(ack.duplicate)
+}
+
+fn spec(s: &Setup) -> ConsumerSpec {
+    let mut spec = ConsumerSpec::new(s.stream.clone(), format!("{}_T", s.stream), s.subject.clone());
+    spec.max_deliver = 5;
+    spec
+}
+
+/// Waits until the consumer has settled (acked or terminated) `count` stream messages.
+async fn settled(s: &Setup, durable: &str, count: u64) -> anyhow::Result<()> {
+    eventually(Duration::from_secs(15), "consumer to settle", || {
+        let js = s.bus.js.clone();
+        let (stream, durable) = (s.stream.clone(), durable.to_owned());
+        async move {
+            // The runner creates the consumer; until then there is nothing to wait on.
+            let found: Result<jetstream::consumer::PullConsumer, _> = js.get_stream(&stream).await?.get_consumer(&durable).await;
+            let Ok(mut consumer) = found else { return Ok(None) };
+            let info = consumer.info().await?;
+            Ok((info.ack_floor.stream_sequence >= count && info.num_ack_pending == 0 && info.num_pending == 0).then_some(()))
+        }
+    })
+    .await
+}
+
+async fn teardown(s: Setup) -> anyhow::Result<()> {
+    s.bus.js.delete_stream(&s.stream).await?;
+    amba_bus::streams::delete_event_streams(&s.bus.js, &s.bus.ns).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    s.db.drop_now().await
+}
+
+#[tokio::test]
+async fn a_redelivered_event_is_applied_once() -> anyhow::Result<()> {
+    let s = setup().await?;
+    assert!(!publish(&s.bus.js, &s.subject, Some("evt_same"), b"hello").await?);
+    // Inside the window JetStream drops the copy; past it, the copy is stored again, as a
+    // republish after a crash would be. The inbox must catch it.
+    assert!(publish(&s.bus.js, &s.subject, Some("evt_same"), b"hello").await?);
+    eventually(Duration::from_secs(5), "duplicate window to pass", || {
+        let js = s.bus.js.clone();
+        let subject = s.subject.clone();
+        async move { Ok((!publish(&js, &subject, Some("evt_same"), b"hello").await?).then_some(())) }
+    })
+    .await?;
+    assert!(!publish(&s.bus.js, &s.subject, Some("evt_other"), b"hello").await?);
+
+    let spec = spec(&s);
+    let durable = spec.durable_name.clone();
+    let stop = CancellationToken::new();
+    let runner = tokio::spawn(consumer::run(s.bus.js.clone(), s.pool.clone(), spec, Arc::new(Recorder { fail_attempts: 0 }), stop.clone()));
+    settled(&s, &durable, 3).await?;
+    stop.cancel();
+    runner.await?.map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    let applied: Vec<(String, i64)> = sqlx::query_as("SELECT event_id, count(*) FROM applied GROUP BY event_id ORDER BY event_id").fetch_all(&s.pool).await?;
+    assert_eq!(applied, vec![("evt_other".to_owned(), 1), ("evt_same".to_owned(), 1)]);
+    let inbox: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox").fetch_one(&s.pool).await?;
+    assert_eq!(inbox, 2);
+    teardown(s).await
+}
+
+#[tokio::test]
+async fn transient_failures_retry_and_poison_goes_to_dead_letters() -> anyhow::Result<()> {
+    let s = setup().await?;
+    publish(&s.bus.js, &s.subject, Some("evt_flaky"), b"flaky").await?;
+    publish(&s.bus.js, &s.subject, Some("evt_poison"), b"poison").await?;
+    publish(&s.bus.js, &s.subject, None, b"no id").await?;
+    publish(&s.bus.js, &s.subject, Some("evt_fine"), b"fine").await?;
+
+    let spec = spec(&s);
+    let durable = spec.durable_name.clone();
+    let stop = CancellationToken::new();
+    let runner = tokio::spawn(consumer::run(s.bus.js.clone(), s.pool.clone(), spec, Arc::new(Recorder { fail_attempts: 2 }), stop.clone()));
+    settled(&s, &durable, 4).await?;
+    stop.cancel();
+    runner.await?.map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    let applied: Vec<(String, i64)> = sqlx::query_as("SELECT event_id, attempt FROM applied ORDER BY event_id").fetch_all(&s.pool).await?;
+    assert_eq!(applied, vec![("evt_fine".to_owned(), 1), ("evt_flaky".to_owned(), 3)], "the flaky one applied once, on its third delivery");
+    let dead: Vec<(String, String)> = sqlx::query_as("SELECT event_id, error FROM dead_letters ORDER BY event_id").fetch_all(&s.pool).await?;
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert_eq!(dead[0].0, "evt_poison");
+    assert!(dead[0].1.contains("poison"));
+    assert!(dead[1].0.starts_with("missing-id:") && dead[1].1.contains("Nats-Msg-Id"));
+    let inbox: Vec<String> = sqlx::query_scalar("SELECT event_id FROM inbox ORDER BY event_id").fetch_all(&s.pool).await?;
+    assert_eq!(inbox, vec!["evt_fine", "evt_flaky"], "failed attempts left no inbox row behind");
+    teardown(s).await
+}
