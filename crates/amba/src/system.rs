@@ -51,17 +51,21 @@ impl fmt::Display for ServiceName {
 impl FromStr for ServiceName {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        ServiceName::ALL
-            .into_iter()
-            .find(|n| n.as_str() == s)
-            .ok_or_else(|| format!("unknown service {s:?}; expected one of enrollment, attribution, commission, payout, notification, edge"))
+        ServiceName::ALL.into_iter().find(|n| n.as_str() == s).ok_or_else(|| {
+            format!(
+                "unknown service {s:?}; expected one of enrollment, attribution, commission, payout, notification, edge"
+            )
+        })
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot connect to NATS at {url}: {source}")]
-    Nats { url: String, source: async_nats::ConnectError },
+    Nats {
+        url: String,
+        source: async_nats::ConnectError,
+    },
     #[error("cannot create JetStream streams (is JetStream enabled on the server?): {0}")]
     Streams(async_nats::Error),
     #[error("{service}: {source}")]
@@ -119,18 +123,29 @@ pub async fn connect_nats(url: &str, name: &str) -> Result<async_nats::Client, S
         })
         .connect(url)
         .await
-        .map_err(|source| StartError::Nats { url: url.to_owned(), source })
+        .map_err(|source| StartError::Nats {
+            url: url.to_owned(),
+            source,
+        })
 }
 
 /// Applies every service's migrations (`amba migrate`, the Kubernetes migration Job).
 pub async fn migrate_all(settings: &Settings) -> Result<(), StartError> {
     let url = settings.database_url.expose();
     let wrap = |service| move |source| StartError::Service { service, source };
-    amba_enrollment::migrate(url).await.map_err(wrap(ServiceName::Enrollment))?;
-    amba_attribution::migrate(url).await.map_err(wrap(ServiceName::Attribution))?;
-    amba_commission::migrate(url).await.map_err(wrap(ServiceName::Commission))?;
+    amba_enrollment::migrate(url)
+        .await
+        .map_err(wrap(ServiceName::Enrollment))?;
+    amba_attribution::migrate(url)
+        .await
+        .map_err(wrap(ServiceName::Attribution))?;
+    amba_commission::migrate(url)
+        .await
+        .map_err(wrap(ServiceName::Commission))?;
     amba_payout::migrate(url).await.map_err(wrap(ServiceName::Payout))?;
-    amba_notification::migrate(url).await.map_err(wrap(ServiceName::Notification))?;
+    amba_notification::migrate(url)
+        .await
+        .map_err(wrap(ServiceName::Notification))?;
     Ok(())
 }
 
@@ -139,7 +154,9 @@ pub async fn migrate_all(settings: &Settings) -> Result<(), StartError> {
 pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Running, StartError> {
     let nats = connect_nats(&settings.nats_url, &format!("amba-{}", settings.namespace)).await?;
     let bus = Bus::new(nats.clone(), settings.namespace.clone());
-    amba_bus::streams::ensure_event_streams(&bus.js, &bus.ns).await.map_err(StartError::Streams)?;
+    amba_bus::streams::ensure_event_streams(&bus.js, &bus.ns)
+        .await
+        .map_err(StartError::Streams)?;
 
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
@@ -149,7 +166,9 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
             continue;
         }
         // Migrate before spawning so a schema problem fails start-up, not a request.
-        migrate_one(service, &url).await.map_err(|source| StartError::Service { service, source })?;
+        migrate_one(service, &url)
+            .await
+            .map_err(|source| StartError::Service { service, source })?;
         let (bus, url, stop) = (bus.clone(), url.clone(), shutdown.clone());
         let service_shutdown = shutdown.clone();
         tasks.spawn(async move {
@@ -180,7 +199,10 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
         };
         let edge = amba_edge::Edge::bind(config, &bus)
             .await
-            .map_err(|source| StartError::Bind { addr: settings.http_addr, source })?;
+            .map_err(|source| StartError::Bind {
+                addr: settings.http_addr,
+                source,
+            })?;
         http_addr = edge.local_addr().ok();
         let stop = shutdown.clone();
         tasks.spawn(async move {
@@ -190,7 +212,12 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
             }
         });
     }
-    Ok(Running { http_addr, shutdown, tasks, nats })
+    Ok(Running {
+        http_addr,
+        shutdown,
+        tasks,
+        nats,
+    })
 }
 
 async fn migrate_one(service: ServiceName, url: &str) -> Result<(), RunError> {

@@ -9,12 +9,12 @@
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use futures::StreamExt;
-use tracing::Instrument;
 use sqlx::{PgConnection, PgPool};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// What a handler sees of a message.
 #[derive(Debug, Clone)]
@@ -51,7 +51,11 @@ impl From<prost::DecodeError> for HandlerError {
 
 /// Applies one event inside the runner's transaction. Must not commit or ack itself.
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, conn: &mut PgConnection, delivery: &Delivery) -> impl Future<Output = Result<(), HandlerError>> + Send;
+    fn handle(
+        &self,
+        conn: &mut PgConnection,
+        delivery: &Delivery,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
 }
 
 /// Where a consumer reads from and how hard it tries.
@@ -69,7 +73,14 @@ pub struct ConsumerSpec {
 
 impl ConsumerSpec {
     pub fn new(stream: String, durable_name: String, filter_subject: String) -> Self {
-        ConsumerSpec { stream, durable_name, filter_subject, max_deliver: 10, ack_wait: Duration::from_secs(30), concurrency: 16 }
+        ConsumerSpec {
+            stream,
+            durable_name,
+            filter_subject,
+            max_deliver: 10,
+            ack_wait: Duration::from_secs(30),
+            concurrency: 16,
+        }
     }
 }
 
@@ -137,14 +148,26 @@ async fn process<H: Handler>(pool: &PgPool, spec: &ConsumerSpec, handler: &H, me
     };
     let span = tracing::info_span!("consume", consumer = %spec.durable_name, subject = %delivery.subject, event_id = %delivery.event_id, attempt);
     amba_telemetry::set_remote_parent(&span, &delivery.traceparent);
-    settle(pool, spec, handler, message, delivery, event_id.is_some()).instrument(span).await;
+    settle(pool, spec, handler, message, delivery, event_id.is_some())
+        .instrument(span)
+        .await;
 }
 
-async fn settle<H: Handler>(pool: &PgPool, spec: &ConsumerSpec, handler: &H, message: jetstream::Message, mut delivery: Delivery, has_id: bool) {
+async fn settle<H: Handler>(
+    pool: &PgPool,
+    spec: &ConsumerSpec,
+    handler: &H,
+    message: jetstream::Message,
+    mut delivery: Delivery,
+    has_id: bool,
+) {
     let attempt = delivery.attempt;
     if !has_id {
         // Still dead-lettered under a unique key so the operator can find it.
-        delivery.event_id = format!("missing-id:{}", message.info().map(|i| i.stream_sequence).unwrap_or_default());
+        delivery.event_id = format!(
+            "missing-id:{}",
+            message.info().map(|i| i.stream_sequence).unwrap_or_default()
+        );
     }
     let outcome = if has_id {
         apply(pool, &spec.durable_name, handler, &delivery).await
@@ -174,15 +197,21 @@ async fn settle<H: Handler>(pool: &PgPool, spec: &ConsumerSpec, handler: &H, mes
 }
 
 /// Inbox row and handler effects in one transaction. A known event id commits nothing new.
-async fn apply<H: Handler>(pool: &PgPool, consumer: &str, handler: &H, delivery: &Delivery) -> Result<(), HandlerError> {
+async fn apply<H: Handler>(
+    pool: &PgPool,
+    consumer: &str,
+    handler: &H,
+    delivery: &Delivery,
+) -> Result<(), HandlerError> {
     let mut tx = pool.begin().await?;
-    let inserted = sqlx::query("INSERT INTO inbox (consumer, event_id, subject) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-        .bind(consumer)
-        .bind(&delivery.event_id)
-        .bind(&delivery.subject)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+    let inserted =
+        sqlx::query("INSERT INTO inbox (consumer, event_id, subject) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+            .bind(consumer)
+            .bind(&delivery.event_id)
+            .bind(&delivery.subject)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
     if inserted == 0 {
         tracing::debug!("duplicate delivery; already applied");
         return Ok(());

@@ -66,7 +66,13 @@ pub struct Relay {
 
 impl Relay {
     pub fn new(pool: PgPool, js: jetstream::Context, waker: RelayWaker) -> Self {
-        Relay { pool, js, waker, batch_size: 500, poll_interval: Duration::from_millis(250) }
+        Relay {
+            pool,
+            js,
+            waker,
+            batch_size: 500,
+            poll_interval: Duration::from_millis(250),
+        }
     }
 
     /// Publishes until `shutdown`, then flushes what is left once more.

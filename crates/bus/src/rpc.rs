@@ -24,7 +24,11 @@ pub fn error_to_proto(err: &ApiError) -> pb::Error {
         code: err.code.as_str().to_owned(),
         message: err.message.clone(),
         status: u32::from(err.status),
-        details_json: if err.details.is_null() { String::new() } else { err.details.to_string() },
+        details_json: if err.details.is_null() {
+            String::new()
+        } else {
+            err.details.to_string()
+        },
     }
 }
 
@@ -44,7 +48,11 @@ pub struct RpcClient {
 
 impl RpcClient {
     pub fn new(nats: async_nats::Client, ns: Namespace) -> Self {
-        RpcClient { nats, ns, timeout: Duration::from_secs(10) }
+        RpcClient {
+            nats,
+            ns,
+            timeout: Duration::from_secs(10),
+        }
     }
 
     pub fn namespace(&self) -> &Namespace {
@@ -53,21 +61,34 @@ impl RpcClient {
 
     /// Whether `service` answers at all (every [`RpcServer`] serves `ping`).
     pub async fn ping(&self, service: &str) -> Result<(), ApiError> {
-        self.call::<pb::Ping, pb::Ping>(service, PING, &pb::Ping {}).await.map(|_| ())
+        self.call::<pb::Ping, pb::Ping>(service, PING, &pb::Ping {})
+            .await
+            .map(|_| ())
     }
 
     /// Sends `request` to `<ns>.rpc.<service>.<method>` and decodes the reply.
-    pub async fn call<Req: Message, Resp: Message + Default>(&self, service: &str, method: &str, request: &Req) -> Result<Resp, ApiError> {
+    pub async fn call<Req: Message, Resp: Message + Default>(
+        &self,
+        service: &str,
+        method: &str,
+        request: &Req,
+    ) -> Result<Resp, ApiError> {
         let subject = self.ns.rpc(service, method);
         let mut headers = async_nats::HeaderMap::new();
         amba_telemetry::inject_nats_headers(&mut headers);
-        let send = self.nats.request_with_headers(subject, headers, request.encode_to_vec().into());
+        let send = self
+            .nats
+            .request_with_headers(subject, headers, request.encode_to_vec().into());
         let message = match tokio::time::timeout(self.timeout, send).await {
-            Err(_) => return Err(ApiError::unavailable(format!("{service} did not answer in time"))),
+            Err(_) => {
+                return Err(ApiError::unavailable(format!("{service} did not answer in time")));
+            }
             Ok(Err(err)) if err.kind() == async_nats::RequestErrorKind::NoResponders => {
                 return Err(ApiError::unavailable(format!("{service} is not running")));
             }
-            Ok(Err(err)) => return Err(ApiError::unavailable(format!("{service} request failed: {err}"))),
+            Ok(Err(err)) => {
+                return Err(ApiError::unavailable(format!("{service} request failed: {err}")));
+            }
             Ok(Ok(message)) => message,
         };
         let reply = pb::Reply::decode(message.payload).map_err(|err| {
@@ -99,7 +120,12 @@ pub struct RpcServer {
 
 impl RpcServer {
     pub fn new(service: &'static str) -> Self {
-        RpcServer { service, routes: HashMap::new(), concurrency: 256 }.route(PING, |ping: pb::Ping| async move { Ok(ping) })
+        RpcServer {
+            service,
+            routes: HashMap::new(),
+            concurrency: 256,
+        }
+        .route(PING, |ping: pb::Ping| async move { Ok(ping) })
     }
 
     /// Registers `method`: the request is decoded (a bad payload is INVALID_ARGUMENT) and the
@@ -124,9 +150,16 @@ impl RpcServer {
     }
 
     /// Answers requests until `shutdown`, then finishes the ones in flight.
-    pub async fn serve(self, nats: async_nats::Client, ns: Namespace, shutdown: CancellationToken) -> Result<(), async_nats::Error> {
+    pub async fn serve(
+        self,
+        nats: async_nats::Client,
+        ns: Namespace,
+        shutdown: CancellationToken,
+    ) -> Result<(), async_nats::Error> {
         let prefix = ns.rpc(self.service, ""); // "<ns>.rpc.<service>."
-        let mut subscription = nats.queue_subscribe(ns.rpc_wildcard(self.service), ns.rpc_queue(self.service)).await?;
+        let mut subscription = nats
+            .queue_subscribe(ns.rpc_wildcard(self.service), ns.rpc_queue(self.service))
+            .await?;
         let permits = Arc::new(Semaphore::new(self.concurrency));
         let routes = Arc::new(self.routes);
         let service = self.service;
@@ -135,9 +168,18 @@ impl RpcServer {
                 _ = shutdown.cancelled() => break,
                 message = subscription.next() => match message { Some(m) => m, None => break },
             };
-            let Some(reply_to) = message.reply.clone() else { continue };
-            let Ok(permit) = permits.clone().acquire_owned().await else { break };
-            let method = message.subject.as_str().strip_prefix(&prefix).unwrap_or_default().to_owned();
+            let Some(reply_to) = message.reply.clone() else {
+                continue;
+            };
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break;
+            };
+            let method = message
+                .subject
+                .as_str()
+                .strip_prefix(&prefix)
+                .unwrap_or_default()
+                .to_owned();
             let route = routes.get(method.as_str()).cloned();
             let nats = nats.clone();
             let span = tracing::info_span!("rpc", %service, %method);
@@ -146,7 +188,10 @@ impl RpcServer {
                 async move {
                     let result = match route {
                         Some(route) => route(message.payload).await,
-                        None => Err(ApiError::new(ErrorCode::NotFound, format!("unknown method {service}.{method}"))),
+                        None => Err(ApiError::new(
+                            ErrorCode::NotFound,
+                            format!("unknown method {service}.{method}"),
+                        )),
                     };
                     if let Err(err) = &result
                         && err.code == ErrorCode::Internal

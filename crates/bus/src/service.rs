@@ -33,7 +33,12 @@ pub enum RunError {
 }
 
 /// Opens the service's schema-pinned pool and applies its migrations.
-pub async fn open_store(database_url: &str, schema: &'static str, migrations: &Migrator, max_connections: u32) -> Result<PgPool, RunError> {
+pub async fn open_store(
+    database_url: &str,
+    schema: &'static str,
+    migrations: &Migrator,
+    max_connections: u32,
+) -> Result<PgPool, RunError> {
     let pool = crate::store::connect(database_url, schema, max_connections).await?;
     crate::store::migrate(&pool, schema, migrations).await?;
     Ok(pool)

@@ -5,9 +5,9 @@
 //! are tracked per schema (`<schema>._migrations`, and `<schema>._bus_migrations` for the
 //! messaging tables every service shares the shape of).
 
+use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -26,8 +26,15 @@ pub async fn connect(database_url: &str, schema: &'static str, max_connections: 
 }
 
 /// Creates the schema if needed and applies the messaging tables and the service's migrations.
-pub async fn migrate(pool: &PgPool, schema: &'static str, service_migrations: &Migrator) -> Result<(), sqlx::migrate::MigrateError> {
-    for (migrator, table) in [(&BUS_MIGRATIONS, "_bus_migrations"), (service_migrations, "_migrations")] {
+pub async fn migrate(
+    pool: &PgPool,
+    schema: &'static str,
+    service_migrations: &Migrator,
+) -> Result<(), sqlx::migrate::MigrateError> {
+    for (migrator, table) in [
+        (&BUS_MIGRATIONS, "_bus_migrations"),
+        (service_migrations, "_migrations"),
+    ] {
         let mut migrator = Migrator {
             migrations: migrator.migrations.clone(),
             ..Migrator::DEFAULT

@@ -19,8 +19,14 @@ impl Namespace {
     pub fn new(prefix: &str) -> Result<Self, NamespaceError> {
         let valid = (1..=32).contains(&prefix.len())
             && prefix.starts_with(|c: char| c.is_ascii_lowercase())
-            && prefix.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-        if valid { Ok(Namespace(prefix.to_owned())) } else { Err(NamespaceError(prefix.to_owned())) }
+            && prefix
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        if valid {
+            Ok(Namespace(prefix.to_owned()))
+        } else {
+            Err(NamespaceError(prefix.to_owned()))
+        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -68,7 +74,9 @@ impl Namespace {
     }
 
     fn upper(&self, name: &str) -> String {
-        format!("{}_{}", self.0, name).replace(['-', '.'], "_").to_ascii_uppercase()
+        format!("{}_{}", self.0, name)
+            .replace(['-', '.'], "_")
+            .to_ascii_uppercase()
     }
 }
 
@@ -91,7 +99,10 @@ mod tests {
         assert_eq!(ns.event_domain("program"), "amba.evt.program.>");
         assert_eq!(ns.ingest("conversion", 3), "amba.ingest.conversion.3");
         assert_eq!(ns.events_stream("enrollment"), "AMBA_EVT_ENROLLMENT");
-        assert_eq!(Namespace::new("t-1a")?.consumer("commission", "programs"), "T_1A_COMMISSION_PROGRAMS");
+        assert_eq!(
+            Namespace::new("t-1a")?.consumer("commission", "programs"),
+            "T_1A_COMMISSION_PROGRAMS"
+        );
         Ok(())
     }
 

@@ -88,7 +88,12 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError { code, message: message.into(), status: code.status(), details: serde_json::Value::Null }
+        ApiError {
+            code,
+            message: message.into(),
+            status: code.status(),
+            details: serde_json::Value::Null,
+        }
     }
 
     pub fn with_details(mut self, details: serde_json::Value) -> Self {

@@ -41,8 +41,15 @@ pub fn init(service: &str, otlp_endpoint: Option<&str>, json: bool) -> anyhow::R
                 .with_tonic()
                 .with_endpoint(endpoint)
                 .build()?;
-            let resource = opentelemetry_sdk::Resource::builder().with_service_name(service.to_owned()).build();
-            Some(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build())
+            let resource = opentelemetry_sdk::Resource::builder()
+                .with_service_name(service.to_owned())
+                .build();
+            Some(
+                SdkTracerProvider::builder()
+                    .with_batch_exporter(exporter)
+                    .with_resource(resource)
+                    .build(),
+            )
         }
         None => None,
     };
@@ -75,7 +82,9 @@ pub fn set_remote_parent(span: &tracing::Span, traceparent: &str) {
     if traceparent.is_empty() {
         return;
     }
-    let carrier = MapCarrier { traceparent: Some(traceparent.to_owned()) };
+    let carrier = MapCarrier {
+        traceparent: Some(traceparent.to_owned()),
+    };
     let cx = TraceContextPropagator::new().extract(&carrier);
     // Only fails when the span is disabled; then there is nothing to link.
     let _ = span.set_parent(cx);

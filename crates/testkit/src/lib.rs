@@ -33,7 +33,8 @@ fn unique_suffix() -> String {
 
 /// A namespace no other test uses: `t<12 hex>`.
 pub fn unique_namespace() -> Namespace {
-    Namespace::new(&format!("t{}", unique_suffix())).unwrap_or_else(|e| unreachable!("generated namespace is valid: {e}"))
+    Namespace::new(&format!("t{}", unique_suffix()))
+        .unwrap_or_else(|e| unreachable!("generated namespace is valid: {e}"))
 }
 
 /// A database created for one test and dropped by [`TestDatabase::drop_now`].
@@ -46,15 +47,27 @@ impl TestDatabase {
     pub async fn create() -> anyhow::Result<TestDatabase> {
         let admin = admin_database_url();
         let name = format!("amba_test_{}", unique_suffix());
-        let mut conn = sqlx::PgConnection::connect(&admin).await.with_context(|| format!("connecting to {admin}"))?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await?;
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .with_context(|| format!("connecting to {admin}"))?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await?;
         let base = admin.rsplit_once('/').map(|(server, _)| server).unwrap_or(&admin);
-        Ok(TestDatabase { url: format!("{base}/{name}"), name })
+        Ok(TestDatabase {
+            url: format!("{base}/{name}"),
+            name,
+        })
     }
 
     pub async fn drop_now(self) -> anyhow::Result<()> {
         let mut conn = sqlx::PgConnection::connect(&admin_database_url()).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))).execute(&mut conn).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )))
+        .execute(&mut conn)
+        .await?;
         Ok(())
     }
 }
@@ -63,7 +76,9 @@ impl TestDatabase {
 pub async fn test_bus() -> anyhow::Result<Bus> {
     let nats = async_nats::connect(nats_url()).await.context("connecting to NATS")?;
     let bus = Bus::new(nats, unique_namespace());
-    amba_bus::streams::ensure_event_streams(&bus.js, &bus.ns).await.map_err(|e| anyhow::anyhow!("creating streams: {e}"))?;
+    amba_bus::streams::ensure_event_streams(&bus.js, &bus.ns)
+        .await
+        .map_err(|e| anyhow::anyhow!("creating streams: {e}"))?;
     Ok(bus)
 }
 
@@ -101,7 +116,13 @@ impl TestSystem {
         let running = amba::system::start(&settings, &ServiceName::ALL).await?;
         let http_addr = running.http_addr().context("the edge did not start")?;
         let nats = async_nats::connect(nats_url()).await?;
-        Ok(TestSystem { db, bus: Bus::new(nats, ns), settings, running, http_addr })
+        Ok(TestSystem {
+            db,
+            bus: Bus::new(nats, ns),
+            settings,
+            running,
+            http_addr,
+        })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -129,7 +150,9 @@ impl TestSystem {
     /// Stops the services, removes the namespace's streams and drops the database.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.running.stop().await;
-        amba_bus::streams::delete_event_streams(&self.bus.js, &self.bus.ns).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        amba_bus::streams::delete_event_streams(&self.bus.js, &self.bus.ns)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         self.db.drop_now().await
     }
 }

@@ -61,8 +61,15 @@ impl McpClient {
     /// Calls a tool that must fail with a domain error; returns `{code, message, status}`.
     pub async fn err(&self, name: &str, arguments: Value) -> anyhow::Result<Value> {
         let result = self.call(name, arguments).await?;
-        anyhow::ensure!(result.is_error == Some(true), "{name} should have failed: {:?}", result.structured_content);
-        result.structured_content.and_then(|c| c.get("error").cloned()).context("isError result without an error object")
+        anyhow::ensure!(
+            result.is_error == Some(true),
+            "{name} should have failed: {:?}",
+            result.structured_content
+        );
+        result
+            .structured_content
+            .and_then(|c| c.get("error").cloned())
+            .context("isError result without an error object")
     }
 
     pub async fn close(self) -> anyhow::Result<()> {

@@ -36,7 +36,10 @@ pub struct TokenCache {
 
 impl TokenCache {
     pub fn new(rpc: RpcClient) -> Self {
-        TokenCache { rpc, entries: Mutex::new(HashMap::new()) }
+        TokenCache {
+            rpc,
+            entries: Mutex::new(HashMap::new()),
+        }
     }
 
     pub async fn verify(&self, token: &str) -> Result<Principal, ApiError> {
@@ -46,7 +49,13 @@ impl TokenCache {
         }
         let principal: Principal = self
             .rpc
-            .call(methods::SERVICE, methods::VERIFY_TOKEN, &VerifyTokenRequest { token: token.to_owned() })
+            .call(
+                methods::SERVICE,
+                methods::VERIFY_TOKEN,
+                &VerifyTokenRequest {
+                    token: token.to_owned(),
+                },
+            )
             .await?;
         if let Ok(mut entries) = self.entries.lock() {
             if entries.len() >= CACHE_MAX {
@@ -68,7 +77,10 @@ impl TokenCache {
 
     fn cached(&self, key: &[u8; 32]) -> Option<Principal> {
         let entries = self.entries.lock().ok()?;
-        entries.get(key).filter(|(_, at)| at.elapsed() < CACHE_TTL).map(|(p, _)| p.clone())
+        entries
+            .get(key)
+            .filter(|(_, at)| at.elapsed() < CACHE_TTL)
+            .map(|(p, _)| p.clone())
     }
 }
 
@@ -79,7 +91,10 @@ fn digest(token: &str) -> [u8; 32] {
 
 /// The middleware in front of `/mcp`.
 pub async fn require_token(State(state): State<EdgeState>, mut request: Request, next: Next) -> Response {
-    let header = request.headers().get(header::AUTHORIZATION).map(|v| v.to_str().map(str::to_owned));
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.to_str().map(str::to_owned));
     match header {
         Some(Ok(value)) => {
             let Some(token) = value.strip_prefix("Bearer ").map(str::trim).filter(|t| !t.is_empty()) else {
@@ -134,7 +149,9 @@ fn unauthorized(state: &EdgeState, problem: Option<&str>) -> Response {
         Some(_) => format!("Bearer error=\"invalid_token\", resource_metadata=\"{metadata}\""),
         None => format!("Bearer resource_metadata=\"{metadata}\""),
     };
-    let err = ApiError::unauthenticated(problem.unwrap_or("this tool needs a personal access token: send `Authorization: Bearer <token>`"));
+    let err = ApiError::unauthenticated(
+        problem.unwrap_or("this tool needs a personal access token: send `Authorization: Bearer <token>`"),
+    );
     let mut response = (StatusCode::UNAUTHORIZED, axum::Json(err.to_body())).into_response();
     if let Ok(value) = HeaderValue::from_str(&challenge) {
         response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
@@ -153,12 +170,17 @@ mod tests {
 
     #[test]
     fn detects_private_tool_calls() {
-        let call = |name: &str| format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{name}"}}}}"#);
+        let call =
+            |name: &str| format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{name}"}}}}"#);
         assert!(calls_private_tool(call("amba_affiliate_programs_create").as_bytes()));
         assert!(!calls_private_tool(call("amba_affiliate_signup").as_bytes()));
-        assert!(!calls_private_tool(br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#));
+        assert!(!calls_private_tool(
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#
+        ));
         assert!(calls_private_tool(format!("[{}]", call("x")).as_bytes()));
-        assert!(calls_private_tool(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{}}"#));
+        assert!(calls_private_tool(
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{}}"#
+        ));
         assert!(!calls_private_tool(b"not json"));
     }
 }

@@ -18,10 +18,17 @@ pub fn router(state: EdgeState, allowed_hosts: Vec<String>) -> Router {
         .with_json_response(true)
         .with_allowed_hosts(allowed_hosts);
     let server = McpServer::new(state.clone());
-    let mcp = StreamableHttpService::new(move || Ok(server.clone()), Arc::new(NeverSessionManager::default()), config);
+    let mcp = StreamableHttpService::new(
+        move || Ok(server.clone()),
+        Arc::new(NeverSessionManager::default()),
+        config,
+    );
     let mcp = Router::new()
         .nest_service("/mcp", mcp)
-        .layer(middleware::from_fn_with_state(state.clone(), crate::auth::require_token));
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::require_token,
+        ));
 
     Router::new()
         .route("/.well-known/oauth-protected-resource", get(protected_resource))

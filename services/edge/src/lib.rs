@@ -64,7 +64,11 @@ impl Edge {
             allowed_hosts.push(host);
         }
         let router = http::router(state.clone(), allowed_hosts);
-        Ok(Edge { listener, router, state })
+        Ok(Edge {
+            listener,
+            router,
+            state,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -101,7 +105,10 @@ fn host_of(url: &str) -> Option<String> {
 mod tests {
     #[test]
     fn host_of_urls() {
-        assert_eq!(super::host_of("https://mcp.example.com:8443/x").as_deref(), Some("mcp.example.com"));
+        assert_eq!(
+            super::host_of("https://mcp.example.com:8443/x").as_deref(),
+            Some("mcp.example.com")
+        );
         assert_eq!(super::host_of("http://127.0.0.1:8080").as_deref(), Some("127.0.0.1"));
         assert_eq!(super::host_of("http://[::1]:8080").as_deref(), Some("::1"));
         assert_eq!(super::host_of("nonsense"), None);

@@ -18,7 +18,9 @@ pub static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 
 /// Applies this service's migrations (also done by [`run`]).
 pub async fn migrate(database_url: &str) -> Result<(), RunError> {
-    amba_bus::service::open_store(database_url, SCHEMA, &MIGRATIONS, 2).await.map(|_| ())
+    amba_bus::service::open_store(database_url, SCHEMA, &MIGRATIONS, 2)
+        .await
+        .map(|_| ())
 }
 
 /// Serves requests until `shutdown`, then drains them and flushes the outbox.

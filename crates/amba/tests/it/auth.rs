@@ -23,7 +23,10 @@ async fn anonymous_callers_see_and_call_only_public_tools() -> anyhow::Result<()
         .await
         .err()
         .ok_or_else(|| anyhow::anyhow!("an anonymous private call must fail"))?;
-    assert!(err.is_authorization_required(), "expected HTTP 401 with WWW-Authenticate, got {err}");
+    assert!(
+        err.is_authorization_required(),
+        "expected HTTP 401 with WWW-Authenticate, got {err}"
+    );
     assert!(err.auth_challenge().is_some_and(|c| c.contains("resource_metadata=")));
     anonymous.close().await?;
 
@@ -42,7 +45,9 @@ async fn unknown_and_malformed_tokens_get_401() -> anyhow::Result<()> {
     for token in ["amba_pat_not-a-real-token", "x"] {
         let err = McpClient::connect(&sys.mcp_url(), Some(token)).await.err();
         let err = err.ok_or_else(|| anyhow::anyhow!("token {token:?} must be refused"))?;
-        let auth_required = err.downcast_ref::<rmcp::service::ClientInitializeError>().is_some_and(|e| e.is_authorization_required());
+        let auth_required = err
+            .downcast_ref::<rmcp::service::ClientInitializeError>()
+            .is_some_and(|e| e.is_authorization_required());
         assert!(auth_required, "expected 401 for {token:?}, got {err}");
     }
 
@@ -57,13 +62,29 @@ async fn unknown_and_malformed_tokens_get_401() -> anyhow::Result<()> {
         .send()
         .await?;
     assert_eq!(response.status(), 401);
-    let challenge = response.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-    assert!(challenge.starts_with("Bearer ") && challenge.contains("invalid_token"), "{challenge}");
+    let challenge = response
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        challenge.starts_with("Bearer ") && challenge.contains("invalid_token"),
+        "{challenge}"
+    );
     assert!(challenge.contains(&format!("{}/.well-known/oauth-protected-resource", sys.base_url())));
     let body: serde_json::Value = response.json().await?;
-    assert_eq!((body["error"]["code"].as_str(), body["error"]["status"].as_u64()), (Some("UNAUTHENTICATED"), Some(401)));
+    assert_eq!(
+        (body["error"]["code"].as_str(), body["error"]["status"].as_u64()),
+        (Some("UNAUTHENTICATED"), Some(401))
+    );
 
-    let response = http.post(sys.mcp_url()).header("authorization", "Basic abc").body("{}").send().await?;
+    let response = http
+        .post(sys.mcp_url())
+        .header("authorization", "Basic abc")
+        .body("{}")
+        .send()
+        .await?;
     assert_eq!(response.status(), 401);
     sys.stop().await
 }
@@ -72,11 +93,22 @@ async fn unknown_and_malformed_tokens_get_401() -> anyhow::Result<()> {
 async fn discovery_probes_and_host_checks() -> anyhow::Result<()> {
     let sys = TestSystem::start_with(&[("AMBA_ALLOWED_HOSTS", "mcp.example.com")]).await?;
     let http = reqwest::Client::new();
-    let metadata: serde_json::Value = http.get(format!("{}/.well-known/oauth-protected-resource", sys.base_url())).send().await?.json().await?;
+    let metadata: serde_json::Value = http
+        .get(format!("{}/.well-known/oauth-protected-resource", sys.base_url()))
+        .send()
+        .await?
+        .json()
+        .await?;
     assert_eq!(metadata["resource"], sys.mcp_url());
     assert_eq!(metadata["bearer_methods_supported"], json!(["header"]));
-    assert_eq!(http.get(format!("{}/livez", sys.base_url())).send().await?.status(), 200);
-    assert_eq!(http.get(format!("{}/readyz", sys.base_url())).send().await?.status(), 200);
+    assert_eq!(
+        http.get(format!("{}/livez", sys.base_url())).send().await?.status(),
+        200
+    );
+    assert_eq!(
+        http.get(format!("{}/readyz", sys.base_url())).send().await?.status(),
+        200
+    );
 
     let list = |host: &'static str| {
         http.post(sys.mcp_url())
@@ -86,8 +118,16 @@ async fn discovery_probes_and_host_checks() -> anyhow::Result<()> {
             .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#)
             .send()
     };
-    assert_eq!(list("mcp.example.com").await?.status(), 200, "configured hosts are accepted behind an ingress");
-    assert_eq!(list("evil.example.net").await?.status(), 403, "other hosts are refused (DNS rebinding)");
+    assert_eq!(
+        list("mcp.example.com").await?.status(),
+        200,
+        "configured hosts are accepted behind an ingress"
+    );
+    assert_eq!(
+        list("evil.example.net").await?.status(),
+        403,
+        "other hosts are refused (DNS rebinding)"
+    );
     sys.stop().await
 }
 
@@ -100,9 +140,18 @@ async fn annotations_are_honest() -> anyhow::Result<()> {
         let read_only = tool.name.ends_with("_get") || tool.name.ends_with("_list");
         assert_eq!(a.read_only_hint, Some(read_only), "{}", tool.name);
         assert_eq!(a.open_world_hint, Some(false), "{}", tool.name);
-        assert!(a.destructive_hint.is_some() && a.idempotent_hint.is_some(), "{}", tool.name);
+        assert!(
+            a.destructive_hint.is_some() && a.idempotent_hint.is_some(),
+            "{}",
+            tool.name
+        );
         if read_only {
-            assert_eq!((a.destructive_hint, a.idempotent_hint), (Some(false), Some(true)), "{}", tool.name);
+            assert_eq!(
+                (a.destructive_hint, a.idempotent_hint),
+                (Some(false), Some(true)),
+                "{}",
+                tool.name
+            );
         }
         assert!(tool.output_schema.is_some(), "{} declares its output", tool.name);
     }

@@ -43,7 +43,9 @@ struct Setup {
 /// a republish after the window would.
 async fn setup() -> anyhow::Result<Setup> {
     let (db, pool) = store().await?;
-    sqlx::query("CREATE TABLE applied (event_id TEXT NOT NULL, attempt BIGINT NOT NULL)").execute(&pool).await?;
+    sqlx::query("CREATE TABLE applied (event_id TEXT NOT NULL, attempt BIGINT NOT NULL)")
+        .execute(&pool)
+        .await?;
     let bus = test_bus().await?;
     let stream = format!("{}_PROBE", bus.ns.as_str().to_uppercase());
     bus.js
@@ -55,10 +57,21 @@ async fn setup() -> anyhow::Result<Setup> {
         })
         .await?;
     let subject = bus.ns.event("probe", "happened");
-    Ok(Setup { pool, db, bus, stream, subject })
+    Ok(Setup {
+        pool,
+        db,
+        bus,
+        stream,
+        subject,
+    })
 }
 
-async fn publish(js: &jetstream::Context, subject: &str, id: Option<&str>, payload: &'static [u8]) -> anyhow::Result<bool> {
+async fn publish(
+    js: &jetstream::Context,
+    subject: &str,
+    id: Option<&str>,
+    payload: &'static [u8],
+) -> anyhow::Result<bool> {
     let mut message = PublishMessage::build().payload(payload.into());
     if let Some(id) = id {
         message = message.message_id(id);
@@ -80,10 +93,16 @@ async fn settled(s: &Setup, durable: &str, count: u64) -> anyhow::Result<()> {
         let (stream, durable) = (s.stream.clone(), durable.to_owned());
         async move {
             // The runner creates the consumer; until then there is nothing to wait on.
-            let found: Result<jetstream::consumer::PullConsumer, _> = js.get_stream(&stream).await?.get_consumer(&durable).await;
-            let Ok(mut consumer) = found else { return Ok(None) };
+            let found: Result<jetstream::consumer::PullConsumer, _> =
+                js.get_stream(&stream).await?.get_consumer(&durable).await;
+            let Ok(mut consumer) = found else {
+                return Ok(None);
+            };
             let info = consumer.info().await?;
-            Ok((info.ack_floor.stream_sequence >= count && info.num_ack_pending == 0 && info.num_pending == 0).then_some(()))
+            Ok(
+                (info.ack_floor.stream_sequence >= count && info.num_ack_pending == 0 && info.num_pending == 0)
+                    .then_some(()),
+            )
         }
     })
     .await
@@ -91,7 +110,9 @@ async fn settled(s: &Setup, durable: &str, count: u64) -> anyhow::Result<()> {
 
 async fn teardown(s: Setup) -> anyhow::Result<()> {
     s.bus.js.delete_stream(&s.stream).await?;
-    amba_bus::streams::delete_event_streams(&s.bus.js, &s.bus.ns).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    amba_bus::streams::delete_event_streams(&s.bus.js, &s.bus.ns)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     s.db.drop_now().await
 }
 
@@ -113,14 +134,25 @@ async fn a_redelivered_event_is_applied_once() -> anyhow::Result<()> {
     let spec = spec(&s);
     let durable = spec.durable_name.clone();
     let stop = CancellationToken::new();
-    let runner = tokio::spawn(consumer::run(s.bus.js.clone(), s.pool.clone(), spec, Arc::new(Recorder { fail_attempts: 0 }), stop.clone()));
+    let runner = tokio::spawn(consumer::run(
+        s.bus.js.clone(),
+        s.pool.clone(),
+        spec,
+        Arc::new(Recorder { fail_attempts: 0 }),
+        stop.clone(),
+    ));
     settled(&s, &durable, 3).await?;
     stop.cancel();
     runner.await?.map_err(|e| anyhow::anyhow!("{e}"))?;
 
-    let applied: Vec<(String, i64)> = sqlx::query_as("SELECT event_id, count(*) FROM applied GROUP BY event_id ORDER BY event_id").fetch_all(&s.pool).await?;
+    let applied: Vec<(String, i64)> =
+        sqlx::query_as("SELECT event_id, count(*) FROM applied GROUP BY event_id ORDER BY event_id")
+            .fetch_all(&s.pool)
+            .await?;
     assert_eq!(applied, vec![("evt_other".to_owned(), 1), ("evt_same".to_owned(), 1)]);
-    let inbox: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox").fetch_one(&s.pool).await?;
+    let inbox: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox")
+        .fetch_one(&s.pool)
+        .await?;
     assert_eq!(inbox, 2);
     teardown(s).await
 }
@@ -136,19 +168,39 @@ async fn transient_failures_retry_and_poison_goes_to_dead_letters() -> anyhow::R
     let spec = spec(&s);
     let durable = spec.durable_name.clone();
     let stop = CancellationToken::new();
-    let runner = tokio::spawn(consumer::run(s.bus.js.clone(), s.pool.clone(), spec, Arc::new(Recorder { fail_attempts: 2 }), stop.clone()));
+    let runner = tokio::spawn(consumer::run(
+        s.bus.js.clone(),
+        s.pool.clone(),
+        spec,
+        Arc::new(Recorder { fail_attempts: 2 }),
+        stop.clone(),
+    ));
     settled(&s, &durable, 4).await?;
     stop.cancel();
     runner.await?.map_err(|e| anyhow::anyhow!("{e}"))?;
 
-    let applied: Vec<(String, i64)> = sqlx::query_as("SELECT event_id, attempt FROM applied ORDER BY event_id").fetch_all(&s.pool).await?;
-    assert_eq!(applied, vec![("evt_fine".to_owned(), 1), ("evt_flaky".to_owned(), 3)], "the flaky one applied once, on its third delivery");
-    let dead: Vec<(String, String)> = sqlx::query_as("SELECT event_id, error FROM dead_letters ORDER BY event_id").fetch_all(&s.pool).await?;
+    let applied: Vec<(String, i64)> = sqlx::query_as("SELECT event_id, attempt FROM applied ORDER BY event_id")
+        .fetch_all(&s.pool)
+        .await?;
+    assert_eq!(
+        applied,
+        vec![("evt_fine".to_owned(), 1), ("evt_flaky".to_owned(), 3)],
+        "the flaky one applied once, on its third delivery"
+    );
+    let dead: Vec<(String, String)> = sqlx::query_as("SELECT event_id, error FROM dead_letters ORDER BY event_id")
+        .fetch_all(&s.pool)
+        .await?;
     assert_eq!(dead.len(), 2, "{dead:?}");
     assert_eq!(dead[0].0, "evt_poison");
     assert!(dead[0].1.contains("poison"));
     assert!(dead[1].0.starts_with("missing-id:") && dead[1].1.contains("Nats-Msg-Id"));
-    let inbox: Vec<String> = sqlx::query_scalar("SELECT event_id FROM inbox ORDER BY event_id").fetch_all(&s.pool).await?;
-    assert_eq!(inbox, vec!["evt_fine", "evt_flaky"], "failed attempts left no inbox row behind");
+    let inbox: Vec<String> = sqlx::query_scalar("SELECT event_id FROM inbox ORDER BY event_id")
+        .fetch_all(&s.pool)
+        .await?;
+    assert_eq!(
+        inbox,
+        vec!["evt_fine", "evt_flaky"],
+        "failed attempts left no inbox row behind"
+    );
     teardown(s).await
 }

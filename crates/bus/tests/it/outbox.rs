@@ -11,25 +11,48 @@ use tokio_util::sync::CancellationToken;
 
 fn event(bus: &amba_bus::Bus, name: &str) -> OutboxEvent {
     let meta = new_meta();
-    let body = ProgramChanged { meta: Some(meta.clone()), program: Some(Program { name: name.to_owned(), ..Default::default() }), commission_changed: false };
+    let body = ProgramChanged {
+        meta: Some(meta.clone()),
+        program: Some(Program {
+            name: name.to_owned(),
+            ..Default::default()
+        }),
+        commission_changed: false,
+    };
     OutboxEvent::new(bus.ns.event("program", "updated"), &meta, &body)
 }
 
 /// Every message in the namespace's enrollment stream: (Nats-Msg-Id, payload).
 async fn stream_messages(bus: &amba_bus::Bus) -> anyhow::Result<Vec<String>> {
     let stream = bus.js.get_stream(bus.ns.events_stream("enrollment")).await?;
-    let consumer = stream.create_consumer(jetstream::consumer::pull::Config::default()).await?;
-    let mut batch = consumer.fetch().max_messages(10_000).expires(Duration::from_millis(500)).messages().await?;
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::Config::default())
+        .await?;
+    let mut batch = consumer
+        .fetch()
+        .max_messages(10_000)
+        .expires(Duration::from_millis(500))
+        .messages()
+        .await?;
     let mut ids = Vec::new();
     while let Some(message) = batch.next().await {
         let message = message.map_err(|e| anyhow::anyhow!("{e}"))?;
-        ids.push(message.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.to_string()).unwrap_or_default());
+        ids.push(
+            message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Msg-Id"))
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
+        );
     }
     Ok(ids)
 }
 
 async fn unsent(pool: &sqlx::PgPool) -> anyhow::Result<i64> {
-    Ok(sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetch_one(pool).await?)
+    Ok(sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+        .fetch_one(pool)
+        .await?)
 }
 
 #[tokio::test]
@@ -54,10 +77,15 @@ async fn committed_rows_are_published_once_and_rolled_back_rows_never() -> anyho
 
     let published = stream_messages(&bus).await?;
     let expected: Vec<String> = committed.iter().map(|e| e.event_id.clone()).collect();
-    assert_eq!(published, expected, "exactly the committed events, in order, ids as Nats-Msg-Id");
+    assert_eq!(
+        published, expected,
+        "exactly the committed events, in order, ids as Nats-Msg-Id"
+    );
     assert_eq!(unsent(&pool).await?, 0);
 
-    amba_bus::streams::delete_event_streams(&bus.js, &bus.ns).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    amba_bus::streams::delete_event_streams(&bus.js, &bus.ns)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     db.drop_now().await
 }
 
@@ -97,7 +125,9 @@ async fn a_relay_that_dies_mid_batch_publishes_nothing_twice() -> anyhow::Result
     let expected: HashSet<&String> = events.iter().map(|e| &e.event_id).collect();
     assert_eq!(unique, expected);
 
-    amba_bus::streams::delete_event_streams(&bus.js, &bus.ns).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    amba_bus::streams::delete_event_streams(&bus.js, &bus.ns)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     db.drop_now().await
 }
 
@@ -125,6 +155,8 @@ async fn the_relay_drains_large_backlogs_in_batches_when_woken() -> anyhow::Resu
     relay.await?;
     assert_eq!(unsent(&pool).await?, 0);
 
-    amba_bus::streams::delete_event_streams(&bus.js, &bus.ns).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    amba_bus::streams::delete_event_streams(&bus.js, &bus.ns)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     db.drop_now().await
 }

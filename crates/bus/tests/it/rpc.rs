@@ -9,7 +9,11 @@ async fn replies_carry_results_and_typed_errors() -> anyhow::Result<()> {
     let bus = test_bus().await?;
     let server = RpcServer::new("probe").route("verify", |request: VerifyTokenRequest| async move {
         match request.token.as_str() {
-            "good" => Ok(Principal { org_id: "org_1".into(), account_id: "acc_1".into(), token_id: "tok_1".into() }),
+            "good" => Ok(Principal {
+                org_id: "org_1".into(),
+                account_id: "acc_1".into(),
+                token_id: "tok_1".into(),
+            }),
             _ => Err(ApiError::conflict("that token is busy").with_details(serde_json::json!({"retry": false}))),
         }
     });
@@ -23,19 +27,33 @@ async fn replies_carry_results_and_typed_errors() -> anyhow::Result<()> {
     })
     .await?;
 
-    let ok: Principal = client.call("probe", "verify", &VerifyTokenRequest { token: "good".into() }).await?;
+    let ok: Principal = client
+        .call("probe", "verify", &VerifyTokenRequest { token: "good".into() })
+        .await?;
     assert_eq!(ok.org_id, "org_1");
 
-    let err = client.call::<_, Principal>("probe", "verify", &VerifyTokenRequest { token: "bad".into() }).await.err();
+    let err = client
+        .call::<_, Principal>("probe", "verify", &VerifyTokenRequest { token: "bad".into() })
+        .await
+        .err();
     let err = err.ok_or_else(|| anyhow::anyhow!("expected an error"))?;
-    assert_eq!((err.code, err.status, err.message.as_str()), (ErrorCode::Conflict, 409, "that token is busy"));
+    assert_eq!(
+        (err.code, err.status, err.message.as_str()),
+        (ErrorCode::Conflict, 409, "that token is busy")
+    );
     assert_eq!(err.details, serde_json::json!({"retry": false}));
 
-    let unknown = client.call::<_, Principal>("probe", "nope", &VerifyTokenRequest::default()).await.err();
+    let unknown = client
+        .call::<_, Principal>("probe", "nope", &VerifyTokenRequest::default())
+        .await
+        .err();
     assert_eq!(unknown.map(|e| e.code), Some(ErrorCode::NotFound));
 
     // Bytes that are not the method's request message are INVALID_ARGUMENT, not a crash.
-    let raw = bus.nats.request(bus.ns.rpc("probe", "verify"), vec![0xff, 0xff, 0xff].into()).await?;
+    let raw = bus
+        .nats
+        .request(bus.ns.rpc("probe", "verify"), vec![0xff, 0xff, 0xff].into())
+        .await?;
     let reply = <amba_proto::v1::Reply as amba_proto::Message>::decode(raw.payload)?;
     let code = match reply.result {
         Some(amba_proto::v1::reply::Result::Error(e)) => e.code,
@@ -43,11 +61,16 @@ async fn replies_carry_results_and_typed_errors() -> anyhow::Result<()> {
     };
     assert_eq!(code, "INVALID_ARGUMENT");
 
-    let absent = client.call::<_, Principal>("nobody", "verify", &VerifyTokenRequest::default()).await.err();
+    let absent = client
+        .call::<_, Principal>("nobody", "verify", &VerifyTokenRequest::default())
+        .await
+        .err();
     assert_eq!(absent.map(|e| e.code), Some(ErrorCode::Unavailable));
 
     stop.cancel();
     serving.await?.map_err(|e| anyhow::anyhow!("{e}"))?;
-    amba_bus::streams::delete_event_streams(&bus.js, &bus.ns).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    amba_bus::streams::delete_event_streams(&bus.js, &bus.ns)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
 }

@@ -34,11 +34,25 @@ impl McpServer {
         name = "amba_affiliate_signup",
         description = "Create an account, its organization and a personal access token in one call. Public: no token needed. \
                        Returns the token once, with an mcp_config to paste into an MCP client.",
-        annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false)
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
     )]
     async fn signup(&self, Parameters(args): Parameters<SignupArgs>) -> Result<Json<SignupOutput>, ToolError> {
-        let request = SignupRequest { email: args.email, org_name: args.org_name, name: args.name.unwrap_or_default() };
-        let reply: SignupResponse = self.state.rpc.call(methods::SERVICE, methods::SIGNUP, &request).await.map_err(tool_error)?;
+        let request = SignupRequest {
+            email: args.email,
+            org_name: args.org_name,
+            name: args.name.unwrap_or_default(),
+        };
+        let reply: SignupResponse = self
+            .state
+            .rpc
+            .call(methods::SERVICE, methods::SIGNUP, &request)
+            .await
+            .map_err(tool_error)?;
         let mcp_config = serde_json::json!({
             "mcpServers": {
                 "amba-affiliate": {

@@ -37,7 +37,10 @@ pub struct McpServer {
 
 impl McpServer {
     pub fn new(state: EdgeState) -> Self {
-        McpServer { state, tool_router: Self::identity_tools() + Self::program_tools() }
+        McpServer {
+            state,
+            tool_router: Self::identity_tools() + Self::program_tools(),
+        }
     }
 }
 
@@ -68,7 +71,11 @@ impl ServerHandler for McpServer {
     }
 
     /// Anonymous callers see only the public tools.
-    async fn list_tools(&self, _request: Option<PaginatedRequestParams>, context: RequestContext<RoleServer>) -> Result<ListToolsResult, ErrorData> {
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
         let authenticated = context_principal(&context).is_some();
         let tools = self
             .tool_router
@@ -81,10 +88,16 @@ impl ServerHandler for McpServer {
 
     /// The HTTP middleware already answers 401 for anonymous private calls; this is the second
     /// lock on the same door.
-    async fn call_tool(&self, request: CallToolRequestParams, context: RequestContext<RoleServer>) -> Result<CallToolResponse, ErrorData> {
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
         if context_principal(&context).is_none() && !PUBLIC_TOOLS.contains(&request.name.as_ref()) {
             return Ok(tool_error(ApiError::unauthenticated("this tool needs a personal access token")).into());
         }
-        self.tool_router.call(ToolCallContext::new(self, request, context)).await
+        self.tool_router
+            .call(ToolCallContext::new(self, request, context))
+            .await
     }
 }

@@ -128,7 +128,12 @@ impl McpServer {
         name = "amba_affiliate_programs_create",
         description = "Create an affiliate program (status draft) with a commission rule. Launch it with \
                        amba_affiliate_programs_update {program_id, status: \"active\"}.",
-        annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false)
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
     )]
     async fn programs_create(
         &self,
@@ -152,7 +157,12 @@ impl McpServer {
         name = "amba_affiliate_programs_update",
         description = "Change a program's settings or status (draft → active ⇄ paused → archived). A new commission \
                        rule becomes a new version; commissions already computed keep their version.",
-        annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = true, open_world_hint = false)
+        annotations(
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
     )]
     async fn programs_update(
         &self,
@@ -165,14 +175,23 @@ impl McpServer {
         settings.name = args.name;
         settings.currency = args.currency;
         settings.commission_json = args.commission.map(commission_text).transpose().map_err(tool_error)?;
-        let request = pb::UpdateProgramRequest { caller: Some(caller), program_id: args.program_id, settings: Some(settings) };
+        let request = pb::UpdateProgramRequest {
+            caller: Some(caller),
+            program_id: args.program_id,
+            settings: Some(settings),
+        };
         self.program_call(methods::PROGRAM_UPDATE, &request).await
     }
 
     #[tool(
         name = "amba_affiliate_programs_get",
         description = "A program you own, with every commission rule version.",
-        annotations(read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+        annotations(
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
     )]
     async fn programs_get(
         &self,
@@ -180,14 +199,23 @@ impl McpServer {
         Extension(parts): Extension<http::request::Parts>,
     ) -> Result<Json<ProgramOutput>, ToolError> {
         let caller = require_principal(&parts)?;
-        let request = pb::GetProgramRequest { caller: Some(caller), program_id: args.program_id, commission_version: args.commission_version };
+        let request = pb::GetProgramRequest {
+            caller: Some(caller),
+            program_id: args.program_id,
+            commission_version: args.commission_version,
+        };
         self.program_call(methods::PROGRAM_GET, &request).await
     }
 
     #[tool(
         name = "amba_affiliate_programs_list",
         description = "The programs your organization owns, oldest first. Pass next_cursor as cursor for the next page.",
-        annotations(read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+        annotations(
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
     )]
     async fn programs_list(
         &self,
@@ -200,8 +228,12 @@ impl McpServer {
             cursor: args.cursor.unwrap_or_default(),
             limit: args.limit.unwrap_or_default(),
         };
-        let reply: pb::ListProgramsResponse =
-            self.state.rpc.call(methods::SERVICE, methods::PROGRAM_LIST, &request).await.map_err(tool_error)?;
+        let reply: pb::ListProgramsResponse = self
+            .state
+            .rpc
+            .call(methods::SERVICE, methods::PROGRAM_LIST, &request)
+            .await
+            .map_err(tool_error)?;
         Ok(Json(ProgramsListOutput {
             programs: reply.programs.into_iter().map(program_view).collect(),
             next_cursor: (!reply.next_cursor.is_empty()).then_some(reply.next_cursor),
@@ -210,15 +242,28 @@ impl McpServer {
 }
 
 impl McpServer {
-    async fn program_call<Req: prost::Message>(&self, method: &str, request: &Req) -> Result<Json<ProgramOutput>, ToolError> {
-        let reply: pb::ProgramReply = self.state.rpc.call(methods::SERVICE, method, request).await.map_err(tool_error)?;
+    async fn program_call<Req: prost::Message>(
+        &self,
+        method: &str,
+        request: &Req,
+    ) -> Result<Json<ProgramOutput>, ToolError> {
+        let reply: pb::ProgramReply = self
+            .state
+            .rpc
+            .call(methods::SERVICE, method, request)
+            .await
+            .map_err(tool_error)?;
         let program = reply.program.ok_or_else(|| tool_error(ApiError::internal()))?;
         Ok(Json(ProgramOutput {
             program: program_view(program),
             commission_history: reply
                 .commission_history
                 .into_iter()
-                .map(|v| CommissionVersionView { version: v.version, commission: json_or_null(&v.commission_json), created_at: rfc3339(v.created_at_micros) })
+                .map(|v| CommissionVersionView {
+                    version: v.version,
+                    commission: json_or_null(&v.commission_json),
+                    created_at: rfc3339(v.created_at_micros),
+                })
                 .collect(),
             duplicate: reply.duplicate,
         }))
@@ -230,7 +275,9 @@ fn commission_text(value: serde_json::Value) -> Result<String, ApiError> {
     match value {
         serde_json::Value::String(text) => Ok(text),
         serde_json::Value::Object(_) => Ok(value.to_string()),
-        _ => Err(ApiError::invalid("commission must be a JSON object such as {\"schema\":1,\"type\":\"percentage\",\"bps\":2000}")),
+        _ => Err(ApiError::invalid(
+            "commission must be a JSON object such as {\"schema\":1,\"type\":\"percentage\",\"bps\":2000}",
+        )),
     }
 }
 
@@ -275,5 +322,7 @@ fn json_or_null(text: &str) -> serde_json::Value {
 }
 
 pub fn rfc3339(micros: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(micros).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)).unwrap_or_default()
+    chrono::DateTime::from_timestamp_micros(micros)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
 }

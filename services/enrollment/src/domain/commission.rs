@@ -28,7 +28,11 @@ pub enum CommissionRule {
     /// A share of the first conversion and of the bound customer's renewals for `months`.
     Recurring { bps: u32, months: u32 },
     /// A share that grows with the affiliate's volume in the period.
-    Tiered { basis: TierBasis, period: TierPeriod, tiers: Vec<Tier> },
+    Tiered {
+        basis: TierBasis,
+        period: TierPeriod,
+        tiers: Vec<Tier>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,12 +60,18 @@ pub struct Tier {
 impl CommissionRule {
     /// Parses and validates a rule given as a JSON value.
     pub fn from_json(value: &serde_json::Value) -> Result<Self, ApiError> {
-        let object = value
-            .as_object()
-            .ok_or_else(|| ApiError::invalid("commission must be a JSON object such as {\"schema\":1,\"type\":\"percentage\",\"bps\":2000}"))?;
+        let object = value.as_object().ok_or_else(|| {
+            ApiError::invalid(
+                "commission must be a JSON object such as {\"schema\":1,\"type\":\"percentage\",\"bps\":2000}",
+            )
+        })?;
         match object.get("schema").and_then(serde_json::Value::as_u64) {
             Some(1) => {}
-            Some(other) => return Err(ApiError::invalid(format!("commission schema {other} is not supported; use 1"))),
+            Some(other) => {
+                return Err(ApiError::invalid(format!(
+                    "commission schema {other} is not supported; use 1"
+                )));
+            }
             None => return Err(ApiError::invalid("commission needs \"schema\": 1")),
         }
         let mut body = object.clone();
@@ -91,7 +101,9 @@ impl CommissionRule {
     fn validate(&self) -> Result<(), ApiError> {
         let check_bps = |bps: u32| {
             if bps > MAX_BPS {
-                Err(ApiError::invalid(format!("commission bps must be between 0 and {MAX_BPS} (100%), got {bps}")))
+                Err(ApiError::invalid(format!(
+                    "commission bps must be between 0 and {MAX_BPS} (100%), got {bps}"
+                )))
             } else {
                 Ok(())
             }
@@ -107,12 +119,16 @@ impl CommissionRule {
                 if (1..=MAX_RECURRING_MONTHS).contains(months) {
                     Ok(())
                 } else {
-                    Err(ApiError::invalid(format!("recurring months must be between 1 and {MAX_RECURRING_MONTHS}")))
+                    Err(ApiError::invalid(format!(
+                        "recurring months must be between 1 and {MAX_RECURRING_MONTHS}"
+                    )))
                 }
             }
             CommissionRule::Tiered { tiers, .. } => {
                 if tiers.is_empty() || tiers.len() > MAX_TIERS {
-                    return Err(ApiError::invalid(format!("tiered commission needs 1 to {MAX_TIERS} tiers")));
+                    return Err(ApiError::invalid(format!(
+                        "tiered commission needs 1 to {MAX_TIERS} tiers"
+                    )));
                 }
                 if tiers[0].from != 0 {
                     return Err(ApiError::invalid("the first tier must start at \"from\": 0"));
@@ -144,7 +160,11 @@ mod tests {
         ];
         for rule in rules {
             let parsed = CommissionRule::from_json(&rule);
-            assert_eq!(parsed.as_ref().map(CommissionRule::to_json).ok(), Some(rule.clone()), "{rule}");
+            assert_eq!(
+                parsed.as_ref().map(CommissionRule::to_json).ok(),
+                Some(rule.clone()),
+                "{rule}"
+            );
         }
     }
 
@@ -171,7 +191,11 @@ mod tests {
         ];
         for rule in bad {
             let err = CommissionRule::from_json(&rule).err();
-            assert_eq!(err.map(|e| e.code), Some(amba_core::ErrorCode::InvalidArgument), "{rule} should be refused");
+            assert_eq!(
+                err.map(|e| e.code),
+                Some(amba_core::ErrorCode::InvalidArgument),
+                "{rule} should be refused"
+            );
         }
     }
 

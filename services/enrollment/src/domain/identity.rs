@@ -22,7 +22,10 @@ pub struct NewToken {
 pub fn mint_token() -> NewToken {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
-    let secret = format!("{TOKEN_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes));
+    let secret = format!(
+        "{TOKEN_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    );
     let hash = hash_token(&secret);
     let hint = secret.chars().take(TOKEN_PREFIX.len() + 4).collect();
     NewToken { secret, hash, hint }
@@ -44,14 +47,20 @@ pub fn normalize_email(email: &str) -> Result<String, ApiError> {
                 && !email.chars().any(|c| c.is_whitespace() || c.is_control())
                 && !domain.contains('@')
         });
-    if valid { Ok(email) } else { Err(ApiError::invalid(format!("{email:?} is not a valid e-mail address"))) }
+    if valid {
+        Ok(email)
+    } else {
+        Err(ApiError::invalid(format!("{email:?} is not a valid e-mail address")))
+    }
 }
 
 /// A display name (org, program): trimmed, 1 to 200 characters, no control characters.
 pub fn normalize_name(field: &str, name: &str) -> Result<String, ApiError> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > MAX_NAME_LEN || name.chars().any(char::is_control) {
-        return Err(ApiError::invalid(format!("{field} must be 1 to {MAX_NAME_LEN} printable characters")));
+        return Err(ApiError::invalid(format!(
+            "{field} must be 1 to {MAX_NAME_LEN} printable characters"
+        )));
     }
     Ok(name.to_owned())
 }
@@ -75,8 +84,20 @@ mod tests {
 
     #[test]
     fn emails() {
-        assert_eq!(normalize_email(" Ann@Example.COM ").ok(), Some("ann@example.com".to_owned()));
-        for bad in ["", "ann", "ann@", "@example.com", "ann@example", "a b@example.com", "ann@@example.com", "ann@.com"] {
+        assert_eq!(
+            normalize_email(" Ann@Example.COM ").ok(),
+            Some("ann@example.com".to_owned())
+        );
+        for bad in [
+            "",
+            "ann",
+            "ann@",
+            "@example.com",
+            "ann@example",
+            "a b@example.com",
+            "ann@@example.com",
+            "ann@.com",
+        ] {
             assert!(normalize_email(bad).is_err(), "{bad:?}");
         }
     }

@@ -56,7 +56,15 @@ impl ProgramStatus {
     pub fn transition_to(self, next: ProgramStatus) -> Result<ProgramStatus, ApiError> {
         use ProgramStatus::*;
         let allowed = self == next
-            || matches!((self, next), (Draft, Active) | (Draft, Archived) | (Active, Paused) | (Paused, Active) | (Active, Archived) | (Paused, Archived));
+            || matches!(
+                (self, next),
+                (Draft, Active)
+                    | (Draft, Archived)
+                    | (Active, Paused)
+                    | (Paused, Active)
+                    | (Active, Archived)
+                    | (Paused, Archived)
+            );
         if allowed {
             Ok(next)
         } else {
@@ -77,16 +85,22 @@ pub struct MultiLevel {
 impl MultiLevel {
     pub fn from_json(value: &serde_json::Value) -> Result<Self, ApiError> {
         let multi: MultiLevel = serde_json::from_value(value.clone()).map_err(|e| {
-            ApiError::invalid(format!("invalid multi_level (expected {{\"enabled\":true,\"levels_bps\":[500,200]}}): {e}"))
+            ApiError::invalid(format!(
+                "invalid multi_level (expected {{\"enabled\":true,\"levels_bps\":[500,200]}}): {e}"
+            ))
         })?;
         if multi.levels_bps.len() > MAX_LEVELS {
-            return Err(ApiError::invalid(format!("multi_level allows at most {MAX_LEVELS} levels")));
+            return Err(ApiError::invalid(format!(
+                "multi_level allows at most {MAX_LEVELS} levels"
+            )));
         }
         if multi.levels_bps.iter().map(|b| u64::from(*b)).sum::<u64>() > 10_000 {
             return Err(ApiError::invalid("multi_level levels_bps must add up to at most 10000"));
         }
         if multi.enabled && multi.levels_bps.is_empty() {
-            return Err(ApiError::invalid("multi_level enabled needs at least one level in levels_bps"));
+            return Err(ApiError::invalid(
+                "multi_level enabled needs at least one level in levels_bps",
+            ));
         }
         Ok(multi)
     }
@@ -148,7 +162,15 @@ impl ProgramSettings {
             multi_level: MultiLevel::default(),
             landing_url: None,
         };
-        base.apply(SettingsInput { name: None, currency: None, commission: None, ..input }, ProgramStatus::Draft)
+        base.apply(
+            SettingsInput {
+                name: None,
+                currency: None,
+                commission: None,
+                ..input
+            },
+            ProgramStatus::Draft,
+        )
     }
 
     /// Applies a change. The currency is fixed once the program has left draft: money already
@@ -161,7 +183,9 @@ impl ProgramSettings {
         if let Some(currency) = input.currency {
             let currency = Currency::parse(&currency)?;
             if currency != self.currency && status != ProgramStatus::Draft {
-                return Err(ApiError::conflict("the currency can only be changed while the program is a draft"));
+                return Err(ApiError::conflict(
+                    "the currency can only be changed while the program is a draft",
+                ));
             }
             next.currency = currency;
         }
@@ -196,7 +220,11 @@ impl ProgramSettings {
             next.multi_level = MultiLevel::from_json(&multi)?;
         }
         if let Some(url) = input.landing_url {
-            next.landing_url = if url.trim().is_empty() { None } else { Some(validate_landing_url(&url)?) };
+            next.landing_url = if url.trim().is_empty() {
+                None
+            } else {
+                Some(validate_landing_url(&url)?)
+            };
         }
         Ok(next)
     }
@@ -206,7 +234,9 @@ fn days_in_range(field: &str, days: u32, min: u32) -> Result<u32, ApiError> {
     if (min..=MAX_DAYS).contains(&days) {
         Ok(days)
     } else {
-        Err(ApiError::invalid(format!("{field} must be between {min} and {MAX_DAYS}")))
+        Err(ApiError::invalid(format!(
+            "{field} must be between {min} and {MAX_DAYS}"
+        )))
     }
 }
 
@@ -219,7 +249,9 @@ pub fn validate_landing_url(url: &str) -> Result<String, ApiError> {
         !host.is_empty() && !host.contains('@')
     });
     if !host_ok || url.len() > MAX_URL_LEN || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(ApiError::invalid("landing_url must be an absolute http(s) URL such as https://example.com/pricing"));
+        return Err(ApiError::invalid(
+            "landing_url must be an absolute http(s) URL such as https://example.com/pricing",
+        ));
     }
     Ok(url.to_owned())
 }
@@ -266,17 +298,50 @@ mod tests {
     #[test]
     fn out_of_range_settings_are_refused() {
         let cases: Vec<SettingsInput> = vec![
-            SettingsInput { currency: Some("XYZ".into()), ..input() },
-            SettingsInput { approval_mode: Some("sometimes".into()), ..input() },
-            SettingsInput { attribution_window_days: Some(0), ..input() },
-            SettingsInput { hold_days: Some(366), ..input() },
-            SettingsInput { payout_threshold_minor: Some(-1), ..input() },
-            SettingsInput { payout_schedule: Some("daily".into()), ..input() },
-            SettingsInput { platform_fee_bps: Some(10_001), ..input() },
-            SettingsInput { multi_level: Some(json!({"enabled":true})), ..input() },
-            SettingsInput { multi_level: Some(json!({"enabled":true,"levels_bps":[9000,2000]})), ..input() },
-            SettingsInput { landing_url: Some("javascript:alert(1)".into()), ..input() },
-            SettingsInput { landing_url: Some("https://".into()), ..input() },
+            SettingsInput {
+                currency: Some("XYZ".into()),
+                ..input()
+            },
+            SettingsInput {
+                approval_mode: Some("sometimes".into()),
+                ..input()
+            },
+            SettingsInput {
+                attribution_window_days: Some(0),
+                ..input()
+            },
+            SettingsInput {
+                hold_days: Some(366),
+                ..input()
+            },
+            SettingsInput {
+                payout_threshold_minor: Some(-1),
+                ..input()
+            },
+            SettingsInput {
+                payout_schedule: Some("daily".into()),
+                ..input()
+            },
+            SettingsInput {
+                platform_fee_bps: Some(10_001),
+                ..input()
+            },
+            SettingsInput {
+                multi_level: Some(json!({"enabled":true})),
+                ..input()
+            },
+            SettingsInput {
+                multi_level: Some(json!({"enabled":true,"levels_bps":[9000,2000]})),
+                ..input()
+            },
+            SettingsInput {
+                landing_url: Some("javascript:alert(1)".into()),
+                ..input()
+            },
+            SettingsInput {
+                landing_url: Some("https://".into()),
+                ..input()
+            },
         ];
         for case in cases {
             assert!(ProgramSettings::create(case.clone()).is_err(), "{case:?}");
@@ -286,11 +351,20 @@ mod tests {
     #[test]
     fn currency_is_fixed_after_draft() -> Result<(), ApiError> {
         let settings = ProgramSettings::create(input())?;
-        let change = || SettingsInput { currency: Some("EUR".into()), ..Default::default() };
+        let change = || SettingsInput {
+            currency: Some("EUR".into()),
+            ..Default::default()
+        };
         assert!(settings.apply(change(), ProgramStatus::Draft).is_ok());
-        assert_eq!(settings.apply(change(), ProgramStatus::Active).err().map(|e| e.code), Some(amba_core::ErrorCode::Conflict));
+        assert_eq!(
+            settings.apply(change(), ProgramStatus::Active).err().map(|e| e.code),
+            Some(amba_core::ErrorCode::Conflict)
+        );
         // Restating the same currency is not a change.
-        let same = SettingsInput { currency: Some("usd".into()), ..Default::default() };
+        let same = SettingsInput {
+            currency: Some("usd".into()),
+            ..Default::default()
+        };
         assert!(settings.apply(same, ProgramStatus::Active).is_ok());
         Ok(())
     }
@@ -299,7 +373,14 @@ mod tests {
     fn status_life_cycle() {
         use ProgramStatus::*;
         let all = [Draft, Active, Paused, Archived];
-        let allowed = [(Draft, Active), (Draft, Archived), (Active, Paused), (Paused, Active), (Active, Archived), (Paused, Archived)];
+        let allowed = [
+            (Draft, Active),
+            (Draft, Archived),
+            (Active, Paused),
+            (Paused, Active),
+            (Active, Archived),
+            (Paused, Archived),
+        ];
         for from in all {
             for to in all {
                 let ok = from == to || allowed.contains(&(from, to));

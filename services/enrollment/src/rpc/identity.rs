@@ -11,7 +11,11 @@ impl Enrollment {
     pub async fn signup(&self, request: SignupRequest) -> Result<SignupResponse, ApiError> {
         let email = normalize_email(&request.email)?;
         let org_name = normalize_name("org_name", &request.org_name)?;
-        let name = if request.name.trim().is_empty() { String::new() } else { normalize_name("name", &request.name)? };
+        let name = if request.name.trim().is_empty() {
+            String::new()
+        } else {
+            normalize_name("name", &request.name)?
+        };
         let token = mint_token();
         let (account_id, org_id, token_id) = (AccountId::new(), OrgId::new(), TokenId::new());
 
@@ -26,8 +30,13 @@ impl Enrollment {
             token_hash: &token.hash,
             token_hint: &token.hint,
         };
-        if !store::identity::insert_signup(&mut tx, &signup).await.map_err(db_error)? {
-            return Err(ApiError::conflict(format!("an account with e-mail {email} already exists")));
+        if !store::identity::insert_signup(&mut tx, &signup)
+            .await
+            .map_err(db_error)?
+        {
+            return Err(ApiError::conflict(format!(
+                "an account with e-mail {email} already exists"
+            )));
         }
         tx.commit().await.map_err(db_error)?;
         tracing::info!(%account_id, %org_id, "signed up");

@@ -34,7 +34,9 @@ impl Enrollment {
         if !store::programs::insert(&mut tx, &new).await.map_err(db_error)? {
             // The key was used before: replay the original outcome, or refuse a different request.
             let key = key.unwrap_or_default();
-            let existing = store::programs::get_by_idempotency_key(&mut tx, &owner.org_id, key).await.map_err(db_error)?;
+            let existing = store::programs::get_by_idempotency_key(&mut tx, &owner.org_id, key)
+                .await
+                .map_err(db_error)?;
             let existing = existing.ok_or_else(ApiError::internal)?;
             if existing.request_fingerprint.as_deref() != Some(fingerprint.as_str()) {
                 return Err(ApiError::new(
@@ -42,14 +44,25 @@ impl Enrollment {
                     format!("idempotency_key {key:?} was already used for a program with different settings"),
                 ));
             }
-            return Ok(pb::ProgramReply { program: Some(existing.to_proto()), commission_history: vec![], duplicate: true });
+            return Ok(pb::ProgramReply {
+                program: Some(existing.to_proto()),
+                commission_history: vec![],
+                duplicate: true,
+            });
         }
-        let row = store::programs::get(&mut tx, program_id.as_str(), false).await.map_err(db_error)?.ok_or_else(ApiError::internal)?;
+        let row = store::programs::get(&mut tx, program_id.as_str(), false)
+            .await
+            .map_err(db_error)?
+            .ok_or_else(ApiError::internal)?;
         self.announce(&mut tx, "created", &row, true).await?;
         tx.commit().await.map_err(db_error)?;
         self.waker.wake();
         tracing::info!(%program_id, owner = %owner.org_id, "program created");
-        Ok(pb::ProgramReply { program: Some(row.to_proto()), commission_history: vec![], duplicate: false })
+        Ok(pb::ProgramReply {
+            program: Some(row.to_proto()),
+            commission_history: vec![],
+            duplicate: false,
+        })
     }
 
     /// Changes settings and/or status. A different commission rule becomes a new version; an
@@ -76,22 +89,37 @@ impl Enrollment {
         let next = current.apply(input, status)?;
         let commission_changed = next.commission != current.commission;
         if next == current && next_status == status {
-            return Ok(pb::ProgramReply { program: Some(row.to_proto()), commission_history: vec![], duplicate: false });
+            return Ok(pb::ProgramReply {
+                program: Some(row.to_proto()),
+                commission_history: vec![],
+                duplicate: false,
+            });
         }
         let version = if commission_changed {
             let version = row.commission_version + 1;
-            store::programs::insert_rule(&mut tx, program_id.as_str(), version, &next.commission).await.map_err(db_error)?;
+            store::programs::insert_rule(&mut tx, program_id.as_str(), version, &next.commission)
+                .await
+                .map_err(db_error)?;
             version
         } else {
             row.commission_version
         };
-        store::programs::update(&mut tx, program_id.as_str(), &next, next_status, version).await.map_err(db_error)?;
-        let updated = store::programs::get(&mut tx, program_id.as_str(), false).await.map_err(db_error)?.ok_or_else(ApiError::internal)?;
+        store::programs::update(&mut tx, program_id.as_str(), &next, next_status, version)
+            .await
+            .map_err(db_error)?;
+        let updated = store::programs::get(&mut tx, program_id.as_str(), false)
+            .await
+            .map_err(db_error)?
+            .ok_or_else(ApiError::internal)?;
         self.announce(&mut tx, "updated", &updated, commission_changed).await?;
         tx.commit().await.map_err(db_error)?;
         self.waker.wake();
         tracing::info!(status = %next_status, commission_version = version, "program updated");
-        Ok(pb::ProgramReply { program: Some(updated.to_proto()), commission_history: vec![], duplicate: false })
+        Ok(pb::ProgramReply {
+            program: Some(updated.to_proto()),
+            commission_history: vec![],
+            duplicate: false,
+        })
     }
 
     /// The program with every commission version; `commission_version` shows a past rule.
@@ -101,14 +129,21 @@ impl Enrollment {
         let mut conn = self.pool.acquire().await.map_err(db_error)?;
         let mut row = owned_program(&mut conn, program_id.as_str(), &owner.org_id, false).await?;
         if let Some(version) = request.commission_version {
-            let version = i32::try_from(version).map_err(|_| ApiError::invalid("commission_version is out of range"))?;
+            let version =
+                i32::try_from(version).map_err(|_| ApiError::invalid("commission_version is out of range"))?;
             row = store::programs::get_with_version(&mut conn, program_id.as_str(), version)
                 .await
                 .map_err(db_error)?
                 .ok_or_else(|| ApiError::not_found(format!("commission version {version} of program {program_id}")))?;
         }
-        let history = store::programs::rule_history(&mut conn, program_id.as_str()).await.map_err(db_error)?;
-        Ok(pb::ProgramReply { program: Some(row.to_proto()), commission_history: history, duplicate: false })
+        let history = store::programs::rule_history(&mut conn, program_id.as_str())
+            .await
+            .map_err(db_error)?;
+        Ok(pb::ProgramReply {
+            program: Some(row.to_proto()),
+            commission_history: history,
+            duplicate: false,
+        })
     }
 
     /// The caller's own programs, oldest first, keyset-paginated.
@@ -117,7 +152,9 @@ impl Enrollment {
         let after = cursor::decode(&request.cursor)?;
         let limit = cursor::page_size(request.limit);
         let mut conn = self.pool.acquire().await.map_err(db_error)?;
-        let rows = store::programs::list(&mut conn, &owner.org_id, after.as_deref(), limit + 1).await.map_err(db_error)?;
+        let rows = store::programs::list(&mut conn, &owner.org_id, after.as_deref(), limit + 1)
+            .await
+            .map_err(db_error)?;
         let more = rows.len() > limit as usize;
         let programs: Vec<pb::Program> = rows.iter().take(limit as usize).map(ProgramRow::to_proto).collect();
         let next_cursor = match programs.last() {
@@ -127,9 +164,19 @@ impl Enrollment {
         Ok(pb::ListProgramsResponse { programs, next_cursor })
     }
 
-    async fn announce(&self, conn: &mut PgConnection, kind: &str, row: &ProgramRow, commission_changed: bool) -> Result<(), ApiError> {
+    async fn announce(
+        &self,
+        conn: &mut PgConnection,
+        kind: &str,
+        row: &ProgramRow,
+        commission_changed: bool,
+    ) -> Result<(), ApiError> {
         let meta = new_meta();
-        let event = pb::ProgramChanged { meta: Some(meta.clone()), program: Some(row.to_proto()), commission_changed };
+        let event = pb::ProgramChanged {
+            meta: Some(meta.clone()),
+            program: Some(row.to_proto()),
+            commission_changed,
+        };
         let outbox = OutboxEvent::new(self.ns.event("program", kind), &meta, &event);
         amba_bus::outbox::enqueue(conn, &outbox).await.map_err(db_error)
     }
@@ -137,7 +184,12 @@ impl Enrollment {
 
 /// A program the caller's org owns. Another org's program is reported as not found, so ids
 /// cannot be probed for existence.
-async fn owned_program(conn: &mut PgConnection, program_id: &str, org_id: &str, lock: bool) -> Result<ProgramRow, ApiError> {
+async fn owned_program(
+    conn: &mut PgConnection,
+    program_id: &str,
+    org_id: &str,
+    lock: bool,
+) -> Result<ProgramRow, ApiError> {
     store::programs::get(conn, program_id, lock)
         .await
         .map_err(db_error)?
@@ -147,7 +199,8 @@ async fn owned_program(conn: &mut PgConnection, program_id: &str, org_id: &str, 
 
 fn settings_input(s: pb::ProgramSettings) -> Result<SettingsInput, ApiError> {
     let json = |field: &str, text: Option<String>| -> Result<Option<serde_json::Value>, ApiError> {
-        text.map(|t| serde_json::from_str(&t).map_err(|e| ApiError::invalid(format!("{field} is not valid JSON: {e}")))).transpose()
+        text.map(|t| serde_json::from_str(&t).map_err(|e| ApiError::invalid(format!("{field} is not valid JSON: {e}"))))
+            .transpose()
     };
     Ok(SettingsInput {
         name: s.name,

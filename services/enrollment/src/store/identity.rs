@@ -14,13 +14,15 @@ pub struct NewSignup<'a> {
 
 /// Account, org, owner membership and first token. Returns false when the e-mail is taken.
 pub async fn insert_signup(conn: &mut PgConnection, s: &NewSignup<'_>) -> Result<bool, sqlx::Error> {
-    let inserted = sqlx::query("INSERT INTO accounts (account_id, email, name) VALUES ($1, $2, $3) ON CONFLICT (email) DO NOTHING")
-        .bind(s.account_id)
-        .bind(s.email)
-        .bind(s.name)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
+    let inserted = sqlx::query(
+        "INSERT INTO accounts (account_id, email, name) VALUES ($1, $2, $3) ON CONFLICT (email) DO NOTHING",
+    )
+    .bind(s.account_id)
+    .bind(s.email)
+    .bind(s.name)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
     if inserted == 0 {
         return Ok(false);
     }
@@ -46,11 +48,18 @@ pub async fn insert_signup(conn: &mut PgConnection, s: &NewSignup<'_>) -> Result
 }
 
 /// The principal behind an unrevoked token hash.
-pub async fn principal_by_token_hash(conn: &mut PgConnection, token_hash: &str) -> Result<Option<Principal>, sqlx::Error> {
+pub async fn principal_by_token_hash(
+    conn: &mut PgConnection,
+    token_hash: &str,
+) -> Result<Option<Principal>, sqlx::Error> {
     let row: Option<(String, String, String)> =
         sqlx::query_as("SELECT org_id, account_id, token_id FROM tokens WHERE token_hash = $1 AND revoked_at IS NULL")
             .bind(token_hash)
             .fetch_optional(conn)
             .await?;
-    Ok(row.map(|(org_id, account_id, token_id)| Principal { org_id, account_id, token_id }))
+    Ok(row.map(|(org_id, account_id, token_id)| Principal {
+        org_id,
+        account_id,
+        token_id,
+    }))
 }

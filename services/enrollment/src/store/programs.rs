@@ -46,10 +46,14 @@ impl ProgramRow {
             currency: Currency::parse(&self.currency).map_err(|e| corrupt("currency", e))?,
             commission: CommissionRule::from_json(&self.commission.0).map_err(|e| corrupt("commission", e))?,
             approval_mode: self.approval_mode.parse().map_err(|e| corrupt("approval_mode", e))?,
-            attribution_window_days: u32::try_from(self.attribution_window_days).map_err(|e| corrupt("attribution_window_days", e))?,
+            attribution_window_days: u32::try_from(self.attribution_window_days)
+                .map_err(|e| corrupt("attribution_window_days", e))?,
             hold_days: u32::try_from(self.hold_days).map_err(|e| corrupt("hold_days", e))?,
             payout_threshold_minor: self.payout_threshold_minor,
-            payout_schedule: self.payout_schedule.parse().map_err(|e| corrupt("payout_schedule", e))?,
+            payout_schedule: self
+                .payout_schedule
+                .parse()
+                .map_err(|e| corrupt("payout_schedule", e))?,
             platform_fee_bps: u32::try_from(self.platform_fee_bps).map_err(|e| corrupt("platform_fee_bps", e))?,
             multi_level: MultiLevel::from_json(&self.multi_level.0).map_err(|e| corrupt("multi_level", e))?,
             landing_url: self.landing_url.clone(),
@@ -83,11 +87,14 @@ impl ProgramRow {
 /// A macro so every statement stays a `'static` literal (sqlx only takes audited SQL text).
 macro_rules! select_program {
     ($tail:literal) => {
-        concat!("SELECT p.program_id, p.owner_org_id, p.name, p.currency, p.status, p.approval_mode, \
+        concat!(
+            "SELECT p.program_id, p.owner_org_id, p.name, p.currency, p.status, p.approval_mode, \
     p.attribution_window_days, p.hold_days, p.payout_threshold_minor, p.payout_schedule, p.platform_fee_bps, \
     p.multi_level, p.landing_url, r.version AS commission_version, r.rule AS commission, p.request_fingerprint, \
     p.created_at, p.updated_at \
-    FROM programs p JOIN commission_rules r ON r.program_id = p.program_id ", $tail)
+    FROM programs p JOIN commission_rules r ON r.program_id = p.program_id ",
+            $tail
+        )
     };
 }
 
@@ -134,7 +141,12 @@ pub async fn insert(conn: &mut PgConnection, p: &NewProgram<'_>) -> Result<bool,
     Ok(true)
 }
 
-pub async fn insert_rule(conn: &mut PgConnection, program_id: &str, version: i32, rule: &CommissionRule) -> Result<(), sqlx::Error> {
+pub async fn insert_rule(
+    conn: &mut PgConnection,
+    program_id: &str,
+    version: i32,
+    rule: &CommissionRule,
+) -> Result<(), sqlx::Error> {
     sqlx::query("INSERT INTO commission_rules (program_id, version, rule) VALUES ($1, $2, $3)")
         .bind(program_id)
         .bind(version)
@@ -145,7 +157,13 @@ pub async fn insert_rule(conn: &mut PgConnection, program_id: &str, version: i32
 }
 
 /// Writes changed settings and status; the commission version moves only via [`insert_rule`].
-pub async fn update(conn: &mut PgConnection, program_id: &str, s: &ProgramSettings, status: ProgramStatus, commission_version: i32) -> Result<(), sqlx::Error> {
+pub async fn update(
+    conn: &mut PgConnection,
+    program_id: &str,
+    s: &ProgramSettings,
+    status: ProgramStatus,
+    commission_version: i32,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE programs SET name = $2, currency = $3, status = $4, approval_mode = $5, attribution_window_days = $6, \
          hold_days = $7, payout_threshold_minor = $8, payout_schedule = $9, platform_fee_bps = $10, multi_level = $11, \
@@ -172,26 +190,49 @@ pub async fn update(conn: &mut PgConnection, program_id: &str, s: &ProgramSettin
 /// The program with its current rule; `lock` holds the row until the transaction ends.
 pub async fn get(conn: &mut PgConnection, program_id: &str, lock: bool) -> Result<Option<ProgramRow>, sqlx::Error> {
     let query = if lock {
-        sqlx::query_as(select_program!("AND r.version = p.commission_version WHERE p.program_id = $1 FOR UPDATE OF p"))
+        sqlx::query_as(select_program!(
+            "AND r.version = p.commission_version WHERE p.program_id = $1 FOR UPDATE OF p"
+        ))
     } else {
-        sqlx::query_as(select_program!("AND r.version = p.commission_version WHERE p.program_id = $1"))
+        sqlx::query_as(select_program!(
+            "AND r.version = p.commission_version WHERE p.program_id = $1"
+        ))
     };
     query.bind(program_id).fetch_optional(conn).await
 }
 
 /// The program as it is now, but with the rule of `version` (None if that version never existed).
-pub async fn get_with_version(conn: &mut PgConnection, program_id: &str, version: i32) -> Result<Option<ProgramRow>, sqlx::Error> {
+pub async fn get_with_version(
+    conn: &mut PgConnection,
+    program_id: &str,
+    version: i32,
+) -> Result<Option<ProgramRow>, sqlx::Error> {
     sqlx::query_as(select_program!("AND r.version = $2 WHERE p.program_id = $1"))
-        .bind(program_id).bind(version).fetch_optional(conn).await
+        .bind(program_id)
+        .bind(version)
+        .fetch_optional(conn)
+        .await
 }
 
-pub async fn get_by_idempotency_key(conn: &mut PgConnection, owner_org_id: &str, key: &str) -> Result<Option<ProgramRow>, sqlx::Error> {
-    sqlx::query_as(select_program!("AND r.version = p.commission_version WHERE p.owner_org_id = $1 AND p.idempotency_key = $2"))
-        .bind(owner_org_id).bind(key).fetch_optional(conn).await
+pub async fn get_by_idempotency_key(
+    conn: &mut PgConnection,
+    owner_org_id: &str,
+    key: &str,
+) -> Result<Option<ProgramRow>, sqlx::Error> {
+    sqlx::query_as(select_program!(
+        "AND r.version = p.commission_version WHERE p.owner_org_id = $1 AND p.idempotency_key = $2"
+    ))
+    .bind(owner_org_id)
+    .bind(key)
+    .fetch_optional(conn)
+    .await
 }
 
 /// Every rule version of a program, oldest first.
-pub async fn rule_history(conn: &mut PgConnection, program_id: &str) -> Result<Vec<pb::CommissionVersion>, sqlx::Error> {
+pub async fn rule_history(
+    conn: &mut PgConnection,
+    program_id: &str,
+) -> Result<Vec<pb::CommissionVersion>, sqlx::Error> {
     let rows: Vec<(i32, Json<serde_json::Value>, DateTime<Utc>)> =
         sqlx::query_as("SELECT version, rule, created_at FROM commission_rules WHERE program_id = $1 ORDER BY version")
             .bind(program_id)
@@ -208,12 +249,21 @@ pub async fn rule_history(conn: &mut PgConnection, program_id: &str) -> Result<V
 }
 
 /// One page of an owner's programs, oldest first, after the keyset cursor `after`.
-pub async fn list(conn: &mut PgConnection, owner_org_id: &str, after: Option<&str>, limit: u32) -> Result<Vec<ProgramRow>, sqlx::Error> {
+pub async fn list(
+    conn: &mut PgConnection,
+    owner_org_id: &str,
+    after: Option<&str>,
+    limit: u32,
+) -> Result<Vec<ProgramRow>, sqlx::Error> {
     sqlx::query_as(select_program!(
         "AND r.version = p.commission_version WHERE p.owner_org_id = $1 AND ($2::text IS NULL OR p.program_id > $2) \
          ORDER BY p.program_id LIMIT $3"
     ))
-    .bind(owner_org_id).bind(after).bind(i64::from(limit)).fetch_all(conn).await
+    .bind(owner_org_id)
+    .bind(after)
+    .bind(i64::from(limit))
+    .fetch_all(conn)
+    .await
 }
 
 /// Settings are validated to small ranges (days ≤ 365, bps ≤ 10 000), so this never saturates.
