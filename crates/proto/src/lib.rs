@@ -24,5 +24,19 @@ pub mod methods {
         pub const PROGRAM_UPDATE: &str = "program_update";
         pub const PROGRAM_GET: &str = "program_get";
         pub const PROGRAM_LIST: &str = "program_list";
+        pub const INVITE: &str = "invite";
+        pub const APPLY: &str = "apply";
+        pub const APPROVE: &str = "approve";
+        pub const REJECT: &str = "reject";
+        pub const REMOVE: &str = "remove";
+        pub const ACCEPT: &str = "accept";
+        pub const DECLINE: &str = "decline";
+        pub const SET_PARENT: &str = "set_parent";
+        pub const ROTATE_CODE: &str = "rotate_code";
+        pub const LIST_PROGRAM_ENROLLMENTS: &str = "list_program_enrollments";
+        pub const LIST_MY_ENROLLMENTS: &str = "list_my_enrollments";
+        pub const TOKEN_CREATE: &str = "token_create";
+        pub const TOKEN_LIST: &str = "token_list";
+        pub const TOKEN_REVOKE: &str = "token_revoke";
     }
 }

@@ -4,8 +4,10 @@
 //! `isError: true` results whose structured content is `{"error": {code, message, status}}`;
 //! only unknown tools and unparsable arguments are protocol errors.
 
+mod enrollments;
 mod identity;
 mod programs;
+mod tokens;
 
 use crate::EdgeState;
 use amba_core::ApiError;
@@ -39,7 +41,10 @@ impl McpServer {
     pub fn new(state: EdgeState) -> Self {
         McpServer {
             state,
-            tool_router: Self::identity_tools() + Self::program_tools(),
+            tool_router: Self::identity_tools()
+                + Self::program_tools()
+                + Self::enrollment_tools()
+                + Self::token_tools(),
         }
     }
 }

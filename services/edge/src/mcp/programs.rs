@@ -14,6 +14,9 @@ pub struct ProgramOptions {
     /// Whether conversions need the owner's approval before commission accrues. Default auto.
     #[schemars(extend("enum" = ["auto", "manual"]))]
     pub approval_mode: Option<String>,
+    /// Whether affiliates who apply to join need your approval. Default manual.
+    #[schemars(extend("enum" = ["auto", "manual"]))]
+    pub affiliate_approval: Option<String>,
     /// Days after a click during which a conversion is attributed to it (1-365). Default 30.
     pub attribution_window_days: Option<u32>,
     /// Days commission is held (refund window) before it becomes payable (0-365). Default 30.
@@ -83,6 +86,7 @@ pub struct ProgramView {
     pub currency: String,
     pub status: String,
     pub approval_mode: String,
+    pub affiliate_approval: String,
     pub attribution_window_days: u32,
     pub hold_days: u32,
     pub payout_threshold_minor: i64,
@@ -284,6 +288,7 @@ fn commission_text(value: serde_json::Value) -> Result<String, ApiError> {
 fn options_to_proto(o: ProgramOptions) -> pb::ProgramSettings {
     pb::ProgramSettings {
         approval_mode: o.approval_mode,
+        affiliate_approval: o.affiliate_approval,
         attribution_window_days: o.attribution_window_days,
         hold_days: o.hold_days,
         payout_threshold_minor: o.payout_threshold_minor,
@@ -308,6 +313,7 @@ fn program_view(p: pb::Program) -> ProgramView {
         currency: p.currency,
         status: p.status,
         approval_mode: p.approval_mode,
+        affiliate_approval: p.affiliate_approval,
         attribution_window_days: p.attribution_window_days,
         hold_days: p.hold_days,
         payout_threshold_minor: p.payout_threshold_minor,

@@ -117,6 +117,8 @@ pub struct ProgramSettings {
     pub currency: Currency,
     pub commission: CommissionRule,
     pub approval_mode: ApprovalMode,
+    /// Whether applications to join need the owner's approval (invites are accepted instead).
+    pub affiliate_approval: ApprovalMode,
     pub attribution_window_days: u32,
     pub hold_days: u32,
     pub payout_threshold_minor: i64,
@@ -133,6 +135,7 @@ pub struct SettingsInput {
     pub currency: Option<String>,
     pub commission: Option<serde_json::Value>,
     pub approval_mode: Option<String>,
+    pub affiliate_approval: Option<String>,
     pub attribution_window_days: Option<u32>,
     pub hold_days: Option<u32>,
     pub payout_threshold_minor: Option<i64>,
@@ -154,6 +157,7 @@ impl ProgramSettings {
             currency: Currency::parse(currency)?,
             commission: CommissionRule::from_json(commission)?,
             approval_mode: ApprovalMode::Auto,
+            affiliate_approval: ApprovalMode::Manual,
             attribution_window_days: DEFAULT_ATTRIBUTION_WINDOW_DAYS,
             hold_days: DEFAULT_HOLD_DAYS,
             payout_threshold_minor: 0,
@@ -194,6 +198,9 @@ impl ProgramSettings {
         }
         if let Some(mode) = input.approval_mode {
             next.approval_mode = mode.parse()?;
+        }
+        if let Some(mode) = input.affiliate_approval {
+            next.affiliate_approval = mode.parse()?;
         }
         if let Some(days) = input.attribution_window_days {
             next.attribution_window_days = days_in_range("attribution_window_days", days, 1)?;

@@ -3,7 +3,7 @@ use crate::domain::identity::{hash_token, mint_token, normalize_email, normalize
 use crate::store;
 use amba_core::ApiError;
 use amba_core::id::{AccountId, OrgId, TokenId};
-use amba_proto::v1::{Principal, SignupRequest, SignupResponse, VerifyTokenRequest};
+use amba_proto::v1::{self as pb, Principal, SignupRequest, SignupResponse, VerifyTokenRequest};
 
 impl Enrollment {
     /// Account + org + first token in one transaction. The token secret leaves only in the reply.
@@ -59,5 +59,79 @@ impl Enrollment {
             .await
             .map_err(db_error)?
             .ok_or_else(invalid)
+    }
+}
+
+impl Enrollment {
+    /// A new PAT for the caller's org; the secret is returned once.
+    #[tracing::instrument(skip_all, err)]
+    pub async fn create_token(&self, request: pb::CreateTokenRequest) -> Result<pb::CreateTokenResponse, ApiError> {
+        let me = super::caller(request.caller)?;
+        let name = normalize_name(
+            "name",
+            if request.name.trim().is_empty() {
+                "token"
+            } else {
+                &request.name
+            },
+        )?;
+        if name.chars().count() > 100 {
+            return Err(ApiError::invalid("name must be at most 100 characters"));
+        }
+        let minted = mint_token();
+        let token_id = TokenId::new();
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        let new = store::identity::NewToken {
+            token_id: token_id.as_str(),
+            org_id: &me.org_id,
+            account_id: &me.account_id,
+            name: &name,
+            hash: &minted.hash,
+            hint: &minted.hint,
+        };
+        let row = store::identity::insert_token(&mut conn, &new).await.map_err(db_error)?;
+        Ok(pb::CreateTokenResponse {
+            token: Some(row.to_proto()),
+            secret: minted.secret,
+        })
+    }
+
+    /// The org's tokens, revoked ones included; never their secrets.
+    pub async fn list_tokens(&self, request: pb::ListTokensRequest) -> Result<pb::ListTokensResponse, ApiError> {
+        let me = super::caller(request.caller)?;
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        let rows = store::identity::list_tokens(&mut conn, &me.org_id)
+            .await
+            .map_err(db_error)?;
+        Ok(pb::ListTokensResponse {
+            tokens: rows.iter().map(store::identity::TokenRow::to_proto).collect(),
+        })
+    }
+
+    /// Revokes one of the org's tokens (revoking again is a no-op) and tells every edge.
+    #[tracing::instrument(skip_all, fields(token_id = %request.token_id), err)]
+    pub async fn revoke_token(&self, request: pb::RevokeTokenRequest) -> Result<pb::TokenReply, ApiError> {
+        let me = super::caller(request.caller)?;
+        let token_id = TokenId::parse(&request.token_id)?;
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let (row, newly) = store::identity::revoke_token(&mut tx, &me.org_id, token_id.as_str())
+            .await
+            .map_err(db_error)?
+            .ok_or_else(|| ApiError::not_found(format!("token {token_id}")))?;
+        if newly {
+            let meta = amba_bus::events::new_meta();
+            let event = pb::TokenRevoked {
+                meta: Some(meta.clone()),
+                token_id: row.token_id.clone(),
+                org_id: me.org_id.clone(),
+            };
+            let outbox = amba_bus::events::OutboxEvent::new(self.ns.event("identity", "token_revoked"), &meta, &event);
+            amba_bus::outbox::enqueue(&mut tx, &outbox).await.map_err(db_error)?;
+        }
+        tx.commit().await.map_err(db_error)?;
+        self.waker.wake();
+        Ok(pb::TokenReply {
+            token: Some(row.to_proto()),
+        })
     }
 }

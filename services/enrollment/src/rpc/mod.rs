@@ -3,6 +3,7 @@
 //! Callers are trusted internal services (the edge) that pass the verified `Principal` of the
 //! token; every owner operation checks that principal's org against the program's owner.
 
+mod enrollments;
 mod identity;
 mod programs;
 
@@ -43,7 +44,21 @@ pub fn server(service: Enrollment) -> RpcServer {
     let server = route!(server, methods::PROGRAM_CREATE, create_program);
     let server = route!(server, methods::PROGRAM_UPDATE, update_program);
     let server = route!(server, methods::PROGRAM_GET, get_program);
-    route!(server, methods::PROGRAM_LIST, list_programs)
+    let server = route!(server, methods::PROGRAM_LIST, list_programs);
+    let server = route!(server, methods::INVITE, invite);
+    let server = route!(server, methods::APPLY, apply);
+    let server = route!(server, methods::APPROVE, approve);
+    let server = route!(server, methods::REJECT, reject);
+    let server = route!(server, methods::REMOVE, remove);
+    let server = route!(server, methods::ACCEPT, accept);
+    let server = route!(server, methods::DECLINE, decline);
+    let server = route!(server, methods::SET_PARENT, set_parent);
+    let server = route!(server, methods::ROTATE_CODE, rotate_code);
+    let server = route!(server, methods::LIST_PROGRAM_ENROLLMENTS, list_program_enrollments);
+    let server = route!(server, methods::LIST_MY_ENROLLMENTS, list_my_enrollments);
+    let server = route!(server, methods::TOKEN_CREATE, create_token);
+    let server = route!(server, methods::TOKEN_LIST, list_tokens);
+    route!(server, methods::TOKEN_REVOKE, revoke_token)
 }
 
 /// The caller's principal; requests without one never reach a handler's logic.

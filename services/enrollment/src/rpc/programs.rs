@@ -54,7 +54,7 @@ impl Enrollment {
             .await
             .map_err(db_error)?
             .ok_or_else(ApiError::internal)?;
-        self.announce(&mut tx, "created", &row, true).await?;
+        self.announce_program(&mut tx, "created", &row, true).await?;
         tx.commit().await.map_err(db_error)?;
         self.waker.wake();
         tracing::info!(%program_id, owner = %owner.org_id, "program created");
@@ -111,7 +111,8 @@ impl Enrollment {
             .await
             .map_err(db_error)?
             .ok_or_else(ApiError::internal)?;
-        self.announce(&mut tx, "updated", &updated, commission_changed).await?;
+        self.announce_program(&mut tx, "updated", &updated, commission_changed)
+            .await?;
         tx.commit().await.map_err(db_error)?;
         self.waker.wake();
         tracing::info!(status = %next_status, commission_version = version, "program updated");
@@ -164,7 +165,7 @@ impl Enrollment {
         Ok(pb::ListProgramsResponse { programs, next_cursor })
     }
 
-    async fn announce(
+    async fn announce_program(
         &self,
         conn: &mut PgConnection,
         kind: &str,
@@ -184,7 +185,7 @@ impl Enrollment {
 
 /// A program the caller's org owns. Another org's program is reported as not found, so ids
 /// cannot be probed for existence.
-async fn owned_program(
+pub(super) async fn owned_program(
     conn: &mut PgConnection,
     program_id: &str,
     org_id: &str,
@@ -207,6 +208,7 @@ fn settings_input(s: pb::ProgramSettings) -> Result<SettingsInput, ApiError> {
         currency: s.currency,
         commission: json("commission", s.commission_json)?,
         approval_mode: s.approval_mode,
+        affiliate_approval: s.affiliate_approval,
         attribution_window_days: s.attribution_window_days,
         hold_days: s.hold_days,
         payout_threshold_minor: s.payout_threshold_minor,
@@ -224,6 +226,7 @@ fn fingerprint(s: &ProgramSettings) -> String {
         "currency": s.currency.code(),
         "commission": s.commission.to_json(),
         "approval_mode": s.approval_mode.as_str(),
+        "affiliate_approval": s.affiliate_approval.as_str(),
         "attribution_window_days": s.attribution_window_days,
         "hold_days": s.hold_days,
         "payout_threshold_minor": s.payout_threshold_minor,

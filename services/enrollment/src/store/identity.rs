@@ -63,3 +63,84 @@ pub async fn principal_by_token_hash(
         token_id,
     }))
 }
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct TokenRow {
+    pub token_id: String,
+    pub name: String,
+    pub hint: String,
+    pub account_id: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub revoked_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl TokenRow {
+    pub fn to_proto(&self) -> amba_proto::v1::Token {
+        amba_proto::v1::Token {
+            token_id: self.token_id.clone(),
+            name: self.name.clone(),
+            hint: self.hint.clone(),
+            account_id: self.account_id.clone(),
+            created_at_micros: self.created_at.timestamp_micros(),
+            revoked_at_micros: self.revoked_at.map(|t| t.timestamp_micros()).unwrap_or_default(),
+        }
+    }
+}
+
+pub struct NewToken<'a> {
+    pub token_id: &'a str,
+    pub org_id: &'a str,
+    pub account_id: &'a str,
+    pub name: &'a str,
+    pub hash: &'a str,
+    pub hint: &'a str,
+}
+
+pub async fn insert_token(conn: &mut PgConnection, t: &NewToken<'_>) -> Result<TokenRow, sqlx::Error> {
+    sqlx::query_as(
+        "INSERT INTO tokens (token_id, org_id, account_id, name, token_hash, hint) VALUES ($1, $2, $3, $4, $5, $6) \
+         RETURNING token_id, name, hint, account_id, created_at, revoked_at",
+    )
+    .bind(t.token_id)
+    .bind(t.org_id)
+    .bind(t.account_id)
+    .bind(t.name)
+    .bind(t.hash)
+    .bind(t.hint)
+    .fetch_one(conn)
+    .await
+}
+
+pub async fn list_tokens(conn: &mut PgConnection, org_id: &str) -> Result<Vec<TokenRow>, sqlx::Error> {
+    sqlx::query_as("SELECT token_id, name, hint, account_id, created_at, revoked_at FROM tokens WHERE org_id = $1 ORDER BY token_id")
+        .bind(org_id)
+        .fetch_all(conn)
+        .await
+}
+
+/// Revokes an org's token (idempotent). None when the org has no such token.
+pub async fn revoke_token(
+    conn: &mut PgConnection,
+    org_id: &str,
+    token_id: &str,
+) -> Result<Option<(TokenRow, bool)>, sqlx::Error> {
+    let revoked: Option<TokenRow> = sqlx::query_as(
+        "UPDATE tokens SET revoked_at = now() WHERE org_id = $1 AND token_id = $2 AND revoked_at IS NULL \
+         RETURNING token_id, name, hint, account_id, created_at, revoked_at",
+    )
+    .bind(org_id)
+    .bind(token_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(row) = revoked {
+        return Ok(Some((row, true)));
+    }
+    let existing: Option<TokenRow> = sqlx::query_as(
+        "SELECT token_id, name, hint, account_id, created_at, revoked_at FROM tokens WHERE org_id = $1 AND token_id = $2",
+    )
+    .bind(org_id)
+    .bind(token_id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(existing.map(|row| (row, false)))
+}

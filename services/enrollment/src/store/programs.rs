@@ -15,6 +15,7 @@ pub struct ProgramRow {
     pub currency: String,
     pub status: String,
     pub approval_mode: String,
+    pub affiliate_approval: String,
     pub attribution_window_days: i32,
     pub hold_days: i32,
     pub payout_threshold_minor: i64,
@@ -46,6 +47,10 @@ impl ProgramRow {
             currency: Currency::parse(&self.currency).map_err(|e| corrupt("currency", e))?,
             commission: CommissionRule::from_json(&self.commission.0).map_err(|e| corrupt("commission", e))?,
             approval_mode: self.approval_mode.parse().map_err(|e| corrupt("approval_mode", e))?,
+            affiliate_approval: self
+                .affiliate_approval
+                .parse()
+                .map_err(|e| corrupt("affiliate_approval", e))?,
             attribution_window_days: u32::try_from(self.attribution_window_days)
                 .map_err(|e| corrupt("attribution_window_days", e))?,
             hold_days: u32::try_from(self.hold_days).map_err(|e| corrupt("hold_days", e))?,
@@ -68,6 +73,7 @@ impl ProgramRow {
             currency: self.currency.clone(),
             status: self.status.clone(),
             approval_mode: self.approval_mode.clone(),
+            affiliate_approval: self.affiliate_approval.clone(),
             attribution_window_days: u32::try_from(self.attribution_window_days).unwrap_or_default(),
             hold_days: u32::try_from(self.hold_days).unwrap_or_default(),
             payout_threshold_minor: self.payout_threshold_minor,
@@ -88,7 +94,7 @@ impl ProgramRow {
 macro_rules! select_program {
     ($tail:literal) => {
         concat!(
-            "SELECT p.program_id, p.owner_org_id, p.name, p.currency, p.status, p.approval_mode, \
+            "SELECT p.program_id, p.owner_org_id, p.name, p.currency, p.status, p.approval_mode, p.affiliate_approval, \
     p.attribution_window_days, p.hold_days, p.payout_threshold_minor, p.payout_schedule, p.platform_fee_bps, \
     p.multi_level, p.landing_url, r.version AS commission_version, r.rule AS commission, p.request_fingerprint, \
     p.created_at, p.updated_at \
@@ -113,8 +119,8 @@ pub async fn insert(conn: &mut PgConnection, p: &NewProgram<'_>) -> Result<bool,
     let inserted = sqlx::query(
         "INSERT INTO programs (program_id, owner_org_id, name, currency, status, approval_mode, attribution_window_days, \
          hold_days, payout_threshold_minor, payout_schedule, platform_fee_bps, multi_level, landing_url, commission_version, \
-         idempotency_key, request_fingerprint) \
-         VALUES ($1, $2, $3, $4, 'draft', $5, $6, $7, $8, $9, $10, $11, $12, 1, $13, $14) \
+         idempotency_key, request_fingerprint, affiliate_approval) \
+         VALUES ($1, $2, $3, $4, 'draft', $5, $6, $7, $8, $9, $10, $11, $12, 1, $13, $14, $15) \
          ON CONFLICT (owner_org_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
     )
     .bind(p.program_id)
@@ -131,6 +137,7 @@ pub async fn insert(conn: &mut PgConnection, p: &NewProgram<'_>) -> Result<bool,
     .bind(&s.landing_url)
     .bind(p.idempotency_key)
     .bind(p.request_fingerprint)
+    .bind(s.affiliate_approval.as_str())
     .execute(&mut *conn)
     .await?
     .rows_affected();
@@ -167,7 +174,7 @@ pub async fn update(
     sqlx::query(
         "UPDATE programs SET name = $2, currency = $3, status = $4, approval_mode = $5, attribution_window_days = $6, \
          hold_days = $7, payout_threshold_minor = $8, payout_schedule = $9, platform_fee_bps = $10, multi_level = $11, \
-         landing_url = $12, commission_version = $13, updated_at = now() WHERE program_id = $1",
+         landing_url = $12, commission_version = $13, affiliate_approval = $14, updated_at = now() WHERE program_id = $1",
     )
     .bind(program_id)
     .bind(&s.name)
@@ -182,6 +189,7 @@ pub async fn update(
     .bind(Json(s.multi_level.to_json()))
     .bind(&s.landing_url)
     .bind(commission_version)
+    .bind(s.affiliate_approval.as_str())
     .execute(conn)
     .await?;
     Ok(())

@@ -1,0 +1,556 @@
+use super::programs::owned_program;
+use super::{Enrollment, caller, db_error};
+use crate::domain::enrollment::{Action, EnrollmentStatus, MAX_DEPTH, Origin, generate_code, place_under};
+use crate::domain::program::{ApprovalMode, ProgramStatus};
+use crate::store::enrollments::{self as store, EnrollmentRow, NewEnrollment, OrgFilter};
+use amba_bus::events::{OutboxEvent, new_meta};
+use amba_core::id::{EnrollmentId, OrgId, ProgramId};
+use amba_core::{ApiError, cursor};
+use amba_proto::v1 as pb;
+use sqlx::PgConnection;
+
+impl Enrollment {
+    /// Owner invites an org already on Amba: a pending enrollment with a referral code. With the
+    /// same `idempotency_key` a retry returns the same enrollment; any other second invite of the
+    /// org is CONFLICT (the error's details name the existing enrollment).
+    #[tracing::instrument(skip_all, fields(program_id = %request.program_id), err)]
+    pub async fn invite(&self, request: pb::InviteRequest) -> Result<pb::EnrollmentReply, ApiError> {
+        let owner = caller(request.caller)?;
+        let program_id = ProgramId::parse(&request.program_id)?;
+        let affiliate = OrgId::parse(&request.affiliate_org_id)?;
+        let parent = optional_id(&request.parent_enrollment_id)?;
+        let key = Some(request.idempotency_key.trim()).filter(|k| !k.is_empty());
+        if key.is_some_and(|k| k.len() > 200) {
+            return Err(ApiError::invalid("idempotency_key must be at most 200 characters"));
+        }
+
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let program = owned_program(&mut tx, program_id.as_str(), &owner.org_id, false).await?;
+        if program.status()? == ProgramStatus::Archived {
+            return Err(ApiError::conflict("an archived program takes no new affiliates"));
+        }
+        if affiliate.as_str() == owner.org_id {
+            return Err(ApiError::invalid("an org cannot be an affiliate of its own program"));
+        }
+        if store::org_name(&mut tx, affiliate.as_str())
+            .await
+            .map_err(db_error)?
+            .is_none()
+        {
+            return Err(ApiError::not_found(format!("org {affiliate}")));
+        }
+        if let Some(existing) = store::get_by_program_and_org(&mut tx, program_id.as_str(), affiliate.as_str())
+            .await
+            .map_err(db_error)?
+        {
+            return replay_invite(existing, key, parent.as_deref());
+        }
+        let enrollment_id = EnrollmentId::new();
+        let depth = match &parent {
+            Some(parent) => {
+                self.sponsor_depth(&mut tx, program_id.as_str(), parent, enrollment_id.as_str(), 1)
+                    .await?
+            }
+            None => 1,
+        };
+        let new = NewEnrollment {
+            enrollment_id: enrollment_id.as_str(),
+            program_id: program_id.as_str(),
+            affiliate_org_id: affiliate.as_str(),
+            status: EnrollmentStatus::Pending.as_str(),
+            origin: Origin::Invite.as_str(),
+            parent_enrollment_id: parent.as_deref(),
+            depth,
+            idempotency_key: key,
+        };
+        if !store::insert(&mut tx, &new).await.map_err(db_error)? {
+            // A concurrent invite of the same org won; answer as if we had come second.
+            let existing = store::get_by_program_and_org(&mut tx, program_id.as_str(), affiliate.as_str())
+                .await
+                .map_err(db_error)?;
+            return replay_invite(existing.ok_or_else(ApiError::internal)?, key, parent.as_deref());
+        }
+        self.issue_code(&mut tx, enrollment_id.as_str(), program_id.as_str(), affiliate.as_str())
+            .await?;
+        let row = self
+            .announce_enrollment(&mut tx, enrollment_id.as_str(), "invited", "")
+            .await?;
+        tx.commit().await.map_err(db_error)?;
+        self.waker.wake();
+        tracing::info!(%enrollment_id, affiliate = %affiliate, "affiliate invited");
+        Ok(pb::EnrollmentReply {
+            enrollment: Some(row.to_proto()),
+            duplicate: false,
+        })
+    }
+
+    /// Affiliate applies to an active program: pending, or active at once when the program
+    /// approves applications automatically. Applying again returns the same enrollment.
+    #[tracing::instrument(skip_all, fields(program_id = %request.program_id), err)]
+    pub async fn apply(&self, request: pb::ApplyRequest) -> Result<pb::EnrollmentReply, ApiError> {
+        let applicant = caller(request.caller)?;
+        let program_id = ProgramId::parse(&request.program_id)?;
+        let parent = optional_id(&request.parent_enrollment_id)?;
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let program = crate::store::programs::get(&mut tx, program_id.as_str(), false)
+            .await
+            .map_err(db_error)?;
+        let program = program
+            .filter(|p| p.status != ProgramStatus::Draft.as_str() || p.owner_org_id == applicant.org_id)
+            .ok_or_else(|| ApiError::not_found(format!("program {program_id}")))?;
+        if program.owner_org_id == applicant.org_id {
+            return Err(ApiError::invalid("an org cannot be an affiliate of its own program"));
+        }
+        if program.status()? != ProgramStatus::Active {
+            return Err(ApiError::conflict(format!(
+                "program {program_id} is {} and takes no applications",
+                program.status
+            )));
+        }
+        if let Some(existing) = store::get_by_program_and_org(&mut tx, program_id.as_str(), &applicant.org_id)
+            .await
+            .map_err(db_error)?
+        {
+            let same = existing.origin == Origin::Application.as_str()
+                && matches!(existing.status.as_str(), "pending" | "active");
+            return if same {
+                Ok(pb::EnrollmentReply {
+                    enrollment: Some(existing.to_proto()),
+                    duplicate: true,
+                })
+            } else {
+                Err(already_enrolled(&existing))
+            };
+        }
+        let auto = program.settings()?.affiliate_approval == ApprovalMode::Auto;
+        let status = if auto {
+            EnrollmentStatus::Active
+        } else {
+            EnrollmentStatus::Pending
+        };
+        let enrollment_id = EnrollmentId::new();
+        let depth = match &parent {
+            Some(parent) => {
+                self.sponsor_depth(&mut tx, program_id.as_str(), parent, enrollment_id.as_str(), 1)
+                    .await?
+            }
+            None => 1,
+        };
+        let new = NewEnrollment {
+            enrollment_id: enrollment_id.as_str(),
+            program_id: program_id.as_str(),
+            affiliate_org_id: &applicant.org_id,
+            status: status.as_str(),
+            origin: Origin::Application.as_str(),
+            parent_enrollment_id: parent.as_deref(),
+            depth,
+            idempotency_key: None,
+        };
+        if !store::insert(&mut tx, &new).await.map_err(db_error)? {
+            return Err(ApiError::conflict(
+                "an enrollment for this org was created at the same moment; list your programs",
+            ));
+        }
+        self.issue_code(&mut tx, enrollment_id.as_str(), program_id.as_str(), &applicant.org_id)
+            .await?;
+        let row = self
+            .announce_enrollment(
+                &mut tx,
+                enrollment_id.as_str(),
+                if auto { "activated" } else { "applied" },
+                "",
+            )
+            .await?;
+        tx.commit().await.map_err(db_error)?;
+        self.waker.wake();
+        Ok(pb::EnrollmentReply {
+            enrollment: Some(row.to_proto()),
+            duplicate: false,
+        })
+    }
+
+    pub async fn approve(&self, request: pb::EnrollmentActionRequest) -> Result<pb::EnrollmentReply, ApiError> {
+        self.act(request, Action::Approve).await
+    }
+
+    pub async fn reject(&self, request: pb::EnrollmentActionRequest) -> Result<pb::EnrollmentReply, ApiError> {
+        self.act(request, Action::Reject).await
+    }
+
+    pub async fn remove(&self, request: pb::EnrollmentActionRequest) -> Result<pb::EnrollmentReply, ApiError> {
+        self.act(request, Action::Remove).await
+    }
+
+    pub async fn accept(&self, request: pb::EnrollmentActionRequest) -> Result<pb::EnrollmentReply, ApiError> {
+        self.act(request, Action::Accept).await
+    }
+
+    pub async fn decline(&self, request: pb::EnrollmentActionRequest) -> Result<pb::EnrollmentReply, ApiError> {
+        self.act(request, Action::Decline).await
+    }
+
+    /// One state change, authorized for the side that may take it. An enrollment outside the
+    /// caller's reach is NOT_FOUND, so ids cannot be probed.
+    #[tracing::instrument(skip_all, fields(enrollment_id = %request.enrollment_id, ?action), err)]
+    async fn act(&self, request: pb::EnrollmentActionRequest, action: Action) -> Result<pb::EnrollmentReply, ApiError> {
+        let who = caller(request.caller)?;
+        let enrollment_id = EnrollmentId::parse(&request.enrollment_id)?;
+        let reason = Some(request.reason.trim()).filter(|r| !r.is_empty());
+        if reason.is_some_and(|r| r.chars().count() > 500) {
+            return Err(ApiError::invalid("reason must be at most 500 characters"));
+        }
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let row = store::get(&mut tx, enrollment_id.as_str(), true)
+            .await
+            .map_err(db_error)?;
+        let owner_side = matches!(action, Action::Approve | Action::Reject | Action::Remove);
+        let row = row
+            .filter(|r| {
+                if owner_side {
+                    r.program_owner_org_id == who.org_id
+                } else {
+                    r.affiliate_org_id == who.org_id
+                }
+            })
+            .ok_or_else(|| ApiError::not_found(format!("enrollment {enrollment_id}")))?;
+        let status: EnrollmentStatus = row.status.parse()?;
+        let next = action.apply(status, row.origin.parse()?)?;
+        store::set_status(&mut tx, enrollment_id.as_str(), next.as_str(), reason)
+            .await
+            .map_err(db_error)?;
+        if matches!(
+            next,
+            EnrollmentStatus::Rejected | EnrollmentStatus::Declined | EnrollmentStatus::Removed
+        ) {
+            // The code stops attributing new conversions; what was earned stays.
+            self.retire_code(&mut tx, &row).await?;
+        }
+        let row = self
+            .announce_enrollment(&mut tx, enrollment_id.as_str(), action.event_type(), status.as_str())
+            .await?;
+        tx.commit().await.map_err(db_error)?;
+        self.waker.wake();
+        tracing::info!(status = %next, "enrollment changed");
+        Ok(pb::EnrollmentReply {
+            enrollment: Some(row.to_proto()),
+            duplicate: false,
+        })
+    }
+
+    /// Affiliate rotates its referral code: the old one is retired, a fresh one issued.
+    #[tracing::instrument(skip_all, fields(enrollment_id = %request.enrollment_id), err)]
+    pub async fn rotate_code(&self, request: pb::EnrollmentActionRequest) -> Result<pb::EnrollmentReply, ApiError> {
+        let who = caller(request.caller)?;
+        let enrollment_id = EnrollmentId::parse(&request.enrollment_id)?;
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let row = store::get(&mut tx, enrollment_id.as_str(), true)
+            .await
+            .map_err(db_error)?
+            .filter(|r| r.affiliate_org_id == who.org_id)
+            .ok_or_else(|| ApiError::not_found(format!("enrollment {enrollment_id}")))?;
+        if !matches!(row.status.as_str(), "pending" | "active") {
+            return Err(ApiError::conflict(format!(
+                "an enrollment that is {} has no referral code",
+                row.status
+            )));
+        }
+        self.retire_code(&mut tx, &row).await?;
+        self.issue_code(&mut tx, &row.enrollment_id, &row.program_id, &row.affiliate_org_id)
+            .await?;
+        let row = store::get(&mut tx, enrollment_id.as_str(), false)
+            .await
+            .map_err(db_error)?
+            .ok_or_else(ApiError::internal)?;
+        tx.commit().await.map_err(db_error)?;
+        self.waker.wake();
+        Ok(pb::EnrollmentReply {
+            enrollment: Some(row.to_proto()),
+            duplicate: false,
+        })
+    }
+
+    /// Owner places an affiliate under a sponsor (or detaches it); its downline moves with it.
+    #[tracing::instrument(skip_all, fields(enrollment_id = %request.enrollment_id), err)]
+    pub async fn set_parent(&self, request: pb::SetParentRequest) -> Result<pb::EnrollmentReply, ApiError> {
+        let owner = caller(request.caller)?;
+        let enrollment_id = EnrollmentId::parse(&request.enrollment_id)?;
+        let parent = optional_id(&request.parent_enrollment_id)?;
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let row = store::get(&mut tx, enrollment_id.as_str(), true)
+            .await
+            .map_err(db_error)?
+            .filter(|r| r.program_owner_org_id == owner.org_id)
+            .ok_or_else(|| ApiError::not_found(format!("enrollment {enrollment_id}")))?;
+        if !matches!(row.status.as_str(), "pending" | "active") {
+            return Err(ApiError::conflict(format!(
+                "an enrollment that is {} cannot be moved",
+                row.status
+            )));
+        }
+        if row.parent_enrollment_id == parent {
+            return Ok(pb::EnrollmentReply {
+                enrollment: Some(row.to_proto()),
+                duplicate: true,
+            });
+        }
+        let height = store::subtree_height(&mut tx, enrollment_id.as_str())
+            .await
+            .map_err(db_error)?;
+        let depth = match &parent {
+            Some(parent) => {
+                self.sponsor_depth(&mut tx, &row.program_id, parent, enrollment_id.as_str(), height)
+                    .await?
+            }
+            None if height > MAX_DEPTH => return Err(ApiError::conflict("this downline is too deep to stand alone")),
+            None => 1,
+        };
+        store::set_parent(&mut tx, enrollment_id.as_str(), parent.as_deref(), depth)
+            .await
+            .map_err(db_error)?;
+        let row = self
+            .announce_enrollment(&mut tx, enrollment_id.as_str(), "moved", &row.status)
+            .await?;
+        tx.commit().await.map_err(db_error)?;
+        self.waker.wake();
+        Ok(pb::EnrollmentReply {
+            enrollment: Some(row.to_proto()),
+            duplicate: false,
+        })
+    }
+
+    /// Owner: one program's enrollments (with sponsors and depth: the tree), keyset-paginated.
+    pub async fn list_program_enrollments(
+        &self,
+        request: pb::ListEnrollmentsRequest,
+    ) -> Result<pb::ListEnrollmentsResponse, ApiError> {
+        let owner = caller(request.caller)?;
+        let program_id = ProgramId::parse(&request.program_id)?;
+        let status = status_filter(&request.status)?;
+        let after = cursor::decode(&request.cursor)?;
+        let limit = cursor::page_size(request.limit);
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        owned_program(&mut conn, program_id.as_str(), &owner.org_id, false).await?;
+        let rows = store::list_by_program(&mut conn, program_id.as_str(), status, after.as_deref(), limit + 1)
+            .await
+            .map_err(db_error)?;
+        Ok(page(rows, limit))
+    }
+
+    /// Affiliate: the caller org's own enrollments (or only its pending invitations).
+    pub async fn list_my_enrollments(
+        &self,
+        request: pb::ListEnrollmentsRequest,
+    ) -> Result<pb::ListEnrollmentsResponse, ApiError> {
+        let me = caller(request.caller)?;
+        let program_id = optional_program(&request.program_id)?;
+        let status = status_filter(&request.status)?;
+        let after = cursor::decode(&request.cursor)?;
+        let limit = cursor::page_size(request.limit);
+        let filter = OrgFilter {
+            org_id: &me.org_id,
+            program_id: program_id.as_deref(),
+            status,
+            invites_only: request.invites_only,
+        };
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        let rows = store::list_by_org(&mut conn, &filter, after.as_deref(), limit + 1)
+            .await
+            .map_err(db_error)?;
+        Ok(page(rows, limit))
+    }
+
+    /// Depth of a new child of `parent`: the sponsor must be active in the same program, and the
+    /// tree must stay acyclic and within the depth bound.
+    async fn sponsor_depth(
+        &self,
+        conn: &mut PgConnection,
+        program_id: &str,
+        parent: &str,
+        child: &str,
+        child_height: i32,
+    ) -> Result<i32, ApiError> {
+        let sponsor = store::get(conn, parent, false).await.map_err(db_error)?;
+        let sponsor = sponsor.filter(|s| s.program_id == program_id).ok_or_else(|| {
+            ApiError::invalid(format!(
+                "parent_enrollment_id {parent} is not an enrollment of this program"
+            ))
+        })?;
+        if sponsor.status != EnrollmentStatus::Active.as_str() {
+            return Err(ApiError::conflict(format!(
+                "the sponsor enrollment is {}; only active affiliates can sponsor",
+                sponsor.status
+            )));
+        }
+        let chain = store::chain_up(conn, parent).await.map_err(db_error)?;
+        place_under(child, &chain, child_height)
+    }
+
+    async fn issue_code(
+        &self,
+        conn: &mut PgConnection,
+        enrollment_id: &str,
+        program_id: &str,
+        org_id: &str,
+    ) -> Result<String, ApiError> {
+        for _ in 0..5 {
+            let code = generate_code();
+            if store::insert_code(conn, &code, enrollment_id, program_id)
+                .await
+                .map_err(db_error)?
+            {
+                self.announce_code(conn, &code, enrollment_id, program_id, org_id, "issued", "active")
+                    .await?;
+                return Ok(code);
+            }
+        }
+        tracing::error!("five referral code collisions in a row");
+        Err(ApiError::internal())
+    }
+
+    async fn retire_code(&self, conn: &mut PgConnection, row: &EnrollmentRow) -> Result<(), ApiError> {
+        if let Some(code) = store::retire_active_code(conn, &row.enrollment_id)
+            .await
+            .map_err(db_error)?
+        {
+            self.announce_code(
+                conn,
+                &code,
+                &row.enrollment_id,
+                &row.program_id,
+                &row.affiliate_org_id,
+                "retired",
+                "retired",
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn announce_code(
+        &self,
+        conn: &mut PgConnection,
+        code: &str,
+        enrollment_id: &str,
+        program_id: &str,
+        org_id: &str,
+        kind: &str,
+        status: &str,
+    ) -> Result<(), ApiError> {
+        let meta = new_meta();
+        let event = pb::CodeChanged {
+            meta: Some(meta.clone()),
+            code: code.to_owned(),
+            enrollment_id: enrollment_id.to_owned(),
+            program_id: program_id.to_owned(),
+            affiliate_org_id: org_id.to_owned(),
+            status: status.to_owned(),
+        };
+        amba_bus::outbox::enqueue(conn, &OutboxEvent::new(self.ns.event("code", kind), &meta, &event))
+            .await
+            .map_err(db_error)
+    }
+
+    /// Writes `enrollment.<kind>` with the enrollment as it now is; returns that row.
+    async fn announce_enrollment(
+        &self,
+        conn: &mut PgConnection,
+        enrollment_id: &str,
+        kind: &str,
+        previous_status: &str,
+    ) -> Result<EnrollmentRow, ApiError> {
+        let row = store::get(conn, enrollment_id, false)
+            .await
+            .map_err(db_error)?
+            .ok_or_else(ApiError::internal)?;
+        let meta = new_meta();
+        let event = pb::EnrollmentChanged {
+            meta: Some(meta.clone()),
+            enrollment: Some(row.to_proto()),
+            previous_status: previous_status.to_owned(),
+            program_owner_org_id: row.program_owner_org_id.clone(),
+            affiliate_emails: store::org_emails(conn, &row.affiliate_org_id).await.map_err(db_error)?,
+            owner_emails: store::org_emails(conn, &row.program_owner_org_id)
+                .await
+                .map_err(db_error)?,
+        };
+        amba_bus::outbox::enqueue(
+            conn,
+            &OutboxEvent::new(self.ns.event("enrollment", kind), &meta, &event),
+        )
+        .await
+        .map_err(db_error)?;
+        Ok(row)
+    }
+}
+
+fn replay_invite(
+    existing: EnrollmentRow,
+    key: Option<&str>,
+    parent: Option<&str>,
+) -> Result<pb::EnrollmentReply, ApiError> {
+    let same_request = key.is_some()
+        && existing.idempotency_key.as_deref() == key
+        && existing.parent_enrollment_id.as_deref() == parent;
+    if same_request {
+        Ok(pb::EnrollmentReply {
+            enrollment: Some(existing.to_proto()),
+            duplicate: true,
+        })
+    } else if key.is_some() && existing.idempotency_key.as_deref() == key {
+        Err(ApiError::new(
+            amba_core::ErrorCode::IdempotencyMismatch,
+            "idempotency_key was used for an invite with a different sponsor",
+        ))
+    } else {
+        Err(already_enrolled(&existing))
+    }
+}
+
+fn already_enrolled(existing: &EnrollmentRow) -> ApiError {
+    ApiError::conflict(format!(
+        "this org already has an enrollment in the program ({})",
+        existing.status
+    ))
+    .with_details(serde_json::json!({"enrollment_id": existing.enrollment_id, "status": existing.status}))
+}
+
+fn optional_id(text: &str) -> Result<Option<String>, ApiError> {
+    let text = text.trim();
+    if text.is_empty() {
+        Ok(None)
+    } else {
+        Ok(Some(EnrollmentId::parse(text)?.into()))
+    }
+}
+
+fn optional_program(text: &str) -> Result<Option<String>, ApiError> {
+    let text = text.trim();
+    if text.is_empty() {
+        Ok(None)
+    } else {
+        Ok(Some(ProgramId::parse(text)?.into()))
+    }
+}
+
+fn status_filter(text: &str) -> Result<Option<&'static str>, ApiError> {
+    let text = text.trim();
+    if text.is_empty() {
+        Ok(None)
+    } else {
+        Ok(Some(text.parse::<EnrollmentStatus>()?.as_str()))
+    }
+}
+
+fn page(rows: Vec<EnrollmentRow>, limit: u32) -> pb::ListEnrollmentsResponse {
+    let more = rows.len() > limit as usize;
+    let enrollments: Vec<pb::Enrollment> = rows.iter().take(limit as usize).map(EnrollmentRow::to_proto).collect();
+    let next_cursor = match enrollments.last() {
+        Some(last) if more => cursor::encode(&last.enrollment_id),
+        _ => String::new(),
+    };
+    pb::ListEnrollmentsResponse {
+        enrollments,
+        next_cursor,
+    }
+}
