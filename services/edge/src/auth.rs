@@ -84,6 +84,27 @@ impl TokenCache {
     }
 }
 
+/// Drops revoked tokens from this edge's cache as `identity.token_revoked` events arrive, so a
+/// token revoked through any replica is refused by all of them within moments, not after the TTL.
+pub async fn forget_revoked_tokens(
+    mut revocations: async_nats::Subscriber,
+    tokens: std::sync::Arc<TokenCache>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    use futures::StreamExt;
+    use prost::Message;
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            message = revocations.next() => match message { Some(m) => m, None => break },
+        };
+        match amba_proto::v1::TokenRevoked::decode(message.payload) {
+            Ok(event) => tokens.evict_token_id(&event.token_id),
+            Err(err) => tracing::warn!(error = %err, "undecodable token_revoked event"),
+        }
+    }
+}
+
 fn digest(token: &str) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     Sha256::digest(token.as_bytes()).into()

@@ -77,6 +77,17 @@ impl Edge {
 
     /// Serves until `shutdown`: readiness flips to false first, then in-flight requests finish.
     pub async fn serve(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        let revocations = self
+            .state
+            .nats
+            .subscribe(self.state.rpc.namespace().event("identity", "token_revoked"))
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(auth::forget_revoked_tokens(
+            revocations,
+            self.state.tokens.clone(),
+            shutdown.clone(),
+        ));
         self.state.ready.store(true, Ordering::Relaxed);
         let state = self.state.clone();
         let stop = shutdown.clone();

@@ -1,6 +1,6 @@
 //! Who may do what at the door: bearer PATs, public tools, 401 challenges, discovery, probes.
 
-use crate::programs::signup;
+use crate::support::signup;
 use amba_testkit::{McpClient, TestSystem};
 use serde_json::json;
 

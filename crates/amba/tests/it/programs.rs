@@ -1,22 +1,12 @@
 //! Identity and programs over MCP, driven by rmcp's client over streamable HTTP.
 
+use crate::support::signup;
 use amba_proto::Message;
 use amba_proto::v1::ProgramChanged;
-use amba_testkit::{McpClient, TestSystem, eventually};
+use amba_testkit::{TestSystem, eventually};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use std::time::Duration;
-
-pub async fn signup(sys: &TestSystem, email: &str, org: &str) -> anyhow::Result<(Value, McpClient)> {
-    let anonymous = sys.mcp(None).await?;
-    let out = anonymous
-        .ok("amba_affiliate_signup", json!({"email": email, "org_name": org}))
-        .await?;
-    anonymous.close().await?;
-    let token = out["token"].as_str().unwrap_or_default().to_owned();
-    let client = sys.mcp(Some(&token)).await?;
-    Ok((out, client))
-}
 
 fn rules() -> Vec<Value> {
     vec![
