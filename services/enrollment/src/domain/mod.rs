@@ -1,6 +1,5 @@
 //! Pure rules of identity and programs: no I/O, unit-tested.
 
-pub mod commission;
 pub mod enrollment;
 pub mod identity;
 pub mod program;

@@ -1,9 +1,9 @@
 //! Program settings, their defaults and limits, and the status life cycle
 //! `draft → active ⇄ paused → archived` (a draft may also be archived unused).
 
-use super::commission::CommissionRule;
 use super::identity::normalize_name;
 use amba_core::{ApiError, Currency};
+use amba_rules::CommissionRule;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;

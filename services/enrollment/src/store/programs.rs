@@ -1,7 +1,7 @@
-use crate::domain::commission::CommissionRule;
 use crate::domain::program::{MultiLevel, ProgramSettings, ProgramStatus};
 use amba_core::{ApiError, Currency};
 use amba_proto::v1 as pb;
+use amba_rules::CommissionRule;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use sqlx::types::Json;

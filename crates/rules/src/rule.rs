@@ -1,4 +1,4 @@
-//! The commission rule: a versioned JSON tagged union (DESIGN.md §5 Programs).
+//! The commission rule as written by an owner: a versioned JSON tagged union (DESIGN.md §5).
 //!
 //! ```json
 //! {"schema":1,"type":"percentage","bps":2000}
