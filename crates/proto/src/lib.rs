@@ -39,4 +39,20 @@ pub mod methods {
         pub const TOKEN_LIST: &str = "token_list";
         pub const TOKEN_REVOKE: &str = "token_revoke";
     }
+
+    pub mod attribution {
+        pub const SERVICE: &str = "attribution";
+        pub const REPORT: &str = "report";
+        pub const REPORT_BATCH: &str = "report_batch";
+        pub const APPROVE: &str = "approve";
+        pub const REJECT: &str = "reject";
+        pub const CLAWBACK: &str = "clawback";
+        pub const LIST: &str = "list";
+        pub const RECORD_TOUCHPOINT: &str = "record_touchpoint";
+        pub const RESOLVE_CODE: &str = "resolve_code";
+    }
+
+    pub mod commission {
+        pub const SERVICE: &str = "commission";
+    }
 }
