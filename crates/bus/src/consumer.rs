@@ -4,15 +4,22 @@
 //! inbox — if it was already there the event was applied before and is only acked — run the
 //! handler in the same transaction, commit, then double-ack. A transient failure rolls back and
 //! naks with backoff; an undecodable or permanently invalid message (or one out of retries) is
-//! recorded in `dead_letters` and terminated. Work runs with bounded concurrency and drains on
-//! shutdown: no new message is pulled, in-flight ones finish and are acked.
+//! recorded in `dead_letters` and terminated.
+//!
+//! Work is spread over `concurrency` worker tasks. A handler may name a partition key (an
+//! affiliate's enrollment, say): messages with the same key always go to the same worker and are
+//! applied one after another, in stream order — a keyed actor, so writes for one key never
+//! contend. On shutdown no new message is pulled; workers finish and ack what they hold.
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use futures::StreamExt;
 use sqlx::{PgConnection, PgPool};
 use std::future::Future;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -56,6 +63,12 @@ pub trait Handler: Send + Sync + 'static {
         conn: &mut PgConnection,
         delivery: &Delivery,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+
+    /// Messages with the same key are applied sequentially by one worker. `None` (the default):
+    /// any worker.
+    fn partition_key(&self, _delivery: &Delivery) -> Option<String> {
+        None
+    }
 }
 
 /// Where a consumer reads from and how hard it tries.
@@ -114,43 +127,84 @@ pub async fn run<H: Handler>(
         .await?;
     let messages = consumer.messages().await?;
     let spec = Arc::new(spec);
-    messages
-        .take_until(shutdown.cancelled_owned())
-        .for_each_concurrent(spec.concurrency, |message| {
-            let (pool, spec, handler) = (pool.clone(), spec.clone(), handler.clone());
-            async move {
-                match message {
-                    Ok(message) => process(&pool, &spec, handler.as_ref(), message).await,
-                    Err(err) => {
-                        tracing::warn!(consumer = %spec.durable_name, error = %err, "pull failed");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                }
+
+    let workers_count = spec.concurrency.max(1);
+    let mut workers = JoinSet::new();
+    let mut queues = Vec::with_capacity(workers_count);
+    for _ in 0..workers_count {
+        let (queue, mut inbox) = mpsc::channel::<(jetstream::Message, Delivery)>(64);
+        queues.push(queue);
+        let (pool, spec, handler) = (pool.clone(), spec.clone(), handler.clone());
+        workers.spawn(async move {
+            while let Some((message, delivery)) = inbox.recv().await {
+                process(&pool, &spec, handler.as_ref(), message, delivery).await;
             }
-        })
-        .await;
+        });
+    }
+
+    let mut messages = std::pin::pin!(messages.take_until(shutdown.cancelled_owned()));
+    let mut round_robin = 0usize;
+    while let Some(message) = messages.next().await {
+        let message = match message {
+            Ok(message) => message,
+            Err(err) => {
+                tracing::warn!(consumer = %spec.durable_name, error = %err, "pull failed");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let delivery = delivery_of(&message);
+        let index = match handler.partition_key(&delivery) {
+            Some(key) => {
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                key.hash(&mut hasher);
+                usize::try_from(hasher.finish() % workers_count as u64).unwrap_or(0)
+            }
+            None => {
+                round_robin = (round_robin + 1) % workers_count;
+                round_robin
+            }
+        };
+        if queues[index].send((message, delivery)).await.is_err() {
+            break; // a worker died; stop pulling, the rest are redelivered after ack_wait
+        }
+    }
+    drop(queues);
+    while workers.join_next().await.is_some() {}
     Ok(())
 }
 
-async fn process<H: Handler>(pool: &PgPool, spec: &ConsumerSpec, handler: &H, message: jetstream::Message) {
-    let attempt = message.info().map(|i| i.delivered).unwrap_or(1);
+fn delivery_of(message: &jetstream::Message) -> Delivery {
     let event_id = message
         .headers
         .as_ref()
         .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
         .map(|v| v.as_str().to_owned());
-    let delivery = Delivery {
-        event_id: event_id.clone().unwrap_or_default(),
+    Delivery {
+        event_id: event_id.unwrap_or_else(|| {
+            // Still dead-lettered under a unique key so an operator can find it.
+            format!(
+                "missing-id:{}",
+                message.info().map(|i| i.stream_sequence).unwrap_or_default()
+            )
+        }),
         subject: message.subject.to_string(),
         payload: message.payload.clone(),
         traceparent: amba_telemetry::traceparent_from_nats(message.headers.as_ref()),
-        attempt,
-    };
-    let span = tracing::info_span!("consume", consumer = %spec.durable_name, subject = %delivery.subject, event_id = %delivery.event_id, attempt);
+        attempt: message.info().map(|i| i.delivered).unwrap_or(1),
+    }
+}
+
+async fn process<H: Handler>(
+    pool: &PgPool,
+    spec: &ConsumerSpec,
+    handler: &H,
+    message: jetstream::Message,
+    delivery: Delivery,
+) {
+    let span = tracing::info_span!("consume", consumer = %spec.durable_name, subject = %delivery.subject, event_id = %delivery.event_id, attempt = delivery.attempt);
     amba_telemetry::set_remote_parent(&span, &delivery.traceparent);
-    settle(pool, spec, handler, message, delivery, event_id.is_some())
-        .instrument(span)
-        .await;
+    settle(pool, spec, handler, message, delivery).instrument(span).await;
 }
 
 async fn settle<H: Handler>(
@@ -158,21 +212,13 @@ async fn settle<H: Handler>(
     spec: &ConsumerSpec,
     handler: &H,
     message: jetstream::Message,
-    mut delivery: Delivery,
-    has_id: bool,
+    delivery: Delivery,
 ) {
     let attempt = delivery.attempt;
-    if !has_id {
-        // Still dead-lettered under a unique key so the operator can find it.
-        delivery.event_id = format!(
-            "missing-id:{}",
-            message.info().map(|i| i.stream_sequence).unwrap_or_default()
-        );
-    }
-    let outcome = if has_id {
-        apply(pool, &spec.durable_name, handler, &delivery).await
-    } else {
+    let outcome = if delivery.event_id.starts_with("missing-id:") {
         Err(HandlerError::Permanent("message has no Nats-Msg-Id".into()))
+    } else {
+        apply(pool, &spec.durable_name, handler, &delivery).await
     };
     let ack = match outcome {
         Ok(()) => message.double_ack().await,

@@ -204,3 +204,69 @@ async fn transient_failures_retry_and_poison_goes_to_dead_letters() -> anyhow::R
     );
     teardown(s).await
 }
+
+/// Records (key, n) for payloads `key:n`, taking a little longer for small n to tempt reordering.
+struct Ordered;
+
+impl Handler for Ordered {
+    async fn handle(&self, conn: &mut PgConnection, delivery: &Delivery) -> Result<(), HandlerError> {
+        let text = String::from_utf8_lossy(&delivery.payload).into_owned();
+        let (key, n) = text
+            .split_once(':')
+            .ok_or_else(|| HandlerError::Permanent("bad payload".into()))?;
+        let n: i64 = n.parse().map_err(|_| HandlerError::Permanent("bad n".into()))?;
+        tokio::time::sleep(Duration::from_millis(u64::try_from(5 - n % 5).unwrap_or(0))).await;
+        sqlx::query("INSERT INTO applied (event_id, attempt) VALUES ($1, $2)")
+            .bind(key)
+            .bind(n)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    fn partition_key(&self, delivery: &Delivery) -> Option<String> {
+        String::from_utf8_lossy(&delivery.payload)
+            .split(':')
+            .next()
+            .map(str::to_owned)
+    }
+}
+
+#[tokio::test]
+async fn messages_with_one_partition_key_apply_in_stream_order() -> anyhow::Result<()> {
+    let s = setup().await?;
+    sqlx::query("ALTER TABLE applied ADD COLUMN seq BIGSERIAL")
+        .execute(&s.pool)
+        .await?;
+    let payloads: Vec<String> = (0..20)
+        .flat_map(|n| ["a", "b", "c"].map(|k| format!("{k}:{n}")))
+        .collect();
+    for (i, payload) in payloads.iter().enumerate() {
+        let message = PublishMessage::build()
+            .payload(payload.clone().into_bytes().into())
+            .message_id(format!("evt_{i}"));
+        s.bus.js.send_publish(s.subject.clone(), message).await?.await?;
+    }
+    let mut spec = spec(&s);
+    spec.concurrency = 4;
+    let durable = spec.durable_name.clone();
+    let stop = CancellationToken::new();
+    let runner = tokio::spawn(consumer::run(
+        s.bus.js.clone(),
+        s.pool.clone(),
+        spec,
+        Arc::new(Ordered),
+        stop.clone(),
+    ));
+    settled(&s, &durable, 60).await?;
+    stop.cancel();
+    runner.await?.map_err(|e| anyhow::anyhow!("{e}"))?;
+    for key in ["a", "b", "c"] {
+        let order: Vec<i64> = sqlx::query_scalar("SELECT attempt FROM applied WHERE event_id = $1 ORDER BY seq")
+            .bind(key)
+            .fetch_all(&s.pool)
+            .await?;
+        assert_eq!(order, (0..20).collect::<Vec<i64>>(), "key {key} applied out of order");
+    }
+    teardown(s).await
+}
