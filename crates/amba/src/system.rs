@@ -79,6 +79,7 @@ pub enum StartError {
 /// Services started in this process.
 pub struct Running {
     http_addr: Option<SocketAddr>,
+    grpc_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
     nats: async_nats::Client,
@@ -88,6 +89,11 @@ impl Running {
     /// Where the edge listens (if this process runs it).
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr
+    }
+
+    /// Where the edge's gRPC listens (if this process runs it).
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc_addr
     }
 
     /// Asks every service to stop taking work and finish what it has.
@@ -186,14 +192,18 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
             }
         });
     }
-    if services.contains(&ServiceName::Enrollment) {
-        wait_until_answering(&bus, ServiceName::Enrollment).await?;
+    for service in [ServiceName::Enrollment, ServiceName::Attribution] {
+        if services.contains(&service) {
+            wait_until_answering(&bus, service).await?;
+        }
     }
 
     let mut http_addr = None;
+    let mut grpc_addr = None;
     if services.contains(&ServiceName::Edge) {
         let config = amba_edge::EdgeConfig {
             http_addr: settings.http_addr,
+            grpc_addr: settings.grpc_addr,
             public_url: settings.public_url.clone(),
             allowed_hosts: settings.allowed_hosts.clone(),
         };
@@ -204,6 +214,7 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
                 source,
             })?;
         http_addr = edge.local_addr().ok();
+        grpc_addr = edge.grpc_addr().ok();
         let stop = shutdown.clone();
         tasks.spawn(async move {
             if let Err(err) = edge.serve(stop.clone()).await {
@@ -214,6 +225,7 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
     }
     Ok(Running {
         http_addr,
+        grpc_addr,
         shutdown,
         tasks,
         nats,

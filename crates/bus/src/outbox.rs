@@ -27,6 +27,23 @@ pub async fn enqueue(conn: &mut PgConnection, event: &OutboxEvent) -> Result<(),
     Ok(())
 }
 
+/// Adds many events in one statement (the hot path's group commit).
+pub async fn enqueue_many(conn: &mut PgConnection, events: &[OutboxEvent]) -> Result<(), sqlx::Error> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO outbox (event_id, subject, payload, traceparent)          SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::text[])",
+    )
+    .bind(events.iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.subject.as_str()).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.payload.as_slice()).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.traceparent.as_str()).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
     #[error("outbox query failed: {0}")]

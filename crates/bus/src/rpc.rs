@@ -128,6 +128,12 @@ impl RpcServer {
         .route(PING, |ping: pb::Ping| async move { Ok(ping) })
     }
 
+    /// How many requests may be in flight at once (default 256).
+    pub fn with_concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
+    }
+
     /// Registers `method`: the request is decoded (a bad payload is INVALID_ARGUMENT) and the
     /// handler's response or error becomes the reply.
     pub fn route<Req, Resp, F, Fut>(mut self, method: &'static str, handler: F) -> Self

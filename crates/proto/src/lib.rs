@@ -49,7 +49,6 @@ pub mod methods {
         pub const CLAWBACK: &str = "clawback";
         pub const LIST: &str = "list";
         pub const RECORD_TOUCHPOINT: &str = "record_touchpoint";
-        pub const RESOLVE_CODE: &str = "resolve_code";
     }
 
     pub mod commission {

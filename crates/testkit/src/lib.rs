@@ -89,6 +89,7 @@ pub struct TestSystem {
     pub settings: Settings,
     running: Running,
     http_addr: SocketAddr,
+    grpc_addr: SocketAddr,
 }
 
 impl TestSystem {
@@ -115,6 +116,7 @@ impl TestSystem {
         let settings = Settings::from_map(&map)?;
         let running = amba::system::start(&settings, &ServiceName::ALL).await?;
         let http_addr = running.http_addr().context("the edge did not start")?;
+        let grpc_addr = running.grpc_addr().context("the edge's gRPC did not start")?;
         let nats = async_nats::connect(nats_url()).await?;
         Ok(TestSystem {
             db,
@@ -122,11 +124,17 @@ impl TestSystem {
             settings,
             running,
             http_addr,
+            grpc_addr,
         })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// `http://127.0.0.1:<port>` of the edge's gRPC server.
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc_addr)
     }
 
     pub fn base_url(&self) -> String {

@@ -1,29 +1,63 @@
-//! Attribution: touchpoints, conversions and customer bindings, with its own read model of
-//! programs, enrollments and referral codes built from enrollment events. Filled in by the
-//! attribution issue; for now it owns its schema (with the messaging tables) and runs its relay.
+//! Attribution: touchpoints (clicks), conversions and who gets the credit for them, customer
+//! bindings for renewals, owner approvals and clawbacks. It keeps its own read model of
+//! programs, enrollments and codes from enrollment's events, and announces
+//! `touchpoint.recorded` and `conversion.*` for commission and notification.
+//!
+//! The report path is the product's hot path: reports go through group-commit writer actors
+//! (see [`actors::writer`]) so thousands of reports share one transaction and one commit.
 
+pub mod actors;
+pub mod consumers;
+pub mod domain;
+pub mod rpc;
+pub mod store;
+
+use amba_bus::consumer::{self, ConsumerSpec};
 use amba_bus::outbox::RelayWaker;
 use amba_bus::{Bus, RunError};
 use sqlx::migrate::Migrator;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-pub const SERVICE: &str = "attribution";
+pub const SERVICE: &str = amba_proto::methods::attribution::SERVICE;
 pub const SCHEMA: &str = "attribution";
 pub static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
+/// Writer actors on the report path (each commits its own batches).
+const WRITER_SHARDS: usize = 4;
 
 /// Applies this service's migrations (also done by [`run`]).
 pub async fn migrate(database_url: &str) -> Result<(), RunError> {
-    amba_bus::service::open_store(database_url, SCHEMA, &MIGRATIONS, 2)
-        .await
-        .map(|_| ())
+    amba_bus::service::open_store(database_url, SCHEMA, &MIGRATIONS, 2).await.map(|_| ())
 }
 
-/// Runs until `shutdown`, then flushes the outbox.
+/// Serves until `shutdown`; then drains requests and writers, and flushes the outbox.
 pub async fn run(database_url: &str, bus: Bus, shutdown: CancellationToken) -> Result<(), RunError> {
-    let pool = amba_bus::service::open_store(database_url, SCHEMA, &MIGRATIONS, 8).await?;
-    amba_bus::service::with_relay(pool, &bus, RelayWaker::default(), async {
-        shutdown.cancelled().await;
-        Ok(())
+    let pool = amba_bus::service::open_store(database_url, SCHEMA, &MIGRATIONS, 24).await?;
+    let waker = RelayWaker::default();
+    let rules = Arc::new(actors::accrue::RuleCache::default());
+    let deps = actors::writer::WriterDeps { pool: pool.clone(), ns: bus.ns.clone(), waker: waker.clone(), rules: rules.clone() };
+    let (writers, mut writer_tasks) = actors::writer::Writers::start(deps, WRITER_SHARDS);
+
+    let facts = ConsumerSpec::new(bus.ns.events_stream("enrollment"), bus.ns.consumer(SERVICE, "enrollment_facts"), String::new());
+    let consumer = tokio::spawn(consumer::run(
+        bus.js.clone(),
+        pool.clone(),
+        facts,
+        Arc::new(consumers::read_model::EnrollmentFacts),
+        shutdown.clone(),
+    ));
+    let service = rpc::Attribution::new(pool.clone(), bus.ns.clone(), waker.clone(), writers, rules);
+    let server = rpc::server(service).serve(bus.nats.clone(), bus.ns.clone(), shutdown);
+    amba_bus::service::with_relay(pool, &bus, waker, async {
+        let served = server.await;
+        // The last `Writers` handle went with the server: writers finish their queues and stop.
+        while writer_tasks.join_next().await.is_some() {}
+        match consumer.await {
+            Ok(Err(err)) => tracing::error!(error = %err, "read model consumer stopped"),
+            Err(err) => tracing::error!(error = %err, "read model consumer task failed"),
+            Ok(Ok(())) => {}
+        }
+        served.map_err(RunError::from)
     })
     .await
 }

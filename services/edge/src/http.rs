@@ -5,7 +5,7 @@ use crate::mcp::McpServer;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router, middleware};
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
@@ -30,8 +30,17 @@ pub fn router(state: EdgeState, allowed_hosts: Vec<String>) -> Router {
             crate::auth::require_token,
         ));
 
+    // Apps call this from browsers on their own origins, before any sign-in.
+    let cors = tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::Any)
+        .allow_methods([axum::http::Method::POST])
+        .allow_headers([axum::http::header::CONTENT_TYPE]);
+    let touchpoints = Router::new().route("/v1/touchpoints", post(crate::public::record_touchpoint)).layer(cors);
+
     Router::new()
         .route("/.well-known/oauth-protected-resource", get(protected_resource))
+        .route("/r/{code}", get(crate::public::follow_link))
+        .merge(touchpoints)
         .route("/.well-known/oauth-protected-resource/mcp", get(protected_resource))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))

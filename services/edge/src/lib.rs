@@ -3,8 +3,10 @@
 //! into a request to the owning service over NATS.
 
 pub mod auth;
+pub mod grpc;
 pub mod http;
 pub mod mcp;
+pub mod public;
 
 use amba_bus::Bus;
 use amba_bus::rpc::RpcClient;
@@ -17,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 pub struct EdgeConfig {
     /// Where HTTP and MCP listen (`AMBA_HTTP_ADDR`); port 0 picks a free port.
     pub http_addr: SocketAddr,
+    /// Where gRPC listens (`AMBA_GRPC_ADDR`); port 0 picks a free port.
+    pub grpc_addr: SocketAddr,
     /// The externally visible base URL (`AMBA_PUBLIC_URL`), without a trailing slash.
     pub public_url: String,
     /// `Host` header values MCP accepts besides loopback (the public URL's host is added).
@@ -30,6 +34,7 @@ pub struct EdgeState {
     pub nats: async_nats::Client,
     pub public_url: Arc<str>,
     pub tokens: Arc<auth::TokenCache>,
+    pub rate_limiter: Arc<public::RateLimiter>,
     ready: Arc<AtomicBool>,
 }
 
@@ -42,6 +47,7 @@ impl EdgeState {
 /// A bound but not yet serving edge, so callers (tests, `amba dev`) learn the real address.
 pub struct Edge {
     listener: tokio::net::TcpListener,
+    grpc_listener: tokio::net::TcpListener,
     router: axum::Router,
     state: EdgeState,
 }
@@ -49,10 +55,12 @@ pub struct Edge {
 impl Edge {
     pub async fn bind(config: EdgeConfig, bus: &Bus) -> std::io::Result<Edge> {
         let listener = tokio::net::TcpListener::bind(config.http_addr).await?;
+        let grpc_listener = tokio::net::TcpListener::bind(config.grpc_addr).await?;
         let public_url: Arc<str> = config.public_url.trim_end_matches('/').into();
         let rpc = RpcClient::new(bus.nats.clone(), bus.ns.clone());
         let state = EdgeState {
             tokens: Arc::new(auth::TokenCache::new(rpc.clone())),
+            rate_limiter: Arc::new(public::RateLimiter::default()),
             rpc,
             nats: bus.nats.clone(),
             public_url,
@@ -64,15 +72,15 @@ impl Edge {
             allowed_hosts.push(host);
         }
         let router = http::router(state.clone(), allowed_hosts);
-        Ok(Edge {
-            listener,
-            router,
-            state,
-        })
+        Ok(Edge { listener, grpc_listener, router, state })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
+        self.grpc_listener.local_addr()
     }
 
     /// Serves until `shutdown`: readiness flips to false first, then in-flight requests finish.
@@ -91,13 +99,20 @@ impl Edge {
         self.state.ready.store(true, Ordering::Relaxed);
         let state = self.state.clone();
         let stop = shutdown.clone();
-        tracing::info!(addr = %self.listener.local_addr()?, "edge listening");
-        axum::serve(self.listener, self.router)
+        tracing::info!(http = %self.listener.local_addr()?, grpc = %self.grpc_listener.local_addr()?, "edge listening");
+        let grpc = tokio::spawn(grpc::serve(self.grpc_listener, self.state.clone(), shutdown.clone()));
+        let http = axum::serve(self.listener, self.router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async move {
                 stop.cancelled().await;
                 state.ready.store(false, Ordering::Relaxed);
             })
-            .await
+            .await;
+        match grpc.await {
+            Ok(Err(err)) => tracing::error!(error = %err, "gRPC server failed"),
+            Err(err) => tracing::error!(error = %err, "gRPC task failed"),
+            Ok(Ok(())) => {}
+        }
+        http
     }
 }
 

@@ -4,6 +4,9 @@
 //! `isError: true` results whose structured content is `{"error": {code, message, status}}`;
 //! only unknown tools and unparsable arguments are protocol errors.
 
+mod attribution;
+
+pub use attribution::parse_time;
 mod enrollments;
 mod identity;
 mod programs;
@@ -44,7 +47,8 @@ impl McpServer {
             tool_router: Self::identity_tools()
                 + Self::program_tools()
                 + Self::enrollment_tools()
-                + Self::token_tools(),
+                + Self::token_tools()
+                + Self::attribution_tools(),
         }
     }
 }

@@ -1,0 +1,93 @@
+//! Deciding commissions for approvals, in a transaction that holds the affiliates' volume
+//! counters (so tiers count every approval exactly once, in order).
+
+use crate::domain::accrual::{context, period_key};
+use crate::store;
+use amba_rules::CommissionRule;
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// Parsed rules by (program, version). Versions never change once written, so entries never go stale.
+#[derive(Default)]
+pub struct RuleCache(Mutex<HashMap<(String, i32), CommissionRule>>);
+
+impl RuleCache {
+    pub async fn get(&self, conn: &mut PgConnection, program_id: &str, version: i32) -> Result<Option<CommissionRule>, AccrueError> {
+        let key = (program_id.to_owned(), version);
+        if let Some(rule) = self.0.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok(Some(rule));
+        }
+        let Some(json) = store::read_model::rule(conn, program_id, version).await? else {
+            return Ok(None);
+        };
+        let rule = CommissionRule::from_json(&json).map_err(|e| AccrueError::BadRule(e.message))?;
+        if let Ok(mut map) = self.0.lock() {
+            map.insert(key, rule.clone());
+        }
+        Ok(Some(rule))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccrueError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error("stored commission rule does not parse: {0}")]
+    BadRule(String),
+    #[error("commission rule version {1} of program {0} is not known yet")]
+    MissingRule(String, i32),
+    #[error("commission out of range")]
+    Overflow,
+}
+
+/// One approval to price.
+pub struct Approval {
+    pub program_id: String,
+    pub version: i32,
+    pub enrollment_id: String,
+    pub amount_minor: i64,
+    /// (customer's first conversion, this conversion) for renewals.
+    pub renewal_since: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    pub decided_at: DateTime<Utc>,
+}
+
+/// The commission decided for an approval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Priced {
+    pub commission_minor: i64,
+    pub version: i32,
+    pub tier: i32,
+}
+
+/// Prices approvals in order, counting each into its affiliate's tier volume.
+pub async fn price(conn: &mut PgConnection, rules: &RuleCache, approvals: &[Approval]) -> Result<Vec<Priced>, AccrueError> {
+    let mut resolved = Vec::with_capacity(approvals.len());
+    for a in approvals {
+        let rule = rules.get(conn, &a.program_id, a.version).await?.ok_or_else(|| AccrueError::MissingRule(a.program_id.clone(), a.version))?;
+        let period = period_key(&rule, a.decided_at);
+        resolved.push((rule, period));
+    }
+    let keys: Vec<(String, String)> = approvals
+        .iter()
+        .zip(&resolved)
+        .filter_map(|(a, (_, period))| period.clone().map(|p| (a.enrollment_id.clone(), p)))
+        .collect();
+    let mut counters = store::conversions::lock_counters(conn, &keys).await?;
+    let mut priced = Vec::with_capacity(approvals.len());
+    for (a, (rule, period)) in approvals.iter().zip(&resolved) {
+        let counter_key = period.clone().map(|p| (a.enrollment_id.clone(), p));
+        let prior = counter_key.as_ref().and_then(|k| counters.get(k).copied()).unwrap_or((0, 0));
+        let accrual = rule.evaluate(&context(a.amount_minor, a.renewal_since, prior)).map_err(|_| AccrueError::Overflow)?;
+        if let Some(key) = counter_key {
+            let entry = counters.entry(key).or_insert((0, 0));
+            entry.0 = entry.0.saturating_add(1);
+            entry.1 = entry.1.saturating_add(a.amount_minor);
+        }
+        let tier = accrual.tier.and_then(|t| i32::try_from(t).ok()).unwrap_or(-1);
+        priced.push(Priced { commission_minor: accrual.amount_minor, version: a.version, tier });
+    }
+    store::conversions::write_counters(conn, &counters).await?;
+    Ok(priced)
+}

@@ -1,0 +1,298 @@
+//! The report path's group commit.
+//!
+//! Reports are routed by their natural key `(program_id, project_id, external_id)` to one of a
+//! few writer actors. Each actor takes everything queued (up to `MAX_BATCH`), decides it with a
+//! handful of bulk lookups, and writes the conversions, customer bindings, tier counters and
+//! outbox events in ONE transaction and ONE commit, then answers every caller. Under load a
+//! batch forms while the previous one commits; when idle a report is written alone at once.
+//! One key always meets the same actor, so concurrent repeats of a key are serialized and the
+//! second one sees the first's outcome (`duplicate: true`).
+
+use super::accrue::{self, Approval, RuleCache};
+use crate::domain::report::{self, Binding, CodeState, Decision, Facts, Report, Status};
+use crate::store::conversions::{ConversionRow, Key};
+use crate::store::{self, read_model::TouchpointQuery};
+use amba_bus::Namespace;
+use amba_bus::events::{OutboxEvent, new_meta};
+use amba_bus::outbox::RelayWaker;
+use amba_core::ApiError;
+use amba_core::id::ConversionId;
+use amba_proto::v1 as pb;
+use chrono::Utc;
+use sqlx::PgPool;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+/// Largest batch one commit takes.
+const MAX_BATCH: usize = 1_000;
+
+type Reply = Result<pb::ReportConversionReply, ApiError>;
+
+struct Job {
+    report: Report,
+    caller_org_id: String,
+    reply: oneshot::Sender<Reply>,
+}
+
+/// Handle to the writer actors. Cheap to clone.
+#[derive(Clone)]
+pub struct Writers {
+    shards: Arc<Vec<mpsc::Sender<Job>>>,
+}
+
+/// What the writers share.
+pub struct WriterDeps {
+    pub pool: PgPool,
+    pub ns: Namespace,
+    pub waker: RelayWaker,
+    pub rules: Arc<RuleCache>,
+}
+
+impl Writers {
+    /// Starts `shards` actors. They stop when every `Writers` handle is dropped, after
+    /// finishing what was queued.
+    pub fn start(deps: WriterDeps, shards: usize) -> (Writers, tokio::task::JoinSet<()>) {
+        let deps = Arc::new(deps);
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut senders = Vec::with_capacity(shards);
+        for _ in 0..shards.max(1) {
+            let (sender, receiver) = mpsc::channel(4 * MAX_BATCH);
+            senders.push(sender);
+            tasks.spawn(run(receiver, deps.clone()));
+        }
+        (Writers { shards: Arc::new(senders) }, tasks)
+    }
+
+    /// Records one report (or finds its earlier outcome).
+    pub async fn submit(&self, report: Report, caller_org_id: String) -> Reply {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (report.program_id.as_str(), &report.project_id, &report.external_id).hash(&mut hasher);
+        let shard = usize::try_from(hasher.finish() % self.shards.len() as u64).unwrap_or(0);
+        let (reply, answer) = oneshot::channel();
+        self.shards[shard]
+            .send(Job { report, caller_org_id, reply })
+            .await
+            .map_err(|_| ApiError::unavailable("attribution is shutting down"))?;
+        answer.await.map_err(|_| ApiError::unavailable("attribution is shutting down"))?
+    }
+}
+
+async fn run(mut receiver: mpsc::Receiver<Job>, deps: Arc<WriterDeps>) {
+    while let Some(first) = receiver.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match receiver.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        write_batch(&deps, batch).await;
+    }
+}
+
+async fn write_batch(deps: &WriterDeps, jobs: Vec<Job>) {
+    let (reports, replies): (Vec<(Report, String)>, Vec<oneshot::Sender<Reply>>) =
+        jobs.into_iter().map(|j| ((j.report, j.caller_org_id), j.reply)).unzip();
+    let outcomes = match decide_and_write(deps, &reports).await {
+        Ok(outcomes) => outcomes,
+        Err(err) => {
+            tracing::error!(error = %err, batch = reports.len(), "report batch failed; nothing was written");
+            let failure = ApiError::unavailable("the conversion could not be recorded; retry (reports are idempotent)");
+            reports.iter().map(|_| Err(failure.clone())).collect()
+        }
+    };
+    for (reply, outcome) in replies.into_iter().zip(outcomes) {
+        // A caller that gave up is fine: its report is committed and a retry finds it.
+        let _ = reply.send(outcome);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum BatchError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Accrue(#[from] accrue::AccrueError),
+}
+
+fn key_of(report: &Report) -> Key {
+    (report.program_id.to_string(), report.project_id.clone(), report.external_id.clone())
+}
+
+async fn decide_and_write(deps: &WriterDeps, reports: &[(Report, String)]) -> Result<Vec<Reply>, BatchError> {
+    let now = Utc::now();
+    let mut tx = deps.pool.begin().await?;
+    let keys: Vec<Key> = reports.iter().map(|(r, _)| key_of(r)).collect();
+    let existing = store::conversions::existing(&mut tx, &keys).await?;
+
+    // Bulk lookups for the reports that are new.
+    let program_ids: Vec<String> = reports.iter().map(|(r, _)| r.program_id.to_string()).collect::<HashSet<_>>().into_iter().collect();
+    let programs = store::read_model::programs(&mut tx, &program_ids).await?;
+    let codes: Vec<String> = reports.iter().filter_map(|(r, _)| r.code.clone()).collect::<HashSet<_>>().into_iter().collect();
+    let code_rows = if codes.is_empty() { HashMap::new() } else { store::read_model::codes(&mut tx, &codes).await? };
+    let binding_keys: Vec<(String, String)> = reports
+        .iter()
+        .filter_map(|(r, _)| r.customer_ref.clone().map(|c| (r.program_id.to_string(), c)))
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let bindings: HashMap<(String, String), Binding> = store::read_model::bindings(&mut tx, &binding_keys).await?;
+    let touch_queries: Vec<TouchpointQuery> = reports
+        .iter()
+        .enumerate()
+        .filter(|(_, (r, _))| r.code.is_none())
+        .filter_map(|(i, (r, _))| {
+            let program = programs.get(r.program_id.as_str())?;
+            Some(TouchpointQuery {
+                index: i32::try_from(i).ok()?,
+                program_id: r.program_id.to_string(),
+                subject_ref: r.subject_ref.clone()?,
+                at: r.occurred_at,
+                window_days: program.attribution_window_days,
+            })
+        })
+        .collect();
+    let touches = store::read_model::latest_touchpoints(&mut tx, &touch_queries).await?;
+
+    // Decide each report in order; a key repeated inside the batch answers like a stored one.
+    let mut outcomes: Vec<Option<Reply>> = vec![None; reports.len()];
+    let mut fresh: Vec<(usize, Decision)> = Vec::new();
+    let mut seen: HashMap<Key, usize> = HashMap::new();
+    for (i, (report, caller)) in reports.iter().enumerate() {
+        let key = &keys[i];
+        // Ownership first: another owner learns nothing about this program's conversions.
+        if programs.get(report.program_id.as_str()).is_none_or(|p| &p.owner_org_id != caller) {
+            outcomes[i] = Some(Err(ApiError::not_found(format!("program {}", report.program_id))));
+            continue;
+        }
+        if let Some(row) = existing.get(key) {
+            outcomes[i] = Some(replay(row, report));
+            continue;
+        }
+        if seen.contains_key(key) {
+            continue; // answered after the write, from the first occurrence
+        }
+        let code = match &report.code {
+            None => CodeState::NotGiven,
+            Some(code) => match code_rows.get(code) {
+                None => CodeState::Unknown,
+                Some(row) if row.status == "retired" => CodeState::Retired,
+                Some(row) => CodeState::Active { program_id: row.program_id.clone(), enrollment: row.enrollment.clone() },
+            },
+        };
+        let facts = Facts {
+            caller_org_id: caller,
+            program: programs.get(report.program_id.as_str()),
+            code,
+            binding: report.customer_ref.as_ref().and_then(|c| bindings.get(&(report.program_id.to_string(), c.clone()))),
+            touchpoint: i32::try_from(i).ok().and_then(|i| touches.get(&i)),
+        };
+        match report::decide(report, facts) {
+            Ok(decision) => {
+                seen.insert(key.clone(), i);
+                fresh.push((i, decision));
+            }
+            Err(err) => outcomes[i] = Some(Err(err)),
+        }
+    }
+
+    // Price the approvals, holding the affiliates' tier counters.
+    let approvals: Vec<Approval> = fresh
+        .iter()
+        .filter(|(_, d)| d.status == Status::Approved)
+        .filter_map(|(i, d)| {
+            let report = &reports[*i].0;
+            let program = programs.get(report.program_id.as_str())?;
+            Some(Approval {
+                program_id: report.program_id.to_string(),
+                version: program.commission_version,
+                enrollment_id: d.enrollment.as_ref()?.enrollment_id.clone(),
+                amount_minor: report.amount.amount_minor,
+                renewal_since: d.renewal.then_some(()).and(d.customer_first_conversion_at).map(|first| (first, report.occurred_at)),
+                decided_at: now,
+            })
+        })
+        .collect();
+    let mut prices = accrue::price(&mut tx, &deps.rules, &approvals).await?.into_iter();
+
+    let mut rows = Vec::with_capacity(fresh.len());
+    let mut new_bindings = Vec::new();
+    let mut events = Vec::with_capacity(fresh.len() * 2);
+    for (i, decision) in &fresh {
+        let report = &reports[*i].0;
+        let approved = decision.status == Status::Approved;
+        let priced = if approved { prices.next() } else { None };
+        let enrollment = decision.enrollment.as_ref();
+        let row = ConversionRow {
+            conversion_id: ConversionId::new().to_string(),
+            program_id: report.program_id.to_string(),
+            project_id: report.project_id.clone(),
+            external_id: report.external_id.clone(),
+            amount_minor: report.amount.amount_minor,
+            currency: report.amount.currency.code().to_owned(),
+            status: decision.status.as_str().to_owned(),
+            attribution: decision.attribution.as_str().to_owned(),
+            enrollment_id: enrollment.map(|e| e.enrollment_id.clone()),
+            affiliate_org_id: enrollment.map(|e| e.affiliate_org_id.clone()),
+            code: decision.code.clone(),
+            touchpoint_id: decision.touchpoint_id.clone(),
+            subject_ref: report.subject_ref.clone(),
+            customer_ref: report.customer_ref.clone(),
+            reason: decision.reason.clone(),
+            occurred_at: report.occurred_at,
+            recorded_at: now,
+            decided_at: approved.then_some(now),
+            commission_minor: priced.map(|p| p.commission_minor).unwrap_or(0),
+            commission_version: priced.map(|p| p.version).unwrap_or(0),
+            commission_tier: priced.map(|p| p.tier).unwrap_or(-1),
+            renewal: decision.renewal,
+            customer_first_conversion_at: decision.customer_first_conversion_at,
+            clawed_back_minor: 0,
+            held_for_review: decision.held_for_review,
+            fingerprint: report.fingerprint(),
+        };
+        if let (Some(customer), Some(e), false) = (&report.customer_ref, enrollment, decision.renewal) {
+            new_bindings.push((row.program_id.clone(), customer.clone(), e.enrollment_id.clone(), report.occurred_at));
+        }
+        let conversion = row.to_proto();
+        events.push(event(&deps.ns, "recorded", &conversion, ""));
+        if approved {
+            events.push(event(&deps.ns, "approved", &conversion, "pending"));
+        }
+        rows.push(row);
+    }
+    store::conversions::insert_many(&mut tx, &rows).await?;
+    store::conversions::bind_customers(&mut tx, &new_bindings).await?;
+    amba_bus::outbox::enqueue_many(&mut tx, &events).await?;
+    tx.commit().await?;
+    deps.waker.wake();
+
+    let by_index: HashMap<usize, &ConversionRow> = fresh.iter().map(|(i, _)| *i).zip(rows.iter()).collect();
+    for (i, (report, _)) in reports.iter().enumerate() {
+        if outcomes[i].is_some() {
+            continue;
+        }
+        if let Some(row) = by_index.get(&i) {
+            outcomes[i] = Some(Ok(pb::ReportConversionReply { conversion: Some(row.to_proto()), duplicate: false }));
+        } else if let Some(first) = seen.get(&keys[i]).and_then(|first| by_index.get(first)) {
+            outcomes[i] = Some(replay(first, report));
+        }
+    }
+    Ok(outcomes.into_iter().map(|o| o.unwrap_or_else(|| Err(ApiError::internal()))).collect())
+}
+
+/// The answer to a report whose key is already recorded.
+fn replay(row: &ConversionRow, report: &Report) -> Reply {
+    if let Some(err) = report::mismatch(&row.fingerprint, report) {
+        return Err(err);
+    }
+    Ok(pb::ReportConversionReply { conversion: Some(row.to_proto()), duplicate: true })
+}
+
+pub fn event(ns: &Namespace, kind: &str, conversion: &pb::Conversion, previous_status: &str) -> OutboxEvent {
+    let meta = new_meta();
+    let body = pb::ConversionChanged { meta: Some(meta.clone()), conversion: Some(conversion.clone()), previous_status: previous_status.to_owned() };
+    OutboxEvent::new(ns.event("conversion", kind), &meta, &body)
+}

@@ -1,0 +1,3 @@
+//! JetStream consumers of this service.
+
+pub mod read_model;

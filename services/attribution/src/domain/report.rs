@@ -1,0 +1,400 @@
+//! A conversion report: validation, the idempotency fingerprint, and the attribution decision.
+//!
+//! Who gets the credit, in order:
+//! 1. `code` given — that code's enrollment (the code must be active and its enrollment active);
+//! 2. `customer_ref` already bound to an enrollment — that enrollment (a renewal);
+//! 3. `subject_ref` with a touchpoint of an active enrollment inside the attribution window —
+//!    the latest such touchpoint (found by the store);
+//! 4. otherwise nobody: recorded as `unattributed`, and the reply says why.
+//!
+//! A customer e-mail that belongs to the affiliate's own org holds the conversion for review
+//! (pending, with the reason) even in auto-approving programs.
+
+use amba_core::id::ProgramId;
+use amba_core::{ApiError, Currency, ErrorCode, Money};
+use amba_proto::v1 as pb;
+use chrono::{DateTime, Duration, Utc};
+
+const MAX_KEY_LEN: usize = 200;
+/// Reports may carry a time slightly ahead of ours (clock skew), not more.
+const MAX_FUTURE_SKEW: Duration = Duration::minutes(5);
+
+/// A validated report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    pub program_id: ProgramId,
+    pub project_id: String,
+    pub external_id: String,
+    pub amount: Money,
+    pub code: Option<String>,
+    pub subject_ref: Option<String>,
+    pub customer_ref: Option<String>,
+    pub customer_email: Option<String>,
+    pub occurred_at: DateTime<Utc>,
+}
+
+fn field(name: &str, value: &str) -> Result<Option<String>, ApiError> {
+    let value = value.trim();
+    if value.len() > MAX_KEY_LEN || value.chars().any(char::is_control) {
+        return Err(ApiError::invalid(format!("{name} must be at most {MAX_KEY_LEN} printable characters")));
+    }
+    Ok((!value.is_empty()).then(|| value.to_owned()))
+}
+
+impl Report {
+    pub fn parse(r: &pb::ReportConversionRequest, now: DateTime<Utc>) -> Result<Report, ApiError> {
+        let program_id = ProgramId::parse(r.program_id.trim())?;
+        let project_id = field("project_id", &r.project_id)?.ok_or_else(|| ApiError::invalid("project_id is required"))?;
+        let external_id = field("external_id", &r.external_id)?.ok_or_else(|| ApiError::invalid("external_id is required"))?;
+        if r.amount_minor < 0 {
+            return Err(ApiError::invalid("amount_minor must be zero or more (report refunds with a clawback)"));
+        }
+        let currency = Currency::parse(&r.currency)?;
+        let occurred_at = match r.occurred_at_micros {
+            0 => now,
+            micros => DateTime::from_timestamp_micros(micros).ok_or_else(|| ApiError::invalid("occurred_at is out of range"))?,
+        };
+        if occurred_at > now + MAX_FUTURE_SKEW {
+            return Err(ApiError::invalid("occurred_at is in the future"));
+        }
+        let customer_email = field("customer_email", &r.customer_email)?.map(|e| e.to_lowercase());
+        Ok(Report {
+            program_id,
+            project_id,
+            external_id,
+            amount: Money::new(r.amount_minor, currency),
+            code: field("code", &r.code)?,
+            subject_ref: field("subject_ref", &r.subject_ref)?,
+            customer_ref: field("customer_ref", &r.customer_ref)?,
+            customer_email,
+            occurred_at,
+        })
+    }
+
+    /// What must match for a repeat of the same key to be the same report.
+    pub fn fingerprint(&self) -> String {
+        format!("{}|{}|{}", self.amount.amount_minor, self.amount.currency, self.code.as_deref().unwrap_or(""))
+    }
+}
+
+/// The same key with another amount, currency or code.
+pub fn mismatch(stored_fingerprint: &str, report: &Report) -> Option<ApiError> {
+    (stored_fingerprint != report.fingerprint()).then(|| {
+        ApiError::new(
+            ErrorCode::IdempotencyMismatch,
+            format!(
+                "conversion {}/{} was already reported with a different amount, currency or code",
+                report.project_id, report.external_id
+            ),
+        )
+    })
+}
+
+/// What attribution knows of a program (from enrollment's events).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProgramFacts {
+    pub program_id: String,
+    pub owner_org_id: String,
+    pub currency: String,
+    pub status: String,
+    pub auto_approve: bool,
+    pub attribution_window_days: i32,
+    pub commission_version: i32,
+    pub landing_url: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnrollmentFacts {
+    pub enrollment_id: String,
+    pub program_id: String,
+    pub affiliate_org_id: String,
+    pub status: String,
+    pub emails: Vec<String>,
+}
+
+/// What the report's code turned out to be.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CodeState {
+    NotGiven,
+    Unknown,
+    Retired,
+    Active { program_id: String, enrollment: Option<EnrollmentFacts> },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Binding {
+    pub enrollment: EnrollmentFacts,
+    pub first_conversion_at: DateTime<Utc>,
+}
+
+/// The latest touchpoint of an active enrollment inside the window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TouchpointHit {
+    pub touchpoint_id: String,
+    pub code: String,
+    pub enrollment: EnrollmentFacts,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attribution {
+    Code,
+    Touchpoint,
+    Customer,
+    None,
+}
+
+impl Attribution {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Attribution::Code => "code",
+            Attribution::Touchpoint => "touchpoint",
+            Attribution::Customer => "customer",
+            Attribution::None => "none",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Pending,
+    Approved,
+    Unattributed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Approved => "approved",
+            Status::Unattributed => "unattributed",
+        }
+    }
+}
+
+/// The outcome for a new report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub status: Status,
+    pub attribution: Attribution,
+    pub enrollment: Option<EnrollmentFacts>,
+    pub code: Option<String>,
+    pub touchpoint_id: Option<String>,
+    pub renewal: bool,
+    /// When the customer was first bound (this conversion's time for a new binding).
+    pub customer_first_conversion_at: Option<DateTime<Utc>>,
+    pub reason: Option<String>,
+    pub held_for_review: bool,
+}
+
+pub struct Facts<'a> {
+    pub caller_org_id: &'a str,
+    pub program: Option<&'a ProgramFacts>,
+    pub code: CodeState,
+    pub binding: Option<&'a Binding>,
+    pub touchpoint: Option<&'a TouchpointHit>,
+}
+
+/// Decides a new report, or refuses it with a typed error (then nothing is recorded).
+pub fn decide(report: &Report, facts: Facts<'_>) -> Result<Decision, ApiError> {
+    let program = facts
+        .program
+        .filter(|p| p.owner_org_id == facts.caller_org_id)
+        .ok_or_else(|| ApiError::not_found(format!("program {}", report.program_id)))?;
+    if program.status != "active" {
+        return Err(ApiError::conflict(format!("program {} is {}; it records no conversions", program.program_id, program.status)));
+    }
+    if report.amount.currency.code() != program.currency {
+        return Err(ApiError::invalid(format!(
+            "currency {} is not the program's currency {}",
+            report.amount.currency, program.currency
+        )));
+    }
+    let active = |e: &EnrollmentFacts| e.status == "active";
+    let (attribution, enrollment, code, touchpoint_id) = match facts.code {
+        CodeState::Unknown => return Err(ApiError::invalid("unknown referral code")),
+        CodeState::Retired => {
+            return Err(ApiError::conflict("that referral code was retired (rotated); it no longer attributes conversions"));
+        }
+        CodeState::Active { program_id, .. } if program_id != program.program_id => {
+            return Err(ApiError::invalid("that referral code belongs to another program"));
+        }
+        CodeState::Active { enrollment, .. } => {
+            let enrollment = enrollment.ok_or_else(|| ApiError::conflict("that referral code's enrollment is not known yet; retry shortly"))?;
+            if !active(&enrollment) {
+                return Err(ApiError::conflict(format!("the affiliate's enrollment is {}; it earns no new commission", enrollment.status)));
+            }
+            (Attribution::Code, Some(enrollment), report.code.clone(), None)
+        }
+        CodeState::NotGiven => match (facts.binding, facts.touchpoint) {
+            (Some(binding), _) if active(&binding.enrollment) => (Attribution::Customer, Some(binding.enrollment.clone()), None, None),
+            (_, Some(hit)) => (Attribution::Touchpoint, Some(hit.enrollment.clone()), Some(hit.code.clone()), Some(hit.touchpoint_id.clone())),
+            _ => (Attribution::None, None, None, None),
+        },
+    };
+    let Some(enrollment) = enrollment else {
+        return Ok(Decision {
+            status: Status::Unattributed,
+            attribution,
+            enrollment: None,
+            code: None,
+            touchpoint_id: None,
+            renewal: false,
+            customer_first_conversion_at: None,
+            reason: Some("no referral code, bound customer or touchpoint inside the attribution window".into()),
+            held_for_review: false,
+        });
+    };
+    let bound_here = facts.binding.filter(|b| b.enrollment.enrollment_id == enrollment.enrollment_id);
+    let renewal = bound_here.is_some();
+    let customer_first_conversion_at = match (bound_here, &report.customer_ref) {
+        (Some(binding), _) => Some(binding.first_conversion_at),
+        (None, Some(_)) => Some(report.occurred_at),
+        (None, None) => None,
+    };
+    let self_referral = report.customer_email.as_ref().is_some_and(|email| enrollment.emails.iter().any(|e| e.eq_ignore_ascii_case(email)));
+    let (status, reason) = if self_referral {
+        (Status::Pending, Some("held for review: the customer e-mail belongs to the affiliate's own org (self-referral)".to_owned()))
+    } else if program.auto_approve {
+        (Status::Approved, None)
+    } else {
+        (Status::Pending, None)
+    };
+    Ok(Decision {
+        status,
+        attribution,
+        enrollment: Some(enrollment),
+        code,
+        touchpoint_id,
+        renewal,
+        customer_first_conversion_at,
+        reason,
+        held_for_review: self_referral,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default()
+    }
+
+    fn request() -> pb::ReportConversionRequest {
+        pb::ReportConversionRequest {
+            program_id: ProgramId::new().to_string(),
+            project_id: "web".into(),
+            external_id: "order-1".into(),
+            amount_minor: 10_000,
+            currency: "usd".into(),
+            ..Default::default()
+        }
+    }
+
+    fn program(report: &Report) -> ProgramFacts {
+        ProgramFacts {
+            program_id: report.program_id.to_string(),
+            owner_org_id: "org_owner".into(),
+            currency: "USD".into(),
+            status: "active".into(),
+            auto_approve: true,
+            attribution_window_days: 30,
+            commission_version: 1,
+            landing_url: None,
+        }
+    }
+
+    fn enrollment(id: &str, status: &str) -> EnrollmentFacts {
+        EnrollmentFacts {
+            enrollment_id: id.into(),
+            program_id: String::new(),
+            affiliate_org_id: "org_aff".into(),
+            status: status.into(),
+            emails: vec!["ann@aff.example".into()],
+        }
+    }
+
+    fn facts<'a>(program: &'a ProgramFacts, code: CodeState) -> Facts<'a> {
+        Facts { caller_org_id: "org_owner", program: Some(program), code, binding: None, touchpoint: None }
+    }
+
+    #[test]
+    fn parse_validates_and_defaults() {
+        let r = Report::parse(&request(), now());
+        assert_eq!(r.as_ref().map(|r| r.occurred_at).ok(), Some(now()));
+        assert_eq!(r.as_ref().map(|r| r.amount.currency.code()).ok(), Some("USD"));
+        let bad = |f: fn(&mut pb::ReportConversionRequest)| {
+            let mut req = request();
+            f(&mut req);
+            Report::parse(&req, now()).err().map(|e| e.code)
+        };
+        assert_eq!(bad(|r| r.amount_minor = -1), Some(ErrorCode::InvalidArgument));
+        assert_eq!(bad(|r| r.currency = "EURO".into()), Some(ErrorCode::InvalidArgument));
+        assert_eq!(bad(|r| r.external_id = " ".into()), Some(ErrorCode::InvalidArgument));
+        assert_eq!(bad(|r| r.project_id = "x".repeat(201)), Some(ErrorCode::InvalidArgument));
+        assert_eq!(bad(|r| r.program_id = "nope".into()), Some(ErrorCode::InvalidArgument));
+        assert_eq!(bad(|r| r.occurred_at_micros = (now() + Duration::hours(1)).timestamp_micros()), Some(ErrorCode::InvalidArgument));
+        assert_eq!(bad(|r| r.occurred_at_micros = i64::MAX), Some(ErrorCode::InvalidArgument));
+    }
+
+    #[test]
+    fn fingerprint_mismatch() -> Result<(), ApiError> {
+        let r = Report::parse(&request(), now())?;
+        assert!(mismatch(&r.fingerprint(), &r).is_none());
+        let mut other = r.clone();
+        other.amount.amount_minor += 1;
+        assert_eq!(mismatch(&r.fingerprint(), &other).map(|e| e.code), Some(ErrorCode::IdempotencyMismatch));
+        Ok(())
+    }
+
+    #[test]
+    fn refusals() -> Result<(), ApiError> {
+        let r = Report::parse(&request(), now())?;
+        let p = program(&r);
+        let code = |e| CodeState::Active { program_id: p.program_id.clone(), enrollment: Some(e) };
+        let refuse = |f: Facts<'_>| decide(&r, f).err().map(|e| e.code);
+        assert_eq!(refuse(Facts { caller_org_id: "org_other", ..facts(&p, CodeState::NotGiven) }), Some(ErrorCode::NotFound));
+        assert_eq!(refuse(Facts { program: None, ..facts(&p, CodeState::NotGiven) }), Some(ErrorCode::NotFound));
+        let paused = ProgramFacts { status: "paused".into(), ..p.clone() };
+        assert_eq!(refuse(facts(&paused, CodeState::NotGiven)), Some(ErrorCode::Conflict));
+        let euro = ProgramFacts { currency: "EUR".into(), ..p.clone() };
+        assert_eq!(refuse(facts(&euro, CodeState::NotGiven)), Some(ErrorCode::InvalidArgument));
+        assert_eq!(refuse(facts(&p, CodeState::Unknown)), Some(ErrorCode::InvalidArgument));
+        assert_eq!(refuse(facts(&p, CodeState::Retired)), Some(ErrorCode::Conflict));
+        assert_eq!(refuse(facts(&p, code(enrollment("enr_1", "removed")))), Some(ErrorCode::Conflict));
+        let elsewhere = CodeState::Active { program_id: "prg_other".into(), enrollment: Some(enrollment("enr_1", "active")) };
+        assert_eq!(refuse(facts(&p, elsewhere)), Some(ErrorCode::InvalidArgument));
+        Ok(())
+    }
+
+    #[test]
+    fn attribution_order_and_status() -> Result<(), ApiError> {
+        let mut r = Report::parse(&request(), now())?;
+        let p = program(&r);
+        let by_code = decide(&r, facts(&p, CodeState::Active { program_id: p.program_id.clone(), enrollment: Some(enrollment("enr_c", "active")) }))?;
+        assert_eq!((by_code.attribution, by_code.status), (Attribution::Code, Status::Approved));
+
+        let binding = Binding { enrollment: enrollment("enr_b", "active"), first_conversion_at: now() - Duration::days(40) };
+        let hit = TouchpointHit { touchpoint_id: "tch_1".into(), code: "abc".into(), enrollment: enrollment("enr_t", "active") };
+        let both = decide(&r, Facts { binding: Some(&binding), touchpoint: Some(&hit), ..facts(&p, CodeState::NotGiven) })?;
+        assert_eq!((both.attribution, both.renewal), (Attribution::Customer, true));
+        assert_eq!(both.enrollment.map(|e| e.enrollment_id), Some("enr_b".to_owned()));
+        assert_eq!(both.customer_first_conversion_at, Some(now() - Duration::days(40)));
+
+        let touch = decide(&r, Facts { touchpoint: Some(&hit), ..facts(&p, CodeState::NotGiven) })?;
+        assert_eq!((touch.attribution, touch.touchpoint_id.as_deref()), (Attribution::Touchpoint, Some("tch_1")));
+
+        let nobody = decide(&r, facts(&p, CodeState::NotGiven))?;
+        assert_eq!((nobody.status, nobody.attribution), (Status::Unattributed, Attribution::None));
+        assert!(nobody.reason.is_some());
+
+        let manual = ProgramFacts { auto_approve: false, ..p.clone() };
+        assert_eq!(decide(&r, Facts { touchpoint: Some(&hit), ..facts(&manual, CodeState::NotGiven) })?.status, Status::Pending);
+
+        r.customer_email = Some("ann@aff.example".into());
+        let selfish = decide(&r, Facts { touchpoint: Some(&hit), ..facts(&p, CodeState::NotGiven) })?;
+        assert_eq!((selfish.status, selfish.held_for_review), (Status::Pending, true));
+        assert!(selfish.reason.is_some_and(|r| r.contains("self-referral")));
+        Ok(())
+    }
+}

@@ -1,0 +1,307 @@
+//! Conversions, customer bindings, volume counters and clawbacks.
+
+use amba_proto::v1 as pb;
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use std::collections::HashMap;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ConversionRow {
+    pub conversion_id: String,
+    pub program_id: String,
+    pub project_id: String,
+    pub external_id: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub status: String,
+    pub attribution: String,
+    pub enrollment_id: Option<String>,
+    pub affiliate_org_id: Option<String>,
+    pub code: Option<String>,
+    pub touchpoint_id: Option<String>,
+    pub subject_ref: Option<String>,
+    pub customer_ref: Option<String>,
+    pub reason: Option<String>,
+    pub occurred_at: DateTime<Utc>,
+    pub recorded_at: DateTime<Utc>,
+    pub decided_at: Option<DateTime<Utc>>,
+    pub commission_minor: i64,
+    pub commission_version: i32,
+    pub commission_tier: i32,
+    pub renewal: bool,
+    pub customer_first_conversion_at: Option<DateTime<Utc>>,
+    pub clawed_back_minor: i64,
+    pub held_for_review: bool,
+    pub fingerprint: String,
+}
+
+impl ConversionRow {
+    pub fn to_proto(&self) -> pb::Conversion {
+        pb::Conversion {
+            conversion_id: self.conversion_id.clone(),
+            program_id: self.program_id.clone(),
+            project_id: self.project_id.clone(),
+            external_id: self.external_id.clone(),
+            amount_minor: self.amount_minor,
+            currency: self.currency.clone(),
+            status: self.status.clone(),
+            attribution: self.attribution.clone(),
+            enrollment_id: self.enrollment_id.clone().unwrap_or_default(),
+            affiliate_org_id: self.affiliate_org_id.clone().unwrap_or_default(),
+            code: self.code.clone().unwrap_or_default(),
+            touchpoint_id: self.touchpoint_id.clone().unwrap_or_default(),
+            subject_ref: self.subject_ref.clone().unwrap_or_default(),
+            customer_ref: self.customer_ref.clone().unwrap_or_default(),
+            reason: self.reason.clone().unwrap_or_default(),
+            occurred_at_micros: self.occurred_at.timestamp_micros(),
+            recorded_at_micros: self.recorded_at.timestamp_micros(),
+            decided_at_micros: self.decided_at.map(|t| t.timestamp_micros()).unwrap_or_default(),
+            commission_minor: self.commission_minor,
+            commission_version: u32::try_from(self.commission_version).unwrap_or_default(),
+            commission_tier: self.commission_tier,
+            renewal: self.renewal,
+            customer_first_conversion_at_micros: self.customer_first_conversion_at.map(|t| t.timestamp_micros()).unwrap_or_default(),
+            clawed_back_minor: self.clawed_back_minor,
+            held_for_review: self.held_for_review,
+        }
+    }
+}
+
+const COLUMNS: &str = "conversion_id, program_id, project_id, external_id, amount_minor, currency, status, attribution, \
+    enrollment_id, affiliate_org_id, code, touchpoint_id, subject_ref, customer_ref, reason, occurred_at, recorded_at, \
+    decided_at, commission_minor, commission_version, commission_tier, renewal, customer_first_conversion_at, \
+    clawed_back_minor, held_for_review, fingerprint";
+
+macro_rules! select_conversions {
+    ($tail:literal) => {
+        concat!(
+            "SELECT conversion_id, program_id, project_id, external_id, amount_minor, currency, status, attribution, \
+             enrollment_id, affiliate_org_id, code, touchpoint_id, subject_ref, customer_ref, reason, occurred_at, recorded_at, \
+             decided_at, commission_minor, commission_version, commission_tier, renewal, customer_first_conversion_at, \
+             clawed_back_minor, held_for_review, fingerprint FROM conversions ",
+            $tail
+        )
+    };
+}
+
+/// Natural key of a report.
+pub type Key = (String, String, String);
+
+/// Conversions already recorded under any of `keys`.
+pub async fn existing(conn: &mut PgConnection, keys: &[Key]) -> Result<HashMap<Key, ConversionRow>, sqlx::Error> {
+    let programs: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
+    let projects: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
+    let externals: Vec<&str> = keys.iter().map(|k| k.2.as_str()).collect();
+    let rows: Vec<ConversionRow> = sqlx::query_as(select_conversions!(
+        "WHERE (program_id, project_id, external_id) IN (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[]))"
+    ))
+    .bind(&programs)
+    .bind(&projects)
+    .bind(&externals)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| ((r.program_id.clone(), r.project_id.clone(), r.external_id.clone()), r)).collect())
+}
+
+/// Inserts new conversions in one statement. Keys must be new (callers hold the key's shard).
+pub async fn insert_many(conn: &mut PgConnection, rows: &[ConversionRow]) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    macro_rules! col {
+        ($field:ident) => {
+            rows.iter().map(|r| r.$field.clone()).collect::<Vec<_>>()
+        };
+    }
+    let sql = format!(
+        "INSERT INTO conversions ({COLUMNS}) SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], \
+         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], \
+         $15::text[], $16::timestamptz[], $17::timestamptz[], $18::timestamptz[], $19::bigint[], $20::int[], $21::int[], \
+         $22::bool[], $23::timestamptz[], $24::bigint[], $25::bool[], $26::text[])"
+    );
+    // The statement is assembled from the constant column list only.
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(col!(conversion_id))
+        .bind(col!(program_id))
+        .bind(col!(project_id))
+        .bind(col!(external_id))
+        .bind(col!(amount_minor))
+        .bind(col!(currency))
+        .bind(col!(status))
+        .bind(col!(attribution))
+        .bind(col!(enrollment_id))
+        .bind(col!(affiliate_org_id))
+        .bind(col!(code))
+        .bind(col!(touchpoint_id))
+        .bind(col!(subject_ref))
+        .bind(col!(customer_ref))
+        .bind(col!(reason))
+        .bind(col!(occurred_at))
+        .bind(col!(recorded_at))
+        .bind(col!(decided_at))
+        .bind(col!(commission_minor))
+        .bind(col!(commission_version))
+        .bind(col!(commission_tier))
+        .bind(col!(renewal))
+        .bind(col!(customer_first_conversion_at))
+        .bind(col!(clawed_back_minor))
+        .bind(col!(held_for_review))
+        .bind(col!(fingerprint))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Binds customers to enrollments; a customer already bound keeps its first binding.
+pub async fn bind_customers(conn: &mut PgConnection, bindings: &[(String, String, String, DateTime<Utc>)]) -> Result<(), sqlx::Error> {
+    if bindings.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO customer_bindings (program_id, customer_ref, enrollment_id, first_conversion_at) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[]) ON CONFLICT DO NOTHING",
+    )
+    .bind(bindings.iter().map(|b| b.0.clone()).collect::<Vec<_>>())
+    .bind(bindings.iter().map(|b| b.1.clone()).collect::<Vec<_>>())
+    .bind(bindings.iter().map(|b| b.2.clone()).collect::<Vec<_>>())
+    .bind(bindings.iter().map(|b| b.3).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Locks and reads volume counters (creating missing ones), in key order to avoid deadlocks.
+pub async fn lock_counters(conn: &mut PgConnection, keys: &[(String, String)]) -> Result<Counters, sqlx::Error> {
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut sorted = keys.to_vec();
+    sorted.sort();
+    sorted.dedup();
+    let enrollments: Vec<String> = sorted.iter().map(|k| k.0.clone()).collect();
+    let periods: Vec<String> = sorted.iter().map(|k| k.1.clone()).collect();
+    sqlx::query(
+        "INSERT INTO volume_counters (enrollment_id, period) SELECT * FROM UNNEST($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
+    )
+    .bind(&enrollments)
+    .bind(&periods)
+    .execute(&mut *conn)
+    .await?;
+    let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
+        "SELECT enrollment_id, period, conversions, revenue_minor FROM volume_counters \
+         WHERE (enrollment_id, period) IN (SELECT * FROM UNNEST($1::text[], $2::text[])) \
+         ORDER BY enrollment_id, period FOR UPDATE",
+    )
+    .bind(&enrollments)
+    .bind(&periods)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|(e, p, c, r)| ((e, p), (c, r))).collect())
+}
+
+/// Volume per (enrollment, period): (approved conversions, their revenue in minor units).
+pub type Counters = HashMap<(String, String), (i64, i64)>;
+
+pub async fn write_counters(conn: &mut PgConnection, counters: &Counters) -> Result<(), sqlx::Error> {
+    if counters.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<&(String, String)> = counters.keys().collect();
+    let values: Vec<&(i64, i64)> = keys.iter().map(|k| &counters[*k]).collect();
+    sqlx::query(
+        "UPDATE volume_counters v SET conversions = u.conversions, revenue_minor = u.revenue_minor \
+         FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS u(enrollment_id, period, conversions, revenue_minor) \
+         WHERE v.enrollment_id = u.enrollment_id AND v.period = u.period",
+    )
+    .bind(keys.iter().map(|k| k.0.clone()).collect::<Vec<_>>())
+    .bind(keys.iter().map(|k| k.1.clone()).collect::<Vec<_>>())
+    .bind(values.iter().map(|v| v.0).collect::<Vec<_>>())
+    .bind(values.iter().map(|v| v.1).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn get(conn: &mut PgConnection, conversion_id: &str, lock: bool) -> Result<Option<ConversionRow>, sqlx::Error> {
+    let query = if lock {
+        sqlx::query_as(select_conversions!("WHERE conversion_id = $1 FOR UPDATE"))
+    } else {
+        sqlx::query_as(select_conversions!("WHERE conversion_id = $1"))
+    };
+    query.bind(conversion_id).fetch_optional(conn).await
+}
+
+/// Records an owner's decision (and, for an approval, the commission decided).
+pub async fn decide(conn: &mut PgConnection, row: &ConversionRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE conversions SET status = $2, reason = $3, decided_at = $4, commission_minor = $5, commission_version = $6, \
+         commission_tier = $7, held_for_review = $8 WHERE conversion_id = $1",
+    )
+    .bind(&row.conversion_id)
+    .bind(&row.status)
+    .bind(&row.reason)
+    .bind(row.decided_at)
+    .bind(row.commission_minor)
+    .bind(row.commission_version)
+    .bind(row.commission_tier)
+    .bind(row.held_for_review)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub struct ListFilter<'a> {
+    pub program_id: Option<&'a str>,
+    pub affiliate_org_id: Option<&'a str>,
+    pub status: Option<&'a str>,
+}
+
+pub async fn list(conn: &mut PgConnection, f: &ListFilter<'_>, after: Option<&str>, limit: u32) -> Result<Vec<ConversionRow>, sqlx::Error> {
+    sqlx::query_as(select_conversions!(
+        "WHERE ($1::text IS NULL OR program_id = $1) AND ($2::text IS NULL OR affiliate_org_id = $2) \
+         AND ($3::text IS NULL OR status = $3) AND ($4::text IS NULL OR conversion_id > $4) ORDER BY conversion_id LIMIT $5"
+    ))
+    .bind(f.program_id)
+    .bind(f.affiliate_org_id)
+    .bind(f.status)
+    .bind(after)
+    .bind(i64::from(limit))
+    .fetch_all(conn)
+    .await
+}
+
+/// A clawback already recorded under this idempotency key: (clawback_id, refund, reason).
+pub async fn clawback_by_key(conn: &mut PgConnection, conversion_id: &str, key: &str) -> Result<Option<(String, i64, String)>, sqlx::Error> {
+    sqlx::query_as("SELECT clawback_id, refund_minor, reason FROM clawbacks WHERE conversion_id = $1 AND idempotency_key = $2")
+        .bind(conversion_id)
+        .bind(key)
+        .fetch_optional(conn)
+        .await
+}
+
+pub async fn insert_clawback(
+    conn: &mut PgConnection,
+    clawback_id: &str,
+    conversion_id: &str,
+    refund_minor: i64,
+    reason: &str,
+    key: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO clawbacks (clawback_id, conversion_id, refund_minor, reason, idempotency_key) VALUES ($1, $2, $3, $4, $5)")
+        .bind(clawback_id)
+        .bind(conversion_id)
+        .bind(refund_minor)
+        .bind(reason)
+        .bind(key)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "UPDATE conversions SET clawed_back_minor = clawed_back_minor + $2, \
+         status = CASE WHEN clawed_back_minor + $2 >= amount_minor THEN 'clawed_back' ELSE status END WHERE conversion_id = $1",
+    )
+    .bind(conversion_id)
+    .bind(refund_minor)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,5 @@
+//! SQL of the attribution schema.
+
+pub mod conversions;
+pub mod read_model;
+pub mod touchpoints;

@@ -1,0 +1,273 @@
+//! The read model of programs, rule versions, enrollments and codes, kept from enrollment's
+//! events; and the bulk lookups the report path makes against it.
+
+use crate::domain::report::{Binding, EnrollmentFacts, ProgramFacts, TouchpointHit};
+use amba_proto::v1 as pb;
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use sqlx::types::Json;
+use std::collections::HashMap;
+
+/// Upserts a program snapshot unless a newer one is already stored; records its rule version.
+pub async fn apply_program(conn: &mut PgConnection, p: &pb::Program) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO programs_view (program_id, owner_org_id, currency, status, approval_mode, attribution_window_days, \
+         landing_url, commission_version, version_micros) VALUES ($1, $2, $3, $4, $5, $6, NULLIF($7, ''), $8, $9) \
+         ON CONFLICT (program_id) DO UPDATE SET owner_org_id = EXCLUDED.owner_org_id, currency = EXCLUDED.currency, \
+         status = EXCLUDED.status, approval_mode = EXCLUDED.approval_mode, \
+         attribution_window_days = EXCLUDED.attribution_window_days, landing_url = EXCLUDED.landing_url, \
+         commission_version = EXCLUDED.commission_version, version_micros = EXCLUDED.version_micros \
+         WHERE programs_view.version_micros <= EXCLUDED.version_micros",
+    )
+    .bind(&p.program_id)
+    .bind(&p.owner_org_id)
+    .bind(&p.currency)
+    .bind(&p.status)
+    .bind(&p.approval_mode)
+    .bind(i32::try_from(p.attribution_window_days).unwrap_or(i32::MAX))
+    .bind(&p.landing_url)
+    .bind(i32::try_from(p.commission_version).unwrap_or(i32::MAX))
+    .bind(p.updated_at_micros)
+    .execute(&mut *conn)
+    .await?;
+    let rule: serde_json::Value = serde_json::from_str(&p.commission_json).unwrap_or(serde_json::Value::Null);
+    sqlx::query("INSERT INTO rule_versions (program_id, version, rule) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+        .bind(&p.program_id)
+        .bind(i32::try_from(p.commission_version).unwrap_or(i32::MAX))
+        .bind(Json(rule))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn apply_enrollment(conn: &mut PgConnection, e: &pb::Enrollment, emails: &[String]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO enrollments_view (enrollment_id, program_id, affiliate_org_id, status, affiliate_emails, version_micros) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (enrollment_id) DO UPDATE SET status = EXCLUDED.status, \
+         affiliate_emails = EXCLUDED.affiliate_emails, version_micros = EXCLUDED.version_micros \
+         WHERE enrollments_view.version_micros <= EXCLUDED.version_micros",
+    )
+    .bind(&e.enrollment_id)
+    .bind(&e.program_id)
+    .bind(&e.affiliate_org_id)
+    .bind(&e.status)
+    .bind(emails)
+    .bind(e.updated_at_micros)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Codes only ever go active → retired, so a retirement always wins over a late issue.
+pub async fn apply_code(conn: &mut PgConnection, c: &pb::CodeChanged) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO codes_view (code, enrollment_id, program_id, status) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (code) DO UPDATE SET status = 'retired' WHERE EXCLUDED.status = 'retired'",
+    )
+    .bind(&c.code)
+    .bind(&c.enrollment_id)
+    .bind(&c.program_id)
+    .bind(&c.status)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+#[derive(sqlx::FromRow)]
+struct ProgramRow {
+    program_id: String,
+    owner_org_id: String,
+    currency: String,
+    status: String,
+    approval_mode: String,
+    attribution_window_days: i32,
+    commission_version: i32,
+    landing_url: Option<String>,
+}
+
+impl From<ProgramRow> for ProgramFacts {
+    fn from(r: ProgramRow) -> Self {
+        ProgramFacts {
+            program_id: r.program_id,
+            owner_org_id: r.owner_org_id,
+            currency: r.currency,
+            status: r.status,
+            auto_approve: r.approval_mode == "auto",
+            attribution_window_days: r.attribution_window_days,
+            commission_version: r.commission_version,
+            landing_url: r.landing_url,
+        }
+    }
+}
+
+pub async fn programs(conn: &mut PgConnection, ids: &[String]) -> Result<HashMap<String, ProgramFacts>, sqlx::Error> {
+    let rows: Vec<ProgramRow> = sqlx::query_as(
+        "SELECT program_id, owner_org_id, currency, status, approval_mode, attribution_window_days, commission_version, landing_url \
+         FROM programs_view WHERE program_id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.program_id.clone(), r.into())).collect())
+}
+
+pub async fn rule(conn: &mut PgConnection, program_id: &str, version: i32) -> Result<Option<serde_json::Value>, sqlx::Error> {
+    let rule: Option<Json<serde_json::Value>> =
+        sqlx::query_scalar("SELECT rule FROM rule_versions WHERE program_id = $1 AND version = $2")
+            .bind(program_id)
+            .bind(version)
+            .fetch_optional(conn)
+            .await?;
+    Ok(rule.map(|r| r.0))
+}
+
+#[derive(sqlx::FromRow)]
+struct EnrollmentRow {
+    enrollment_id: String,
+    program_id: String,
+    affiliate_org_id: String,
+    status: String,
+    affiliate_emails: Vec<String>,
+}
+
+impl From<EnrollmentRow> for EnrollmentFacts {
+    fn from(r: EnrollmentRow) -> Self {
+        EnrollmentFacts {
+            enrollment_id: r.enrollment_id,
+            program_id: r.program_id,
+            affiliate_org_id: r.affiliate_org_id,
+            status: r.status,
+            emails: r.affiliate_emails,
+        }
+    }
+}
+
+pub async fn enrollment(conn: &mut PgConnection, enrollment_id: &str) -> Result<Option<EnrollmentFacts>, sqlx::Error> {
+    let row: Option<EnrollmentRow> = sqlx::query_as(
+        "SELECT enrollment_id, program_id, affiliate_org_id, status, affiliate_emails FROM enrollments_view WHERE enrollment_id = $1",
+    )
+    .bind(enrollment_id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(Into::into))
+}
+
+/// A code and, when known, its enrollment.
+pub struct CodeRow {
+    pub program_id: String,
+    pub status: String,
+    pub enrollment: Option<EnrollmentFacts>,
+}
+
+pub async fn codes(conn: &mut PgConnection, codes: &[String]) -> Result<HashMap<String, CodeRow>, sqlx::Error> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        code: String,
+        program_id: String,
+        code_status: String,
+        enrollment_id: Option<String>,
+        affiliate_org_id: Option<String>,
+        status: Option<String>,
+        affiliate_emails: Option<Vec<String>>,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT c.code, c.program_id, c.status AS code_status, e.enrollment_id, e.affiliate_org_id, e.status, e.affiliate_emails \
+         FROM codes_view c LEFT JOIN enrollments_view e ON e.enrollment_id = c.enrollment_id WHERE c.code = ANY($1)",
+    )
+    .bind(codes)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let enrollment = match (r.enrollment_id, r.affiliate_org_id, r.status) {
+                (Some(enrollment_id), Some(affiliate_org_id), Some(status)) => Some(EnrollmentFacts {
+                    enrollment_id,
+                    program_id: r.program_id.clone(),
+                    affiliate_org_id,
+                    status,
+                    emails: r.affiliate_emails.unwrap_or_default(),
+                }),
+                _ => None,
+            };
+            (r.code, CodeRow { program_id: r.program_id, status: r.code_status, enrollment })
+        })
+        .collect())
+}
+
+/// Bindings of `(program_id, customer_ref)` pairs, with their enrollments.
+pub async fn bindings(conn: &mut PgConnection, keys: &[(String, String)]) -> Result<HashMap<(String, String), Binding>, sqlx::Error> {
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let (programs, customers): (Vec<String>, Vec<String>) = keys.iter().cloned().unzip();
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        customer_ref: String,
+        first_conversion_at: DateTime<Utc>,
+        #[sqlx(flatten)]
+        enrollment: EnrollmentRow,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT b.customer_ref, b.first_conversion_at, e.enrollment_id, e.program_id, e.affiliate_org_id, e.status, e.affiliate_emails \
+         FROM UNNEST($1::text[], $2::text[]) AS k(program_id, customer_ref) \
+         JOIN customer_bindings b ON b.program_id = k.program_id AND b.customer_ref = k.customer_ref \
+         JOIN enrollments_view e ON e.enrollment_id = b.enrollment_id",
+    )
+    .bind(&programs)
+    .bind(&customers)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let key = (r.enrollment.program_id.clone(), r.customer_ref);
+            (key, Binding { enrollment: r.enrollment.into(), first_conversion_at: r.first_conversion_at })
+        })
+        .collect())
+}
+
+/// One touchpoint query: the report's index, program, subject, time and window.
+pub struct TouchpointQuery {
+    pub index: i32,
+    pub program_id: String,
+    pub subject_ref: String,
+    pub at: DateTime<Utc>,
+    pub window_days: i32,
+}
+
+/// For each query, the latest touchpoint of an active enrollment in `[at - window, at]`.
+pub async fn latest_touchpoints(conn: &mut PgConnection, queries: &[TouchpointQuery]) -> Result<HashMap<i32, TouchpointHit>, sqlx::Error> {
+    if queries.is_empty() {
+        return Ok(HashMap::new());
+    }
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        idx: i32,
+        touchpoint_id: String,
+        code: String,
+        #[sqlx(flatten)]
+        enrollment: EnrollmentRow,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT q.idx, t.touchpoint_id, t.code, t.enrollment_id, t.program_id, t.affiliate_org_id, t.status, t.affiliate_emails \
+         FROM UNNEST($1::int[], $2::text[], $3::text[], $4::timestamptz[], $5::int[]) AS q(idx, program_id, subject_ref, at, window_days) \
+         CROSS JOIN LATERAL ( \
+           SELECT t.touchpoint_id, t.code, e.enrollment_id, e.program_id, e.affiliate_org_id, e.status, e.affiliate_emails \
+           FROM touchpoints t JOIN enrollments_view e ON e.enrollment_id = t.enrollment_id AND e.status = 'active' \
+           WHERE t.program_id = q.program_id AND t.subject_ref = q.subject_ref \
+             AND t.occurred_at <= q.at AND t.occurred_at >= q.at - make_interval(days => q.window_days) \
+           ORDER BY t.occurred_at DESC LIMIT 1) t",
+    )
+    .bind(queries.iter().map(|q| q.index).collect::<Vec<_>>())
+    .bind(queries.iter().map(|q| q.program_id.clone()).collect::<Vec<_>>())
+    .bind(queries.iter().map(|q| q.subject_ref.clone()).collect::<Vec<_>>())
+    .bind(queries.iter().map(|q| q.at).collect::<Vec<_>>())
+    .bind(queries.iter().map(|q| q.window_days).collect::<Vec<_>>())
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.idx, TouchpointHit { touchpoint_id: r.touchpoint_id, code: r.code, enrollment: r.enrollment.into() }))
+        .collect())
+}

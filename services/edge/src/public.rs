@@ -1,0 +1,191 @@
+//! Public HTTP endpoints for apps and browsers: `POST /v1/touchpoints` (CORS) and the affiliate
+//! link `GET /r/{code}`. Both are unauthenticated, so both are rate-limited per client address.
+
+use crate::EdgeState;
+use crate::auth::error_response;
+use amba_core::{ApiError, ErrorCode};
+use amba_proto::methods::attribution as methods;
+use amba_proto::v1 as pb;
+use axum::Json;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// Requests a client address may burst, and how many it regains per second.
+const BURST: f64 = 60.0;
+const REFILL_PER_SECOND: f64 = 10.0;
+const MAX_TRACKED: usize = 100_000;
+/// The cookie that keeps a visitor's subject across clicks (on the edge's own domain).
+const SUBJECT_COOKIE: &str = "amba_sub";
+
+/// A token bucket per client address. Small on purpose: one map, one lock, no background task.
+#[derive(Default)]
+pub struct RateLimiter {
+    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    /// Takes one token for `ip`; `Err(seconds to wait)` when it has none.
+    pub fn take(&self, ip: IpAddr) -> Result<(), u64> {
+        let Ok(mut buckets) = self.buckets.lock() else { return Ok(()) };
+        let now = Instant::now();
+        if buckets.len() >= MAX_TRACKED {
+            buckets.retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * REFILL_PER_SECOND < BURST);
+        }
+        let (tokens, at) = buckets.entry(ip).or_insert((BURST, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * REFILL_PER_SECOND).min(BURST);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - *tokens) / REFILL_PER_SECOND).ceil().max(1.0) as u64)
+        }
+    }
+}
+
+fn rate_limited(retry_after: u64) -> Response {
+    let mut response = error_response(&ApiError::new(ErrorCode::RateLimited, "too many requests from this address; slow down"));
+    if let Ok(value) = HeaderValue::from_str(&retry_after.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TouchpointBody {
+    pub program_id: String,
+    pub code: String,
+    pub subject_ref: String,
+    pub occurred_at: Option<String>,
+    pub landing_url: Option<String>,
+}
+
+/// `POST /v1/touchpoints`: a click reported by an app before any sign-in.
+pub async fn record_touchpoint(
+    State(state): State<EdgeState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Json<TouchpointBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if let Err(wait) = state.rate_limiter.take(peer.ip()) {
+        return rate_limited(wait);
+    }
+    let Json(body) = match body {
+        Ok(body) => body,
+        Err(err) => return error_response(&ApiError::invalid(format!("invalid JSON body: {}", err.body_text()))),
+    };
+    let occurred_at_micros = match crate::mcp::parse_time(body.occurred_at.as_deref()) {
+        Ok(micros) => micros,
+        Err(err) => return error_response(&err),
+    };
+    let request = pb::RecordTouchpointRequest {
+        program_id: body.program_id,
+        code: body.code,
+        subject_ref: body.subject_ref,
+        occurred_at_micros,
+        landing_url: body.landing_url.unwrap_or_default(),
+        client_ip: peer.ip().to_string(),
+        user_agent: user_agent(&headers),
+    };
+    match state.rpc.call::<_, pb::RecordTouchpointReply>(methods::SERVICE, methods::RECORD_TOUCHPOINT, &request).await {
+        Ok(reply) => {
+            let status = if reply.duplicate { StatusCode::OK } else { StatusCode::CREATED };
+            (status, Json(serde_json::json!({"touchpoint_id": reply.touchpoint_id, "duplicate": reply.duplicate}))).into_response()
+        }
+        Err(err) => error_response(&err),
+    }
+}
+
+/// `GET /r/{code}`: an affiliate link. Records the click and redirects to the program's landing
+/// URL with `amba_ref=<code>&amba_sub=<subject>` added, so the owner's app can report the
+/// conversion later by `subject_ref`.
+pub async fn follow_link(
+    State(state): State<EdgeState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(code): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(wait) = state.rate_limiter.take(peer.ip()) {
+        return rate_limited(wait);
+    }
+    let subject = subject_from_cookie(&headers).unwrap_or_else(|| format!("sub_{}", amba_core::id::time_ordered_suffix()));
+    let request = pb::RecordTouchpointRequest {
+        code: code.clone(),
+        subject_ref: subject.clone(),
+        client_ip: peer.ip().to_string(),
+        user_agent: user_agent(&headers),
+        ..Default::default()
+    };
+    let reply = match state.rpc.call::<_, pb::RecordTouchpointReply>(methods::SERVICE, methods::RECORD_TOUCHPOINT, &request).await {
+        Ok(reply) => reply,
+        Err(err) if matches!(err.code, ErrorCode::InvalidArgument | ErrorCode::Conflict) => {
+            return error_response(&ApiError::not_found("affiliate link"));
+        }
+        Err(err) => return error_response(&err),
+    };
+    if reply.landing_url.is_empty() {
+        return error_response(&ApiError::not_found("landing page: the program has no landing_url"));
+    }
+    let separator = if reply.landing_url.contains('?') { '&' } else { '?' };
+    let location = format!("{}{separator}amba_ref={code}&amba_sub={subject}", reply.landing_url);
+    let cookie = format!("{SUBJECT_COOKIE}={subject}; Max-Age=2592000; Path=/; SameSite=Lax; HttpOnly");
+    let mut response = StatusCode::FOUND.into_response();
+    for (name, value) in [(header::LOCATION, location), (header::SET_COOKIE, cookie)] {
+        match HeaderValue::from_str(&value) {
+            Ok(value) => {
+                response.headers_mut().insert(name, value);
+            }
+            Err(_) => return error_response(&ApiError::invalid("the landing URL cannot be used in a redirect")),
+        }
+    }
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn subject_from_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SUBJECT_COOKIE)
+        .map(|(_, value)| value.to_owned())
+        .filter(|v| (1..=64).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
+}
+
+fn user_agent(headers: &HeaderMap) -> String {
+    headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default().chars().take(512).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_refuse_bursts_and_keep_addresses_apart() {
+        let limiter = RateLimiter::default();
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let b: IpAddr = [10, 0, 0, 2].into();
+        for _ in 0..BURST as usize {
+            assert!(limiter.take(a).is_ok());
+        }
+        assert!(limiter.take(a).is_err());
+        assert!(limiter.take(b).is_ok());
+    }
+
+    #[test]
+    fn subject_cookie_is_read_and_validated() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::COOKIE, HeaderValue::from_static("x=1; amba_sub=sub_abc123"));
+        assert_eq!(subject_from_cookie(&headers).as_deref(), Some("sub_abc123"));
+        headers.insert(header::COOKIE, HeaderValue::from_static("amba_sub=<script>"));
+        assert_eq!(subject_from_cookie(&headers), None);
+    }
+}
