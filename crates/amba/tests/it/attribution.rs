@@ -398,3 +398,70 @@ async fn sixty_four_callers_racing_on_the_same_keys_record_each_once() -> anyhow
     pool.close().await;
     sys.stop().await
 }
+
+#[tokio::test]
+async fn public_click_endpoints_cors_links_and_rate_limits() -> anyhow::Result<()> {
+    let Setup { sys, program, ann_enrollment, .. } = setup(json!({"landing_url": "https://acme.example/pricing?plan=pro"})).await?;
+    let code = text(&ann_enrollment["code"]).to_owned();
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
+    let url = format!("{}/v1/touchpoints", sys.base_url());
+
+    // A browser preflight from the owner's site.
+    let preflight = http
+        .request(reqwest::Method::OPTIONS, &url)
+        .header("origin", "https://acme.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type")
+        .send()
+        .await?;
+    assert!(preflight.status().is_success());
+    assert_eq!(preflight.headers().get("access-control-allow-origin").and_then(|v| v.to_str().ok()), Some("*"));
+
+    let body = json!({"program_id": program, "code": code, "subject_ref": "app-visitor-1"});
+    let created = http.post(&url).header("origin", "https://acme.example").json(&body).send().await?;
+    assert_eq!(created.status(), 201);
+    assert_eq!(created.headers().get("access-control-allow-origin").and_then(|v| v.to_str().ok()), Some("*"));
+    let created: Value = created.json().await?;
+    assert!(text(&created["touchpoint_id"]).starts_with("tch_"));
+    let again: Value = http.post(&url).json(&body).send().await?.json().await?;
+    assert_eq!((again["touchpoint_id"].clone(), again["duplicate"].as_bool()), (created["touchpoint_id"].clone(), Some(true)));
+
+    let bad = http.post(&url).header("content-type", "application/json").body("{\"code\": 1").send().await?;
+    assert_eq!(bad.status(), 400);
+    let bad: Value = bad.json().await?;
+    assert_eq!(bad["error"]["code"], "INVALID_ARGUMENT");
+    let unknown = http.post(&url).json(&json!({"program_id": program, "code": "nosuchcode23", "subject_ref": "x"})).send().await?;
+    assert_eq!(unknown.status(), 404);
+
+    // An affiliate link: recorded, then redirected with the subject for the owner's app.
+    let link = http.get(format!("{}/r/{code}", sys.base_url())).send().await?;
+    assert_eq!(link.status(), 302);
+    let location = link.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    assert!(location.starts_with(&format!("https://acme.example/pricing?plan=pro&amba_ref={code}&amba_sub=sub_")), "{location}");
+    let cookie = link.headers().get("set-cookie").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let subject = location.rsplit("amba_sub=").next().unwrap_or_default().to_owned();
+    assert!(cookie.starts_with(&format!("amba_sub={subject};")), "{cookie}");
+    // The same visitor clicking again keeps its subject (and counts once).
+    let back = http.get(format!("{}/r/{code}", sys.base_url())).header("cookie", format!("amba_sub={subject}")).send().await?;
+    assert!(back.headers().get("location").and_then(|v| v.to_str().ok()).is_some_and(|l| l.ends_with(&subject)));
+    let pool = sys.service_pool("attribution").await?;
+    let clicks: i64 = sqlx::query_scalar("SELECT count(*) FROM touchpoints WHERE subject_ref = $1").bind(&subject).fetch_one(&pool).await?;
+    assert_eq!(clicks, 1);
+    assert_eq!(http.get(format!("{}/r/nosuchcode23", sys.base_url())).send().await?.status(), 404);
+
+    // A burst from one address is slowed down with 429 and Retry-After.
+    let mut limited = None;
+    for i in 0..200 {
+        let response = http.post(&url).json(&json!({"program_id": program, "code": code, "subject_ref": format!("burst-{i}")})).send().await?;
+        if response.status() == 429 {
+            limited = Some(response);
+            break;
+        }
+    }
+    let limited = limited.ok_or_else(|| anyhow::anyhow!("no 429 after 200 rapid requests"))?;
+    assert!(limited.headers().get("retry-after").is_some());
+    let limited: Value = limited.json().await?;
+    assert_eq!(limited["error"]["code"], "RATE_LIMITED");
+    pool.close().await;
+    sys.stop().await
+}
