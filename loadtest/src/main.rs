@@ -1,0 +1,196 @@
+//! `amba-loadtest`: drives a running Amba Affiliate through its public surfaces and prints
+//! throughput, latency, end-to-end event lag and the database floor measured in the same run.
+//!
+//! ```text
+//! cargo run --release -p amba-loadtest -- [--duration 60] [--streams 8] [--batch 5000]
+//!     [--unary-callers 64] [--unary-seconds 20] [--mcp-callers 8] [--mcp-seconds 10] [--max-count 3000000]
+//!     [--http http://127.0.0.1:8080] [--grpc http://127.0.0.1:50051]
+//!     [--database-url postgres://postgres@127.0.0.1:5432/amba] [--nats nats://127.0.0.1:4222] [--namespace amba]
+//!     [--pid <system pid>]
+//! ```
+//! Loopback only: every target must be 127.0.0.0/8 or localhost. Every phase is bounded by its
+//! time and by `--max-count`, so the tool always stops by itself.
+
+mod floor;
+mod lag;
+mod phases;
+mod setup;
+
+use anyhow::Context;
+use std::collections::HashMap;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub http: String,
+    pub grpc: String,
+    pub database_url: String,
+    pub nats: String,
+    pub namespace: String,
+    pub duration: Duration,
+    pub streams: usize,
+    pub batch: usize,
+    pub unary_callers: usize,
+    pub unary_seconds: Duration,
+    pub mcp_callers: usize,
+    pub mcp_seconds: Duration,
+    pub max_count: u64,
+    pub pid: Option<u32>,
+}
+
+fn parse_options() -> anyhow::Result<Options> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("see the module documentation at the top of loadtest/src/main.rs for the flags");
+        std::process::exit(0);
+    }
+    let mut flags: HashMap<String, String> = HashMap::new();
+    let mut iter = args.into_iter();
+    while let Some(flag) = iter.next() {
+        let name = flag
+            .strip_prefix("--")
+            .with_context(|| format!("unexpected argument {flag}"))?
+            .to_owned();
+        let value = iter.next().with_context(|| format!("--{name} needs a value"))?;
+        flags.insert(name, value);
+    }
+    let text = |name: &str, default: &str| flags.get(name).cloned().unwrap_or_else(|| default.to_owned());
+    let number = |name: &str, default: u64| -> anyhow::Result<u64> {
+        flags
+            .get(name)
+            .map(|v| v.parse::<u64>().with_context(|| format!("--{name} must be a number")))
+            .transpose()
+            .map(|v| v.unwrap_or(default))
+    };
+    let options = Options {
+        http: text("http", "http://127.0.0.1:8080"),
+        grpc: text("grpc", "http://127.0.0.1:50051"),
+        database_url: text("database-url", "postgres://postgres@127.0.0.1:5432/amba"),
+        nats: text("nats", "nats://127.0.0.1:4222"),
+        namespace: text("namespace", "amba"),
+        duration: Duration::from_secs(number("duration", 60)?),
+        streams: usize::try_from(number("streams", 8)?)?,
+        batch: usize::try_from(number("batch", 5_000)?)?,
+        unary_callers: usize::try_from(number("unary-callers", 64)?)?,
+        unary_seconds: Duration::from_secs(number("unary-seconds", 20)?),
+        mcp_callers: usize::try_from(number("mcp-callers", 8)?)?,
+        mcp_seconds: Duration::from_secs(number("mcp-seconds", 10)?),
+        max_count: number("max-count", 3_000_000)?,
+        pid: flags
+            .get("pid")
+            .map(|p| p.parse())
+            .transpose()
+            .context("--pid must be a number")?,
+    };
+    for url in [&options.http, &options.grpc, &options.database_url, &options.nats] {
+        anyhow::ensure!(
+            is_loopback(url),
+            "{url} is not a loopback address: this tool only loads this machine"
+        );
+    }
+    Ok(options)
+}
+
+fn is_loopback(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = host_port.rsplit_once(':').map_or(host_port, |(h, _)| h);
+    host == "localhost" || host.starts_with("127.") || host == "[::1]"
+}
+
+/// Resident memory of a process in MiB, from /proc.
+pub fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+/// The pid of a running `amba dev` / `amba serve` process, if one is found.
+fn find_system_pid() -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let words: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let is_amba = words.first().is_some_and(|w| w.ends_with(b"/amba") || *w == b"amba");
+            let role = words.get(1).is_some_and(|w| *w == b"dev" || *w == b"serve");
+            (is_amba && role).then_some(pid)
+        })
+}
+
+/// p-th percentile (0-100) of sorted microseconds, in milliseconds.
+pub fn percentile_ms(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)] as f64 / 1000.0
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let options = parse_options()?;
+    let pid = options.pid.or_else(find_system_pid);
+    let rss_start = pid.and_then(rss_mib);
+    println!(
+        "amba-loadtest against {} / {} (system pid {pid:?})",
+        options.http, options.grpc
+    );
+
+    let world = setup::prepare(&options).await?;
+    println!(
+        "program {} with an affiliate code ready; owner token obtained by signup over MCP",
+        world.program_id
+    );
+    let lag = lag::Monitor::start(&options).await?;
+
+    let streaming = phases::streaming(&options, &world).await?;
+    let published = lag.wait_for(streaming.ok, Duration::from_secs(120)).await;
+    let lag_streaming = lag.take();
+    let unary = phases::unary(&options, &world).await?;
+    let mcp = phases::mcp(&options, &world).await?;
+    let lag_all = lag.take();
+    let floor = floor::measure(&options.database_url, streaming.ok.clamp(10_000, 1_000_000)).await?;
+    let rss_end = pid.and_then(rss_mib);
+
+    println!();
+    println!("== results ==");
+    streaming.print("gRPC streaming");
+    match published {
+        Some(after) => println!(
+            "  events published for every streamed conversion {:.1} s after the phase ended",
+            after.as_secs_f64()
+        ),
+        None => println!("  NOT every streamed conversion's event was seen on NATS within 120 s"),
+    }
+    lag_streaming.print("  end-to-end lag, report accepted → conversion.recorded published (streaming phase)");
+    unary.print("gRPC unary");
+    mcp.print("MCP (streamable HTTP)");
+    lag_all.print("  end-to-end lag (unary + MCP phases)");
+    println!(
+        "database floor: {:.0} rows/s ({} rows, 1,000-row INSERT ... SELECT unnest(...) batches, one connection, same unique index)",
+        floor.rows_per_second, floor.rows
+    );
+    println!(
+        "ratio streaming / floor: {:.2}",
+        streaming.throughput() / floor.rows_per_second
+    );
+    println!(
+        "ratio unary / floor:     {:.2}",
+        unary.throughput() / floor.rows_per_second
+    );
+    match (rss_start, rss_end) {
+        (Some(a), Some(b)) => println!("system RSS: {a:.0} MiB at start, {b:.0} MiB at end"),
+        _ => println!("system RSS: unknown (pass --pid)"),
+    }
+    Ok(())
+}
