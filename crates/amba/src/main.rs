@@ -5,6 +5,7 @@
 //! amba serve <service>     one service: enrollment | attribution | commission | payout | notification | edge
 //! amba migrate             apply every service's migrations and exit
 //! amba infra up            start local PostgreSQL and NATS when nothing answers, then exit
+//! amba ledger verify       rebuild commission balances from the entries; non-zero exit on a difference
 //! ```
 
 use amba::{ServiceName, Settings, local, system};
@@ -19,6 +20,8 @@ commands:
   serve <service>      run one service: enrollment, attribution, commission, payout, notification, edge
   migrate              apply every service's database migrations and exit
   infra up             start local PostgreSQL and NATS (JetStream) when none answers, then exit
+  ledger verify        rebuild every commission balance from the ledger entries and check
+                       conservation; exits non-zero on any difference
   help                 this text
 
 configuration comes from the environment; see README.md (AMBA_DATABASE_URL, AMBA_NATS_URL, ...)";
@@ -64,6 +67,21 @@ async fn dispatch(args: &[&str], settings: Settings) -> anyhow::Result<()> {
             let _telemetry = amba_telemetry::init("amba-migrate", None, settings.log_json)?;
             system::migrate_all(&settings).await?;
             println!("migrations applied");
+            Ok(())
+        }
+        ["ledger", "verify"] => {
+            let report = amba_commission::verify_database(settings.database_url.expose()).await?;
+            for problem in &report.problems {
+                eprintln!("ledger: {problem}");
+            }
+            println!(
+                "ledger: {} postings, {} entries, {} accounts checked; {} problem(s)",
+                report.journals,
+                report.entries,
+                report.accounts,
+                report.problems.len()
+            );
+            anyhow::ensure!(report.is_ok(), "the ledger does not verify");
             Ok(())
         }
         ["infra", "up"] => {

@@ -167,6 +167,7 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
     let url = settings.database_url.expose().to_owned();
+    let multi_level_enabled = settings.multi_level_enabled;
     for &service in services {
         if service == ServiceName::Edge {
             continue;
@@ -181,7 +182,7 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
             let result = match service {
                 ServiceName::Enrollment => amba_enrollment::run(&url, bus, stop).await,
                 ServiceName::Attribution => amba_attribution::run(&url, bus, stop).await,
-                ServiceName::Commission => amba_commission::run(&url, bus, stop).await,
+                ServiceName::Commission => amba_commission::run(&url, bus, multi_level_enabled, stop).await,
                 ServiceName::Payout => amba_payout::run(&url, bus, stop).await,
                 ServiceName::Notification => amba_notification::run(&url, bus, stop).await,
                 ServiceName::Edge => Ok(()),

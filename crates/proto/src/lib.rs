@@ -53,5 +53,15 @@ pub mod methods {
 
     pub mod commission {
         pub const SERVICE: &str = "commission";
+        pub const BALANCE: &str = "balance";
+        pub const MY_STATS: &str = "my_stats";
+        pub const ANALYTICS: &str = "analytics";
+        pub const LEADERBOARD: &str = "leaderboard";
+        pub const CLAWBACK_OUTCOME: &str = "clawback_outcome";
+        pub const PAYABLE_QUOTE: &str = "payable_quote";
+        pub const PAYOUT_RESERVE: &str = "payout_reserve";
+        pub const PAYOUT_POST: &str = "payout_post";
+        pub const PAYOUT_VOID: &str = "payout_void";
+        pub const TRANSFER_REVERSAL: &str = "transfer_reversal";
     }
 }

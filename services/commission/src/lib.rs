@@ -1,15 +1,37 @@
 //! Commission: the double-entry ledger, balances and per-enrollment stats, built from
-//! enrollment and attribution events. Filled in by the commission issue; for now it owns its
-//! schema (with the messaging tables) and runs its relay.
+//! enrollment and attribution events (docs/ledger.md).
+//!
+//! - `consumers`: read models of programs and enrollments; accrual when a conversion is
+//!   approved (the amount attribution decided, never re-rated), multi-level overrides,
+//!   clawbacks, clicks — applied by keyed workers, one affiliate's events by one worker.
+//! - `sweep`: releases held commission once its hold ends (exactly once).
+//! - `rpc`: balances, stats, analytics, leaderboard, clawback outcomes, and the payout-facing
+//!   two-phase API (quote, reserve, post, void, transfer reversal).
+//! - `verify`: `amba ledger verify`.
 
+pub mod consumers;
+pub mod domain;
+pub mod rpc;
+pub mod store;
+pub mod sweep;
+pub mod verify;
+
+use amba_bus::consumer::{self, ConsumerSpec};
 use amba_bus::outbox::RelayWaker;
 use amba_bus::{Bus, RunError};
 use sqlx::migrate::Migrator;
+use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-pub const SERVICE: &str = "commission";
+pub const SERVICE: &str = amba_proto::methods::commission::SERVICE;
 pub const SCHEMA: &str = "commission";
 pub static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
+
+/// How often the hold-release sweep looks for commissions whose hold has ended.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+pub use verify::{VerifyReport, verify_database};
 
 /// Applies this service's migrations (also done by [`run`]).
 pub async fn migrate(database_url: &str) -> Result<(), RunError> {
@@ -18,12 +40,52 @@ pub async fn migrate(database_url: &str) -> Result<(), RunError> {
         .map(|_| ())
 }
 
-/// Runs until `shutdown`, then flushes the outbox.
-pub async fn run(database_url: &str, bus: Bus, shutdown: CancellationToken) -> Result<(), RunError> {
-    let pool = amba_bus::service::open_store(database_url, SCHEMA, &MIGRATIONS, 8).await?;
-    amba_bus::service::with_relay(pool, &bus, RelayWaker::default(), async {
-        shutdown.cancelled().await;
-        Ok(())
+/// Consumes events, answers requests and releases holds until `shutdown`, then drains.
+/// `multi_level_enabled` is the platform flag `MULTI_LEVEL_ENABLED`.
+pub async fn run(
+    database_url: &str,
+    bus: Bus,
+    multi_level_enabled: bool,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let pool = amba_bus::service::open_store(database_url, SCHEMA, &MIGRATIONS, 24).await?;
+    let ns = bus.ns.clone();
+    let enrollment_events = consumer::run(
+        bus.js.clone(),
+        pool.clone(),
+        ConsumerSpec::new(
+            ns.events_stream("enrollment"),
+            ns.consumer(SERVICE, "enrollment"),
+            String::new(),
+        ),
+        Arc::new(consumers::EnrollmentEvents),
+        shutdown.clone(),
+    );
+    let attribution_events = consumer::run(
+        bus.js.clone(),
+        pool.clone(),
+        ConsumerSpec::new(
+            ns.events_stream("attribution"),
+            ns.consumer(SERVICE, "attribution"),
+            String::new(),
+        ),
+        Arc::new(consumers::AttributionEvents { multi_level_enabled }),
+        shutdown.clone(),
+    );
+    let server = rpc::server(rpc::Commission::new(pool.clone())).serve(bus.nats.clone(), ns.clone(), shutdown.clone());
+    let sweep = sweep::run(pool.clone(), SWEEP_INTERVAL, shutdown.clone());
+    amba_bus::service::with_relay(pool, &bus, RelayWaker::default(), async move {
+        // Any part failing stops the service (the process supervisor restarts it).
+        tokio::try_join!(
+            async { enrollment_events.await.map_err(RunError::from) },
+            async { attribution_events.await.map_err(RunError::from) },
+            async { server.await.map_err(RunError::from) },
+            async {
+                sweep.await;
+                Ok(())
+            },
+        )
+        .map(|_| ())
     })
     .await
 }

@@ -5,6 +5,7 @@
 //! only unknown tools and unparsable arguments are protocol errors.
 
 mod attribution;
+mod commission;
 
 pub use attribution::parse_time;
 mod enrollments;
@@ -48,6 +49,7 @@ impl McpServer {
                 + Self::program_tools()
                 + Self::enrollment_tools()
                 + Self::token_tools()
+                + Self::commission_tools()
                 + Self::attribution_tools(),
         }
     }

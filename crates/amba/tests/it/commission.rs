@@ -1,0 +1,916 @@
+//! Commission: the ledger driven by conversion events (crafted and published to JetStream with
+//! `Nats-Msg-Id`, as attribution would) and read back through MCP; the payout-facing ledger API
+//! over NATS; `amba ledger verify` logic after every test. Figures are worked out by hand.
+
+use crate::support::{Org, active_program, enroll, org, text};
+use amba_bus::rpc::RpcClient;
+use amba_proto::Message;
+use amba_proto::methods::commission as methods;
+use amba_proto::v1 as pb;
+use amba_testkit::{TestSystem, eventually};
+use async_nats::jetstream::message::PublishMessage;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(0))
+        .unwrap_or(0)
+}
+
+fn new_event_id() -> String {
+    amba_core::id::EventId::new().to_string()
+}
+
+/// Publishes `message` on `<ns>.evt.<domain>.<kind>` with `Nats-Msg-Id = event_id`; returns
+/// whether JetStream took it as a duplicate.
+async fn publish(
+    sys: &TestSystem,
+    domain: &str,
+    kind: &str,
+    event_id: &str,
+    message: &impl Message,
+) -> anyhow::Result<bool> {
+    let ack = sys
+        .bus
+        .js
+        .send_publish(
+            sys.bus.ns.event(domain, kind),
+            PublishMessage::build()
+                .payload(message.encode_to_vec().into())
+                .message_id(event_id),
+        )
+        .await?
+        .await?;
+    Ok(ack.duplicate)
+}
+
+fn meta(event_id: &str) -> Option<pb::EventMeta> {
+    Some(pb::EventMeta {
+        event_id: event_id.to_owned(),
+        occurred_at_micros: now_micros(),
+        traceparent: String::new(),
+    })
+}
+
+/// An approved conversion as attribution announces it.
+fn conversion(program: &str, enrollment: &str, id: &str, amount: i64, commission: i64) -> pb::Conversion {
+    pb::Conversion {
+        conversion_id: id.to_owned(),
+        program_id: program.to_owned(),
+        project_id: "web".into(),
+        external_id: id.to_owned(),
+        amount_minor: amount,
+        currency: "USD".into(),
+        status: "approved".into(),
+        attribution: "code".into(),
+        enrollment_id: enrollment.to_owned(),
+        occurred_at_micros: now_micros(),
+        recorded_at_micros: now_micros(),
+        decided_at_micros: now_micros(),
+        commission_minor: commission,
+        commission_version: 1,
+        commission_tier: -1,
+        ..Default::default()
+    }
+}
+
+async fn approve(sys: &TestSystem, c: &pb::Conversion) -> anyhow::Result<String> {
+    let id = new_event_id();
+    let event = pb::ConversionChanged {
+        meta: meta(&id),
+        conversion: Some(c.clone()),
+        previous_status: "pending".into(),
+    };
+    publish(sys, "conversion", "approved", &id, &event).await?;
+    Ok(id)
+}
+
+/// A clawback of `refund` bringing the refunded total to `total`.
+async fn claw(sys: &TestSystem, c: &pb::Conversion, clawback_id: &str, refund: i64, total: i64) -> anyhow::Result<()> {
+    let id = new_event_id();
+    let mut after = c.clone();
+    after.clawed_back_minor = total;
+    if total == c.amount_minor {
+        after.status = "clawed_back".into();
+    }
+    let event = pb::ConversionClawedBack {
+        meta: meta(&id),
+        clawback_id: clawback_id.to_owned(),
+        conversion: Some(after),
+        refund_minor: refund,
+        reason: "refund".into(),
+    };
+    publish(sys, "conversion", "clawed_back", &id, &event).await?;
+    Ok(())
+}
+
+async fn click(sys: &TestSystem, program: &str, enrollment: &str) -> anyhow::Result<()> {
+    let id = new_event_id();
+    let event = pb::TouchpointRecorded {
+        meta: meta(&id),
+        touchpoint_id: format!("tch_{}", &id[4..]),
+        program_id: program.to_owned(),
+        enrollment_id: enrollment.to_owned(),
+        code: "code".into(),
+        subject_ref: id.clone(),
+        occurred_at_micros: now_micros(),
+    };
+    publish(sys, "touchpoint", "recorded", &id, &event).await?;
+    Ok(())
+}
+
+/// Waits until the commission read model knows the enrollment as active and its program.
+async fn known(sys: &TestSystem, enrollment: &str) -> anyhow::Result<()> {
+    let pool = sys.service_pool("commission").await?;
+    eventually(WAIT, "enrollment in the commission read model", || {
+        let pool = pool.clone();
+        let enrollment = enrollment.to_owned();
+        async move {
+            let row: Option<(i64,)> = sqlx::query_as(
+                "SELECT 1::bigint FROM enrollments e JOIN programs p ON p.program_id = e.program_id \
+                 WHERE e.enrollment_id = $1 AND e.status = 'active' AND p.status = 'active'",
+            )
+            .bind(&enrollment)
+            .fetch_optional(&pool)
+            .await?;
+            Ok(row.map(|_| ()))
+        }
+    })
+    .await?;
+    pool.close().await;
+    Ok(())
+}
+
+/// The affiliate's balance once `done` holds for it.
+async fn balance_when(affiliate: &Org, program: &str, done: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+    let mut last = Value::Null;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        last = affiliate
+            .mcp
+            .ok("amba_affiliate_my_balance_get", json!({"program_id": program}))
+            .await?;
+        if done(&last) {
+            return Ok(last);
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    anyhow::bail!("balance never reached the expected state; last {last}")
+}
+
+fn figures(b: &Value) -> [i64; 5] {
+    [
+        "held_minor",
+        "payable_minor",
+        "reserved_minor",
+        "paid_minor",
+        "debt_minor",
+    ]
+    .map(|k| b[k].as_i64().unwrap_or(-1))
+}
+
+async fn assert_verifies(sys: &TestSystem) -> anyhow::Result<()> {
+    let report = amba_commission::verify_database(&sys.db.url).await?;
+    anyhow::ensure!(report.is_ok(), "ledger verify failed: {:?}", report.problems);
+    anyhow::ensure!(report.journals > 0, "nothing was posted");
+    Ok(())
+}
+
+fn rpc(sys: &TestSystem) -> RpcClient {
+    RpcClient::new(sys.bus.nats.clone(), sys.bus.ns.clone())
+}
+
+async fn setup(sys: &TestSystem, settings: Value) -> anyhow::Result<(Org, Org, String, String)> {
+    setup_with_code(sys, settings)
+        .await
+        .map(|(owner, ann, program, enrollment, _)| (owner, ann, program, enrollment))
+}
+
+/// Owner, affiliate Ann, an active program with `settings`, Ann's active enrollment and code.
+async fn setup_with_code(sys: &TestSystem, settings: Value) -> anyhow::Result<(Org, Org, String, String, String)> {
+    let owner = org(sys, "Owner").await?;
+    let ann = org(sys, "Ann").await?;
+    let program = active_program(&owner, settings).await?;
+    let enrolled = enroll(&owner, &ann, &program, None).await?;
+    let enrollment = text(&enrolled["enrollment_id"]).to_owned();
+    known(sys, &enrollment).await?;
+    Ok((owner, ann, program, enrollment, text(&enrolled["code"]).to_owned()))
+}
+
+#[tokio::test]
+async fn accrual_clawbacks_payout_and_debt_are_exact() -> anyhow::Result<()> {
+    let sys = TestSystem::start().await?;
+    let (owner, ann, program, enrollment) = setup(&sys, json!({"hold_days": 0})).await?;
+
+    // 20% of 100.00 = 20.00, no hold: payable at once.
+    let a = conversion(&program, &enrollment, "cnv_a", 10_000, 2_000);
+    let event_id = approve(&sys, &a).await?;
+    let b = balance_when(&ann, &program, |b| b["payable_minor"] == 2_000).await?;
+    assert_eq!(figures(&b), [0, 2_000, 0, 0, 0]);
+    assert_eq!(b["currency"], "USD");
+
+    // Redelivery: the same event id is a duplicate, and a second announcement of the same
+    // approval (new id) accrues nothing either.
+    let again = pb::ConversionChanged {
+        meta: meta(&event_id),
+        conversion: Some(a.clone()),
+        previous_status: "pending".into(),
+    };
+    assert!(publish(&sys, "conversion", "approved", &event_id, &again).await?);
+    approve(&sys, &a).await?;
+
+    // Partial refund of 25.00: round(2000 × 2500 / 10000) = 500 reversed from payable.
+    claw(&sys, &a, "clb_1", 2_500, 2_500).await?;
+    let b = balance_when(&ann, &program, |b| b["payable_minor"] == 1_500).await?;
+    assert_eq!(figures(&b), [0, 1_500, 0, 0, 0]);
+    let caller = pb::Principal {
+        org_id: owner.id.clone(),
+        ..Default::default()
+    };
+    let outcome: pb::ClawbackOutcome = rpc(&sys)
+        .call(
+            methods::SERVICE,
+            methods::CLAWBACK_OUTCOME,
+            &pb::ClawbackOutcomeRequest {
+                caller: Some(caller.clone()),
+                clawback_id: "clb_1".into(),
+                wait_ms: 5_000,
+            },
+        )
+        .await?;
+    assert_eq!((outcome.reversed_minor, outcome.carry_forward_minor), (500, 0));
+    // Somebody else's clawback is not found.
+    let stranger = pb::Principal {
+        org_id: ann.id.clone(),
+        ..Default::default()
+    };
+    let err = rpc(&sys)
+        .call::<_, pb::ClawbackOutcome>(
+            methods::SERVICE,
+            methods::CLAWBACK_OUTCOME,
+            &pb::ClawbackOutcomeRequest {
+                caller: Some(stranger),
+                clawback_id: "clb_1".into(),
+                wait_ms: 100,
+            },
+        )
+        .await
+        .err()
+        .map(|e| e.code.as_str());
+    assert_eq!(err, Some("NOT_FOUND"));
+
+    // Ledger-level payout: reserve all 15.00, post with a 1.50 fee.
+    let quote: pb::PayableQuoteReply = rpc(&sys)
+        .call(
+            methods::SERVICE,
+            methods::PAYABLE_QUOTE,
+            &pb::PayableQuoteRequest {
+                program_id: program.clone(),
+                enrollment_id: enrollment.clone(),
+            },
+        )
+        .await?;
+    assert_eq!(quote.quotes.first().map(|q| q.available_minor), Some(1_500));
+    let reserve = pb::ReservePayoutRequest {
+        payout_item_id: "poi_1".into(),
+        program_id: program.clone(),
+        enrollment_id: enrollment.clone(),
+        amount_minor: 1_500,
+    };
+    let reserved: pb::PayoutItemReply = rpc(&sys)
+        .call(methods::SERVICE, methods::PAYOUT_RESERVE, &reserve)
+        .await?;
+    assert!(!reserved.duplicate);
+    let replay: pb::PayoutItemReply = rpc(&sys)
+        .call(methods::SERVICE, methods::PAYOUT_RESERVE, &reserve)
+        .await?;
+    assert!(replay.duplicate);
+    let mismatch = pb::ReservePayoutRequest {
+        amount_minor: 1_000,
+        ..reserve.clone()
+    };
+    let code = |r: Result<pb::PayoutItemReply, amba_core::ApiError>| r.err().map(|e| e.code.as_str());
+    assert_eq!(
+        code(
+            rpc(&sys)
+                .call(methods::SERVICE, methods::PAYOUT_RESERVE, &mismatch)
+                .await
+        ),
+        Some("IDEMPOTENCY_MISMATCH")
+    );
+    // Nothing left to reserve: a second item is refused, payable never goes below zero.
+    let more = pb::ReservePayoutRequest {
+        payout_item_id: "poi_2".into(),
+        amount_minor: 1,
+        ..reserve.clone()
+    };
+    assert_eq!(
+        code(rpc(&sys).call(methods::SERVICE, methods::PAYOUT_RESERVE, &more).await),
+        Some("CONFLICT")
+    );
+    let b = balance_when(&ann, &program, |b| b["reserved_minor"] == 1_500).await?;
+    assert_eq!(figures(&b), [0, 0, 1_500, 0, 0]);
+    let post = pb::PostPayoutRequest {
+        payout_item_id: "poi_1".into(),
+        fee_minor: 150,
+    };
+    let posted: pb::PayoutItemReply = rpc(&sys).call(methods::SERVICE, methods::PAYOUT_POST, &post).await?;
+    assert_eq!(posted.item.map(|i| i.status), Some("posted".to_owned()));
+    let replay: pb::PayoutItemReply = rpc(&sys).call(methods::SERVICE, methods::PAYOUT_POST, &post).await?;
+    assert!(replay.duplicate);
+    let void = pb::VoidPayoutRequest {
+        payout_item_id: "poi_1".into(),
+    };
+    assert_eq!(
+        code(rpc(&sys).call(methods::SERVICE, methods::PAYOUT_VOID, &void).await),
+        Some("CONFLICT")
+    );
+    let b = balance_when(&ann, &program, |b| b["paid_minor"] == 1_350).await?;
+    assert_eq!(figures(&b), [0, 0, 0, 1_350, 0]);
+
+    // The rest of the sale is refunded after payout: the remaining 15.00 becomes debt.
+    claw(&sys, &a, "clb_2", 7_500, 10_000).await?;
+    let b = balance_when(&ann, &program, |b| b["debt_minor"] == 1_500).await?;
+    assert_eq!(figures(&b), [0, 0, 0, 1_350, 1_500]);
+    let outcome: pb::ClawbackOutcome = rpc(&sys)
+        .call(
+            methods::SERVICE,
+            methods::CLAWBACK_OUTCOME,
+            &pb::ClawbackOutcomeRequest {
+                caller: Some(caller),
+                clawback_id: "clb_2".into(),
+                wait_ms: 5_000,
+            },
+        )
+        .await?;
+    assert_eq!((outcome.reversed_minor, outcome.carry_forward_minor), (1_500, 1_500));
+
+    // The next commission (10.00 on 50.00) nets against the debt: 5.00 of debt left.
+    let c = conversion(&program, &enrollment, "cnv_b", 5_000, 1_000);
+    approve(&sys, &c).await?;
+    let b = balance_when(&ann, &program, |b| b["debt_minor"] == 500).await?;
+    assert_eq!(figures(&b), [0, 0, 0, 1_350, 500]);
+
+    // Owner analytics from the rollups: 2 conversions, 150.00 revenue, 30.00 accrued,
+    // 20.00 clawed back, 13.50 paid.
+    let analytics = owner
+        .mcp
+        .ok("amba_affiliate_analytics_get", json!({"program_id": program}))
+        .await?;
+    let t = &analytics["totals"];
+    assert_eq!(
+        (
+            &t["conversions"],
+            &t["approved"],
+            &t["revenue_minor"],
+            &t["commission_minor"]
+        ),
+        (&json!(2), &json!(2), &json!(15_000), &json!(3_000))
+    );
+    assert_eq!(
+        (&t["clawed_back_minor"], &t["paid_minor"], &t["refunded_minor"]),
+        (&json!(2_000), &json!(1_350), &json!(10_000))
+    );
+    // Affiliates cannot read the owner's analytics.
+    let err = ann
+        .mcp
+        .err("amba_affiliate_analytics_get", json!({"program_id": program}))
+        .await?;
+    assert_eq!(err["code"], "NOT_FOUND");
+
+    assert_verifies(&sys).await?;
+    sys.stop().await
+}
+
+#[tokio::test]
+async fn holds_release_exactly_once_and_clawbacks_before_release_reverse_held() -> anyhow::Result<()> {
+    let sys = TestSystem::start().await?;
+    let (_owner, ann, program, enrollment) = setup(&sys, json!({"hold_days": 30})).await?;
+    let a = conversion(&program, &enrollment, "cnv_a", 10_000, 2_000);
+    let b = conversion(&program, &enrollment, "cnv_b", 3_333, 667);
+    approve(&sys, &a).await?;
+    approve(&sys, &b).await?;
+    let bal = balance_when(&ann, &program, |b| b["held_minor"] == 2_667).await?;
+    assert_eq!(figures(&bal), [2_667, 0, 0, 0, 0]);
+
+    // A partial refund inside the hold: round(667 × 1111 / 3333) = 222.33 -> 222 out of held.
+    claw(&sys, &b, "clb_b", 1_111, 1_111).await?;
+    let bal = balance_when(&ann, &program, |b| b["held_minor"] == 2_445).await?;
+    assert_eq!(figures(&bal), [2_445, 0, 0, 0, 0]);
+
+    // The hold ends (31 days later): two sweeps race, the commissions move once.
+    let pool = sys.service_pool("commission").await?;
+    let later = chrono_like_now_plus_days(31);
+    let (x, y) = tokio::join!(
+        amba_commission::sweep::release_due(&pool, later),
+        amba_commission::sweep::release_due(&pool, later)
+    );
+    assert_eq!(x? + y?, 2);
+    assert_eq!(amba_commission::sweep::release_due(&pool, later).await?, 0);
+    let bal = balance_when(&ann, &program, |b| b["payable_minor"] == 2_445).await?;
+    assert_eq!(figures(&bal), [0, 2_445, 0, 0, 0]);
+
+    // The rest of that sale refunded after release: 667 − 222 = 445 out of payable, no debt.
+    claw(&sys, &b, "clb_b2", 2_222, 3_333).await?;
+    let bal = balance_when(&ann, &program, |b| b["payable_minor"] == 2_000).await?;
+    assert_eq!(figures(&bal), [0, 2_000, 0, 0, 0]);
+    pool.close().await;
+    assert_verifies(&sys).await?;
+    sys.stop().await
+}
+
+fn chrono_like_now_plus_days(days: i64) -> sqlx::types::chrono::DateTime<sqlx::types::chrono::Utc> {
+    let at = now_micros() / 1_000_000 + days * 86_400;
+    sqlx::types::chrono::DateTime::from_timestamp(at, 0).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn transfer_reversal_recovers_once_whichever_comes_first() -> anyhow::Result<()> {
+    let sys = TestSystem::start().await?;
+    let (_owner, ann, program, enrollment) = setup(&sys, json!({"hold_days": 0})).await?;
+    let a = conversion(&program, &enrollment, "cnv_a", 10_000, 2_000);
+    let b = conversion(&program, &enrollment, "cnv_b", 5_000, 1_000);
+    approve(&sys, &a).await?;
+    approve(&sys, &b).await?;
+    balance_when(&ann, &program, |b| b["payable_minor"] == 3_000).await?;
+    let r = rpc(&sys);
+    let reserve = |id: &str, amount| pb::ReservePayoutRequest {
+        payout_item_id: id.into(),
+        program_id: program.clone(),
+        enrollment_id: enrollment.clone(),
+        amount_minor: amount,
+    };
+    let _: pb::PayoutItemReply = r
+        .call(methods::SERVICE, methods::PAYOUT_RESERVE, &reserve("poi_1", 3_000))
+        .await?;
+    let _: pb::PayoutItemReply = r
+        .call(
+            methods::SERVICE,
+            methods::PAYOUT_POST,
+            &pb::PostPayoutRequest {
+                payout_item_id: "poi_1".into(),
+                fee_minor: 0,
+            },
+        )
+        .await?;
+    // Stripe reverses 20.00 of the transfer for conversion a: it recovers a's commission.
+    let reversal = pb::TransferReversalRequest {
+        reversal_id: "trr_1".into(),
+        payout_item_id: "poi_1".into(),
+        amount_minor: 2_000,
+        conversion_ids: vec!["cnv_a".into()],
+    };
+    let out: pb::TransferReversalReply = r.call(methods::SERVICE, methods::TRANSFER_REVERSAL, &reversal).await?;
+    assert_eq!((out.settled_debt_minor, out.recovered_minor), (0, 2_000));
+    let again: pb::TransferReversalReply = r.call(methods::SERVICE, methods::TRANSFER_REVERSAL, &reversal).await?;
+    assert!(again.duplicate);
+    let bal = balance_when(&ann, &program, |b| b["paid_minor"] == 1_000).await?;
+    assert_eq!(figures(&bal), [0, 0, 0, 1_000, 0]);
+    // The conversion's clawback then arrives: nothing is recovered a second time, no debt.
+    claw(&sys, &a, "clb_a", 10_000, 10_000).await?;
+    let pool = sys.service_pool("commission").await?;
+    eventually(WAIT, "clawback applied", || {
+        let pool = pool.clone();
+        async move {
+            let row: Option<(i64, i64)> =
+                sqlx::query_as("SELECT reversed_minor, carry_forward_minor FROM clawbacks WHERE clawback_id = 'clb_a'")
+                    .fetch_optional(&pool)
+                    .await?;
+            Ok(row)
+        }
+    })
+    .await
+    .and_then(|row| {
+        anyhow::ensure!(row == (0, 0), "recovered twice: {row:?}");
+        Ok(())
+    })?;
+    let bal = balance_when(&ann, &program, |_| true).await?;
+    assert_eq!(figures(&bal), [0, 0, 0, 1_000, 0]);
+
+    // The other order: b is clawed back first (10.00 of debt), then its money comes back:
+    // the returned 10.00 pays the debt instead of recovering the commission again.
+    claw(&sys, &b, "clb_b", 5_000, 5_000).await?;
+    balance_when(&ann, &program, |b| b["debt_minor"] == 1_000).await?;
+    let reversal = pb::TransferReversalRequest {
+        reversal_id: "trr_2".into(),
+        payout_item_id: "poi_1".into(),
+        amount_minor: 1_000,
+        conversion_ids: vec!["cnv_b".into()],
+    };
+    let out: pb::TransferReversalReply = r.call(methods::SERVICE, methods::TRANSFER_REVERSAL, &reversal).await?;
+    assert_eq!((out.settled_debt_minor, out.recovered_minor), (1_000, 0));
+    let bal = balance_when(&ann, &program, |b| b["paid_minor"] == 0).await?;
+    assert_eq!(figures(&bal), [0, 0, 0, 0, 0]);
+    // Nothing more of that transfer can come back.
+    let too_much = pb::TransferReversalRequest {
+        reversal_id: "trr_3".into(),
+        amount_minor: 1,
+        ..reversal
+    };
+    let err = r
+        .call::<_, pb::TransferReversalReply>(methods::SERVICE, methods::TRANSFER_REVERSAL, &too_much)
+        .await
+        .err()
+        .map(|e| e.code.as_str());
+    assert_eq!(err, Some("CONFLICT"));
+    pool.close().await;
+    assert_verifies(&sys).await?;
+    sys.stop().await
+}
+
+/// A → B → C (C's sponsor is B, B's is A); C converts.
+async fn three_levels(sys: &TestSystem, multi_level: Value) -> anyhow::Result<(Vec<Org>, String, Vec<String>)> {
+    let owner = org(sys, "Owner").await?;
+    let program = active_program(&owner, json!({"hold_days": 0, "multi_level": multi_level})).await?;
+    let mut orgs = Vec::new();
+    let mut enrollments: Vec<String> = Vec::new();
+    for name in ["Ann", "Bob", "Cy"] {
+        let affiliate = org(sys, name).await?;
+        let enrolled = enroll(&owner, &affiliate, &program, enrollments.last().map(String::as_str)).await?;
+        enrollments.push(text(&enrolled["enrollment_id"]).to_owned());
+        orgs.push(affiliate);
+    }
+    for e in &enrollments {
+        known(sys, e).await?;
+    }
+    Ok((orgs, program, enrollments))
+}
+
+#[tokio::test]
+async fn multi_level_overrides_accrue_and_follow_their_source() -> anyhow::Result<()> {
+    let sys = TestSystem::start_with(&[("MULTI_LEVEL_ENABLED", "true")]).await?;
+    let (orgs, program, enrollments) = three_levels(&sys, json!({"enabled": true, "levels_bps": [1000, 500]})).await?;
+    // Cy earns 20.00; Bob (level 1) 10% of it = 2.00; Ann (level 2) 5% = 1.00.
+    let c = conversion(&program, &enrollments[2], "cnv_c", 10_000, 2_000);
+    approve(&sys, &c).await?;
+    let expect = [(0, 100), (1, 200), (2, 2_000)];
+    for (i, amount) in expect {
+        let b = balance_when(&orgs[i], &program, |b| b["payable_minor"] == amount).await?;
+        assert_eq!(figures(&b), [0, amount, 0, 0, 0]);
+    }
+    // Half the sale refunded: every level loses exactly half.
+    claw(&sys, &c, "clb_1", 5_000, 5_000).await?;
+    for (i, amount) in [(0, 50), (1, 100), (2, 1_000)] {
+        balance_when(&orgs[i], &program, |b| b["payable_minor"] == amount).await?;
+    }
+    // The rest: nothing left anywhere, not a unit more or less.
+    claw(&sys, &c, "clb_2", 5_000, 10_000).await?;
+    for affiliate in &orgs {
+        let b = balance_when(affiliate, &program, |b| b["payable_minor"] == 0).await?;
+        assert_eq!(figures(&b), [0, 0, 0, 0, 0]);
+    }
+    // A program that does not enable multi-level pays no overrides even with the platform on.
+    let owner2 = org(&sys, "Owner2").await?;
+    let flat = active_program(&owner2, json!({"hold_days": 0})).await?;
+    let top = enroll(&owner2, &orgs[0], &flat, None).await?;
+    let top = text(&top["enrollment_id"]).to_owned();
+    let sub = enroll(&owner2, &orgs[1], &flat, Some(&top)).await?;
+    let sub = text(&sub["enrollment_id"]).to_owned();
+    known(&sys, &sub).await?;
+    approve(&sys, &conversion(&flat, &sub, "cnv_f", 10_000, 2_000)).await?;
+    balance_when(&orgs[1], &flat, |b| b["payable_minor"] == 2_000).await?;
+    let b = orgs[0]
+        .mcp
+        .ok("amba_affiliate_my_balance_get", json!({"program_id": flat}))
+        .await?;
+    assert_eq!(figures(&b), [0, 0, 0, 0, 0]);
+    assert_verifies(&sys).await?;
+    sys.stop().await
+}
+
+#[tokio::test]
+async fn multi_level_off_on_the_platform_pays_no_overrides() -> anyhow::Result<()> {
+    let sys = TestSystem::start().await?;
+    let (orgs, program, enrollments) = three_levels(&sys, json!({"enabled": true, "levels_bps": [1000, 500]})).await?;
+    approve(&sys, &conversion(&program, &enrollments[2], "cnv_c", 10_000, 2_000)).await?;
+    balance_when(&orgs[2], &program, |b| b["payable_minor"] == 2_000).await?;
+    for upline in orgs.iter().take(2) {
+        let b = upline
+            .mcp
+            .ok("amba_affiliate_my_balance_get", json!({"program_id": program}))
+            .await?;
+        assert_eq!(figures(&b), [0, 0, 0, 0, 0]);
+    }
+    assert_verifies(&sys).await?;
+    sys.stop().await
+}
+
+#[tokio::test]
+async fn stats_epc_leaderboard_and_out_of_order_events() -> anyhow::Result<()> {
+    let sys = TestSystem::start().await?;
+    let (owner, ann, program, enrollment) = setup(&sys, json!({"hold_days": 0})).await?;
+    let bob = org(&sys, "Bob").await?;
+    let bob_enr = enroll(&owner, &bob, &program, None).await?;
+    let bob_enr = text(&bob_enr["enrollment_id"]).to_owned();
+    known(&sys, &bob_enr).await?;
+
+    // Ann: 4 clicks, 1 conversion of 100.00 (20.00 commission). Bob: 2 clicks, 2 × 10.00 (2.00 each).
+    for _ in 0..4 {
+        click(&sys, &program, &enrollment).await?;
+    }
+    for _ in 0..2 {
+        click(&sys, &program, &bob_enr).await?;
+    }
+    approve(&sys, &conversion(&program, &enrollment, "cnv_a", 10_000, 2_000)).await?;
+    approve(&sys, &conversion(&program, &bob_enr, "cnv_b1", 1_000, 200)).await?;
+    approve(&sys, &conversion(&program, &bob_enr, "cnv_b2", 1_000, 200)).await?;
+
+    let stats = eventually(WAIT, "ann's stats", || async {
+        let s = ann.mcp.ok("amba_affiliate_my_stats_get", json!({})).await?;
+        Ok((s["clicks"] == 4 && s["commission_minor"] == 2_000).then_some(s))
+    })
+    .await?;
+    assert_eq!(
+        (
+            &stats["conversions"],
+            &stats["conversion_rate"],
+            &stats["epc_minor"],
+            &stats["currency"]
+        ),
+        (&json!(1), &json!("0.2500"), &json!(500), &json!("USD"))
+    );
+    let bob_stats = eventually(WAIT, "bob's stats", || async {
+        let s = bob
+            .mcp
+            .ok("amba_affiliate_my_stats_get", json!({"program_id": program}))
+            .await?;
+        Ok((s["commission_minor"] == 400 && s["clicks"] == 2).then_some(s))
+    })
+    .await?;
+    assert_eq!(
+        (&bob_stats["conversion_rate"], &bob_stats["epc_minor"]),
+        (&json!("1.0000"), &json!(200))
+    );
+
+    // Owner: 6 clicks, 3 conversions, 120.00 revenue, 24.00 commission; EPC 24.00/6 = 4.00.
+    let a = owner
+        .mcp
+        .ok("amba_affiliate_analytics_get", json!({"program_id": program}))
+        .await?;
+    assert_eq!(
+        (
+            &a["totals"]["clicks"],
+            &a["totals"]["conversions"],
+            &a["totals"]["revenue_minor"]
+        ),
+        (&json!(6), &json!(3), &json!(12_000))
+    );
+    assert_eq!(
+        (&a["epc_minor"], &a["conversion_rate"]),
+        (&json!(400), &json!("0.5000"))
+    );
+    assert_eq!(a["leaderboard"][0]["enrollment_id"], json!(enrollment));
+    let by_conversions = owner
+        .mcp
+        .ok(
+            "amba_affiliate_leaderboard_get",
+            json!({"program_id": program, "by": "conversions", "limit": 1}),
+        )
+        .await?;
+    let board = by_conversions["leaderboard"].as_array().cloned().unwrap_or_default();
+    assert_eq!(board.len(), 1);
+    assert_eq!(board[0]["enrollment_id"], json!(bob_enr));
+    // A range before any activity is empty; a bad date is a typed error.
+    let past = owner
+        .mcp
+        .ok(
+            "amba_affiliate_analytics_get",
+            json!({"program_id": program, "from": "2020-01-01", "to": "2020-01-31"}),
+        )
+        .await?;
+    assert_eq!(past["totals"]["clicks"], 0);
+    let bad = owner
+        .mcp
+        .err(
+            "amba_affiliate_analytics_get",
+            json!({"program_id": program, "from": "soon"}),
+        )
+        .await?;
+    assert_eq!(bad["code"], "INVALID_ARGUMENT");
+
+    // Out of order: a conversion of an enrollment the read model has not seen yet is retried
+    // until the enrollment event arrives, then accrues.
+    let late_enr = "enr_0000000000000000000000000000late";
+    approve(&sys, &conversion(&program, late_enr, "cnv_late", 1_000, 100)).await?;
+    let id = new_event_id();
+    let enrollment_event = pb::EnrollmentChanged {
+        meta: meta(&id),
+        enrollment: Some(pb::Enrollment {
+            enrollment_id: late_enr.into(),
+            program_id: program.clone(),
+            affiliate_org_id: "org_late".into(),
+            status: "active".into(),
+            depth: 1,
+            updated_at_micros: now_micros(),
+            ..Default::default()
+        }),
+        previous_status: "pending".into(),
+        program_owner_org_id: owner.id.clone(),
+        ..Default::default()
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    publish(&sys, "enrollment", "activated", &id, &enrollment_event).await?;
+    let pool = sys.service_pool("commission").await?;
+    eventually(WAIT, "the late conversion accrues", || {
+        let pool = pool.clone();
+        async move {
+            let row: Option<(i64,)> = sqlx::query_as(
+                "SELECT balance_minor FROM balances WHERE enrollment_id = $1 AND account = 'payable' AND balance_minor = 100",
+            )
+            .bind(late_enr)
+            .fetch_optional(&pool)
+            .await?;
+            Ok(row)
+        }
+    })
+    .await?;
+    pool.close().await;
+    assert_verifies(&sys).await?;
+    sys.stop().await
+}
+
+// ---- end to end through MCP: attribution reports and approves, the ledger books ----
+
+async fn report(owner: &Org, program: &str, external_id: &str, amount: i64, extra: Value) -> anyhow::Result<Value> {
+    let mut args = json!({"program_id": program, "project_id": "web", "external_id": external_id,
+        "amount_minor": amount, "currency": "USD"});
+    if let (Some(args), Some(extra)) = (args.as_object_mut(), extra.as_object()) {
+        args.extend(extra.clone());
+    }
+    owner.mcp.ok("amba_affiliate_conversion_report", args).await
+}
+
+#[tokio::test]
+async fn every_rule_type_through_mcp_books_the_exact_commission() -> anyhow::Result<()> {
+    let sys = TestSystem::start().await?;
+    let owner = org(&sys, "Owner").await?;
+    let rules = [
+        ("percentage", json!({"schema":1,"type":"percentage","bps":2000}), "auto"),
+        ("flat", json!({"schema":1,"type":"flat","amount_minor":1500}), "manual"),
+        (
+            "recurring",
+            json!({"schema":1,"type":"recurring","bps":1000,"months":12}),
+            "auto",
+        ),
+        (
+            "tiered",
+            json!({"schema":1,"type":"tiered","basis":"conversions","period":"lifetime",
+                "tiers":[{"from":0,"bps":1000},{"from":2,"bps":2000}]}),
+            "auto",
+        ),
+    ];
+    for (i, (kind, rule, approval)) in rules.into_iter().enumerate() {
+        let affiliate = org(&sys, &format!("Aff{i}")).await?;
+        let program = active_program(
+            &owner,
+            json!({"name": kind, "commission": rule, "hold_days": 0, "approval_mode": approval}),
+        )
+        .await?;
+        let enrolled = enroll(&owner, &affiliate, &program, None).await?;
+        let code = text(&enrolled["code"]).to_owned();
+        known(&sys, text(&enrolled["enrollment_id"])).await?;
+        // Three sales of 100.00, 33.33 and 50.00 by the affiliate's code (the same customer).
+        let mut ids = Vec::new();
+        for (n, amount) in [10_000, 3_333, 5_000].into_iter().enumerate() {
+            let out = report(
+                &owner,
+                &program,
+                &format!("{kind}-{n}"),
+                amount,
+                json!({"code": code, "customer_ref": "cus_1"}),
+            )
+            .await?;
+            ids.push(text(&out["conversion_id"]).to_owned());
+        }
+        if approval == "manual" {
+            for id in &ids {
+                owner
+                    .mcp
+                    .ok("amba_affiliate_conversion_approve", json!({"conversion_id": id}))
+                    .await?;
+            }
+        }
+        // By hand: percentage 20% = 2000 + 666.6→667 + 1000; flat 3 × 1500; recurring 10% =
+        // 1000 + 333.3→333 + 500; tiered: 1st and 2nd at 10% (1000 + 333), 3rd at 20% (1000).
+        let expected = match kind {
+            "percentage" => 3_667,
+            "flat" => 4_500,
+            "recurring" => 1_833,
+            _ => 2_333,
+        };
+        let b = balance_when(&affiliate, &program, |b| b["payable_minor"] == expected).await?;
+        assert_eq!(figures(&b), [0, expected, 0, 0, 0], "{kind}");
+        let stats = affiliate
+            .mcp
+            .ok("amba_affiliate_my_stats_get", json!({"program_id": program}))
+            .await?;
+        assert_eq!(
+            (&stats["conversions"], &stats["commission_minor"]),
+            (&json!(3), &json!(expected)),
+            "{kind}"
+        );
+        let analytics = owner
+            .mcp
+            .ok("amba_affiliate_analytics_get", json!({"program_id": program}))
+            .await?;
+        assert_eq!(analytics["totals"]["revenue_minor"], json!(18_333), "{kind}");
+        assert_eq!(analytics["totals"]["commission_minor"], json!(expected), "{kind}");
+    }
+    assert_verifies(&sys).await?;
+    sys.stop().await
+}
+
+#[tokio::test]
+async fn clawback_through_mcp_before_and_after_a_payout() -> anyhow::Result<()> {
+    let sys = TestSystem::start().await?;
+    let (owner, ann, program, enrollment, code) = setup_with_code(&sys, json!({"hold_days": 0})).await?;
+    let a = report(&owner, &program, "order-1", 10_000, json!({"code": code})).await?;
+    assert_eq!(
+        (&a["status"], &a["commission_minor"]),
+        (&json!("approved"), &json!(2_000))
+    );
+    let conversion_id = text(&a["conversion_id"]).to_owned();
+    balance_when(&ann, &program, |b| b["payable_minor"] == 2_000).await?;
+
+    // Before payout: a 25.00 refund reverses 5.00 of payable, no debt.
+    let out = owner
+        .mcp
+        .ok(
+            "amba_affiliate_conversion_clawback",
+            json!({"conversion_id": conversion_id, "reason": "partial refund", "amount_minor": 2_500}),
+        )
+        .await?;
+    assert_eq!(
+        (&out["reversed_minor"], &out["carry_forward_minor"]),
+        (&json!(500), &json!(0))
+    );
+    let b = balance_when(&ann, &program, |b| b["payable_minor"] == 1_500).await?;
+    assert_eq!(figures(&b), [0, 1_500, 0, 0, 0]);
+
+    // A ledger-level payout of the 15.00.
+    let _: pb::PayoutItemReply = rpc(&sys)
+        .call(
+            methods::SERVICE,
+            methods::PAYOUT_RESERVE,
+            &pb::ReservePayoutRequest {
+                payout_item_id: "poi_1".into(),
+                program_id: program.clone(),
+                enrollment_id: enrollment.clone(),
+                amount_minor: 1_500,
+            },
+        )
+        .await?;
+    let _: pb::PayoutItemReply = rpc(&sys)
+        .call(
+            methods::SERVICE,
+            methods::PAYOUT_POST,
+            &pb::PostPayoutRequest {
+                payout_item_id: "poi_1".into(),
+                fee_minor: 0,
+            },
+        )
+        .await?;
+
+    // After payout: the rest of the sale refunded — 15.00 reversed, all of it carry-forward debt.
+    let out = owner
+        .mcp
+        .ok(
+            "amba_affiliate_conversion_clawback",
+            json!({"conversion_id": conversion_id, "reason": "refund"}),
+        )
+        .await?;
+    assert_eq!(
+        (&out["reversed_minor"], &out["carry_forward_minor"]),
+        (&json!(1_500), &json!(1_500))
+    );
+    let b = balance_when(&ann, &program, |b| b["debt_minor"] == 1_500).await?;
+    assert_eq!(figures(&b), [0, 0, 0, 1_500, 1_500]);
+    // Nothing remains to claw back; the affiliate cannot claw back at all.
+    let err = owner
+        .mcp
+        .err(
+            "amba_affiliate_conversion_clawback",
+            json!({"conversion_id": conversion_id, "reason": "again"}),
+        )
+        .await?;
+    assert_eq!(err["code"], "CONFLICT");
+    let err = ann
+        .mcp
+        .err(
+            "amba_affiliate_conversion_clawback",
+            json!({"conversion_id": conversion_id, "reason": "mine"}),
+        )
+        .await?;
+    assert_eq!(err["code"], "NOT_FOUND");
+
+    // The next sale (50.00 → 10.00) nets against the debt.
+    report(&owner, &program, "order-2", 5_000, json!({"code": code})).await?;
+    let b = balance_when(&ann, &program, |b| b["debt_minor"] == 500).await?;
+    assert_eq!(figures(&b), [0, 0, 0, 1_500, 500]);
+    assert_verifies(&sys).await?;
+    sys.stop().await
+}

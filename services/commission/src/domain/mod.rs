@@ -1,0 +1,4 @@
+//! Pure rules of the commission service: the ledger and the derived analytics figures.
+
+pub mod ledger;
+pub mod stats;
