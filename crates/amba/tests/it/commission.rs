@@ -382,6 +382,35 @@ async fn accrual_clawbacks_payout_and_debt_are_exact() -> anyhow::Result<()> {
         .await?;
     assert_eq!(err["code"], "NOT_FOUND");
 
+    // The ledger is append-only: the database refuses edits and deletions of entries.
+    let pool = sys.service_pool("commission").await?;
+    for sql in [
+        "UPDATE entries SET amount_minor = amount_minor + 1",
+        "DELETE FROM entries",
+        "DELETE FROM journal",
+    ] {
+        let refused = sqlx::query(sql).execute(&pool).await.err().map(|e| e.to_string());
+        assert!(
+            refused.as_deref().is_some_and(|e| e.contains("append-only")),
+            "{sql}: {refused:?}"
+        );
+    }
+    // A posting that does not balance is refused at commit.
+    let mut tx = pool.begin().await?;
+    let (journal,): (i64,) = sqlx::query_as(
+        "INSERT INTO journal (idem_key, kind, program_id, enrollment_id, reference)          VALUES ('bad', 'accrue', 'p', 'e', 'r') RETURNING journal_id",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO entries (journal_id, program_id, enrollment_id, account, currency, amount_minor)          VALUES ($1, 'p', 'e', 'held', 'USD', 5)",
+    )
+    .bind(journal)
+    .execute(&mut *tx)
+    .await?;
+    assert!(tx.commit().await.is_err(), "an unbalanced posting committed");
+    pool.close().await;
+
     assert_verifies(&sys).await?;
     sys.stop().await
 }
