@@ -113,11 +113,12 @@ async fn dev(settings: Settings) -> anyhow::Result<()> {
     let (running, _telemetry) = start(&settings, &ServiceName::ALL, "amba-dev").await?;
     let mcp_url = format!("{}/mcp", settings.public_url);
     println!(
-        "\nAmba Affiliate is running.\n\n  MCP endpoint: {mcp_url}\n  listening on: {}\n\n\
+        "\nAmba Affiliate is running.\n\n  MCP endpoint: {mcp_url}\n  HTTP:         {}\n  gRPC:         {}\n\n\
          Get a token with the public signup tool, then paste the returned mcp_config into your MCP client:\n\n\
          {{\n  \"mcpServers\": {{\n    \"amba-affiliate\": {{\n      \"type\": \"http\",\n      \"url\": \"{mcp_url}\",\n      \
          \"headers\": {{ \"Authorization\": \"Bearer <token from amba_affiliate_signup>\" }}\n    }}\n  }}\n}}\n\nCtrl-C stops it.\n",
-        running.http_addr().map(|a| a.to_string()).unwrap_or_default()
+        running.http_addr().map(|a| a.to_string()).unwrap_or_default(),
+        running.grpc_addr().map(|a| a.to_string()).unwrap_or_default()
     );
     run_until_signal(running).await
 }

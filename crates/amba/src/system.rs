@@ -4,7 +4,9 @@
 use crate::Settings;
 use amba_bus::{Bus, RunError};
 use std::fmt;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::str::FromStr;
 use std::time::Duration;
 use tokio::task::JoinSet;
@@ -179,14 +181,17 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
         let (bus, url, stop) = (bus.clone(), url.clone(), shutdown.clone());
         let service_shutdown = shutdown.clone();
         tasks.spawn(async move {
-            let result = match service {
-                ServiceName::Enrollment => amba_enrollment::run(&url, bus, stop).await,
-                ServiceName::Attribution => amba_attribution::run(&url, bus, stop).await,
-                ServiceName::Commission => amba_commission::run(&url, bus, multi_level_enabled, stop).await,
-                ServiceName::Payout => amba_payout::run(&url, bus, stop).await,
-                ServiceName::Notification => amba_notification::run(&url, bus, stop).await,
-                ServiceName::Edge => Ok(()),
+            // Each service's future is boxed: their state machines are large, and a task holding
+            // all five inline would be built on the stack before being moved to the heap.
+            let run: Pin<Box<dyn Future<Output = Result<(), RunError>> + Send>> = match service {
+                ServiceName::Enrollment => Box::pin(amba_enrollment::run(&url, bus, stop)),
+                ServiceName::Attribution => Box::pin(amba_attribution::run(&url, bus, stop)),
+                ServiceName::Commission => Box::pin(amba_commission::run(&url, bus, multi_level_enabled, stop)),
+                ServiceName::Payout => Box::pin(amba_payout::run(&url, bus, stop)),
+                ServiceName::Notification => Box::pin(amba_notification::run(&url, bus, stop)),
+                ServiceName::Edge => Box::pin(async { Ok(()) }),
             };
+            let result = run.await;
             if let Err(err) = result {
                 tracing::error!(%service, error = %err, "service stopped with an error; shutting down");
                 service_shutdown.cancel();
@@ -218,7 +223,7 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
         grpc_addr = edge.grpc_addr().ok();
         let stop = shutdown.clone();
         tasks.spawn(async move {
-            if let Err(err) = edge.serve(stop.clone()).await {
+            if let Err(err) = Box::pin(edge.serve(stop.clone())).await {
                 tracing::error!(error = %err, "edge stopped with an error; shutting down");
                 stop.cancel();
             }

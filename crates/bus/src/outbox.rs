@@ -79,7 +79,13 @@ pub struct Relay {
     waker: RelayWaker,
     batch_size: i64,
     poll_interval: Duration,
+    /// Deletes rows sent more than [`KEEP_SENT`] ago, once a minute (one relay per pool does).
+    prunes: bool,
 }
+
+/// How long sent rows stay in the outbox (for inspection) before the relay deletes them.
+pub const KEEP_SENT: Duration = Duration::from_secs(3600);
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 impl Relay {
     pub fn new(pool: PgPool, js: jetstream::Context, waker: RelayWaker) -> Self {
@@ -87,15 +93,30 @@ impl Relay {
             pool,
             js,
             waker,
-            batch_size: 500,
+            batch_size: 1_000,
             poll_interval: Duration::from_millis(250),
+            prunes: true,
         }
+    }
+
+    /// A relay that leaves pruning to another (several relays may share one outbox: row locks
+    /// with SKIP LOCKED give each its own rows).
+    pub fn without_pruning(mut self) -> Self {
+        self.prunes = false;
+        self
     }
 
     /// Publishes until `shutdown`, then flushes what is left once more.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut failures: u32 = 0;
+        let mut last_prune = tokio::time::Instant::now();
         loop {
+            if self.prunes && last_prune.elapsed() >= PRUNE_EVERY {
+                last_prune = tokio::time::Instant::now();
+                if let Err(err) = self.prune_sent(KEEP_SENT).await {
+                    tracing::warn!(error = %err, "pruning sent outbox rows failed");
+                }
+            }
             match self.publish_pending().await {
                 Ok(sent) if sent as i64 == self.batch_size => {
                     failures = 0;

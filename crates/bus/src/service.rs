@@ -50,12 +50,27 @@ pub async fn with_relay<F>(pool: PgPool, bus: &Bus, waker: RelayWaker, work: F) 
 where
     F: Future<Output = Result<(), RunError>>,
 {
+    with_relays(pool, bus, waker, 1, work).await
+}
+
+/// Like [`with_relay`] with `relays` relays sharing the outbox, for services that publish a lot.
+pub async fn with_relays<F>(pool: PgPool, bus: &Bus, waker: RelayWaker, relays: usize, work: F) -> Result<(), RunError>
+where
+    F: Future<Output = Result<(), RunError>>,
+{
     let relay_stop = CancellationToken::new();
-    let relay = tokio::spawn(Relay::new(pool, bus.js.clone(), waker).run(relay_stop.clone()));
+    let mut tasks = tokio::task::JoinSet::new();
+    for index in 0..relays.max(1) {
+        let relay = Relay::new(pool.clone(), bus.js.clone(), waker.clone());
+        let relay = if index == 0 { relay } else { relay.without_pruning() };
+        tasks.spawn(relay.run(relay_stop.clone()));
+    }
     let result = work.await;
     relay_stop.cancel();
-    if let Err(err) = relay.await {
-        tracing::error!(error = %err, "outbox relay task failed");
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(err) = joined {
+            tracing::error!(error = %err, "outbox relay task failed");
+        }
     }
     result
 }

@@ -24,10 +24,14 @@ pub const SCHEMA: &str = "attribution";
 pub static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 /// Writer actors on the report path (each commits its own batches).
 const WRITER_SHARDS: usize = 4;
+/// Outbox relays: every conversion is two events, so publishing needs more than one.
+const RELAYS: usize = 3;
 
 /// Applies this service's migrations (also done by [`run`]).
 pub async fn migrate(database_url: &str) -> Result<(), RunError> {
-    amba_bus::service::open_store(database_url, SCHEMA, &MIGRATIONS, 2).await.map(|_| ())
+    amba_bus::service::open_store(database_url, SCHEMA, &MIGRATIONS, 2)
+        .await
+        .map(|_| ())
 }
 
 /// Serves until `shutdown`; then drains requests and writers, and flushes the outbox.
@@ -35,10 +39,19 @@ pub async fn run(database_url: &str, bus: Bus, shutdown: CancellationToken) -> R
     let pool = amba_bus::service::open_store(database_url, SCHEMA, &MIGRATIONS, 24).await?;
     let waker = RelayWaker::default();
     let rules = Arc::new(actors::accrue::RuleCache::default());
-    let deps = actors::writer::WriterDeps { pool: pool.clone(), ns: bus.ns.clone(), waker: waker.clone(), rules: rules.clone() };
+    let deps = actors::writer::WriterDeps {
+        pool: pool.clone(),
+        ns: bus.ns.clone(),
+        waker: waker.clone(),
+        rules: rules.clone(),
+    };
     let (writers, mut writer_tasks) = actors::writer::Writers::start(deps, WRITER_SHARDS);
 
-    let facts = ConsumerSpec::new(bus.ns.events_stream("enrollment"), bus.ns.consumer(SERVICE, "enrollment_facts"), String::new());
+    let facts = ConsumerSpec::new(
+        bus.ns.events_stream("enrollment"),
+        bus.ns.consumer(SERVICE, "enrollment_facts"),
+        String::new(),
+    );
     let consumer = tokio::spawn(consumer::run(
         bus.js.clone(),
         pool.clone(),
@@ -48,7 +61,7 @@ pub async fn run(database_url: &str, bus: Bus, shutdown: CancellationToken) -> R
     ));
     let service = rpc::Attribution::new(pool.clone(), bus.ns.clone(), waker.clone(), writers, rules);
     let server = rpc::server(service).serve(bus.nats.clone(), bus.ns.clone(), shutdown);
-    amba_bus::service::with_relay(pool, &bus, waker, async {
+    amba_bus::service::with_relays(pool, &bus, waker, RELAYS, async {
         let served = server.await;
         // The last `Writers` handle went with the server: writers finish their queues and stop.
         while writer_tasks.join_next().await.is_some() {}

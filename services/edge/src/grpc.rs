@@ -22,7 +22,11 @@ const IN_FLIGHT: usize = 8;
 /// Largest request or reply (a long stream's reply lists every outcome).
 const MAX_MESSAGE: usize = 256 * 1024 * 1024;
 
-pub async fn serve(listener: tokio::net::TcpListener, state: EdgeState, shutdown: CancellationToken) -> Result<(), tonic::transport::Error> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: EdgeState,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<ConversionsServer<ConversionsApi>>().await;
     let api = ConversionsServer::new(ConversionsApi { state })
@@ -34,7 +38,9 @@ pub async fn serve(listener: tokio::net::TcpListener, state: EdgeState, shutdown
         .add_service(api)
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.cancelled().await;
-            health_reporter.set_not_serving::<ConversionsServer<ConversionsApi>>().await;
+            health_reporter
+                .set_not_serving::<ConversionsServer<ConversionsApi>>()
+                .await;
         })
         .await
 }
@@ -52,25 +58,43 @@ impl ConversionsApi {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| status(&ApiError::unauthenticated("send `authorization: Bearer <personal access token>` metadata")))?;
+            .ok_or_else(|| {
+                status(&ApiError::unauthenticated(
+                    "send `authorization: Bearer <personal access token>` metadata",
+                ))
+            })?;
         self.state.tokens.verify(token).await.map_err(|e| status(&e))
     }
 
-    async fn call<Req: prost::Message, Resp: prost::Message + Default>(&self, method: &str, request: &Req) -> Result<Resp, Status> {
-        self.state.rpc.call(methods::SERVICE, method, request).await.map_err(|e| status(&e))
+    async fn call<Req: prost::Message, Resp: prost::Message + Default>(
+        &self,
+        method: &str,
+        request: &Req,
+    ) -> Result<Resp, Status> {
+        self.state
+            .rpc
+            .call(methods::SERVICE, method, request)
+            .await
+            .map_err(|e| status(&e))
     }
 }
 
 #[tonic::async_trait]
 impl Conversions for ConversionsApi {
-    async fn report_conversion(&self, request: Request<pb::ReportConversionRequest>) -> Result<Response<pb::ReportConversionReply>, Status> {
+    async fn report_conversion(
+        &self,
+        request: Request<pb::ReportConversionRequest>,
+    ) -> Result<Response<pb::ReportConversionReply>, Status> {
         let caller = self.principal(&request).await?;
         let mut report = request.into_inner();
         report.caller = Some(caller);
         Ok(Response::new(self.call(methods::REPORT, &report).await?))
     }
 
-    async fn report_conversions(&self, request: Request<Streaming<pb::ReportConversionRequest>>) -> Result<Response<pb::ReportConversionsReply>, Status> {
+    async fn report_conversions(
+        &self,
+        request: Request<Streaming<pb::ReportConversionRequest>>,
+    ) -> Result<Response<pb::ReportConversionsReply>, Status> {
         let caller = self.principal(&request).await?;
         let chunks = request.into_inner().map_ok(move |mut report| {
             report.caller = Some(caller.clone());
@@ -79,7 +103,9 @@ impl Conversions for ConversionsApi {
         let batches = chunks.try_chunks(CHUNK).map(|chunk| async move {
             let reports = chunk.map_err(|e| e.1)?;
             let count = reports.len();
-            let reply: pb::ReportConversionsReply = self.call(methods::REPORT_BATCH, &pb::ReportConversionsRequest { reports }).await?;
+            let reply: pb::ReportConversionsReply = self
+                .call(methods::REPORT_BATCH, &pb::ReportConversionsRequest { reports })
+                .await?;
             if reply.outcomes.len() != count {
                 return Err(status(&ApiError::internal()));
             }
@@ -93,12 +119,20 @@ impl Conversions for ConversionsApi {
         Ok(Response::new(pb::ReportConversionsReply { outcomes }))
     }
 
-    async fn record_touchpoint(&self, request: Request<pb::RecordTouchpointRequest>) -> Result<Response<pb::RecordTouchpointReply>, Status> {
+    async fn record_touchpoint(
+        &self,
+        request: Request<pb::RecordTouchpointRequest>,
+    ) -> Result<Response<pb::RecordTouchpointReply>, Status> {
         self.principal(&request).await?;
-        Ok(Response::new(self.call(methods::RECORD_TOUCHPOINT, &request.into_inner()).await?))
+        Ok(Response::new(
+            self.call(methods::RECORD_TOUCHPOINT, &request.into_inner()).await?,
+        ))
     }
 
-    async fn clawback_conversion(&self, request: Request<pb::ClawbackRequest>) -> Result<Response<pb::ClawbackReply>, Status> {
+    async fn clawback_conversion(
+        &self,
+        request: Request<pb::ClawbackRequest>,
+    ) -> Result<Response<pb::ClawbackReply>, Status> {
         let caller = self.principal(&request).await?;
         let mut clawback = request.into_inner();
         clawback.caller = Some(caller);

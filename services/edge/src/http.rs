@@ -35,7 +35,9 @@ pub fn router(state: EdgeState, allowed_hosts: Vec<String>) -> Router {
         .allow_origin(tower_http::cors::Any)
         .allow_methods([axum::http::Method::POST])
         .allow_headers([axum::http::header::CONTENT_TYPE]);
-    let touchpoints = Router::new().route("/v1/touchpoints", post(crate::public::record_touchpoint)).layer(cors);
+    let touchpoints = Router::new()
+        .route("/v1/touchpoints", post(crate::public::record_touchpoint))
+        .layer(cors);
 
     Router::new()
         .route("/.well-known/oauth-protected-resource", get(protected_resource))

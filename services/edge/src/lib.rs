@@ -72,7 +72,12 @@ impl Edge {
             allowed_hosts.push(host);
         }
         let router = http::router(state.clone(), allowed_hosts);
-        Ok(Edge { listener, grpc_listener, router, state })
+        Ok(Edge {
+            listener,
+            grpc_listener,
+            router,
+            state,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -101,12 +106,15 @@ impl Edge {
         let stop = shutdown.clone();
         tracing::info!(http = %self.listener.local_addr()?, grpc = %self.grpc_listener.local_addr()?, "edge listening");
         let grpc = tokio::spawn(grpc::serve(self.grpc_listener, self.state.clone(), shutdown.clone()));
-        let http = axum::serve(self.listener, self.router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move {
-                stop.cancelled().await;
-                state.ready.store(false, Ordering::Relaxed);
-            })
-            .await;
+        let http = axum::serve(
+            self.listener,
+            self.router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            stop.cancelled().await;
+            state.ready.store(false, Ordering::Relaxed);
+        })
+        .await;
         match grpc.await {
             Ok(Err(err)) => tracing::error!(error = %err, "gRPC server failed"),
             Err(err) => tracing::error!(error = %err, "gRPC task failed"),

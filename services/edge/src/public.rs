@@ -32,10 +32,13 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// Takes one token for `ip`; `Err(seconds to wait)` when it has none.
     pub fn take(&self, ip: IpAddr) -> Result<(), u64> {
-        let Ok(mut buckets) = self.buckets.lock() else { return Ok(()) };
+        let Ok(mut buckets) = self.buckets.lock() else {
+            return Ok(());
+        };
         let now = Instant::now();
         if buckets.len() >= MAX_TRACKED {
-            buckets.retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * REFILL_PER_SECOND < BURST);
+            buckets
+                .retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * REFILL_PER_SECOND < BURST);
         }
         let (tokens, at) = buckets.entry(ip).or_insert((BURST, now));
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * REFILL_PER_SECOND).min(BURST);
@@ -50,7 +53,10 @@ impl RateLimiter {
 }
 
 fn rate_limited(retry_after: u64) -> Response {
-    let mut response = error_response(&ApiError::new(ErrorCode::RateLimited, "too many requests from this address; slow down"));
+    let mut response = error_response(&ApiError::new(
+        ErrorCode::RateLimited,
+        "too many requests from this address; slow down",
+    ));
     if let Ok(value) = HeaderValue::from_str(&retry_after.to_string()) {
         response.headers_mut().insert(header::RETRY_AFTER, value);
     }
@@ -93,10 +99,22 @@ pub async fn record_touchpoint(
         client_ip: peer.ip().to_string(),
         user_agent: user_agent(&headers),
     };
-    match state.rpc.call::<_, pb::RecordTouchpointReply>(methods::SERVICE, methods::RECORD_TOUCHPOINT, &request).await {
+    match state
+        .rpc
+        .call::<_, pb::RecordTouchpointReply>(methods::SERVICE, methods::RECORD_TOUCHPOINT, &request)
+        .await
+    {
         Ok(reply) => {
-            let status = if reply.duplicate { StatusCode::OK } else { StatusCode::CREATED };
-            (status, Json(serde_json::json!({"touchpoint_id": reply.touchpoint_id, "duplicate": reply.duplicate}))).into_response()
+            let status = if reply.duplicate {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            };
+            (
+                status,
+                Json(serde_json::json!({"touchpoint_id": reply.touchpoint_id, "duplicate": reply.duplicate})),
+            )
+                .into_response()
         }
         Err(err) => error_response(&err),
     }
@@ -114,7 +132,8 @@ pub async fn follow_link(
     if let Err(wait) = state.rate_limiter.take(peer.ip()) {
         return rate_limited(wait);
     }
-    let subject = subject_from_cookie(&headers).unwrap_or_else(|| format!("sub_{}", amba_core::id::time_ordered_suffix()));
+    let subject =
+        subject_from_cookie(&headers).unwrap_or_else(|| format!("sub_{}", amba_core::id::time_ordered_suffix()));
     let request = pb::RecordTouchpointRequest {
         code: code.clone(),
         subject_ref: subject.clone(),
@@ -122,7 +141,11 @@ pub async fn follow_link(
         user_agent: user_agent(&headers),
         ..Default::default()
     };
-    let reply = match state.rpc.call::<_, pb::RecordTouchpointReply>(methods::SERVICE, methods::RECORD_TOUCHPOINT, &request).await {
+    let reply = match state
+        .rpc
+        .call::<_, pb::RecordTouchpointReply>(methods::SERVICE, methods::RECORD_TOUCHPOINT, &request)
+        .await
+    {
         Ok(reply) => reply,
         Err(err) if matches!(err.code, ErrorCode::InvalidArgument | ErrorCode::Conflict) => {
             return error_response(&ApiError::not_found("affiliate link"));
@@ -144,7 +167,9 @@ pub async fn follow_link(
             Err(_) => return error_response(&ApiError::invalid("the landing URL cannot be used in a redirect")),
         }
     }
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
@@ -157,11 +182,19 @@ fn subject_from_cookie(headers: &HeaderMap) -> Option<String> {
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(name, _)| *name == SUBJECT_COOKIE)
         .map(|(_, value)| value.to_owned())
-        .filter(|v| (1..=64).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
+        .filter(|v| {
+            (1..=64).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        })
 }
 
 fn user_agent(headers: &HeaderMap) -> String {
-    headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default().chars().take(512).collect()
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .chars()
+        .take(512)
+        .collect()
 }
 
 #[cfg(test)]

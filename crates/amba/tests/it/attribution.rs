@@ -18,7 +18,9 @@ pub async fn grpc(sys: &TestSystem) -> anyhow::Result<ConversionsClient<Channel>
 
 pub fn authed<T>(token: &str, message: T) -> anyhow::Result<tonic::Request<T>> {
     let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert("authorization", MetadataValue::try_from(format!("Bearer {token}"))?);
+    request
+        .metadata_mut()
+        .insert("authorization", MetadataValue::try_from(format!("Bearer {token}"))?);
     Ok(request)
 }
 
@@ -54,30 +56,52 @@ async fn setup(program_settings: Value) -> anyhow::Result<Setup> {
     let ann_enrollment = enroll(&owner, &ann, &program, None).await?;
     // Reports resolve codes from attribution's read model, built from events: wait for it.
     let code = text(&ann_enrollment["code"]).to_owned();
-    eventually(std::time::Duration::from_secs(10), "the code in attribution's read model", || {
-        let pool = sys.service_pool("attribution");
-        let code = code.clone();
-        async move {
-            let pool = pool.await?;
-            let known: Option<String> = sqlx::query_scalar("SELECT code FROM codes_view WHERE code = $1").bind(&code).fetch_optional(&pool).await?;
-            pool.close().await;
-            Ok(known.map(|_| ()))
-        }
-    })
+    eventually(
+        std::time::Duration::from_secs(10),
+        "the code in attribution's read model",
+        || {
+            let pool = sys.service_pool("attribution");
+            let code = code.clone();
+            async move {
+                let pool = pool.await?;
+                let known: Option<String> = sqlx::query_scalar("SELECT code FROM codes_view WHERE code = $1")
+                    .bind(&code)
+                    .fetch_optional(&pool)
+                    .await?;
+                pool.close().await;
+                Ok(known.map(|_| ()))
+            }
+        },
+    )
     .await?;
-    Ok(Setup { sys, owner, ann, program, ann_enrollment })
+    Ok(Setup {
+        sys,
+        owner,
+        ann,
+        program,
+        ann_enrollment,
+    })
 }
 
 #[tokio::test]
 async fn reports_by_code_are_idempotent_and_refusals_record_nothing() -> anyhow::Result<()> {
-    let Setup { sys, owner, ann, program, ann_enrollment } = setup(json!({})).await?;
+    let Setup {
+        sys,
+        owner,
+        ann,
+        program,
+        ann_enrollment,
+    } = setup(json!({})).await?;
     let code = text(&ann_enrollment["code"]);
 
     let first = owner
         .mcp
         .ok("amba_affiliate_conversion_report", json!({"program_id": program, "project_id": "web", "external_id": "o-1", "amount_minor": 12_345, "currency": "USD", "code": code}))
         .await?;
-    assert_eq!((first["status"].as_str(), first["duplicate"].as_bool()), (Some("approved"), Some(false)));
+    assert_eq!(
+        (first["status"].as_str(), first["duplicate"].as_bool()),
+        (Some("approved"), Some(false))
+    );
     assert_eq!(first["commission_minor"], 2_469, "20% of 123.45, half-even: 24.69");
     assert_eq!(first["enrollment_id"], ann_enrollment["enrollment_id"]);
     assert_eq!(first["conversion"]["attribution"], "code");
@@ -87,7 +111,10 @@ async fn reports_by_code_are_idempotent_and_refusals_record_nothing() -> anyhow:
         .mcp
         .ok("amba_affiliate_conversion_report", json!({"program_id": program, "project_id": "web", "external_id": "o-1", "amount_minor": 12_345, "currency": "usd", "code": code}))
         .await?;
-    assert_eq!((again["conversion_id"].clone(), again["duplicate"].as_bool()), (first["conversion_id"].clone(), Some(true)));
+    assert_eq!(
+        (again["conversion_id"].clone(), again["duplicate"].as_bool()),
+        (first["conversion_id"].clone(), Some(true))
+    );
 
     let base = json!({"program_id": program, "project_id": "web", "amount_minor": 1_000, "currency": "USD"});
     let with = |extra: Value| {
@@ -98,14 +125,35 @@ async fn reports_by_code_are_idempotent_and_refusals_record_nothing() -> anyhow:
         args
     };
     let cases: Vec<(Value, &str)> = vec![
-        (with(json!({"external_id": "o-1", "amount_minor": 12_346, "code": code})), "IDEMPOTENCY_MISMATCH"),
-        (with(json!({"external_id": "o-1", "amount_minor": 12_345, "code": ""})), "IDEMPOTENCY_MISMATCH"),
-        (with(json!({"external_id": "o-2", "currency": "EUR", "code": code})), "INVALID_ARGUMENT"),
-        (with(json!({"external_id": "o-2", "code": "nosuchcode23"})), "INVALID_ARGUMENT"),
-        (with(json!({"external_id": "o-2", "amount_minor": -5, "code": code})), "INVALID_ARGUMENT"),
+        (
+            with(json!({"external_id": "o-1", "amount_minor": 12_346, "code": code})),
+            "IDEMPOTENCY_MISMATCH",
+        ),
+        (
+            with(json!({"external_id": "o-1", "amount_minor": 12_345, "code": ""})),
+            "IDEMPOTENCY_MISMATCH",
+        ),
+        (
+            with(json!({"external_id": "o-2", "currency": "EUR", "code": code})),
+            "INVALID_ARGUMENT",
+        ),
+        (
+            with(json!({"external_id": "o-2", "code": "nosuchcode23"})),
+            "INVALID_ARGUMENT",
+        ),
+        (
+            with(json!({"external_id": "o-2", "amount_minor": -5, "code": code})),
+            "INVALID_ARGUMENT",
+        ),
         (with(json!({"external_id": "", "code": code})), "INVALID_ARGUMENT"),
-        (with(json!({"external_id": "o-2", "occurred_at": "yesterday"})), "INVALID_ARGUMENT"),
-        (with(json!({"external_id": "o-2", "program_id": "prg_00000000000000000000000000000000"})), "NOT_FOUND"),
+        (
+            with(json!({"external_id": "o-2", "occurred_at": "yesterday"})),
+            "INVALID_ARGUMENT",
+        ),
+        (
+            with(json!({"external_id": "o-2", "program_id": "prg_00000000000000000000000000000000"})),
+            "NOT_FOUND",
+        ),
     ];
     for (args, code) in cases {
         let err = owner.mcp.err("amba_affiliate_conversion_report", args.clone()).await?;
@@ -113,43 +161,88 @@ async fn reports_by_code_are_idempotent_and_refusals_record_nothing() -> anyhow:
     }
     // Another owner cannot report into (or learn about) this program.
     let other = org(&sys, "Other").await?;
-    let err = other.mcp.err("amba_affiliate_conversion_report", with(json!({"external_id": "o-1", "amount_minor": 12_345, "code": code}))).await?;
+    let err = other
+        .mcp
+        .err(
+            "amba_affiliate_conversion_report",
+            with(json!({"external_id": "o-1", "amount_minor": 12_345, "code": code})),
+        )
+        .await?;
     assert_eq!(err["code"], "NOT_FOUND");
 
     // A retired code and a paused program refuse new reports.
-    let rotated = ann.mcp.ok("amba_affiliate_my_referral_generate", json!({"enrollment_id": ann_enrollment["enrollment_id"]})).await?;
-    let retired = eventually(std::time::Duration::from_secs(10), "the retired code to be refused", || {
-        let args = with(json!({"external_id": "o-3", "code": code}));
-        let owner = &owner;
-        async move {
-            let result = owner.mcp.call("amba_affiliate_conversion_report", args).await?;
-            let err = result.structured_content.and_then(|c| c.get("error").cloned());
-            Ok(err.filter(|e| e["code"] == "CONFLICT"))
-        }
-    })
+    let rotated = ann
+        .mcp
+        .ok(
+            "amba_affiliate_my_referral_generate",
+            json!({"enrollment_id": ann_enrollment["enrollment_id"]}),
+        )
+        .await?;
+    let retired = eventually(
+        std::time::Duration::from_secs(10),
+        "the retired code to be refused",
+        || {
+            let args = with(json!({"external_id": "o-3", "code": code}));
+            let owner = &owner;
+            async move {
+                let result = owner.mcp.call("amba_affiliate_conversion_report", args).await?;
+                let err = result.structured_content.and_then(|c| c.get("error").cloned());
+                Ok(err.filter(|e| e["code"] == "CONFLICT"))
+            }
+        },
+    )
     .await?;
     assert!(retired["message"].as_str().is_some_and(|m| m.contains("retired")));
     let new_code = text(&rotated["code"]).to_owned();
     eventually(std::time::Duration::from_secs(10), "the new code to attribute", || {
         let args = with(json!({"external_id": "o-4", "code": new_code}));
         let owner = &owner;
-        async move { Ok(owner.mcp.call("amba_affiliate_conversion_report", args).await?.is_error.filter(|e| !e).map(|_| ())) }
-    })
-    .await?;
-    owner.mcp.ok("amba_affiliate_programs_update", json!({"program_id": program, "status": "paused"})).await?;
-    let paused = eventually(std::time::Duration::from_secs(10), "the paused program to refuse", || {
-        let args = with(json!({"external_id": "o-5", "code": new_code}));
-        let owner = &owner;
         async move {
-            let result = owner.mcp.call("amba_affiliate_conversion_report", args).await?;
-            Ok(result.structured_content.and_then(|c| c.get("error").cloned()).filter(|e| e["code"] == "CONFLICT"))
+            Ok(owner
+                .mcp
+                .call("amba_affiliate_conversion_report", args)
+                .await?
+                .is_error
+                .filter(|e| !e)
+                .map(|_| ()))
         }
     })
     .await?;
+    owner
+        .mcp
+        .ok(
+            "amba_affiliate_programs_update",
+            json!({"program_id": program, "status": "paused"}),
+        )
+        .await?;
+    let paused = eventually(
+        std::time::Duration::from_secs(10),
+        "the paused program to refuse",
+        || {
+            let args = with(json!({"external_id": "o-5", "code": new_code}));
+            let owner = &owner;
+            async move {
+                let result = owner.mcp.call("amba_affiliate_conversion_report", args).await?;
+                Ok(result
+                    .structured_content
+                    .and_then(|c| c.get("error").cloned())
+                    .filter(|e| e["code"] == "CONFLICT"))
+            }
+        },
+    )
+    .await?;
     assert!(paused["message"].as_str().is_some_and(|m| m.contains("paused")));
 
-    let listed = owner.mcp.ok("amba_affiliate_conversions_list", json!({"program_id": program})).await?;
-    let ids: Vec<&str> = listed["conversions"].as_array().into_iter().flatten().map(|c| text(&c["external_id"])).collect();
+    let listed = owner
+        .mcp
+        .ok("amba_affiliate_conversions_list", json!({"program_id": program}))
+        .await?;
+    let ids: Vec<&str> = listed["conversions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| text(&c["external_id"]))
+        .collect();
     assert_eq!(ids, vec!["o-1", "o-4"], "refused reports recorded nothing");
     let mine = ann.mcp.ok("amba_affiliate_my_conversions_list", json!({})).await?;
     assert_eq!(mine["conversions"].as_array().map(Vec::len), Some(2));
@@ -159,71 +252,179 @@ async fn reports_by_code_are_idempotent_and_refusals_record_nothing() -> anyhow:
 
 #[tokio::test]
 async fn touchpoints_window_latest_touch_rotation_and_unattributed() -> anyhow::Result<()> {
-    let Setup { sys, owner, ann, program, ann_enrollment } = setup(json!({"attribution_window_days": 7})).await?;
+    let Setup {
+        sys,
+        owner,
+        ann,
+        program,
+        ann_enrollment,
+    } = setup(json!({"attribution_window_days": 7})).await?;
     let bob = org(&sys, "Bob").await?;
     let bob_enrollment = enroll(&owner, &bob, &program, None).await?;
     let anonymous = sys.mcp(None).await?;
     let ann_code = text(&ann_enrollment["code"]).to_owned();
     let bob_code = text(&bob_enrollment["code"]).to_owned();
-    eventually(std::time::Duration::from_secs(10), "bob's code in the read model", || {
-        let anonymous = &anonymous;
-        let args = json!({"program_id": program, "code": bob_code, "subject_ref": "warmup"});
-        async move { Ok(anonymous.call("amba_affiliate_touchpoint_record", args).await?.is_error.filter(|e| !e).map(|_| ())) }
-    })
+    eventually(
+        std::time::Duration::from_secs(10),
+        "bob's code in the read model",
+        || {
+            let anonymous = &anonymous;
+            let args = json!({"program_id": program, "code": bob_code, "subject_ref": "warmup"});
+            async move {
+                Ok(anonymous
+                    .call("amba_affiliate_touchpoint_record", args)
+                    .await?
+                    .is_error
+                    .filter(|e| !e)
+                    .map(|_| ()))
+            }
+        },
+    )
     .await?;
 
     // Public clicks, no token. The same code and subject within 30 minutes count once.
     let click = |subject: &str, code: &str, at: String| json!({"program_id": program, "code": code, "subject_ref": subject, "occurred_at": at});
-    let t = anonymous.ok("amba_affiliate_touchpoint_record", click("visitor-1", &ann_code, ago(Duration::days(8)))).await?;
+    let t = anonymous
+        .ok(
+            "amba_affiliate_touchpoint_record",
+            click("visitor-1", &ann_code, ago(Duration::days(8))),
+        )
+        .await?;
     assert_eq!(t["duplicate"], false);
-    let again = anonymous.ok("amba_affiliate_touchpoint_record", click("visitor-1", &ann_code, ago(Duration::days(8) - Duration::minutes(1)))).await?;
-    assert_eq!((again["touchpoint_id"].clone(), again["duplicate"].as_bool()), (t["touchpoint_id"].clone(), Some(true)));
+    let again = anonymous
+        .ok(
+            "amba_affiliate_touchpoint_record",
+            click("visitor-1", &ann_code, ago(Duration::days(8) - Duration::minutes(1))),
+        )
+        .await?;
+    assert_eq!(
+        (again["touchpoint_id"].clone(), again["duplicate"].as_bool()),
+        (t["touchpoint_id"].clone(), Some(true))
+    );
 
-    let sale = |id: &str, subject: &str, at: String| {
-        json!({"program_id": program, "project_id": "web", "external_id": id, "amount_minor": 5_000, "currency": "USD", "subject_ref": subject, "occurred_at": at})
-    };
+    let sale = |id: &str, subject: &str, at: String| json!({"program_id": program, "project_id": "web", "external_id": id, "amount_minor": 5_000, "currency": "USD", "subject_ref": subject, "occurred_at": at});
     let clicked_at = Utc::now() - Duration::days(8);
     // Just inside the 7-day window, and just outside it.
-    let inside = owner.mcp.ok("amba_affiliate_conversion_report", sale("s-1", "visitor-1", (clicked_at + Duration::days(7) - Duration::minutes(2)).to_rfc3339())).await?;
-    assert_eq!((inside["status"].as_str(), inside["conversion"]["attribution"].as_str()), (Some("approved"), Some("touchpoint")));
+    let inside = owner
+        .mcp
+        .ok(
+            "amba_affiliate_conversion_report",
+            sale(
+                "s-1",
+                "visitor-1",
+                (clicked_at + Duration::days(7) - Duration::minutes(2)).to_rfc3339(),
+            ),
+        )
+        .await?;
+    assert_eq!(
+        (inside["status"].as_str(), inside["conversion"]["attribution"].as_str()),
+        (Some("approved"), Some("touchpoint"))
+    );
     assert_eq!(inside["enrollment_id"], ann_enrollment["enrollment_id"]);
     assert_eq!(inside["conversion"]["touchpoint_id"], t["touchpoint_id"]);
-    let outside = owner.mcp.ok("amba_affiliate_conversion_report", sale("s-2", "visitor-1", (clicked_at + Duration::days(7) + Duration::minutes(2)).to_rfc3339())).await?;
+    let outside = owner
+        .mcp
+        .ok(
+            "amba_affiliate_conversion_report",
+            sale(
+                "s-2",
+                "visitor-1",
+                (clicked_at + Duration::days(7) + Duration::minutes(2)).to_rfc3339(),
+            ),
+        )
+        .await?;
     assert_eq!(outside["status"], "unattributed");
     assert_eq!(outside["commission_minor"], 0);
     assert!(outside["conversion"]["reason"].is_string(), "the reply says why");
     assert!(outside.get("enrollment_id").is_none());
 
     // Latest touch wins: Ann then Bob clicked; Bob gets it.
-    anonymous.ok("amba_affiliate_touchpoint_record", click("visitor-2", &ann_code, ago(Duration::hours(5)))).await?;
-    anonymous.ok("amba_affiliate_touchpoint_record", click("visitor-2", &bob_code, ago(Duration::hours(2)))).await?;
-    let latest = owner.mcp.ok("amba_affiliate_conversion_report", sale("s-3", "visitor-2", ago(Duration::hours(1)))).await?;
+    anonymous
+        .ok(
+            "amba_affiliate_touchpoint_record",
+            click("visitor-2", &ann_code, ago(Duration::hours(5))),
+        )
+        .await?;
+    anonymous
+        .ok(
+            "amba_affiliate_touchpoint_record",
+            click("visitor-2", &bob_code, ago(Duration::hours(2))),
+        )
+        .await?;
+    let latest = owner
+        .mcp
+        .ok(
+            "amba_affiliate_conversion_report",
+            sale("s-3", "visitor-2", ago(Duration::hours(1))),
+        )
+        .await?;
     assert_eq!(latest["enrollment_id"], bob_enrollment["enrollment_id"]);
 
     // A click recorded before Ann rotates her code still counts afterwards.
-    anonymous.ok("amba_affiliate_touchpoint_record", click("visitor-3", &ann_code, ago(Duration::hours(3)))).await?;
-    ann.mcp.ok("amba_affiliate_my_referral_generate", json!({"enrollment_id": ann_enrollment["enrollment_id"]})).await?;
-    let after_rotation = owner.mcp.ok("amba_affiliate_conversion_report", sale("s-4", "visitor-3", ago(Duration::hours(1)))).await?;
+    anonymous
+        .ok(
+            "amba_affiliate_touchpoint_record",
+            click("visitor-3", &ann_code, ago(Duration::hours(3))),
+        )
+        .await?;
+    ann.mcp
+        .ok(
+            "amba_affiliate_my_referral_generate",
+            json!({"enrollment_id": ann_enrollment["enrollment_id"]}),
+        )
+        .await?;
+    let after_rotation = owner
+        .mcp
+        .ok(
+            "amba_affiliate_conversion_report",
+            sale("s-4", "visitor-3", ago(Duration::hours(1))),
+        )
+        .await?;
     assert_eq!(after_rotation["enrollment_id"], ann_enrollment["enrollment_id"]);
     // But the retired code records no new clicks.
-    let refused = eventually(std::time::Duration::from_secs(10), "the retired code to refuse clicks", || {
-        let anonymous = &anonymous;
-        let args = click("visitor-4", &ann_code, ago(Duration::minutes(1)));
-        async move { Ok(anonymous.call("amba_affiliate_touchpoint_record", args).await?.structured_content.and_then(|c| c.get("error").cloned())) }
-    })
+    let refused = eventually(
+        std::time::Duration::from_secs(10),
+        "the retired code to refuse clicks",
+        || {
+            let anonymous = &anonymous;
+            let args = click("visitor-4", &ann_code, ago(Duration::minutes(1)));
+            async move {
+                Ok(anonymous
+                    .call("amba_affiliate_touchpoint_record", args)
+                    .await?
+                    .structured_content
+                    .and_then(|c| c.get("error").cloned()))
+            }
+        },
+    )
     .await?;
     assert_eq!(refused["code"], "CONFLICT");
 
     // Nothing at all: unattributed.
-    let nobody = owner.mcp.ok("amba_affiliate_conversion_report", sale("s-5", "stranger", ago(Duration::minutes(1)))).await?;
-    assert_eq!((nobody["status"].as_str(), nobody["conversion"]["attribution"].as_str()), (Some("unattributed"), Some("none")));
+    let nobody = owner
+        .mcp
+        .ok(
+            "amba_affiliate_conversion_report",
+            sale("s-5", "stranger", ago(Duration::minutes(1))),
+        )
+        .await?;
+    assert_eq!(
+        (nobody["status"].as_str(), nobody["conversion"]["attribution"].as_str()),
+        (Some("unattributed"), Some("none"))
+    );
     sys.stop().await
 }
 
 #[tokio::test]
 async fn manual_approval_renewals_and_self_referral() -> anyhow::Result<()> {
-    let Setup { sys, owner, ann, program, ann_enrollment } =
-        setup(json!({"approval_mode": "manual", "commission": {"schema":1,"type":"recurring","bps":1000,"months":12}})).await?;
+    let Setup {
+        sys,
+        owner,
+        ann,
+        program,
+        ann_enrollment,
+    } = setup(json!({"approval_mode": "manual", "commission": {"schema":1,"type":"recurring","bps":1000,"months":12}}))
+        .await?;
     let code = text(&ann_enrollment["code"]);
     let report = |id: &str, extra: Value| {
         let mut args = json!({"program_id": program, "project_id": "billing", "external_id": id, "amount_minor": 9_900, "currency": "USD"});
@@ -232,51 +433,159 @@ async fn manual_approval_renewals_and_self_referral() -> anyhow::Result<()> {
         }
         args
     };
-    let first = owner.mcp.ok("amba_affiliate_conversion_report", report("inv-1", json!({"code": code, "customer_ref": "cus_42", "occurred_at": ago(Duration::days(40))}))).await?;
-    assert_eq!((first["status"].as_str(), first["commission_minor"].as_i64()), (Some("pending"), Some(0)));
-    let approved = owner.mcp.ok("amba_affiliate_conversion_approve", json!({"conversion_id": first["conversion_id"]})).await?;
-    assert_eq!((approved["conversion"]["status"].as_str(), approved["conversion"]["commission_minor"].as_i64()), (Some("approved"), Some(990)));
-    let twice = owner.mcp.err("amba_affiliate_conversion_approve", json!({"conversion_id": first["conversion_id"]})).await?;
+    let first = owner
+        .mcp
+        .ok(
+            "amba_affiliate_conversion_report",
+            report(
+                "inv-1",
+                json!({"code": code, "customer_ref": "cus_42", "occurred_at": ago(Duration::days(40))}),
+            ),
+        )
+        .await?;
+    assert_eq!(
+        (first["status"].as_str(), first["commission_minor"].as_i64()),
+        (Some("pending"), Some(0))
+    );
+    let approved = owner
+        .mcp
+        .ok(
+            "amba_affiliate_conversion_approve",
+            json!({"conversion_id": first["conversion_id"]}),
+        )
+        .await?;
+    assert_eq!(
+        (
+            approved["conversion"]["status"].as_str(),
+            approved["conversion"]["commission_minor"].as_i64()
+        ),
+        (Some("approved"), Some(990))
+    );
+    let twice = owner
+        .mcp
+        .err(
+            "amba_affiliate_conversion_approve",
+            json!({"conversion_id": first["conversion_id"]}),
+        )
+        .await?;
     assert_eq!(twice["code"], "CONFLICT");
 
     // A renewal of the bound customer, without a code, goes to the same affiliate.
-    let renewal = owner.mcp.ok("amba_affiliate_conversion_report", report("inv-2", json!({"customer_ref": "cus_42"}))).await?;
-    assert_eq!((renewal["conversion"]["attribution"].as_str(), renewal["conversion"]["renewal"].as_bool()), (Some("customer"), Some(true)));
+    let renewal = owner
+        .mcp
+        .ok(
+            "amba_affiliate_conversion_report",
+            report("inv-2", json!({"customer_ref": "cus_42"})),
+        )
+        .await?;
+    assert_eq!(
+        (
+            renewal["conversion"]["attribution"].as_str(),
+            renewal["conversion"]["renewal"].as_bool()
+        ),
+        (Some("customer"), Some(true))
+    );
     assert_eq!(renewal["enrollment_id"], ann_enrollment["enrollment_id"]);
-    let rejected = owner.mcp.ok("amba_affiliate_conversion_reject", json!({"conversion_id": renewal["conversion_id"], "reason": "refunded trial"})).await?;
-    assert_eq!((rejected["conversion"]["status"].as_str(), rejected["conversion"]["reason"].as_str()), (Some("rejected"), Some("refunded trial")));
-    assert_eq!(owner.mcp.err("amba_affiliate_conversion_approve", json!({"conversion_id": renewal["conversion_id"]})).await?["code"], "CONFLICT");
+    let rejected = owner
+        .mcp
+        .ok(
+            "amba_affiliate_conversion_reject",
+            json!({"conversion_id": renewal["conversion_id"], "reason": "refunded trial"}),
+        )
+        .await?;
+    assert_eq!(
+        (
+            rejected["conversion"]["status"].as_str(),
+            rejected["conversion"]["reason"].as_str()
+        ),
+        (Some("rejected"), Some("refunded trial"))
+    );
+    assert_eq!(
+        owner
+            .mcp
+            .err(
+                "amba_affiliate_conversion_approve",
+                json!({"conversion_id": renewal["conversion_id"]})
+            )
+            .await?["code"],
+        "CONFLICT"
+    );
 
     // The affiliate buying through its own link is held, with the reason.
-    let own = owner.mcp.ok("amba_affiliate_conversion_report", report("inv-3", json!({"code": code, "customer_email": "ANN@example.com"}))).await?;
-    assert_eq!((own["status"].as_str(), own["conversion"]["held_for_review"].as_bool()), (Some("pending"), Some(true)));
-    assert!(own["conversion"]["reason"].as_str().is_some_and(|r| r.contains("self-referral")));
+    let own = owner
+        .mcp
+        .ok(
+            "amba_affiliate_conversion_report",
+            report("inv-3", json!({"code": code, "customer_email": "ANN@example.com"})),
+        )
+        .await?;
+    assert_eq!(
+        (own["status"].as_str(), own["conversion"]["held_for_review"].as_bool()),
+        (Some("pending"), Some(true))
+    );
+    assert!(
+        own["conversion"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("self-referral"))
+    );
 
     // Affiliates cannot decide; other owners cannot see.
-    assert_eq!(ann.mcp.err("amba_affiliate_conversion_approve", json!({"conversion_id": own["conversion_id"]})).await?["code"], "NOT_FOUND");
-    let pending = owner.mcp.ok("amba_affiliate_conversions_list", json!({"program_id": program, "status": "pending"})).await?;
+    assert_eq!(
+        ann.mcp
+            .err(
+                "amba_affiliate_conversion_approve",
+                json!({"conversion_id": own["conversion_id"]})
+            )
+            .await?["code"],
+        "NOT_FOUND"
+    );
+    let pending = owner
+        .mcp
+        .ok(
+            "amba_affiliate_conversions_list",
+            json!({"program_id": program, "status": "pending"}),
+        )
+        .await?;
     assert_eq!(pending["conversions"].as_array().map(Vec::len), Some(1));
     sys.stop().await
 }
 
 #[tokio::test]
 async fn every_grpc_method_with_a_tonic_client() -> anyhow::Result<()> {
-    let Setup { sys, owner, program, ann_enrollment, .. } = setup(json!({"landing_url": "https://acme.example/pricing"})).await?;
+    let Setup {
+        sys,
+        owner,
+        program,
+        ann_enrollment,
+        ..
+    } = setup(json!({"landing_url": "https://acme.example/pricing"})).await?;
     let code = text(&ann_enrollment["code"]).to_owned();
     let mut client = grpc(&sys).await?;
 
     // Without a token: UNAUTHENTICATED, with the typed error in the details.
-    let denied = client.report_conversion(report(&program, "g-0", 100, &code)).await.err();
+    let denied = client
+        .report_conversion(report(&program, "g-0", 100, &code))
+        .await
+        .err();
     let denied = denied.ok_or_else(|| anyhow::anyhow!("expected a refusal"))?;
     assert_eq!(denied.code(), tonic::Code::Unauthenticated);
     let details: Value = serde_json::from_slice(denied.details())?;
     assert_eq!(details["error"]["code"], "UNAUTHENTICATED");
 
-    let one = client.report_conversion(authed(&owner.token, report(&program, "g-1", 10_000, &code))?).await?.into_inner();
+    let one = client
+        .report_conversion(authed(&owner.token, report(&program, "g-1", 10_000, &code))?)
+        .await?
+        .into_inner();
     let conversion = one.conversion.unwrap_or_default();
-    assert_eq!((conversion.status.as_str(), conversion.commission_minor, one.duplicate), ("approved", 2_000, false));
+    assert_eq!(
+        (conversion.status.as_str(), conversion.commission_minor, one.duplicate),
+        ("approved", 2_000, false)
+    );
 
-    let mismatch = client.report_conversion(authed(&owner.token, report(&program, "g-1", 10_001, &code))?).await.err();
+    let mismatch = client
+        .report_conversion(authed(&owner.token, report(&program, "g-1", 10_001, &code))?)
+        .await
+        .err();
     assert_eq!(mismatch.map(|s| s.code()), Some(tonic::Code::AlreadyExists));
 
     // A stream with invalid items mixed in: per-item errors, the valid ones recorded.
@@ -285,66 +594,150 @@ async fn every_grpc_method_with_a_tonic_client() -> anyhow::Result<()> {
         report(&program, "g-3", -1, &code),
         report(&program, "g-4", 2_000, "nosuchcode23"),
         report(&program, "g-1", 10_000, &code),
-        pb::ReportConversionRequest { currency: "EUR".into(), ..report(&program, "g-5", 3_000, &code) },
+        pb::ReportConversionRequest {
+            currency: "EUR".into(),
+            ..report(&program, "g-5", 3_000, &code)
+        },
         report(&program, "g-6", 4_000, &code),
     ];
-    let reply = client.report_conversions(authed(&owner.token, futures::stream::iter(items))?).await?.into_inner();
+    let reply = client
+        .report_conversions(authed(&owner.token, futures::stream::iter(items))?)
+        .await?
+        .into_inner();
     let summary: Vec<String> = reply
         .outcomes
         .iter()
         .map(|o| match &o.result {
-            Some(pb::report_outcome::Result::Ok(r)) => format!("ok {} dup={}", r.conversion.as_ref().map(|c| c.external_id.as_str()).unwrap_or(""), r.duplicate),
+            Some(pb::report_outcome::Result::Ok(r)) => format!(
+                "ok {} dup={}",
+                r.conversion.as_ref().map(|c| c.external_id.as_str()).unwrap_or(""),
+                r.duplicate
+            ),
             Some(pb::report_outcome::Result::Error(e)) => e.code.clone(),
             None => "none".into(),
         })
         .collect();
-    assert_eq!(summary, vec!["ok g-2 dup=false", "INVALID_ARGUMENT", "INVALID_ARGUMENT", "ok g-1 dup=true", "INVALID_ARGUMENT", "ok g-6 dup=false"]);
+    assert_eq!(
+        summary,
+        vec![
+            "ok g-2 dup=false",
+            "INVALID_ARGUMENT",
+            "INVALID_ARGUMENT",
+            "ok g-1 dup=true",
+            "INVALID_ARGUMENT",
+            "ok g-6 dup=false"
+        ]
+    );
 
-    let touch = pb::RecordTouchpointRequest { program_id: program.clone(), code: code.clone(), subject_ref: "grpc-visitor".into(), ..Default::default() };
-    let touched = client.record_touchpoint(authed(&owner.token, touch)?).await?.into_inner();
+    let touch = pb::RecordTouchpointRequest {
+        program_id: program.clone(),
+        code: code.clone(),
+        subject_ref: "grpc-visitor".into(),
+        ..Default::default()
+    };
+    let touched = client
+        .record_touchpoint(authed(&owner.token, touch)?)
+        .await?
+        .into_inner();
     assert!(touched.touchpoint_id.starts_with("tch_") && !touched.duplicate);
     assert_eq!(touched.landing_url, "https://acme.example/pricing");
 
-    let clawback = pb::ClawbackRequest { conversion_id: conversion.conversion_id.clone(), reason: "refund".into(), amount_minor: 2_500, ..Default::default() };
-    let clawed = client.clawback_conversion(authed(&owner.token, clawback.clone())?).await?.into_inner();
-    assert_eq!((clawed.refund_minor, clawed.conversion.map(|c| c.clawed_back_minor)), (2_500, Some(2_500)));
-    let too_much = pb::ClawbackRequest { amount_minor: 7_501, ..clawback };
+    let clawback = pb::ClawbackRequest {
+        conversion_id: conversion.conversion_id.clone(),
+        reason: "refund".into(),
+        amount_minor: 2_500,
+        ..Default::default()
+    };
+    let clawed = client
+        .clawback_conversion(authed(&owner.token, clawback.clone())?)
+        .await?
+        .into_inner();
+    assert_eq!(
+        (clawed.refund_minor, clawed.conversion.map(|c| c.clawed_back_minor)),
+        (2_500, Some(2_500))
+    );
+    let too_much = pb::ClawbackRequest {
+        amount_minor: 7_501,
+        ..clawback
+    };
     let refused = client.clawback_conversion(authed(&owner.token, too_much)?).await.err();
-    assert_eq!(refused.map(|s| s.code()), Some(tonic::Code::FailedPrecondition), "beyond what remains");
+    assert_eq!(
+        refused.map(|s| s.code()),
+        Some(tonic::Code::FailedPrecondition),
+        "beyond what remains"
+    );
 
-    let mut health = tonic_health::pb::health_client::HealthClient::new(Channel::from_shared(sys.grpc_url())?.connect().await?);
-    let served = health.check(tonic_health::pb::HealthCheckRequest { service: "amba.affiliate.v1.Conversions".into() }).await?.into_inner();
-    assert_eq!(served.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    let mut health =
+        tonic_health::pb::health_client::HealthClient::new(Channel::from_shared(sys.grpc_url())?.connect().await?);
+    let served = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "amba.affiliate.v1.Conversions".into(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        served.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 
-    let listed = owner.mcp.ok("amba_affiliate_conversions_list", json!({"program_id": program})).await?;
-    let ids: Vec<&str> = listed["conversions"].as_array().into_iter().flatten().map(|c| text(&c["external_id"])).collect();
+    let listed = owner
+        .mcp
+        .ok("amba_affiliate_conversions_list", json!({"program_id": program}))
+        .await?;
+    let mut ids: Vec<&str> = listed["conversions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| text(&c["external_id"]))
+        .collect();
+    ids.sort_unstable(); // reports of one stream commit on different writers, so ids interleave
     assert_eq!(ids, vec!["g-1", "g-2", "g-6"]);
     sys.stop().await
 }
 
 #[tokio::test]
 async fn sixty_four_callers_racing_on_the_same_keys_record_each_once() -> anyhow::Result<()> {
-    let Setup { sys, owner, program, ann_enrollment, .. } = setup(json!({})).await?;
+    let Setup {
+        sys,
+        owner,
+        program,
+        ann_enrollment,
+        ..
+    } = setup(json!({})).await?;
     let code = text(&ann_enrollment["code"]).to_owned();
     let keys: Vec<String> = (0..1_000).map(|i| format!("race-{i}")).collect();
     let mut tasks = tokio::task::JoinSet::new();
     for task in 0..64usize {
-        let (url, token, program, code, keys) = (sys.grpc_url(), owner.token.clone(), program.clone(), code.clone(), keys.clone());
+        let (url, token, program, code, keys) = (
+            sys.grpc_url(),
+            owner.token.clone(),
+            program.clone(),
+            code.clone(),
+            keys.clone(),
+        );
         tasks.spawn(async move {
-            let mut client = ConversionsClient::new(Channel::from_shared(url)?.connect().await?).max_decoding_message_size(64 * 1024 * 1024);
+            let mut client = ConversionsClient::new(Channel::from_shared(url)?.connect().await?)
+                .max_decoding_message_size(64 * 1024 * 1024);
             // Each task walks the keys from its own starting point, so every key is hit concurrently.
             let order: Vec<&String> = keys.iter().cycle().skip(task * 15).take(keys.len()).collect();
             let amount = |k: &str| 1_000 + k.len() as i64;
             let mut seen = HashMap::new();
             if task % 4 == 0 {
                 for key in order.iter().take(100) {
-                    let reply = client.report_conversion(authed(&token, report(&program, key, amount(key), &code))?).await?.into_inner();
+                    let reply = client
+                        .report_conversion(authed(&token, report(&program, key, amount(key), &code))?)
+                        .await?
+                        .into_inner();
                     let c = reply.conversion.unwrap_or_default();
                     seen.insert((*key).clone(), (c.conversion_id, c.status, c.commission_minor));
                 }
             } else {
-                let items: Vec<pb::ReportConversionRequest> = order.iter().map(|k| report(&program, k, amount(k), &code)).collect();
-                let reply = client.report_conversions(authed(&token, futures::stream::iter(items))?).await?.into_inner();
+                let items: Vec<pb::ReportConversionRequest> =
+                    order.iter().map(|k| report(&program, k, amount(k), &code)).collect();
+                let reply = client
+                    .report_conversions(authed(&token, futures::stream::iter(items))?)
+                    .await?
+                    .into_inner();
                 for (key, outcome) in order.iter().zip(reply.outcomes) {
                     match outcome.result {
                         Some(pb::report_outcome::Result::Ok(r)) => {
@@ -367,9 +760,13 @@ async fn sixty_four_callers_racing_on_the_same_keys_record_each_once() -> anyhow
     }
     assert_eq!(outcomes.len(), 1_000);
     let pool = sys.service_pool("attribution").await?;
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM conversions").fetch_one(&pool).await?;
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM conversions")
+        .fetch_one(&pool)
+        .await?;
     assert_eq!(stored, 1_000);
-    let distinct: i64 = sqlx::query_scalar("SELECT count(DISTINCT conversion_id) FROM conversions").fetch_one(&pool).await?;
+    let distinct: i64 = sqlx::query_scalar("SELECT count(DISTINCT conversion_id) FROM conversions")
+        .fetch_one(&pool)
+        .await?;
     assert_eq!(distinct, 1_000);
 
     // Every conversion's events reach JetStream once, also when the relay "dies" between publish
@@ -379,31 +776,51 @@ async fn sixty_four_callers_racing_on_the_same_keys_record_each_once() -> anyhow
     eventually(std::time::Duration::from_secs(30), "the outbox to drain", || {
         let pool = pool.clone();
         async move {
-            let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetch_one(&pool).await?;
+            let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+                .fetch_one(&pool)
+                .await?;
             Ok((unsent == 0).then_some(()))
         }
     })
     .await?;
-    sqlx::query("UPDATE outbox SET sent_at = NULL WHERE id % 2 = 0").execute(&pool).await?;
-    eventually(std::time::Duration::from_secs(30), "the republished half to drain", || {
-        let pool = pool.clone();
-        async move {
-            let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetch_one(&pool).await?;
-            Ok((unsent == 0).then_some(()))
-        }
-    })
+    sqlx::query("UPDATE outbox SET sent_at = NULL WHERE id % 2 = 0")
+        .execute(&pool)
+        .await?;
+    eventually(
+        std::time::Duration::from_secs(30),
+        "the republished half to drain",
+        || {
+            let pool = pool.clone();
+            async move {
+                let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+                    .fetch_one(&pool)
+                    .await?;
+                Ok((unsent == 0).then_some(()))
+            }
+        },
+    )
     .await?;
     let messages = sys.bus.js.get_stream(&stream).await?.info().await?.state.messages;
-    assert_eq!(messages, 2_000, "one recorded and one approved event per conversion, no copies");
+    assert_eq!(
+        messages, 2_000,
+        "one recorded and one approved event per conversion, no copies"
+    );
     pool.close().await;
     sys.stop().await
 }
 
 #[tokio::test]
 async fn public_click_endpoints_cors_links_and_rate_limits() -> anyhow::Result<()> {
-    let Setup { sys, program, ann_enrollment, .. } = setup(json!({"landing_url": "https://acme.example/pricing?plan=pro"})).await?;
+    let Setup {
+        sys,
+        program,
+        ann_enrollment,
+        ..
+    } = setup(json!({"landing_url": "https://acme.example/pricing?plan=pro"})).await?;
     let code = text(&ann_enrollment["code"]).to_owned();
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
     let url = format!("{}/v1/touchpoints", sys.base_url());
 
     // A browser preflight from the owner's site.
@@ -415,44 +832,110 @@ async fn public_click_endpoints_cors_links_and_rate_limits() -> anyhow::Result<(
         .send()
         .await?;
     assert!(preflight.status().is_success());
-    assert_eq!(preflight.headers().get("access-control-allow-origin").and_then(|v| v.to_str().ok()), Some("*"));
+    assert_eq!(
+        preflight
+            .headers()
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok()),
+        Some("*")
+    );
 
     let body = json!({"program_id": program, "code": code, "subject_ref": "app-visitor-1"});
-    let created = http.post(&url).header("origin", "https://acme.example").json(&body).send().await?;
+    let created = http
+        .post(&url)
+        .header("origin", "https://acme.example")
+        .json(&body)
+        .send()
+        .await?;
     assert_eq!(created.status(), 201);
-    assert_eq!(created.headers().get("access-control-allow-origin").and_then(|v| v.to_str().ok()), Some("*"));
+    assert_eq!(
+        created
+            .headers()
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok()),
+        Some("*")
+    );
     let created: Value = created.json().await?;
     assert!(text(&created["touchpoint_id"]).starts_with("tch_"));
     let again: Value = http.post(&url).json(&body).send().await?.json().await?;
-    assert_eq!((again["touchpoint_id"].clone(), again["duplicate"].as_bool()), (created["touchpoint_id"].clone(), Some(true)));
+    assert_eq!(
+        (again["touchpoint_id"].clone(), again["duplicate"].as_bool()),
+        (created["touchpoint_id"].clone(), Some(true))
+    );
 
-    let bad = http.post(&url).header("content-type", "application/json").body("{\"code\": 1").send().await?;
+    let bad = http
+        .post(&url)
+        .header("content-type", "application/json")
+        .body("{\"code\": 1")
+        .send()
+        .await?;
     assert_eq!(bad.status(), 400);
     let bad: Value = bad.json().await?;
     assert_eq!(bad["error"]["code"], "INVALID_ARGUMENT");
-    let unknown = http.post(&url).json(&json!({"program_id": program, "code": "nosuchcode23", "subject_ref": "x"})).send().await?;
+    let unknown = http
+        .post(&url)
+        .json(&json!({"program_id": program, "code": "nosuchcode23", "subject_ref": "x"}))
+        .send()
+        .await?;
     assert_eq!(unknown.status(), 404);
 
     // An affiliate link: recorded, then redirected with the subject for the owner's app.
     let link = http.get(format!("{}/r/{code}", sys.base_url())).send().await?;
     assert_eq!(link.status(), 302);
-    let location = link.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-    assert!(location.starts_with(&format!("https://acme.example/pricing?plan=pro&amba_ref={code}&amba_sub=sub_")), "{location}");
-    let cookie = link.headers().get("set-cookie").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let location = link
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        location.starts_with(&format!(
+            "https://acme.example/pricing?plan=pro&amba_ref={code}&amba_sub=sub_"
+        )),
+        "{location}"
+    );
+    let cookie = link
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     let subject = location.rsplit("amba_sub=").next().unwrap_or_default().to_owned();
     assert!(cookie.starts_with(&format!("amba_sub={subject};")), "{cookie}");
     // The same visitor clicking again keeps its subject (and counts once).
-    let back = http.get(format!("{}/r/{code}", sys.base_url())).header("cookie", format!("amba_sub={subject}")).send().await?;
-    assert!(back.headers().get("location").and_then(|v| v.to_str().ok()).is_some_and(|l| l.ends_with(&subject)));
+    let back = http
+        .get(format!("{}/r/{code}", sys.base_url()))
+        .header("cookie", format!("amba_sub={subject}"))
+        .send()
+        .await?;
+    assert!(
+        back.headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|l| l.ends_with(&subject))
+    );
     let pool = sys.service_pool("attribution").await?;
-    let clicks: i64 = sqlx::query_scalar("SELECT count(*) FROM touchpoints WHERE subject_ref = $1").bind(&subject).fetch_one(&pool).await?;
+    let clicks: i64 = sqlx::query_scalar("SELECT count(*) FROM touchpoints WHERE subject_ref = $1")
+        .bind(&subject)
+        .fetch_one(&pool)
+        .await?;
     assert_eq!(clicks, 1);
-    assert_eq!(http.get(format!("{}/r/nosuchcode23", sys.base_url())).send().await?.status(), 404);
+    assert_eq!(
+        http.get(format!("{}/r/nosuchcode23", sys.base_url()))
+            .send()
+            .await?
+            .status(),
+        404
+    );
 
     // A burst from one address is slowed down with 429 and Retry-After.
     let mut limited = None;
     for i in 0..200 {
-        let response = http.post(&url).json(&json!({"program_id": program, "code": code, "subject_ref": format!("burst-{i}")})).send().await?;
+        let response = http
+            .post(&url)
+            .json(&json!({"program_id": program, "code": code, "subject_ref": format!("burst-{i}")}))
+            .send()
+            .await?;
         if response.status() == 429 {
             limited = Some(response);
             break;

@@ -17,7 +17,10 @@ async fn anonymous_callers_see_and_call_only_public_tools() -> anyhow::Result<()
     let anonymous = sys.mcp(None).await?;
     let mut public = anonymous.tool_names().await?;
     public.sort();
-    assert_eq!(public, vec!["amba_affiliate_signup", "amba_affiliate_touchpoint_record"]);
+    assert_eq!(
+        public,
+        vec!["amba_affiliate_signup", "amba_affiliate_touchpoint_record"]
+    );
 
     // A private tool without a token is refused at the HTTP layer with a challenge.
     let err = anonymous

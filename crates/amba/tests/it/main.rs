@@ -1,9 +1,9 @@
 //! End-to-end tests of the running system through its public surfaces, one binary.
 
-mod auth;
-mod commission;
 mod attribution;
+mod auth;
 mod authorization;
+mod commission;
 mod enrollments;
 mod programs;
 mod support;

@@ -14,7 +14,12 @@ use std::sync::Mutex;
 pub struct RuleCache(Mutex<HashMap<(String, i32), CommissionRule>>);
 
 impl RuleCache {
-    pub async fn get(&self, conn: &mut PgConnection, program_id: &str, version: i32) -> Result<Option<CommissionRule>, AccrueError> {
+    pub async fn get(
+        &self,
+        conn: &mut PgConnection,
+        program_id: &str,
+        version: i32,
+    ) -> Result<Option<CommissionRule>, AccrueError> {
         let key = (program_id.to_owned(), version);
         if let Some(rule) = self.0.lock().ok().and_then(|m| m.get(&key).cloned()) {
             return Ok(Some(rule));
@@ -62,10 +67,17 @@ pub struct Priced {
 }
 
 /// Prices approvals in order, counting each into its affiliate's tier volume.
-pub async fn price(conn: &mut PgConnection, rules: &RuleCache, approvals: &[Approval]) -> Result<Vec<Priced>, AccrueError> {
+pub async fn price(
+    conn: &mut PgConnection,
+    rules: &RuleCache,
+    approvals: &[Approval],
+) -> Result<Vec<Priced>, AccrueError> {
     let mut resolved = Vec::with_capacity(approvals.len());
     for a in approvals {
-        let rule = rules.get(conn, &a.program_id, a.version).await?.ok_or_else(|| AccrueError::MissingRule(a.program_id.clone(), a.version))?;
+        let rule = rules
+            .get(conn, &a.program_id, a.version)
+            .await?
+            .ok_or_else(|| AccrueError::MissingRule(a.program_id.clone(), a.version))?;
         let period = period_key(&rule, a.decided_at);
         resolved.push((rule, period));
     }
@@ -78,15 +90,24 @@ pub async fn price(conn: &mut PgConnection, rules: &RuleCache, approvals: &[Appr
     let mut priced = Vec::with_capacity(approvals.len());
     for (a, (rule, period)) in approvals.iter().zip(&resolved) {
         let counter_key = period.clone().map(|p| (a.enrollment_id.clone(), p));
-        let prior = counter_key.as_ref().and_then(|k| counters.get(k).copied()).unwrap_or((0, 0));
-        let accrual = rule.evaluate(&context(a.amount_minor, a.renewal_since, prior)).map_err(|_| AccrueError::Overflow)?;
+        let prior = counter_key
+            .as_ref()
+            .and_then(|k| counters.get(k).copied())
+            .unwrap_or((0, 0));
+        let accrual = rule
+            .evaluate(&context(a.amount_minor, a.renewal_since, prior))
+            .map_err(|_| AccrueError::Overflow)?;
         if let Some(key) = counter_key {
             let entry = counters.entry(key).or_insert((0, 0));
             entry.0 = entry.0.saturating_add(1);
             entry.1 = entry.1.saturating_add(a.amount_minor);
         }
         let tier = accrual.tier.and_then(|t| i32::try_from(t).ok()).unwrap_or(-1);
-        priced.push(Priced { commission_minor: accrual.amount_minor, version: a.version, tier });
+        priced.push(Priced {
+            commission_minor: accrual.amount_minor,
+            version: a.version,
+            tier,
+        });
     }
     store::conversions::write_counters(conn, &counters).await?;
     Ok(priced)

@@ -62,7 +62,12 @@ impl Writers {
             senders.push(sender);
             tasks.spawn(run(receiver, deps.clone()));
         }
-        (Writers { shards: Arc::new(senders) }, tasks)
+        (
+            Writers {
+                shards: Arc::new(senders),
+            },
+            tasks,
+        )
     }
 
     /// Records one report (or finds its earlier outcome).
@@ -72,10 +77,16 @@ impl Writers {
         let shard = usize::try_from(hasher.finish() % self.shards.len() as u64).unwrap_or(0);
         let (reply, answer) = oneshot::channel();
         self.shards[shard]
-            .send(Job { report, caller_org_id, reply })
+            .send(Job {
+                report,
+                caller_org_id,
+                reply,
+            })
             .await
             .map_err(|_| ApiError::unavailable("attribution is shutting down"))?;
-        answer.await.map_err(|_| ApiError::unavailable("attribution is shutting down"))?
+        answer
+            .await
+            .map_err(|_| ApiError::unavailable("attribution is shutting down"))?
     }
 }
 
@@ -118,7 +129,11 @@ enum BatchError {
 }
 
 fn key_of(report: &Report) -> Key {
-    (report.program_id.to_string(), report.project_id.clone(), report.external_id.clone())
+    (
+        report.program_id.to_string(),
+        report.project_id.clone(),
+        report.external_id.clone(),
+    )
 }
 
 async fn decide_and_write(deps: &WriterDeps, reports: &[(Report, String)]) -> Result<Vec<Reply>, BatchError> {
@@ -128,10 +143,24 @@ async fn decide_and_write(deps: &WriterDeps, reports: &[(Report, String)]) -> Re
     let existing = store::conversions::existing(&mut tx, &keys).await?;
 
     // Bulk lookups for the reports that are new.
-    let program_ids: Vec<String> = reports.iter().map(|(r, _)| r.program_id.to_string()).collect::<HashSet<_>>().into_iter().collect();
+    let program_ids: Vec<String> = reports
+        .iter()
+        .map(|(r, _)| r.program_id.to_string())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
     let programs = store::read_model::programs(&mut tx, &program_ids).await?;
-    let codes: Vec<String> = reports.iter().filter_map(|(r, _)| r.code.clone()).collect::<HashSet<_>>().into_iter().collect();
-    let code_rows = if codes.is_empty() { HashMap::new() } else { store::read_model::codes(&mut tx, &codes).await? };
+    let codes: Vec<String> = reports
+        .iter()
+        .filter_map(|(r, _)| r.code.clone())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let code_rows = if codes.is_empty() {
+        HashMap::new()
+    } else {
+        store::read_model::codes(&mut tx, &codes).await?
+    };
     let binding_keys: Vec<(String, String)> = reports
         .iter()
         .filter_map(|(r, _)| r.customer_ref.clone().map(|c| (r.program_id.to_string(), c)))
@@ -163,7 +192,10 @@ async fn decide_and_write(deps: &WriterDeps, reports: &[(Report, String)]) -> Re
     for (i, (report, caller)) in reports.iter().enumerate() {
         let key = &keys[i];
         // Ownership first: another owner learns nothing about this program's conversions.
-        if programs.get(report.program_id.as_str()).is_none_or(|p| &p.owner_org_id != caller) {
+        if programs
+            .get(report.program_id.as_str())
+            .is_none_or(|p| &p.owner_org_id != caller)
+        {
             outcomes[i] = Some(Err(ApiError::not_found(format!("program {}", report.program_id))));
             continue;
         }
@@ -179,14 +211,20 @@ async fn decide_and_write(deps: &WriterDeps, reports: &[(Report, String)]) -> Re
             Some(code) => match code_rows.get(code) {
                 None => CodeState::Unknown,
                 Some(row) if row.status == "retired" => CodeState::Retired,
-                Some(row) => CodeState::Active { program_id: row.program_id.clone(), enrollment: row.enrollment.clone() },
+                Some(row) => CodeState::Active {
+                    program_id: row.program_id.clone(),
+                    enrollment: row.enrollment.clone(),
+                },
             },
         };
         let facts = Facts {
             caller_org_id: caller,
             program: programs.get(report.program_id.as_str()),
             code,
-            binding: report.customer_ref.as_ref().and_then(|c| bindings.get(&(report.program_id.to_string(), c.clone()))),
+            binding: report
+                .customer_ref
+                .as_ref()
+                .and_then(|c| bindings.get(&(report.program_id.to_string(), c.clone()))),
             touchpoint: i32::try_from(i).ok().and_then(|i| touches.get(&i)),
         };
         match report::decide(report, facts) {
@@ -210,7 +248,11 @@ async fn decide_and_write(deps: &WriterDeps, reports: &[(Report, String)]) -> Re
                 version: program.commission_version,
                 enrollment_id: d.enrollment.as_ref()?.enrollment_id.clone(),
                 amount_minor: report.amount.amount_minor,
-                renewal_since: d.renewal.then_some(()).and(d.customer_first_conversion_at).map(|first| (first, report.occurred_at)),
+                renewal_since: d
+                    .renewal
+                    .then_some(())
+                    .and(d.customer_first_conversion_at)
+                    .map(|first| (first, report.occurred_at)),
                 decided_at: now,
             })
         })
@@ -254,7 +296,12 @@ async fn decide_and_write(deps: &WriterDeps, reports: &[(Report, String)]) -> Re
             fingerprint: report.fingerprint(),
         };
         if let (Some(customer), Some(e), false) = (&report.customer_ref, enrollment, decision.renewal) {
-            new_bindings.push((row.program_id.clone(), customer.clone(), e.enrollment_id.clone(), report.occurred_at));
+            new_bindings.push((
+                row.program_id.clone(),
+                customer.clone(),
+                e.enrollment_id.clone(),
+                report.occurred_at,
+            ));
         }
         let conversion = row.to_proto();
         events.push(event(&deps.ns, "recorded", &conversion, ""));
@@ -275,12 +322,18 @@ async fn decide_and_write(deps: &WriterDeps, reports: &[(Report, String)]) -> Re
             continue;
         }
         if let Some(row) = by_index.get(&i) {
-            outcomes[i] = Some(Ok(pb::ReportConversionReply { conversion: Some(row.to_proto()), duplicate: false }));
+            outcomes[i] = Some(Ok(pb::ReportConversionReply {
+                conversion: Some(row.to_proto()),
+                duplicate: false,
+            }));
         } else if let Some(first) = seen.get(&keys[i]).and_then(|first| by_index.get(first)) {
             outcomes[i] = Some(replay(first, report));
         }
     }
-    Ok(outcomes.into_iter().map(|o| o.unwrap_or_else(|| Err(ApiError::internal()))).collect())
+    Ok(outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| Err(ApiError::internal())))
+        .collect())
 }
 
 /// The answer to a report whose key is already recorded.
@@ -288,11 +341,18 @@ fn replay(row: &ConversionRow, report: &Report) -> Reply {
     if let Some(err) = report::mismatch(&row.fingerprint, report) {
         return Err(err);
     }
-    Ok(pb::ReportConversionReply { conversion: Some(row.to_proto()), duplicate: true })
+    Ok(pb::ReportConversionReply {
+        conversion: Some(row.to_proto()),
+        duplicate: true,
+    })
 }
 
 pub fn event(ns: &Namespace, kind: &str, conversion: &pb::Conversion, previous_status: &str) -> OutboxEvent {
     let meta = new_meta();
-    let body = pb::ConversionChanged { meta: Some(meta.clone()), conversion: Some(conversion.clone()), previous_status: previous_status.to_owned() };
+    let body = pb::ConversionChanged {
+        meta: Some(meta.clone()),
+        conversion: Some(conversion.clone()),
+        previous_status: previous_status.to_owned(),
+    };
     OutboxEvent::new(ns.event("conversion", kind), &meta, &body)
 }

@@ -15,12 +15,16 @@ impl Handler for EnrollmentFacts {
         match domain {
             "program" => {
                 let event = pb::ProgramChanged::decode(delivery.payload.clone())?;
-                let program = event.program.ok_or_else(|| HandlerError::Permanent("program event without a program".into()))?;
+                let program = event
+                    .program
+                    .ok_or_else(|| HandlerError::Permanent("program event without a program".into()))?;
                 read_model::apply_program(conn, &program).await?;
             }
             "enrollment" => {
                 let event = pb::EnrollmentChanged::decode(delivery.payload.clone())?;
-                let enrollment = event.enrollment.ok_or_else(|| HandlerError::Permanent("enrollment event without an enrollment".into()))?;
+                let enrollment = event
+                    .enrollment
+                    .ok_or_else(|| HandlerError::Permanent("enrollment event without an enrollment".into()))?;
                 read_model::apply_enrollment(conn, &enrollment, &event.affiliate_emails).await?;
             }
             "code" => read_model::apply_code(conn, &pb::CodeChanged::decode(delivery.payload.clone())?).await?,

@@ -17,7 +17,8 @@ pub fn period_key(rule: &CommissionRule, at: DateTime<Utc>) -> Option<String> {
 
 /// Whole calendar months from `first` to `at` (0 within the first month after `first`).
 pub fn months_between(first: DateTime<Utc>, at: DateTime<Utc>) -> u32 {
-    let months = (at.year() - first.year()) * 12 + i32::try_from(at.month()).unwrap_or(0) - i32::try_from(first.month()).unwrap_or(0);
+    let months = (at.year() - first.year()) * 12 + i32::try_from(at.month()).unwrap_or(0)
+        - i32::try_from(first.month()).unwrap_or(0);
     // Not yet a full month if the day/time of month has not come round again.
     let partial = (at.day(), at.time()) < (first.day(), first.time());
     u32::try_from(months - i32::from(partial)).unwrap_or(0)
@@ -38,17 +39,37 @@ mod tests {
     use super::*;
 
     fn at(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc)).unwrap_or_default()
+        DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_default()
     }
 
     #[test]
     fn months() {
-        assert_eq!(months_between(at("2026-01-15T10:00:00Z"), at("2026-01-31T00:00:00Z")), 0);
-        assert_eq!(months_between(at("2026-01-15T10:00:00Z"), at("2026-02-15T09:59:59Z")), 0);
-        assert_eq!(months_between(at("2026-01-15T10:00:00Z"), at("2026-02-15T10:00:00Z")), 1);
-        assert_eq!(months_between(at("2026-01-15T10:00:00Z"), at("2027-01-15T10:00:00Z")), 12);
-        assert_eq!(months_between(at("2026-01-31T00:00:00Z"), at("2026-02-28T00:00:00Z")), 0);
-        assert_eq!(months_between(at("2026-03-01T00:00:00Z"), at("2026-02-01T00:00:00Z")), 0);
+        assert_eq!(
+            months_between(at("2026-01-15T10:00:00Z"), at("2026-01-31T00:00:00Z")),
+            0
+        );
+        assert_eq!(
+            months_between(at("2026-01-15T10:00:00Z"), at("2026-02-15T09:59:59Z")),
+            0
+        );
+        assert_eq!(
+            months_between(at("2026-01-15T10:00:00Z"), at("2026-02-15T10:00:00Z")),
+            1
+        );
+        assert_eq!(
+            months_between(at("2026-01-15T10:00:00Z"), at("2027-01-15T10:00:00Z")),
+            12
+        );
+        assert_eq!(
+            months_between(at("2026-01-31T00:00:00Z"), at("2026-02-28T00:00:00Z")),
+            0
+        );
+        assert_eq!(
+            months_between(at("2026-03-01T00:00:00Z"), at("2026-02-01T00:00:00Z")),
+            0
+        );
     }
 
     #[test]
@@ -58,7 +79,13 @@ mod tests {
             period: TierPeriod::Month,
             tiers: vec![amba_rules::Tier { from: 0, bps: 100 }],
         };
-        assert_eq!(period_key(&monthly, at("2026-11-24T03:00:00Z")).as_deref(), Some("2026-11"));
-        assert_eq!(period_key(&CommissionRule::Flat { amount_minor: 1 }, at("2026-11-24T03:00:00Z")), None);
+        assert_eq!(
+            period_key(&monthly, at("2026-11-24T03:00:00Z")).as_deref(),
+            Some("2026-11")
+        );
+        assert_eq!(
+            period_key(&CommissionRule::Flat { amount_minor: 1 }, at("2026-11-24T03:00:00Z")),
+            None
+        );
     }
 }

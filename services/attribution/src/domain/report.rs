@@ -36,7 +36,9 @@ pub struct Report {
 fn field(name: &str, value: &str) -> Result<Option<String>, ApiError> {
     let value = value.trim();
     if value.len() > MAX_KEY_LEN || value.chars().any(char::is_control) {
-        return Err(ApiError::invalid(format!("{name} must be at most {MAX_KEY_LEN} printable characters")));
+        return Err(ApiError::invalid(format!(
+            "{name} must be at most {MAX_KEY_LEN} printable characters"
+        )));
     }
     Ok((!value.is_empty()).then(|| value.to_owned()))
 }
@@ -44,15 +46,20 @@ fn field(name: &str, value: &str) -> Result<Option<String>, ApiError> {
 impl Report {
     pub fn parse(r: &pb::ReportConversionRequest, now: DateTime<Utc>) -> Result<Report, ApiError> {
         let program_id = ProgramId::parse(r.program_id.trim())?;
-        let project_id = field("project_id", &r.project_id)?.ok_or_else(|| ApiError::invalid("project_id is required"))?;
-        let external_id = field("external_id", &r.external_id)?.ok_or_else(|| ApiError::invalid("external_id is required"))?;
+        let project_id =
+            field("project_id", &r.project_id)?.ok_or_else(|| ApiError::invalid("project_id is required"))?;
+        let external_id =
+            field("external_id", &r.external_id)?.ok_or_else(|| ApiError::invalid("external_id is required"))?;
         if r.amount_minor < 0 {
-            return Err(ApiError::invalid("amount_minor must be zero or more (report refunds with a clawback)"));
+            return Err(ApiError::invalid(
+                "amount_minor must be zero or more (report refunds with a clawback)",
+            ));
         }
         let currency = Currency::parse(&r.currency)?;
         let occurred_at = match r.occurred_at_micros {
             0 => now,
-            micros => DateTime::from_timestamp_micros(micros).ok_or_else(|| ApiError::invalid("occurred_at is out of range"))?,
+            micros => DateTime::from_timestamp_micros(micros)
+                .ok_or_else(|| ApiError::invalid("occurred_at is out of range"))?,
         };
         if occurred_at > now + MAX_FUTURE_SKEW {
             return Err(ApiError::invalid("occurred_at is in the future"));
@@ -73,7 +80,12 @@ impl Report {
 
     /// What must match for a repeat of the same key to be the same report.
     pub fn fingerprint(&self) -> String {
-        format!("{}|{}|{}", self.amount.amount_minor, self.amount.currency, self.code.as_deref().unwrap_or(""))
+        format!(
+            "{}|{}|{}",
+            self.amount.amount_minor,
+            self.amount.currency,
+            self.code.as_deref().unwrap_or("")
+        )
     }
 }
 
@@ -118,7 +130,10 @@ pub enum CodeState {
     NotGiven,
     Unknown,
     Retired,
-    Active { program_id: String, enrollment: Option<EnrollmentFacts> },
+    Active {
+        program_id: String,
+        enrollment: Option<EnrollmentFacts>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -201,7 +216,10 @@ pub fn decide(report: &Report, facts: Facts<'_>) -> Result<Decision, ApiError> {
         .filter(|p| p.owner_org_id == facts.caller_org_id)
         .ok_or_else(|| ApiError::not_found(format!("program {}", report.program_id)))?;
     if program.status != "active" {
-        return Err(ApiError::conflict(format!("program {} is {}; it records no conversions", program.program_id, program.status)));
+        return Err(ApiError::conflict(format!(
+            "program {} is {}; it records no conversions",
+            program.program_id, program.status
+        )));
     }
     if report.amount.currency.code() != program.currency {
         return Err(ApiError::invalid(format!(
@@ -213,21 +231,34 @@ pub fn decide(report: &Report, facts: Facts<'_>) -> Result<Decision, ApiError> {
     let (attribution, enrollment, code, touchpoint_id) = match facts.code {
         CodeState::Unknown => return Err(ApiError::invalid("unknown referral code")),
         CodeState::Retired => {
-            return Err(ApiError::conflict("that referral code was retired (rotated); it no longer attributes conversions"));
+            return Err(ApiError::conflict(
+                "that referral code was retired (rotated); it no longer attributes conversions",
+            ));
         }
         CodeState::Active { program_id, .. } if program_id != program.program_id => {
             return Err(ApiError::invalid("that referral code belongs to another program"));
         }
         CodeState::Active { enrollment, .. } => {
-            let enrollment = enrollment.ok_or_else(|| ApiError::conflict("that referral code's enrollment is not known yet; retry shortly"))?;
+            let enrollment = enrollment
+                .ok_or_else(|| ApiError::conflict("that referral code's enrollment is not known yet; retry shortly"))?;
             if !active(&enrollment) {
-                return Err(ApiError::conflict(format!("the affiliate's enrollment is {}; it earns no new commission", enrollment.status)));
+                return Err(ApiError::conflict(format!(
+                    "the affiliate's enrollment is {}; it earns no new commission",
+                    enrollment.status
+                )));
             }
             (Attribution::Code, Some(enrollment), report.code.clone(), None)
         }
         CodeState::NotGiven => match (facts.binding, facts.touchpoint) {
-            (Some(binding), _) if active(&binding.enrollment) => (Attribution::Customer, Some(binding.enrollment.clone()), None, None),
-            (_, Some(hit)) => (Attribution::Touchpoint, Some(hit.enrollment.clone()), Some(hit.code.clone()), Some(hit.touchpoint_id.clone())),
+            (Some(binding), _) if active(&binding.enrollment) => {
+                (Attribution::Customer, Some(binding.enrollment.clone()), None, None)
+            }
+            (_, Some(hit)) => (
+                Attribution::Touchpoint,
+                Some(hit.enrollment.clone()),
+                Some(hit.code.clone()),
+                Some(hit.touchpoint_id.clone()),
+            ),
             _ => (Attribution::None, None, None, None),
         },
     };
@@ -244,16 +275,24 @@ pub fn decide(report: &Report, facts: Facts<'_>) -> Result<Decision, ApiError> {
             held_for_review: false,
         });
     };
-    let bound_here = facts.binding.filter(|b| b.enrollment.enrollment_id == enrollment.enrollment_id);
+    let bound_here = facts
+        .binding
+        .filter(|b| b.enrollment.enrollment_id == enrollment.enrollment_id);
     let renewal = bound_here.is_some();
     let customer_first_conversion_at = match (bound_here, &report.customer_ref) {
         (Some(binding), _) => Some(binding.first_conversion_at),
         (None, Some(_)) => Some(report.occurred_at),
         (None, None) => None,
     };
-    let self_referral = report.customer_email.as_ref().is_some_and(|email| enrollment.emails.iter().any(|e| e.eq_ignore_ascii_case(email)));
+    let self_referral = report
+        .customer_email
+        .as_ref()
+        .is_some_and(|email| enrollment.emails.iter().any(|e| e.eq_ignore_ascii_case(email)));
     let (status, reason) = if self_referral {
-        (Status::Pending, Some("held for review: the customer e-mail belongs to the affiliate's own org (self-referral)".to_owned()))
+        (
+            Status::Pending,
+            Some("held for review: the customer e-mail belongs to the affiliate's own org (self-referral)".to_owned()),
+        )
     } else if program.auto_approve {
         (Status::Approved, None)
     } else {
@@ -315,7 +354,13 @@ mod tests {
     }
 
     fn facts<'a>(program: &'a ProgramFacts, code: CodeState) -> Facts<'a> {
-        Facts { caller_org_id: "org_owner", program: Some(program), code, binding: None, touchpoint: None }
+        Facts {
+            caller_org_id: "org_owner",
+            program: Some(program),
+            code,
+            binding: None,
+            touchpoint: None,
+        }
     }
 
     #[test]
@@ -331,10 +376,19 @@ mod tests {
         assert_eq!(bad(|r| r.amount_minor = -1), Some(ErrorCode::InvalidArgument));
         assert_eq!(bad(|r| r.currency = "EURO".into()), Some(ErrorCode::InvalidArgument));
         assert_eq!(bad(|r| r.external_id = " ".into()), Some(ErrorCode::InvalidArgument));
-        assert_eq!(bad(|r| r.project_id = "x".repeat(201)), Some(ErrorCode::InvalidArgument));
+        assert_eq!(
+            bad(|r| r.project_id = "x".repeat(201)),
+            Some(ErrorCode::InvalidArgument)
+        );
         assert_eq!(bad(|r| r.program_id = "nope".into()), Some(ErrorCode::InvalidArgument));
-        assert_eq!(bad(|r| r.occurred_at_micros = (now() + Duration::hours(1)).timestamp_micros()), Some(ErrorCode::InvalidArgument));
-        assert_eq!(bad(|r| r.occurred_at_micros = i64::MAX), Some(ErrorCode::InvalidArgument));
+        assert_eq!(
+            bad(|r| r.occurred_at_micros = (now() + Duration::hours(1)).timestamp_micros()),
+            Some(ErrorCode::InvalidArgument)
+        );
+        assert_eq!(
+            bad(|r| r.occurred_at_micros = i64::MAX),
+            Some(ErrorCode::InvalidArgument)
+        );
     }
 
     #[test]
@@ -343,7 +397,10 @@ mod tests {
         assert!(mismatch(&r.fingerprint(), &r).is_none());
         let mut other = r.clone();
         other.amount.amount_minor += 1;
-        assert_eq!(mismatch(&r.fingerprint(), &other).map(|e| e.code), Some(ErrorCode::IdempotencyMismatch));
+        assert_eq!(
+            mismatch(&r.fingerprint(), &other).map(|e| e.code),
+            Some(ErrorCode::IdempotencyMismatch)
+        );
         Ok(())
     }
 
@@ -351,18 +408,48 @@ mod tests {
     fn refusals() -> Result<(), ApiError> {
         let r = Report::parse(&request(), now())?;
         let p = program(&r);
-        let code = |e| CodeState::Active { program_id: p.program_id.clone(), enrollment: Some(e) };
+        let code = |e| CodeState::Active {
+            program_id: p.program_id.clone(),
+            enrollment: Some(e),
+        };
         let refuse = |f: Facts<'_>| decide(&r, f).err().map(|e| e.code);
-        assert_eq!(refuse(Facts { caller_org_id: "org_other", ..facts(&p, CodeState::NotGiven) }), Some(ErrorCode::NotFound));
-        assert_eq!(refuse(Facts { program: None, ..facts(&p, CodeState::NotGiven) }), Some(ErrorCode::NotFound));
-        let paused = ProgramFacts { status: "paused".into(), ..p.clone() };
+        assert_eq!(
+            refuse(Facts {
+                caller_org_id: "org_other",
+                ..facts(&p, CodeState::NotGiven)
+            }),
+            Some(ErrorCode::NotFound)
+        );
+        assert_eq!(
+            refuse(Facts {
+                program: None,
+                ..facts(&p, CodeState::NotGiven)
+            }),
+            Some(ErrorCode::NotFound)
+        );
+        let paused = ProgramFacts {
+            status: "paused".into(),
+            ..p.clone()
+        };
         assert_eq!(refuse(facts(&paused, CodeState::NotGiven)), Some(ErrorCode::Conflict));
-        let euro = ProgramFacts { currency: "EUR".into(), ..p.clone() };
-        assert_eq!(refuse(facts(&euro, CodeState::NotGiven)), Some(ErrorCode::InvalidArgument));
+        let euro = ProgramFacts {
+            currency: "EUR".into(),
+            ..p.clone()
+        };
+        assert_eq!(
+            refuse(facts(&euro, CodeState::NotGiven)),
+            Some(ErrorCode::InvalidArgument)
+        );
         assert_eq!(refuse(facts(&p, CodeState::Unknown)), Some(ErrorCode::InvalidArgument));
         assert_eq!(refuse(facts(&p, CodeState::Retired)), Some(ErrorCode::Conflict));
-        assert_eq!(refuse(facts(&p, code(enrollment("enr_1", "removed")))), Some(ErrorCode::Conflict));
-        let elsewhere = CodeState::Active { program_id: "prg_other".into(), enrollment: Some(enrollment("enr_1", "active")) };
+        assert_eq!(
+            refuse(facts(&p, code(enrollment("enr_1", "removed")))),
+            Some(ErrorCode::Conflict)
+        );
+        let elsewhere = CodeState::Active {
+            program_id: "prg_other".into(),
+            enrollment: Some(enrollment("enr_1", "active")),
+        };
         assert_eq!(refuse(facts(&p, elsewhere)), Some(ErrorCode::InvalidArgument));
         Ok(())
     }
@@ -371,28 +458,85 @@ mod tests {
     fn attribution_order_and_status() -> Result<(), ApiError> {
         let mut r = Report::parse(&request(), now())?;
         let p = program(&r);
-        let by_code = decide(&r, facts(&p, CodeState::Active { program_id: p.program_id.clone(), enrollment: Some(enrollment("enr_c", "active")) }))?;
-        assert_eq!((by_code.attribution, by_code.status), (Attribution::Code, Status::Approved));
+        let by_code = decide(
+            &r,
+            facts(
+                &p,
+                CodeState::Active {
+                    program_id: p.program_id.clone(),
+                    enrollment: Some(enrollment("enr_c", "active")),
+                },
+            ),
+        )?;
+        assert_eq!(
+            (by_code.attribution, by_code.status),
+            (Attribution::Code, Status::Approved)
+        );
 
-        let binding = Binding { enrollment: enrollment("enr_b", "active"), first_conversion_at: now() - Duration::days(40) };
-        let hit = TouchpointHit { touchpoint_id: "tch_1".into(), code: "abc".into(), enrollment: enrollment("enr_t", "active") };
-        let both = decide(&r, Facts { binding: Some(&binding), touchpoint: Some(&hit), ..facts(&p, CodeState::NotGiven) })?;
+        let binding = Binding {
+            enrollment: enrollment("enr_b", "active"),
+            first_conversion_at: now() - Duration::days(40),
+        };
+        let hit = TouchpointHit {
+            touchpoint_id: "tch_1".into(),
+            code: "abc".into(),
+            enrollment: enrollment("enr_t", "active"),
+        };
+        let both = decide(
+            &r,
+            Facts {
+                binding: Some(&binding),
+                touchpoint: Some(&hit),
+                ..facts(&p, CodeState::NotGiven)
+            },
+        )?;
         assert_eq!((both.attribution, both.renewal), (Attribution::Customer, true));
         assert_eq!(both.enrollment.map(|e| e.enrollment_id), Some("enr_b".to_owned()));
         assert_eq!(both.customer_first_conversion_at, Some(now() - Duration::days(40)));
 
-        let touch = decide(&r, Facts { touchpoint: Some(&hit), ..facts(&p, CodeState::NotGiven) })?;
-        assert_eq!((touch.attribution, touch.touchpoint_id.as_deref()), (Attribution::Touchpoint, Some("tch_1")));
+        let touch = decide(
+            &r,
+            Facts {
+                touchpoint: Some(&hit),
+                ..facts(&p, CodeState::NotGiven)
+            },
+        )?;
+        assert_eq!(
+            (touch.attribution, touch.touchpoint_id.as_deref()),
+            (Attribution::Touchpoint, Some("tch_1"))
+        );
 
         let nobody = decide(&r, facts(&p, CodeState::NotGiven))?;
-        assert_eq!((nobody.status, nobody.attribution), (Status::Unattributed, Attribution::None));
+        assert_eq!(
+            (nobody.status, nobody.attribution),
+            (Status::Unattributed, Attribution::None)
+        );
         assert!(nobody.reason.is_some());
 
-        let manual = ProgramFacts { auto_approve: false, ..p.clone() };
-        assert_eq!(decide(&r, Facts { touchpoint: Some(&hit), ..facts(&manual, CodeState::NotGiven) })?.status, Status::Pending);
+        let manual = ProgramFacts {
+            auto_approve: false,
+            ..p.clone()
+        };
+        assert_eq!(
+            decide(
+                &r,
+                Facts {
+                    touchpoint: Some(&hit),
+                    ..facts(&manual, CodeState::NotGiven)
+                }
+            )?
+            .status,
+            Status::Pending
+        );
 
         r.customer_email = Some("ann@aff.example".into());
-        let selfish = decide(&r, Facts { touchpoint: Some(&hit), ..facts(&p, CodeState::NotGiven) })?;
+        let selfish = decide(
+            &r,
+            Facts {
+                touchpoint: Some(&hit),
+                ..facts(&p, CodeState::NotGiven)
+            },
+        )?;
         assert_eq!((selfish.status, selfish.held_for_review), (Status::Pending, true));
         assert!(selfish.reason.is_some_and(|r| r.contains("self-referral")));
         Ok(())

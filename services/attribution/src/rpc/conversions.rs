@@ -19,7 +19,10 @@ impl Attribution {
     }
 
     /// Many reports; one outcome each, in order. Invalid ones fail alone.
-    pub async fn report_batch(&self, request: pb::ReportConversionsRequest) -> Result<pb::ReportConversionsReply, ApiError> {
+    pub async fn report_batch(
+        &self,
+        request: pb::ReportConversionsRequest,
+    ) -> Result<pb::ReportConversionsReply, ApiError> {
         let now = Utc::now();
         let pending = request.reports.into_iter().map(|r| {
             let writers = self.writers.clone();
@@ -50,9 +53,13 @@ impl Attribution {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         let (mut row, program) = self.owned_pending(&mut tx, &request.conversion_id, &who.org_id).await?;
         let enrollment_id = row.enrollment_id.clone().ok_or_else(ApiError::internal)?;
-        let enrollment = store::read_model::enrollment(&mut tx, &enrollment_id).await.map_err(db_error)?;
+        let enrollment = store::read_model::enrollment(&mut tx, &enrollment_id)
+            .await
+            .map_err(db_error)?;
         if enrollment.as_ref().is_none_or(|e| e.status != "active") {
-            return Err(ApiError::conflict("the affiliate's enrollment is no longer active; reject the conversion instead"));
+            return Err(ApiError::conflict(
+                "the affiliate's enrollment is no longer active; reject the conversion instead",
+            ));
         }
         let now = Utc::now();
         let approval = Approval {
@@ -60,7 +67,11 @@ impl Attribution {
             version: program.commission_version,
             enrollment_id,
             amount_minor: row.amount_minor,
-            renewal_since: row.renewal.then_some(()).and(row.customer_first_conversion_at).map(|first| (first, row.occurred_at)),
+            renewal_since: row
+                .renewal
+                .then_some(())
+                .and(row.customer_first_conversion_at)
+                .map(|first| (first, row.occurred_at)),
             decided_at: now,
         };
         let priced = accrue::price(&mut tx, &self.rules, &[approval]).await.map_err(|e| {
@@ -79,7 +90,9 @@ impl Attribution {
         self.write_decision(&mut tx, &row, "approved").await?;
         tx.commit().await.map_err(db_error)?;
         self.waker.wake();
-        Ok(pb::ConversionReply { conversion: Some(row.to_proto()) })
+        Ok(pb::ConversionReply {
+            conversion: Some(row.to_proto()),
+        })
     }
 
     /// Owner rejects a pending conversion: no commission.
@@ -94,7 +107,9 @@ impl Attribution {
         self.write_decision(&mut tx, &row, "rejected").await?;
         tx.commit().await.map_err(db_error)?;
         self.waker.wake();
-        Ok(pb::ConversionReply { conversion: Some(row.to_proto()) })
+        Ok(pb::ConversionReply {
+            conversion: Some(row.to_proto()),
+        })
     }
 
     /// Owner records a refund or chargeback (full or partial). The commission service reverses
@@ -103,39 +118,73 @@ impl Attribution {
     pub async fn clawback(&self, request: pb::ClawbackRequest) -> Result<pb::ClawbackReply, ApiError> {
         let who = caller(request.caller)?;
         let conversion_id = ConversionId::parse(request.conversion_id.trim())?;
-        let reason = non_empty(&request.reason).ok_or_else(|| ApiError::invalid("reason is required (refund, chargeback, ...)"))?;
+        let reason = non_empty(&request.reason)
+            .ok_or_else(|| ApiError::invalid("reason is required (refund, chargeback, ...)"))?;
         if request.amount_minor < 0 {
-            return Err(ApiError::invalid("amount_minor must be positive (or omitted for the whole remaining amount)"));
+            return Err(ApiError::invalid(
+                "amount_minor must be positive (or omitted for the whole remaining amount)",
+            ));
         }
         let key = non_empty(&request.idempotency_key);
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         let row = self.owned(&mut tx, conversion_id.as_str(), &who.org_id, true).await?.0;
         if let Some(key) = &key
-            && let Some((clawback_id, refund, _)) = store::conversions::clawback_by_key(&mut tx, conversion_id.as_str(), key).await.map_err(db_error)?
+            && let Some((clawback_id, refund, _)) =
+                store::conversions::clawback_by_key(&mut tx, conversion_id.as_str(), key)
+                    .await
+                    .map_err(db_error)?
         {
             if request.amount_minor != 0 && request.amount_minor != refund {
-                return Err(ApiError::new(ErrorCode::IdempotencyMismatch, "idempotency_key was used for a clawback of another amount"));
+                return Err(ApiError::new(
+                    ErrorCode::IdempotencyMismatch,
+                    "idempotency_key was used for a clawback of another amount",
+                ));
             }
-            return Ok(pb::ClawbackReply { conversion: Some(row.to_proto()), clawback_id, refund_minor: refund, duplicate: true });
+            return Ok(pb::ClawbackReply {
+                conversion: Some(row.to_proto()),
+                clawback_id,
+                refund_minor: refund,
+                duplicate: true,
+            });
         }
         match row.status.as_str() {
             "approved" => {}
             "clawed_back" => return Err(ApiError::conflict("this conversion was already clawed back in full")),
-            other => return Err(ApiError::conflict(format!("only approved conversions can be clawed back; this one is {other}"))),
+            other => {
+                return Err(ApiError::conflict(format!(
+                    "only approved conversions can be clawed back; this one is {other}"
+                )));
+            }
         }
         let remaining = row.amount_minor - row.clawed_back_minor;
-        let refund = if request.amount_minor == 0 { remaining } else { request.amount_minor };
+        let refund = if request.amount_minor == 0 {
+            remaining
+        } else {
+            request.amount_minor
+        };
         if refund > remaining {
-            return Err(ApiError::conflict(format!("only {remaining} of this conversion remains to claw back")));
+            return Err(ApiError::conflict(format!(
+                "only {remaining} of this conversion remains to claw back"
+            )));
         }
         if refund <= 0 {
             return Err(ApiError::conflict("nothing remains to claw back"));
         }
         let clawback_id = format!("clb_{}", amba_core::id::time_ordered_suffix());
-        store::conversions::insert_clawback(&mut tx, &clawback_id, conversion_id.as_str(), refund, &reason, key.as_deref())
+        store::conversions::insert_clawback(
+            &mut tx,
+            &clawback_id,
+            conversion_id.as_str(),
+            refund,
+            &reason,
+            key.as_deref(),
+        )
+        .await
+        .map_err(db_error)?;
+        let after = store::conversions::get(&mut tx, conversion_id.as_str(), false)
             .await
-            .map_err(db_error)?;
-        let after = store::conversions::get(&mut tx, conversion_id.as_str(), false).await.map_err(db_error)?.ok_or_else(ApiError::internal)?;
+            .map_err(db_error)?
+            .ok_or_else(ApiError::internal)?;
         let meta = new_meta();
         let body = pb::ConversionClawedBack {
             meta: Some(meta.clone()),
@@ -144,18 +193,28 @@ impl Attribution {
             refund_minor: refund,
             reason,
         };
-        amba_bus::outbox::enqueue(&mut tx, &OutboxEvent::new(self.ns.event("conversion", "clawed_back"), &meta, &body))
-            .await
-            .map_err(db_error)?;
+        amba_bus::outbox::enqueue(
+            &mut tx,
+            &OutboxEvent::new(self.ns.event("conversion", "clawed_back"), &meta, &body),
+        )
+        .await
+        .map_err(db_error)?;
         tx.commit().await.map_err(db_error)?;
         self.waker.wake();
-        Ok(pb::ClawbackReply { conversion: Some(after.to_proto()), clawback_id, refund_minor: refund, duplicate: false })
+        Ok(pb::ClawbackReply {
+            conversion: Some(after.to_proto()),
+            clawback_id,
+            refund_minor: refund,
+            duplicate: false,
+        })
     }
 
     /// Owner: a program's conversions. Affiliate (`mine`): the caller org's own.
     pub async fn list(&self, request: pb::ListConversionsRequest) -> Result<pb::ListConversionsResponse, ApiError> {
         let who = caller(request.caller)?;
-        let program_id = non_empty(&request.program_id).map(|p| ProgramId::parse(&p)).transpose()?;
+        let program_id = non_empty(&request.program_id)
+            .map(|p| ProgramId::parse(&p))
+            .transpose()?;
         let status = non_empty(&request.status);
         if let Some(status) = &status
             && !["pending", "approved", "rejected", "unattributed", "clawed_back"].contains(&status.as_str())
@@ -168,23 +227,43 @@ impl Attribution {
         let limit = cursor::page_size(request.limit);
         let mut conn = self.pool.acquire().await.map_err(db_error)?;
         let filter = if request.mine {
-            store::conversions::ListFilter { program_id: program_id.as_ref().map(|p| p.as_str()), affiliate_org_id: Some(&who.org_id), status: status.as_deref() }
+            store::conversions::ListFilter {
+                program_id: program_id.as_ref().map(|p| p.as_str()),
+                affiliate_org_id: Some(&who.org_id),
+                status: status.as_deref(),
+            }
         } else {
-            let program_id = program_id.as_ref().ok_or_else(|| ApiError::invalid("program_id is required"))?;
-            let programs = store::read_model::programs(&mut conn, &[program_id.to_string()]).await.map_err(db_error)?;
-            if programs.get(program_id.as_str()).is_none_or(|p| p.owner_org_id != who.org_id) {
+            let program_id = program_id
+                .as_ref()
+                .ok_or_else(|| ApiError::invalid("program_id is required"))?;
+            let programs = store::read_model::programs(&mut conn, &[program_id.to_string()])
+                .await
+                .map_err(db_error)?;
+            if programs
+                .get(program_id.as_str())
+                .is_none_or(|p| p.owner_org_id != who.org_id)
+            {
                 return Err(ApiError::not_found(format!("program {program_id}")));
             }
-            store::conversions::ListFilter { program_id: Some(program_id.as_str()), affiliate_org_id: None, status: status.as_deref() }
+            store::conversions::ListFilter {
+                program_id: Some(program_id.as_str()),
+                affiliate_org_id: None,
+                status: status.as_deref(),
+            }
         };
-        let rows = store::conversions::list(&mut conn, &filter, after.as_deref(), limit + 1).await.map_err(db_error)?;
+        let rows = store::conversions::list(&mut conn, &filter, after.as_deref(), limit + 1)
+            .await
+            .map_err(db_error)?;
         let more = rows.len() > limit as usize;
         let conversions: Vec<pb::Conversion> = rows.iter().take(limit as usize).map(ConversionRow::to_proto).collect();
         let next_cursor = match conversions.last() {
             Some(last) if more => cursor::encode(&last.conversion_id),
             _ => String::new(),
         };
-        Ok(pb::ListConversionsResponse { conversions, next_cursor })
+        Ok(pb::ListConversionsResponse {
+            conversions,
+            next_cursor,
+        })
     }
 
     /// The conversion, if the caller owns its program (else NOT_FOUND), with the program.
@@ -196,9 +275,18 @@ impl Attribution {
         lock: bool,
     ) -> Result<(ConversionRow, crate::domain::report::ProgramFacts), ApiError> {
         let not_found = || ApiError::not_found(format!("conversion {conversion_id}"));
-        let row = store::conversions::get(conn, conversion_id, lock).await.map_err(db_error)?.ok_or_else(not_found)?;
-        let programs = store::read_model::programs(conn, std::slice::from_ref(&row.program_id)).await.map_err(db_error)?;
-        let program = programs.get(&row.program_id).filter(|p| p.owner_org_id == org_id).cloned().ok_or_else(not_found)?;
+        let row = store::conversions::get(conn, conversion_id, lock)
+            .await
+            .map_err(db_error)?
+            .ok_or_else(not_found)?;
+        let programs = store::read_model::programs(conn, std::slice::from_ref(&row.program_id))
+            .await
+            .map_err(db_error)?;
+        let program = programs
+            .get(&row.program_id)
+            .filter(|p| p.owner_org_id == org_id)
+            .cloned()
+            .ok_or_else(not_found)?;
         Ok((row, program))
     }
 
@@ -211,14 +299,19 @@ impl Attribution {
         let conversion_id = ConversionId::parse(conversion_id.trim())?;
         let (row, program) = self.owned(conn, conversion_id.as_str(), org_id, true).await?;
         if row.status != "pending" {
-            return Err(ApiError::conflict(format!("only pending conversions can be decided; this one is {}", row.status)));
+            return Err(ApiError::conflict(format!(
+                "only pending conversions can be decided; this one is {}",
+                row.status
+            )));
         }
         Ok((row, program))
     }
 
     async fn write_decision(&self, conn: &mut PgConnection, row: &ConversionRow, kind: &str) -> Result<(), ApiError> {
         store::conversions::decide(conn, row).await.map_err(db_error)?;
-        amba_bus::outbox::enqueue(conn, &event(&self.ns, kind, &row.to_proto(), "pending")).await.map_err(db_error)
+        amba_bus::outbox::enqueue(conn, &event(&self.ns, kind, &row.to_proto(), "pending"))
+            .await
+            .map_err(db_error)
     }
 }
 

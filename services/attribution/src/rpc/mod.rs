@@ -25,7 +25,13 @@ pub struct Attribution {
 
 impl Attribution {
     pub fn new(pool: PgPool, ns: Namespace, waker: RelayWaker, writers: Writers, rules: Arc<RuleCache>) -> Self {
-        Attribution { pool, ns, waker, writers, rules }
+        Attribution {
+            pool,
+            ns,
+            waker,
+            writers,
+            rules,
+        }
     }
 }
 

@@ -14,19 +14,25 @@ impl Attribution {
     /// A click: public (no token), so it validates everything and reveals little. Without a
     /// `program_id` the code's program is used (affiliate links).
     #[tracing::instrument(skip_all, err)]
-    pub async fn record_touchpoint(&self, r: pb::RecordTouchpointRequest) -> Result<pb::RecordTouchpointReply, ApiError> {
+    pub async fn record_touchpoint(
+        &self,
+        r: pb::RecordTouchpointRequest,
+    ) -> Result<pb::RecordTouchpointReply, ApiError> {
         let code = r.code.trim();
         let subject_ref = r.subject_ref.trim();
         if code.is_empty() || code.len() > MAX_REF_LEN {
             return Err(ApiError::invalid("code is required"));
         }
         if subject_ref.is_empty() || subject_ref.len() > MAX_REF_LEN || subject_ref.chars().any(char::is_control) {
-            return Err(ApiError::invalid(format!("subject_ref is required (at most {MAX_REF_LEN} printable characters)")));
+            return Err(ApiError::invalid(format!(
+                "subject_ref is required (at most {MAX_REF_LEN} printable characters)"
+            )));
         }
         let now = Utc::now();
         let occurred_at = match r.occurred_at_micros {
             0 => now,
-            micros => DateTime::from_timestamp_micros(micros).ok_or_else(|| ApiError::invalid("occurred_at is out of range"))?,
+            micros => DateTime::from_timestamp_micros(micros)
+                .ok_or_else(|| ApiError::invalid("occurred_at is out of range"))?,
         };
         if occurred_at > now + Duration::minutes(5) {
             return Err(ApiError::invalid("occurred_at is in the future"));
@@ -34,7 +40,9 @@ impl Attribution {
         let landing_url = Some(r.landing_url.trim()).filter(|u| !u.is_empty() && u.len() <= 2048);
 
         let mut tx = self.pool.begin().await.map_err(db_error)?;
-        let codes = store::read_model::codes(&mut tx, &[code.to_owned()]).await.map_err(db_error)?;
+        let codes = store::read_model::codes(&mut tx, &[code.to_owned()])
+            .await
+            .map_err(db_error)?;
         let unknown = || ApiError::not_found("referral code");
         let code_row = codes.get(code).ok_or_else(unknown)?;
         if !r.program_id.trim().is_empty() && r.program_id.trim() != code_row.program_id {
@@ -43,8 +51,14 @@ impl Attribution {
         if code_row.status != "active" {
             return Err(ApiError::conflict("that referral code was retired"));
         }
-        let enrollment = code_row.enrollment.as_ref().filter(|e| e.status == "active").ok_or_else(|| ApiError::conflict("that affiliate is not active in the program"))?;
-        let programs = store::read_model::programs(&mut tx, std::slice::from_ref(&code_row.program_id)).await.map_err(db_error)?;
+        let enrollment = code_row
+            .enrollment
+            .as_ref()
+            .filter(|e| e.status == "active")
+            .ok_or_else(|| ApiError::conflict("that affiliate is not active in the program"))?;
+        let programs = store::read_model::programs(&mut tx, std::slice::from_ref(&code_row.program_id))
+            .await
+            .map_err(db_error)?;
         let program = programs.get(&code_row.program_id).ok_or_else(unknown)?;
         if program.status != "active" {
             return Err(ApiError::conflict(format!("the program is {}", program.status)));
@@ -56,7 +70,10 @@ impl Attribution {
             enrollment_id: enrollment.enrollment_id.clone(),
             landing_url: program.landing_url.clone().unwrap_or_default(),
         };
-        if let Some(existing) = store::touchpoints::recent(&mut tx, code, subject_ref, occurred_at - DEDUPE_WINDOW).await.map_err(db_error)? {
+        if let Some(existing) = store::touchpoints::recent(&mut tx, code, subject_ref, occurred_at - DEDUPE_WINDOW)
+            .await
+            .map_err(db_error)?
+        {
             return Ok(reply(existing, true));
         }
         let touchpoint_id = TouchpointId::new().to_string();
@@ -88,9 +105,12 @@ impl Attribution {
             subject_ref: subject_ref.to_owned(),
             occurred_at_micros: occurred_at.timestamp_micros(),
         };
-        amba_bus::outbox::enqueue(&mut tx, &OutboxEvent::new(self.ns.event("touchpoint", "recorded"), &meta, &event))
-            .await
-            .map_err(db_error)?;
+        amba_bus::outbox::enqueue(
+            &mut tx,
+            &OutboxEvent::new(self.ns.event("touchpoint", "recorded"), &meta, &event),
+        )
+        .await
+        .map_err(db_error)?;
         tx.commit().await.map_err(db_error)?;
         self.waker.wake();
         Ok(reply(touchpoint_id, false))

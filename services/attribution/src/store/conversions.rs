@@ -60,7 +60,10 @@ impl ConversionRow {
             commission_version: u32::try_from(self.commission_version).unwrap_or_default(),
             commission_tier: self.commission_tier,
             renewal: self.renewal,
-            customer_first_conversion_at_micros: self.customer_first_conversion_at.map(|t| t.timestamp_micros()).unwrap_or_default(),
+            customer_first_conversion_at_micros: self
+                .customer_first_conversion_at
+                .map(|t| t.timestamp_micros())
+                .unwrap_or_default(),
             clawed_back_minor: self.clawed_back_minor,
             held_for_review: self.held_for_review,
         }
@@ -100,7 +103,10 @@ pub async fn existing(conn: &mut PgConnection, keys: &[Key]) -> Result<HashMap<K
     .bind(&externals)
     .fetch_all(conn)
     .await?;
-    Ok(rows.into_iter().map(|r| ((r.program_id.clone(), r.project_id.clone(), r.external_id.clone()), r)).collect())
+    Ok(rows
+        .into_iter()
+        .map(|r| ((r.program_id.clone(), r.project_id.clone(), r.external_id.clone()), r))
+        .collect())
 }
 
 /// Inserts new conversions in one statement. Keys must be new (callers hold the key's shard).
@@ -153,7 +159,10 @@ pub async fn insert_many(conn: &mut PgConnection, rows: &[ConversionRow]) -> Res
 }
 
 /// Binds customers to enrollments; a customer already bound keeps its first binding.
-pub async fn bind_customers(conn: &mut PgConnection, bindings: &[(String, String, String, DateTime<Utc>)]) -> Result<(), sqlx::Error> {
+pub async fn bind_customers(
+    conn: &mut PgConnection,
+    bindings: &[(String, String, String, DateTime<Utc>)],
+) -> Result<(), sqlx::Error> {
     if bindings.is_empty() {
         return Ok(());
     }
@@ -222,7 +231,11 @@ pub async fn write_counters(conn: &mut PgConnection, counters: &Counters) -> Res
     Ok(())
 }
 
-pub async fn get(conn: &mut PgConnection, conversion_id: &str, lock: bool) -> Result<Option<ConversionRow>, sqlx::Error> {
+pub async fn get(
+    conn: &mut PgConnection,
+    conversion_id: &str,
+    lock: bool,
+) -> Result<Option<ConversionRow>, sqlx::Error> {
     let query = if lock {
         sqlx::query_as(select_conversions!("WHERE conversion_id = $1 FOR UPDATE"))
     } else {
@@ -256,7 +269,12 @@ pub struct ListFilter<'a> {
     pub status: Option<&'a str>,
 }
 
-pub async fn list(conn: &mut PgConnection, f: &ListFilter<'_>, after: Option<&str>, limit: u32) -> Result<Vec<ConversionRow>, sqlx::Error> {
+pub async fn list(
+    conn: &mut PgConnection,
+    f: &ListFilter<'_>,
+    after: Option<&str>,
+    limit: u32,
+) -> Result<Vec<ConversionRow>, sqlx::Error> {
     sqlx::query_as(select_conversions!(
         "WHERE ($1::text IS NULL OR program_id = $1) AND ($2::text IS NULL OR affiliate_org_id = $2) \
          AND ($3::text IS NULL OR status = $3) AND ($4::text IS NULL OR conversion_id > $4) ORDER BY conversion_id LIMIT $5"
@@ -271,12 +289,18 @@ pub async fn list(conn: &mut PgConnection, f: &ListFilter<'_>, after: Option<&st
 }
 
 /// A clawback already recorded under this idempotency key: (clawback_id, refund, reason).
-pub async fn clawback_by_key(conn: &mut PgConnection, conversion_id: &str, key: &str) -> Result<Option<(String, i64, String)>, sqlx::Error> {
-    sqlx::query_as("SELECT clawback_id, refund_minor, reason FROM clawbacks WHERE conversion_id = $1 AND idempotency_key = $2")
-        .bind(conversion_id)
-        .bind(key)
-        .fetch_optional(conn)
-        .await
+pub async fn clawback_by_key(
+    conn: &mut PgConnection,
+    conversion_id: &str,
+    key: &str,
+) -> Result<Option<(String, i64, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT clawback_id, refund_minor, reason FROM clawbacks WHERE conversion_id = $1 AND idempotency_key = $2",
+    )
+    .bind(conversion_id)
+    .bind(key)
+    .fetch_optional(conn)
+    .await
 }
 
 pub async fn insert_clawback(

@@ -40,7 +40,11 @@ pub async fn apply_program(conn: &mut PgConnection, p: &pb::Program) -> Result<(
     Ok(())
 }
 
-pub async fn apply_enrollment(conn: &mut PgConnection, e: &pb::Enrollment, emails: &[String]) -> Result<(), sqlx::Error> {
+pub async fn apply_enrollment(
+    conn: &mut PgConnection,
+    e: &pb::Enrollment,
+    emails: &[String],
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO enrollments_view (enrollment_id, program_id, affiliate_org_id, status, affiliate_emails, version_micros) \
          VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (enrollment_id) DO UPDATE SET status = EXCLUDED.status, \
@@ -111,7 +115,11 @@ pub async fn programs(conn: &mut PgConnection, ids: &[String]) -> Result<HashMap
     Ok(rows.into_iter().map(|r| (r.program_id.clone(), r.into())).collect())
 }
 
-pub async fn rule(conn: &mut PgConnection, program_id: &str, version: i32) -> Result<Option<serde_json::Value>, sqlx::Error> {
+pub async fn rule(
+    conn: &mut PgConnection,
+    program_id: &str,
+    version: i32,
+) -> Result<Option<serde_json::Value>, sqlx::Error> {
     let rule: Option<Json<serde_json::Value>> =
         sqlx::query_scalar("SELECT rule FROM rule_versions WHERE program_id = $1 AND version = $2")
             .bind(program_id)
@@ -190,13 +198,23 @@ pub async fn codes(conn: &mut PgConnection, codes: &[String]) -> Result<HashMap<
                 }),
                 _ => None,
             };
-            (r.code, CodeRow { program_id: r.program_id, status: r.code_status, enrollment })
+            (
+                r.code,
+                CodeRow {
+                    program_id: r.program_id,
+                    status: r.code_status,
+                    enrollment,
+                },
+            )
         })
         .collect())
 }
 
 /// Bindings of `(program_id, customer_ref)` pairs, with their enrollments.
-pub async fn bindings(conn: &mut PgConnection, keys: &[(String, String)]) -> Result<HashMap<(String, String), Binding>, sqlx::Error> {
+pub async fn bindings(
+    conn: &mut PgConnection,
+    keys: &[(String, String)],
+) -> Result<HashMap<(String, String), Binding>, sqlx::Error> {
     if keys.is_empty() {
         return Ok(HashMap::new());
     }
@@ -222,7 +240,13 @@ pub async fn bindings(conn: &mut PgConnection, keys: &[(String, String)]) -> Res
         .into_iter()
         .map(|r| {
             let key = (r.enrollment.program_id.clone(), r.customer_ref);
-            (key, Binding { enrollment: r.enrollment.into(), first_conversion_at: r.first_conversion_at })
+            (
+                key,
+                Binding {
+                    enrollment: r.enrollment.into(),
+                    first_conversion_at: r.first_conversion_at,
+                },
+            )
         })
         .collect())
 }
@@ -237,7 +261,10 @@ pub struct TouchpointQuery {
 }
 
 /// For each query, the latest touchpoint of an active enrollment in `[at - window, at]`.
-pub async fn latest_touchpoints(conn: &mut PgConnection, queries: &[TouchpointQuery]) -> Result<HashMap<i32, TouchpointHit>, sqlx::Error> {
+pub async fn latest_touchpoints(
+    conn: &mut PgConnection,
+    queries: &[TouchpointQuery],
+) -> Result<HashMap<i32, TouchpointHit>, sqlx::Error> {
     if queries.is_empty() {
         return Ok(HashMap::new());
     }
@@ -268,6 +295,15 @@ pub async fn latest_touchpoints(conn: &mut PgConnection, queries: &[TouchpointQu
     .await?;
     Ok(rows
         .into_iter()
-        .map(|r| (r.idx, TouchpointHit { touchpoint_id: r.touchpoint_id, code: r.code, enrollment: r.enrollment.into() }))
+        .map(|r| {
+            (
+                r.idx,
+                TouchpointHit {
+                    touchpoint_id: r.touchpoint_id,
+                    code: r.code,
+                    enrollment: r.enrollment.into(),
+                },
+            )
+        })
         .collect())
 }

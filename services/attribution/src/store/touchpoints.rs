@@ -16,7 +16,12 @@ pub struct NewTouchpoint<'a> {
 }
 
 /// The touchpoint of the same code and subject recorded at or after `since`, if any.
-pub async fn recent(conn: &mut PgConnection, code: &str, subject_ref: &str, since: DateTime<Utc>) -> Result<Option<String>, sqlx::Error> {
+pub async fn recent(
+    conn: &mut PgConnection,
+    code: &str,
+    subject_ref: &str,
+    since: DateTime<Utc>,
+) -> Result<Option<String>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT touchpoint_id FROM touchpoints WHERE code = $1 AND subject_ref = $2 AND occurred_at >= $3 \
          ORDER BY occurred_at DESC LIMIT 1",

@@ -150,9 +150,17 @@ impl McpServer {
         description = "Record a click on an affiliate link (public: no token, no session needed). A later conversion \
                        reported with the same subject_ref and no code is attributed to the latest click inside the \
                        program's attribution window.",
-        annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
     )]
-    async fn touchpoint_record(&self, Parameters(a): Parameters<TouchpointArgs>) -> Result<Json<TouchpointOutput>, ToolError> {
+    async fn touchpoint_record(
+        &self,
+        Parameters(a): Parameters<TouchpointArgs>,
+    ) -> Result<Json<TouchpointOutput>, ToolError> {
         let request = pb::RecordTouchpointRequest {
             program_id: a.program_id,
             code: a.code,
@@ -161,8 +169,16 @@ impl McpServer {
             landing_url: a.landing_url.unwrap_or_default(),
             ..Default::default()
         };
-        let reply: pb::RecordTouchpointReply = self.state.rpc.call(methods::SERVICE, methods::RECORD_TOUCHPOINT, &request).await.map_err(tool_error)?;
-        Ok(Json(TouchpointOutput { touchpoint_id: reply.touchpoint_id, duplicate: reply.duplicate }))
+        let reply: pb::RecordTouchpointReply = self
+            .state
+            .rpc
+            .call(methods::SERVICE, methods::RECORD_TOUCHPOINT, &request)
+            .await
+            .map_err(tool_error)?;
+        Ok(Json(TouchpointOutput {
+            touchpoint_id: reply.touchpoint_id,
+            duplicate: reply.duplicate,
+        }))
     }
 
     #[tool(
@@ -170,9 +186,18 @@ impl McpServer {
         description = "Report a sale. Attributed by code, else by the customer's binding (renewals), else by the latest \
                        click of subject_ref in the attribution window; otherwise recorded as unattributed. Idempotent on \
                        (program_id, project_id, external_id): a repeat returns the original outcome with duplicate=true.",
-        annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
     )]
-    async fn conversion_report(&self, Parameters(a): Parameters<ReportArgs>, Extension(parts): Extension<http::request::Parts>) -> Result<Json<ReportOutput>, ToolError> {
+    async fn conversion_report(
+        &self,
+        Parameters(a): Parameters<ReportArgs>,
+        Extension(parts): Extension<http::request::Parts>,
+    ) -> Result<Json<ReportOutput>, ToolError> {
         let request = pb::ReportConversionRequest {
             caller: Some(require_principal(&parts)?),
             program_id: a.program_id,
@@ -186,7 +211,12 @@ impl McpServer {
             customer_email: a.customer_email.unwrap_or_default(),
             occurred_at_micros: parse_time(a.occurred_at.as_deref()).map_err(tool_error)?,
         };
-        let reply: pb::ReportConversionReply = self.state.rpc.call(methods::SERVICE, methods::REPORT, &request).await.map_err(tool_error)?;
+        let reply: pb::ReportConversionReply = self
+            .state
+            .rpc
+            .call(methods::SERVICE, methods::REPORT, &request)
+            .await
+            .map_err(tool_error)?;
         let conversion = conversion_view(reply.conversion.ok_or_else(|| tool_error(ApiError::internal()))?, false);
         Ok(Json(ReportOutput {
             conversion_id: conversion.conversion_id.clone(),
@@ -202,29 +232,64 @@ impl McpServer {
         name = "amba_affiliate_conversion_approve",
         description = "Approve a pending conversion: commission accrues now, under the program's current rule, and the \
                        affiliate is e-mailed.",
-        annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false)
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
     )]
-    async fn conversion_approve(&self, Parameters(a): Parameters<DecideArgs>, Extension(parts): Extension<http::request::Parts>) -> Result<Json<ConversionOutput>, ToolError> {
-        let request = pb::DecideConversionRequest { caller: Some(require_principal(&parts)?), conversion_id: a.conversion_id, reason: a.reason.unwrap_or_default() };
+    async fn conversion_approve(
+        &self,
+        Parameters(a): Parameters<DecideArgs>,
+        Extension(parts): Extension<http::request::Parts>,
+    ) -> Result<Json<ConversionOutput>, ToolError> {
+        let request = pb::DecideConversionRequest {
+            caller: Some(require_principal(&parts)?),
+            conversion_id: a.conversion_id,
+            reason: a.reason.unwrap_or_default(),
+        };
         self.decide(methods::APPROVE, &request).await
     }
 
     #[tool(
         name = "amba_affiliate_conversion_reject",
         description = "Reject a pending conversion: no commission.",
-        annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = false)
+        annotations(
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
     )]
-    async fn conversion_reject(&self, Parameters(a): Parameters<DecideArgs>, Extension(parts): Extension<http::request::Parts>) -> Result<Json<ConversionOutput>, ToolError> {
-        let request = pb::DecideConversionRequest { caller: Some(require_principal(&parts)?), conversion_id: a.conversion_id, reason: a.reason.unwrap_or_default() };
+    async fn conversion_reject(
+        &self,
+        Parameters(a): Parameters<DecideArgs>,
+        Extension(parts): Extension<http::request::Parts>,
+    ) -> Result<Json<ConversionOutput>, ToolError> {
+        let request = pb::DecideConversionRequest {
+            caller: Some(require_principal(&parts)?),
+            conversion_id: a.conversion_id,
+            reason: a.reason.unwrap_or_default(),
+        };
         self.decide(methods::REJECT, &request).await
     }
 
     #[tool(
         name = "amba_affiliate_conversions_list",
         description = "Your program's conversions, oldest first; filter by status, page with cursor.",
-        annotations(read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+        annotations(
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
     )]
-    async fn conversions_list(&self, Parameters(a): Parameters<ConversionsListArgs>, Extension(parts): Extension<http::request::Parts>) -> Result<Json<ConversionsOutput>, ToolError> {
+    async fn conversions_list(
+        &self,
+        Parameters(a): Parameters<ConversionsListArgs>,
+        Extension(parts): Extension<http::request::Parts>,
+    ) -> Result<Json<ConversionsOutput>, ToolError> {
         let request = pb::ListConversionsRequest {
             caller: Some(require_principal(&parts)?),
             program_id: a.program_id,
@@ -239,9 +304,18 @@ impl McpServer {
     #[tool(
         name = "amba_affiliate_my_conversions_list",
         description = "Conversions attributed to your organization (only yours), oldest first.",
-        annotations(read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+        annotations(
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
     )]
-    async fn my_conversions_list(&self, Parameters(a): Parameters<MyConversionsListArgs>, Extension(parts): Extension<http::request::Parts>) -> Result<Json<ConversionsOutput>, ToolError> {
+    async fn my_conversions_list(
+        &self,
+        Parameters(a): Parameters<MyConversionsListArgs>,
+        Extension(parts): Extension<http::request::Parts>,
+    ) -> Result<Json<ConversionsOutput>, ToolError> {
         let request = pb::ListConversionsRequest {
             caller: Some(require_principal(&parts)?),
             program_id: a.program_id.unwrap_or_default(),
@@ -255,16 +329,40 @@ impl McpServer {
 }
 
 impl McpServer {
-    async fn decide(&self, method: &str, request: &pb::DecideConversionRequest) -> Result<Json<ConversionOutput>, ToolError> {
-        let reply: pb::ConversionReply = self.state.rpc.call(methods::SERVICE, method, request).await.map_err(tool_error)?;
+    async fn decide(
+        &self,
+        method: &str,
+        request: &pb::DecideConversionRequest,
+    ) -> Result<Json<ConversionOutput>, ToolError> {
+        let reply: pb::ConversionReply = self
+            .state
+            .rpc
+            .call(methods::SERVICE, method, request)
+            .await
+            .map_err(tool_error)?;
         let conversion = reply.conversion.ok_or_else(|| tool_error(ApiError::internal()))?;
-        Ok(Json(ConversionOutput { conversion: conversion_view(conversion, false) }))
+        Ok(Json(ConversionOutput {
+            conversion: conversion_view(conversion, false),
+        }))
     }
 
-    async fn list(&self, request: &pb::ListConversionsRequest, affiliate_view: bool) -> Result<Json<ConversionsOutput>, ToolError> {
-        let reply: pb::ListConversionsResponse = self.state.rpc.call(methods::SERVICE, methods::LIST, request).await.map_err(tool_error)?;
+    async fn list(
+        &self,
+        request: &pb::ListConversionsRequest,
+        affiliate_view: bool,
+    ) -> Result<Json<ConversionsOutput>, ToolError> {
+        let reply: pb::ListConversionsResponse = self
+            .state
+            .rpc
+            .call(methods::SERVICE, methods::LIST, request)
+            .await
+            .map_err(tool_error)?;
         Ok(Json(ConversionsOutput {
-            conversions: reply.conversions.into_iter().map(|c| conversion_view(c, affiliate_view)).collect(),
+            conversions: reply
+                .conversions
+                .into_iter()
+                .map(|c| conversion_view(c, affiliate_view))
+                .collect(),
             next_cursor: non_empty(reply.next_cursor),
         }))
     }
@@ -276,7 +374,11 @@ pub fn parse_time(text: Option<&str>) -> Result<i64, ApiError> {
         None => Ok(0),
         Some(t) => chrono::DateTime::parse_from_rfc3339(t)
             .map(|d| d.timestamp_micros())
-            .map_err(|_| ApiError::invalid(format!("occurred_at {t:?} is not an RFC 3339 time such as 2026-11-24T10:00:00Z"))),
+            .map_err(|_| {
+                ApiError::invalid(format!(
+                    "occurred_at {t:?} is not an RFC 3339 time such as 2026-11-24T10:00:00Z"
+                ))
+            }),
     }
 }
 
@@ -290,7 +392,11 @@ pub fn conversion_view(c: pb::Conversion, affiliate_view: bool) -> ConversionVie
         code: non_empty(c.code),
         touchpoint_id: non_empty(c.touchpoint_id),
         subject_ref: if affiliate_view { None } else { non_empty(c.subject_ref) },
-        customer_ref: if affiliate_view { None } else { non_empty(c.customer_ref) },
+        customer_ref: if affiliate_view {
+            None
+        } else {
+            non_empty(c.customer_ref)
+        },
         reason: non_empty(c.reason),
         commission_version: (c.commission_version != 0).then_some(c.commission_version),
         conversion_id: c.conversion_id,
