@@ -1,11 +1,12 @@
 //! The transactional outbox and its relay.
 //!
 //! A service writes its state change and the event announcing it in one transaction
-//! ([`enqueue`]). The [`Relay`] later publishes unsent rows in batches with
-//! `Nats-Msg-Id = event_id`, waits for every PubAck, and only then marks the rows sent. A crash
-//! between publish and mark republishes the same ids, which JetStream deduplicates (and consumer
-//! inboxes catch beyond the duplicate window), so every committed event is delivered and no
-//! rolled-back one ever is.
+//! ([`enqueue`]). The [`Relay`] later publishes the rows in batches with
+//! `Nats-Msg-Id = event_id`, waits for every PubAck, and only then deletes them, in the same
+//! transaction that locked them. A crash between publish and delete republishes the same ids,
+//! which JetStream deduplicates (and consumer inboxes catch beyond the duplicate window), so every
+//! committed event is delivered and no rolled-back one ever is. Rows in the outbox are exactly
+//! the events not yet acknowledged.
 
 use crate::events::OutboxEvent;
 use async_nats::jetstream::{self, message::PublishMessage};
@@ -79,13 +80,7 @@ pub struct Relay {
     waker: RelayWaker,
     batch_size: i64,
     poll_interval: Duration,
-    /// Deletes rows sent more than [`KEEP_SENT`] ago, once a minute (one relay per pool does).
-    prunes: bool,
 }
-
-/// How long sent rows stay in the outbox (for inspection) before the relay deletes them.
-pub const KEEP_SENT: Duration = Duration::from_secs(3600);
-const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 impl Relay {
     pub fn new(pool: PgPool, js: jetstream::Context, waker: RelayWaker) -> Self {
@@ -95,28 +90,13 @@ impl Relay {
             waker,
             batch_size: 1_000,
             poll_interval: Duration::from_millis(250),
-            prunes: true,
         }
-    }
-
-    /// A relay that leaves pruning to another (several relays may share one outbox: row locks
-    /// with SKIP LOCKED give each its own rows).
-    pub fn without_pruning(mut self) -> Self {
-        self.prunes = false;
-        self
     }
 
     /// Publishes until `shutdown`, then flushes what is left once more.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut failures: u32 = 0;
-        let mut last_prune = tokio::time::Instant::now();
         loop {
-            if self.prunes && last_prune.elapsed() >= PRUNE_EVERY {
-                last_prune = tokio::time::Instant::now();
-                if let Err(err) = self.prune_sent(KEEP_SENT).await {
-                    tracing::warn!(error = %err, "pruning sent outbox rows failed");
-                }
-            }
             match self.publish_pending().await {
                 Ok(sent) if sent as i64 == self.batch_size => {
                     failures = 0;
@@ -140,7 +120,7 @@ impl Relay {
         }
     }
 
-    /// One batch: lock unsent rows, publish them all, await every PubAck, mark them sent.
+    /// One batch: lock rows, publish them all, await every PubAck, delete them.
     /// Returns how many rows were published.
     pub async fn publish_pending(&self) -> Result<usize, RelayError> {
         let mut tx = self.pool.begin().await?;
@@ -149,27 +129,17 @@ impl Relay {
             return Ok(0);
         }
         publish(&self.js, &batch).await?;
-        mark_sent(&mut tx, &batch).await?;
+        remove_published(&mut tx, &batch).await?;
         tx.commit().await?;
         Ok(batch.len())
     }
-
-    /// Deletes rows sent longer than `older_than` ago; the stream and inboxes hold them now.
-    pub async fn prune_sent(&self, older_than: Duration) -> Result<u64, sqlx::Error> {
-        let seconds = older_than.as_secs_f64();
-        let done = sqlx::query("DELETE FROM outbox WHERE sent_at < now() - make_interval(secs => $1)")
-            .bind(seconds)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected())
-    }
 }
 
-/// Locks up to `limit` unsent rows; other relay replicas skip them.
+/// Locks up to `limit` rows; other relays (threads or replicas) skip them.
 pub async fn fetch_pending(tx: &mut Transaction<'_, Postgres>, limit: i64) -> Result<Vec<PendingEvent>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, event_id, subject, payload, traceparent FROM outbox \
-         WHERE sent_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
     .bind(limit)
     .fetch_all(&mut **tx)
@@ -198,9 +168,10 @@ pub async fn publish(js: &jetstream::Context, batch: &[PendingEvent]) -> Result<
     Ok(())
 }
 
-pub async fn mark_sent(tx: &mut Transaction<'_, Postgres>, batch: &[PendingEvent]) -> Result<(), sqlx::Error> {
+/// Deletes rows JetStream has acknowledged.
+pub async fn remove_published(tx: &mut Transaction<'_, Postgres>, batch: &[PendingEvent]) -> Result<(), sqlx::Error> {
     let ids: Vec<i64> = batch.iter().map(|e| e.id).collect();
-    sqlx::query("UPDATE outbox SET sent_at = now() WHERE id = ANY($1)")
+    sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
         .bind(&ids)
         .execute(&mut **tx)
         .await?;

@@ -60,10 +60,8 @@ where
 {
     let relay_stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
-    for index in 0..relays.max(1) {
-        let relay = Relay::new(pool.clone(), bus.js.clone(), waker.clone());
-        let relay = if index == 0 { relay } else { relay.without_pruning() };
-        tasks.spawn(relay.run(relay_stop.clone()));
+    for _ in 0..relays.max(1) {
+        tasks.spawn(Relay::new(pool.clone(), bus.js.clone(), waker.clone()).run(relay_stop.clone()));
     }
     let result = work.await;
     relay_stop.cancel();

@@ -40,6 +40,21 @@ fn ago(d: Duration) -> String {
     (Utc::now() - d).to_rfc3339()
 }
 
+/// Waits until attribution's read model (built from enrollment's events) holds `expected`.
+async fn read_model_shows(sys: &TestSystem, sql: &'static str, key: &str, expected: &str) -> anyhow::Result<()> {
+    let pool = sys.service_pool("attribution").await?;
+    eventually(std::time::Duration::from_secs(10), sql, || {
+        let (pool, key) = (pool.clone(), key.to_owned());
+        async move {
+            let status: Option<String> = sqlx::query_scalar(sql).bind(&key).fetch_optional(&pool).await?;
+            Ok(status.filter(|s| s == expected).map(|_| ()))
+        }
+    })
+    .await?;
+    pool.close().await;
+    Ok(())
+}
+
 struct Setup {
     sys: TestSystem,
     owner: Org,
@@ -55,23 +70,11 @@ async fn setup(program_settings: Value) -> anyhow::Result<Setup> {
     let program = active_program(&owner, program_settings).await?;
     let ann_enrollment = enroll(&owner, &ann, &program, None).await?;
     // Reports resolve codes from attribution's read model, built from events: wait for it.
-    let code = text(&ann_enrollment["code"]).to_owned();
-    eventually(
-        std::time::Duration::from_secs(10),
-        "the code in attribution's read model",
-        || {
-            let pool = sys.service_pool("attribution");
-            let code = code.clone();
-            async move {
-                let pool = pool.await?;
-                let known: Option<String> = sqlx::query_scalar("SELECT code FROM codes_view WHERE code = $1")
-                    .bind(&code)
-                    .fetch_optional(&pool)
-                    .await?;
-                pool.close().await;
-                Ok(known.map(|_| ()))
-            }
-        },
+    read_model_shows(
+        &sys,
+        "SELECT status FROM codes_view WHERE code = $1",
+        text(&ann_enrollment["code"]),
+        "active",
     )
     .await?;
     Ok(Setup {
@@ -178,36 +181,32 @@ async fn reports_by_code_are_idempotent_and_refusals_record_nothing() -> anyhow:
             json!({"enrollment_id": ann_enrollment["enrollment_id"]}),
         )
         .await?;
-    let retired = eventually(
-        std::time::Duration::from_secs(10),
-        "the retired code to be refused",
-        || {
-            let args = with(json!({"external_id": "o-3", "code": code}));
-            let owner = &owner;
-            async move {
-                let result = owner.mcp.call("amba_affiliate_conversion_report", args).await?;
-                let err = result.structured_content.and_then(|c| c.get("error").cloned());
-                Ok(err.filter(|e| e["code"] == "CONFLICT"))
-            }
-        },
-    )
-    .await?;
+    // Attribution learns of the rotation from events; wait for its read model, then report.
+    read_model_shows(&sys, "SELECT status FROM codes_view WHERE code = $1", code, "retired").await?;
+    let retired = owner
+        .mcp
+        .err(
+            "amba_affiliate_conversion_report",
+            with(json!({"external_id": "o-3", "code": code})),
+        )
+        .await?;
+    assert_eq!(retired["code"], "CONFLICT");
     assert!(retired["message"].as_str().is_some_and(|m| m.contains("retired")));
     let new_code = text(&rotated["code"]).to_owned();
-    eventually(std::time::Duration::from_secs(10), "the new code to attribute", || {
-        let args = with(json!({"external_id": "o-4", "code": new_code}));
-        let owner = &owner;
-        async move {
-            Ok(owner
-                .mcp
-                .call("amba_affiliate_conversion_report", args)
-                .await?
-                .is_error
-                .filter(|e| !e)
-                .map(|_| ()))
-        }
-    })
+    read_model_shows(
+        &sys,
+        "SELECT status FROM codes_view WHERE code = $1",
+        &new_code,
+        "active",
+    )
     .await?;
+    owner
+        .mcp
+        .ok(
+            "amba_affiliate_conversion_report",
+            with(json!({"external_id": "o-4", "code": new_code})),
+        )
+        .await?;
     owner
         .mcp
         .ok(
@@ -215,22 +214,21 @@ async fn reports_by_code_are_idempotent_and_refusals_record_nothing() -> anyhow:
             json!({"program_id": program, "status": "paused"}),
         )
         .await?;
-    let paused = eventually(
-        std::time::Duration::from_secs(10),
-        "the paused program to refuse",
-        || {
-            let args = with(json!({"external_id": "o-5", "code": new_code}));
-            let owner = &owner;
-            async move {
-                let result = owner.mcp.call("amba_affiliate_conversion_report", args).await?;
-                Ok(result
-                    .structured_content
-                    .and_then(|c| c.get("error").cloned())
-                    .filter(|e| e["code"] == "CONFLICT"))
-            }
-        },
+    read_model_shows(
+        &sys,
+        "SELECT status FROM programs_view WHERE program_id = $1",
+        &program,
+        "paused",
     )
     .await?;
+    let paused = owner
+        .mcp
+        .err(
+            "amba_affiliate_conversion_report",
+            with(json!({"external_id": "o-5", "code": new_code})),
+        )
+        .await?;
+    assert_eq!(paused["code"], "CONFLICT");
     assert!(paused["message"].as_str().is_some_and(|m| m.contains("paused")));
 
     let listed = owner
@@ -769,42 +767,56 @@ async fn sixty_four_callers_racing_on_the_same_keys_record_each_once() -> anyhow
         .await?;
     assert_eq!(distinct, 1_000);
 
-    // Every conversion's events reach JetStream once, also when the relay "dies" between publish
-    // and marking sent: unmark half the rows as a crash would leave them; they go out again and
-    // the stream deduplicates.
+    // Every conversion's event reaches JetStream once, also when a relay dies between publishing
+    // and deleting its rows: put half of the published events back into the outbox, as such a
+    // crash leaves them; they go out again and the stream deduplicates them.
     let stream = sys.bus.ns.events_stream("attribution");
-    eventually(std::time::Duration::from_secs(30), "the outbox to drain", || {
+    let outbox_empty = || {
         let pool = pool.clone();
         async move {
-            let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+            let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
                 .fetch_one(&pool)
                 .await?;
-            Ok((unsent == 0).then_some(()))
+            Ok((left == 0).then_some(()))
         }
-    })
-    .await?;
-    sqlx::query("UPDATE outbox SET sent_at = NULL WHERE id % 2 = 0")
-        .execute(&pool)
+    };
+    eventually(std::time::Duration::from_secs(30), "the outbox to drain", outbox_empty).await?;
+    let published = sys.bus.js.get_stream(&stream).await?;
+    let consumer = published
+        .create_consumer(async_nats::jetstream::consumer::pull::Config::default())
         .await?;
+    let mut batch = consumer
+        .fetch()
+        .max_messages(500)
+        .expires(std::time::Duration::from_secs(1))
+        .messages()
+        .await?;
+    let mut replayed = 0;
+    while let Some(message) = futures::StreamExt::next(&mut batch).await {
+        let message = message.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let event_id = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Msg-Id"))
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        sqlx::query("INSERT INTO outbox (event_id, subject, payload) VALUES ($1, $2, $3)")
+            .bind(event_id)
+            .bind(message.subject.to_string())
+            .bind(message.payload.to_vec())
+            .execute(&pool)
+            .await?;
+        replayed += 1;
+    }
+    assert_eq!(replayed, 500);
     eventually(
         std::time::Duration::from_secs(30),
-        "the republished half to drain",
-        || {
-            let pool = pool.clone();
-            async move {
-                let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
-                    .fetch_one(&pool)
-                    .await?;
-                Ok((unsent == 0).then_some(()))
-            }
-        },
+        "the replayed half to drain",
+        outbox_empty,
     )
     .await?;
     let messages = sys.bus.js.get_stream(&stream).await?.info().await?.state.messages;
-    assert_eq!(
-        messages, 2_000,
-        "one recorded and one approved event per conversion, no copies"
-    );
+    assert_eq!(messages, 1_000, "one event per conversion, no copies");
     pool.close().await;
     sys.stop().await
 }

@@ -50,7 +50,7 @@ async fn stream_messages(bus: &amba_bus::Bus) -> anyhow::Result<Vec<String>> {
 }
 
 async fn unsent(pool: &sqlx::PgPool) -> anyhow::Result<i64> {
-    Ok(sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+    Ok(sqlx::query_scalar("SELECT count(*) FROM outbox")
         .fetch_one(pool)
         .await?)
 }

@@ -303,11 +303,9 @@ async fn decide_and_write(deps: &WriterDeps, reports: &[(Report, String)]) -> Re
                 report.occurred_at,
             ));
         }
-        let conversion = row.to_proto();
-        events.push(event(&deps.ns, "recorded", &conversion, ""));
-        if approved {
-            events.push(event(&deps.ns, "approved", &conversion, "pending"));
-        }
+        // One event per new conversion: approved on arrival, or recorded (pending, unattributed).
+        let kind = if approved { "approved" } else { "recorded" };
+        events.push(event(&deps.ns, kind, &row.to_proto(), ""));
         rows.push(row);
     }
     store::conversions::insert_many(&mut tx, &rows).await?;
