@@ -1,5 +1,5 @@
-//! End-to-end lag: from a report being accepted (its `recorded_at`) to its `conversion.recorded`
-//! event arriving on NATS, i.e. committed, relayed from the outbox and acknowledged by JetStream.
+//! End-to-end lag: from a report being accepted (its `recorded_at`) to the event announcing the
+//! new conversion arriving on NATS, i.e. committed, relayed from the outbox and stored by JetStream.
 
 use crate::{Options, percentile_ms};
 use amba_proto::v1 as pb;
@@ -20,8 +20,9 @@ pub struct Lags {
 impl Monitor {
     pub async fn start(options: &Options) -> anyhow::Result<Monitor> {
         let nats = async_nats::connect(&options.nats).await?;
+        // A new conversion is announced once: `recorded`, or `approved` when approved on arrival.
         let mut events = nats
-            .subscribe(format!("{}.evt.conversion.recorded", options.namespace))
+            .subscribe(format!("{}.evt.conversion.*", options.namespace))
             .await?;
         nats.flush().await?;
         let seen = Arc::new(Mutex::new((0u64, Vec::new())));
@@ -32,6 +33,9 @@ impl Monitor {
                 let Ok(event) = pb::ConversionChanged::decode(message.payload) else {
                     continue;
                 };
+                if !event.previous_status.is_empty() {
+                    continue; // a later decision, not a new conversion
+                }
                 let recorded = event.conversion.map(|c| c.recorded_at_micros).unwrap_or_default();
                 let now = SystemTime::now()
                     .duration_since(UNIX_EPOCH)

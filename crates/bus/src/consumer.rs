@@ -1,10 +1,11 @@
 //! The one JetStream consumer runner every service uses.
 //!
-//! For each message: read the event id (`Nats-Msg-Id`), open a transaction, record the id in the
-//! inbox — if it was already there the event was applied before and is only acked — run the
-//! handler in the same transaction, commit, then double-ack. A transient failure rolls back and
-//! naks with backoff; an undecodable or permanently invalid message (or one out of retries) is
-//! recorded in `dead_letters` and terminated.
+//! For each message: read the event id (`Nats-Msg-Id`), record the id in the inbox — if it was
+//! already there the event was applied before and is only acked — and run the handler, in the
+//! same transaction; commit, then double-ack. A transient failure rolls the message back and naks
+//! it with backoff; an undecodable or permanently invalid message (or one out of retries) is
+//! recorded in `dead_letters` and terminated. A worker applies what it has queued in one
+//! transaction, each message in its own savepoint, so one commit (one fsync) serves many.
 //!
 //! Work is spread over `concurrency` worker tasks. A handler may name a partition key (an
 //! affiliate's enrollment, say): messages with the same key always go to the same worker and are
@@ -97,6 +98,9 @@ impl ConsumerSpec {
     }
 }
 
+/// Most messages one worker applies in one transaction.
+const MAX_GROUP: usize = 64;
+
 /// Backoff for the n-th failed attempt: 100 ms doubling, capped at 30 s.
 pub fn retry_delay(attempt: i64) -> Duration {
     let exponent = u32::try_from(attempt.clamp(1, 16) - 1).unwrap_or(0);
@@ -136,8 +140,15 @@ pub async fn run<H: Handler>(
         queues.push(queue);
         let (pool, spec, handler) = (pool.clone(), spec.clone(), handler.clone());
         workers.spawn(async move {
-            while let Some((message, delivery)) = inbox.recv().await {
-                process(&pool, &spec, handler.as_ref(), message, delivery).await;
+            while let Some(first) = inbox.recv().await {
+                let mut group = vec![first];
+                while group.len() < MAX_GROUP {
+                    match inbox.try_recv() {
+                        Ok(next) => group.push(next),
+                        Err(_) => break,
+                    }
+                }
+                settle_group(&pool, &spec, handler.as_ref(), group).await;
             }
         });
     }
@@ -195,39 +206,79 @@ fn delivery_of(message: &jetstream::Message) -> Delivery {
     }
 }
 
-async fn process<H: Handler>(
+/// Applies what a worker has queued (in order) in ONE transaction: each message in a savepoint
+/// with its inbox row, one commit for all, then each is acked, nak'd or dead-lettered on its own.
+/// One fsync per group instead of per message is what lets consumers keep up with the hot path.
+async fn settle_group<H: Handler>(
     pool: &PgPool,
     spec: &ConsumerSpec,
     handler: &H,
-    message: jetstream::Message,
-    delivery: Delivery,
+    group: Vec<(jetstream::Message, Delivery)>,
 ) {
-    let span = tracing::info_span!("consume", consumer = %spec.durable_name, subject = %delivery.subject, event_id = %delivery.event_id, attempt = delivery.attempt);
-    amba_telemetry::set_remote_parent(&span, &delivery.traceparent);
-    settle(pool, spec, handler, message, delivery).instrument(span).await;
+    let outcomes = match apply_group(pool, &spec.durable_name, handler, &group).await {
+        Ok(outcomes) => outcomes,
+        Err(err) => {
+            // Nothing of the group was committed; every message is tried again.
+            tracing::warn!(consumer = %spec.durable_name, error = %err, "consumer transaction failed");
+            group
+                .iter()
+                .map(|_| Err(HandlerError::Retry(anyhow::anyhow!("transaction failed: {err}"))))
+                .collect()
+        }
+    };
+    let settles = group
+        .into_iter()
+        .zip(outcomes)
+        .map(|((message, delivery), outcome)| settle(pool, spec, message, delivery, outcome));
+    futures::future::join_all(settles).await;
 }
 
-async fn settle<H: Handler>(
+async fn apply_group<H: Handler>(
+    pool: &PgPool,
+    consumer: &str,
+    handler: &H,
+    group: &[(jetstream::Message, Delivery)],
+) -> Result<Vec<Result<(), HandlerError>>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let mut outcomes = Vec::with_capacity(group.len());
+    for (_, delivery) in group {
+        if delivery.event_id.starts_with("missing-id:") {
+            outcomes.push(Err(HandlerError::Permanent("message has no Nats-Msg-Id".into())));
+            continue;
+        }
+        let span = tracing::info_span!("consume", %consumer, subject = %delivery.subject, event_id = %delivery.event_id, attempt = delivery.attempt);
+        amba_telemetry::set_remote_parent(&span, &delivery.traceparent);
+        sqlx::query("SAVEPOINT message").execute(&mut *tx).await?;
+        let outcome = apply(&mut tx, consumer, handler, delivery).instrument(span).await;
+        let undo = if outcome.is_ok() {
+            "RELEASE SAVEPOINT message"
+        } else {
+            "ROLLBACK TO SAVEPOINT message"
+        };
+        sqlx::query(undo).execute(&mut *tx).await?;
+        outcomes.push(outcome);
+    }
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+/// Acks a committed message, naks a transient failure, dead-letters and terminates the rest.
+async fn settle(
     pool: &PgPool,
     spec: &ConsumerSpec,
-    handler: &H,
     message: jetstream::Message,
     delivery: Delivery,
+    outcome: Result<(), HandlerError>,
 ) {
     let attempt = delivery.attempt;
-    let outcome = if delivery.event_id.starts_with("missing-id:") {
-        Err(HandlerError::Permanent("message has no Nats-Msg-Id".into()))
-    } else {
-        apply(pool, &spec.durable_name, handler, &delivery).await
-    };
     let ack = match outcome {
         Ok(()) => message.double_ack().await,
         Err(HandlerError::Retry(err)) if attempt < spec.max_deliver => {
-            tracing::warn!(error = %err, "handler failed; will retry");
+            tracing::warn!(consumer = %spec.durable_name, event_id = %delivery.event_id, error = %err, "handler failed; will retry");
             message.ack_with(AckKind::Nak(Some(retry_delay(attempt)))).await
         }
         Err(err) => {
-            tracing::error!(error = %err, "giving up on message; dead-lettered");
+            tracing::error!(consumer = %spec.durable_name, event_id = %delivery.event_id, error = %err, "giving up on message; dead-lettered");
             if let Err(db) = dead_letter(pool, &spec.durable_name, &delivery, &err.to_string()).await {
                 // Leave it un-acked: it is redelivered after ack_wait and we try to record it again.
                 tracing::error!(error = %db, "could not record dead letter");
@@ -242,29 +293,26 @@ async fn settle<H: Handler>(
     }
 }
 
-/// Inbox row and handler effects in one transaction. A known event id commits nothing new.
+/// Inbox row and handler effects, inside the group's transaction. A known event id changes nothing.
 async fn apply<H: Handler>(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     consumer: &str,
     handler: &H,
     delivery: &Delivery,
 ) -> Result<(), HandlerError> {
-    let mut tx = pool.begin().await?;
     let inserted =
         sqlx::query("INSERT INTO inbox (consumer, event_id, subject) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
             .bind(consumer)
             .bind(&delivery.event_id)
             .bind(&delivery.subject)
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await?
             .rows_affected();
     if inserted == 0 {
         tracing::debug!("duplicate delivery; already applied");
         return Ok(());
     }
-    handler.handle(&mut tx, delivery).await?;
-    tx.commit().await?;
-    Ok(())
+    handler.handle(conn, delivery).await
 }
 
 async fn dead_letter(pool: &PgPool, consumer: &str, delivery: &Delivery, error: &str) -> Result<(), sqlx::Error> {

@@ -88,7 +88,9 @@ impl Conversions for ConversionsApi {
         let caller = self.principal(&request).await?;
         let mut report = request.into_inner();
         report.caller = Some(caller);
-        Ok(Response::new(self.call(methods::REPORT, &report).await?))
+        Ok(Response::new(
+            self.state.reports.report(report).await.map_err(|e| status(&e))?,
+        ))
     }
 
     async fn report_conversions(

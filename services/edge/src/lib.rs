@@ -3,6 +3,7 @@
 //! into a request to the owning service over NATS.
 
 pub mod auth;
+pub mod batcher;
 pub mod grpc;
 pub mod http;
 pub mod mcp;
@@ -35,6 +36,8 @@ pub struct EdgeState {
     pub public_url: Arc<str>,
     pub tokens: Arc<auth::TokenCache>,
     pub rate_limiter: Arc<public::RateLimiter>,
+    /// Single conversion reports, coalesced into batch requests.
+    pub reports: batcher::ReportBatcher,
     ready: Arc<AtomicBool>,
 }
 
@@ -61,6 +64,7 @@ impl Edge {
         let state = EdgeState {
             tokens: Arc::new(auth::TokenCache::new(rpc.clone())),
             rate_limiter: Arc::new(public::RateLimiter::default()),
+            reports: batcher::ReportBatcher::start(rpc.clone()),
             rpc,
             nats: bus.nats.clone(),
             public_url,

@@ -1,0 +1,86 @@
+//! Coalesces single conversion reports (gRPC unary, MCP) into batch requests to attribution.
+//!
+//! Under load, many callers wait at once: instead of one NATS round trip each, whatever is queued
+//! when a batch leaves (up to [`MAX_BATCH`]) travels as one `report_batch` request, and the
+//! outcomes are handed back to each caller. Nothing waits to fill a batch: an idle edge sends a
+//! lone report at once.
+
+use amba_bus::rpc::{RpcClient, error_from_proto};
+use amba_core::ApiError;
+use amba_proto::methods::attribution as methods;
+use amba_proto::v1 as pb;
+use std::sync::Arc;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+const MAX_BATCH: usize = 256;
+/// Batch requests in flight at once.
+const IN_FLIGHT: usize = 16;
+
+type Reply = Result<pb::ReportConversionReply, ApiError>;
+
+#[derive(Clone)]
+pub struct ReportBatcher {
+    queue: mpsc::Sender<(pb::ReportConversionRequest, oneshot::Sender<Reply>)>,
+}
+
+impl ReportBatcher {
+    /// Starts the batching task; it ends when the last handle is dropped.
+    pub fn start(rpc: RpcClient) -> ReportBatcher {
+        let (queue, receiver) = mpsc::channel(8 * MAX_BATCH);
+        tokio::spawn(run(receiver, rpc));
+        ReportBatcher { queue }
+    }
+
+    pub async fn report(&self, request: pb::ReportConversionRequest) -> Reply {
+        let (reply, answer) = oneshot::channel();
+        let closed = || ApiError::unavailable("the edge is shutting down");
+        self.queue.send((request, reply)).await.map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
+    }
+}
+
+async fn run(mut receiver: mpsc::Receiver<(pb::ReportConversionRequest, oneshot::Sender<Reply>)>, rpc: RpcClient) {
+    let permits = Arc::new(Semaphore::new(IN_FLIGHT));
+    while let Some(first) = receiver.recv().await {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        // Taken after the permit: while all batches are in flight, reports keep queueing.
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match receiver.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        let rpc = rpc.clone();
+        tokio::spawn(async move {
+            let (reports, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            let count = reports.len();
+            let result: Result<pb::ReportConversionsReply, ApiError> = rpc
+                .call(
+                    methods::SERVICE,
+                    methods::REPORT_BATCH,
+                    &pb::ReportConversionsRequest { reports },
+                )
+                .await;
+            match result {
+                Ok(reply) if reply.outcomes.len() == count => {
+                    for (reply, outcome) in replies.into_iter().zip(reply.outcomes) {
+                        let answer = match outcome.result {
+                            Some(pb::report_outcome::Result::Ok(ok)) => Ok(ok),
+                            Some(pb::report_outcome::Result::Error(err)) => Err(error_from_proto(err)),
+                            None => Err(ApiError::internal()),
+                        };
+                        let _ = reply.send(answer);
+                    }
+                }
+                Ok(_) => replies
+                    .into_iter()
+                    .for_each(|r| drop(r.send(Err(ApiError::internal())))),
+                Err(err) => replies.into_iter().for_each(|r| drop(r.send(Err(err.clone())))),
+            }
+            drop(permit);
+        });
+    }
+}
