@@ -95,9 +95,12 @@ pub async fn existing(conn: &mut PgConnection, keys: &[Key]) -> Result<HashMap<K
     let programs: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
     let projects: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
     let externals: Vec<&str> = keys.iter().map(|k| k.2.as_str()).collect();
-    let rows: Vec<ConversionRow> = sqlx::query_as(select_conversions!(
-        "WHERE (program_id, project_id, external_id) IN (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[]))"
-    ))
+    // One unique-index probe per key (a plain IN (...) may hash-join against the whole table).
+    let rows: Vec<ConversionRow> = sqlx::query_as(
+        "SELECT c.* FROM UNNEST($1::text[], $2::text[], $3::text[]) AS k(program_id, project_id, external_id) \
+         CROSS JOIN LATERAL (SELECT * FROM conversions x WHERE x.program_id = k.program_id \
+           AND x.project_id = k.project_id AND x.external_id = k.external_id) c",
+    )
     .bind(&programs)
     .bind(&projects)
     .bind(&externals)
