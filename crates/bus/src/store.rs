@@ -16,7 +16,10 @@ static BUS_MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 /// Opens a pool whose connections all use `schema` (created by [`migrate`]).
 pub async fn connect(database_url: &str, schema: &'static str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
     let options = PgConnectOptions::from_str(database_url)?
-        .options([("search_path", schema)])
+        // Plans are made per execution: a cached generic plan made while a table was small
+        // (fresh database, or autovacuum off so no statistics) would keep scanning it whole
+        // after it has grown. Planning these short statements costs far less than that risk.
+        .options([("search_path", schema), ("plan_cache_mode", "force_custom_plan")])
         .application_name(&format!("amba-{schema}"));
     PgPoolOptions::new()
         .max_connections(max_connections)
