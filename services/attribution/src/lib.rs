@@ -23,9 +23,9 @@ pub const SERVICE: &str = amba_proto::methods::attribution::SERVICE;
 pub const SCHEMA: &str = "attribution";
 pub static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 /// Writer actors on the report path (each commits its own batches).
-const WRITER_SHARDS: usize = 4;
+const WRITER_SHARDS: usize = 2;
 /// Outbox relays: every conversion is two events, so publishing needs more than one.
-const RELAYS: usize = 3;
+const RELAYS: usize = 2;
 
 /// Applies this service's migrations (also done by [`run`]).
 pub async fn migrate(database_url: &str) -> Result<(), RunError> {

@@ -14,7 +14,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 const MAX_BATCH: usize = 256;
 /// Batch requests in flight at once.
-const IN_FLIGHT: usize = 16;
+const IN_FLIGHT: usize = 4;
 
 type Reply = Result<pb::ReportConversionReply, ApiError>;
 
