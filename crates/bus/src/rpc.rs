@@ -106,6 +106,38 @@ impl RpcClient {
     }
 }
 
+/// The caller's principal, as the edge passed it; requests without one never reach a handler.
+pub fn caller(principal: Option<pb::Principal>) -> Result<pb::Principal, ApiError> {
+    principal
+        .filter(|p| !p.org_id.is_empty())
+        .ok_or_else(|| ApiError::unauthenticated("this operation needs a personal access token"))
+}
+
+/// A database failure as clients see it (the cause is logged, not shown).
+pub fn db_error(err: sqlx::Error) -> ApiError {
+    tracing::error!(error = %err, "database error");
+    ApiError::internal()
+}
+
+/// Registers a service's methods: `routes!(RpcServer::new("x"), service, { "m" => handler, .. })`
+/// makes each `method` call `service.handler(request)` on a clone of `service`.
+#[macro_export]
+macro_rules! routes {
+    ($server:expr, $service:expr, { $($method:expr => $handler:ident),* $(,)? }) => {{
+        let server = $server;
+        $(
+            let server = {
+                let service = $service.clone();
+                server.route($method, move |request| {
+                    let service = service.clone();
+                    async move { service.$handler(request).await }
+                })
+            };
+        )*
+        server
+    }};
+}
+
 /// Answered by every server: a readiness probe for callers.
 pub const PING: &str = "ping";
 

@@ -8,7 +8,7 @@
 use crate::domain::ledger::{self, Account, LedgerError, Scope};
 use crate::domain::stats;
 use crate::store::{self, ledger::PostingRef};
-use amba_bus::rpc::RpcServer;
+use amba_bus::rpc::{RpcServer, caller, db_error};
 use amba_core::{ApiError, ErrorCode};
 use amba_proto::methods::commission as methods;
 use amba_proto::v1 as pb;
@@ -27,37 +27,18 @@ impl Commission {
 }
 
 pub fn server(service: Commission) -> RpcServer {
-    macro_rules! route {
-        ($server:expr, $method:expr, $handler:ident) => {{
-            let service = service.clone();
-            $server.route($method, move |request| {
-                let service = service.clone();
-                async move { service.$handler(request).await }
-            })
-        }};
-    }
-    let server = RpcServer::new(crate::SERVICE);
-    let server = route!(server, methods::BALANCE, balance);
-    let server = route!(server, methods::MY_STATS, my_stats);
-    let server = route!(server, methods::ANALYTICS, analytics);
-    let server = route!(server, methods::LEADERBOARD, leaderboard);
-    let server = route!(server, methods::CLAWBACK_OUTCOME, clawback_outcome);
-    let server = route!(server, methods::PAYABLE_QUOTE, payable_quote);
-    let server = route!(server, methods::PAYOUT_RESERVE, reserve);
-    let server = route!(server, methods::PAYOUT_POST, post);
-    let server = route!(server, methods::PAYOUT_VOID, void);
-    route!(server, methods::TRANSFER_REVERSAL, transfer_reversal)
-}
-
-fn caller(principal: Option<pb::Principal>) -> Result<pb::Principal, ApiError> {
-    principal
-        .filter(|p| !p.org_id.is_empty())
-        .ok_or_else(|| ApiError::unauthenticated("this operation needs a personal access token"))
-}
-
-fn db_error(err: sqlx::Error) -> ApiError {
-    tracing::error!(error = %err, "database error");
-    ApiError::internal()
+    amba_bus::routes!(RpcServer::new(crate::SERVICE), service, {
+        methods::BALANCE => balance,
+        methods::MY_STATS => my_stats,
+        methods::ANALYTICS => analytics,
+        methods::LEADERBOARD => leaderboard,
+        methods::CLAWBACK_OUTCOME => clawback_outcome,
+        methods::PAYABLE_QUOTE => payable_quote,
+        methods::PAYOUT_RESERVE => reserve,
+        methods::PAYOUT_POST => post,
+        methods::PAYOUT_VOID => void,
+        methods::TRANSFER_REVERSAL => transfer_reversal,
+    })
 }
 
 fn ledger_error(err: LedgerError) -> ApiError {

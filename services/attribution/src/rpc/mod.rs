@@ -8,9 +8,8 @@ use crate::actors::writer::Writers;
 use amba_bus::Namespace;
 use amba_bus::outbox::RelayWaker;
 use amba_bus::rpc::RpcServer;
-use amba_core::ApiError;
+pub(crate) use amba_bus::rpc::{caller, db_error};
 use amba_proto::methods::attribution as methods;
-use amba_proto::v1::Principal;
 use sqlx::PgPool;
 use std::sync::Arc;
 
@@ -36,32 +35,13 @@ impl Attribution {
 }
 
 pub fn server(service: Attribution) -> RpcServer {
-    macro_rules! route {
-        ($server:expr, $method:expr, $handler:ident) => {{
-            let service = service.clone();
-            $server.route($method, move |request| {
-                let service = service.clone();
-                async move { service.$handler(request).await }
-            })
-        }};
-    }
-    let server = RpcServer::new(crate::SERVICE).with_concurrency(4_096);
-    let server = route!(server, methods::REPORT, report);
-    let server = route!(server, methods::REPORT_BATCH, report_batch);
-    let server = route!(server, methods::APPROVE, approve);
-    let server = route!(server, methods::REJECT, reject);
-    let server = route!(server, methods::CLAWBACK, clawback);
-    let server = route!(server, methods::LIST, list);
-    route!(server, methods::RECORD_TOUCHPOINT, record_touchpoint)
-}
-
-fn caller(principal: Option<Principal>) -> Result<Principal, ApiError> {
-    principal
-        .filter(|p| !p.org_id.is_empty())
-        .ok_or_else(|| ApiError::unauthenticated("this operation needs a personal access token"))
-}
-
-fn db_error(err: sqlx::Error) -> ApiError {
-    tracing::error!(error = %err, "database error");
-    ApiError::internal()
+    amba_bus::routes!(RpcServer::new(crate::SERVICE).with_concurrency(4_096), service, {
+        methods::REPORT => report,
+        methods::REPORT_BATCH => report_batch,
+        methods::APPROVE => approve,
+        methods::REJECT => reject,
+        methods::CLAWBACK => clawback,
+        methods::LIST => list,
+        methods::RECORD_TOUCHPOINT => record_touchpoint,
+    })
 }
