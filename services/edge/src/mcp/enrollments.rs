@@ -180,12 +180,8 @@ impl McpServer {
         Parameters(a): Parameters<EnrollmentArgs>,
         Extension(parts): Extension<http::request::Parts>,
     ) -> Result<Json<EnrollmentOutput>, ToolError> {
-        let request = pb::EnrollmentActionRequest {
-            caller: Some(require_principal(&parts)?),
-            enrollment_id: a.enrollment_id,
-            reason: String::new(),
-        };
-        self.enrollment_call(methods::APPROVE, &request).await
+        self.enrollment_action(methods::APPROVE, &parts, a.enrollment_id, String::new())
+            .await
     }
 
     #[tool(
@@ -203,12 +199,8 @@ impl McpServer {
         Parameters(a): Parameters<EnrollmentReasonArgs>,
         Extension(parts): Extension<http::request::Parts>,
     ) -> Result<Json<EnrollmentOutput>, ToolError> {
-        let request = pb::EnrollmentActionRequest {
-            caller: Some(require_principal(&parts)?),
-            enrollment_id: a.enrollment_id,
-            reason: a.reason.unwrap_or_default(),
-        };
-        self.enrollment_call(methods::REJECT, &request).await
+        self.enrollment_action(methods::REJECT, &parts, a.enrollment_id, a.reason.unwrap_or_default())
+            .await
     }
 
     #[tool(
@@ -227,12 +219,8 @@ impl McpServer {
         Parameters(a): Parameters<EnrollmentReasonArgs>,
         Extension(parts): Extension<http::request::Parts>,
     ) -> Result<Json<EnrollmentOutput>, ToolError> {
-        let request = pb::EnrollmentActionRequest {
-            caller: Some(require_principal(&parts)?),
-            enrollment_id: a.enrollment_id,
-            reason: a.reason.unwrap_or_default(),
-        };
-        self.enrollment_call(methods::REMOVE, &request).await
+        self.enrollment_action(methods::REMOVE, &parts, a.enrollment_id, a.reason.unwrap_or_default())
+            .await
     }
 
     #[tool(
@@ -345,12 +333,8 @@ impl McpServer {
         Parameters(a): Parameters<EnrollmentArgs>,
         Extension(parts): Extension<http::request::Parts>,
     ) -> Result<Json<EnrollmentOutput>, ToolError> {
-        let request = pb::EnrollmentActionRequest {
-            caller: Some(require_principal(&parts)?),
-            enrollment_id: a.enrollment_id,
-            reason: String::new(),
-        };
-        self.enrollment_call(methods::ACCEPT, &request).await
+        self.enrollment_action(methods::ACCEPT, &parts, a.enrollment_id, String::new())
+            .await
     }
 
     #[tool(
@@ -368,12 +352,8 @@ impl McpServer {
         Parameters(a): Parameters<EnrollmentArgs>,
         Extension(parts): Extension<http::request::Parts>,
     ) -> Result<Json<EnrollmentOutput>, ToolError> {
-        let request = pb::EnrollmentActionRequest {
-            caller: Some(require_principal(&parts)?),
-            enrollment_id: a.enrollment_id,
-            reason: String::new(),
-        };
-        self.enrollment_call(methods::DECLINE, &request).await
+        self.enrollment_action(methods::DECLINE, &parts, a.enrollment_id, String::new())
+            .await
     }
 
     #[tool(
@@ -462,6 +442,22 @@ impl McpServer {
 }
 
 impl McpServer {
+    /// An approve/reject/remove/accept/decline on one enrollment, for the token's org.
+    async fn enrollment_action(
+        &self,
+        method: &str,
+        parts: &http::request::Parts,
+        enrollment_id: String,
+        reason: String,
+    ) -> Result<Json<EnrollmentOutput>, ToolError> {
+        let request = pb::EnrollmentActionRequest {
+            caller: Some(require_principal(parts)?),
+            enrollment_id,
+            reason,
+        };
+        self.enrollment_call(method, &request).await
+    }
+
     async fn enrollment_call<Req: prost::Message>(
         &self,
         method: &str,

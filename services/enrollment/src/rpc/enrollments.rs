@@ -78,10 +78,7 @@ impl Enrollment {
         tx.commit().await.map_err(db_error)?;
         self.waker.wake();
         tracing::info!(%enrollment_id, affiliate = %affiliate, "affiliate invited");
-        Ok(pb::EnrollmentReply {
-            enrollment: Some(row.to_proto()),
-            duplicate: false,
-        })
+        Ok(reply(&row, false))
     }
 
     /// Affiliate applies to an active program: pending, or active at once when the program
@@ -114,10 +111,7 @@ impl Enrollment {
             let same = existing.origin == Origin::Application.as_str()
                 && matches!(existing.status.as_str(), "pending" | "active");
             return if same {
-                Ok(pb::EnrollmentReply {
-                    enrollment: Some(existing.to_proto()),
-                    duplicate: true,
-                })
+                Ok(reply(&existing, true))
             } else {
                 Err(already_enrolled(&existing))
             };
@@ -163,10 +157,7 @@ impl Enrollment {
             .await?;
         tx.commit().await.map_err(db_error)?;
         self.waker.wake();
-        Ok(pb::EnrollmentReply {
-            enrollment: Some(row.to_proto()),
-            duplicate: false,
-        })
+        Ok(reply(&row, false))
     }
 
     pub async fn approve(&self, request: pb::EnrollmentActionRequest) -> Result<pb::EnrollmentReply, ApiError> {
@@ -231,10 +222,7 @@ impl Enrollment {
         tx.commit().await.map_err(db_error)?;
         self.waker.wake();
         tracing::info!(status = %next, "enrollment changed");
-        Ok(pb::EnrollmentReply {
-            enrollment: Some(row.to_proto()),
-            duplicate: false,
-        })
+        Ok(reply(&row, false))
     }
 
     /// Affiliate rotates its referral code: the old one is retired, a fresh one issued.
@@ -263,10 +251,7 @@ impl Enrollment {
             .ok_or_else(ApiError::internal)?;
         tx.commit().await.map_err(db_error)?;
         self.waker.wake();
-        Ok(pb::EnrollmentReply {
-            enrollment: Some(row.to_proto()),
-            duplicate: false,
-        })
+        Ok(reply(&row, false))
     }
 
     /// Owner places an affiliate under a sponsor (or detaches it); its downline moves with it.
@@ -288,10 +273,7 @@ impl Enrollment {
             )));
         }
         if row.parent_enrollment_id == parent {
-            return Ok(pb::EnrollmentReply {
-                enrollment: Some(row.to_proto()),
-                duplicate: true,
-            });
+            return Ok(reply(&row, true));
         }
         let height = store::subtree_height(&mut tx, enrollment_id.as_str())
             .await
@@ -312,10 +294,7 @@ impl Enrollment {
             .await?;
         tx.commit().await.map_err(db_error)?;
         self.waker.wake();
-        Ok(pb::EnrollmentReply {
-            enrollment: Some(row.to_proto()),
-            duplicate: false,
-        })
+        Ok(reply(&row, false))
     }
 
     /// Owner: one program's enrollments (with sponsors and depth: the tree), keyset-paginated.
@@ -484,6 +463,13 @@ impl Enrollment {
     }
 }
 
+fn reply(row: &EnrollmentRow, duplicate: bool) -> pb::EnrollmentReply {
+    pb::EnrollmentReply {
+        enrollment: Some(row.to_proto()),
+        duplicate,
+    }
+}
+
 fn replay_invite(
     existing: EnrollmentRow,
     key: Option<&str>,
@@ -493,10 +479,7 @@ fn replay_invite(
         && existing.idempotency_key.as_deref() == key
         && existing.parent_enrollment_id.as_deref() == parent;
     if same_request {
-        Ok(pb::EnrollmentReply {
-            enrollment: Some(existing.to_proto()),
-            duplicate: true,
-        })
+        Ok(reply(&existing, true))
     } else if key.is_some() && existing.idempotency_key.as_deref() == key {
         Err(ApiError::new(
             amba_core::ErrorCode::IdempotencyMismatch,
