@@ -13,6 +13,7 @@
 
 mod floor;
 mod lag;
+mod memory;
 mod phases;
 mod setup;
 
@@ -99,19 +100,6 @@ fn is_loopback(url: &str) -> bool {
     host == "localhost" || host.starts_with("127.") || host == "[::1]"
 }
 
-/// Resident memory of a process in MiB, from /proc.
-pub fn rss_mib(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kib / 1024.0)
-}
-
 /// The pid of a running `amba dev` / `amba serve` process, if one is found.
 fn find_system_pid() -> Option<u32> {
     std::fs::read_dir("/proc")
@@ -140,7 +128,8 @@ pub fn percentile_ms(sorted: &[u64], p: f64) -> f64 {
 async fn main() -> anyhow::Result<()> {
     let options = parse_options()?;
     let pid = options.pid.or_else(find_system_pid);
-    let rss_start = pid.and_then(rss_mib);
+    let memory = pid.map(memory::Sampler::start);
+    let rss_start = pid.and_then(memory::rss_mib);
     println!(
         "amba-loadtest against {} / {} (system pid {pid:?})",
         options.http, options.grpc
@@ -157,14 +146,16 @@ async fn main() -> anyhow::Result<()> {
     // event consumers (commission) that would slow whatever ran after it.
     let unary = phases::unary(&options, &world).await?;
     let mcp = phases::mcp(&options, &world).await?;
-    let rss_warm = pid.and_then(rss_mib);
+    let rss_warm = pid.and_then(memory::rss_mib);
     lag.wait_for(unary.ok + mcp.ok, Duration::from_secs(60)).await;
     let lag_calls = lag.take();
+    let streaming_from = memory.as_ref().map(memory::Sampler::now);
     let streaming = phases::streaming(&options, &world).await?;
+    let streaming_to = memory.as_ref().map(memory::Sampler::now);
     let published = lag.wait_for(streaming.ok, Duration::from_secs(120)).await;
     let lag_streaming = lag.take();
     let floor = floor::measure(&options.database_url, streaming.ok.clamp(10_000, 1_000_000)).await?;
-    let rss_end = pid.and_then(rss_mib);
+    let rss_end = pid.and_then(memory::rss_mib);
 
     println!();
     println!("== results ==");
@@ -199,6 +190,17 @@ async fn main() -> anyhow::Result<()> {
             )
         }
         _ => println!("system RSS: unknown (pass --pid)"),
+    }
+    if let (Some(memory), Some(from), Some(to)) = (&memory, streaming_from, streaming_to) {
+        let series: Vec<String> = memory
+            .series(from, to, 10.0)
+            .iter()
+            .map(|m| format!("{m:.0}"))
+            .collect();
+        println!(
+            "system RSS every 10 s of the streaming phase: {} MiB",
+            series.join(", ")
+        );
     }
     Ok(())
 }

@@ -6,6 +6,8 @@
 //! amba migrate             apply every service's migrations and exit
 //! amba infra up            start local PostgreSQL and NATS when nothing answers, then exit
 //! amba ledger verify       rebuild commission balances from the entries; non-zero exit on a difference
+//! amba streams delete --confirm <namespace>
+//!                          delete the namespace's JetStream event streams (load and test namespaces)
 //! ```
 
 use amba::{ServiceName, Settings, local, system};
@@ -22,6 +24,9 @@ commands:
   infra up             start local PostgreSQL and NATS (JetStream) when none answers, then exit
   ledger verify        rebuild every commission balance from the ledger entries and check
                        conservation; exits non-zero on any difference
+  streams delete --confirm <namespace>
+                       delete AMBA_NAMESPACE's JetStream event streams and the events in them;
+                       for load-test and scratch namespaces (services must be stopped first)
   help                 this text
 
 configuration comes from the environment; see README.md (AMBA_DATABASE_URL, AMBA_NATS_URL, ...)";
@@ -82,6 +87,20 @@ async fn dispatch(args: &[&str], settings: Settings) -> anyhow::Result<()> {
                 report.problems.len()
             );
             anyhow::ensure!(report.is_ok(), "the ledger does not verify");
+            Ok(())
+        }
+        ["streams", "delete", "--confirm", confirmed] => {
+            anyhow::ensure!(
+                *confirmed == settings.namespace.as_str(),
+                "--confirm {confirmed:?} does not name AMBA_NAMESPACE {:?}; nothing was deleted",
+                settings.namespace.as_str()
+            );
+            let nats = system::connect_nats(&settings.nats_url, "amba-streams").await?;
+            let js = async_nats::jetstream::new(nats);
+            amba_bus::streams::delete_event_streams(&js, &settings.namespace)
+                .await
+                .map_err(|e| anyhow::anyhow!("deleting streams: {e}"))?;
+            println!("event streams of namespace {confirmed} deleted");
             Ok(())
         }
         ["infra", "up"] => {

@@ -5,6 +5,7 @@ mod auth;
 mod authorization;
 mod commission;
 mod enrollments;
+mod operations;
 mod programs;
 mod support;
 mod tokens;
