@@ -42,7 +42,6 @@ pub mod methods {
 
     pub mod attribution {
         pub const SERVICE: &str = "attribution";
-        pub const REPORT: &str = "report";
         pub const REPORT_BATCH: &str = "report_batch";
         pub const APPROVE: &str = "approve";
         pub const REJECT: &str = "reject";

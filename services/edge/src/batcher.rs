@@ -20,7 +20,7 @@ type Reply = Result<pb::ReportConversionReply, ApiError>;
 
 #[derive(Clone)]
 pub struct ReportBatcher {
-    queue: mpsc::Sender<(pb::ReportConversionRequest, oneshot::Sender<Reply>)>,
+    queue: mpsc::Sender<(pb::AuthenticatedReport, oneshot::Sender<Reply>)>,
 }
 
 impl ReportBatcher {
@@ -31,15 +31,20 @@ impl ReportBatcher {
         ReportBatcher { queue }
     }
 
-    pub async fn report(&self, request: pb::ReportConversionRequest) -> Reply {
+    /// Reports for `caller` (the principal the edge authenticated).
+    pub async fn report(&self, caller: pb::Principal, report: pb::ReportConversionRequest) -> Reply {
         let (reply, answer) = oneshot::channel();
         let closed = || ApiError::unavailable("the edge is shutting down");
-        self.queue.send((request, reply)).await.map_err(|_| closed())?;
+        let item = pb::AuthenticatedReport {
+            caller: Some(caller),
+            report: Some(report),
+        };
+        self.queue.send((item, reply)).await.map_err(|_| closed())?;
         answer.await.map_err(|_| closed())?
     }
 }
 
-async fn run(mut receiver: mpsc::Receiver<(pb::ReportConversionRequest, oneshot::Sender<Reply>)>, rpc: RpcClient) {
+async fn run(mut receiver: mpsc::Receiver<(pb::AuthenticatedReport, oneshot::Sender<Reply>)>, rpc: RpcClient) {
     let permits = Arc::new(Semaphore::new(IN_FLIGHT));
     while let Some(first) = receiver.recv().await {
         let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -61,7 +66,7 @@ async fn run(mut receiver: mpsc::Receiver<(pb::ReportConversionRequest, oneshot:
                 .call(
                     methods::SERVICE,
                     methods::REPORT_BATCH,
-                    &pb::ReportConversionsRequest { reports },
+                    &pb::ReportBatchRequest { reports },
                 )
                 .await;
             match result {

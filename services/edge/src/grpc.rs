@@ -86,10 +86,12 @@ impl Conversions for ConversionsApi {
         request: Request<pb::ReportConversionRequest>,
     ) -> Result<Response<pb::ReportConversionReply>, Status> {
         let caller = self.principal(&request).await?;
-        let mut report = request.into_inner();
-        report.caller = Some(caller);
         Ok(Response::new(
-            self.state.reports.report(report).await.map_err(|e| status(&e))?,
+            self.state
+                .reports
+                .report(caller, request.into_inner())
+                .await
+                .map_err(|e| status(&e))?,
         ))
     }
 
@@ -98,15 +100,15 @@ impl Conversions for ConversionsApi {
         request: Request<Streaming<pb::ReportConversionRequest>>,
     ) -> Result<Response<pb::ReportConversionsReply>, Status> {
         let caller = self.principal(&request).await?;
-        let chunks = request.into_inner().map_ok(move |mut report| {
-            report.caller = Some(caller.clone());
-            report
+        let chunks = request.into_inner().map_ok(move |report| pb::AuthenticatedReport {
+            caller: Some(caller.clone()),
+            report: Some(report),
         });
         let batches = chunks.try_chunks(CHUNK).map(|chunk| async move {
             let reports = chunk.map_err(|e| e.1)?;
             let count = reports.len();
             let reply: pb::ReportConversionsReply = self
-                .call(methods::REPORT_BATCH, &pb::ReportConversionsRequest { reports })
+                .call(methods::REPORT_BATCH, &pb::ReportBatchRequest { reports })
                 .await?;
             if reply.outcomes.len() != count {
                 return Err(status(&ApiError::internal()));
@@ -136,8 +138,10 @@ impl Conversions for ConversionsApi {
         request: Request<pb::ClawbackRequest>,
     ) -> Result<Response<pb::ClawbackReply>, Status> {
         let caller = self.principal(&request).await?;
-        let mut clawback = request.into_inner();
-        clawback.caller = Some(caller);
+        let clawback = pb::AuthenticatedClawback {
+            caller: Some(caller),
+            clawback: Some(request.into_inner()),
+        };
         Ok(Response::new(self.call(methods::CLAWBACK, &clawback).await?))
     }
 }

@@ -11,24 +11,14 @@ use chrono::Utc;
 use sqlx::PgConnection;
 
 impl Attribution {
-    /// One report, through the group-commit writers.
-    pub async fn report(&self, request: pb::ReportConversionRequest) -> Result<pb::ReportConversionReply, ApiError> {
-        let who = caller(request.caller.clone())?;
-        let report = Report::parse(&request, Utc::now())?;
-        self.writers.submit(report, who.org_id).await
-    }
-
-    /// Many reports; one outcome each, in order. Invalid ones fail alone.
-    pub async fn report_batch(
-        &self,
-        request: pb::ReportConversionsRequest,
-    ) -> Result<pb::ReportConversionsReply, ApiError> {
+    /// Reports through the group-commit writers; one outcome each, in order. Invalid ones fail alone.
+    pub async fn report_batch(&self, request: pb::ReportBatchRequest) -> Result<pb::ReportConversionsReply, ApiError> {
         let now = Utc::now();
-        let pending = request.reports.into_iter().map(|r| {
+        let pending = request.reports.into_iter().map(|item| {
             let writers = self.writers.clone();
             async move {
-                let who = caller(r.caller.clone())?;
-                let report = Report::parse(&r, now)?;
+                let who = caller(item.caller)?;
+                let report = Report::parse(&item.report.unwrap_or_default(), now)?;
                 writers.submit(report, who.org_id).await
             }
         });
@@ -114,9 +104,10 @@ impl Attribution {
 
     /// Owner records a refund or chargeback (full or partial). The commission service reverses
     /// the commission from the `conversion.clawed_back` event. Idempotent on the key.
-    #[tracing::instrument(skip_all, fields(conversion_id = %request.conversion_id), err)]
-    pub async fn clawback(&self, request: pb::ClawbackRequest) -> Result<pb::ClawbackReply, ApiError> {
+    #[tracing::instrument(skip_all, fields(conversion_id = request.clawback.as_ref().map(|c| c.conversion_id.as_str())), err)]
+    pub async fn clawback(&self, request: pb::AuthenticatedClawback) -> Result<pb::ClawbackReply, ApiError> {
         let who = caller(request.caller)?;
+        let request = request.clawback.unwrap_or_default();
         let conversion_id = ConversionId::parse(request.conversion_id.trim())?;
         let reason = non_empty(&request.reason)
             .ok_or_else(|| ApiError::invalid("reason is required (refund, chargeback, ...)"))?;

@@ -36,7 +36,6 @@ impl Attribution {
 
 pub fn server(service: Attribution) -> RpcServer {
     amba_bus::routes!(RpcServer::new(crate::SERVICE).with_concurrency(4_096), service, {
-        methods::REPORT => report,
         methods::REPORT_BATCH => report_batch,
         methods::APPROVE => approve,
         methods::REJECT => reject,

@@ -198,8 +198,8 @@ impl McpServer {
         Parameters(a): Parameters<ReportArgs>,
         Extension(parts): Extension<http::request::Parts>,
     ) -> Result<Json<ReportOutput>, ToolError> {
+        let caller = require_principal(&parts)?;
         let request = pb::ReportConversionRequest {
-            caller: Some(require_principal(&parts)?),
             program_id: a.program_id,
             project_id: a.project_id,
             external_id: a.external_id,
@@ -211,7 +211,7 @@ impl McpServer {
             customer_email: a.customer_email.unwrap_or_default(),
             occurred_at_micros: parse_time(a.occurred_at.as_deref()).map_err(tool_error)?,
         };
-        let reply = self.state.reports.report(request).await.map_err(tool_error)?;
+        let reply = self.state.reports.report(caller, request).await.map_err(tool_error)?;
         let conversion = conversion_view(reply.conversion.ok_or_else(|| tool_error(ApiError::internal()))?, false);
         Ok(Json(ReportOutput {
             conversion_id: conversion.conversion_id.clone(),

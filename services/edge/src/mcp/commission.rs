@@ -381,12 +381,14 @@ impl McpServer {
         {
             return Err(tool_error(ApiError::invalid("amount_minor must be positive")));
         }
-        let request = pb::ClawbackRequest {
+        let request = pb::AuthenticatedClawback {
             caller: Some(caller.clone()),
-            conversion_id: args.conversion_id,
-            reason: args.reason,
-            amount_minor: args.amount_minor.unwrap_or(0),
-            idempotency_key: args.idempotency_key.unwrap_or_default(),
+            clawback: Some(pb::ClawbackRequest {
+                conversion_id: args.conversion_id,
+                reason: args.reason,
+                amount_minor: args.amount_minor.unwrap_or(0),
+                idempotency_key: args.idempotency_key.unwrap_or_default(),
+            }),
         };
         let clawed: pb::ClawbackReply = self
             .state
