@@ -19,6 +19,9 @@ pub struct Settings {
     pub public_url: String,
     /// Extra `Host` values MCP accepts behind an ingress (`AMBA_ALLOWED_HOSTS`, comma-separated).
     pub allowed_hosts: Vec<String>,
+    /// Load balancers / ingresses whose `X-Forwarded-For` is believed (`AMBA_TRUSTED_PROXIES`,
+    /// comma-separated addresses or CIDR blocks); none by default.
+    pub trusted_proxies: amba_edge::client_addr::TrustedProxies,
     pub stripe_api_base: String,
     pub stripe_secret_key: Option<Secret>,
     pub stripe_webhook_secret: Option<Secret>,
@@ -102,6 +105,9 @@ impl Settings {
                 return Err(bad("AMBA_LOG_FORMAT", format!("{other:?} is not text or json")));
             }
         };
+        let trusted_proxies =
+            amba_edge::client_addr::TrustedProxies::parse(&get("AMBA_TRUSTED_PROXIES").unwrap_or_default())
+                .map_err(|problem| bad("AMBA_TRUSTED_PROXIES", problem))?;
         Ok(Settings {
             database_url: Secret::new(database_url),
             nats_url,
@@ -117,6 +123,7 @@ impl Settings {
                         .collect()
                 })
                 .unwrap_or_default(),
+            trusted_proxies,
             stripe_api_base,
             stripe_secret_key: get("AMBA_STRIPE_SECRET_KEY").map(Secret::new),
             stripe_webhook_secret: get("AMBA_STRIPE_WEBHOOK_SECRET").map(Secret::new),
@@ -194,6 +201,7 @@ mod tests {
             ("ORG_PAYOUTS_LIVE", "maybe"),
             ("MULTI_LEVEL_ENABLED", "2"),
             ("AMBA_LOG_FORMAT", "xml"),
+            ("AMBA_TRUSTED_PROXIES", "10.0.0.0/8, ingress.local"),
         ];
         for (variable, value) in cases {
             let err = Settings::from_map(&vars(&[(variable, value)])).err();

@@ -212,6 +212,7 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
             grpc_addr: settings.grpc_addr,
             public_url: settings.public_url.clone(),
             allowed_hosts: settings.allowed_hosts.clone(),
+            trusted_proxies: settings.trusted_proxies.clone(),
         };
         let edge = amba_edge::Edge::bind(config, &bus)
             .await

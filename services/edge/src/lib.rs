@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod batcher;
+pub mod client_addr;
 pub mod grpc;
 pub mod http;
 pub mod mcp;
@@ -26,6 +27,8 @@ pub struct EdgeConfig {
     pub public_url: String,
     /// `Host` header values MCP accepts besides loopback (the public URL's host is added).
     pub allowed_hosts: Vec<String>,
+    /// Proxies whose `X-Forwarded-For` names the client (`AMBA_TRUSTED_PROXIES`).
+    pub trusted_proxies: client_addr::TrustedProxies,
 }
 
 /// Shared by every request handler.
@@ -36,6 +39,7 @@ pub struct EdgeState {
     pub public_url: Arc<str>,
     pub tokens: Arc<auth::TokenCache>,
     pub rate_limiter: Arc<public::RateLimiter>,
+    pub trusted_proxies: Arc<client_addr::TrustedProxies>,
     /// Single conversion reports, coalesced into batch requests.
     pub reports: batcher::ReportBatcher,
     ready: Arc<AtomicBool>,
@@ -64,6 +68,7 @@ impl Edge {
         let state = EdgeState {
             tokens: Arc::new(auth::TokenCache::new(rpc.clone())),
             rate_limiter: Arc::new(public::RateLimiter::default()),
+            trusted_proxies: Arc::new(config.trusted_proxies.clone()),
             reports: batcher::ReportBatcher::start(rpc.clone()),
             rpc,
             nats: bus.nats.clone(),

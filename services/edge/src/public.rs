@@ -79,7 +79,8 @@ pub async fn record_touchpoint(
     headers: HeaderMap,
     body: Result<Json<TouchpointBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    if let Err(wait) = state.rate_limiter.take(peer.ip()) {
+    let client_ip = state.trusted_proxies.client_ip(peer.ip(), &headers);
+    if let Err(wait) = state.rate_limiter.take(client_ip) {
         return rate_limited(wait);
     }
     let Json(body) = match body {
@@ -96,7 +97,7 @@ pub async fn record_touchpoint(
         subject_ref: body.subject_ref,
         occurred_at_micros,
         landing_url: body.landing_url.unwrap_or_default(),
-        client_ip: peer.ip().to_string(),
+        client_ip: client_ip.to_string(),
         user_agent: user_agent(&headers),
     };
     match state
@@ -129,7 +130,8 @@ pub async fn follow_link(
     Path(code): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(wait) = state.rate_limiter.take(peer.ip()) {
+    let client_ip = state.trusted_proxies.client_ip(peer.ip(), &headers);
+    if let Err(wait) = state.rate_limiter.take(client_ip) {
         return rate_limited(wait);
     }
     let subject =
@@ -137,7 +139,7 @@ pub async fn follow_link(
     let request = pb::RecordTouchpointRequest {
         code: code.clone(),
         subject_ref: subject.clone(),
-        client_ip: peer.ip().to_string(),
+        client_ip: client_ip.to_string(),
         user_agent: user_agent(&headers),
         ..Default::default()
     };

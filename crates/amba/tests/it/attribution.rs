@@ -64,7 +64,11 @@ struct Setup {
 }
 
 async fn setup(program_settings: Value) -> anyhow::Result<Setup> {
-    let sys = TestSystem::start().await?;
+    setup_with(program_settings, &[]).await
+}
+
+async fn setup_with(program_settings: Value, vars: &[(&str, &str)]) -> anyhow::Result<Setup> {
+    let sys = TestSystem::start_with(vars).await?;
     let owner = org(&sys, "Owner").await?;
     let ann = org(&sys, "Ann").await?;
     let program = active_program(&owner, program_settings).await?;
@@ -940,11 +944,13 @@ async fn public_click_endpoints_cors_links_and_rate_limits() -> anyhow::Result<(
         404
     );
 
-    // A burst from one address is slowed down with 429 and Retry-After.
+    // A burst from one address is slowed down with 429 and Retry-After; with no trusted proxy
+    // configured, a forged X-Forwarded-For does not buy a fresh bucket.
     let mut limited = None;
     for i in 0..200 {
         let response = http
             .post(&url)
+            .header("x-forwarded-for", format!("203.0.113.{}", i % 250))
             .json(&json!({"program_id": program, "code": code, "subject_ref": format!("burst-{i}")}))
             .send()
             .await?;
@@ -957,6 +963,49 @@ async fn public_click_endpoints_cors_links_and_rate_limits() -> anyhow::Result<(
     assert!(limited.headers().get("retry-after").is_some());
     let limited: Value = limited.json().await?;
     assert_eq!(limited["error"]["code"], "RATE_LIMITED");
+    pool.close().await;
+    sys.stop().await
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_rate_limit() -> anyhow::Result<()> {
+    // The test client connects from 127.0.0.1, standing in for the ingress.
+    let Setup {
+        sys,
+        program,
+        ann_enrollment,
+        ..
+    } = setup_with(json!({}), &[("AMBA_TRUSTED_PROXIES", "127.0.0.0/8")]).await?;
+    let code = text(&ann_enrollment["code"]).to_owned();
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/touchpoints", sys.base_url());
+    let click = |client: &'static str, i: usize| {
+        http.post(&url)
+            .header("x-forwarded-for", format!("6.6.6.6, {client}"))
+            .json(&json!({"program_id": program, "code": code, "subject_ref": format!("{client}-{i}")}))
+            .send()
+    };
+
+    // One visitor bursts until slowed down; the address recorded is theirs, not the proxy's
+    // and not the forged left-most hop.
+    let mut limited = false;
+    for i in 0..200 {
+        if click("198.51.100.4", i).await?.status() == 429 {
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "no 429 after 200 rapid requests from one forwarded client");
+    // Another visitor behind the same proxy is not affected.
+    assert_eq!(click("198.51.100.5", 0).await?.status(), 201);
+
+    let pool = sys.service_pool("attribution").await?;
+    let recorded: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT client_ip FROM touchpoints WHERE program_id = $1 ORDER BY 1")
+            .bind(&program)
+            .fetch_all(&pool)
+            .await?;
+    assert_eq!(recorded, vec!["198.51.100.4", "198.51.100.5"]);
     pool.close().await;
     sys.stop().await
 }
