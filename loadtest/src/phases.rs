@@ -42,11 +42,21 @@ impl Outcome {
     }
 }
 
-fn merge(
-    parts: Vec<anyhow::Result<(u64, u64, Vec<u64>)>>,
-    elapsed: Duration,
+/// What one load task counted: (ok, failed, latencies in microseconds).
+type Counts = anyhow::Result<(u64, u64, Vec<u64>)>;
+
+/// Waits for a phase's tasks and adds up what they counted.
+async fn gather(
+    tasks: Vec<tokio::task::JoinHandle<Counts>>,
+    started: Instant,
     unit: &'static str,
 ) -> anyhow::Result<Outcome> {
+    let parts: Vec<Counts> = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.map_err(anyhow::Error::from).and_then(|r| r))
+        .collect();
+    let elapsed = started.elapsed();
     let mut outcome = Outcome {
         ok: 0,
         failed: 0,
@@ -82,19 +92,8 @@ pub async fn streaming(options: &Options, world: &World) -> anyhow::Result<Outco
             options.batch as u64,
             options.max_count,
         );
-        let (program_id, code, run, token) = (
-            world.program_id.clone(),
-            world.code.clone(),
-            world.run.clone(),
-            world.owner_token.clone(),
-        );
+        let world = world.clone();
         tasks.push(tokio::spawn(async move {
-            let world = World {
-                owner_token: token,
-                program_id,
-                code,
-                run,
-            };
             let mut client = ConversionsClient::connect(grpc)
                 .await?
                 .max_decoding_message_size(256 * 1024 * 1024);
@@ -125,12 +124,7 @@ pub async fn streaming(options: &Options, world: &World) -> anyhow::Result<Outco
             anyhow::Ok((ok, failed, latencies))
         }));
     }
-    let parts = futures::future::join_all(tasks)
-        .await
-        .into_iter()
-        .map(|r| r.map_err(anyhow::Error::from).and_then(|r| r))
-        .collect();
-    merge(parts, started.elapsed(), "stream of a batch")
+    gather(tasks, started, "stream of a batch").await
 }
 
 /// `unary_callers` concurrent callers, one report per call.
@@ -149,19 +143,8 @@ pub async fn unary(options: &Options, world: &World) -> anyhow::Result<Outcome> 
     let mut tasks = Vec::new();
     for caller in 0..options.unary_callers {
         let (channel, issued, max) = (channel.clone(), issued.clone(), options.max_count);
-        let (program_id, code, run, token) = (
-            world.program_id.clone(),
-            world.code.clone(),
-            world.run.clone(),
-            world.owner_token.clone(),
-        );
+        let world = world.clone();
         tasks.push(tokio::spawn(async move {
-            let world = World {
-                owner_token: token,
-                program_id,
-                code,
-                run,
-            };
             let mut client = ConversionsClient::new(channel);
             let (mut ok, mut failed, mut latencies) = (0u64, 0u64, Vec::new());
             let mut n = 0u64;
@@ -176,12 +159,7 @@ pub async fn unary(options: &Options, world: &World) -> anyhow::Result<Outcome> 
             anyhow::Ok((ok, failed, latencies))
         }));
     }
-    let parts = futures::future::join_all(tasks)
-        .await
-        .into_iter()
-        .map(|r| r.map_err(anyhow::Error::from).and_then(|r| r))
-        .collect();
-    merge(parts, started.elapsed(), "call")
+    gather(tasks, started, "call").await
 }
 
 /// `mcp_callers` MCP clients (streamable HTTP), one `amba_affiliate_conversion_report` per call.
@@ -196,14 +174,15 @@ pub async fn mcp(options: &Options, world: &World) -> anyhow::Result<Outcome> {
     let mut tasks = Vec::new();
     for caller in 0..options.mcp_callers {
         let url = format!("{}/mcp", options.http);
-        let (token, program_id, code, run) = (
-            world.owner_token.clone(),
-            world.program_id.clone(),
-            world.code.clone(),
-            world.run.clone(),
-        );
+        let world = world.clone();
         tasks.push(tokio::spawn(async move {
-            let client = McpClient::connect(&url, Some(&token)).await?;
+            let World {
+                owner_token,
+                program_id,
+                code,
+                run,
+            } = world;
+            let client = McpClient::connect(&url, Some(&owner_token)).await?;
             let (mut ok, mut failed, mut latencies) = (0u64, 0u64, Vec::new());
             let mut n = 0u64;
             while Instant::now() < deadline {
@@ -222,10 +201,5 @@ pub async fn mcp(options: &Options, world: &World) -> anyhow::Result<Outcome> {
             anyhow::Ok((ok, failed, latencies))
         }));
     }
-    let parts = futures::future::join_all(tasks)
-        .await
-        .into_iter()
-        .map(|r| r.map_err(anyhow::Error::from).and_then(|r| r))
-        .collect();
-    merge(parts, started.elapsed(), "call")
+    gather(tasks, started, "call").await
 }

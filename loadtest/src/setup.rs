@@ -7,6 +7,7 @@ use amba_testkit::McpClient;
 use serde_json::json;
 use std::time::Duration;
 
+#[derive(Clone)]
 pub struct World {
     pub owner_token: String,
     pub program_id: String,

@@ -239,12 +239,7 @@ impl McpServer {
         Parameters(a): Parameters<DecideArgs>,
         Extension(parts): Extension<http::request::Parts>,
     ) -> Result<Json<ConversionOutput>, ToolError> {
-        let request = pb::DecideConversionRequest {
-            caller: Some(require_principal(&parts)?),
-            conversion_id: a.conversion_id,
-            reason: a.reason.unwrap_or_default(),
-        };
-        self.decide(methods::APPROVE, &request).await
+        self.decide(methods::APPROVE, a, &parts).await
     }
 
     #[tool(
@@ -262,12 +257,7 @@ impl McpServer {
         Parameters(a): Parameters<DecideArgs>,
         Extension(parts): Extension<http::request::Parts>,
     ) -> Result<Json<ConversionOutput>, ToolError> {
-        let request = pb::DecideConversionRequest {
-            caller: Some(require_principal(&parts)?),
-            conversion_id: a.conversion_id,
-            reason: a.reason.unwrap_or_default(),
-        };
-        self.decide(methods::REJECT, &request).await
+        self.decide(methods::REJECT, a, &parts).await
     }
 
     #[tool(
@@ -324,15 +314,22 @@ impl McpServer {
 }
 
 impl McpServer {
+    /// Approve or reject, as the caller.
     async fn decide(
         &self,
         method: &str,
-        request: &pb::DecideConversionRequest,
+        args: DecideArgs,
+        parts: &http::request::Parts,
     ) -> Result<Json<ConversionOutput>, ToolError> {
+        let request = pb::DecideConversionRequest {
+            caller: Some(require_principal(parts)?),
+            conversion_id: args.conversion_id,
+            reason: args.reason.unwrap_or_default(),
+        };
         let reply: pb::ConversionReply = self
             .state
             .rpc
-            .call(methods::SERVICE, method, request)
+            .call(methods::SERVICE, method, &request)
             .await
             .map_err(tool_error)?;
         let conversion = reply.conversion.ok_or_else(|| tool_error(ApiError::internal()))?;
