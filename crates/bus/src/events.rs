@@ -6,10 +6,16 @@ use prost::Message;
 
 /// A fresh `EventMeta`: a new time-ordered id, now, and the current trace context.
 pub fn new_meta() -> EventMeta {
+    new_meta_in_trace(amba_telemetry::current_traceparent())
+}
+
+/// A fresh `EventMeta` in a given trace: for facts decided away from their request's span (a
+/// group commit decides many requests' facts at once).
+pub fn new_meta_in_trace(traceparent: String) -> EventMeta {
     EventMeta {
         event_id: EventId::new().to_string(),
         occurred_at_micros: chrono::Utc::now().timestamp_micros(),
-        traceparent: amba_telemetry::current_traceparent(),
+        traceparent,
     }
 }
 

@@ -1,5 +1,6 @@
 //! Tracing for every process: one subscriber (env filter, text or JSON), OTLP span export when
-//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set, and W3C trace context carried across NATS headers.
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set, and W3C trace context taken from incoming requests and
+//! carried across NATS headers.
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
@@ -35,27 +36,22 @@ pub fn init(service: &str, otlp_endpoint: Option<&str>, json: bool) -> anyhow::R
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,async_nats=warn"));
 
-    let provider = match otlp_endpoint {
-        Some(endpoint) => {
-            let exporter = opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(endpoint)
-                .build()?;
-            let resource = opentelemetry_sdk::Resource::builder()
-                .with_service_name(service.to_owned())
-                .build();
-            Some(
-                SdkTracerProvider::builder()
-                    .with_batch_exporter(exporter)
-                    .with_resource(resource)
-                    .build(),
-            )
-        }
-        None => None,
-    };
-    let otel_layer = provider
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service.to_owned())));
+    // Spans carry OpenTelemetry context even when nothing is exported, so trace context still
+    // travels from callers through NATS to every service and event.
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service.to_owned())
+        .build();
+    let mut builder = SdkTracerProvider::builder().with_resource(resource);
+    if let Some(endpoint) = otlp_endpoint {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint)
+            .build()?;
+        builder = builder.with_batch_exporter(exporter);
+    }
+    let provider = builder.build();
+    let otel_layer = tracing_opentelemetry::layer().with_tracer(provider.tracer(service.to_owned()));
+    let provider = Some(provider);
 
     let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
     let result = if json {
@@ -75,6 +71,16 @@ pub fn current_traceparent() -> String {
     let mut carrier = MapCarrier::default();
     TraceContextPropagator::new().inject_context(&tracing::Span::current().context(), &mut carrier);
     carrier.traceparent.unwrap_or_default()
+}
+
+/// A span for work arriving from outside (an HTTP or gRPC request, an MCP tool call) that
+/// continues the caller's trace when it sent a W3C `traceparent`.
+pub fn incoming_span(surface: &'static str, target: &str, traceparent: Option<&str>) -> tracing::Span {
+    let span = tracing::info_span!("incoming", surface, target = %target);
+    if let Some(traceparent) = traceparent {
+        set_remote_parent(&span, traceparent);
+    }
+    span
 }
 
 /// Makes `span` a child of the trace named by `traceparent` (ignored when empty or malformed).

@@ -48,6 +48,24 @@ impl McpClient {
         self.client.call_tool(params).await
     }
 
+    /// Calls a tool as part of a caller's trace: W3C `traceparent` in the request's `_meta`.
+    pub async fn call_in_trace(
+        &self,
+        name: &str,
+        arguments: Value,
+        traceparent: &str,
+    ) -> anyhow::Result<CallToolResult> {
+        let arguments = match arguments {
+            Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        };
+        let mut meta = rmcp::model::RequestMetaObject::default();
+        meta.set_traceparent(traceparent);
+        let mut params = CallToolRequestParams::new(name.to_owned()).with_arguments(arguments);
+        params.meta = Some(meta);
+        Ok(self.client.call_tool(params).await?)
+    }
+
     /// Calls a tool that must succeed; returns its structured content.
     pub async fn ok(&self, name: &str, arguments: Value) -> anyhow::Result<Value> {
         let result = self.call(name, arguments).await?;

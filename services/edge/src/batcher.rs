@@ -38,6 +38,7 @@ impl ReportBatcher {
         let item = pb::AuthenticatedReport {
             caller: Some(caller),
             report: Some(report),
+            traceparent: amba_telemetry::current_traceparent(),
         };
         self.queue.send((item, reply)).await.map_err(|_| closed())?;
         answer.await.map_err(|_| closed())?

@@ -34,6 +34,7 @@ pub async fn serve(
         .max_encoding_message_size(MAX_MESSAGE);
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
+        .layer(crate::incoming_trace_layer())
         .add_service(health)
         .add_service(api)
         .serve_with_incoming_shutdown(incoming, async move {
@@ -100,9 +101,11 @@ impl Conversions for ConversionsApi {
         request: Request<Streaming<pb::ReportConversionRequest>>,
     ) -> Result<Response<pb::ReportConversionsReply>, Status> {
         let caller = self.principal(&request).await?;
+        let traceparent = amba_telemetry::current_traceparent();
         let chunks = request.into_inner().map_ok(move |report| pb::AuthenticatedReport {
             caller: Some(caller.clone()),
             report: Some(report),
+            traceparent: traceparent.clone(),
         });
         let batches = chunks.try_chunks(CHUNK).map(|chunk| async move {
             let reports = chunk.map_err(|e| e.1)?;

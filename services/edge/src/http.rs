@@ -47,6 +47,7 @@ pub fn router(state: EdgeState, allowed_hosts: Vec<String>) -> Router {
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .merge(mcp)
+        .layer(crate::incoming_trace_layer())
         .with_state(state)
 }
 

@@ -133,6 +133,37 @@ impl Edge {
     }
 }
 
+/// A span per HTTP or gRPC request (gRPC metadata are HTTP/2 headers) that continues the
+/// caller's trace when it sent a W3C `traceparent`.
+pub fn incoming_trace_layer() -> tower_http::trace::TraceLayer<
+    tower_http::classify::SharedClassifier<tower_http::classify::ServerErrorsAsFailures>,
+    IncomingSpan,
+> {
+    tower_http::trace::TraceLayer::new_for_http().make_span_with(IncomingSpan)
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct IncomingSpan;
+
+impl<B> tower_http::trace::MakeSpan<B> for IncomingSpan {
+    fn make_span(&mut self, request: &::http::Request<B>) -> tracing::Span {
+        let traceparent = request
+            .headers()
+            .get(amba_telemetry::TRACEPARENT)
+            .and_then(|v| v.to_str().ok());
+        let surface = if request
+            .headers()
+            .get(::http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+        {
+            "grpc"
+        } else {
+            "http"
+        };
+        amba_telemetry::incoming_span(surface, request.uri().path(), traceparent)
+    }
+}
+
 /// `https://mcp.example.com:8443/x` → `mcp.example.com`.
 fn host_of(url: &str) -> Option<String> {
     let rest = url.split_once("://")?.1;

@@ -1009,3 +1009,116 @@ async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_rate_limit() -
     pool.close().await;
     sys.stop().await
 }
+
+/// An authenticated gRPC request in the caller's trace (`traceparent` metadata).
+fn in_trace<T>(token: &str, trace_id: &str, message: T) -> anyhow::Result<tonic::Request<T>> {
+    let mut request = authed(token, message)?;
+    let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    request
+        .metadata_mut()
+        .insert("traceparent", MetadataValue::try_from(traceparent)?);
+    Ok(request)
+}
+
+/// The `traceparent` header of each conversion event on JetStream, by external id.
+async fn event_traces(sys: &TestSystem, expected: usize) -> anyhow::Result<HashMap<String, String>> {
+    let stream = sys.bus.js.get_stream(sys.bus.ns.events_stream("attribution")).await?;
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config::default())
+        .await?;
+    let mut batch = consumer
+        .fetch()
+        .max_messages(expected)
+        .expires(std::time::Duration::from_secs(2))
+        .messages()
+        .await?;
+    let mut traces = HashMap::new();
+    while let Some(message) = futures::StreamExt::next(&mut batch).await {
+        let message = message.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let changed = <pb::ConversionChanged as prost::Message>::decode(message.payload.as_ref())?;
+        let header = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("traceparent"))
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        let meta = changed.meta.unwrap_or_default();
+        assert_eq!(
+            meta.traceparent, header,
+            "the event body and its header name the same trace"
+        );
+        traces.insert(changed.conversion.unwrap_or_default().external_id, header);
+    }
+    Ok(traces)
+}
+
+#[tokio::test]
+async fn reports_continue_the_callers_trace_into_their_conversion_events() -> anyhow::Result<()> {
+    // The process's telemetry, as `amba` installs it (no exporter: context still propagates).
+    let _telemetry = amba_telemetry::init("amba-it", None, false)?;
+    let Setup {
+        sys,
+        owner,
+        program,
+        ann_enrollment,
+        ..
+    } = setup(json!({})).await?;
+    let code = text(&ann_enrollment["code"]).to_owned();
+    let mut client = grpc(&sys).await?;
+    let (unary_trace, stream_trace, mcp_trace) = (
+        "0af7651916cd43dd8448eb211c80319c",
+        "4bf92f3577b34da6a3ce929d0e0e4736",
+        "5c1e2f3a4b5c6d7e8f90a1b2c3d4e5f6",
+    );
+
+    client
+        .report_conversion(in_trace(
+            &owner.token,
+            unary_trace,
+            report(&program, "t-unary", 1_000, &code),
+        )?)
+        .await?;
+    let items = vec![
+        report(&program, "t-stream-1", 1_000, &code),
+        report(&program, "t-stream-2", 1_000, &code),
+    ];
+    client
+        .report_conversions(in_trace(&owner.token, stream_trace, futures::stream::iter(items))?)
+        .await?;
+    let args = json!({"program_id": program, "project_id": "web", "external_id": "t-mcp",
+                      "amount_minor": 1_000, "currency": "USD", "code": code});
+    let traceparent = format!("00-{mcp_trace}-00f067aa0ba902b7-01");
+    let reported = owner
+        .mcp
+        .call_in_trace("amba_affiliate_conversion_report", args, &traceparent)
+        .await?;
+    assert_ne!(reported.is_error, Some(true));
+    // Without a trace from the caller, the edge starts one.
+    client
+        .report_conversion(authed(&owner.token, report(&program, "t-none", 1_000, &code))?)
+        .await?;
+
+    let traces = eventually(std::time::Duration::from_secs(10), "five conversion events", || {
+        let sys = &sys;
+        async move {
+            let traces = event_traces(sys, 5).await?;
+            Ok((traces.len() == 5).then_some(traces))
+        }
+    })
+    .await?;
+    let trace_of = |external_id: &str| {
+        traces
+            .get(external_id)
+            .and_then(|tp| tp.split('-').nth(1))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(trace_of("t-unary"), unary_trace);
+    assert_eq!(trace_of("t-stream-1"), stream_trace);
+    assert_eq!(trace_of("t-stream-2"), stream_trace);
+    assert_eq!(trace_of("t-mcp"), mcp_trace);
+    let fresh = trace_of("t-none");
+    assert_eq!(fresh.len(), 32, "a trace the edge started: {fresh:?}");
+    assert!(![unary_trace, stream_trace, mcp_trace].contains(&fresh.as_str()));
+    sys.stop().await
+}

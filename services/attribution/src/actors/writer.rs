@@ -13,7 +13,7 @@ use crate::domain::report::{self, Binding, CodeState, Decision, Facts, Report, S
 use crate::store::conversions::{ConversionRow, Key};
 use crate::store::{self, read_model::TouchpointQuery};
 use amba_bus::Namespace;
-use amba_bus::events::{OutboxEvent, new_meta};
+use amba_bus::events::{OutboxEvent, new_meta, new_meta_in_trace};
 use amba_bus::outbox::RelayWaker;
 use amba_core::ApiError;
 use amba_core::id::ConversionId;
@@ -30,9 +30,15 @@ const MAX_BATCH: usize = 1_000;
 
 type Reply = Result<pb::ReportConversionReply, ApiError>;
 
+/// A report as the writers take it: who reports it, and the trace its event continues.
+pub struct Submission {
+    pub report: Report,
+    pub caller_org_id: String,
+    pub traceparent: String,
+}
+
 struct Job {
-    report: Report,
-    caller_org_id: String,
+    submission: Submission,
     reply: oneshot::Sender<Reply>,
 }
 
@@ -71,17 +77,13 @@ impl Writers {
     }
 
     /// Records one report (or finds its earlier outcome).
-    pub async fn submit(&self, report: Report, caller_org_id: String) -> Reply {
+    pub async fn submit(&self, submission: Submission) -> Reply {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        (report.program_id.as_str(), &report.project_id, &report.external_id).hash(&mut hasher);
+        key_of(&submission.report).hash(&mut hasher);
         let shard = usize::try_from(hasher.finish() % self.shards.len() as u64).unwrap_or(0);
         let (reply, answer) = oneshot::channel();
         self.shards[shard]
-            .send(Job {
-                report,
-                caller_org_id,
-                reply,
-            })
+            .send(Job { submission, reply })
             .await
             .map_err(|_| ApiError::unavailable("attribution is shutting down"))?;
         answer
@@ -104,8 +106,8 @@ async fn run(mut receiver: mpsc::Receiver<Job>, deps: Arc<WriterDeps>) {
 }
 
 async fn write_batch(deps: &WriterDeps, jobs: Vec<Job>) {
-    let (reports, replies): (Vec<(Report, String)>, Vec<oneshot::Sender<Reply>>) =
-        jobs.into_iter().map(|j| ((j.report, j.caller_org_id), j.reply)).unzip();
+    let (reports, replies): (Vec<Submission>, Vec<oneshot::Sender<Reply>>) =
+        jobs.into_iter().map(|j| (j.submission, j.reply)).unzip();
     let outcomes = match decide_and_write(deps, &reports).await {
         Ok(outcomes) => outcomes,
         Err(err) => {
@@ -136,23 +138,23 @@ fn key_of(report: &Report) -> Key {
     )
 }
 
-async fn decide_and_write(deps: &WriterDeps, reports: &[(Report, String)]) -> Result<Vec<Reply>, BatchError> {
+async fn decide_and_write(deps: &WriterDeps, reports: &[Submission]) -> Result<Vec<Reply>, BatchError> {
     let now = Utc::now();
     let mut tx = deps.pool.begin().await?;
-    let keys: Vec<Key> = reports.iter().map(|(r, _)| key_of(r)).collect();
+    let keys: Vec<Key> = reports.iter().map(|s| key_of(&s.report)).collect();
     let existing = store::conversions::existing(&mut tx, &keys).await?;
 
     // Bulk lookups for the reports that are new.
     let program_ids: Vec<String> = reports
         .iter()
-        .map(|(r, _)| r.program_id.to_string())
+        .map(|s| s.report.program_id.to_string())
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
     let programs = store::read_model::programs(&mut tx, &program_ids).await?;
     let codes: Vec<String> = reports
         .iter()
-        .filter_map(|(r, _)| r.code.clone())
+        .filter_map(|s| s.report.code.clone())
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
@@ -163,7 +165,10 @@ async fn decide_and_write(deps: &WriterDeps, reports: &[(Report, String)]) -> Re
     };
     let binding_keys: Vec<(String, String)> = reports
         .iter()
-        .filter_map(|(r, _)| r.customer_ref.clone().map(|c| (r.program_id.to_string(), c)))
+        .filter_map(|s| {
+            let r = &s.report;
+            r.customer_ref.clone().map(|c| (r.program_id.to_string(), c))
+        })
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
@@ -171,8 +176,9 @@ async fn decide_and_write(deps: &WriterDeps, reports: &[(Report, String)]) -> Re
     let touch_queries: Vec<TouchpointQuery> = reports
         .iter()
         .enumerate()
-        .filter(|(_, (r, _))| r.code.is_none())
-        .filter_map(|(i, (r, _))| {
+        .filter(|(_, s)| s.report.code.is_none())
+        .filter_map(|(i, s)| {
+            let r = &s.report;
             let program = programs.get(r.program_id.as_str())?;
             Some(TouchpointQuery {
                 index: i32::try_from(i).ok()?,
@@ -189,7 +195,8 @@ async fn decide_and_write(deps: &WriterDeps, reports: &[(Report, String)]) -> Re
     let mut outcomes: Vec<Option<Reply>> = vec![None; reports.len()];
     let mut fresh: Vec<(usize, Decision)> = Vec::new();
     let mut seen: HashMap<Key, usize> = HashMap::new();
-    for (i, (report, caller)) in reports.iter().enumerate() {
+    for (i, submission) in reports.iter().enumerate() {
+        let (report, caller) = (&submission.report, &submission.caller_org_id);
         let key = &keys[i];
         // Ownership first: another owner learns nothing about this program's conversions.
         if programs
@@ -241,7 +248,7 @@ async fn decide_and_write(deps: &WriterDeps, reports: &[(Report, String)]) -> Re
         .iter()
         .filter(|(_, d)| d.status == Status::Approved)
         .filter_map(|(i, d)| {
-            let report = &reports[*i].0;
+            let report = &reports[*i].report;
             let program = programs.get(report.program_id.as_str())?;
             Some(Approval {
                 program_id: report.program_id.to_string(),
@@ -263,7 +270,7 @@ async fn decide_and_write(deps: &WriterDeps, reports: &[(Report, String)]) -> Re
     let mut new_bindings = Vec::new();
     let mut events = Vec::with_capacity(fresh.len() * 2);
     for (i, decision) in &fresh {
-        let report = &reports[*i].0;
+        let report = &reports[*i].report;
         let approved = decision.status == Status::Approved;
         let priced = if approved { prices.next() } else { None };
         let enrollment = decision.enrollment.as_ref();
@@ -305,7 +312,8 @@ async fn decide_and_write(deps: &WriterDeps, reports: &[(Report, String)]) -> Re
         }
         // One event per new conversion: approved on arrival, or recorded (pending, unattributed).
         let kind = if approved { "approved" } else { "recorded" };
-        events.push(event(&deps.ns, kind, &row.to_proto(), ""));
+        let meta = new_meta_in_trace(reports[*i].traceparent.clone());
+        events.push(event_with_meta(&deps.ns, meta, kind, &row.to_proto(), ""));
         rows.push(row);
     }
     store::conversions::insert_many(&mut tx, &rows).await?;
@@ -315,7 +323,7 @@ async fn decide_and_write(deps: &WriterDeps, reports: &[(Report, String)]) -> Re
     deps.waker.wake();
 
     let by_index: HashMap<usize, &ConversionRow> = fresh.iter().map(|(i, _)| *i).zip(rows.iter()).collect();
-    for (i, (report, _)) in reports.iter().enumerate() {
+    for (i, Submission { report, .. }) in reports.iter().enumerate() {
         if outcomes[i].is_some() {
             continue;
         }
@@ -345,8 +353,18 @@ fn replay(row: &ConversionRow, report: &Report) -> Reply {
     })
 }
 
+/// A `conversion.<kind>` event in the current trace.
 pub fn event(ns: &Namespace, kind: &str, conversion: &pb::Conversion, previous_status: &str) -> OutboxEvent {
-    let meta = new_meta();
+    event_with_meta(ns, new_meta(), kind, conversion, previous_status)
+}
+
+fn event_with_meta(
+    ns: &Namespace,
+    meta: pb::EventMeta,
+    kind: &str,
+    conversion: &pb::Conversion,
+    previous_status: &str,
+) -> OutboxEvent {
     let body = pb::ConversionChanged {
         meta: Some(meta.clone()),
         conversion: Some(conversion.clone()),

@@ -1,6 +1,6 @@
 use super::{Attribution, caller, db_error};
 use crate::actors::accrue::{self, Approval};
-use crate::actors::writer::event;
+use crate::actors::writer::{Submission, event};
 use crate::domain::report::Report;
 use crate::store::{self, conversions::ConversionRow};
 use amba_bus::events::{OutboxEvent, new_meta};
@@ -19,7 +19,13 @@ impl Attribution {
             async move {
                 let who = caller(item.caller)?;
                 let report = Report::parse(&item.report.unwrap_or_default(), now)?;
-                writers.submit(report, who.org_id).await
+                writers
+                    .submit(Submission {
+                        report,
+                        caller_org_id: who.org_id,
+                        traceparent: item.traceparent,
+                    })
+                    .await
             }
         });
         let outcomes = futures::future::join_all(pending).await;

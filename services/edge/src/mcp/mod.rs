@@ -24,6 +24,7 @@ use rmcp::model::{
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler, tool_handler};
+use tracing::Instrument;
 
 /// Tools anyone may call without a token.
 pub const PUBLIC_TOOLS: &[&str] = &["amba_affiliate_signup", "amba_affiliate_touchpoint_record"];
@@ -107,8 +108,16 @@ impl ServerHandler for McpServer {
         if context_principal(&context).is_none() && !PUBLIC_TOOLS.contains(&request.name.as_ref()) {
             return Ok(tool_error(ApiError::unauthenticated("this tool needs a personal access token")).into());
         }
+        // The caller's trace: `_meta.traceparent` (MCP SEP-414), else the HTTP header.
+        let traceparent = context.meta.get_traceparent().map(str::to_owned).or_else(|| {
+            let parts = context.extensions.get::<http::request::Parts>()?;
+            let header = parts.headers.get(amba_telemetry::TRACEPARENT)?;
+            header.to_str().ok().map(str::to_owned)
+        });
+        let span = amba_telemetry::incoming_span("mcp", &request.name, traceparent.as_deref());
         self.tool_router
             .call(ToolCallContext::new(self, request, context))
+            .instrument(span)
             .await
     }
 }
