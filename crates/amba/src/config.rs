@@ -15,6 +15,9 @@ pub struct Settings {
     pub namespace: Namespace,
     pub http_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
+    /// Where a process without the edge serves `/metrics` (`AMBA_METRICS_ADDR`); the edge always
+    /// serves it on its HTTP port.
+    pub metrics_addr: Option<SocketAddr>,
     /// What `mcp_config` and links point to; defaults to `http://<AMBA_HTTP_ADDR>`.
     pub public_url: String,
     /// Extra `Host` values MCP accepts behind an ingress (`AMBA_ALLOWED_HOSTS`, comma-separated).
@@ -105,6 +108,10 @@ impl Settings {
                 return Err(bad("AMBA_LOG_FORMAT", format!("{other:?} is not text or json")));
             }
         };
+        let metrics_addr = match get("AMBA_METRICS_ADDR") {
+            Some(_) => Some(addr(&get, "AMBA_METRICS_ADDR", "0.0.0.0:9090")?),
+            None => None,
+        };
         let trusted_proxies =
             amba_edge::client_addr::TrustedProxies::parse(&get("AMBA_TRUSTED_PROXIES").unwrap_or_default())
                 .map_err(|problem| bad("AMBA_TRUSTED_PROXIES", problem))?;
@@ -114,6 +121,7 @@ impl Settings {
             namespace,
             http_addr,
             grpc_addr,
+            metrics_addr,
             public_url: public_url.trim_end_matches('/').to_owned(),
             allowed_hosts: get("AMBA_ALLOWED_HOSTS")
                 .map(|v| {
@@ -202,6 +210,7 @@ mod tests {
             ("MULTI_LEVEL_ENABLED", "2"),
             ("AMBA_LOG_FORMAT", "xml"),
             ("AMBA_TRUSTED_PROXIES", "10.0.0.0/8, ingress.local"),
+            ("AMBA_METRICS_ADDR", "9090"),
         ];
         for (variable, value) in cases {
             let err = Settings::from_map(&vars(&[(variable, value)])).err();

@@ -82,6 +82,7 @@ pub enum StartError {
 pub struct Running {
     http_addr: Option<SocketAddr>,
     grpc_addr: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
     nats: async_nats::Client,
@@ -96,6 +97,11 @@ impl Running {
     /// Where the edge's gRPC listens (if this process runs it).
     pub fn grpc_addr(&self) -> Option<SocketAddr> {
         self.grpc_addr
+    }
+
+    /// Where `/metrics` listens when this process runs no edge (`AMBA_METRICS_ADDR`).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Asks every service to stop taking work and finish what it has.
@@ -160,6 +166,7 @@ pub async fn migrate_all(settings: &Settings) -> Result<(), StartError> {
 /// Starts `services` in this process. Migrations are applied first, streams declared, and
 /// the call returns once the request/reply services answer and the edge is listening.
 pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Running, StartError> {
+    amba_telemetry::metrics::prometheus();
     let nats = connect_nats(&settings.nats_url, &format!("amba-{}", settings.namespace)).await?;
     let bus = Bus::new(nats.clone(), settings.namespace.clone());
     amba_bus::streams::ensure_event_streams(&bus.js, &bus.ns)
@@ -206,6 +213,21 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
 
     let mut http_addr = None;
     let mut grpc_addr = None;
+    let mut metrics_addr = None;
+    if let (false, Some(addr)) = (services.contains(&ServiceName::Edge), settings.metrics_addr) {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        metrics_addr = listener.local_addr().ok();
+        let router = axum::Router::new().route("/metrics", axum::routing::get(amba_edge::http::metrics));
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            let serve = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned());
+            if let Err(err) = serve.await {
+                tracing::error!(error = %err, "metrics listener stopped");
+            }
+        });
+    }
     if services.contains(&ServiceName::Edge) {
         let config = amba_edge::EdgeConfig {
             http_addr: settings.http_addr,
@@ -233,6 +255,7 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
     Ok(Running {
         http_addr,
         grpc_addr,
+        metrics_addr,
         shutdown,
         tasks,
         nats,

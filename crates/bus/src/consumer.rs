@@ -271,6 +271,18 @@ async fn settle(
     outcome: Result<(), HandlerError>,
 ) {
     let attempt = delivery.attempt;
+    let consumer = spec.durable_name.clone();
+    if let Some(made) = amba_core::id::created_at_millis(&delivery.event_id) {
+        amba_telemetry::metrics::histogram!("amba_event_consume_lag_seconds", "consumer" => consumer.clone())
+            .record(amba_telemetry::metrics::seconds_since_millis(made));
+    }
+    let result = match &outcome {
+        Ok(()) => "applied",
+        Err(HandlerError::Retry(_)) if attempt < spec.max_deliver => "retried",
+        Err(_) => "dead_lettered",
+    };
+    amba_telemetry::metrics::counter!("amba_events_consumed_total", "consumer" => consumer, "result" => result)
+        .increment(1);
     let ack = match outcome {
         Ok(()) => message.double_ack().await,
         Err(HandlerError::Retry(err)) if attempt < spec.max_deliver => {

@@ -131,7 +131,20 @@ impl Relay {
         publish(&self.js, &batch).await?;
         remove_published(&mut tx, &batch).await?;
         tx.commit().await?;
+        record_published(&batch);
         Ok(batch.len())
+    }
+}
+
+/// Throughput and lag (event made → stored by JetStream and gone from the outbox).
+fn record_published(batch: &[PendingEvent]) {
+    amba_telemetry::metrics::counter!("amba_outbox_published_total").increment(batch.len() as u64);
+    amba_telemetry::metrics::histogram!("amba_outbox_publish_batch_size").record(batch.len() as f64);
+    let lag = amba_telemetry::metrics::histogram!("amba_outbox_publish_lag_seconds");
+    for event in batch {
+        if let Some(made) = amba_core::id::created_at_millis(&event.event_id) {
+            lag.record(amba_telemetry::metrics::seconds_since_millis(made));
+        }
     }
 }
 

@@ -19,6 +19,15 @@ pub fn time_ordered_suffix() -> String {
     uuid::Uuid::now_v7().simple().to_string()
 }
 
+/// When an id of any kind was made, in Unix milliseconds (the UUIDv7's first 48 bits).
+pub fn created_at_millis(id: &str) -> Option<u64> {
+    let suffix = id.rsplit('_').next()?;
+    if suffix.len() != 32 {
+        return None;
+    }
+    u64::from_str_radix(suffix.get(..12)?, 16).ok()
+}
+
 macro_rules! define_id {
     ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
         $(#[$doc])*
@@ -106,6 +115,17 @@ define_id!(/// A Stripe payout account.
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_tell_when_they_were_made() {
+        let before = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or_default();
+        let id = EventId::new();
+        let after = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or_default();
+        let made = created_at_millis(id.as_str()).unwrap_or_default();
+        assert!((before..=after).contains(&made), "{before} <= {made} <= {after}");
+        assert_eq!(created_at_millis("evt_short"), None);
+        assert_eq!(created_at_millis("evt_zz0000000000000000000000000000"), None);
+    }
 
     #[test]
     fn ids_carry_their_prefix_and_parse_back() {

@@ -2,6 +2,8 @@
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set, and W3C trace context taken from incoming requests and
 //! carried across NATS headers.
 
+pub mod metrics;
+
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
@@ -33,6 +35,7 @@ impl Drop for TelemetryGuard {
 /// Installs the global subscriber. `otlp_endpoint` (from `OTEL_EXPORTER_OTLP_ENDPOINT`) turns on
 /// span export; `json` switches log lines to JSON for log shippers.
 pub fn init(service: &str, otlp_endpoint: Option<&str>, json: bool) -> anyhow::Result<TelemetryGuard> {
+    metrics::prometheus();
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,async_nats=warn"));
 

@@ -31,8 +31,22 @@ impl ReportBatcher {
         ReportBatcher { queue }
     }
 
-    /// Reports for `caller` (the principal the edge authenticated).
-    pub async fn report(&self, caller: pb::Principal, report: pb::ReportConversionRequest) -> Reply {
+    /// Reports for `caller` (the principal the edge authenticated), arriving over `surface`.
+    pub async fn report(
+        &self,
+        surface: &'static str,
+        caller: pb::Principal,
+        report: pb::ReportConversionRequest,
+    ) -> Reply {
+        let started = std::time::Instant::now();
+        let reply = self.submit(caller, report).await;
+        count_reports(surface, outcome_label(&reply), 1);
+        amba_telemetry::metrics::histogram!("amba_conversion_report_seconds", "surface" => surface)
+            .record(started.elapsed().as_secs_f64());
+        reply
+    }
+
+    async fn submit(&self, caller: pb::Principal, report: pb::ReportConversionRequest) -> Reply {
         let (reply, answer) = oneshot::channel();
         let closed = || ApiError::unavailable("the edge is shutting down");
         let item = pb::AuthenticatedReport {
@@ -43,6 +57,20 @@ impl ReportBatcher {
         self.queue.send((item, reply)).await.map_err(|_| closed())?;
         answer.await.map_err(|_| closed())?
     }
+}
+
+/// `recorded`, `duplicate`, or the error code: bounded label values.
+pub fn outcome_label(reply: &Reply) -> &'static str {
+    match reply {
+        Ok(reply) if reply.duplicate => "duplicate",
+        Ok(_) => "recorded",
+        Err(err) => err.code.as_str(),
+    }
+}
+
+pub fn count_reports(surface: &'static str, outcome: &'static str, n: u64) {
+    amba_telemetry::metrics::counter!("amba_conversion_reports_total", "surface" => surface, "outcome" => outcome)
+        .increment(n);
 }
 
 async fn run(mut receiver: mpsc::Receiver<(pb::AuthenticatedReport, oneshot::Sender<Reply>)>, rpc: RpcClient) {

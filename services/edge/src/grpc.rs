@@ -90,7 +90,7 @@ impl Conversions for ConversionsApi {
         Ok(Response::new(
             self.state
                 .reports
-                .report(caller, request.into_inner())
+                .report("grpc", caller, request.into_inner())
                 .await
                 .map_err(|e| status(&e))?,
         ))
@@ -116,6 +116,7 @@ impl Conversions for ConversionsApi {
             if reply.outcomes.len() != count {
                 return Err(status(&ApiError::internal()));
             }
+            count_outcomes(&reply.outcomes);
             Ok::<_, Status>(reply.outcomes)
         });
         let mut outcomes = Vec::new();
@@ -146,6 +147,25 @@ impl Conversions for ConversionsApi {
             clawback: Some(request.into_inner()),
         };
         Ok(Response::new(self.call(methods::CLAWBACK, &clawback).await?))
+    }
+}
+
+/// Stream outcomes into `amba_conversion_reports_total`, one counter update per distinct outcome.
+fn count_outcomes(outcomes: &[pb::ReportOutcome]) {
+    let mut counts: std::collections::HashMap<&'static str, u64> = std::collections::HashMap::new();
+    for outcome in outcomes {
+        let label = match &outcome.result {
+            Some(pb::report_outcome::Result::Ok(ok)) if ok.duplicate => "duplicate",
+            Some(pb::report_outcome::Result::Ok(_)) => "recorded",
+            Some(pb::report_outcome::Result::Error(err)) => {
+                ErrorCode::parse(&err.code).map_or("INTERNAL", ErrorCode::as_str)
+            }
+            None => "INTERNAL",
+        };
+        *counts.entry(label).or_default() += 1;
+    }
+    for (label, n) in counts {
+        crate::batcher::count_reports("grpc_stream", label, n);
     }
 }
 

@@ -46,9 +46,18 @@ pub fn router(state: EdgeState, allowed_hosts: Vec<String>) -> Router {
         .route("/.well-known/oauth-protected-resource/mcp", get(protected_resource))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .merge(mcp)
         .layer(crate::incoming_trace_layer())
         .with_state(state)
+}
+
+/// Prometheus text exposition of this process's metrics.
+pub async fn metrics() -> impl IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        amba_telemetry::metrics::render(),
+    )
 }
 
 /// RFC 9728 metadata: where the resource is and that it takes bearer tokens in the header.

@@ -1122,3 +1122,102 @@ async fn reports_continue_the_callers_trace_into_their_conversion_events() -> an
     assert!(![unary_trace, stream_trace, mcp_trace].contains(&fresh.as_str()));
     sys.stop().await
 }
+
+/// One sample of `/metrics` (0 when the series is absent), e.g.
+/// `amba_conversion_reports_total{surface="grpc",outcome="recorded"}`.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn scrape(sys: &TestSystem) -> anyhow::Result<String> {
+    let response = reqwest::get(format!("{}/metrics", sys.base_url())).await?;
+    anyhow::ensure!(response.status() == 200, "GET /metrics: {}", response.status());
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    anyhow::ensure!(content_type.starts_with("text/plain"), "content-type {content_type}");
+    Ok(response.text().await?)
+}
+
+#[tokio::test]
+async fn metrics_count_reports_by_surface_and_outcome_and_time_the_pipeline() -> anyhow::Result<()> {
+    let Setup {
+        sys,
+        owner,
+        program,
+        ann_enrollment,
+        ..
+    } = setup(json!({})).await?;
+    let code = text(&ann_enrollment["code"]).to_owned();
+    let before = scrape(&sys).await?;
+    let mut client = grpc(&sys).await?;
+
+    client
+        .report_conversion(authed(&owner.token, report(&program, "m-1", 1_000, &code))?)
+        .await?;
+    client
+        .report_conversion(authed(&owner.token, report(&program, "m-1", 1_000, &code))?)
+        .await?;
+    let refused = client
+        .report_conversion(authed(&owner.token, report(&program, "m-2", -5, &code))?)
+        .await;
+    assert!(refused.is_err());
+    let items = vec![
+        report(&program, "m-3", 1_000, &code),
+        report(&program, "m-4", 1_000, &code),
+        report(&program, "m-1", 1_000, &code),
+        report(&program, "m-5", 1_000, "nosuchcode23"),
+    ];
+    client
+        .report_conversions(authed(&owner.token, futures::stream::iter(items))?)
+        .await?;
+    owner
+        .mcp
+        .ok(
+            "amba_affiliate_conversion_report",
+            json!({"program_id": program, "project_id": "web", "external_id": "m-6",
+                   "amount_minor": 1_000, "currency": "USD", "code": code}),
+        )
+        .await?;
+
+    let reports = |surface: &str, outcome: &str| {
+        format!("amba_conversion_reports_total{{surface=\"{surface}\",outcome=\"{outcome}\"}}")
+    };
+    let published_before = sample(&before, "amba_outbox_published_total");
+    let after = eventually(
+        std::time::Duration::from_secs(10),
+        "the four events to be published",
+        || {
+            let sys = &sys;
+            async move {
+                let after = scrape(sys).await?;
+                let published = sample(&after, "amba_outbox_published_total");
+                Ok((published >= published_before + 4.0).then_some(after))
+            }
+        },
+    )
+    .await?;
+    let delta = |series: String| sample(&after, &series) - sample(&before, &series);
+    assert_eq!(delta(reports("grpc", "recorded")), 1.0);
+    assert_eq!(delta(reports("grpc", "duplicate")), 1.0);
+    assert_eq!(delta(reports("grpc", "INVALID_ARGUMENT")), 1.0);
+    assert_eq!(delta(reports("grpc_stream", "recorded")), 2.0);
+    assert_eq!(delta(reports("grpc_stream", "duplicate")), 1.0);
+    assert_eq!(delta(reports("grpc_stream", "INVALID_ARGUMENT")), 1.0);
+    assert_eq!(delta(reports("mcp", "recorded")), 1.0);
+    // Latency of single reports, the writer's batches, and the relay's lag are histograms.
+    assert_eq!(
+        delta("amba_conversion_report_seconds_count{surface=\"grpc\"}".into()),
+        3.0
+    );
+    assert!(delta("amba_writer_batch_size_count".into()) >= 1.0);
+    assert!(after.contains("amba_outbox_publish_lag_seconds_bucket{le=\"0.1\"}"));
+    assert!(after.contains("amba_events_consumed_total{consumer="));
+    sys.stop().await
+}

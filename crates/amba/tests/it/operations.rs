@@ -1,6 +1,6 @@
 //! The `amba` binary's operator commands, run as an operator would run them.
 
-use amba_testkit::{nats_url, test_bus};
+use amba_testkit::{TestDatabase, eventually, nats_url, test_bus, unique_namespace};
 use std::process::Command;
 
 fn amba(namespace: &str, args: &[&str]) -> std::io::Result<std::process::Output> {
@@ -42,4 +42,41 @@ async fn streams_delete_needs_the_namespace_confirmed_and_removes_only_its_strea
     amba_bus::streams::delete_event_streams(&bystander.js, &bystander.ns)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+#[tokio::test]
+async fn a_service_without_the_edge_serves_metrics_on_amba_metrics_addr() -> anyhow::Result<()> {
+    let db = TestDatabase::create().await?;
+    let ns = unique_namespace();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut service = tokio::process::Command::new(env!("CARGO_BIN_EXE_amba"))
+        .args(["serve", "notification"])
+        .env("AMBA_DATABASE_URL", &db.url)
+        .env("AMBA_NATS_URL", nats_url())
+        .env("AMBA_NAMESPACE", ns.as_str())
+        .env("AMBA_METRICS_ADDR", format!("127.0.0.1:{port}"))
+        .kill_on_drop(true)
+        .spawn()?;
+
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let response = eventually(std::time::Duration::from_secs(30), "the metrics listener", || {
+        let url = url.clone();
+        async move { Ok(reqwest::get(&url).await.ok()) }
+    })
+    .await?;
+    assert_eq!(response.status(), 200);
+    let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok());
+    assert!(
+        content_type.is_some_and(|t| t.starts_with("text/plain")),
+        "{content_type:?}"
+    );
+    let elsewhere = reqwest::get(format!("http://127.0.0.1:{port}/mcp")).await?;
+    assert_eq!(elsewhere.status(), 404, "only /metrics is served there");
+
+    service.kill().await?;
+    let nats = async_nats::connect(nats_url()).await?;
+    amba_bus::streams::delete_event_streams(&async_nats::jetstream::new(nats), &ns)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    db.drop_now().await
 }

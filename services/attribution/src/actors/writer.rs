@@ -108,6 +108,8 @@ async fn run(mut receiver: mpsc::Receiver<Job>, deps: Arc<WriterDeps>) {
 async fn write_batch(deps: &WriterDeps, jobs: Vec<Job>) {
     let (reports, replies): (Vec<Submission>, Vec<oneshot::Sender<Reply>>) =
         jobs.into_iter().map(|j| (j.submission, j.reply)).unzip();
+    let started = std::time::Instant::now();
+    amba_telemetry::metrics::histogram!("amba_writer_batch_size").record(reports.len() as f64);
     let outcomes = match decide_and_write(deps, &reports).await {
         Ok(outcomes) => outcomes,
         Err(err) => {
@@ -116,6 +118,7 @@ async fn write_batch(deps: &WriterDeps, jobs: Vec<Job>) {
             reports.iter().map(|_| Err(failure.clone())).collect()
         }
     };
+    amba_telemetry::metrics::histogram!("amba_writer_batch_seconds").record(started.elapsed().as_secs_f64());
     for (reply, outcome) in replies.into_iter().zip(outcomes) {
         // A caller that gave up is fine: its report is committed and a retry finds it.
         let _ = reply.send(outcome);

@@ -211,7 +211,12 @@ impl McpServer {
             customer_email: a.customer_email.unwrap_or_default(),
             occurred_at_micros: parse_time(a.occurred_at.as_deref()).map_err(tool_error)?,
         };
-        let reply = self.state.reports.report(caller, request).await.map_err(tool_error)?;
+        let reply = self
+            .state
+            .reports
+            .report("mcp", caller, request)
+            .await
+            .map_err(tool_error)?;
         let conversion = conversion_view(reply.conversion.ok_or_else(|| tool_error(ApiError::internal()))?, false);
         Ok(Json(ReportOutput {
             conversion_id: conversion.conversion_id.clone(),

@@ -1,0 +1,48 @@
+//! Prometheus metrics: one recorder per process, rendered at `/metrics` (the edge's HTTP port,
+//! or `AMBA_METRICS_ADDR` for processes without the edge). Code records through the `metrics`
+//! macros; names start with `amba_`, durations are `_seconds` histograms.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+pub use metrics::{counter, histogram};
+
+/// Seconds: 1 ms … 60 s.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+/// Batch sizes: 1 … 5,000.
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1_000.0, 5_000.0];
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// The process's Prometheus handle, installing the recorder on first use. `None` only when some
+/// other recorder was installed first.
+pub fn prometheus() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_batch_size".into()), BATCH_BUCKETS))
+                .ok()?;
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            Some(handle)
+        })
+        .as_ref()
+}
+
+/// The text exposition format of every metric recorded so far.
+pub fn render() -> String {
+    prometheus().map(PrometheusHandle::render).unwrap_or_default()
+}
+
+/// Seconds since a Unix-millisecond timestamp (0 when it lies in the future).
+pub fn seconds_since_millis(millis: u64) -> f64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default();
+    now.saturating_sub(u128::from(millis)) as f64 / 1_000.0
+}
