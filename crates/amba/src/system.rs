@@ -175,6 +175,9 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
 
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
+    tasks.spawn(amba_telemetry::metrics::upkeep_until(
+        shutdown.clone().cancelled_owned(),
+    ));
     let url = settings.database_url.expose().to_owned();
     let multi_level_enabled = settings.multi_level_enabled;
     for &service in services {

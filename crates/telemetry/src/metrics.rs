@@ -33,6 +33,20 @@ pub fn prometheus() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
+/// Folds recorded histogram samples into their buckets every few seconds until `stop`. Without
+/// it samples would pile up in memory until the next scrape (or forever, when nobody scrapes).
+pub async fn upkeep_until(stop: impl std::future::Future<Output = ()>) {
+    let Some(handle) = prometheus() else { return };
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tick.tick() => handle.run_upkeep(),
+        }
+    }
+}
+
 /// The text exposition format of every metric recorded so far.
 pub fn render() -> String {
     prometheus().map(PrometheusHandle::render).unwrap_or_default()
