@@ -35,21 +35,23 @@ impl TrustedProxies {
 
     /// The address the request came from: the peer, or what trusted proxies say it forwarded for.
     pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        // A dual-stack listener sees IPv4 peers as `::ffff:a.b.c.d`; compare them as IPv4.
+        let peer = peer.to_canonical();
         if !self.trusts(peer) {
             return peer;
         }
-        let hops: Vec<&str> = headers
+        // Split the raw bytes: one bad byte must not hide a whole header line, or a client could
+        // make its own line vanish and be taken for the proxy.
+        let hops: Vec<&[u8]> = headers
             .get_all("x-forwarded-for")
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
             .collect();
         // Walk back from the proxy nearest to us; the first hop we do not run is the client. A
         // hop that is not an address ends the walk: nothing left of it can be believed.
         let mut client = peer;
         for hop in hops.into_iter().rev() {
-            let Ok(addr) = hop.parse::<IpAddr>() else { break };
+            let Some(addr) = parse_hop(hop) else { break };
             client = addr;
             if !self.trusts(addr) {
                 break;
@@ -57,6 +59,18 @@ impl TrustedProxies {
         }
         client
     }
+}
+
+/// `198.51.100.4`, `2001:db8::1`, and the `1.2.3.4:5678` / `[2001:db8::1]:443` forms some
+/// proxies write.
+fn parse_hop(hop: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(hop).ok()?.trim();
+    let addr = text
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| text.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
+        .or_else(|| text.strip_prefix('[')?.strip_suffix(']')?.parse().ok())?;
+    Some(addr.to_canonical())
 }
 
 #[cfg(test)]
@@ -124,6 +138,23 @@ mod tests {
             proxies.client_ip(ip("10.0.0.1")?, &headers(&["10.0.0.5"])),
             ip("10.0.0.5")?
         );
+        Ok(())
+    }
+
+    #[test]
+    fn mapped_ports_and_bad_bytes_do_not_hide_the_client() -> Result {
+        let proxies = TrustedProxies::parse("10.0.0.0/8")?;
+        // A dual-stack listener's view of an IPv4 proxy.
+        let mapped = ip("::ffff:10.0.0.1")?;
+        assert_eq!(proxies.client_ip(mapped, &headers(&["198.51.100.4"])), ip("198.51.100.4")?);
+        assert_eq!(proxies.client_ip(mapped, &HeaderMap::new()), ip("10.0.0.1")?);
+        // Hops with ports or brackets.
+        let ported = headers(&["198.51.100.4:5678, [2001:db8::1]:443, [2001:db8::2]"]);
+        assert_eq!(proxies.client_ip(ip("10.0.0.1")?, &ported), ip("2001:db8::2")?);
+        // A client's own line with a non-ASCII byte, the proxy's real address appended to it.
+        let mut forged = HeaderMap::new();
+        forged.append("x-forwarded-for", http::HeaderValue::from_bytes(b"\xff, 198.51.100.4")?);
+        assert_eq!(proxies.client_ip(ip("10.0.0.1")?, &forged), ip("198.51.100.4")?);
         Ok(())
     }
 
