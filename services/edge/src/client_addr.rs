@@ -146,7 +146,10 @@ mod tests {
         let proxies = TrustedProxies::parse("10.0.0.0/8")?;
         // A dual-stack listener's view of an IPv4 proxy.
         let mapped = ip("::ffff:10.0.0.1")?;
-        assert_eq!(proxies.client_ip(mapped, &headers(&["198.51.100.4"])), ip("198.51.100.4")?);
+        assert_eq!(
+            proxies.client_ip(mapped, &headers(&["198.51.100.4"])),
+            ip("198.51.100.4")?
+        );
         assert_eq!(proxies.client_ip(mapped, &HeaderMap::new()), ip("10.0.0.1")?);
         // Hops with ports or brackets.
         let ported = headers(&["198.51.100.4:5678, [2001:db8::1]:443, [2001:db8::2]"]);

@@ -189,7 +189,8 @@ fn subject_from_cookie(headers: &HeaderMap) -> Option<String> {
         })
 }
 
-fn user_agent(headers: &HeaderMap) -> String {
+/// The `User-Agent` of a click, bounded.
+pub fn user_agent(headers: &HeaderMap) -> String {
     headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())

@@ -1221,3 +1221,45 @@ async fn metrics_count_reports_by_surface_and_outcome_and_time_the_pipeline() ->
     assert!(after.contains("amba_events_consumed_total{consumer="));
     sys.stop().await
 }
+
+#[tokio::test]
+async fn anonymous_mcp_touchpoints_are_rate_limited_per_address_like_the_http_endpoint() -> anyhow::Result<()> {
+    let Setup {
+        sys,
+        owner,
+        program,
+        ann_enrollment,
+        ..
+    } = setup(json!({})).await?;
+    let code = text(&ann_enrollment["code"]).to_owned();
+    let anonymous = sys.mcp(None).await?;
+    let mut limited = None;
+    for i in 0..200 {
+        let result = anonymous
+            .call(
+                "amba_affiliate_touchpoint_record",
+                json!({"program_id": program, "code": code, "subject_ref": format!("anon-{i}")}),
+            )
+            .await?;
+        if result.is_error == Some(true) {
+            limited = result.structured_content;
+            break;
+        }
+    }
+    let limited = limited.ok_or_else(|| anyhow::anyhow!("no refusal after 200 rapid anonymous calls"))?;
+    assert_eq!(limited["error"]["code"], "RATE_LIMITED");
+
+    // An authenticated caller is not held to the anonymous budget.
+    let args = json!({"program_id": program, "code": code, "subject_ref": "owner-side"});
+    owner.mcp.ok("amba_affiliate_touchpoint_record", args).await?;
+
+    // The clicks carry the caller's address, as the HTTP endpoint records it.
+    let pool = sys.service_pool("attribution").await?;
+    let addresses: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT client_ip FROM touchpoints WHERE subject_ref LIKE 'anon-%'")
+            .fetch_all(&pool)
+            .await?;
+    assert_eq!(addresses, vec!["127.0.0.1"]);
+    pool.close().await;
+    sys.stop().await
+}

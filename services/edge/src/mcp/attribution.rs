@@ -160,6 +160,7 @@ impl McpServer {
     async fn touchpoint_record(
         &self,
         Parameters(a): Parameters<TouchpointArgs>,
+        Extension(parts): Extension<http::request::Parts>,
     ) -> Result<Json<TouchpointOutput>, ToolError> {
         let request = pb::RecordTouchpointRequest {
             program_id: a.program_id,
@@ -167,7 +168,10 @@ impl McpServer {
             subject_ref: a.subject_ref,
             occurred_at_micros: parse_time(a.occurred_at.as_deref()).map_err(tool_error)?,
             landing_url: a.landing_url.unwrap_or_default(),
-            ..Default::default()
+            client_ip: super::client_ip(&self.state, &parts)
+                .map(|ip| ip.to_string())
+                .unwrap_or_default(),
+            user_agent: crate::public::user_agent(&parts.headers),
         };
         let reply: pb::RecordTouchpointReply = self
             .state

@@ -66,6 +66,16 @@ pub fn require_principal(parts: &http::request::Parts) -> Result<Principal, Tool
     principal_of(parts).ok_or_else(|| tool_error(ApiError::unauthenticated("this tool needs a personal access token")))
 }
 
+/// The client address of an MCP request (behind trusted proxies, the forwarded one).
+pub fn client_ip(state: &EdgeState, parts: &http::request::Parts) -> Option<std::net::IpAddr> {
+    let peer = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()?
+        .0
+        .ip();
+    Some(state.trusted_proxies.client_ip(peer, &parts.headers))
+}
+
 fn context_principal(context: &RequestContext<RoleServer>) -> Option<Principal> {
     context.extensions.get::<http::request::Parts>().and_then(principal_of)
 }
@@ -105,8 +115,21 @@ impl ServerHandler for McpServer {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        if context_principal(&context).is_none() && !PUBLIC_TOOLS.contains(&request.name.as_ref()) {
-            return Ok(tool_error(ApiError::unauthenticated("this tool needs a personal access token")).into());
+        if context_principal(&context).is_none() {
+            if !PUBLIC_TOOLS.contains(&request.name.as_ref()) {
+                return Ok(tool_error(ApiError::unauthenticated("this tool needs a personal access token")).into());
+            }
+            // Anonymous calls share the public click endpoints' per-address budget.
+            let client = context
+                .extensions
+                .get::<http::request::Parts>()
+                .and_then(|parts| client_ip(&self.state, parts));
+            if let Some(client) = client
+                && let Err(retry_after) = self.state.rate_limiter.take(client)
+            {
+                let message = format!("too many requests from this address; retry in {retry_after} s");
+                return Ok(tool_error(ApiError::new(amba_core::ErrorCode::RateLimited, message)).into());
+            }
         }
         // The caller's trace: `_meta.traceparent` (MCP SEP-414), else the HTTP header.
         let traceparent = context.meta.get_traceparent().map(str::to_owned).or_else(|| {
