@@ -15,8 +15,8 @@ pub struct Settings {
     pub namespace: Namespace,
     pub http_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
-    /// Where a process without the edge serves `/metrics` (`AMBA_METRICS_ADDR`); the edge always
-    /// serves it on its HTTP port.
+    /// Where this process serves Prometheus `/metrics` (`AMBA_METRICS_ADDR`); unset: nowhere.
+    /// A port of its own, so metrics never share the public port.
     pub metrics_addr: Option<SocketAddr>,
     /// What `mcp_config` and links point to; defaults to `http://<AMBA_HTTP_ADDR>`.
     pub public_url: String,

@@ -99,7 +99,7 @@ impl Running {
         self.grpc_addr
     }
 
-    /// Where `/metrics` listens when this process runs no edge (`AMBA_METRICS_ADDR`).
+    /// Where `/metrics` listens (`AMBA_METRICS_ADDR`), if anywhere.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
     }
@@ -217,7 +217,7 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
     let mut http_addr = None;
     let mut grpc_addr = None;
     let mut metrics_addr = None;
-    if let (false, Some(addr)) = (services.contains(&ServiceName::Edge), settings.metrics_addr) {
+    if let Some(addr) = settings.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Bind { addr, source })?;

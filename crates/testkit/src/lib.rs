@@ -108,6 +108,7 @@ impl TestSystem {
             ("AMBA_NAMESPACE", ns.to_string()),
             ("AMBA_HTTP_ADDR", format!("127.0.0.1:{port}")),
             ("AMBA_GRPC_ADDR", "127.0.0.1:0".to_owned()),
+            ("AMBA_METRICS_ADDR", "127.0.0.1:0".to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -135,6 +136,11 @@ impl TestSystem {
     /// `http://127.0.0.1:<port>` of the edge's gRPC server.
     pub fn grpc_url(&self) -> String {
         format!("http://{}", self.grpc_addr)
+    }
+
+    /// Prometheus `/metrics` of this system (its `AMBA_METRICS_ADDR` listener).
+    pub fn metrics_url(&self) -> Option<String> {
+        Some(format!("http://{}/metrics", self.running.metrics_addr()?))
     }
 
     pub fn base_url(&self) -> String {

@@ -46,13 +46,13 @@ pub fn router(state: EdgeState, allowed_hosts: Vec<String>) -> Router {
         .route("/.well-known/oauth-protected-resource/mcp", get(protected_resource))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .merge(mcp)
         .layer(crate::incoming_trace_layer())
         .with_state(state)
 }
 
-/// Prometheus text exposition of this process's metrics.
+/// Prometheus text exposition of this process's metrics. Served on `AMBA_METRICS_ADDR`, never on
+/// the public port: volumes and error rates are nobody else's business.
 pub async fn metrics() -> impl IntoResponse {
     (
         [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -5,6 +5,7 @@ use crate::support::{Org, active_program, enroll, org, text};
 use amba_proto::v1 as pb;
 use amba_proto::v1::conversions_client::ConversionsClient;
 use amba_testkit::{TestSystem, eventually};
+use anyhow::Context;
 use chrono::{Duration, Utc};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -1133,7 +1134,8 @@ fn sample(metrics: &str, series: &str) -> f64 {
 }
 
 async fn scrape(sys: &TestSystem) -> anyhow::Result<String> {
-    let response = reqwest::get(format!("{}/metrics", sys.base_url())).await?;
+    let url = sys.metrics_url().context("the test system serves metrics")?;
+    let response = reqwest::get(url).await?;
     anyhow::ensure!(response.status() == 200, "GET /metrics: {}", response.status());
     let content_type = response
         .headers()
@@ -1155,6 +1157,8 @@ async fn metrics_count_reports_by_surface_and_outcome_and_time_the_pipeline() ->
         ..
     } = setup(json!({})).await?;
     let code = text(&ann_enrollment["code"]).to_owned();
+    let public = reqwest::get(format!("{}/metrics", sys.base_url())).await?;
+    assert_eq!(public.status(), 404, "metrics stay off the public port");
     let before = scrape(&sys).await?;
     let mut client = grpc(&sys).await?;
 

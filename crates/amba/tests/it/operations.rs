@@ -45,7 +45,7 @@ async fn streams_delete_needs_the_namespace_confirmed_and_removes_only_its_strea
 }
 
 #[tokio::test]
-async fn a_service_without_the_edge_serves_metrics_on_amba_metrics_addr() -> anyhow::Result<()> {
+async fn a_service_serves_metrics_on_amba_metrics_addr() -> anyhow::Result<()> {
     let db = TestDatabase::create().await?;
     let ns = unique_namespace();
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
