@@ -33,11 +33,18 @@ pub async fn ensure_event_streams(js: &jetstream::Context, ns: &Namespace) -> Re
     Ok(())
 }
 
-/// Removes every stream of the namespace (tests clean up after themselves with this).
+/// Removes every stream of the namespace (tests clean up after themselves with this). A stream
+/// that does not exist is fine; any other failure is reported.
 pub async fn delete_event_streams(js: &jetstream::Context, ns: &Namespace) -> Result<(), async_nats::Error> {
+    use async_nats::jetstream::ErrorCode;
+    use async_nats::jetstream::context::DeleteStreamErrorKind;
     for (owner, _) in EVENT_STREAMS {
-        // A stream that was never created is not an error here.
-        let _ = js.delete_stream(ns.events_stream(owner)).await;
+        match js.delete_stream(ns.events_stream(owner)).await {
+            Ok(_) => {}
+            Err(err) if matches!(err.kind(), DeleteStreamErrorKind::JetStream(e) if e.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
+                {}
+            Err(err) => return Err(err.into()),
+        }
     }
     Ok(())
 }
