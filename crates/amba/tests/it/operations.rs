@@ -38,6 +38,8 @@ async fn streams_delete_needs_the_namespace_confirmed_and_removes_only_its_strea
             "another namespace's {owner} stream kept"
         );
     }
+    let again = amba(&namespace, &["streams", "delete", "--confirm", &namespace])?;
+    assert!(again.status.success(), "streams already gone are not an error");
 
     amba_bus::streams::delete_event_streams(&bystander.js, &bystander.ns)
         .await
