@@ -271,21 +271,22 @@ async fn settle(
     outcome: Result<(), HandlerError>,
 ) {
     let attempt = delivery.attempt;
-    let consumer = spec.durable_name.clone();
-    if let Some(made) = amba_core::id::created_at_millis(&delivery.event_id) {
-        amba_telemetry::metrics::histogram!("amba_event_consume_lag_seconds", "consumer" => consumer.clone())
-            .record(amba_telemetry::metrics::seconds_since_millis(made));
-    }
-    let result = match &outcome {
-        Ok(()) => "applied",
-        Err(HandlerError::Retry(_)) if attempt < spec.max_deliver => "retried",
-        Err(_) => "dead_lettered",
+    let count = |result: &'static str| {
+        amba_telemetry::metrics::counter!("amba_events_consumed_total", "consumer" => spec.durable_name.clone(), "result" => result)
+            .increment(1);
     };
-    amba_telemetry::metrics::counter!("amba_events_consumed_total", "consumer" => consumer, "result" => result)
-        .increment(1);
     let ack = match outcome {
-        Ok(()) => message.double_ack().await,
+        Ok(()) => {
+            count("applied");
+            // Lag once per event: from its creation to the commit that applied it.
+            if let Some(made) = amba_core::id::created_at_millis(&delivery.event_id) {
+                amba_telemetry::metrics::histogram!("amba_event_consume_lag_seconds", "consumer" => spec.durable_name.clone())
+                    .record(amba_telemetry::metrics::seconds_since_millis(made));
+            }
+            message.double_ack().await
+        }
         Err(HandlerError::Retry(err)) if attempt < spec.max_deliver => {
+            count("retried");
             tracing::warn!(consumer = %spec.durable_name, event_id = %delivery.event_id, error = %err, "handler failed; will retry");
             message.ack_with(AckKind::Nak(Some(retry_delay(attempt)))).await
         }
@@ -296,6 +297,7 @@ async fn settle(
                 tracing::error!(error = %db, "could not record dead letter");
                 return;
             }
+            count("dead_lettered");
             message.ack_with(AckKind::Term).await
         }
     };

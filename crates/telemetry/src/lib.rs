@@ -11,6 +11,8 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -56,11 +58,17 @@ pub fn init(service: &str, otlp_endpoint: Option<&str>, json: bool) -> anyhow::R
     let otel_layer = tracing_opentelemetry::layer().with_tracer(provider.tracer(service.to_owned()));
     let provider = Some(provider);
 
-    let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
+    // `RUST_LOG` filters log lines only: spans (and so trace context) stay at INFO whatever the
+    // log level, or a quiet log setting would cut every trace at the edge.
+    let registry = tracing_subscriber::registry().with(otel_layer.with_filter(LevelFilter::INFO));
     let result = if json {
-        registry.with(tracing_subscriber::fmt::layer().json()).try_init()
+        registry
+            .with(tracing_subscriber::fmt::layer().json().with_filter(filter))
+            .try_init()
     } else {
-        registry.with(tracing_subscriber::fmt::layer()).try_init()
+        registry
+            .with(tracing_subscriber::fmt::layer().with_filter(filter))
+            .try_init()
     };
     if let Err(err) = result {
         // Tests and the all-in-one process may call init more than once; the first one wins.

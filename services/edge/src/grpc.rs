@@ -110,9 +110,20 @@ impl Conversions for ConversionsApi {
         let batches = chunks.try_chunks(CHUNK).map(|chunk| async move {
             let reports = chunk.map_err(|e| e.1)?;
             let count = reports.len();
-            let reply: pb::ReportConversionsReply = self
-                .call(methods::REPORT_BATCH, &pb::ReportBatchRequest { reports })
-                .await?;
+            let reply: Result<pb::ReportConversionsReply, ApiError> = self
+                .state
+                .rpc
+                .call(
+                    methods::SERVICE,
+                    methods::REPORT_BATCH,
+                    &pb::ReportBatchRequest { reports },
+                )
+                .await;
+            let reply = reply.map_err(|err| {
+                // The whole chunk failed (e.g. UNAVAILABLE): exactly what an operator alerts on.
+                crate::batcher::count_reports("grpc_stream", err.code.as_str(), count as u64);
+                status(&err)
+            })?;
             if reply.outcomes.len() != count {
                 return Err(status(&ApiError::internal()));
             }
