@@ -131,6 +131,7 @@ pub async fn run<H: Handler>(
         .await?;
     let messages = consumer.messages().await?;
     let spec = Arc::new(spec);
+    let meters = Arc::new(Meters::new(&spec.durable_name));
 
     let workers_count = spec.concurrency.max(1);
     let mut workers = JoinSet::new();
@@ -138,7 +139,7 @@ pub async fn run<H: Handler>(
     for _ in 0..workers_count {
         let (queue, mut inbox) = mpsc::channel::<(jetstream::Message, Delivery)>(64);
         queues.push(queue);
-        let (pool, spec, handler) = (pool.clone(), spec.clone(), handler.clone());
+        let (pool, spec, handler, meters) = (pool.clone(), spec.clone(), handler.clone(), meters.clone());
         workers.spawn(async move {
             while let Some(first) = inbox.recv().await {
                 let mut group = vec![first];
@@ -148,7 +149,7 @@ pub async fn run<H: Handler>(
                         Err(_) => break,
                     }
                 }
-                settle_group(&pool, &spec, handler.as_ref(), group).await;
+                settle_group(&pool, &spec, &meters, handler.as_ref(), group).await;
             }
         });
     }
@@ -206,12 +207,34 @@ fn delivery_of(message: &jetstream::Message) -> Delivery {
     }
 }
 
+/// A consumer's metric handles, made once: `amba_events_consumed_total{consumer, result}` and
+/// `amba_event_consume_lag_seconds{consumer}`.
+struct Meters {
+    applied: amba_telemetry::metrics::Counter,
+    retried: amba_telemetry::metrics::Counter,
+    dead_lettered: amba_telemetry::metrics::Counter,
+    lag: amba_telemetry::metrics::Histogram,
+}
+
+impl Meters {
+    fn new(consumer: &str) -> Meters {
+        let consumed = |result: &'static str| amba_telemetry::metrics::counter!("amba_events_consumed_total", "consumer" => consumer.to_owned(), "result" => result);
+        Meters {
+            applied: consumed("applied"),
+            retried: consumed("retried"),
+            dead_lettered: consumed("dead_lettered"),
+            lag: amba_telemetry::metrics::histogram!("amba_event_consume_lag_seconds", "consumer" => consumer.to_owned()),
+        }
+    }
+}
+
 /// Applies what a worker has queued (in order) in ONE transaction: each message in a savepoint
 /// with its inbox row, one commit for all, then each is acked, nak'd or dead-lettered on its own.
 /// One fsync per group instead of per message is what lets consumers keep up with the hot path.
 async fn settle_group<H: Handler>(
     pool: &PgPool,
     spec: &ConsumerSpec,
+    meters: &Meters,
     handler: &H,
     group: Vec<(jetstream::Message, Delivery)>,
 ) {
@@ -229,7 +252,7 @@ async fn settle_group<H: Handler>(
     let settles = group
         .into_iter()
         .zip(outcomes)
-        .map(|((message, delivery), outcome)| settle(pool, spec, message, delivery, outcome));
+        .map(|((message, delivery), outcome)| settle(pool, spec, meters, message, delivery, outcome));
     futures::future::join_all(settles).await;
 }
 
@@ -266,27 +289,23 @@ async fn apply_group<H: Handler>(
 async fn settle(
     pool: &PgPool,
     spec: &ConsumerSpec,
+    meters: &Meters,
     message: jetstream::Message,
     delivery: Delivery,
     outcome: Result<(), HandlerError>,
 ) {
     let attempt = delivery.attempt;
-    let count = |result: &'static str| {
-        amba_telemetry::metrics::counter!("amba_events_consumed_total", "consumer" => spec.durable_name.clone(), "result" => result)
-            .increment(1);
-    };
     let ack = match outcome {
         Ok(()) => {
-            count("applied");
+            meters.applied.increment(1);
             // Lag once per event: from its creation to the commit that applied it.
             if let Some(made) = amba_core::id::created_at_millis(&delivery.event_id) {
-                amba_telemetry::metrics::histogram!("amba_event_consume_lag_seconds", "consumer" => spec.durable_name.clone())
-                    .record(amba_telemetry::metrics::seconds_since_millis(made));
+                meters.lag.record(amba_telemetry::metrics::seconds_since_millis(made));
             }
             message.double_ack().await
         }
         Err(HandlerError::Retry(err)) if attempt < spec.max_deliver => {
-            count("retried");
+            meters.retried.increment(1);
             tracing::warn!(consumer = %spec.durable_name, event_id = %delivery.event_id, error = %err, "handler failed; will retry");
             message.ack_with(AckKind::Nak(Some(retry_delay(attempt)))).await
         }
@@ -297,7 +316,7 @@ async fn settle(
                 tracing::error!(error = %db, "could not record dead letter");
                 return;
             }
-            count("dead_lettered");
+            meters.dead_lettered.increment(1);
             message.ack_with(AckKind::Term).await
         }
     };

@@ -61,7 +61,6 @@ pub fn init(service: &str, otlp_endpoint: Option<&str>, json: bool) -> anyhow::R
     }
     let provider = builder.build();
     let otel_layer = tracing_opentelemetry::layer().with_tracer(provider.tracer(service.to_owned()));
-    let provider = Some(provider);
 
     // `RUST_LOG` filters log lines only: spans (and so trace context) stay at INFO whatever the
     // log level, or a quiet log setting would cut every trace at the edge.
@@ -79,7 +78,9 @@ pub fn init(service: &str, otlp_endpoint: Option<&str>, json: bool) -> anyhow::R
         // Tests and the all-in-one process may call init more than once; the first one wins.
         tracing::debug!("tracing subscriber already installed: {err}");
     }
-    Ok(TelemetryGuard { provider })
+    Ok(TelemetryGuard {
+        provider: Some(provider),
+    })
 }
 
 /// The current span's W3C `traceparent`, or an empty string when there is no sampled trace.

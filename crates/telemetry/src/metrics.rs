@@ -1,11 +1,11 @@
-//! Prometheus metrics: one recorder per process, rendered at `/metrics` (the edge's HTTP port,
-//! or `AMBA_METRICS_ADDR` for processes without the edge). Code records through the `metrics`
-//! macros; names start with `amba_`, durations are `_seconds` histograms.
+//! Prometheus metrics: one recorder per process, rendered at `/metrics` on `AMBA_METRICS_ADDR`
+//! (never the public port). Code records through the `metrics` macros; names start with
+//! `amba_`, durations are `_seconds` histograms.
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
 
-pub use metrics::{counter, histogram};
+pub use metrics::{Counter, Histogram, counter, histogram};
 
 /// Seconds: 1 ms … 60 s.
 const SECONDS_BUCKETS: &[f64] = &[

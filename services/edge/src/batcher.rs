@@ -6,7 +6,7 @@
 //! lone report at once.
 
 use amba_bus::rpc::{RpcClient, error_from_proto};
-use amba_core::ApiError;
+use amba_core::{ApiError, ErrorCode};
 use amba_proto::methods::attribution as methods;
 use amba_proto::v1 as pb;
 use std::sync::Arc;
@@ -40,7 +40,8 @@ impl ReportBatcher {
     ) -> Reply {
         let started = std::time::Instant::now();
         let reply = self.submit(caller, report).await;
-        count_reports(surface, outcome_label(&reply), 1);
+        let outcome = reply.as_ref().map(|r| r.duplicate).map_err(|e| e.code);
+        count_reports(surface, outcome_label(outcome), 1);
         amba_telemetry::metrics::histogram!("amba_conversion_report_seconds", "surface" => surface)
             .record(started.elapsed().as_secs_f64());
         reply
@@ -59,12 +60,13 @@ impl ReportBatcher {
     }
 }
 
-/// `recorded`, `duplicate`, or the error code: bounded label values.
-pub fn outcome_label(reply: &Reply) -> &'static str {
-    match reply {
-        Ok(reply) if reply.duplicate => "duplicate",
-        Ok(_) => "recorded",
-        Err(err) => err.code.as_str(),
+/// `recorded`, `duplicate`, or the error code: bounded label values. Takes whether the report
+/// was a duplicate, or the code it failed with.
+pub fn outcome_label(outcome: Result<bool, ErrorCode>) -> &'static str {
+    match outcome {
+        Ok(true) => "duplicate",
+        Ok(false) => "recorded",
+        Err(code) => code.as_str(),
     }
 }
 

@@ -165,15 +165,14 @@ impl Conversions for ConversionsApi {
 fn count_outcomes(outcomes: &[pb::ReportOutcome]) {
     let mut counts: std::collections::HashMap<&'static str, u64> = std::collections::HashMap::new();
     for outcome in outcomes {
-        let label = match &outcome.result {
-            Some(pb::report_outcome::Result::Ok(ok)) if ok.duplicate => "duplicate",
-            Some(pb::report_outcome::Result::Ok(_)) => "recorded",
+        let outcome = match &outcome.result {
+            Some(pb::report_outcome::Result::Ok(ok)) => Ok(ok.duplicate),
             Some(pb::report_outcome::Result::Error(err)) => {
-                ErrorCode::parse(&err.code).map_or("INTERNAL", ErrorCode::as_str)
+                Err(ErrorCode::parse(&err.code).unwrap_or(ErrorCode::Internal))
             }
-            None => "INTERNAL",
+            None => Err(ErrorCode::Internal),
         };
-        *counts.entry(label).or_default() += 1;
+        *counts.entry(crate::batcher::outcome_label(outcome)).or_default() += 1;
     }
     for (label, n) in counts {
         crate::batcher::count_reports("grpc_stream", label, n);

@@ -52,11 +52,16 @@ impl RateLimiter {
     }
 }
 
-fn rate_limited(retry_after: u64) -> Response {
-    let mut response = error_response(&ApiError::new(
+/// The refusal when an address is over its budget (HTTP answers it with `Retry-After`).
+pub fn rate_limit_error(retry_after: u64) -> ApiError {
+    ApiError::new(
         ErrorCode::RateLimited,
-        "too many requests from this address; slow down",
-    ));
+        format!("too many requests from this address; retry in {retry_after} s"),
+    )
+}
+
+fn rate_limited(retry_after: u64) -> Response {
+    let mut response = error_response(&rate_limit_error(retry_after));
     if let Ok(value) = HeaderValue::from_str(&retry_after.to_string()) {
         response.headers_mut().insert(header::RETRY_AFTER, value);
     }

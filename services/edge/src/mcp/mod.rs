@@ -127,8 +127,7 @@ impl ServerHandler for McpServer {
             if let Some(client) = client
                 && let Err(retry_after) = self.state.rate_limiter.take(client)
             {
-                let message = format!("too many requests from this address; retry in {retry_after} s");
-                return Ok(tool_error(ApiError::new(amba_core::ErrorCode::RateLimited, message)).into());
+                return Ok(tool_error(crate::public::rate_limit_error(retry_after)).into());
             }
         }
         // The caller's trace: `_meta.traceparent` (MCP SEP-414), else the HTTP header.
