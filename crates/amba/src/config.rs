@@ -25,6 +25,8 @@ pub struct Settings {
     /// Load balancers / ingresses whose `X-Forwarded-For` is believed (`AMBA_TRUSTED_PROXIES`,
     /// comma-separated addresses or CIDR blocks); none by default.
     pub trusted_proxies: amba_edge::client_addr::TrustedProxies,
+    /// `AMBA_LINK_SECRET`: signs affiliate-link subjects (same on every edge; ≥ 32 characters).
+    pub link_secret: Option<Secret>,
     pub stripe_api_base: String,
     pub stripe_secret_key: Option<Secret>,
     pub stripe_webhook_secret: Option<Secret>,
@@ -115,7 +117,15 @@ impl Settings {
         let trusted_proxies =
             amba_edge::client_addr::TrustedProxies::parse(&get("AMBA_TRUSTED_PROXIES").unwrap_or_default())
                 .map_err(|problem| bad("AMBA_TRUSTED_PROXIES", problem))?;
+        let link_secret = get("AMBA_LINK_SECRET");
+        if link_secret.as_ref().is_some_and(|s| s.len() < 32) {
+            return Err(bad(
+                "AMBA_LINK_SECRET",
+                "must be at least 32 characters (e.g. `openssl rand -hex 32`)",
+            ));
+        }
         Ok(Settings {
+            link_secret: link_secret.map(Secret::new),
             database_url: Secret::new(database_url),
             nats_url,
             namespace,

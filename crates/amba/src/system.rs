@@ -238,6 +238,7 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
             public_url: settings.public_url.clone(),
             allowed_hosts: settings.allowed_hosts.clone(),
             trusted_proxies: settings.trusted_proxies.clone(),
+            link_secret: settings.link_secret.clone(),
         };
         let edge = amba_edge::Edge::bind(config, &bus)
             .await

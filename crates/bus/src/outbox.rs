@@ -120,24 +120,54 @@ impl Relay {
         }
     }
 
-    /// One batch: lock rows, publish them all, await every PubAck, delete them.
-    /// Returns how many rows were published.
+    /// One batch: lock rows, publish them all, await every PubAck, delete the acknowledged
+    /// ones and set aside the ones that can never be published. Returns how many rows left
+    /// the outbox; a transient failure of any row is an error (after the others were handled),
+    /// so the relay backs off and retries that row.
     pub async fn publish_pending(&self) -> Result<usize, RelayError> {
         let mut tx = self.pool.begin().await?;
         let batch = fetch_pending(&mut tx, self.batch_size).await?;
         if batch.is_empty() {
             return Ok(0);
         }
-        publish(&self.js, &batch).await?;
-        remove_published(&mut tx, &batch).await?;
+        let outcomes = publish(&self.js, &batch).await;
+        let mut published = Vec::with_capacity(batch.len());
+        let mut rejected = Vec::new();
+        let mut retry = None;
+        for (event, outcome) in batch.iter().zip(outcomes) {
+            match outcome {
+                Ok(()) => published.push(event),
+                Err(PublishFailure::Permanent(reason)) => rejected.push((event, reason)),
+                Err(PublishFailure::Transient(reason)) => retry = retry.or(Some(reason)),
+            }
+        }
+        remove_published(&mut tx, &published).await?;
+        set_aside(&mut tx, &rejected).await?;
         tx.commit().await?;
-        record_published(&batch);
-        Ok(batch.len())
+        record_published(&published);
+        for (event, reason) in &rejected {
+            tracing::error!(event_id = %event.event_id, subject = %event.subject, %reason,
+                "event can never be published; moved to outbox_rejected");
+        }
+        amba_telemetry::metrics::counter!("amba_outbox_rejected_total").increment(rejected.len() as u64);
+        match retry {
+            Some(reason) => Err(RelayError::Publish(reason)),
+            None => Ok(published.len() + rejected.len()),
+        }
     }
 }
 
+/// Why one event was not published.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PublishFailure {
+    /// Retrying cannot help (the event is larger than the server accepts).
+    Permanent(String),
+    /// NATS or the stream is unavailable for now.
+    Transient(String),
+}
+
 /// Throughput and lag (event made → stored by JetStream and gone from the outbox).
-fn record_published(batch: &[PendingEvent]) {
+fn record_published(batch: &[&PendingEvent]) {
     amba_telemetry::metrics::counter!("amba_outbox_published_total").increment(batch.len() as u64);
     amba_telemetry::metrics::histogram!("amba_outbox_publish_batch_size").record(batch.len() as f64);
     let lag = amba_telemetry::metrics::histogram!("amba_outbox_publish_lag_seconds");
@@ -159,8 +189,14 @@ pub async fn fetch_pending(tx: &mut Transaction<'_, Postgres>, limit: i64) -> Re
     .await
 }
 
-/// Publishes a batch pipelined (all sends first, then all acks) with `Nats-Msg-Id = event_id`.
-pub async fn publish(js: &jetstream::Context, batch: &[PendingEvent]) -> Result<(), RelayError> {
+/// Publishes a batch pipelined (all sends first, then all acks) with `Nats-Msg-Id = event_id`,
+/// and tells for each event whether JetStream stored it.
+pub async fn publish(js: &jetstream::Context, batch: &[PendingEvent]) -> Vec<Result<(), PublishFailure>> {
+    use async_nats::jetstream::context::PublishErrorKind;
+    let classify = |err: async_nats::jetstream::context::PublishError| match err.kind() {
+        PublishErrorKind::MaxPayloadExceeded => PublishFailure::Permanent(err.to_string()),
+        _ => PublishFailure::Transient(err.to_string()),
+    };
     let mut acks = Vec::with_capacity(batch.len());
     for event in batch {
         let mut message = PublishMessage::build()
@@ -169,20 +205,46 @@ pub async fn publish(js: &jetstream::Context, batch: &[PendingEvent]) -> Result<
         if !event.traceparent.is_empty() {
             message = message.header(amba_telemetry::TRACEPARENT, event.traceparent.as_str());
         }
-        let ack = js
-            .send_publish(event.subject.clone(), message)
-            .await
-            .map_err(|e| RelayError::Publish(e.to_string()))?;
-        acks.push(ack);
+        acks.push(js.send_publish(event.subject.clone(), message).await.map_err(classify));
     }
+    let mut outcomes = Vec::with_capacity(acks.len());
     for ack in acks {
-        ack.await.map_err(|e| RelayError::Publish(e.to_string()))?;
+        outcomes.push(match ack {
+            Ok(ack) => ack.await.map(drop).map_err(classify),
+            Err(failure) => Err(failure),
+        });
     }
+    outcomes
+}
+
+/// Moves events that can never be published out of the outbox, with the reason.
+pub async fn set_aside(
+    tx: &mut Transaction<'_, Postgres>,
+    rejected: &[(&PendingEvent, String)],
+) -> Result<(), sqlx::Error> {
+    if rejected.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = rejected.iter().map(|(e, _)| e.id).collect();
+    let reasons: Vec<&str> = rejected.iter().map(|(_, r)| r.as_str()).collect();
+    sqlx::query(
+        "WITH moved AS (DELETE FROM outbox WHERE id = ANY($1) RETURNING *) \
+         INSERT INTO outbox_rejected (id, event_id, subject, payload, traceparent, reason) \
+         SELECT m.id, m.event_id, m.subject, m.payload, m.traceparent, r.reason \
+         FROM moved m JOIN UNNEST($1::bigint[], $2::text[]) AS r(id, reason) ON r.id = m.id",
+    )
+    .bind(&ids)
+    .bind(&reasons)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
 /// Deletes rows JetStream has acknowledged.
-pub async fn remove_published(tx: &mut Transaction<'_, Postgres>, batch: &[PendingEvent]) -> Result<(), sqlx::Error> {
+pub async fn remove_published(tx: &mut Transaction<'_, Postgres>, batch: &[&PendingEvent]) -> Result<(), sqlx::Error> {
+    if batch.is_empty() {
+        return Ok(());
+    }
     let ids: Vec<i64> = batch.iter().map(|e| e.id).collect();
     sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
         .bind(&ids)

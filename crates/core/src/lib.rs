@@ -4,6 +4,7 @@
 pub mod cursor;
 pub mod error;
 pub mod id;
+pub mod limits;
 pub mod money;
 pub mod rounding;
 pub mod secret;

@@ -13,6 +13,8 @@ pub mod v1 {
 
 pub use prost::Message;
 
+pub mod validate;
+
 /// Request/reply method names: the last token of `<ns>.rpc.<service>.<method>`. Part of the
 /// wire contract, so callers and services share one spelling.
 pub mod methods {

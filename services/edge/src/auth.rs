@@ -8,7 +8,9 @@
 //!   client learns to authenticate from the status code rather than from a tool result.
 
 use crate::EdgeState;
+use crate::http::error_response;
 use crate::mcp::PUBLIC_TOOLS;
+use crate::rate_limit::{Budget, RateLimits};
 use amba_bus::rpc::RpcClient;
 use amba_core::{ApiError, ErrorCode};
 use amba_proto::methods::enrollment as methods;
@@ -27,27 +29,40 @@ const MAX_BODY: usize = 4 * 1024 * 1024;
 /// How long a verified token is trusted without asking enrollment again.
 const CACHE_TTL: Duration = Duration::from_secs(30);
 const CACHE_MAX: usize = 10_000;
+/// How long a refused token is answered from memory (a guessing client costs no lookup).
+const REFUSED_TTL: Duration = Duration::from_secs(10);
 
-/// Verified tokens, keyed by their SHA-256 so no secret sits in memory longer than a request.
+/// Verified tokens, keyed by their SHA-256 so no secret sits in memory longer than a request,
+/// and recently refused ones.
 pub struct TokenCache {
     rpc: RpcClient,
+    limits: std::sync::Arc<RateLimits>,
     entries: Mutex<HashMap<[u8; 32], (Principal, Instant)>>,
+    refused: Mutex<HashMap<[u8; 32], Instant>>,
 }
 
 impl TokenCache {
-    pub fn new(rpc: RpcClient) -> Self {
+    pub fn new(rpc: RpcClient, limits: std::sync::Arc<RateLimits>) -> Self {
         TokenCache {
             rpc,
+            limits,
             entries: Mutex::new(HashMap::new()),
+            refused: Mutex::new(HashMap::new()),
         }
     }
 
-    pub async fn verify(&self, token: &str) -> Result<Principal, ApiError> {
+    /// The principal behind `token`, presented by `client`. Lookups that miss the cache are
+    /// charged to the client's address, so guessing tokens is slow and cheap for us.
+    pub async fn verify(&self, token: &str, client: std::net::IpAddr) -> Result<Principal, ApiError> {
         let key = digest(token);
         if let Some(principal) = self.cached(&key) {
             return Ok(principal);
         }
-        let principal: Principal = self
+        if self.refused_recently(&key) {
+            return Err(ApiError::unauthenticated("the token is not valid (unknown or revoked)"));
+        }
+        self.limits.check_address(Budget::TokenLookups, client)?;
+        let verified: Result<Principal, ApiError> = self
             .rpc
             .call(
                 methods::SERVICE,
@@ -56,7 +71,16 @@ impl TokenCache {
                     token: token.to_owned(),
                 },
             )
-            .await?;
+            .await;
+        let principal = match verified {
+            Ok(principal) => principal,
+            Err(err) => {
+                if err.code == ErrorCode::Unauthenticated {
+                    self.remember_refused(key);
+                }
+                return Err(err);
+            }
+        };
         if let Ok(mut entries) = self.entries.lock() {
             if entries.len() >= CACHE_MAX {
                 entries.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
@@ -72,6 +96,25 @@ impl TokenCache {
     pub fn evict_token_id(&self, token_id: &str) {
         if let Ok(mut entries) = self.entries.lock() {
             entries.retain(|_, (p, _)| p.token_id != token_id);
+        }
+    }
+
+    fn refused_recently(&self, key: &[u8; 32]) -> bool {
+        self.refused
+            .lock()
+            .ok()
+            .and_then(|refused| refused.get(key).map(|at| at.elapsed() < REFUSED_TTL))
+            .unwrap_or(false)
+    }
+
+    fn remember_refused(&self, key: [u8; 32]) {
+        if let Ok(mut refused) = self.refused.lock() {
+            if refused.len() >= CACHE_MAX {
+                refused.retain(|_, at| at.elapsed() < REFUSED_TTL);
+            }
+            if refused.len() < CACHE_MAX {
+                refused.insert(key, Instant::now());
+            }
         }
     }
 
@@ -121,12 +164,17 @@ pub async fn require_token(State(state): State<EdgeState>, mut request: Request,
             let Some(token) = value.strip_prefix("Bearer ").map(str::trim).filter(|t| !t.is_empty()) else {
                 return unauthorized(&state, Some("the Authorization header must be `Bearer <token>`"));
             };
-            match state.tokens.verify(token).await {
+            match state
+                .tokens
+                .verify(token, crate::mcp::request_client_ip(&state, &request))
+                .await
+            {
                 Ok(principal) => {
                     request.extensions_mut().insert(principal);
                     next.run(request).await
                 }
                 Err(err) if err.code == ErrorCode::Unauthenticated => unauthorized(&state, Some(&err.message)),
+                // A refusal before any tool runs (e.g. too many token lookups) is an HTTP status.
                 Err(err) => error_response(&err),
             }
         }
@@ -178,11 +226,6 @@ fn unauthorized(state: &EdgeState, problem: Option<&str>) -> Response {
         response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
     }
     response
-}
-
-pub fn error_response(err: &ApiError) -> Response {
-    let status = StatusCode::from_u16(err.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (status, axum::Json(err.to_body())).into_response()
 }
 
 #[cfg(test)]

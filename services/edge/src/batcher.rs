@@ -9,10 +9,14 @@ use amba_bus::rpc::{RpcClient, error_from_proto};
 use amba_core::{ApiError, ErrorCode};
 use amba_proto::methods::attribution as methods;
 use amba_proto::v1 as pb;
+use prost::Message;
 use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 const MAX_BATCH: usize = 256;
+/// Encoded bytes per batch request: well inside NATS's default 1 MiB `max_payload`, whatever
+/// mix of callers' reports is queued.
+const MAX_BATCH_BYTES: usize = 512 * 1024;
 /// Batch requests in flight at once.
 const IN_FLIGHT: usize = 4;
 
@@ -47,7 +51,9 @@ impl ReportBatcher {
         reply
     }
 
+    /// Validates before queueing, so a bad report is refused alone and never joins a batch.
     async fn submit(&self, caller: pb::Principal, report: pb::ReportConversionRequest) -> Reply {
+        let report = amba_proto::validate::report(&report, chrono::Utc::now())?;
         let (reply, answer) = oneshot::channel();
         let closed = || ApiError::unavailable("the edge is shutting down");
         let item = pb::AuthenticatedReport {
@@ -82,10 +88,14 @@ async fn run(mut receiver: mpsc::Receiver<(pb::AuthenticatedReport, oneshot::Sen
             break;
         };
         // Taken after the permit: while all batches are in flight, reports keep queueing.
+        let mut bytes = first.0.encoded_len();
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES - amba_proto::validate::MAX_REPORT_BYTES - 1024 {
             match receiver.try_recv() {
-                Ok(item) => batch.push(item),
+                Ok(item) => {
+                    bytes += item.0.encoded_len();
+                    batch.push(item);
+                }
                 Err(_) => break,
             }
         }

@@ -4,9 +4,16 @@
 //!
 //! A client stream is cut into chunks that go to attribution as batch requests, several in
 //! flight at once, so a stream of thousands of reports costs a handful of round trips and its
-//! reports share group commits.
+//! reports share group commits. Each report is validated here first: a bad one gets its own
+//! `INVALID_ARGUMENT` outcome and never travels with the others.
+//!
+//! Limits (documented in the README): a request message of at most [`MAX_REQUEST`] bytes, at
+//! most [`MAX_STREAM_REPORTS`] reports per stream, [`MAX_CONCURRENT_STREAMS`] calls at once per
+//! connection, [`REQUEST_TIMEOUT`] per call; the token of a stream is checked again for every
+//! chunk (a revoked token stops the stream within the token cache's TTL).
 
 use crate::EdgeState;
+use crate::rate_limit::Budget;
 use amba_core::{ApiError, ErrorCode};
 use amba_proto::methods::attribution as methods;
 use amba_proto::v1 as pb;
@@ -15,12 +22,21 @@ use futures::{StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-/// Reports per batch request to attribution.
-const CHUNK: usize = 500;
+/// Reports per batch request to attribution: with the largest valid reports a chunk stays well
+/// inside NATS's default 1 MiB `max_payload` (checked by a test).
+const CHUNK: usize = 128;
 /// Batch requests in flight per stream.
 const IN_FLIGHT: usize = 8;
-/// Largest request or reply (a long stream's reply lists every outcome).
-const MAX_MESSAGE: usize = 256 * 1024 * 1024;
+/// Largest request message: one report (valid ones are far smaller).
+pub const MAX_REQUEST: usize = 64 * 1024;
+/// Reports one `ReportConversions` stream may carry; its reply holds an outcome for each.
+pub const MAX_STREAM_REPORTS: usize = 10_000;
+/// Largest reply: a full stream's outcomes.
+const MAX_REPLY: usize = 64 * 1024 * 1024;
+/// Calls in flight at once on one connection.
+pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// The longest a call may take, streams included.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -30,10 +46,15 @@ pub async fn serve(
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<ConversionsServer<ConversionsApi>>().await;
     let api = ConversionsServer::new(ConversionsApi { state })
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE);
+        .max_decoding_message_size(MAX_REQUEST)
+        .max_encoding_message_size(MAX_REPLY);
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .concurrency_limit_per_connection(MAX_CONCURRENT_STREAMS as usize)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .layer(crate::incoming_trace_layer())
         .add_service(health)
         .add_service(api)
@@ -52,19 +73,8 @@ pub struct ConversionsApi {
 
 impl ConversionsApi {
     async fn principal<T>(&self, request: &Request<T>) -> Result<pb::Principal, Status> {
-        let token = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                status(&ApiError::unauthenticated(
-                    "send `authorization: Bearer <personal access token>` metadata",
-                ))
-            })?;
-        self.state.tokens.verify(token).await.map_err(|e| status(&e))
+        let (token, client) = credentials(request)?;
+        self.state.tokens.verify(&token, client).await.map_err(|e| status(&e))
     }
 
     async fn call<Req: prost::Message, Resp: prost::Message + Default>(
@@ -100,35 +110,32 @@ impl Conversions for ConversionsApi {
         &self,
         request: Request<Streaming<pb::ReportConversionRequest>>,
     ) -> Result<Response<pb::ReportConversionsReply>, Status> {
-        let caller = self.principal(&request).await?;
+        let (token, client) = credentials(&request)?;
+        let first_caller = self.state.tokens.verify(&token, client).await.map_err(|e| status(&e))?;
         let traceparent = amba_telemetry::current_traceparent();
-        let chunks = request.into_inner().map_ok(move |report| pb::AuthenticatedReport {
-            caller: Some(caller.clone()),
-            report: Some(report),
-            traceparent: traceparent.clone(),
-        });
-        let batches = chunks.try_chunks(CHUNK).map(|chunk| async move {
-            let reports = chunk.map_err(|e| e.1)?;
-            let count = reports.len();
-            let reply: Result<pb::ReportConversionsReply, ApiError> = self
-                .state
-                .rpc
-                .call(
-                    methods::SERVICE,
-                    methods::REPORT_BATCH,
-                    &pb::ReportBatchRequest { reports },
-                )
-                .await;
-            let reply = reply.map_err(|err| {
-                // The whole chunk failed (e.g. UNAVAILABLE): exactly what an operator alerts on.
-                crate::batcher::count_reports("grpc_stream", err.code.as_str(), count as u64);
-                status(&err)
-            })?;
-            if reply.outcomes.len() != count {
-                return Err(status(&ApiError::internal()));
+        let mut seen = 0usize;
+        let reports = request.into_inner().map(move |item| {
+            seen += 1;
+            if seen > MAX_STREAM_REPORTS {
+                return Err(status(&ApiError::invalid(format!(
+                    "a ReportConversions stream takes at most {MAX_STREAM_REPORTS} reports; send the rest on another \
+                     stream (reports are idempotent, so resending is safe)"
+                ))));
             }
-            count_outcomes(&reply.outcomes);
-            Ok::<_, Status>(reply.outcomes)
+            item
+        });
+        let batches = reports.try_chunks(CHUNK).map(|chunk| {
+            let (token, traceparent) = (&token, &traceparent);
+            let first_caller = &first_caller;
+            async move {
+                let reports = chunk.map_err(|e| e.1)?;
+                // The token again (from cache): a revoked token stops the stream.
+                let caller = self.state.tokens.verify(token, client).await.map_err(|e| status(&e))?;
+                if caller.org_id != first_caller.org_id {
+                    return Err(status(&ApiError::unauthenticated("the stream's token changed owner")));
+                }
+                self.report_chunk(caller, traceparent, reports).await
+            }
         });
         let mut outcomes = Vec::new();
         let mut in_order = batches.buffered(IN_FLIGHT);
@@ -142,9 +149,15 @@ impl Conversions for ConversionsApi {
         &self,
         request: Request<pb::RecordTouchpointRequest>,
     ) -> Result<Response<pb::RecordTouchpointReply>, Status> {
-        self.principal(&request).await?;
+        let caller = self.principal(&request).await?;
+        self.state
+            .limits
+            .check_org(Budget::Touchpoints, &caller.org_id)
+            .map_err(|e| status(&e))?;
         Ok(Response::new(
-            self.call(methods::RECORD_TOUCHPOINT, &request.into_inner()).await?,
+            crate::clicks::record(&self.state, request.into_inner())
+                .await
+                .map_err(|e| status(&e))?,
         ))
     }
 
@@ -155,10 +168,91 @@ impl Conversions for ConversionsApi {
         let caller = self.principal(&request).await?;
         let clawback = pb::AuthenticatedClawback {
             caller: Some(caller),
-            clawback: Some(request.into_inner()),
+            clawback: Some(amba_proto::validate::clawback(&request.into_inner()).map_err(|e| status(&e))?),
         };
         Ok(Response::new(self.call(methods::CLAWBACK, &clawback).await?))
     }
+}
+
+impl ConversionsApi {
+    /// Validates one chunk of a stream, sends the valid reports as one batch request, and puts
+    /// the refusals back in their places.
+    async fn report_chunk(
+        &self,
+        caller: pb::Principal,
+        traceparent: &str,
+        reports: Vec<pb::ReportConversionRequest>,
+    ) -> Result<Vec<pb::ReportOutcome>, Status> {
+        let now = chrono::Utc::now();
+        let mut outcomes: Vec<Option<pb::ReportOutcome>> = Vec::with_capacity(reports.len());
+        let mut valid = Vec::with_capacity(reports.len());
+        for report in &reports {
+            match amba_proto::validate::report(report, now) {
+                Ok(report) => {
+                    outcomes.push(None);
+                    valid.push(pb::AuthenticatedReport {
+                        caller: Some(caller.clone()),
+                        report: Some(report),
+                        traceparent: traceparent.to_owned(),
+                    });
+                }
+                Err(err) => outcomes.push(Some(pb::ReportOutcome {
+                    result: Some(pb::report_outcome::Result::Error(amba_bus::rpc::error_to_proto(&err))),
+                })),
+            }
+        }
+        let count = valid.len();
+        let mut answers = if valid.is_empty() {
+            Vec::new()
+        } else {
+            let reply: Result<pb::ReportConversionsReply, ApiError> = self
+                .state
+                .rpc
+                .call(
+                    methods::SERVICE,
+                    methods::REPORT_BATCH,
+                    &pb::ReportBatchRequest { reports: valid },
+                )
+                .await;
+            let reply = reply.map_err(|err| {
+                // The whole chunk failed (e.g. UNAVAILABLE): exactly what an operator alerts on.
+                crate::batcher::count_reports("grpc_stream", err.code.as_str(), count as u64);
+                status(&err)
+            })?;
+            if reply.outcomes.len() != count {
+                return Err(status(&ApiError::internal()));
+            }
+            reply.outcomes
+        }
+        .into_iter();
+        let outcomes: Vec<pb::ReportOutcome> = outcomes
+            .into_iter()
+            .map(|o| o.or_else(|| answers.next()).unwrap_or_default())
+            .collect();
+        count_outcomes(&outcomes);
+        Ok(outcomes)
+    }
+}
+
+/// The bearer token of a call and the address it came from.
+fn credentials<T>(request: &Request<T>) -> Result<(String, std::net::IpAddr), Status> {
+    let token = request
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            status(&ApiError::unauthenticated(
+                "send `authorization: Bearer <personal access token>` metadata",
+            ))
+        })?;
+    let client = request
+        .remote_addr()
+        .map(|a| a.ip())
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    Ok((token.to_owned(), client))
 }
 
 /// Stream outcomes into `amba_conversion_reports_total`, one counter update per distinct outcome.
@@ -196,6 +290,11 @@ pub fn status(err: &ApiError) -> Status {
     let mut status = Status::with_details(code, err.message.clone(), err.to_body().to_string().into_bytes().into());
     if let Ok(value) = err.code.as_str().parse() {
         status.metadata_mut().insert("amba-error-code", value);
+    }
+    if let Some(seconds) = crate::rate_limit::retry_after(err)
+        && let Ok(value) = seconds.to_string().parse()
+    {
+        status.metadata_mut().insert("retry-after", value);
     }
     status
 }

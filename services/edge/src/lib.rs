@@ -4,11 +4,13 @@
 
 pub mod auth;
 pub mod batcher;
+pub mod clicks;
 pub mod client_addr;
 pub mod grpc;
 pub mod http;
 pub mod mcp;
 pub mod public;
+pub mod rate_limit;
 
 use amba_bus::Bus;
 use amba_bus::rpc::RpcClient;
@@ -29,6 +31,9 @@ pub struct EdgeConfig {
     pub allowed_hosts: Vec<String>,
     /// Proxies whose `X-Forwarded-For` names the client (`AMBA_TRUSTED_PROXIES`).
     pub trusted_proxies: client_addr::TrustedProxies,
+    /// Key that signs the subjects of affiliate links (`AMBA_LINK_SECRET`); every edge replica
+    /// needs the same one. `None`: a random key for this process only.
+    pub link_secret: Option<amba_core::secret::Secret>,
 }
 
 /// Shared by every request handler.
@@ -38,8 +43,10 @@ pub struct EdgeState {
     pub nats: async_nats::Client,
     pub public_url: Arc<str>,
     pub tokens: Arc<auth::TokenCache>,
-    pub rate_limiter: Arc<public::RateLimiter>,
+    pub limits: Arc<rate_limit::RateLimits>,
     pub trusted_proxies: Arc<client_addr::TrustedProxies>,
+    /// Signs and checks the subjects of affiliate links.
+    pub subjects: Arc<clicks::SubjectSigner>,
     /// Single conversion reports, coalesced into batch requests.
     pub reports: batcher::ReportBatcher,
     ready: Arc<AtomicBool>,
@@ -65,9 +72,11 @@ impl Edge {
         let grpc_listener = tokio::net::TcpListener::bind(config.grpc_addr).await?;
         let public_url: Arc<str> = config.public_url.trim_end_matches('/').into();
         let rpc = RpcClient::new(bus.nats.clone(), bus.ns.clone());
+        let limits = Arc::new(rate_limit::RateLimits::default());
         let state = EdgeState {
-            tokens: Arc::new(auth::TokenCache::new(rpc.clone())),
-            rate_limiter: Arc::new(public::RateLimiter::default()),
+            tokens: Arc::new(auth::TokenCache::new(rpc.clone(), limits.clone())),
+            limits,
+            subjects: Arc::new(clicks::SubjectSigner::new(link_key(config.link_secret.as_ref()))),
             trusted_proxies: Arc::new(config.trusted_proxies.clone()),
             reports: batcher::ReportBatcher::start(rpc.clone()),
             rpc,
@@ -130,6 +139,18 @@ impl Edge {
             Ok(Ok(())) => {}
         }
         http
+    }
+}
+
+fn link_key(secret: Option<&amba_core::secret::Secret>) -> Vec<u8> {
+    match secret {
+        Some(secret) => secret.expose().as_bytes().to_vec(),
+        None => {
+            tracing::warn!(
+                "AMBA_LINK_SECRET is not set: affiliate-link subjects are signed with a key of this process only (set it when running several edges or across restarts)"
+            );
+            rand::random::<[u8; 32]>().to_vec()
+        }
     }
 }
 

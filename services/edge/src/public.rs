@@ -2,71 +2,19 @@
 //! link `GET /r/{code}`. Both are unauthenticated, so both are rate-limited per client address.
 
 use crate::EdgeState;
-use crate::auth::error_response;
+use crate::http::error_response;
+use crate::rate_limit::Budget;
 use amba_core::{ApiError, ErrorCode};
-use amba_proto::methods::attribution as methods;
 use amba_proto::v1 as pb;
 use axum::Json;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
-use std::time::Instant;
+use std::net::SocketAddr;
 
-/// Requests a client address may burst, and how many it regains per second.
-const BURST: f64 = 60.0;
-const REFILL_PER_SECOND: f64 = 10.0;
-const MAX_TRACKED: usize = 100_000;
 /// The cookie that keeps a visitor's subject across clicks (on the edge's own domain).
 const SUBJECT_COOKIE: &str = "amba_sub";
-
-/// A token bucket per client address. Small on purpose: one map, one lock, no background task.
-#[derive(Default)]
-pub struct RateLimiter {
-    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
-}
-
-impl RateLimiter {
-    /// Takes one token for `ip`; `Err(seconds to wait)` when it has none.
-    pub fn take(&self, ip: IpAddr) -> Result<(), u64> {
-        let Ok(mut buckets) = self.buckets.lock() else {
-            return Ok(());
-        };
-        let now = Instant::now();
-        if buckets.len() >= MAX_TRACKED {
-            buckets
-                .retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * REFILL_PER_SECOND < BURST);
-        }
-        let (tokens, at) = buckets.entry(ip).or_insert((BURST, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * REFILL_PER_SECOND).min(BURST);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(((1.0 - *tokens) / REFILL_PER_SECOND).ceil().max(1.0) as u64)
-        }
-    }
-}
-
-/// The refusal when an address is over its budget (HTTP answers it with `Retry-After`).
-pub fn rate_limit_error(retry_after: u64) -> ApiError {
-    ApiError::new(
-        ErrorCode::RateLimited,
-        format!("too many requests from this address; retry in {retry_after} s"),
-    )
-}
-
-fn rate_limited(retry_after: u64) -> Response {
-    let mut response = error_response(&rate_limit_error(retry_after));
-    if let Ok(value) = HeaderValue::from_str(&retry_after.to_string()) {
-        response.headers_mut().insert(header::RETRY_AFTER, value);
-    }
-    response
-}
 
 #[derive(Debug, Deserialize)]
 pub struct TouchpointBody {
@@ -85,8 +33,8 @@ pub async fn record_touchpoint(
     body: Result<Json<TouchpointBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let client_ip = state.trusted_proxies.client_ip(peer.ip(), &headers);
-    if let Err(wait) = state.rate_limiter.take(client_ip) {
-        return rate_limited(wait);
+    if let Err(refusal) = state.limits.check_address(Budget::Public, client_ip) {
+        return error_response(&refusal);
     }
     let Json(body) = match body {
         Ok(body) => body,
@@ -105,11 +53,7 @@ pub async fn record_touchpoint(
         client_ip: client_ip.to_string(),
         user_agent: user_agent(&headers),
     };
-    match state
-        .rpc
-        .call::<_, pb::RecordTouchpointReply>(methods::SERVICE, methods::RECORD_TOUCHPOINT, &request)
-        .await
-    {
+    match crate::clicks::record(&state, request).await {
         Ok(reply) => {
             let status = if reply.duplicate {
                 StatusCode::OK
@@ -136,11 +80,14 @@ pub async fn follow_link(
     headers: HeaderMap,
 ) -> Response {
     let client_ip = state.trusted_proxies.client_ip(peer.ip(), &headers);
-    if let Err(wait) = state.rate_limiter.take(client_ip) {
-        return rate_limited(wait);
+    if let Err(refusal) = state.limits.check_address(Budget::Public, client_ip) {
+        return error_response(&refusal);
     }
-    let subject =
-        subject_from_cookie(&headers).unwrap_or_else(|| format!("sub_{}", amba_core::id::time_ordered_suffix()));
+    // The visitor's signed subject for this link, else a new one (a click on another
+    // affiliate's link gets its own subject: last touch wins by the subject the app reports).
+    let subject = subject_from_cookie(&headers)
+        .filter(|s| state.subjects.issued_for(&code, s))
+        .unwrap_or_else(|| state.subjects.mint(&code));
     let request = pb::RecordTouchpointRequest {
         code: code.clone(),
         subject_ref: subject.clone(),
@@ -148,11 +95,7 @@ pub async fn follow_link(
         user_agent: user_agent(&headers),
         ..Default::default()
     };
-    let reply = match state
-        .rpc
-        .call::<_, pb::RecordTouchpointReply>(methods::SERVICE, methods::RECORD_TOUCHPOINT, &request)
-        .await
-    {
+    let reply = match crate::clicks::record(&state, request).await {
         Ok(reply) => reply,
         Err(err) if matches!(err.code, ErrorCode::InvalidArgument | ErrorCode::Conflict) => {
             return error_response(&ApiError::not_found("affiliate link"));
@@ -190,7 +133,9 @@ fn subject_from_cookie(headers: &HeaderMap) -> Option<String> {
         .find(|(name, _)| *name == SUBJECT_COOKIE)
         .map(|(_, value)| value.to_owned())
         .filter(|v| {
-            (1..=64).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            (1..=100).contains(&v.len())
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
         })
 }
 
@@ -208,18 +153,6 @@ pub fn user_agent(headers: &HeaderMap) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn buckets_refuse_bursts_and_keep_addresses_apart() {
-        let limiter = RateLimiter::default();
-        let a: IpAddr = [10, 0, 0, 1].into();
-        let b: IpAddr = [10, 0, 0, 2].into();
-        for _ in 0..BURST as usize {
-            assert!(limiter.take(a).is_ok());
-        }
-        assert!(limiter.take(a).is_err());
-        assert!(limiter.take(b).is_ok());
-    }
 
     #[test]
     fn subject_cookie_is_read_and_validated() {

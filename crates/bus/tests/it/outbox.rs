@@ -104,7 +104,8 @@ async fn a_relay_that_dies_mid_batch_publishes_nothing_twice() -> anyhow::Result
     let mut dying = pool.begin().await?;
     let batch = outbox::fetch_pending(&mut dying, 10).await?;
     assert_eq!(batch.len(), 10);
-    outbox::publish(&bus.js, &batch[..5]).await?;
+    let outcomes = outbox::publish(&bus.js, &batch[..5]).await;
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
     drop(dying); // rollback: the rows are unsent again, their locks released
 
     // A new relay starts and runs until every row is sent.
@@ -154,6 +155,45 @@ async fn the_relay_drains_large_backlogs_in_batches_when_woken() -> anyhow::Resu
     stop.cancel();
     relay.await?;
     assert_eq!(unsent(&pool).await?, 0);
+
+    amba_bus::streams::delete_event_streams(&bus.js, &bus.ns)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    db.drop_now().await
+}
+
+#[tokio::test]
+async fn an_event_too_large_to_publish_is_set_aside_and_the_rest_go_out() -> anyhow::Result<()> {
+    let (db, pool) = store().await?;
+    let bus = test_bus().await?;
+    let max_payload = bus.nats.server_info().max_payload;
+    let mut tx = pool.begin().await?;
+    outbox::enqueue(&mut tx, &event(&bus, "before")).await?;
+    let huge = event(&bus, &"x".repeat(max_payload + 1));
+    outbox::enqueue(&mut tx, &huge).await?;
+    for i in 0..5 {
+        outbox::enqueue(&mut tx, &event(&bus, &format!("after {i}"))).await?;
+    }
+    tx.commit().await?;
+
+    let stop = CancellationToken::new();
+    let relay = tokio::spawn(Relay::new(pool.clone(), bus.js.clone(), RelayWaker::default()).run(stop.clone()));
+    eventually(Duration::from_secs(10), "the outbox drained", || {
+        let pool = pool.clone();
+        async move { Ok((unsent(&pool).await? == 0).then_some(())) }
+    })
+    .await?;
+    stop.cancel();
+    relay.await?;
+
+    let published = stream_messages(&bus).await?;
+    assert_eq!(published.len(), 6, "every event but the oversized one was published");
+    assert!(!published.contains(&huge.event_id));
+    let (event_id, reason): (String, String) = sqlx::query_as("SELECT event_id, reason FROM outbox_rejected")
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(event_id, huge.event_id);
+    assert!(reason.contains("exceeded"), "{reason}");
 
     amba_bus::streams::delete_event_streams(&bus.js, &bus.ns)
         .await

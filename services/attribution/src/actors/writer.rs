@@ -110,18 +110,53 @@ async fn write_batch(deps: &WriterDeps, jobs: Vec<Job>) {
         jobs.into_iter().map(|j| (j.submission, j.reply)).unzip();
     let started = std::time::Instant::now();
     amba_telemetry::metrics::histogram!("amba_writer_batch_size").record(reports.len() as f64);
-    let outcomes = match decide_and_write(deps, &reports).await {
-        Ok(outcomes) => outcomes,
-        Err(err) => {
-            tracing::error!(error = %err, batch = reports.len(), "report batch failed; nothing was written");
-            let failure = ApiError::unavailable("the conversion could not be recorded; retry (reports are idempotent)");
-            reports.iter().map(|_| Err(failure.clone())).collect()
-        }
-    };
+    let outcomes = write_isolating_failures(deps, &reports).await;
     amba_telemetry::metrics::histogram!("amba_writer_batch_seconds").record(started.elapsed().as_secs_f64());
     for (reply, outcome) in replies.into_iter().zip(outcomes) {
         // A caller that gave up is fine: its report is committed and a retry finds it.
         let _ = reply.send(outcome);
+    }
+}
+
+/// Writes `reports` in one transaction; if that fails, writes each half on its own, down to
+/// single reports, so a report the database refuses fails alone and every other caller's report
+/// in the batch is still recorded (a handful of extra transactions per bad report, not a
+/// failed group commit).
+fn write_isolating_failures<'a>(
+    deps: &'a WriterDeps,
+    reports: &'a [Submission],
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Reply>> + Send + 'a>> {
+    Box::pin(async move {
+        match decide_and_write(deps, reports).await {
+            Ok(outcomes) => outcomes,
+            Err(err) if reports.len() > 1 => {
+                tracing::warn!(error = %err, batch = reports.len(), "report batch failed; retrying its halves apart");
+                let (left, right) = reports.split_at(reports.len() / 2);
+                let mut outcomes = write_isolating_failures(deps, left).await;
+                outcomes.extend(write_isolating_failures(deps, right).await);
+                outcomes
+            }
+            Err(err) => vec![Err(refusal(&err))],
+        }
+    })
+}
+
+/// What the caller of a single report the database would not write is told.
+fn refusal(err: &BatchError) -> ApiError {
+    let sqlstate = match err {
+        BatchError::Database(sqlx::Error::Database(db)) => db.code().map(|c| c.into_owned()),
+        _ => None,
+    };
+    match sqlstate.as_deref() {
+        // Data exceptions (class 22): a value the edge's limits should have refused.
+        Some(code) if code.starts_with("22") => {
+            tracing::warn!(error = %err, "a report was refused by the database");
+            ApiError::invalid("the report holds a value that cannot be stored (out of range or malformed)")
+        }
+        _ => {
+            tracing::error!(error = %err, "a report could not be recorded");
+            ApiError::unavailable("the conversion could not be recorded; retry (reports are idempotent)")
+        }
     }
 }
 

@@ -13,11 +13,7 @@
 use amba_core::id::ProgramId;
 use amba_core::{ApiError, Currency, ErrorCode, Money};
 use amba_proto::v1 as pb;
-use chrono::{DateTime, Duration, Utc};
-
-const MAX_KEY_LEN: usize = 200;
-/// Reports may carry a time slightly ahead of ours (clock skew), not more.
-const MAX_FUTURE_SKEW: Duration = Duration::minutes(5);
+use chrono::{DateTime, Utc};
 
 /// A validated report.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,48 +29,21 @@ pub struct Report {
     pub occurred_at: DateTime<Utc>,
 }
 
-fn field(name: &str, value: &str) -> Result<Option<String>, ApiError> {
-    let value = value.trim();
-    if value.len() > MAX_KEY_LEN || value.chars().any(char::is_control) {
-        return Err(ApiError::invalid(format!(
-            "{name} must be at most {MAX_KEY_LEN} printable characters"
-        )));
-    }
-    Ok((!value.is_empty()).then(|| value.to_owned()))
-}
-
 impl Report {
+    /// Checks the report against the documented limits (the same check the edge ran) and types it.
     pub fn parse(r: &pb::ReportConversionRequest, now: DateTime<Utc>) -> Result<Report, ApiError> {
-        let program_id = ProgramId::parse(r.program_id.trim())?;
-        let project_id =
-            field("project_id", &r.project_id)?.ok_or_else(|| ApiError::invalid("project_id is required"))?;
-        let external_id =
-            field("external_id", &r.external_id)?.ok_or_else(|| ApiError::invalid("external_id is required"))?;
-        if r.amount_minor < 0 {
-            return Err(ApiError::invalid(
-                "amount_minor must be zero or more (report refunds with a clawback)",
-            ));
-        }
-        let currency = Currency::parse(&r.currency)?;
-        let occurred_at = match r.occurred_at_micros {
-            0 => now,
-            micros => DateTime::from_timestamp_micros(micros)
-                .ok_or_else(|| ApiError::invalid("occurred_at is out of range"))?,
-        };
-        if occurred_at > now + MAX_FUTURE_SKEW {
-            return Err(ApiError::invalid("occurred_at is in the future"));
-        }
-        let customer_email = field("customer_email", &r.customer_email)?.map(|e| e.to_lowercase());
+        let r = amba_proto::validate::report(r, now)?;
+        let some = |s: String| (!s.is_empty()).then_some(s);
         Ok(Report {
-            program_id,
-            project_id,
-            external_id,
-            amount: Money::new(r.amount_minor, currency),
-            code: field("code", &r.code)?,
-            subject_ref: field("subject_ref", &r.subject_ref)?,
-            customer_ref: field("customer_ref", &r.customer_ref)?,
-            customer_email,
-            occurred_at,
+            program_id: ProgramId::parse(&r.program_id)?,
+            amount: Money::new(r.amount_minor, Currency::parse(&r.currency)?),
+            occurred_at: DateTime::from_timestamp_micros(r.occurred_at_micros).unwrap_or(now),
+            project_id: r.project_id,
+            external_id: r.external_id,
+            code: some(r.code),
+            subject_ref: some(r.subject_ref),
+            customer_ref: some(r.customer_ref),
+            customer_email: some(r.customer_email),
         })
     }
 
@@ -314,6 +283,7 @@ pub fn decide(report: &Report, facts: Facts<'_>) -> Result<Decision, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::Duration;
 
     fn now() -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default()
@@ -387,6 +357,15 @@ mod tests {
         );
         assert_eq!(
             bad(|r| r.occurred_at_micros = i64::MAX),
+            Some(ErrorCode::InvalidArgument)
+        );
+        assert_eq!(
+            bad(|r| r.occurred_at_micros = -1_000_000_000_000_000_000),
+            Some(ErrorCode::InvalidArgument)
+        );
+        assert_eq!(bad(|r| r.amount_minor = 1 << 62), Some(ErrorCode::InvalidArgument));
+        assert_eq!(
+            bad(|r| r.customer_ref = "a\0b".into()),
             Some(ErrorCode::InvalidArgument)
         );
     }

@@ -46,6 +46,7 @@ impl Attribution {
     #[tracing::instrument(skip_all, fields(conversion_id = %request.conversion_id), err)]
     pub async fn approve(&self, request: pb::DecideConversionRequest) -> Result<pb::ConversionReply, ApiError> {
         let who = caller(request.caller)?;
+        let reason = amba_proto::validate::reason(&request.reason)?;
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         let (mut row, program) = self.owned_pending(&mut tx, &request.conversion_id, &who.org_id).await?;
         let enrollment_id = row.enrollment_id.clone().ok_or_else(ApiError::internal)?;
@@ -80,7 +81,7 @@ impl Attribution {
         row.commission_minor = priced.commission_minor;
         row.commission_version = priced.version;
         row.commission_tier = priced.tier;
-        if let Some(reason) = non_empty(&request.reason) {
+        if !reason.is_empty() {
             row.reason = Some(reason);
         }
         self.write_decision(&mut tx, &row, "approved").await?;
@@ -95,11 +96,12 @@ impl Attribution {
     #[tracing::instrument(skip_all, fields(conversion_id = %request.conversion_id), err)]
     pub async fn reject(&self, request: pb::DecideConversionRequest) -> Result<pb::ConversionReply, ApiError> {
         let who = caller(request.caller)?;
+        let reason = amba_proto::validate::reason(&request.reason)?;
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         let (mut row, _) = self.owned_pending(&mut tx, &request.conversion_id, &who.org_id).await?;
         row.status = "rejected".into();
         row.decided_at = Some(Utc::now());
-        row.reason = non_empty(&request.reason).or(row.reason);
+        row.reason = non_empty(&reason).or(row.reason);
         self.write_decision(&mut tx, &row, "rejected").await?;
         tx.commit().await.map_err(db_error)?;
         self.waker.wake();
@@ -113,15 +115,9 @@ impl Attribution {
     #[tracing::instrument(skip_all, fields(conversion_id = request.clawback.as_ref().map(|c| c.conversion_id.as_str())), err)]
     pub async fn clawback(&self, request: pb::AuthenticatedClawback) -> Result<pb::ClawbackReply, ApiError> {
         let who = caller(request.caller)?;
-        let request = request.clawback.unwrap_or_default();
-        let conversion_id = ConversionId::parse(request.conversion_id.trim())?;
-        let reason = non_empty(&request.reason)
-            .ok_or_else(|| ApiError::invalid("reason is required (refund, chargeback, ...)"))?;
-        if request.amount_minor < 0 {
-            return Err(ApiError::invalid(
-                "amount_minor must be positive (or omitted for the whole remaining amount)",
-            ));
-        }
+        let request = amba_proto::validate::clawback(&request.clawback.unwrap_or_default())?;
+        let conversion_id = ConversionId::parse(&request.conversion_id)?;
+        let reason = request.reason.clone();
         let key = non_empty(&request.idempotency_key);
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         let row = self.owned(&mut tx, conversion_id.as_str(), &who.org_id, true).await?.0;

@@ -8,7 +8,6 @@ use chrono::{DateTime, Duration, Utc};
 
 /// The same (code, subject) clicking again within this window is one touchpoint.
 const DEDUPE_WINDOW: Duration = Duration::minutes(30);
-const MAX_REF_LEN: usize = 200;
 
 impl Attribution {
     /// A click: public (no token), so it validates everything and reveals little. Without a
@@ -18,26 +17,11 @@ impl Attribution {
         &self,
         r: pb::RecordTouchpointRequest,
     ) -> Result<pb::RecordTouchpointReply, ApiError> {
-        let code = r.code.trim();
-        let subject_ref = r.subject_ref.trim();
-        if code.is_empty() || code.len() > MAX_REF_LEN {
-            return Err(ApiError::invalid("code is required"));
-        }
-        if subject_ref.is_empty() || subject_ref.len() > MAX_REF_LEN || subject_ref.chars().any(char::is_control) {
-            return Err(ApiError::invalid(format!(
-                "subject_ref is required (at most {MAX_REF_LEN} printable characters)"
-            )));
-        }
         let now = Utc::now();
-        let occurred_at = match r.occurred_at_micros {
-            0 => now,
-            micros => DateTime::from_timestamp_micros(micros)
-                .ok_or_else(|| ApiError::invalid("occurred_at is out of range"))?,
-        };
-        if occurred_at > now + Duration::minutes(5) {
-            return Err(ApiError::invalid("occurred_at is in the future"));
-        }
-        let landing_url = Some(r.landing_url.trim()).filter(|u| !u.is_empty() && u.len() <= 2048);
+        let r = amba_proto::validate::touchpoint(&r, now)?;
+        let (code, subject_ref) = (r.code.as_str(), r.subject_ref.as_str());
+        let occurred_at = DateTime::from_timestamp_micros(r.occurred_at_micros).unwrap_or(now);
+        let landing_url = Some(r.landing_url.as_str()).filter(|u| !u.is_empty());
 
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         let codes = store::read_model::codes(&mut tx, &[code.to_owned()])
@@ -45,7 +29,7 @@ impl Attribution {
             .map_err(db_error)?;
         let unknown = || ApiError::not_found("referral code");
         let code_row = codes.get(code).ok_or_else(unknown)?;
-        if !r.program_id.trim().is_empty() && r.program_id.trim() != code_row.program_id {
+        if !r.program_id.is_empty() && r.program_id != code_row.program_id {
             return Err(unknown());
         }
         if code_row.status != "active" {
@@ -78,7 +62,7 @@ impl Attribution {
         }
         let touchpoint_id = TouchpointId::new().to_string();
         let client_ip = Some(r.client_ip.as_str()).filter(|s| !s.is_empty());
-        let user_agent: String = r.user_agent.chars().take(512).collect();
+        let user_agent = r.user_agent.as_str();
         store::touchpoints::insert(
             &mut tx,
             &NewTouchpoint {
@@ -90,7 +74,7 @@ impl Attribution {
                 occurred_at,
                 landing_url,
                 client_ip,
-                user_agent: Some(user_agent.as_str()).filter(|s| !s.is_empty()),
+                user_agent: Some(user_agent).filter(|s| !s.is_empty()),
             },
         )
         .await

@@ -173,12 +173,7 @@ impl McpServer {
                 .unwrap_or_default(),
             user_agent: crate::public::user_agent(&parts.headers),
         };
-        let reply: pb::RecordTouchpointReply = self
-            .state
-            .rpc
-            .call(methods::SERVICE, methods::RECORD_TOUCHPOINT, &request)
-            .await
-            .map_err(tool_error)?;
+        let reply = crate::clicks::record(&self.state, request).await.map_err(tool_error)?;
         Ok(Json(TouchpointOutput {
             touchpoint_id: reply.touchpoint_id,
             duplicate: reply.duplicate,

@@ -14,6 +14,7 @@ mod programs;
 mod tokens;
 
 use crate::EdgeState;
+use crate::rate_limit::Budget;
 use amba_core::ApiError;
 use amba_proto::v1::Principal;
 use rmcp::handler::server::router::tool::ToolRouter;
@@ -68,12 +69,25 @@ pub fn require_principal(parts: &http::request::Parts) -> Result<Principal, Tool
 
 /// The client address of an MCP request (behind trusted proxies, the forwarded one).
 pub fn client_ip(state: &EdgeState, parts: &http::request::Parts) -> Option<std::net::IpAddr> {
-    let peer = parts
-        .extensions
+    client_ip_of(state, &parts.extensions, &parts.headers)
+}
+
+/// The client address of an HTTP request (unspecified when the server gave no peer address).
+pub fn request_client_ip<B>(state: &EdgeState, request: &http::Request<B>) -> std::net::IpAddr {
+    client_ip_of(state, request.extensions(), request.headers())
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+}
+
+fn client_ip_of(
+    state: &EdgeState,
+    extensions: &http::Extensions,
+    headers: &http::HeaderMap,
+) -> Option<std::net::IpAddr> {
+    let peer = extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()?
         .0
         .ip();
-    Some(state.trusted_proxies.client_ip(peer, &parts.headers))
+    Some(state.trusted_proxies.client_ip(peer, headers))
 }
 
 fn context_principal(context: &RequestContext<RoleServer>) -> Option<Principal> {
@@ -115,7 +129,19 @@ impl ServerHandler for McpServer {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        if context_principal(&context).is_none() {
+        if let Some(caller) = context_principal(&context) {
+            // Authenticated callers are limited per org where a call creates things or clicks.
+            let budget = match request.name.as_ref() {
+                "amba_affiliate_signup" | "amba_affiliate_tokens_create" => Some(Budget::Creations),
+                "amba_affiliate_touchpoint_record" => Some(Budget::Touchpoints),
+                _ => None,
+            };
+            if let Some(budget) = budget
+                && let Err(refusal) = self.state.limits.check_org(budget, &caller.org_id)
+            {
+                return Ok(tool_error(refusal).into());
+            }
+        } else {
             if !PUBLIC_TOOLS.contains(&request.name.as_ref()) {
                 return Ok(tool_error(ApiError::unauthenticated("this tool needs a personal access token")).into());
             }
@@ -125,9 +151,9 @@ impl ServerHandler for McpServer {
                 .get::<http::request::Parts>()
                 .and_then(|parts| client_ip(&self.state, parts));
             if let Some(client) = client
-                && let Err(retry_after) = self.state.rate_limiter.take(client)
+                && let Err(refusal) = self.state.limits.check_address(Budget::Public, client)
             {
-                return Ok(tool_error(crate::public::rate_limit_error(retry_after)).into());
+                return Ok(tool_error(refusal).into());
             }
         }
         // The caller's trace: `_meta.traceparent` (MCP SEP-414), else the HTTP header.
