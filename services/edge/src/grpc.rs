@@ -27,8 +27,9 @@ use tonic::{Request, Response, Status, Streaming};
 const CHUNK: usize = 128;
 /// Batch requests in flight per stream.
 const IN_FLIGHT: usize = 8;
-/// Largest request message: one report (valid ones are far smaller).
-pub const MAX_REQUEST: usize = 64 * 1024;
+/// Largest request message: one report (valid ones are far smaller; larger values are
+/// refused by field with INVALID_ARGUMENT up to this size, by size beyond it).
+pub const MAX_REQUEST: usize = 256 * 1024;
 /// Reports one `ReportConversions` stream may carry; its reply holds an outcome for each.
 pub const MAX_STREAM_REPORTS: usize = 10_000;
 /// Largest reply: a full stream's outcomes.

@@ -907,7 +907,7 @@ async fn public_click_endpoints_cors_links_and_rate_limits() -> anyhow::Result<(
         .to_owned();
     assert!(
         location.starts_with(&format!(
-            "https://acme.example/pricing?plan=pro&amba_ref={code}&amba_sub=sub_"
+            "https://acme.example/pricing?plan=pro&amba_ref={code}&amba_sub=s1."
         )),
         "{location}"
     );

@@ -5,6 +5,7 @@ mod auth;
 mod authorization;
 mod commission;
 mod enrollments;
+mod hostile;
 mod operations;
 mod programs;
 mod support;
