@@ -637,3 +637,94 @@ async fn public_clicks_with_nul_bytes_or_huge_fields_are_400_not_500() -> anyhow
     pool.close().await;
     sys.stop().await
 }
+
+/// The JSON type a property's schema asks for (`["integer", "null"]` → integer).
+fn json_type(schema: &Value) -> &str {
+    schema["type"]
+        .as_str()
+        .or_else(|| {
+            schema["type"]
+                .as_array()
+                .and_then(|t| t.iter().find_map(|t| t.as_str().filter(|t| *t != "null")))
+        })
+        .unwrap_or("string")
+}
+
+/// A value of the type `schema` asks for (type errors are another matter), hostile where it can
+/// be: strings with a NUL byte and over every limit, integers at the top of their range.
+fn hostile_value(schema: &Value, name: &str) -> Value {
+    match json_type(schema) {
+        "integer" | "number" => match schema["format"].as_str() {
+            Some("uint32") => json!(u32::MAX),
+            Some("int32") => json!(i32::MAX),
+            Some("uint16") => json!(u16::MAX),
+            Some("uint64") => json!(u64::MAX),
+            _ => json!(i64::MAX),
+        },
+        "object" => json!({"schema": 1, "type": "flat", "amount_minor": 100, "note": format!("{name}\u{0}")}),
+        _ => json!(format!("{}\u{0}{}", name, "x".repeat(5_000))),
+    }
+}
+
+/// A plausible value of the type `schema` asks for.
+fn plain_value(schema: &Value) -> Value {
+    match json_type(schema) {
+        "integer" | "number" => json!(1),
+        "boolean" => json!(false),
+        "array" => json!([]),
+        "object" => json!({"schema": 1, "type": "flat", "amount_minor": 100}),
+        _ => json!("x"),
+    }
+}
+
+#[tokio::test]
+async fn every_mcp_tool_answers_hostile_arguments_with_a_client_error() -> anyhow::Result<()> {
+    let sys = TestSystem::start().await?;
+    let t = tenant(&sys, "Tools").await?;
+    let tools = t.owner.mcp.tools().await?;
+    assert!(tools.len() >= 25, "{} tools", tools.len());
+    let mut checked = 0;
+    let mut failures = Vec::new();
+    for tool in &tools {
+        let schema = serde_json::to_value(&tool.input_schema)?;
+        let properties = schema["properties"].as_object().cloned().unwrap_or_default();
+        for (hostile, property) in &properties {
+            // Every property set (so required ones are present), the one under test hostile and
+            // the others plausible.
+            if matches!(json_type(property), "boolean" | "array") {
+                continue; // nothing hostile fits these types
+            }
+            let args: serde_json::Map<String, Value> = properties
+                .iter()
+                .map(|(name, prop)| {
+                    let value = if name == hostile {
+                        hostile_value(prop, name)
+                    } else {
+                        plain_value(prop)
+                    };
+                    (name.clone(), value)
+                })
+                .collect();
+            let result = t.owner.mcp.call(tool.name.as_ref(), Value::Object(args)).await?;
+            let error = result
+                .structured_content
+                .as_ref()
+                .map(|c| c["error"].clone())
+                .unwrap_or(Value::Null);
+            let code = text(&error["code"]);
+            if result.is_error != Some(true) || code.is_empty() || matches!(code, "INTERNAL" | "UNAVAILABLE") {
+                failures.push(format!(
+                    "{} {hostile}: {:?} {error} {:?}",
+                    tool.name, result.is_error, result.content
+                ));
+            }
+            checked += 1;
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(checked >= 60, "{checked} arguments checked");
+    // Nothing the owner can see was created by any of it.
+    let programs = t.owner.mcp.ok("amba_affiliate_programs_list", json!({})).await?;
+    assert_eq!(programs["programs"].as_array().map(Vec::len), Some(1));
+    sys.stop().await
+}

@@ -4,6 +4,7 @@
 //! `isError: true` results whose structured content is `{"error": {code, message, status}}`;
 //! only unknown tools and unparsable arguments are protocol errors.
 
+mod arguments;
 mod attribution;
 mod commission;
 
@@ -155,6 +156,9 @@ impl ServerHandler for McpServer {
             {
                 return Ok(tool_error(refusal).into());
             }
+        }
+        if let Err(err) = arguments::check(request.arguments.as_ref()) {
+            return Ok(tool_error(err).into());
         }
         // The caller's trace: `_meta.traceparent` (MCP SEP-414), else the HTTP header.
         let traceparent = context.meta.get_traceparent().map(str::to_owned).or_else(|| {
