@@ -5,10 +5,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Handed to prost directly: edition 2024 makes `std::env::set_var("PROTOC", ..)` unsafe.
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
     let files = [
-        "amba/affiliate/v1/common.proto",
-        "amba/affiliate/v1/enrollment.proto",
-        "amba/affiliate/v1/attribution.proto",
-        "amba/affiliate/v1/commission.proto",
+        "amba/affiliate/v1/conversions.proto",
+        "amba/affiliate/internal/v1/common.proto",
+        "amba/affiliate/internal/v1/enrollment.proto",
+        "amba/affiliate/internal/v1/attribution.proto",
+        "amba/affiliate/internal/v1/commission.proto",
     ];
     let paths: Vec<_> = files.iter().map(|f| root.join(f)).collect();
     for path in &paths {

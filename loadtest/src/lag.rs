@@ -2,7 +2,7 @@
 //! new conversion arriving on NATS, i.e. committed, relayed from the outbox and stored by JetStream.
 
 use crate::{Options, percentile_ms};
-use amba_proto::v1 as pb;
+use amba_proto::wire as pb;
 use futures::StreamExt;
 use prost::Message;
 use std::sync::{Arc, Mutex};

@@ -2,8 +2,8 @@
 
 use crate::setup::World;
 use crate::{Options, percentile_ms};
-use amba_proto::v1 as pb;
 use amba_proto::v1::conversions_client::ConversionsClient;
+use amba_proto::wire as pb;
 use amba_testkit::McpClient;
 use serde_json::json;
 use std::sync::Arc;

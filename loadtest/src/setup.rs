@@ -1,8 +1,8 @@
 //! Creates an owner, a program and an affiliate through MCP, as an agent would.
 
 use crate::Options;
-use amba_proto::v1 as pb;
 use amba_proto::v1::conversions_client::ConversionsClient;
+use amba_proto::wire as pb;
 use amba_testkit::McpClient;
 use serde_json::json;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Building events where a fact originates.
 
 use amba_core::id::EventId;
-use amba_proto::v1::EventMeta;
+use amba_proto::wire::EventMeta;
 use prost::Message;
 
 /// A fresh `EventMeta`: a new time-ordered id, now, and the current trace context.

@@ -6,7 +6,7 @@
 
 use crate::Namespace;
 use amba_core::{ApiError, ErrorCode};
-use amba_proto::v1::{self as pb, reply};
+use amba_proto::wire::{self as pb, reply};
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::future::BoxFuture;

@@ -1,5 +1,8 @@
-//! Protobuf types of `proto/` (package `amba.affiliate.v1`), compiled once for every crate.
+//! Protobuf types of `proto/`, compiled once for every crate: the public API (`v1`) and the
+//! internal messages (`internal::v1`).
 
+/// The public API (`proto/amba/affiliate/v1/conversions.proto`): what gRPC clients send and
+/// receive, and nothing else.
 #[allow(
     clippy::all,
     clippy::pedantic,
@@ -9,6 +12,27 @@
 )]
 pub mod v1 {
     tonic::include_proto!("amba.affiliate.v1");
+}
+
+/// The services' own messages (`proto/amba/affiliate/internal/v1/`): request/reply envelopes
+/// with the authenticated principal, and events. Never exposed to clients.
+pub mod internal {
+    #[allow(
+        clippy::all,
+        clippy::pedantic,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic
+    )]
+    pub mod v1 {
+        tonic::include_proto!("amba.affiliate.internal.v1");
+    }
+}
+
+/// Every message, public and internal, for code inside the system (`use amba_proto::wire as pb`).
+pub mod wire {
+    pub use crate::internal::v1::*;
+    pub use crate::v1::*;
 }
 
 pub use prost::Message;

@@ -4,7 +4,7 @@
 //! Each function returns the request normalized (trimmed, e-mail lower-cased, `0` times made
 //! explicit), so the service stores exactly what was checked.
 
-use crate::v1 as pb;
+use crate::wire as pb;
 use amba_core::limits::{self, MAX_EMAIL_CHARS, MAX_KEY_CHARS, MAX_REASON_CHARS, MAX_URL_CHARS};
 use amba_core::{ApiError, Currency};
 use chrono::{DateTime, Utc};

@@ -13,7 +13,7 @@ use crate::domain::ledger::{self, Account, Scope};
 use crate::store::ledger::{PostingRef, balance_for_update, record};
 use crate::store::{self, ProgramRow};
 use amba_bus::consumer::{Delivery, Handler, HandlerError};
-use amba_proto::v1 as pb;
+use amba_proto::wire as pb;
 use prost::Message;
 use sqlx::PgConnection;
 

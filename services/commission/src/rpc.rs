@@ -11,7 +11,7 @@ use crate::store::{self, ledger::PostingRef};
 use amba_bus::rpc::{RpcServer, caller, db_error};
 use amba_core::{ApiError, ErrorCode};
 use amba_proto::methods::commission as methods;
-use amba_proto::v1 as pb;
+use amba_proto::wire as pb;
 use sqlx::{PgConnection, PgPool};
 use std::time::Duration;
 

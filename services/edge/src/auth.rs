@@ -14,7 +14,7 @@ use crate::rate_limit::{Budget, RateLimits};
 use amba_bus::rpc::RpcClient;
 use amba_core::{ApiError, ErrorCode};
 use amba_proto::methods::enrollment as methods;
-use amba_proto::v1::{Principal, VerifyTokenRequest};
+use amba_proto::wire::{Principal, VerifyTokenRequest};
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -141,7 +141,7 @@ pub async fn forget_revoked_tokens(
             _ = shutdown.cancelled() => break,
             message = revocations.next() => match message { Some(m) => m, None => break },
         };
-        match amba_proto::v1::TokenRevoked::decode(message.payload) {
+        match amba_proto::wire::TokenRevoked::decode(message.payload) {
             Ok(event) => tokens.evict_token_id(&event.token_id),
             Err(err) => tracing::warn!(error = %err, "undecodable token_revoked event"),
         }

@@ -8,7 +8,7 @@
 use amba_bus::rpc::{RpcClient, error_from_proto};
 use amba_core::{ApiError, ErrorCode};
 use amba_proto::methods::attribution as methods;
-use amba_proto::v1 as pb;
+use amba_proto::wire as pb;
 use prost::Message;
 use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc, oneshot};

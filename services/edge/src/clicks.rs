@@ -14,7 +14,7 @@
 use crate::EdgeState;
 use amba_core::ApiError;
 use amba_proto::methods::attribution as methods;
-use amba_proto::v1 as pb;
+use amba_proto::wire as pb;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 

@@ -5,7 +5,7 @@ use crate::EdgeState;
 use crate::http::error_response;
 use crate::rate_limit::Budget;
 use amba_core::{ApiError, ErrorCode};
-use amba_proto::v1 as pb;
+use amba_proto::wire as pb;
 use axum::Json;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};

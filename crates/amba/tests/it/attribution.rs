@@ -2,8 +2,8 @@
 //! HTTP for clicks and affiliate links.
 
 use crate::support::{Org, active_program, enroll, org, text};
-use amba_proto::v1 as pb;
 use amba_proto::v1::conversions_client::ConversionsClient;
+use amba_proto::wire as pb;
 use amba_testkit::{TestSystem, eventually};
 use anyhow::Context;
 use chrono::{Duration, Utc};

@@ -6,7 +6,7 @@ use crate::support::{Org, active_program, enroll, org, text};
 use amba_bus::rpc::RpcClient;
 use amba_proto::Message;
 use amba_proto::methods::commission as methods;
-use amba_proto::v1 as pb;
+use amba_proto::wire as pb;
 use amba_testkit::{TestSystem, eventually};
 use async_nats::jetstream::message::PublishMessage;
 use serde_json::{Value, json};

@@ -2,7 +2,7 @@
 
 use crate::support::{active_program, enroll, org, text};
 use amba_proto::Message;
-use amba_proto::v1::{CodeChanged, EnrollmentChanged};
+use amba_proto::wire::{CodeChanged, EnrollmentChanged};
 use amba_testkit::{TestSystem, eventually};
 use serde_json::{Value, json};
 use std::time::Duration;

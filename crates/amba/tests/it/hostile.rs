@@ -4,7 +4,7 @@
 
 use crate::attribution::{authed, grpc};
 use crate::support::{Org, active_program, enroll, org, text};
-use amba_proto::v1 as pb;
+use amba_proto::wire as pb;
 use amba_testkit::{TestSystem, eventually};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;

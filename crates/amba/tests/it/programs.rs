@@ -2,7 +2,7 @@
 
 use crate::support::signup;
 use amba_proto::Message;
-use amba_proto::v1::ProgramChanged;
+use amba_proto::wire::ProgramChanged;
 use amba_testkit::{TestSystem, eventually};
 use futures::StreamExt;
 use serde_json::{Value, json};

@@ -2,7 +2,7 @@
 
 use crate::support::{org, text};
 use amba_proto::methods::enrollment as methods;
-use amba_proto::v1::{Principal, RevokeTokenRequest, TokenReply};
+use amba_proto::wire::{Principal, RevokeTokenRequest, TokenReply};
 use amba_testkit::{McpClient, TestSystem, eventually};
 use serde_json::json;
 use std::time::Duration;

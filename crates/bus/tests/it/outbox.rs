@@ -1,7 +1,7 @@
 use crate::store;
 use amba_bus::events::{OutboxEvent, new_meta};
 use amba_bus::outbox::{self, Relay, RelayWaker};
-use amba_proto::v1::{Program, ProgramChanged};
+use amba_proto::wire::{Program, ProgramChanged};
 use amba_testkit::{eventually, test_bus};
 use async_nats::jetstream;
 use futures::StreamExt;

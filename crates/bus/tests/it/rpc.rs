@@ -1,6 +1,6 @@
 use amba_bus::rpc::{RpcClient, RpcServer};
 use amba_core::{ApiError, ErrorCode};
-use amba_proto::v1::{Principal, VerifyTokenRequest};
+use amba_proto::wire::{Principal, VerifyTokenRequest};
 use amba_testkit::test_bus;
 use tokio_util::sync::CancellationToken;
 
@@ -54,9 +54,9 @@ async fn replies_carry_results_and_typed_errors() -> anyhow::Result<()> {
         .nats
         .request(bus.ns.rpc("probe", "verify"), vec![0xff, 0xff, 0xff].into())
         .await?;
-    let reply = <amba_proto::v1::Reply as amba_proto::Message>::decode(raw.payload)?;
+    let reply = <amba_proto::wire::Reply as amba_proto::Message>::decode(raw.payload)?;
     let code = match reply.result {
-        Some(amba_proto::v1::reply::Result::Error(e)) => e.code,
+        Some(amba_proto::wire::reply::Result::Error(e)) => e.code,
         other => anyhow::bail!("expected an error reply, got {other:?}"),
     };
     assert_eq!(code, "INVALID_ARGUMENT");

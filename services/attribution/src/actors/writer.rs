@@ -17,7 +17,7 @@ use amba_bus::events::{OutboxEvent, new_meta, new_meta_in_trace};
 use amba_bus::outbox::RelayWaker;
 use amba_core::ApiError;
 use amba_core::id::ConversionId;
-use amba_proto::v1 as pb;
+use amba_proto::wire as pb;
 use chrono::Utc;
 use sqlx::PgPool;
 use std::collections::{HashMap, HashSet};

@@ -2,7 +2,7 @@
 
 use crate::store::read_model;
 use amba_bus::consumer::{Delivery, Handler, HandlerError};
-use amba_proto::v1 as pb;
+use amba_proto::wire as pb;
 use prost::Message;
 use sqlx::PgConnection;
 

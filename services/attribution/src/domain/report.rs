@@ -12,7 +12,7 @@
 
 use amba_core::id::ProgramId;
 use amba_core::{ApiError, Currency, ErrorCode, Money};
-use amba_proto::v1 as pb;
+use amba_proto::wire as pb;
 use chrono::{DateTime, Utc};
 
 /// A validated report.

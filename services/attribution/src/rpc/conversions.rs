@@ -6,7 +6,7 @@ use crate::store::{self, conversions::ConversionRow};
 use amba_bus::events::{OutboxEvent, new_meta};
 use amba_core::id::{ConversionId, ProgramId};
 use amba_core::{ApiError, ErrorCode, cursor};
-use amba_proto::v1 as pb;
+use amba_proto::wire as pb;
 use chrono::Utc;
 use sqlx::PgConnection;
 

@@ -3,7 +3,7 @@ use crate::store::{self, touchpoints::NewTouchpoint};
 use amba_bus::events::{OutboxEvent, new_meta};
 use amba_core::ApiError;
 use amba_core::id::TouchpointId;
-use amba_proto::v1 as pb;
+use amba_proto::wire as pb;
 use chrono::{DateTime, Duration, Utc};
 
 /// The same (code, subject) clicking again within this window is one touchpoint.

@@ -1,6 +1,6 @@
 //! Conversions, customer bindings, volume counters and clawbacks.
 
-use amba_proto::v1 as pb;
+use amba_proto::wire as pb;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use std::collections::HashMap;

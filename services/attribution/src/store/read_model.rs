@@ -2,7 +2,7 @@
 //! events; and the bulk lookups the report path makes against it.
 
 use crate::domain::report::{Binding, EnrollmentFacts, ProgramFacts, TouchpointHit};
-use amba_proto::v1 as pb;
+use amba_proto::wire as pb;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use sqlx::types::Json;

@@ -4,7 +4,7 @@
 pub mod ledger;
 
 use crate::domain::ledger::CommissionState;
-use amba_proto::v1 as pb;
+use amba_proto::wire as pb;
 use sqlx::PgConnection;
 
 /// The UTC day of a unix-microsecond timestamp (today when it is unset or out of range).

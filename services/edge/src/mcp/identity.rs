@@ -1,6 +1,6 @@
 use super::{McpServer, ToolError, tool_error};
 use amba_proto::methods::enrollment as methods;
-use amba_proto::v1::{SignupRequest, SignupResponse};
+use amba_proto::wire::{SignupRequest, SignupResponse};
 use rmcp::handler::server::wrapper::{Json, Parameters};
 use rmcp::{tool, tool_router};
 use schemars::JsonSchema;

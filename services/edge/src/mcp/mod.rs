@@ -17,7 +17,7 @@ mod tokens;
 use crate::EdgeState;
 use crate::rate_limit::Budget;
 use amba_core::ApiError;
-use amba_proto::v1::Principal;
+use amba_proto::wire::Principal;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::model::{

@@ -1,7 +1,7 @@
 use super::{McpServer, ToolError, require_principal, tool_error};
 use amba_core::ApiError;
 use amba_proto::methods::enrollment as methods;
-use amba_proto::v1 as pb;
+use amba_proto::wire as pb;
 use rmcp::handler::server::tool::Extension;
 use rmcp::handler::server::wrapper::{Json, Parameters};
 use rmcp::{tool, tool_router};

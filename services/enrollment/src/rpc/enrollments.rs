@@ -6,7 +6,7 @@ use crate::store::enrollments::{self as store, EnrollmentRow, NewEnrollment, Org
 use amba_bus::events::{OutboxEvent, new_meta};
 use amba_core::id::{EnrollmentId, OrgId, ProgramId};
 use amba_core::{ApiError, cursor};
-use amba_proto::v1 as pb;
+use amba_proto::wire as pb;
 use sqlx::PgConnection;
 
 impl Enrollment {

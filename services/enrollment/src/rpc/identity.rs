@@ -3,7 +3,7 @@ use crate::domain::identity::{hash_token, mint_token, normalize_email, normalize
 use crate::store;
 use amba_core::ApiError;
 use amba_core::id::{AccountId, OrgId, TokenId};
-use amba_proto::v1::{self as pb, Principal, SignupRequest, SignupResponse, VerifyTokenRequest};
+use amba_proto::wire::{self as pb, Principal, SignupRequest, SignupResponse, VerifyTokenRequest};
 
 impl Enrollment {
     /// Account + org + first token in one transaction. The token secret leaves only in the reply.

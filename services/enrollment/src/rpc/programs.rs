@@ -4,7 +4,7 @@ use crate::store::{self, programs::ProgramRow};
 use amba_bus::events::{OutboxEvent, new_meta};
 use amba_core::id::ProgramId;
 use amba_core::{ApiError, ErrorCode, cursor};
-use amba_proto::v1 as pb;
+use amba_proto::wire as pb;
 use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 

@@ -1,4 +1,4 @@
-use amba_proto::v1 as pb;
+use amba_proto::wire as pb;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 

@@ -1,4 +1,4 @@
-use amba_proto::v1::Principal;
+use amba_proto::wire::Principal;
 use sqlx::PgConnection;
 
 pub struct NewSignup<'a> {
@@ -75,8 +75,8 @@ pub struct TokenRow {
 }
 
 impl TokenRow {
-    pub fn to_proto(&self) -> amba_proto::v1::Token {
-        amba_proto::v1::Token {
+    pub fn to_proto(&self) -> amba_proto::wire::Token {
+        amba_proto::wire::Token {
             token_id: self.token_id.clone(),
             name: self.name.clone(),
             hint: self.hint.clone(),

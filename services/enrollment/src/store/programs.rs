@@ -1,6 +1,6 @@
 use crate::domain::program::{MultiLevel, ProgramSettings, ProgramStatus};
 use amba_core::{ApiError, Currency};
-use amba_proto::v1 as pb;
+use amba_proto::wire as pb;
 use amba_rules::CommissionRule;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
