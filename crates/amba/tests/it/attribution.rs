@@ -74,11 +74,19 @@ async fn setup_with(program_settings: Value, vars: &[(&str, &str)]) -> anyhow::R
     let ann = org(&sys, "Ann").await?;
     let program = active_program(&owner, program_settings).await?;
     let ann_enrollment = enroll(&owner, &ann, &program, None).await?;
-    // Reports resolve codes from attribution's read model, built from events: wait for it.
+    // Reports resolve codes from attribution's read model, built from events: wait for it (the
+    // code is active from the invite on; the enrollment only once the accept's event arrived).
     read_model_shows(
         &sys,
         "SELECT status FROM codes_view WHERE code = $1",
         text(&ann_enrollment["code"]),
+        "active",
+    )
+    .await?;
+    read_model_shows(
+        &sys,
+        "SELECT status FROM enrollments_view WHERE enrollment_id = $1",
+        text(&ann_enrollment["enrollment_id"]),
         "active",
     )
     .await?;

@@ -142,6 +142,22 @@ async fn known(sys: &TestSystem, enrollment: &str) -> anyhow::Result<()> {
     })
     .await?;
     pool.close().await;
+    // Reports are decided by attribution's read model: the enrollment must be active there too.
+    let pool = sys.service_pool("attribution").await?;
+    eventually(WAIT, "enrollment in the attribution read model", || {
+        let pool = pool.clone();
+        let enrollment = enrollment.to_owned();
+        async move {
+            let status: Option<String> =
+                sqlx::query_scalar("SELECT status FROM enrollments_view WHERE enrollment_id = $1")
+                    .bind(&enrollment)
+                    .fetch_optional(&pool)
+                    .await?;
+            Ok(status.filter(|s| s == "active").map(|_| ()))
+        }
+    })
+    .await?;
+    pool.close().await;
     Ok(())
 }
 
