@@ -19,12 +19,15 @@ use amba_proto::methods::attribution as methods;
 use amba_proto::v1::conversions_server::{Conversions, ConversionsServer};
 use amba_proto::wire as pb;
 use futures::{StreamExt, TryStreamExt};
+use prost::Message;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-/// Reports per batch request to attribution: with the largest valid reports a chunk stays well
-/// inside NATS's default 1 MiB `max_payload` (checked by a test).
-const CHUNK: usize = 128;
+/// Reports per chunk of a stream (validated together, then sent in batch requests of at most
+/// [`MAX_BATCH_BYTES`]).
+const CHUNK: usize = 500;
+/// Encoded bytes per batch request: well inside NATS's default 1 MiB `max_payload`.
+const MAX_BATCH_BYTES: usize = 512 * 1024;
 /// Batch requests in flight per stream.
 const IN_FLIGHT: usize = 8;
 /// Largest request message: one report (valid ones are far smaller; larger values are
@@ -202,30 +205,47 @@ impl ConversionsApi {
                 })),
             }
         }
-        let count = valid.len();
-        let mut answers = if valid.is_empty() {
-            Vec::new()
-        } else {
+        // Batch requests sized in bytes (NATS `max_payload`), sent together.
+        let mut requests: Vec<Vec<pb::AuthenticatedReport>> = Vec::new();
+        let mut bytes = usize::MAX;
+        for report in valid {
+            let size = report.encoded_len();
+            if bytes.saturating_add(size) > MAX_BATCH_BYTES {
+                requests.push(Vec::new());
+                bytes = 0;
+            }
+            bytes += size;
+            if let Some(last) = requests.last_mut() {
+                last.push(report);
+            }
+        }
+        let replies = futures::future::join_all(requests.into_iter().map(|reports| async move {
+            let count = reports.len();
             let reply: Result<pb::ReportConversionsReply, ApiError> = self
                 .state
                 .rpc
                 .call(
                     methods::SERVICE,
                     methods::REPORT_BATCH,
-                    &pb::ReportBatchRequest { reports: valid },
+                    &pb::ReportBatchRequest { reports },
                 )
                 .await;
             let reply = reply.map_err(|err| {
-                // The whole chunk failed (e.g. UNAVAILABLE): exactly what an operator alerts on.
+                // The whole request failed (e.g. UNAVAILABLE): exactly what an operator alerts on.
                 crate::batcher::count_reports("grpc_stream", err.code.as_str(), count as u64);
                 status(&err)
             })?;
             if reply.outcomes.len() != count {
                 return Err(status(&ApiError::internal()));
             }
-            reply.outcomes
-        }
-        .into_iter();
+            Ok(reply.outcomes)
+        }))
+        .await;
+        let mut answers = replies
+            .into_iter()
+            .collect::<Result<Vec<_>, Status>>()?
+            .into_iter()
+            .flatten();
         let outcomes: Vec<pb::ReportOutcome> = outcomes
             .into_iter()
             .map(|o| o.or_else(|| answers.next()).unwrap_or_default())
