@@ -69,6 +69,57 @@ pub fn data_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".amba"))
 }
 
+/// Where a `nats-server` started by [`ensure_nats`] writes its process id.
+const NATS_PID_FILE: &str = "nats-server.pid";
+
+/// Stops the PostgreSQL and NATS that `amba dev` / `amba infra up` started in [`data_dir`]
+/// (never a server it did not start). Returns what it stopped.
+pub fn stop_started() -> Result<Vec<String>, LocalError> {
+    let mut stopped = Vec::new();
+    let nats_pid = data_dir().join("nats").join(NATS_PID_FILE);
+    if let Ok(pid) = std::fs::read_to_string(&nats_pid) {
+        let pid = pid.trim();
+        if !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) {
+            let killed = Command::new("kill")
+                .args(["-TERM", pid])
+                .status()
+                .is_ok_and(|s| s.success());
+            if killed {
+                stopped.push(format!("nats-server (pid {pid})"));
+            }
+        }
+        let _ = std::fs::remove_file(&nats_pid);
+    }
+    let postgres = std::path::absolute(data_dir().join("postgres")).map_err(|e| fail(e.to_string()))?;
+    if postgres.join("postmaster.pid").exists() {
+        let versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .map(|entries| entries.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect())
+            .unwrap_or_default();
+        let pg_ctl = find_binary("pg_ctl", &versions).ok_or_else(|| fail("pg_ctl not found"))?;
+        let dir = postgres.to_string_lossy().into_owned();
+        let as_root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0"));
+        let mut command = if as_root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&pg_ctl);
+            c
+        } else {
+            Command::new(&pg_ctl)
+        };
+        let status = command
+            .args(["-D", &dir, "-m", "fast", "-w", "stop"])
+            .status()
+            .map_err(|e| fail(e.to_string()))?;
+        if !status.success() {
+            return Err(fail(format!("pg_ctl stop -D {dir} failed")));
+        }
+        stopped.push(format!("PostgreSQL ({dir})"));
+    }
+    Ok(stopped)
+}
+
 /// Starts a JetStream-enabled `nats-server` when none answers at `url` on this machine.
 pub fn ensure_nats(url: &str) -> Result<(), LocalError> {
     let (host, port) = host_port(url, 4222).ok_or_else(|| fail(format!("cannot read host and port from {url}")))?;
@@ -93,6 +144,8 @@ pub fn ensure_nats(url: &str) -> Result<(), LocalError> {
         Command::new(&binary)
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
             .arg(&dir)
+            .arg("-P")
+            .arg(dir.join(NATS_PID_FILE))
             .stdout(Stdio::from(log.try_clone().map_err(|e| fail(e.to_string()))?))
             .stderr(Stdio::from(log)),
     )?;

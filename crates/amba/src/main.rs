@@ -22,6 +22,7 @@ commands:
   serve <service>      run one service: enrollment, attribution, commission, payout, notification, edge
   migrate              apply every service's database migrations and exit
   infra up             start local PostgreSQL and NATS (JetStream) when none answers, then exit
+  infra down           stop the PostgreSQL and NATS that `dev` or `infra up` started (in AMBA_DATA_DIR)
   ledger verify        rebuild every commission balance from the ledger entries and check
                        conservation; exits non-zero on any difference
   streams delete --confirm <namespace>
@@ -105,7 +106,19 @@ async fn dispatch(args: &[&str], settings: Settings) -> anyhow::Result<()> {
         }
         ["infra", "up"] => {
             infra_up(&settings).await?;
-            println!("PostgreSQL and NATS are answering");
+            println!("PostgreSQL and NATS are answering (`amba infra down` stops the ones amba started)");
+            Ok(())
+        }
+        ["infra", "down"] => {
+            let stopped = tokio::task::spawn_blocking(local::stop_started).await??;
+            if stopped.is_empty() {
+                println!(
+                    "nothing that amba started is running (in {})",
+                    local::data_dir().display()
+                );
+            } else {
+                println!("stopped: {}", stopped.join(", "));
+            }
             Ok(())
         }
         _ => anyhow::bail!("unknown command {:?}\n\n{USAGE}", args.join(" ")),
@@ -135,7 +148,8 @@ async fn dev(settings: Settings) -> anyhow::Result<()> {
         "\nAmba Affiliate is running.\n\n  MCP endpoint: {mcp_url}\n  HTTP:         {}\n  gRPC:         {}\n\n\
          Get a token with the public signup tool, then paste the returned mcp_config into your MCP client:\n\n\
          {{\n  \"mcpServers\": {{\n    \"amba-affiliate\": {{\n      \"type\": \"http\",\n      \"url\": \"{mcp_url}\",\n      \
-         \"headers\": {{ \"Authorization\": \"Bearer <token from amba_affiliate_signup>\" }}\n    }}\n  }}\n}}\n\nCtrl-C stops it.\n",
+         \"headers\": {{ \"Authorization\": \"Bearer <token from amba_affiliate_signup>\" }}\n    }}\n  }}\n}}\n\nCtrl-C stops it. A PostgreSQL or NATS it started keeps running for the next start; \
+         `amba infra down` stops them.\n",
         running.http_addr().map(|a| a.to_string()).unwrap_or_default(),
         running.grpc_addr().map(|a| a.to_string()).unwrap_or_default()
     );

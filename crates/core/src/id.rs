@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid {kind} id {value:?}: expected `{prefix}_` followed by 32 hex digits")]
+#[error(
+    "{value:?} is not a {kind} id: expected `{prefix}_` followed by 32 hex digits, as returned by the tool that made it"
+)]
 pub struct IdError {
     pub kind: &'static str,
     pub prefix: &'static str,
@@ -29,7 +31,7 @@ pub fn created_at_millis(id: &str) -> Option<u64> {
 }
 
 macro_rules! define_id {
-    ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal, $noun:literal) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
@@ -49,7 +51,7 @@ macro_rules! define_id {
                 if valid {
                     Ok(Self(value.to_owned()))
                 } else {
-                    Err(IdError { kind: stringify!($name), prefix: $prefix, value: value.to_owned() })
+                    Err(IdError { kind: $noun, prefix: $prefix, value: value.chars().take(60).collect() })
                 }
             }
 
@@ -92,25 +94,25 @@ macro_rules! define_id {
 }
 
 define_id!(/// A person's account.
-    AccountId, "acc");
+    AccountId, "acc", "account");
 define_id!(/// An organization: program owners and affiliates are both orgs.
-    OrgId, "org");
+    OrgId, "org", "organization");
 define_id!(/// A personal access token (its id, never its secret).
-    TokenId, "tok");
+    TokenId, "tok", "token");
 define_id!(/// An affiliate program.
-    ProgramId, "prg");
+    ProgramId, "prg", "program");
 define_id!(/// An affiliate's enrollment in a program.
-    EnrollmentId, "enr");
+    EnrollmentId, "enr", "enrollment");
 define_id!(/// A recorded click or visit.
-    TouchpointId, "tch");
+    TouchpointId, "tch", "touchpoint");
 define_id!(/// A reported conversion.
-    ConversionId, "cnv");
+    ConversionId, "cnv", "conversion");
 define_id!(/// An event; also its `Nats-Msg-Id` and inbox key.
-    EventId, "evt");
+    EventId, "evt", "event");
 define_id!(/// A payout run.
-    PayoutRunId, "run");
+    PayoutRunId, "run", "payout run");
 define_id!(/// A Stripe payout account.
-    PayoutAccountId, "pac");
+    PayoutAccountId, "pac", "payout account");
 
 #[cfg(test)]
 mod tests {

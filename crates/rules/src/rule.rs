@@ -62,7 +62,7 @@ impl CommissionRule {
     pub fn from_json(value: &serde_json::Value) -> Result<Self, ApiError> {
         let object = value.as_object().ok_or_else(|| {
             ApiError::invalid(
-                "commission must be a JSON object such as {\"schema\":1,\"type\":\"percentage\",\"bps\":2000}",
+                "commission must be a JSON object such as {{\"schema\":1,\"type\":\"percentage\",\"bps\":2000}}",
             )
         })?;
         match object.get("schema").and_then(serde_json::Value::as_u64) {
@@ -77,7 +77,7 @@ impl CommissionRule {
         let mut body = object.clone();
         body.remove("schema");
         let rule: CommissionRule = serde_json::from_value(serde_json::Value::Object(body))
-            .map_err(|e| ApiError::invalid(format!("invalid commission: {e}")))?;
+            .map_err(|e| ApiError::invalid(format!("invalid commission ({e}); expected e.g. {{\"schema\":1,\"type\":\"percentage\",\"bps\":2000}} (20 %) or {{\"schema\":1,\"type\":\"flat\",\"amount_minor\":1500}}")))?;
         rule.validate()?;
         Ok(rule)
     }
@@ -85,7 +85,7 @@ impl CommissionRule {
     /// Parses a rule from its JSON text.
     pub fn from_json_str(text: &str) -> Result<Self, ApiError> {
         let value: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| ApiError::invalid(format!("commission is not valid JSON: {e}")))?;
+            serde_json::from_str(text).map_err(|e| ApiError::invalid(format!("commission {:?} is not valid JSON ({e}); send a JSON object, e.g. {{\"schema\":1,\"type\":\"percentage\",\"bps\":2000}} (20 %) or {{\"schema\":1,\"type\":\"flat\",\"amount_minor\":1500}}", shorten(text))))?;
         Self::from_json(&value)
     }
 
@@ -204,4 +204,13 @@ mod tests {
         assert!(CommissionRule::from_json_str("{nope").is_err());
         assert!(CommissionRule::from_json_str(r#"{"schema":1,"type":"flat","amount_minor":1}"#).is_ok());
     }
+}
+
+/// At most 60 characters of a value echoed in a message.
+fn shorten(text: &str) -> String {
+    let mut short: String = text.chars().take(60).collect();
+    if text.chars().count() > 60 {
+        short.push('…');
+    }
+    short
 }

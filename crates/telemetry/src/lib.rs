@@ -39,7 +39,9 @@ impl Drop for TelemetryGuard {
 pub fn init(service: &str, otlp_endpoint: Option<&str>, json: bool) -> anyhow::Result<TelemetryGuard> {
     metrics::prometheus();
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,async_nats=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new("info,sqlx=warn,async_nats=warn,rmcp=warn,tower_http=warn,h2=warn,hyper=warn,tonic=warn")
+    });
 
     // Spans carry OpenTelemetry context even when nothing is exported, so trace context still
     // travels from callers through NATS to every service and event.

@@ -1,5 +1,6 @@
 //! End-to-end tests of the running system through its public surfaces, one binary.
 
+mod agents;
 mod attribution;
 mod auth;
 mod authorization;

@@ -82,3 +82,49 @@ async fn a_service_serves_metrics_on_amba_metrics_addr() -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     db.drop_now().await
 }
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn answers(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+#[tokio::test]
+async fn infra_down_stops_exactly_what_infra_up_started() -> anyhow::Result<()> {
+    let data = std::env::temp_dir().join(format!("amba-infra-{}", amba_core::id::time_ordered_suffix()));
+    let (pg_port, nats_port) = (free_port()?, free_port()?);
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_amba"))
+            .args(args)
+            .env("AMBA_DATA_DIR", &data)
+            .env(
+                "AMBA_DATABASE_URL",
+                format!("postgres://postgres@127.0.0.1:{pg_port}/amba"),
+            )
+            .env("AMBA_NATS_URL", format!("nats://127.0.0.1:{nats_port}"))
+            .output()
+    };
+    let up = run(&["infra", "up"])?;
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    assert!(answers(pg_port) && answers(nats_port));
+    // The machine's own servers are not amba's to stop.
+    let shared_nats = nats_url();
+    let down = run(&["infra", "down"])?;
+    let said = String::from_utf8_lossy(&down.stdout).into_owned();
+    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+    assert!(said.contains("nats-server") && said.contains("PostgreSQL"), "{said}");
+    eventually(std::time::Duration::from_secs(10), "both stopped", || async {
+        Ok((!answers(pg_port) && !answers(nats_port)).then_some(()))
+    })
+    .await?;
+    assert!(
+        async_nats::connect(&shared_nats).await.is_ok(),
+        "the shared NATS still runs"
+    );
+    let again = run(&["infra", "down"])?;
+    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing that amba started"));
+    let _ = std::fs::remove_dir_all(&data);
+    Ok(())
+}

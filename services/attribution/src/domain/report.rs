@@ -198,7 +198,12 @@ pub fn decide(report: &Report, facts: Facts<'_>) -> Result<Decision, ApiError> {
     }
     let active = |e: &EnrollmentFacts| e.status == "active";
     let (attribution, enrollment, code, touchpoint_id) = match facts.code {
-        CodeState::Unknown => return Err(ApiError::invalid("unknown referral code")),
+        CodeState::Unknown => {
+            return Err(ApiError::invalid(format!(
+                "unknown referral code {:?}: no affiliate in any program has it (codes come from amba_affiliate_invite or _my_referral_generate)",
+                report.code.as_deref().unwrap_or_default()
+            )));
+        }
         CodeState::Retired => {
             return Err(ApiError::conflict(
                 "that referral code was retired (rotated); it no longer attributes conversions",

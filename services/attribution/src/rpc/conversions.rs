@@ -43,7 +43,7 @@ impl Attribution {
     }
 
     /// Owner approves a pending conversion: commission is decided now, under the current rule.
-    #[tracing::instrument(skip_all, fields(conversion_id = %request.conversion_id), err)]
+    #[tracing::instrument(skip_all, fields(conversion_id = %request.conversion_id), err(level = "info"))]
     pub async fn approve(&self, request: pb::DecideConversionRequest) -> Result<pb::ConversionReply, ApiError> {
         let who = caller(request.caller)?;
         let reason = amba_proto::validate::reason(&request.reason)?;
@@ -93,7 +93,7 @@ impl Attribution {
     }
 
     /// Owner rejects a pending conversion: no commission.
-    #[tracing::instrument(skip_all, fields(conversion_id = %request.conversion_id), err)]
+    #[tracing::instrument(skip_all, fields(conversion_id = %request.conversion_id), err(level = "info"))]
     pub async fn reject(&self, request: pb::DecideConversionRequest) -> Result<pb::ConversionReply, ApiError> {
         let who = caller(request.caller)?;
         let reason = amba_proto::validate::reason(&request.reason)?;
@@ -112,7 +112,7 @@ impl Attribution {
 
     /// Owner records a refund or chargeback (full or partial). The commission service reverses
     /// the commission from the `conversion.clawed_back` event. Idempotent on the key.
-    #[tracing::instrument(skip_all, fields(conversion_id = request.clawback.as_ref().map(|c| c.conversion_id.as_str())), err)]
+    #[tracing::instrument(skip_all, fields(conversion_id = request.clawback.as_ref().map(|c| c.conversion_id.as_str())), err(level = "info"))]
     pub async fn clawback(&self, request: pb::AuthenticatedClawback) -> Result<pb::ClawbackReply, ApiError> {
         let who = caller(request.caller)?;
         let request = amba_proto::validate::clawback(&request.clawback.unwrap_or_default())?;

@@ -12,7 +12,7 @@ const DEDUPE_WINDOW: Duration = Duration::minutes(30);
 impl Attribution {
     /// A click: public (no token), so it validates everything and reveals little. Without a
     /// `program_id` the code's program is used (affiliate links).
-    #[tracing::instrument(skip_all, err)]
+    #[tracing::instrument(skip_all, err(level = "info"))]
     pub async fn record_touchpoint(
         &self,
         r: pb::RecordTouchpointRequest,

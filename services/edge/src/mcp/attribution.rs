@@ -40,6 +40,7 @@ pub struct ReportArgs {
     /// Your id of the sale (order id, invoice id).
     pub external_id: String,
     /// Sale amount in minor units of `currency` (cents for USD).
+    #[schemars(range(min = 0, max = 1_000_000_000_000_000i64))]
     pub amount_minor: i64,
     /// Must be the program's currency.
     pub currency: String,
@@ -67,6 +68,7 @@ pub struct ConversionsListArgs {
     #[schemars(extend("enum" = ["pending", "approved", "rejected", "unattributed", "clawed_back"]))]
     pub status: Option<String>,
     pub cursor: Option<String>,
+    #[schemars(range(min = 1, max = 200))]
     pub limit: Option<u32>,
 }
 
@@ -76,6 +78,7 @@ pub struct MyConversionsListArgs {
     #[schemars(extend("enum" = ["pending", "approved", "rejected", "clawed_back"]))]
     pub status: Option<String>,
     pub cursor: Option<String>,
+    #[schemars(range(min = 1, max = 200))]
     pub limit: Option<u32>,
 }
 
@@ -248,7 +251,8 @@ impl McpServer {
 
     #[tool(
         name = "amba_affiliate_conversion_reject",
-        description = "Reject a pending conversion: no commission.",
+        description = "Reject a pending conversion (e.g. fraud, a cancelled order): it earns no commission and the \
+                       affiliate sees it as rejected with your reason. Only pending conversions can be decided.",
         annotations(
             read_only_hint = false,
             destructive_hint = true,

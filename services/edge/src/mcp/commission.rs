@@ -22,6 +22,7 @@ pub struct AnalyticsArgs {
     #[schemars(extend("enum" = ["commission", "conversions", "approved", "revenue", "clicks"]))]
     pub by: Option<String>,
     /// Leaderboard size, 1-100 (default 10).
+    #[schemars(range(min = 1, max = 100))]
     pub limit: Option<u32>,
 }
 
@@ -32,6 +33,7 @@ pub struct LeaderboardArgs {
     #[schemars(extend("enum" = ["commission", "conversions", "approved", "revenue", "clicks"]))]
     pub by: Option<String>,
     /// Size, 1-100 (default 10).
+    #[schemars(range(min = 1, max = 100))]
     pub limit: Option<u32>,
     /// First day included (date or RFC 3339). Default: all time.
     pub from: Option<String>,
@@ -61,6 +63,7 @@ pub struct ClawbackArgs {
     /// Why (refund, chargeback, ...); kept with the clawback.
     pub reason: String,
     /// Refunded part of the sale in minor units, for a partial refund. Default: all that remains.
+    #[schemars(range(min = 1, max = 1_000_000_000_000_000i64))]
     pub amount_minor: Option<i64>,
     /// Makes a retried clawback return the first outcome instead of a second clawback.
     pub idempotency_key: Option<String>,
@@ -202,7 +205,8 @@ impl McpServer {
     #[tool(
         name = "amba_affiliate_analytics_get",
         description = "A program's totals (clicks, conversions, approved, revenue, commission, paid, clawed back), \
-                       EPC, conversion rate and leaderboard, optionally for a day range.",
+                       EPC, conversion rate and leaderboard, optionally for a day range. Eventually consistent: the ledger books an approved conversion within about a second of the \
+                       report (longer under heavy load); if one you just approved is missing, wait a second and ask again.",
         annotations(
             read_only_hint = true,
             destructive_hint = false,
@@ -241,7 +245,8 @@ impl McpServer {
 
     #[tool(
         name = "amba_affiliate_leaderboard_get",
-        description = "A program's affiliates ranked by commission (or conversions, approved, revenue, clicks).",
+        description = "A program's affiliates ranked by commission (or conversions, approved, revenue, clicks). Eventually consistent: the ledger books an approved conversion within about a second of the \
+                       report (longer under heavy load); if one you just approved is missing, wait a second and ask again.",
         annotations(
             read_only_hint = true,
             destructive_hint = false,
@@ -272,7 +277,8 @@ impl McpServer {
 
     #[tool(
         name = "amba_affiliate_my_stats_get",
-        description = "Your own clicks, conversions, conversion rate, EPC and commission (all your programs, or one).",
+        description = "Your own clicks, conversions, conversion rate, EPC and commission (all your programs, or one). Eventually consistent: the ledger books an approved conversion within about a second of the \
+                       report (longer under heavy load); if one you just approved is missing, wait a second and ask again.",
         annotations(
             read_only_hint = true,
             destructive_hint = false,
@@ -313,7 +319,8 @@ impl McpServer {
     #[tool(
         name = "amba_affiliate_my_balance_get",
         description = "Your commission balance: held (refund window), payable, reserved (payout in flight), paid, \
-                       and carry-forward debt.",
+                       and carry-forward debt. Eventually consistent: the ledger books an approved conversion within about a second of the \
+                       report (longer under heavy load); if one you just approved is missing, wait a second and ask again.",
         annotations(
             read_only_hint = true,
             destructive_hint = false,

@@ -46,6 +46,7 @@ pub struct AffiliatesListArgs {
     pub status: Option<String>,
     pub cursor: Option<String>,
     /// Page size, 1-200 (default 50).
+    #[schemars(range(min = 1, max = 200))]
     pub limit: Option<u32>,
 }
 
@@ -56,12 +57,14 @@ pub struct MyListArgs {
     #[schemars(extend("enum" = ["pending", "active", "rejected", "declined", "removed"]))]
     pub status: Option<String>,
     pub cursor: Option<String>,
+    #[schemars(range(min = 1, max = 200))]
     pub limit: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 pub struct PageArgs {
     pub cursor: Option<String>,
+    #[schemars(range(min = 1, max = 200))]
     pub limit: Option<u32>,
 }
 
@@ -339,7 +342,9 @@ impl McpServer {
 
     #[tool(
         name = "amba_affiliate_my_invite_decline",
-        description = "Decline an invitation.",
+        description = "Decline a program's invitation (enrollment_id from amba_affiliate_my_invites_list). The \
+                       enrollment becomes declined and its referral code never attributes anything; the owner can invite \
+                       you again later.",
         annotations(
             read_only_hint = false,
             destructive_hint = true,

@@ -12,6 +12,7 @@ pub use attribution::parse_time;
 mod enrollments;
 mod identity;
 mod programs;
+mod schema;
 mod tokens;
 
 use crate::EdgeState;
@@ -46,15 +47,16 @@ pub struct McpServer {
 
 impl McpServer {
     pub fn new(state: EdgeState) -> Self {
-        McpServer {
-            state,
-            tool_router: Self::identity_tools()
-                + Self::program_tools()
-                + Self::enrollment_tools()
-                + Self::token_tools()
-                + Self::commission_tools()
-                + Self::attribution_tools(),
+        let mut tool_router = Self::identity_tools()
+            + Self::program_tools()
+            + Self::enrollment_tools()
+            + Self::token_tools()
+            + Self::commission_tools()
+            + Self::attribution_tools();
+        for route in tool_router.map.values_mut() {
+            route.attr = schema::finish(route.attr.clone());
         }
+        McpServer { state, tool_router }
     }
 }
 
@@ -157,7 +159,12 @@ impl ServerHandler for McpServer {
                 return Ok(tool_error(refusal).into());
             }
         }
-        if let Err(err) = arguments::check(request.arguments.as_ref()) {
+        // The arguments against the schema the client was shown, then the text limits.
+        if let Some(tool) = self.tool_router.get(&request.name)
+            && let Err(err) = schema::check(tool, request.arguments.as_ref())
+                .and_then(|()| arguments::check(request.arguments.as_ref()))
+        {
+            tracing::info!(tool = %request.name, error = %err.message, "tool arguments refused");
             return Ok(tool_error(err).into());
         }
         // The caller's trace: `_meta.traceparent` (MCP SEP-414), else the HTTP header.
@@ -167,9 +174,35 @@ impl ServerHandler for McpServer {
             header.to_str().ok().map(str::to_owned)
         });
         let span = amba_telemetry::incoming_span("mcp", &request.name, traceparent.as_deref());
-        self.tool_router
+        let result = self
+            .tool_router
             .call(ToolCallContext::new(self, request, context))
             .instrument(span)
-            .await
+            .await?;
+        Ok(in_envelope(result))
     }
+}
+
+/// A failure some layer reported as plain text (e.g. an argument the schema check let through
+/// that still would not deserialize) goes out in the same `{"error": …}` envelope as the rest.
+fn in_envelope(result: CallToolResponse) -> CallToolResponse {
+    let CallToolResponse::Complete(result) = result else {
+        return result;
+    };
+    if result.is_error != Some(true) || result.structured_content.is_some() {
+        return CallToolResponse::Complete(result);
+    }
+    let text: Vec<String> = result
+        .content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect();
+    let message = text.join(" ");
+    let message = message
+        .strip_prefix("failed to deserialize parameters: ")
+        .unwrap_or(&message);
+    CallToolResponse::Complete(tool_error(ApiError::invalid(format!(
+        "invalid arguments: {}",
+        message.trim()
+    ))))
 }

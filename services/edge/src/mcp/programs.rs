@@ -18,15 +18,19 @@ pub struct ProgramOptions {
     #[schemars(extend("enum" = ["auto", "manual"]))]
     pub affiliate_approval: Option<String>,
     /// Days after a click during which a conversion is attributed to it (1-365). Default 30.
+    #[schemars(range(min = 1, max = 365))]
     pub attribution_window_days: Option<u32>,
     /// Days commission is held (refund window) before it becomes payable (0-365). Default 30.
+    #[schemars(range(min = 0, max = 365))]
     pub hold_days: Option<u32>,
     /// Smallest payable balance paid out, in minor units. Default 0.
+    #[schemars(range(min = 0, max = 1_000_000_000_000_000i64))]
     pub payout_threshold_minor: Option<i64>,
     /// When payouts run unattended. Default manual.
     #[schemars(extend("enum" = ["manual", "weekly", "monthly"]))]
     pub payout_schedule: Option<String>,
     /// Platform fee deducted from each payout, in basis points (0-10000). Default 0.
+    #[schemars(range(min = 0, max = 10_000))]
     pub platform_fee_bps: Option<u32>,
     /// Upline overrides: {"enabled": true, "levels_bps": [500, 200]} (level 1 = direct sponsor).
     pub multi_level: Option<serde_json::Value>,
@@ -67,6 +71,7 @@ pub struct ProgramsUpdateArgs {
 pub struct ProgramsGetArgs {
     pub program_id: String,
     /// Show the rule of this past version instead of the current one.
+    #[schemars(range(min = 1))]
     pub commission_version: Option<u32>,
 }
 
@@ -75,6 +80,7 @@ pub struct ProgramsListArgs {
     /// `next_cursor` from the previous page.
     pub cursor: Option<String>,
     /// Page size, 1-200 (default 50).
+    #[schemars(range(min = 1, max = 200))]
     pub limit: Option<u32>,
 }
 
@@ -189,7 +195,8 @@ impl McpServer {
 
     #[tool(
         name = "amba_affiliate_programs_get",
-        description = "A program you own, with every commission rule version.",
+        description = "A program you own: its settings, status and current commission rule, plus the history of every \
+                       rule version (pass commission_version to see an older rule).",
         annotations(
             read_only_hint = true,
             destructive_hint = false,

@@ -15,7 +15,7 @@ const MAX_LEVELS: usize = 5;
 const MAX_URL_LEN: usize = 2048;
 
 macro_rules! string_enum {
-    ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+    ($(#[$doc:meta])* $name:ident $noun:literal { $($variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
         #[serde(rename_all = "snake_case")]
@@ -33,7 +33,7 @@ macro_rules! string_enum {
                 match s.trim() {
                     $($text => Ok($name::$variant),)+
                     other => Err(ApiError::invalid(format!(
-                        concat!("invalid ", stringify!($name), " {:?}; expected one of: ", $($text, " "),+), other))),
+                        "{:?} is not a valid {}; expected one of: {}", other, $noun, [$($text),+].join(", ")))),
                 }
             }
         }
@@ -45,11 +45,11 @@ macro_rules! string_enum {
 }
 
 string_enum!(/// Where a program is in its life.
-    ProgramStatus { Draft => "draft", Active => "active", Paused => "paused", Archived => "archived" });
+    ProgramStatus "status" { Draft => "draft", Active => "active", Paused => "paused", Archived => "archived" });
 string_enum!(/// Whether conversions (and applications) need the owner's approval.
-    ApprovalMode { Auto => "auto", Manual => "manual" });
+    ApprovalMode "approval mode" { Auto => "auto", Manual => "manual" });
 string_enum!(/// When payouts run unattended.
-    PayoutSchedule { Manual => "manual", Weekly => "weekly", Monthly => "monthly" });
+    PayoutSchedule "payout schedule" { Manual => "manual", Weekly => "weekly", Monthly => "monthly" });
 
 impl ProgramStatus {
     /// Checks a requested status change. Asking for the current status is a no-op.

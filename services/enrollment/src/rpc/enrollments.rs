@@ -13,7 +13,7 @@ impl Enrollment {
     /// Owner invites an org already on Amba: a pending enrollment with a referral code. With the
     /// same `idempotency_key` a retry returns the same enrollment; any other second invite of the
     /// org is CONFLICT (the error's details name the existing enrollment).
-    #[tracing::instrument(skip_all, fields(program_id = %request.program_id), err)]
+    #[tracing::instrument(skip_all, fields(program_id = %request.program_id), err(level = "info"))]
     pub async fn invite(&self, request: pb::InviteRequest) -> Result<pb::EnrollmentReply, ApiError> {
         let owner = caller(request.caller)?;
         let program_id = ProgramId::parse(&request.program_id)?;
@@ -83,7 +83,7 @@ impl Enrollment {
 
     /// Affiliate applies to an active program: pending, or active at once when the program
     /// approves applications automatically. Applying again returns the same enrollment.
-    #[tracing::instrument(skip_all, fields(program_id = %request.program_id), err)]
+    #[tracing::instrument(skip_all, fields(program_id = %request.program_id), err(level = "info"))]
     pub async fn apply(&self, request: pb::ApplyRequest) -> Result<pb::EnrollmentReply, ApiError> {
         let applicant = caller(request.caller)?;
         let program_id = ProgramId::parse(&request.program_id)?;
@@ -182,7 +182,7 @@ impl Enrollment {
 
     /// One state change, authorized for the side that may take it. An enrollment outside the
     /// caller's reach is NOT_FOUND, so ids cannot be probed.
-    #[tracing::instrument(skip_all, fields(enrollment_id = %request.enrollment_id, ?action), err)]
+    #[tracing::instrument(skip_all, fields(enrollment_id = %request.enrollment_id, ?action), err(level = "info"))]
     async fn act(&self, request: pb::EnrollmentActionRequest, action: Action) -> Result<pb::EnrollmentReply, ApiError> {
         let who = caller(request.caller)?;
         let enrollment_id = EnrollmentId::parse(&request.enrollment_id)?;
@@ -226,7 +226,7 @@ impl Enrollment {
     }
 
     /// Affiliate rotates its referral code: the old one is retired, a fresh one issued.
-    #[tracing::instrument(skip_all, fields(enrollment_id = %request.enrollment_id), err)]
+    #[tracing::instrument(skip_all, fields(enrollment_id = %request.enrollment_id), err(level = "info"))]
     pub async fn rotate_code(&self, request: pb::EnrollmentActionRequest) -> Result<pb::EnrollmentReply, ApiError> {
         let who = caller(request.caller)?;
         let enrollment_id = EnrollmentId::parse(&request.enrollment_id)?;
@@ -255,7 +255,7 @@ impl Enrollment {
     }
 
     /// Owner places an affiliate under a sponsor (or detaches it); its downline moves with it.
-    #[tracing::instrument(skip_all, fields(enrollment_id = %request.enrollment_id), err)]
+    #[tracing::instrument(skip_all, fields(enrollment_id = %request.enrollment_id), err(level = "info"))]
     pub async fn set_parent(&self, request: pb::SetParentRequest) -> Result<pb::EnrollmentReply, ApiError> {
         let owner = caller(request.caller)?;
         let enrollment_id = EnrollmentId::parse(&request.enrollment_id)?;

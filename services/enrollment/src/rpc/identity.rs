@@ -7,7 +7,7 @@ use amba_proto::wire::{self as pb, Principal, SignupRequest, SignupResponse, Ver
 
 impl Enrollment {
     /// Account + org + first token in one transaction. The token secret leaves only in the reply.
-    #[tracing::instrument(skip_all, err)]
+    #[tracing::instrument(skip_all, err(level = "info"))]
     pub async fn signup(&self, request: SignupRequest) -> Result<SignupResponse, ApiError> {
         let email = normalize_email(&request.email)?;
         let org_name = normalize_name("org_name", &request.org_name)?;
@@ -64,7 +64,7 @@ impl Enrollment {
 
 impl Enrollment {
     /// A new PAT for the caller's org; the secret is returned once.
-    #[tracing::instrument(skip_all, err)]
+    #[tracing::instrument(skip_all, err(level = "info"))]
     pub async fn create_token(&self, request: pb::CreateTokenRequest) -> Result<pb::CreateTokenResponse, ApiError> {
         let me = super::caller(request.caller)?;
         let name = normalize_name(
@@ -109,7 +109,7 @@ impl Enrollment {
     }
 
     /// Revokes one of the org's tokens (revoking again is a no-op) and tells every edge.
-    #[tracing::instrument(skip_all, fields(token_id = %request.token_id), err)]
+    #[tracing::instrument(skip_all, fields(token_id = %request.token_id), err(level = "info"))]
     pub async fn revoke_token(&self, request: pb::RevokeTokenRequest) -> Result<pb::TokenReply, ApiError> {
         let me = super::caller(request.caller)?;
         let token_id = TokenId::parse(&request.token_id)?;

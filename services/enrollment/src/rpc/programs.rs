@@ -11,7 +11,7 @@ use sqlx::PgConnection;
 impl Enrollment {
     /// Creates a draft program with commission version 1. With an idempotency key, a retry with
     /// the same settings returns the first program; different settings are IDEMPOTENCY_MISMATCH.
-    #[tracing::instrument(skip_all, err)]
+    #[tracing::instrument(skip_all, err(level = "info"))]
     pub async fn create_program(&self, request: pb::CreateProgramRequest) -> Result<pb::ProgramReply, ApiError> {
         let owner = caller(request.caller)?;
         let input = settings_input(request.settings.unwrap_or_default())?;
@@ -67,7 +67,7 @@ impl Enrollment {
 
     /// Changes settings and/or status. A different commission rule becomes a new version; an
     /// update that changes nothing writes nothing.
-    #[tracing::instrument(skip_all, fields(program_id = %request.program_id), err)]
+    #[tracing::instrument(skip_all, fields(program_id = %request.program_id), err(level = "info"))]
     pub async fn update_program(&self, request: pb::UpdateProgramRequest) -> Result<pb::ProgramReply, ApiError> {
         let owner = caller(request.caller)?;
         let program_id = ProgramId::parse(&request.program_id)?;
@@ -200,7 +200,7 @@ pub(super) async fn owned_program(
 
 fn settings_input(s: pb::ProgramSettings) -> Result<SettingsInput, ApiError> {
     let json = |field: &str, text: Option<String>| -> Result<Option<serde_json::Value>, ApiError> {
-        text.map(|t| serde_json::from_str(&t).map_err(|e| ApiError::invalid(format!("{field} is not valid JSON: {e}"))))
+        text.map(|t| serde_json::from_str(&t).map_err(|e| ApiError::invalid(format!("{field} is not valid JSON ({e}); send a JSON object, e.g. {{\"schema\":1,\"type\":\"percentage\",\"bps\":2000}} (20 %) or {{\"schema\":1,\"type\":\"flat\",\"amount_minor\":1500}}"))))
             .transpose()
     };
     Ok(SettingsInput {
