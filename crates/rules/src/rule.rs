@@ -144,6 +144,15 @@ impl CommissionRule {
     }
 }
 
+/// At most 60 characters of a value echoed in a message.
+fn shorten(text: &str) -> String {
+    let mut short: String = text.chars().take(60).collect();
+    if text.chars().count() > 60 {
+        short.push('…');
+    }
+    short
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,13 +213,4 @@ mod tests {
         assert!(CommissionRule::from_json_str("{nope").is_err());
         assert!(CommissionRule::from_json_str(r#"{"schema":1,"type":"flat","amount_minor":1}"#).is_ok());
     }
-}
-
-/// At most 60 characters of a value echoed in a message.
-fn shorten(text: &str) -> String {
-    let mut short: String = text.chars().take(60).collect();
-    if text.chars().count() > 60 {
-        short.push('…');
-    }
-    short
 }
