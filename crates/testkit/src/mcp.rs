@@ -23,6 +23,11 @@ impl McpClient {
         Ok(McpClient { client })
     }
 
+    /// The connection itself, for everything beyond tools (resources, prompts, server info).
+    pub fn peer(&self) -> &RunningService<RoleClient, ()> {
+        &self.client
+    }
+
     /// Names of the tools this client may see.
     pub async fn tool_names(&self) -> anyhow::Result<Vec<String>> {
         let tools = self.client.list_all_tools().await?;

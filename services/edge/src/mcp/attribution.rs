@@ -39,7 +39,7 @@ pub struct ReportArgs {
     pub project_id: String,
     /// Your id of the sale (order id, invoice id).
     pub external_id: String,
-    /// Sale amount in minor units of `currency` (cents for USD).
+    /// Sale amount in integer minor units of `currency`: 2469 is $24.69 in USD, 500 is ¥500 in JPY.
     #[schemars(range(min = 0, max = 1_000_000_000_000_000i64))]
     pub amount_minor: i64,
     /// Must be the program's currency.
