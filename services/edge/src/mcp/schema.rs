@@ -223,7 +223,7 @@ fn unknown_argument(tool: &Tool, given: &str, names: &[&str]) -> ApiError {
         .map(|(_, n)| n);
     let hint = match nearest {
         Some(n) => format!("; did you mean `{n}`?"),
-        None => String::new(),
+        None => ".".to_owned(),
     };
     ApiError::invalid(format!(
         "unknown argument `{given}`{hint} {} takes: {}",
@@ -270,6 +270,10 @@ mod tests {
 
     #[test]
     fn every_kind_of_mistake_names_the_argument() {
+        assert_eq!(
+            message(json!({"program_id": "prg_1", "bogus": 1})),
+            "unknown argument `bogus`. amba_affiliate_programs_update takes: commission, hold_days, program_id, status"
+        );
         assert_eq!(
             message(json!({"program_id": "prg_1", "hold_day": 0})),
             "unknown argument `hold_day`; did you mean `hold_days`? amba_affiliate_programs_update takes: \
