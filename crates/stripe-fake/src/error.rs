@@ -1,0 +1,126 @@
+//! Stripe's error envelope (`{"error":{"type","message","param"?,"code"?}}`) and the error of
+//! the fake's own Rust API.
+
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+/// An error of the fake's Rust API (`complete_onboarding`, `reverse_transfer`, ...).
+#[derive(Debug, thiserror::Error)]
+pub enum FakeError {
+    /// The account, transfer or event does not exist (Stripe's `resource_missing`).
+    #[error("{0}")]
+    NotFound(String),
+    /// The operation is refused as the Stripe API would refuse it (e.g. reversing more than remains).
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// Delivering needs a webhook URL; set one with `set_webhook_url`.
+    #[error("no webhook URL is set")]
+    NoWebhookUrl,
+    /// The webhook receiver could not be reached.
+    #[error("webhook delivery failed: {0}")]
+    Delivery(String),
+}
+
+/// The brief names the error both ways; one type serves both names.
+pub type FaultError = FakeError;
+
+/// An API error as Stripe renders it.
+#[derive(Debug, Clone)]
+pub(crate) struct ApiError {
+    pub(crate) status: StatusCode,
+    pub(crate) kind: &'static str,
+    pub(crate) message: String,
+    pub(crate) param: Option<String>,
+    pub(crate) code: Option<&'static str>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            kind,
+            message: message.into(),
+            param: None,
+            code: None,
+        }
+    }
+
+    /// 400 `invalid_request_error` about one parameter.
+    pub(crate) fn invalid(message: impl Into<String>, param: &str) -> ApiError {
+        let mut err = ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", message);
+        err.param = Some(param.to_owned());
+        err
+    }
+
+    /// 404 `resource_missing` (`No such transfer: 'tr_x'`).
+    pub(crate) fn missing(what: &str, id: &str, param: &str) -> ApiError {
+        let mut err = ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            format!("No such {what}: '{id}'"),
+        );
+        err.param = Some(param.to_owned());
+        err.code("resource_missing")
+    }
+
+    pub(crate) fn unauthorized(message: String) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "invalid_request_error", message)
+    }
+
+    pub(crate) fn unrecognized(method: &str, path: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            format!(
+                "Unrecognized request URL ({method}: {path}). Please see https://stripe.com/docs or we can help at https://support.stripe.com/."
+            ),
+        )
+    }
+
+    pub(crate) fn idempotency(message: String) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "idempotency_error", message)
+    }
+
+    pub(crate) fn after_commit() -> ApiError {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "api_error",
+            "An unknown error occurred while processing your request (injected fault: the operation was committed).",
+        )
+    }
+
+    pub(crate) fn rate_limited() -> ApiError {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "Request rate limit exceeded. Learn more about rate limits here https://stripe.com/docs/rate-limits.",
+        )
+        .code("rate_limit")
+    }
+
+    pub(crate) fn code(mut self, code: &'static str) -> ApiError {
+        self.code = Some(code);
+        self
+    }
+
+    pub(crate) fn body(&self) -> Value {
+        let mut error = json!({"type": self.kind, "message": self.message});
+        if let Some(param) = &self.param {
+            error["param"] = json!(param);
+        }
+        if let Some(code) = self.code {
+            error["code"] = json!(code);
+        }
+        json!({ "error": error })
+    }
+}
+
+impl From<ApiError> for FakeError {
+    fn from(err: ApiError) -> FakeError {
+        if err.status == StatusCode::NOT_FOUND {
+            FakeError::NotFound(err.message)
+        } else {
+            FakeError::InvalidRequest(err.message)
+        }
+    }
+}
