@@ -29,7 +29,14 @@ pub struct Settings {
     pub link_secret: Option<Secret>,
     pub stripe_api_base: String,
     pub stripe_secret_key: Option<Secret>,
-    pub stripe_webhook_secret: Option<Secret>,
+    /// `AMBA_STRIPE_WEBHOOK_SECRET`: one signing secret, or several comma-separated while one is
+    /// rotated.
+    pub stripe_webhook_secrets: Vec<Secret>,
+    /// `AMBA_STRIPE_TIMEOUT_SECONDS`: how long one Stripe call may take (default 20).
+    pub stripe_timeout: std::time::Duration,
+    /// `AMBA_PAYOUT_UNKNOWN_GRACE_SECONDS`: how long a transfer whose outcome is unknown may stay
+    /// absent at Stripe before its reservation is voided (default 300).
+    pub payout_unknown_grace: std::time::Duration,
     pub smtp_url: Option<Secret>,
     /// `ORG_PAYOUTS_LIVE`: real transfers; off ⇒ 503 PAYOUTS_NOT_ENABLED (dry runs still work).
     pub payouts_live: bool,
@@ -144,7 +151,17 @@ impl Settings {
             trusted_proxies,
             stripe_api_base,
             stripe_secret_key: get("AMBA_STRIPE_SECRET_KEY").map(Secret::new),
-            stripe_webhook_secret: get("AMBA_STRIPE_WEBHOOK_SECRET").map(Secret::new),
+            stripe_webhook_secrets: get("AMBA_STRIPE_WEBHOOK_SECRET")
+                .map(|v| {
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(Secret::new)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            stripe_timeout: seconds(&get, "AMBA_STRIPE_TIMEOUT_SECONDS", 20)?,
+            payout_unknown_grace: seconds(&get, "AMBA_PAYOUT_UNKNOWN_GRACE_SECONDS", 300)?,
             smtp_url: smtp_url.map(Secret::new),
             payouts_live: flag(&get, "ORG_PAYOUTS_LIVE")?,
             multi_level_enabled: flag(&get, "MULTI_LEVEL_ENABLED")?,
@@ -166,6 +183,23 @@ fn addr(
             format!("{value:?} is not a host:port address such as {default}"),
         )
     })
+}
+
+fn seconds(
+    get: &impl Fn(&str) -> Option<String>,
+    variable: &'static str,
+    default: u64,
+) -> Result<std::time::Duration, ConfigError> {
+    match get(variable) {
+        None => Ok(std::time::Duration::from_secs(default)),
+        Some(v) => v
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|s| *s > 0)
+            .map(std::time::Duration::from_secs)
+            .ok_or_else(|| bad(variable, format!("{v:?} is not a whole number of seconds (1 or more)"))),
+    }
 }
 
 fn flag(get: &impl Fn(&str) -> Option<String>, variable: &'static str) -> Result<bool, ConfigError> {

@@ -21,6 +21,8 @@ commands:
                        NATS when none answers), apply migrations, print the MCP URL and config
   serve <service>      run one service: enrollment, attribution, commission, payout, notification, edge
   migrate              apply every service's database migrations and exit
+  tick                 publish today's settlement tick: programs with a weekly or monthly payout
+                       schedule due this period are paid (once per period, however many ticks)
   infra up             start local PostgreSQL and NATS (JetStream) when none answers, then exit
   infra down           stop the PostgreSQL and NATS that `dev` or `infra up` started (in AMBA_DATA_DIR)
   ledger verify        rebuild every commission balance from the ledger entries and check
@@ -104,6 +106,27 @@ async fn dispatch(args: &[&str], settings: Settings) -> anyhow::Result<()> {
             println!("event streams of namespace {confirmed} deleted");
             Ok(())
         }
+        ["tick"] => {
+            let nats = system::connect_nats(&settings.nats_url, "amba-tick").await?;
+            let js = async_nats::jetstream::new(nats);
+            amba_bus::streams::ensure_event_streams(&js, &settings.namespace)
+                .await
+                .map_err(|e| anyhow::anyhow!("declaring streams: {e}"))?;
+            let now = chrono::Utc::now();
+            let new = amba_payout::publish_tick(&js, &settings.namespace, now)
+                .await
+                .map_err(|e| anyhow::anyhow!("publishing the tick: {e}"))?;
+            println!(
+                "settlement tick for {} {}",
+                now.format("%Y-%m-%d"),
+                if new {
+                    "published"
+                } else {
+                    "was already published today (nothing new)"
+                }
+            );
+            Ok(())
+        }
         ["infra", "up"] => {
             infra_up(&settings).await?;
             println!("PostgreSQL and NATS are answering (`amba infra down` stops the ones amba started)");
@@ -140,9 +163,40 @@ async fn infra_up(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn dev(settings: Settings) -> anyhow::Result<()> {
+async fn dev(mut settings: Settings) -> anyhow::Result<()> {
     infra_up(&settings).await?;
+    // Without a Stripe key, a fake Stripe in this process: the whole money path on a laptop.
+    let _fake_stripe = match settings.stripe_secret_key {
+        Some(_) => None,
+        None => Some(system::local_stripe(&mut settings).await?),
+    };
     let (running, _telemetry) = start(&settings, &ServiceName::ALL, "amba-dev").await?;
+    // The settlement clock: a tick a minute (one per day counts; JetStream dedupes the rest).
+    let clock = running.shutdown_token();
+    let (nats_url, ns) = (settings.nats_url.clone(), settings.namespace.clone());
+    tokio::spawn(async move {
+        let Ok(nats) = system::connect_nats(&nats_url, "amba-dev-clock").await else {
+            return;
+        };
+        let js = async_nats::jetstream::new(nats);
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = clock.cancelled() => break,
+                _ = every.tick() => {
+                    if let Err(err) = amba_payout::publish_tick(&js, &ns, chrono::Utc::now()).await {
+                        tracing::warn!(error = %err, "settlement tick not published");
+                    }
+                }
+            }
+        }
+    });
+    if _fake_stripe.is_some() {
+        println!(
+            "\nNo AMBA_STRIPE_SECRET_KEY: payouts use a local fake Stripe (onboarding links open a local page \
+             that completes onboarding). Real transfers also need ORG_PAYOUTS_LIVE=true."
+        );
+    }
     let mcp_url = format!("{}/mcp", settings.public_url);
     println!(
         "\nAmba Affiliate is running.\n\n  MCP endpoint: {mcp_url}\n  HTTP:         {}\n  gRPC:         {}\n\n\

@@ -180,6 +180,16 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
     ));
     let url = settings.database_url.expose().to_owned();
     let multi_level_enabled = settings.multi_level_enabled;
+    let payout_config = amba_payout::PayoutConfig {
+        stripe: settings
+            .stripe_secret_key
+            .clone()
+            .map(|key| (settings.stripe_api_base.clone(), key)),
+        payouts_live: settings.payouts_live,
+        unknown_grace: settings.payout_unknown_grace,
+        stripe_timeout: settings.stripe_timeout,
+        ..Default::default()
+    };
     for &service in services {
         if service == ServiceName::Edge {
             continue;
@@ -188,7 +198,7 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
         migrate_one(service, &url)
             .await
             .map_err(|source| StartError::Service { service, source })?;
-        let (bus, url, stop) = (bus.clone(), url.clone(), shutdown.clone());
+        let (bus, url, stop, payout_config) = (bus.clone(), url.clone(), shutdown.clone(), payout_config.clone());
         let service_shutdown = shutdown.clone();
         tasks.spawn(async move {
             // Each service's future is boxed: their state machines are large, and a task holding
@@ -197,7 +207,7 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
                 ServiceName::Enrollment => Box::pin(amba_enrollment::run(&url, bus, stop)),
                 ServiceName::Attribution => Box::pin(amba_attribution::run(&url, bus, stop)),
                 ServiceName::Commission => Box::pin(amba_commission::run(&url, bus, multi_level_enabled, stop)),
-                ServiceName::Payout => Box::pin(amba_payout::run(&url, bus, stop)),
+                ServiceName::Payout => Box::pin(amba_payout::run(&url, bus, payout_config.clone(), stop)),
                 ServiceName::Notification => Box::pin(amba_notification::run(&url, bus, stop)),
                 ServiceName::Edge => Box::pin(async { Ok(()) }),
             };
@@ -239,6 +249,7 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
             allowed_hosts: settings.allowed_hosts.clone(),
             trusted_proxies: settings.trusted_proxies.clone(),
             link_secret: settings.link_secret.clone(),
+            stripe_webhook_secrets: settings.stripe_webhook_secrets.clone(),
         };
         let edge = amba_edge::Edge::bind(config, &bus)
             .await
@@ -287,4 +298,23 @@ async fn wait_until_answering(bus: &Bus, service: ServiceName) -> Result<(), Sta
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Err(StartError::NotReady(service))
+}
+
+/// Starts the in-project fake Stripe for `amba dev` and points `settings` at it: its API, a
+/// fresh key and webhook secret, and webhooks to this edge's `/webhooks/stripe`. Never used by
+/// `amba serve`, where a missing key makes payout calls refuse with a clear error.
+pub async fn local_stripe(settings: &mut Settings) -> Result<amba_stripe_fake::FakeStripe, std::io::Error> {
+    let secret_key = format!("sk_test_local_{}", amba_core::id::time_ordered_suffix());
+    let webhook_secret = format!("whsec_local_{}", amba_core::id::time_ordered_suffix());
+    let fake = amba_stripe_fake::FakeStripe::start(amba_stripe_fake::FakeConfig {
+        secret_key: secret_key.clone(),
+        webhook_secret: webhook_secret.clone(),
+        webhook_url: Some(format!("{}/webhooks/stripe", settings.public_url)),
+    })
+    .await?;
+    settings.stripe_api_base = fake.base_url();
+    settings.stripe_secret_key = Some(amba_core::secret::Secret::new(secret_key));
+    settings.stripe_webhook_secrets = vec![amba_core::secret::Secret::new(webhook_secret)];
+    tracing::info!(api = %fake.base_url(), "using the local fake Stripe");
+    Ok(fake)
 }

@@ -30,6 +30,8 @@ pub enum RunError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("nats: {0}")]
     Nats(#[from] async_nats::Error),
+    #[error("{0}")]
+    Setup(String),
 }
 
 /// Opens the service's schema-pinned pool and applies its migrations.

@@ -11,6 +11,9 @@ pub const EVENT_STREAMS: &[(&str, &[&str])] = &[
     ("commission", &["commission", "balance"]),
     ("payout", &["payout"]),
     ("notification", &["notification"]),
+    // Facts from outside, published by the edge (Stripe webhooks, Nats-Msg-Id = the Stripe event
+    // id) and by `amba tick` (settlement ticks, Nats-Msg-Id = tick:<day>).
+    ("edge", &["stripe", "settlement"]),
 ];
 
 /// How long a stream remembers `Nats-Msg-Id`s. Consumers dedupe beyond it with their inbox.

@@ -89,4 +89,13 @@ pub mod methods {
         pub const PAYOUT_VOID: &str = "payout_void";
         pub const TRANSFER_REVERSAL: &str = "transfer_reversal";
     }
+
+    pub mod payout {
+        pub const SERVICE: &str = "payout";
+        pub const ACCOUNT_CREATE: &str = "account_create";
+        pub const ONBOARDING: &str = "onboarding";
+        pub const QUOTE: &str = "quote";
+        pub const RUN: &str = "run";
+        pub const RUNS: &str = "runs";
+    }
 }

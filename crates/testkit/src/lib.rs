@@ -88,6 +88,8 @@ pub struct TestSystem {
     pub bus: Bus,
     pub settings: Settings,
     running: Running,
+    /// The in-project fake Stripe this system talks to (started by [`TestSystem::with_stripe`]).
+    pub stripe: Option<amba_stripe_fake::FakeStripe>,
     http_addr: SocketAddr,
     grpc_addr: SocketAddr,
 }
@@ -99,9 +101,38 @@ impl TestSystem {
 
     /// Starts with extra configuration variables (e.g. `("MULTI_LEVEL_ENABLED", "true")`).
     pub async fn start_with(vars: &[(&str, &str)]) -> anyhow::Result<TestSystem> {
+        // Boxed: the whole system's start-up future is too large for a test thread's stack.
+        Box::pin(Self::start_on(free_port()?, vars, None)).await
+    }
+
+    /// Starts against a fresh fake Stripe whose webhooks reach this system's edge.
+    pub async fn with_stripe(vars: &[(&str, &str)]) -> anyhow::Result<TestSystem> {
+        let port = free_port()?;
+        let secret_key = format!("sk_test_{}", uuid::Uuid::now_v7().simple());
+        let webhook_secret = format!("whsec_{}", uuid::Uuid::now_v7().simple());
+        let stripe = amba_stripe_fake::FakeStripe::start(amba_stripe_fake::FakeConfig {
+            secret_key: secret_key.clone(),
+            webhook_secret: webhook_secret.clone(),
+            webhook_url: Some(format!("http://127.0.0.1:{port}/webhooks/stripe")),
+        })
+        .await?;
+        let base = stripe.base_url();
+        let mut all: Vec<(&str, &str)> = vec![
+            ("AMBA_STRIPE_API_BASE", &base),
+            ("AMBA_STRIPE_SECRET_KEY", &secret_key),
+            ("AMBA_STRIPE_WEBHOOK_SECRET", &webhook_secret),
+        ];
+        all.extend_from_slice(vars);
+        Box::pin(Self::start_on(port, &all, Some(stripe))).await
+    }
+
+    async fn start_on(
+        port: u16,
+        vars: &[(&str, &str)],
+        stripe: Option<amba_stripe_fake::FakeStripe>,
+    ) -> anyhow::Result<TestSystem> {
         let db = TestDatabase::create().await?;
         let ns = unique_namespace();
-        let port = free_port()?;
         let mut map: HashMap<String, String> = [
             ("AMBA_DATABASE_URL", db.url.clone()),
             ("AMBA_NATS_URL", nats_url()),
@@ -124,6 +155,7 @@ impl TestSystem {
             bus: Bus::new(nats, ns),
             settings,
             running,
+            stripe,
             http_addr,
             grpc_addr,
         })

@@ -42,6 +42,10 @@ pub fn router(state: EdgeState, allowed_hosts: Vec<String>) -> Router {
     Router::new()
         .route("/.well-known/oauth-protected-resource", get(protected_resource))
         .route("/r/{code}", get(crate::public::follow_link))
+        .route(
+            "/webhooks/stripe",
+            post(crate::webhooks::stripe).layer(axum::extract::DefaultBodyLimit::max(crate::webhooks::MAX_BODY)),
+        )
         .merge(touchpoints)
         .route("/.well-known/oauth-protected-resource/mcp", get(protected_resource))
         .route("/livez", get(|| async { "ok" }))

@@ -11,6 +11,7 @@ pub mod http;
 pub mod mcp;
 pub mod public;
 pub mod rate_limit;
+pub mod webhooks;
 
 use amba_bus::Bus;
 use amba_bus::rpc::RpcClient;
@@ -34,6 +35,9 @@ pub struct EdgeConfig {
     /// Key that signs the subjects of affiliate links (`AMBA_LINK_SECRET`); every edge replica
     /// needs the same one. `None`: a random key for this process only.
     pub link_secret: Option<amba_core::secret::Secret>,
+    /// Stripe webhook signing secrets (`AMBA_STRIPE_WEBHOOK_SECRET`, comma-separated while a
+    /// secret is rotated); empty: `POST /webhooks/stripe` answers 503.
+    pub stripe_webhook_secrets: Vec<amba_core::secret::Secret>,
 }
 
 /// Shared by every request handler.
@@ -47,6 +51,7 @@ pub struct EdgeState {
     pub trusted_proxies: Arc<client_addr::TrustedProxies>,
     /// Signs and checks the subjects of affiliate links.
     pub subjects: Arc<clicks::SubjectSigner>,
+    pub webhook_secrets: Arc<[amba_core::secret::Secret]>,
     /// Single conversion reports, coalesced into batch requests.
     pub reports: batcher::ReportBatcher,
     ready: Arc<AtomicBool>,
@@ -77,6 +82,7 @@ impl Edge {
             tokens: Arc::new(auth::TokenCache::new(rpc.clone(), limits.clone())),
             limits,
             subjects: Arc::new(clicks::SubjectSigner::new(link_key(config.link_secret.as_ref()))),
+            webhook_secrets: config.stripe_webhook_secrets.clone().into(),
             trusted_proxies: Arc::new(config.trusted_proxies.clone()),
             reports: batcher::ReportBatcher::start(rpc.clone()),
             rpc,

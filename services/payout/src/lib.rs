@@ -1,15 +1,60 @@
-//! Payout: Stripe Connect payout accounts, payout runs and items, the Stripe event log and
-//! schedules. Filled in by the payout issue; for now it owns its schema (with the messaging
-//! tables) and runs its relay.
+//! Payout: Stripe Connect payout accounts, payout runs and their items, the Stripe event log and
+//! schedules (DESIGN §5 Payout). Money moves through the commission ledger's two-phase API:
+//! reserve → transfer → post, or void on a definite refusal (docs/ledger.md).
+//!
+//! - `domain`: the plan of a run (threshold, fee, debt, who is skipped and why) and schedules;
+//! - `store`: accounts, runs, items, the programs read model, Stripe events;
+//! - `stripe`: the Stripe API client; `settle`: one item's way to paid or failed;
+//! - `rpc`: accounts, onboarding, quote, runs; `consumers`: programs, Stripe webhooks, ticks;
+//! - `jobs`: the in-flight job that finishes what was interrupted or unknown.
 
+pub mod consumers;
+pub mod domain;
+pub mod jobs;
+pub mod rpc;
+pub mod settle;
+pub mod store;
+pub mod stripe;
+
+use amba_bus::consumer::{self, ConsumerSpec};
 use amba_bus::outbox::RelayWaker;
+use amba_bus::rpc::RpcClient;
 use amba_bus::{Bus, RunError};
 use sqlx::migrate::Migrator;
+use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-pub const SERVICE: &str = "payout";
+pub const SERVICE: &str = amba_proto::methods::payout::SERVICE;
 pub const SCHEMA: &str = "payout";
 pub static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
+
+/// How the service reaches Stripe and whether money may move.
+#[derive(Debug, Clone)]
+pub struct PayoutConfig {
+    /// Stripe API base URL and secret key; `None`: payout calls are refused with a clear error.
+    pub stripe: Option<(String, amba_core::secret::Secret)>,
+    /// `ORG_PAYOUTS_LIVE`.
+    pub payouts_live: bool,
+    /// How long an unknown transfer may stay absent at Stripe before its reservation is voided.
+    pub unknown_grace: Duration,
+    /// How often the in-flight job looks for unfinished items.
+    pub job_interval: Duration,
+    /// How long one Stripe call may take before its outcome counts as unknown.
+    pub stripe_timeout: Duration,
+}
+
+impl Default for PayoutConfig {
+    fn default() -> Self {
+        PayoutConfig {
+            stripe: None,
+            payouts_live: false,
+            unknown_grace: Duration::from_secs(60),
+            job_interval: Duration::from_secs(1),
+            stripe_timeout: Duration::from_secs(20),
+        }
+    }
+}
 
 /// Applies this service's migrations (also done by [`run`]).
 pub async fn migrate(database_url: &str) -> Result<(), RunError> {
@@ -19,11 +64,89 @@ pub async fn migrate(database_url: &str) -> Result<(), RunError> {
 }
 
 /// Runs until `shutdown`, then flushes the outbox.
-pub async fn run(database_url: &str, bus: Bus, shutdown: CancellationToken) -> Result<(), RunError> {
+pub async fn run(
+    database_url: &str,
+    bus: Bus,
+    config: PayoutConfig,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
     let pool = amba_bus::service::open_store(database_url, SCHEMA, &MIGRATIONS, 8).await?;
-    amba_bus::service::with_relay(pool, &bus, RelayWaker::default(), async {
-        shutdown.cancelled().await;
-        Ok(())
+    let ns = bus.ns.clone();
+    let stripe = match &config.stripe {
+        Some((base, key)) => Some(
+            stripe::Stripe::new(base, key.expose(), config.stripe_timeout)
+                .map_err(|e| RunError::Setup(format!("Stripe client: {e}")))?,
+        ),
+        None => None,
+    };
+    let waker = RelayWaker::default();
+    let settler = settle::Settler {
+        pool: pool.clone(),
+        rpc: RpcClient::new(bus.nats.clone(), ns.clone()),
+        stripe,
+        ns: ns.clone(),
+        waker: waker.clone(),
+        unknown_grace: config.unknown_grace,
+    };
+    let payout = rpc::Payout {
+        settler: settler.clone(),
+        payouts_live: config.payouts_live,
+    };
+    // Boxed: the consumers' and server's state machines are large; built inline they would sit
+    // on the stack of whoever polls this service first.
+    let programs = Box::pin(consumer::run(
+        bus.js.clone(),
+        pool.clone(),
+        ConsumerSpec::new(
+            ns.events_stream("enrollment"),
+            ns.consumer(SERVICE, "programs"),
+            ns.event_domain("program"),
+        ),
+        Arc::new(consumers::ProgramEvents),
+        shutdown.clone(),
+    ));
+    let outside = Box::pin(consumer::run(
+        bus.js.clone(),
+        pool.clone(),
+        ConsumerSpec::new(ns.events_stream("edge"), ns.consumer(SERVICE, "outside"), String::new()),
+        Arc::new(consumers::OutsideEvents { payout: payout.clone() }),
+        shutdown.clone(),
+    ));
+    let server = Box::pin(rpc::server(payout).serve(bus.nats.clone(), ns.clone(), shutdown.clone()));
+    let job = Box::pin(jobs::run(settler, config.job_interval, shutdown.clone()));
+    amba_bus::service::with_relay(pool, &bus, waker, async move {
+        tokio::try_join!(
+            async { programs.await.map_err(RunError::from) },
+            async { outside.await.map_err(RunError::from) },
+            async { server.await.map_err(RunError::from) },
+            async { job.await.map_err(RunError::from) },
+        )
+        .map(drop)
     })
     .await
+}
+
+/// Publishes a settlement tick for `at` (`amba tick`, a CronJob, or `amba dev`'s clock). Its
+/// `Nats-Msg-Id` is `tick:<UTC day>`: however many are sent in a day, JetStream stores one and the
+/// consumer's inbox applies one. Returns whether this one was new.
+pub async fn publish_tick(
+    js: &async_nats::jetstream::Context,
+    ns: &amba_bus::Namespace,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<bool, async_nats::Error> {
+    use prost::Message;
+    let id = domain::schedule::tick_id(at);
+    let tick = amba_proto::wire::SettlementTick {
+        meta: Some(amba_proto::wire::EventMeta {
+            event_id: id.clone(),
+            occurred_at_micros: at.timestamp_micros(),
+            traceparent: String::new(),
+        }),
+        at_micros: at.timestamp_micros(),
+    };
+    let message = async_nats::jetstream::message::PublishMessage::build()
+        .payload(tick.encode_to_vec().into())
+        .message_id(&id);
+    let ack = js.send_publish(ns.event("settlement", "tick"), message).await?.await?;
+    Ok(!ack.duplicate)
 }

@@ -8,6 +8,7 @@ mod commission;
 mod enrollments;
 mod hostile;
 mod operations;
+mod payouts;
 mod programs;
 mod support;
 mod tokens;

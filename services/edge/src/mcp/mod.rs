@@ -12,6 +12,7 @@ pub use attribution::parse_time;
 mod enrollments;
 mod guide;
 mod identity;
+mod payouts;
 mod programs;
 mod schema;
 mod tokens;
@@ -54,7 +55,8 @@ impl McpServer {
             + Self::enrollment_tools()
             + Self::token_tools()
             + Self::commission_tools()
-            + Self::attribution_tools();
+            + Self::attribution_tools()
+            + Self::payout_tools();
         for route in tool_router.map.values_mut() {
             route.attr = schema::finish(route.attr.clone());
         }

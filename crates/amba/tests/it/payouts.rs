@@ -1,0 +1,546 @@
+//! Payouts through Stripe Connect, end to end through MCP against the in-project fake Stripe:
+//! onboarding and readiness by webhook, dry runs, runs, the preview gate, unknown outcomes,
+//! clawback netting, transfer reversals, schedules, and webhook signatures. `amba ledger verify`
+//! after each scenario.
+
+use crate::support::{Org, active_program, enroll, org, text};
+use amba_stripe_fake::{FakeStripe, Fault, FaultKind};
+use amba_testkit::{TestSystem, eventually};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn stripe(sys: &TestSystem) -> anyhow::Result<&FakeStripe> {
+    sys.stripe.as_ref().ok_or_else(|| anyhow::anyhow!("no fake Stripe"))
+}
+
+fn verify_ledger(sys: &TestSystem) -> anyhow::Result<()> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_amba"))
+        .args(["ledger", "verify"])
+        .env("AMBA_DATABASE_URL", &sys.db.url)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "ledger verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// The affiliate creates its payout account and finishes onboarding through the link, as a
+/// person with a browser would; readiness arrives by webhook.
+async fn onboard(sys: &TestSystem, affiliate: &Org) -> anyhow::Result<()> {
+    let created = affiliate
+        .mcp
+        .ok("amba_affiliate_my_payout_create", json!({"country": "US"}))
+        .await?;
+    assert_eq!(created["status"], "onboarding");
+    assert_eq!(created["created"], true);
+    let again = affiliate.mcp.ok("amba_affiliate_my_payout_create", json!({})).await?;
+    assert_eq!(again["created"], false);
+    assert_eq!(again["payout_account_id"], created["payout_account_id"]);
+    assert_eq!(
+        stripe(sys)?.accounts().len(),
+        1,
+        "one Stripe account, however often it is asked for"
+    );
+    let link = affiliate
+        .mcp
+        .ok(
+            "amba_affiliate_my_payout_onboarding",
+            json!({"return_url": "https://aff.example/done", "refresh_url": "https://aff.example/retry"}),
+        )
+        .await?;
+    assert!(!text(&link["expires_at"]).is_empty());
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let page = browser.get(text(&link["url"])).send().await?;
+    assert_eq!(page.status(), 302, "onboarding completes and returns to the app");
+    eventually(WAIT, "the payout account is ready", || async {
+        let quote = affiliate.mcp.ok("amba_affiliate_my_payout_request", json!({})).await?;
+        Ok((quote["account_ready"] == true).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+async fn report(owner: &Org, program: &str, external_id: &str, amount_minor: i64, code: &str) -> anyhow::Result<Value> {
+    owner
+        .mcp
+        .ok(
+            "amba_affiliate_conversion_report",
+            json!({"program_id": program, "project_id": "shop", "external_id": external_id,
+                   "amount_minor": amount_minor, "currency": "USD", "code": code}),
+        )
+        .await
+}
+
+/// The affiliate's payout quote once `done` holds.
+async fn quote_when(affiliate: &Org, program: &str, done: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+    eventually(WAIT, "the affiliate's payout quote", || async {
+        let quote = affiliate
+            .mcp
+            .ok("amba_affiliate_my_payout_request", json!({"program_id": program}))
+            .await?;
+        Ok(done(&quote).then_some(quote))
+    })
+    .await
+}
+
+struct Program {
+    owner: Org,
+    ann: Org,
+    bob: Org,
+    program: String,
+    ann_code: String,
+    bob_code: String,
+}
+
+async fn program(sys: &TestSystem, settings: Value) -> anyhow::Result<Program> {
+    let owner = org(sys, "PayOwner").await?;
+    let ann = org(sys, "PayAnn").await?;
+    let bob = org(sys, "PayBob").await?;
+    let program = active_program(&owner, settings).await?;
+    let ann_code = text(&enroll(&owner, &ann, &program, None).await?["code"]).to_owned();
+    let bob_code = text(&enroll(&owner, &bob, &program, None).await?["code"]).to_owned();
+    // Reports need attribution's read model to know the codes: the first one retries until it does.
+    Ok(Program {
+        owner,
+        ann,
+        bob,
+        program,
+        ann_code,
+        bob_code,
+    })
+}
+
+async fn report_when_ready(
+    owner: &Org,
+    program: &str,
+    external_id: &str,
+    amount: i64,
+    code: &str,
+) -> anyhow::Result<Value> {
+    eventually(WAIT, "the code is known to attribution", || async {
+        Ok(report(owner, program, external_id, amount, code).await.ok())
+    })
+    .await
+}
+
+fn items(run: &Value) -> Vec<Value> {
+    run["items"].as_array().cloned().unwrap_or_default()
+}
+
+fn item_of<'a>(items: &'a [Value], org: &Org) -> anyhow::Result<&'a Value> {
+    items
+        .iter()
+        .find(|i| i["affiliate_org_id"] == org.id.as_str())
+        .ok_or_else(|| anyhow::anyhow!("no item for {}", org.id))
+}
+
+#[tokio::test]
+async fn onboarding_dry_run_run_idempotency_netting_and_reversal() -> anyhow::Result<()> {
+    let sys = TestSystem::with_stripe(&[("ORG_PAYOUTS_LIVE", "true")]).await?;
+    let p = program(
+        &sys,
+        json!({"hold_days": 0, "platform_fee_bps": 250, "payout_threshold_minor": 1000}),
+    )
+    .await?;
+    onboard(&sys, &p.ann).await?;
+    // Ann earns 20 % of 100.00 (2000); Bob 20 % of 40.00 (800, under the threshold, no account).
+    report_when_ready(&p.owner, &p.program, "o-1", 10_000, &p.ann_code).await?;
+    report_when_ready(&p.owner, &p.program, "o-2", 4_000, &p.bob_code).await?;
+    let quote = quote_when(&p.ann, &p.program, |q| q["payable_minor"] == 2000).await?;
+    assert_eq!(
+        (quote["fee_minor"].as_i64(), quote["net_minor"].as_i64()),
+        (Some(50), Some(1950))
+    );
+    quote_when(&p.bob, &p.program, |q| q["payable_minor"] == 800).await?;
+
+    // The dry run is the exact plan, and moves nothing.
+    let dry = p
+        .owner
+        .mcp
+        .ok(
+            "amba_affiliate_payout_run",
+            json!({"program_id": p.program, "dry_run": true}),
+        )
+        .await?;
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(dry["payout_run_id"], "");
+    let dry_items = items(&dry);
+    let ann_plan = item_of(&dry_items, &p.ann)?;
+    assert_eq!(
+        (
+            ann_plan["gross_minor"].as_i64(),
+            ann_plan["fee_minor"].as_i64(),
+            ann_plan["net_minor"].as_i64()
+        ),
+        (Some(2000), Some(50), Some(1950))
+    );
+    assert_eq!(ann_plan["status"], "planned");
+    let bob_plan = item_of(&dry_items, &p.bob)?;
+    assert_eq!(bob_plan["status"], "skipped");
+    assert!(text(&bob_plan["reason"]).contains("threshold"), "{bob_plan}");
+    assert!(stripe(&sys)?.transfers().is_empty());
+
+    // The live run executes that plan.
+    let run = p
+        .owner
+        .mcp
+        .ok(
+            "amba_affiliate_payout_run",
+            json!({"program_id": p.program, "idempotency_key": "first"}),
+        )
+        .await?;
+    let run_items = items(&run);
+    let ann_paid = item_of(&run_items, &p.ann)?;
+    assert_eq!(ann_paid["status"], "paid", "{run}");
+    for field in ["gross_minor", "fee_minor", "net_minor", "debt_minor"] {
+        assert_eq!(
+            ann_paid[field], ann_plan[field],
+            "{field}: the dry run equals the live run"
+        );
+    }
+    assert_eq!(item_of(&run_items, &p.bob)?["status"], "skipped");
+    let transfers = stripe(&sys)?.transfers();
+    assert_eq!(transfers.len(), 1);
+    assert_eq!(transfers[0]["amount"], 1950);
+    assert_eq!(transfers[0]["currency"], "usd");
+    assert_eq!(transfers[0]["id"], ann_paid["stripe_transfer_id"]);
+    assert_eq!(transfers[0]["transfer_group"], ann_paid["payout_item_id"]);
+
+    // The same key returns the same run; nothing moves twice.
+    let again = p
+        .owner
+        .mcp
+        .ok(
+            "amba_affiliate_payout_run",
+            json!({"program_id": p.program, "idempotency_key": "first"}),
+        )
+        .await?;
+    assert_eq!(again["duplicate"], true);
+    assert_eq!(again["payout_run_id"], run["payout_run_id"]);
+    assert_eq!(stripe(&sys)?.transfers().len(), 1);
+    let balance = p
+        .ann
+        .mcp
+        .ok("amba_affiliate_my_balance_get", json!({"program_id": p.program}))
+        .await?;
+    assert_eq!(
+        (balance["paid_minor"].as_i64(), balance["payable_minor"].as_i64()),
+        (Some(1950), Some(0))
+    );
+
+    // A refund after payout becomes debt, netted against the next commissions.
+    let conversions = p
+        .owner
+        .mcp
+        .ok("amba_affiliate_conversions_list", json!({"program_id": p.program}))
+        .await?;
+    let first = conversions["conversions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["external_id"] == "o-1"))
+        .map(|c| text(&c["conversion_id"]).to_owned())
+        .unwrap_or_default();
+    p.owner
+        .mcp
+        .ok(
+            "amba_affiliate_conversion_clawback",
+            json!({"conversion_id": first, "reason": "refund", "idempotency_key": "refund-o-1"}),
+        )
+        .await?;
+    quote_when(&p.ann, &p.program, |q| q["debt_minor"] == 2000).await?;
+    report(&p.owner, &p.program, "o-3", 15_000, &p.ann_code).await?; // +3000 → payable 1000 after debt
+    let quote = quote_when(&p.ann, &p.program, |q| q["payable_minor"] == 1000).await?;
+    assert_eq!(
+        (quote["debt_minor"].as_i64(), quote["net_minor"].as_i64()),
+        (Some(0), Some(975))
+    );
+    let second = p
+        .owner
+        .mcp
+        .ok(
+            "amba_affiliate_payout_run",
+            json!({"program_id": p.program, "idempotency_key": "second"}),
+        )
+        .await?;
+    let ann_second = item_of(&items(&second), &p.ann)?.clone();
+    assert_eq!(ann_second["status"], "paid");
+    assert_eq!(
+        (ann_second["gross_minor"].as_i64(), ann_second["net_minor"].as_i64()),
+        (Some(1000), Some(975))
+    );
+    assert_eq!(stripe(&sys)?.transfers().len(), 2);
+
+    // Stripe reverses the second transfer, and delivers the event twice: recovered once.
+    let reversal = stripe(&sys)?
+        .reverse_transfer(text(&ann_second["stripe_transfer_id"]), 975)
+        .await?;
+    assert_eq!(reversal["amount"], 975);
+    let reversed_event = eventually(WAIT, "transfer.reversed emitted", || async {
+        Ok(stripe(&sys)?
+            .events()
+            .into_iter()
+            .find(|e| e["type"] == "transfer.reversed"))
+    })
+    .await?;
+    let after = quote_when(&p.ann, &p.program, |q| q["payable_minor"] == 975).await?;
+    stripe(&sys)?.redeliver(text(&reversed_event["id"])).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let later = p
+        .ann
+        .mcp
+        .ok("amba_affiliate_my_payout_request", json!({"program_id": p.program}))
+        .await?;
+    assert_eq!(
+        later["payable_minor"], after["payable_minor"],
+        "a redelivered reversal changes nothing"
+    );
+    let pool = sys.service_pool("payout").await?;
+    let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM stripe_events WHERE event_id = $1")
+        .bind(text(&reversed_event["id"]))
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(seen, 1);
+    pool.close().await;
+
+    let listed = p
+        .owner
+        .mcp
+        .ok("amba_affiliate_payouts_list", json!({"program_id": p.program}))
+        .await?;
+    assert_eq!(listed["runs"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        listed["runs"][0]["payout_run_id"], second["payout_run_id"],
+        "newest first"
+    );
+    verify_ledger(&sys)?;
+    sys.stop().await
+}
+
+#[tokio::test]
+async fn unknown_outcomes_end_with_exactly_one_transfer() -> anyhow::Result<()> {
+    let sys = TestSystem::with_stripe(&[("ORG_PAYOUTS_LIVE", "true"), ("AMBA_STRIPE_TIMEOUT_SECONDS", "1")]).await?;
+    let p = program(&sys, json!({"hold_days": 0})).await?;
+    onboard(&sys, &p.ann).await?;
+    let fake = stripe(&sys)?;
+
+    // 1. Stripe commits the transfer, then answers 500 (and replays that 500 for the key).
+    report_when_ready(&p.owner, &p.program, "u-1", 10_000, &p.ann_code).await?;
+    quote_when(&p.ann, &p.program, |q| q["payable_minor"] == 2000).await?;
+    fake.inject(Fault {
+        path_prefix: "/v1/transfers".into(),
+        kind: FaultKind::ErrorAfterCommit,
+        times: 1,
+    });
+    let run = p
+        .owner
+        .mcp
+        .ok("amba_affiliate_payout_run", json!({"program_id": p.program}))
+        .await?;
+    let item = item_of(&items(&run), &p.ann)?.clone();
+    assert_eq!(item["status"], "paid", "found by its transfer_group: {run}");
+    assert_eq!(fake.transfers().len(), 1);
+
+    // 2. Stripe commits, then answers after the client gave up.
+    report(&p.owner, &p.program, "u-2", 5_000, &p.ann_code).await?;
+    quote_when(&p.ann, &p.program, |q| q["payable_minor"] == 1000).await?;
+    fake.inject(Fault {
+        path_prefix: "/v1/transfers".into(),
+        kind: FaultKind::Timeout(Duration::from_secs(3)),
+        times: 1,
+    });
+    let run = p
+        .owner
+        .mcp
+        .ok("amba_affiliate_payout_run", json!({"program_id": p.program}))
+        .await?;
+    let item = item_of(&items(&run), &p.ann)?.clone();
+    let item_id = text(&item["payout_item_id"]).to_owned();
+    eventually(WAIT, "the timed-out transfer settles as paid", || async {
+        let listed = p
+            .owner
+            .mcp
+            .ok("amba_affiliate_payouts_list", json!({"program_id": p.program}))
+            .await?;
+        let status = listed["runs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|r| r["items"].as_array().cloned().unwrap_or_default())
+            .find(|i| i["payout_item_id"] == item_id.as_str())
+            .map(|i| text(&i["status"]).to_owned());
+        Ok((status.as_deref() == Some("paid")).then_some(()))
+    })
+    .await?;
+    let for_item: Vec<Value> = fake
+        .transfers()
+        .into_iter()
+        .filter(|t| t["transfer_group"] == item_id.as_str())
+        .collect();
+    assert_eq!(for_item.len(), 1, "never sent again under a new key");
+    assert_eq!(fake.transfers().len(), 2);
+    let balance = p
+        .ann
+        .mcp
+        .ok("amba_affiliate_my_balance_get", json!({"program_id": p.program}))
+        .await?;
+    assert_eq!(
+        (balance["paid_minor"].as_i64(), balance["reserved_minor"].as_i64()),
+        (Some(3000), Some(0))
+    );
+    verify_ledger(&sys)?;
+    sys.stop().await
+}
+
+#[tokio::test]
+async fn the_preview_gate_moves_nothing_and_dry_runs_still_work() -> anyhow::Result<()> {
+    let sys = TestSystem::with_stripe(&[]).await?;
+    let p = program(&sys, json!({"hold_days": 0})).await?;
+    onboard(&sys, &p.ann).await?;
+    report_when_ready(&p.owner, &p.program, "g-1", 10_000, &p.ann_code).await?;
+    let quote = quote_when(&p.ann, &p.program, |q| q["payable_minor"] == 2000).await?;
+    assert_eq!(quote["payouts_enabled"], false);
+    let err = p
+        .owner
+        .mcp
+        .err("amba_affiliate_payout_run", json!({"program_id": p.program}))
+        .await?;
+    assert_eq!(
+        (err["code"].as_str(), err["status"].as_i64()),
+        (Some("PAYOUTS_NOT_ENABLED"), Some(503))
+    );
+    let dry = p
+        .owner
+        .mcp
+        .ok(
+            "amba_affiliate_payout_run",
+            json!({"program_id": p.program, "dry_run": true}),
+        )
+        .await?;
+    assert_eq!(item_of(&items(&dry), &p.ann)?["net_minor"], 2000);
+    assert!(stripe(&sys)?.transfers().is_empty());
+    // Scheduled settlement is gated too.
+    amba_payout::publish_tick(&sys.bus.js, &sys.bus.ns, chrono::Utc::now())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(stripe(&sys)?.transfers().is_empty());
+    let listed = p
+        .owner
+        .mcp
+        .ok("amba_affiliate_payouts_list", json!({"program_id": p.program}))
+        .await?;
+    assert_eq!(listed["runs"].as_array().map(Vec::len), Some(0));
+    // Another org's program is not yours to pay.
+    let err = p
+        .ann
+        .mcp
+        .err(
+            "amba_affiliate_payout_run",
+            json!({"program_id": p.program, "dry_run": true}),
+        )
+        .await?;
+    assert_eq!(err["code"], "NOT_FOUND");
+    verify_ledger(&sys)?;
+    sys.stop().await
+}
+
+#[tokio::test]
+async fn a_schedule_settles_once_per_period_however_many_ticks() -> anyhow::Result<()> {
+    let sys = TestSystem::with_stripe(&[("ORG_PAYOUTS_LIVE", "true")]).await?;
+    let p = program(&sys, json!({"hold_days": 0, "payout_schedule": "weekly"})).await?;
+    onboard(&sys, &p.ann).await?;
+    report_when_ready(&p.owner, &p.program, "s-1", 10_000, &p.ann_code).await?;
+    quote_when(&p.ann, &p.program, |q| {
+        q["payable_minor"] == 2000 && q["next_scheduled_at"] != ""
+    })
+    .await?;
+    let now = chrono::Utc::now();
+    assert!(
+        amba_payout::publish_tick(&sys.bus.js, &sys.bus.ns, now)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+    );
+    assert!(
+        !amba_payout::publish_tick(&sys.bus.js, &sys.bus.ns, now)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        "deduplicated by JetStream"
+    );
+    eventually(WAIT, "the scheduled run paid Ann", || async {
+        Ok((stripe(&sys)?.transfers().len() == 1).then_some(()))
+    })
+    .await?;
+    // A tick of the same period that slips past JetStream's window (e.g. the next day of the
+    // same week, or another replica's clock) still settles nothing twice.
+    report(&p.owner, &p.program, "s-2", 10_000, &p.ann_code).await?;
+    quote_when(&p.ann, &p.program, |q| q["payable_minor"] == 2000).await?;
+    let same_week = if now.format("%u").to_string() == "7" {
+        now - chrono::Duration::days(1)
+    } else {
+        now + chrono::Duration::days(1)
+    };
+    amba_payout::publish_tick(&sys.bus.js, &sys.bus.ns, same_week)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        stripe(&sys)?.transfers().len(),
+        1,
+        "one settlement per program per period"
+    );
+    let listed = p
+        .owner
+        .mcp
+        .ok("amba_affiliate_payouts_list", json!({"program_id": p.program}))
+        .await?;
+    let runs = listed["runs"].as_array().cloned().unwrap_or_default();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0]["trigger"], "schedule");
+    assert!(text(&runs[0]["period"]).contains("-W"));
+    verify_ledger(&sys)?;
+    sys.stop().await
+}
+
+#[tokio::test]
+async fn bad_stale_and_unsigned_webhooks_are_refused_and_change_nothing() -> anyhow::Result<()> {
+    let sys = TestSystem::with_stripe(&[]).await?;
+    let fake = stripe(&sys)?;
+    let body = json!({"id": "evt_forged_1", "object": "event", "type": "account.updated",
+                      "data": {"object": {"id": "acct_forged", "capabilities": {"transfers": "active"}}}})
+    .to_string();
+    let now = chrono::Utc::now().timestamp();
+    assert_eq!(fake.deliver_raw(&body, None).await?, 400, "unsigned");
+    let wrong = format!("t={now},v1={}", "0".repeat(64));
+    assert_eq!(fake.deliver_raw(&body, Some(&wrong)).await?, 400, "bad signature");
+    let stale = fake.sign(&body, now - 301);
+    assert_eq!(fake.deliver_raw(&body, Some(&stale)).await?, 400, "stale");
+    let tampered = fake.sign(&body, now);
+    assert_eq!(
+        fake.deliver_raw(&body.replace("acct_forged", "acct_other"), Some(&tampered))
+            .await?,
+        400,
+        "signed for another body"
+    );
+    let good = fake.sign(&body, now);
+    assert_eq!(
+        fake.deliver_raw(&body, Some(&good)).await?,
+        200,
+        "a valid one is accepted"
+    );
+    let pool = sys.service_pool("payout").await?;
+    eventually(WAIT, "the valid event applied", || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM stripe_events")
+            .fetch_one(&pool)
+            .await?;
+        Ok((n == 1).then_some(()))
+    })
+    .await?;
+    pool.close().await;
+    sys.stop().await
+}

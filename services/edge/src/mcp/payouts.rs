@@ -1,0 +1,386 @@
+//! Payout tools: an affiliate's payout account and onboarding, what it is owed, and the owner's
+//! payout runs. Money moves only through the payout service (Stripe Connect) and the ledger.
+
+use super::programs::rfc3339;
+use super::{McpServer, ToolError, require_principal, tool_error};
+use amba_proto::methods::payout as methods;
+use amba_proto::wire as pb;
+use rmcp::handler::server::tool::Extension;
+use rmcp::handler::server::wrapper::{Json, Parameters};
+use rmcp::{tool, tool_router};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+pub struct PayoutCreateArgs {
+    /// Where the affiliate's bank account is: ISO 3166-1 alpha-2 code, e.g. US, DE, JP. Default US.
+    pub country: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct OnboardingArgs {
+    /// Where Stripe sends the affiliate after finishing onboarding, e.g. https://example.com/payouts/done.
+    pub return_url: String,
+    /// Where Stripe sends the affiliate when the link expired or was used, to ask for a new one,
+    /// e.g. https://example.com/payouts/retry.
+    pub refresh_url: String,
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+pub struct PayoutRequestArgs {
+    /// One program (`prg_…`); default every program you are enrolled in.
+    pub program_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct PayoutRunArgs {
+    pub program_id: String,
+    /// true: return the exact plan (who would get what, who not and why) and move nothing.
+    /// Works whether or not payouts are enabled on the platform. Default false.
+    pub dry_run: Option<bool>,
+    /// Any string unique to this run: repeating the call with the same key returns the same run
+    /// instead of paying twice.
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct PayoutsListArgs {
+    pub program_id: String,
+    pub cursor: Option<String>,
+    #[schemars(range(min = 1, max = 200))]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct PayoutAccountOutput {
+    pub payout_account_id: String,
+    /// `onboarding` until Stripe reports the account can receive transfers, then `ready`.
+    pub status: String,
+    pub stripe_account_id: String,
+    pub country: String,
+    pub payouts_enabled: bool,
+    /// false when the org already had this account (nothing new was created).
+    pub created: bool,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct OnboardingOutput {
+    /// Stripe's hosted onboarding page: single use and short-lived; open it to finish onboarding.
+    pub url: String,
+    pub expires_at: String,
+    pub status: String,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct PayoutQuoteView {
+    pub program_id: String,
+    pub enrollment_id: String,
+    pub currency: String,
+    pub held_minor: i64,
+    pub payable_minor: i64,
+    pub debt_minor: i64,
+    /// What the next run would take from payable (payable net of debt).
+    pub gross_minor: i64,
+    pub fee_minor: i64,
+    /// What the next run would transfer to you: gross − fee.
+    pub net_minor: i64,
+    pub threshold_minor: i64,
+    pub payout_schedule: String,
+    /// Start of the next scheduled settlement (RFC 3339); empty for manual programs.
+    pub next_scheduled_at: String,
+    /// Why the next run would not pay this; empty when it would.
+    pub blocked_reason: String,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct PayoutRequestOutput {
+    /// The sums over `programs` (amounts of one currency only when all programs share it).
+    pub held_minor: i64,
+    pub payable_minor: i64,
+    pub debt_minor: i64,
+    pub fee_minor: i64,
+    pub net_minor: i64,
+    pub threshold_minor: i64,
+    pub next_scheduled_at: String,
+    pub account_ready: bool,
+    /// Whether the platform moves real money (ORG_PAYOUTS_LIVE); off, runs answer PAYOUTS_NOT_ENABLED.
+    pub payouts_enabled: bool,
+    pub programs: Vec<PayoutQuoteView>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct PayoutItemView {
+    pub payout_item_id: String,
+    pub enrollment_id: String,
+    pub affiliate_org_id: String,
+    pub gross_minor: i64,
+    pub fee_minor: i64,
+    pub debt_minor: i64,
+    pub net_minor: i64,
+    /// planned | skipped (dry run); skipped | pending | reserved | paid | failed | unknown.
+    pub status: String,
+    pub reason: String,
+    pub stripe_transfer_id: String,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct PayoutRunOutput {
+    /// Empty for a dry run.
+    pub payout_run_id: String,
+    pub program_id: String,
+    pub dry_run: bool,
+    pub trigger: String,
+    pub period: String,
+    pub currency: String,
+    pub idempotency_key: String,
+    pub created_at: String,
+    pub items: Vec<PayoutItemView>,
+    /// true when this idempotency key's earlier run was returned.
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct PayoutsListOutput {
+    pub runs: Vec<PayoutRunOutput>,
+    pub next_cursor: String,
+}
+
+fn account_view(account: pb::PayoutAccount, created: bool) -> PayoutAccountOutput {
+    PayoutAccountOutput {
+        payout_account_id: account.payout_account_id,
+        status: account.status,
+        stripe_account_id: account.stripe_account_id,
+        country: account.country,
+        payouts_enabled: account.payouts_enabled,
+        created,
+    }
+}
+
+fn run_view(run: pb::PayoutRun, duplicate: bool) -> PayoutRunOutput {
+    PayoutRunOutput {
+        payout_run_id: run.payout_run_id,
+        program_id: run.program_id,
+        dry_run: run.dry_run,
+        trigger: run.trigger,
+        period: run.period,
+        currency: run.currency,
+        idempotency_key: run.idempotency_key,
+        created_at: rfc3339(run.created_at_micros),
+        items: run
+            .items
+            .into_iter()
+            .map(|i| PayoutItemView {
+                payout_item_id: i.payout_item_id,
+                enrollment_id: i.enrollment_id,
+                affiliate_org_id: i.affiliate_org_id,
+                gross_minor: i.gross_minor,
+                fee_minor: i.fee_minor,
+                debt_minor: i.debt_minor,
+                net_minor: i.net_minor,
+                status: i.status,
+                reason: i.reason,
+                stripe_transfer_id: i.stripe_transfer_id,
+            })
+            .collect(),
+        duplicate,
+    }
+}
+
+#[tool_router(router = payout_tools, vis = "pub(super)")]
+impl McpServer {
+    #[tool(
+        name = "amba_affiliate_my_payout_create",
+        description = "Create your organization's payout account (a Stripe connected account that can receive \
+                       transfers), used for every program you are in. Calling it again returns the same account and \
+                       creates nothing. Next: amba_affiliate_my_payout_onboarding to finish Stripe's onboarding.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = true
+        )
+    )]
+    async fn my_payout_create(
+        &self,
+        Parameters(args): Parameters<PayoutCreateArgs>,
+        Extension(parts): Extension<http::request::Parts>,
+    ) -> Result<Json<PayoutAccountOutput>, ToolError> {
+        let request = pb::PayoutAccountCreateRequest {
+            caller: Some(require_principal(&parts)?),
+            country: args.country.unwrap_or_default(),
+        };
+        let reply: pb::PayoutAccountReply = self.payout_call(methods::ACCOUNT_CREATE, &request).await?;
+        Ok(Json(account_view(reply.account.unwrap_or_default(), reply.created)))
+    }
+
+    #[tool(
+        name = "amba_affiliate_my_payout_onboarding",
+        description = "A link to Stripe's hosted onboarding for your payout account (bank details, identity). The link \
+                       is single use and expires in minutes (expires_at): open it promptly, or call again for a new one. \
+                       The account becomes ready when Stripe confirms it (seconds after onboarding; see \
+                       amba_affiliate_my_payout_request's account_ready).",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = true
+        )
+    )]
+    async fn my_payout_onboarding(
+        &self,
+        Parameters(args): Parameters<OnboardingArgs>,
+        Extension(parts): Extension<http::request::Parts>,
+    ) -> Result<Json<OnboardingOutput>, ToolError> {
+        let request = pb::OnboardingRequest {
+            caller: Some(require_principal(&parts)?),
+            return_url: args.return_url,
+            refresh_url: args.refresh_url,
+        };
+        let reply: pb::OnboardingReply = self.payout_call(methods::ONBOARDING, &request).await?;
+        Ok(Json(OnboardingOutput {
+            url: reply.url,
+            expires_at: rfc3339(reply.expires_at_micros),
+            status: reply.account.map(|a| a.status).unwrap_or_default(),
+        }))
+    }
+
+    #[tool(
+        name = "amba_affiliate_my_payout_request",
+        description = "Exactly what you are owed and what the next payout run would send you: held (refund window), \
+                       payable, debt, the platform fee, net, the program's threshold, the next scheduled date, whether \
+                       your payout account is ready and whether payouts are enabled. Eventually consistent: a just \
+                       approved conversion shows up about a second later.",
+        annotations(
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn my_payout_request(
+        &self,
+        Parameters(args): Parameters<PayoutRequestArgs>,
+        Extension(parts): Extension<http::request::Parts>,
+    ) -> Result<Json<PayoutRequestOutput>, ToolError> {
+        let request = pb::PayoutQuoteRequest {
+            caller: Some(require_principal(&parts)?),
+            program_id: args.program_id.unwrap_or_default(),
+        };
+        let reply: pb::PayoutQuoteReply = self.payout_call(methods::QUOTE, &request).await?;
+        let sum = |f: fn(&pb::PayoutQuote) -> i64| reply.quotes.iter().map(f).sum::<i64>();
+        let next = reply
+            .quotes
+            .iter()
+            .map(|q| q.next_scheduled_at_micros)
+            .filter(|t| *t > 0)
+            .min()
+            .unwrap_or(0);
+        Ok(Json(PayoutRequestOutput {
+            held_minor: sum(|q| q.held_minor),
+            payable_minor: sum(|q| q.payable_minor),
+            debt_minor: sum(|q| q.debt_minor),
+            fee_minor: sum(|q| q.fee_minor),
+            net_minor: sum(|q| q.net_minor),
+            threshold_minor: reply.quotes.iter().map(|q| q.threshold_minor).max().unwrap_or(0),
+            next_scheduled_at: if next > 0 { rfc3339(next) } else { String::new() },
+            account_ready: reply.account_ready,
+            payouts_enabled: reply.payouts_enabled,
+            programs: reply
+                .quotes
+                .into_iter()
+                .map(|q| PayoutQuoteView {
+                    next_scheduled_at: if q.next_scheduled_at_micros > 0 {
+                        rfc3339(q.next_scheduled_at_micros)
+                    } else {
+                        String::new()
+                    },
+                    program_id: q.program_id,
+                    enrollment_id: q.enrollment_id,
+                    currency: q.currency,
+                    held_minor: q.held_minor,
+                    payable_minor: q.payable_minor,
+                    debt_minor: q.debt_minor,
+                    gross_minor: q.gross_minor,
+                    fee_minor: q.fee_minor,
+                    net_minor: q.net_minor,
+                    threshold_minor: q.threshold_minor,
+                    payout_schedule: q.payout_schedule,
+                    blocked_reason: q.blocked_reason,
+                })
+                .collect(),
+        }))
+    }
+
+    #[tool(
+        name = "amba_affiliate_payout_run",
+        description = "Pay every affiliate of your program whose payable balance (net of debt) reaches the payout \
+                       threshold and whose payout account is ready: gross = payable, fee = platform_fee_bps of it, net \
+                       = gross − fee, transferred through Stripe Connect. Items not paid say why. dry_run: true returns \
+                       the exact plan and moves nothing. While the platform has payouts off (ORG_PAYOUTS_LIVE), a real \
+                       run answers PAYOUTS_NOT_ENABLED (503) and moves nothing. Safe to retry with the same \
+                       idempotency_key.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = true
+        )
+    )]
+    async fn payout_run(
+        &self,
+        Parameters(args): Parameters<PayoutRunArgs>,
+        Extension(parts): Extension<http::request::Parts>,
+    ) -> Result<Json<PayoutRunOutput>, ToolError> {
+        let request = pb::PayoutRunRequest {
+            caller: Some(require_principal(&parts)?),
+            program_id: args.program_id,
+            dry_run: args.dry_run.unwrap_or(false),
+            idempotency_key: args.idempotency_key.unwrap_or_default(),
+        };
+        let reply: pb::PayoutRunReply = self.payout_call(methods::RUN, &request).await?;
+        Ok(Json(run_view(reply.run.unwrap_or_default(), reply.duplicate)))
+    }
+
+    #[tool(
+        name = "amba_affiliate_payouts_list",
+        description = "Your program's payout runs, newest first, each with its items: amounts, status (paid, failed, \
+                       skipped with the reason, or still in flight) and the Stripe transfer id.",
+        annotations(
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn payouts_list(
+        &self,
+        Parameters(args): Parameters<PayoutsListArgs>,
+        Extension(parts): Extension<http::request::Parts>,
+    ) -> Result<Json<PayoutsListOutput>, ToolError> {
+        let request = pb::PayoutRunsRequest {
+            caller: Some(require_principal(&parts)?),
+            program_id: args.program_id,
+            cursor: args.cursor.unwrap_or_default(),
+            limit: args.limit.unwrap_or_default(),
+        };
+        let reply: pb::PayoutRunsReply = self.payout_call(methods::RUNS, &request).await?;
+        Ok(Json(PayoutsListOutput {
+            runs: reply.runs.into_iter().map(|r| run_view(r, false)).collect(),
+            next_cursor: reply.next_cursor,
+        }))
+    }
+}
+
+impl McpServer {
+    async fn payout_call<Req: prost::Message, Resp: prost::Message + Default>(
+        &self,
+        method: &str,
+        request: &Req,
+    ) -> Result<Resp, ToolError> {
+        self.state
+            .rpc
+            .call(methods::SERVICE, method, request)
+            .await
+            .map_err(tool_error)
+    }
+}

@@ -1,0 +1,219 @@
+//! What the payout service learns from events:
+//! - enrollment's `program.*`: who owns a program, its currency and payout schedule;
+//! - Stripe webhooks (published by the edge, one message per Stripe event id): account
+//!   readiness, transfers created and reversed, connected accounts' bank payouts;
+//! - settlement ticks: scheduled programs due this period get their run (once per period).
+
+use crate::domain::schedule;
+use crate::rpc::Payout;
+use crate::store::{self, RunRow};
+use amba_bus::consumer::{Delivery, Handler, HandlerError};
+use amba_bus::events::{OutboxEvent, new_meta};
+use amba_core::id::PayoutRunId;
+use amba_proto::methods::commission as ledger;
+use amba_proto::wire as pb;
+use chrono::{DateTime, Utc};
+use prost::Message;
+use serde_json::Value;
+use sqlx::PgConnection;
+
+fn retry(err: impl std::fmt::Display) -> HandlerError {
+    HandlerError::Retry(anyhow::anyhow!("{err}"))
+}
+
+/// `program.*` from the enrollment stream.
+pub struct ProgramEvents;
+
+impl Handler for ProgramEvents {
+    async fn handle(&self, conn: &mut PgConnection, delivery: &Delivery) -> Result<(), HandlerError> {
+        let event = pb::ProgramChanged::decode(delivery.payload.as_ref())?;
+        let program = event
+            .program
+            .ok_or_else(|| HandlerError::Permanent("program event without a program".into()))?;
+        store::upsert_program(conn, &program).await?;
+        Ok(())
+    }
+}
+
+/// Stripe webhooks and settlement ticks (the edge stream).
+pub struct OutsideEvents {
+    pub payout: Payout,
+}
+
+impl Handler for OutsideEvents {
+    async fn handle(&self, conn: &mut PgConnection, delivery: &Delivery) -> Result<(), HandlerError> {
+        if delivery.subject.ends_with(".settlement.tick") {
+            let tick = pb::SettlementTick::decode(delivery.payload.as_ref())?;
+            let at = DateTime::from_timestamp_micros(tick.at_micros).unwrap_or_else(Utc::now);
+            return self.settle_due(conn, at).await;
+        }
+        let event: Value = serde_json::from_slice(&delivery.payload)
+            .map_err(|e| HandlerError::Permanent(format!("Stripe event is not JSON: {e}")))?;
+        let kind = event["type"].as_str().unwrap_or_default();
+        let account = event["account"].as_str();
+        let object = &event["data"]["object"];
+        if !store::record_stripe_event(conn, &delivery.event_id, kind, account, &event).await? {
+            return Ok(()); // applied before
+        }
+        match kind {
+            "account.updated" => self.account_updated(conn, object).await,
+            "transfer.created" => {
+                let (Some(item), Some(transfer)) = (object["transfer_group"].as_str(), object["id"].as_str()) else {
+                    return Ok(());
+                };
+                self.payout
+                    .settler
+                    .transfer_seen(conn, item, transfer)
+                    .await
+                    .map_err(retry)
+            }
+            "transfer.reversed" => self.transfer_reversed(conn, object).await,
+            "payout.paid" | "payout.failed" => self.bank_payout(conn, kind, account, object).await,
+            _ => Ok(()), // recorded; nothing to do
+        }
+    }
+}
+
+impl OutsideEvents {
+    async fn account_updated(&self, conn: &mut PgConnection, account: &Value) -> Result<(), HandlerError> {
+        let Some(id) = account["id"].as_str() else {
+            return Ok(());
+        };
+        let transfers_active = account["capabilities"]["transfers"].as_str() == Some("active");
+        let payouts_enabled = account["payouts_enabled"].as_bool().unwrap_or(false);
+        let Some((before, after)) = store::update_readiness(conn, id, transfers_active, payouts_enabled).await? else {
+            return Ok(()); // an account this deployment did not create
+        };
+        if after.ready() && !before.ready() {
+            self.announce_account(conn, "account_ready", &after, 0, "", "").await?;
+        }
+        Ok(())
+    }
+
+    /// Each reversal of a transfer goes to the ledger once (keyed by the reversal id): the money
+    /// returned settles debt first, then recovers the commissions the transfer paid.
+    async fn transfer_reversed(&self, conn: &mut PgConnection, transfer: &Value) -> Result<(), HandlerError> {
+        let Some(item_id) = transfer["transfer_group"].as_str() else {
+            return Ok(());
+        };
+        if store::item(conn, item_id).await?.is_none() {
+            return Ok(()); // not a payout of ours
+        }
+        let reversals = transfer["reversals"]["data"].as_array().cloned().unwrap_or_default();
+        for reversal in reversals {
+            let (Some(id), Some(amount)) = (reversal["id"].as_str(), reversal["amount"].as_i64()) else {
+                continue;
+            };
+            let _: pb::TransferReversalReply = self
+                .payout
+                .settler
+                .rpc
+                .call(
+                    ledger::SERVICE,
+                    ledger::TRANSFER_REVERSAL,
+                    &pb::TransferReversalRequest {
+                        reversal_id: id.to_owned(),
+                        payout_item_id: item_id.to_owned(),
+                        amount_minor: amount,
+                        conversion_ids: Vec::new(),
+                    },
+                )
+                .await
+                .map_err(retry)?;
+        }
+        Ok(())
+    }
+
+    async fn bank_payout(
+        &self,
+        conn: &mut PgConnection,
+        kind: &str,
+        account: Option<&str>,
+        payout: &Value,
+    ) -> Result<(), HandlerError> {
+        let Some(account) = account else { return Ok(()) };
+        let Some(row) = store::account_of_stripe(conn, account).await? else {
+            return Ok(());
+        };
+        let event = if kind == "payout.paid" {
+            "paid"
+        } else {
+            "failed_to_bank"
+        };
+        self.announce_account(
+            conn,
+            event,
+            &row,
+            payout["amount"].as_i64().unwrap_or(0),
+            &payout["currency"].as_str().unwrap_or_default().to_uppercase(),
+            payout["failure_message"].as_str().unwrap_or_default(),
+        )
+        .await
+    }
+
+    async fn announce_account(
+        &self,
+        conn: &mut PgConnection,
+        kind: &str,
+        account: &store::AccountRow,
+        amount_minor: i64,
+        currency: &str,
+        failure_reason: &str,
+    ) -> Result<(), HandlerError> {
+        let meta = new_meta();
+        let body = pb::PayoutAccountChanged {
+            meta: Some(meta.clone()),
+            account: Some(account.to_proto()),
+            amount_minor,
+            currency: currency.to_owned(),
+            failure_reason: failure_reason.to_owned(),
+        };
+        let ns = &self.payout.settler.ns;
+        amba_bus::outbox::enqueue(conn, &OutboxEvent::new(ns.event("payout", kind), &meta, &body)).await?;
+        Ok(())
+    }
+
+    /// Creates the run of every scheduled program due in the tick's period (the unique
+    /// (program, period) index makes it once however many ticks arrive); the in-flight job pays
+    /// its items. With payouts off, nothing is created: a later tick in the period pays once
+    /// they are on.
+    async fn settle_due(&self, conn: &mut PgConnection, at: DateTime<Utc>) -> Result<(), HandlerError> {
+        if !self.payout.payouts_live || self.payout.settler.stripe.is_none() {
+            tracing::info!("settlement tick: payouts are not enabled; nothing scheduled is paid");
+            return Ok(());
+        }
+        for program in store::scheduled_programs(conn).await? {
+            let Some(period) = schedule::period(&program.payout_schedule, at) else {
+                continue;
+            };
+            let run = RunRow {
+                payout_run_id: PayoutRunId::new().to_string(),
+                program_id: program.program_id.clone(),
+                trigger: "schedule".into(),
+                period: Some(period.clone()),
+                currency: program.currency.clone(),
+                idempotency_key: format!("schedule:{period}"),
+                created_at: at,
+            };
+            if store::run_by_key(conn, &program.program_id, &run.idempotency_key)
+                .await?
+                .is_some()
+            {
+                continue;
+            }
+            let mut items = self
+                .payout
+                .plan_items(conn, &program, &run.payout_run_id)
+                .await
+                .map_err(retry)?;
+            if store::insert_run(conn, &run).await? {
+                for item in &mut items {
+                    item.payout_run_id = run.payout_run_id.clone();
+                }
+                store::insert_items(conn, &items).await?;
+                tracing::info!(program_id = %program.program_id, %period, items = items.len(), "scheduled payout run created");
+            }
+        }
+        Ok(())
+    }
+}

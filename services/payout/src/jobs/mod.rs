@@ -1,0 +1,33 @@
+//! The in-flight job: every payout item still pending, reserved or unknown is advanced again
+//! (a run interrupted by a crash, a scheduled run's items, a transfer whose outcome was unknown).
+
+use crate::settle::Settler;
+use crate::store;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Items untouched this long are picked up (a live run is still working on newer ones).
+const IDLE: Duration = Duration::from_secs(2);
+
+pub async fn run(settler: Settler, every: Duration, shutdown: CancellationToken) -> Result<(), sqlx::Error> {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = ticker.tick() => {}
+        }
+        if settler.stripe.is_none() {
+            continue;
+        }
+        let items = {
+            let mut conn = settler.pool.acquire().await?;
+            store::items_in_flight(&mut conn, chrono::Duration::from_std(IDLE).unwrap_or_default()).await?
+        };
+        for item in items {
+            if let Err(err) = settler.advance(&item.payout_item_id).await {
+                tracing::warn!(payout_item_id = %item.payout_item_id, error = %err, "payout item still in flight");
+            }
+        }
+    }
+}

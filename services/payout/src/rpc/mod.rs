@@ -1,0 +1,458 @@
+//! Request/reply endpoints: payout accounts and onboarding (affiliates), the payout quote
+//! (affiliates), payout runs and their history (owners).
+
+use crate::domain::plan::{self, Account, Balance};
+use crate::domain::schedule;
+use crate::settle::{Settler, stripe_missing};
+use crate::store::{self, ItemRow, RunRow};
+use crate::stripe::StripeError;
+use amba_bus::rpc::{RpcServer, caller, db_error};
+use amba_core::id::{PayoutAccountId, PayoutRunId};
+use amba_core::{ApiError, ErrorCode};
+use amba_proto::methods::{commission as ledger, payout as methods};
+use amba_proto::wire as pb;
+use chrono::Utc;
+use sqlx::PgConnection;
+
+#[derive(Clone)]
+pub struct Payout {
+    pub settler: Settler,
+    /// `ORG_PAYOUTS_LIVE`: off ⇒ real runs answer 503 PAYOUTS_NOT_ENABLED.
+    pub payouts_live: bool,
+}
+
+pub fn server(service: Payout) -> RpcServer {
+    amba_bus::routes!(RpcServer::new(crate::SERVICE), service, {
+        methods::ACCOUNT_CREATE => account_create,
+        methods::ONBOARDING => onboarding,
+        methods::QUOTE => quote,
+        methods::RUN => run,
+        methods::RUNS => runs,
+    })
+}
+
+fn stripe_error(err: StripeError) -> ApiError {
+    match err {
+        StripeError::Refused { message, .. } => ApiError::invalid(format!("Stripe refused: {message}")),
+        StripeError::Unknown(why) => {
+            tracing::warn!(%why, "Stripe call failed");
+            ApiError::unavailable("Stripe did not answer; retry (the call is idempotent)")
+        }
+    }
+}
+
+fn absolute_url(field: &str, url: &str) -> Result<String, ApiError> {
+    let url = url.trim();
+    let ok = (url.starts_with("https://") || url.starts_with("http://")) && url.len() > "https://x".len();
+    if !ok || url.chars().any(|c| c.is_whitespace() || c.is_control()) || url.len() > 2_048 {
+        return Err(ApiError::invalid(format!(
+            "{field} must be an absolute http(s) URL such as https://example.com/payouts/done"
+        )));
+    }
+    Ok(url.to_owned())
+}
+
+impl Payout {
+    fn stripe(&self) -> Result<&crate::stripe::Stripe, ApiError> {
+        self.settler.stripe.as_ref().ok_or_else(stripe_missing)
+    }
+
+    /// One Stripe connected account per affiliate org; calling again returns it.
+    #[tracing::instrument(skip_all, err(level = "info"))]
+    pub async fn account_create(
+        &self,
+        request: pb::PayoutAccountCreateRequest,
+    ) -> Result<pb::PayoutAccountReply, ApiError> {
+        let who = caller(request.caller)?;
+        let country = match request.country.trim() {
+            "" => "US".to_owned(),
+            c if c.len() == 2 && c.chars().all(|ch| ch.is_ascii_alphabetic()) => c.to_ascii_uppercase(),
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "country {other:?} is not an ISO 3166-1 alpha-2 code such as US, DE or JP"
+                )));
+            }
+        };
+        let stripe = self.stripe()?;
+        let mut tx = self.settler.pool.begin().await.map_err(db_error)?;
+        let account = store::lock_account(&mut tx, PayoutAccountId::new().as_str(), &who.org_id, &country)
+            .await
+            .map_err(db_error)?;
+        if account.stripe_account_id.is_some() {
+            return Ok(pb::PayoutAccountReply {
+                account: Some(account.to_proto()),
+                created: false,
+            });
+        }
+        // Keyed by our account id: a retry after a lost answer gets the same Stripe account.
+        let created = stripe
+            .create_account(
+                &account.country,
+                &who.org_id,
+                &format!("account:{}", account.payout_account_id),
+            )
+            .await
+            .map_err(stripe_error)?;
+        let account = store::set_stripe_account(
+            &mut tx,
+            &account.payout_account_id,
+            &created.id,
+            created.transfers_active(),
+            created.payouts_enabled,
+        )
+        .await
+        .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(pb::PayoutAccountReply {
+            account: Some(account.to_proto()),
+            created: true,
+        })
+    }
+
+    /// Stripe's hosted onboarding link for the caller's account. The link is a credential: it is
+    /// returned, never logged.
+    #[tracing::instrument(skip_all, err(level = "info"))]
+    pub async fn onboarding(&self, request: pb::OnboardingRequest) -> Result<pb::OnboardingReply, ApiError> {
+        let who = caller(request.caller)?;
+        let return_url = absolute_url("return_url", &request.return_url)?;
+        let refresh_url = absolute_url("refresh_url", &request.refresh_url)?;
+        let stripe = self.stripe()?;
+        let mut conn = self.settler.pool.acquire().await.map_err(db_error)?;
+        let account = store::account_of_org(&mut conn, &who.org_id)
+            .await
+            .map_err(db_error)?
+            .filter(|a| a.stripe_account_id.is_some())
+            .ok_or_else(|| {
+                ApiError::not_found("payout account (create it first with amba_affiliate_my_payout_create)")
+            })?;
+        let stripe_account = account.stripe_account_id.clone().unwrap_or_default();
+        let key = format!("account_link:{}", amba_core::id::time_ordered_suffix());
+        let link = stripe
+            .onboarding_link(&stripe_account, &return_url, &refresh_url, &key)
+            .await
+            .map_err(stripe_error)?;
+        Ok(pb::OnboardingReply {
+            url: link.url,
+            expires_at_micros: link.expires_at.saturating_mul(1_000_000),
+            account: Some(account.to_proto()),
+        })
+    }
+
+    /// What the caller's org would be paid by the next run of each of its programs.
+    #[tracing::instrument(skip_all, err(level = "info"))]
+    pub async fn quote(&self, request: pb::PayoutQuoteRequest) -> Result<pb::PayoutQuoteReply, ApiError> {
+        let who = caller(request.caller)?;
+        let balances: pb::BalanceReply = self
+            .settler
+            .rpc
+            .call(
+                ledger::SERVICE,
+                ledger::BALANCE,
+                &pb::BalanceRequest {
+                    caller: Some(who.clone()),
+                    program_id: request.program_id.trim().to_owned(),
+                },
+            )
+            .await?;
+        let mut conn = self.settler.pool.acquire().await.map_err(db_error)?;
+        let account = store::account_of_org(&mut conn, &who.org_id).await.map_err(db_error)?;
+        let account_state = account_state(account.as_ref());
+        let mut quotes = Vec::new();
+        for balance in balances.balances {
+            let quote: pb::PayableQuoteReply = self
+                .settler
+                .rpc
+                .call(
+                    ledger::SERVICE,
+                    ledger::PAYABLE_QUOTE,
+                    &pb::PayableQuoteRequest {
+                        program_id: balance.program_id.clone(),
+                        enrollment_id: balance.enrollment_id.clone(),
+                    },
+                )
+                .await?;
+            let program = store::program(&mut conn, &balance.program_id).await.map_err(db_error)?;
+            let schedule_name = program
+                .as_ref()
+                .map(|p| p.payout_schedule.clone())
+                .unwrap_or_else(|| "manual".into());
+            for q in quote.quotes {
+                let line = plan::plan(
+                    &[balance_of(&q)],
+                    |_| account_state,
+                    quote.payout_threshold_minor,
+                    quote.platform_fee_bps,
+                )
+                .remove(0);
+                quotes.push(pb::PayoutQuote {
+                    program_id: q.program_id.clone(),
+                    enrollment_id: q.enrollment_id.clone(),
+                    currency: q.currency.clone(),
+                    held_minor: q.held_minor,
+                    payable_minor: q.payable_minor.max(0),
+                    debt_minor: q.debt_minor,
+                    gross_minor: line.gross_minor,
+                    fee_minor: line.fee_minor,
+                    net_minor: line.net_minor,
+                    threshold_minor: quote.payout_threshold_minor,
+                    payout_schedule: schedule_name.clone(),
+                    next_scheduled_at_micros: schedule::next_run(&schedule_name, Utc::now())
+                        .map(|t| t.timestamp_micros())
+                        .unwrap_or(0),
+                    blocked_reason: line.skip.map(|s| s.as_str().to_owned()).unwrap_or_default(),
+                });
+            }
+        }
+        Ok(pb::PayoutQuoteReply {
+            quotes,
+            account_ready: account_state == Account::Ready,
+            payouts_enabled: self.payouts_live,
+        })
+    }
+
+    /// A payout run of a program (owner). A dry run returns the plan and changes nothing.
+    #[tracing::instrument(skip_all, fields(program_id = %request.program_id), err(level = "info"))]
+    pub async fn run(&self, request: pb::PayoutRunRequest) -> Result<pb::PayoutRunReply, ApiError> {
+        let who = caller(request.caller)?;
+        let program_id = request.program_id.trim().to_owned();
+        let mut conn = self.settler.pool.acquire().await.map_err(db_error)?;
+        let program = store::program(&mut conn, &program_id)
+            .await
+            .map_err(db_error)?
+            .filter(|p| p.owner_org_id == who.org_id)
+            .ok_or_else(|| ApiError::not_found(format!("program {program_id}")))?;
+        if !request.dry_run {
+            if !self.payouts_live {
+                return Err(ApiError::new(
+                    ErrorCode::PayoutsNotEnabled,
+                    "payouts are in preview on this platform (ORG_PAYOUTS_LIVE is off): nothing was moved; \
+                     a dry run (dry_run: true) shows the exact plan",
+                ));
+            }
+            self.stripe()?;
+        }
+        let key = amba_core::limits::key("idempotency_key", &request.idempotency_key)?;
+        if !request.dry_run
+            && let Some(key) = &key
+            && let Some(existing) = store::run_by_key(&mut conn, &program_id, key).await.map_err(db_error)?
+        {
+            drop(conn);
+            return self.reply(existing, true).await;
+        }
+        let items = self.plan_items(&mut conn, &program, "").await?;
+        if request.dry_run {
+            return Ok(pb::PayoutRunReply {
+                run: Some(pb::PayoutRun {
+                    program_id,
+                    dry_run: true,
+                    trigger: "manual".into(),
+                    currency: program.currency,
+                    idempotency_key: key.unwrap_or_default(),
+                    items: items
+                        .iter()
+                        .map(|i| {
+                            let mut item = i.to_proto();
+                            item.payout_item_id.clear();
+                            item.status = if i.status == "skipped" { "skipped" } else { "planned" }.into();
+                            item
+                        })
+                        .collect(),
+                    created_at_micros: Utc::now().timestamp_micros(),
+                    ..Default::default()
+                }),
+                duplicate: false,
+            });
+        }
+        let run = RunRow {
+            payout_run_id: PayoutRunId::new().to_string(),
+            program_id: program_id.clone(),
+            trigger: "manual".into(),
+            period: None,
+            currency: program.currency.clone(),
+            idempotency_key: key.unwrap_or_else(|| format!("run:{}", amba_core::id::time_ordered_suffix())),
+            created_at: Utc::now(),
+        };
+        drop(conn);
+        match self.create(&run, items).await? {
+            Some(created) => {
+                self.pay(&created).await;
+                self.reply(created, false).await
+            }
+            None => {
+                // A concurrent call with the same key won the insert.
+                let mut conn = self.settler.pool.acquire().await.map_err(db_error)?;
+                let existing = store::run_by_key(&mut conn, &program_id, &run.idempotency_key)
+                    .await
+                    .map_err(db_error)?
+                    .ok_or_else(ApiError::internal)?;
+                drop(conn);
+                self.reply(existing, true).await
+            }
+        }
+    }
+
+    /// A program's runs with their items, newest first.
+    #[tracing::instrument(skip_all, err(level = "info"))]
+    pub async fn runs(&self, request: pb::PayoutRunsRequest) -> Result<pb::PayoutRunsReply, ApiError> {
+        let who = caller(request.caller)?;
+        let mut conn = self.settler.pool.acquire().await.map_err(db_error)?;
+        store::program(&mut conn, request.program_id.trim())
+            .await
+            .map_err(db_error)?
+            .filter(|p| p.owner_org_id == who.org_id)
+            .ok_or_else(|| ApiError::not_found(format!("program {}", request.program_id.trim())))?;
+        let before = amba_core::cursor::decode(&request.cursor)?;
+        let limit = amba_core::cursor::page_size(request.limit);
+        let mut rows = store::runs_page(
+            &mut conn,
+            request.program_id.trim(),
+            before.as_deref(),
+            i64::from(limit) + 1,
+        )
+        .await
+        .map_err(db_error)?;
+        let next_cursor = if rows.len() > limit as usize {
+            rows.truncate(limit as usize);
+            rows.last()
+                .map(|r| amba_core::cursor::encode(&r.payout_run_id))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let mut runs = Vec::with_capacity(rows.len());
+        for row in rows {
+            let items = store::items_of_run(&mut conn, &row.payout_run_id)
+                .await
+                .map_err(db_error)?;
+            runs.push(run_proto(&row, &items));
+        }
+        Ok(pb::PayoutRunsReply { runs, next_cursor })
+    }
+
+    /// The items a run of `program` would have now: one per balance, paid or skipped with why.
+    pub async fn plan_items(
+        &self,
+        conn: &mut PgConnection,
+        program: &store::ProgramRow,
+        run_id: &str,
+    ) -> Result<Vec<ItemRow>, ApiError> {
+        let quote: pb::PayableQuoteReply = self
+            .settler
+            .rpc
+            .call(
+                ledger::SERVICE,
+                ledger::PAYABLE_QUOTE,
+                &pb::PayableQuoteRequest {
+                    program_id: program.program_id.clone(),
+                    enrollment_id: String::new(),
+                },
+            )
+            .await?;
+        let orgs: Vec<String> = quote.quotes.iter().map(|q| q.affiliate_org_id.clone()).collect();
+        let accounts = store::accounts_of_orgs(conn, &orgs).await.map_err(db_error)?;
+        let balances: Vec<Balance> = quote.quotes.iter().map(balance_of).collect();
+        let lines = plan::plan(
+            &balances,
+            |org| account_state(accounts.get(org)),
+            quote.payout_threshold_minor,
+            quote.platform_fee_bps,
+        );
+        Ok(lines
+            .into_iter()
+            // Affiliates with nothing at all (no balance ever) are not listed.
+            .filter(|l| l.gross_minor > 0 || l.debt_minor > 0)
+            .map(|line| ItemRow {
+                payout_item_id: format!("pit_{}", amba_core::id::time_ordered_suffix()),
+                payout_run_id: run_id.to_owned(),
+                program_id: program.program_id.clone(),
+                stripe_account_id: accounts
+                    .get(&line.affiliate_org_id)
+                    .and_then(|a| a.stripe_account_id.clone()),
+                enrollment_id: line.enrollment_id,
+                affiliate_org_id: line.affiliate_org_id,
+                currency: quote.currency.clone(),
+                gross_minor: line.gross_minor,
+                fee_minor: line.fee_minor,
+                debt_minor: line.debt_minor,
+                net_minor: line.net_minor,
+                status: if line.skip.is_some() { "skipped" } else { "pending" }.into(),
+                reason: line.skip.map(|s| s.as_str().to_owned()),
+                stripe_transfer_id: None,
+            })
+            .collect())
+    }
+
+    /// Stores a run and its items (before any money moves); `None` when the key or period was
+    /// already taken.
+    pub async fn create(&self, run: &RunRow, mut items: Vec<ItemRow>) -> Result<Option<RunRow>, ApiError> {
+        let mut tx = self.settler.pool.begin().await.map_err(db_error)?;
+        if !store::insert_run(&mut tx, run).await.map_err(db_error)? {
+            return Ok(None);
+        }
+        for item in &mut items {
+            item.payout_run_id = run.payout_run_id.clone();
+        }
+        store::insert_items(&mut tx, &items).await.map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(Some(run.clone()))
+    }
+
+    /// Moves every pending item of a run as far as it goes now; what is left, the in-flight job
+    /// finishes.
+    pub async fn pay(&self, run: &RunRow) {
+        let items = match self.settler.pool.acquire().await {
+            Ok(mut conn) => store::items_of_run(&mut conn, &run.payout_run_id)
+                .await
+                .unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
+        for item in items.iter().filter(|i| i.status == "pending") {
+            if let Err(err) = self.settler.advance(&item.payout_item_id).await {
+                tracing::warn!(payout_item_id = %item.payout_item_id, error = %err, "payout item not settled yet; the in-flight job retries");
+            }
+        }
+    }
+
+    async fn reply(&self, run: RunRow, duplicate: bool) -> Result<pb::PayoutRunReply, ApiError> {
+        let mut conn = self.settler.pool.acquire().await.map_err(db_error)?;
+        let items = store::items_of_run(&mut conn, &run.payout_run_id)
+            .await
+            .map_err(db_error)?;
+        Ok(pb::PayoutRunReply {
+            run: Some(run_proto(&run, &items)),
+            duplicate,
+        })
+    }
+}
+
+fn balance_of(q: &pb::PayableQuote) -> Balance {
+    Balance {
+        enrollment_id: q.enrollment_id.clone(),
+        affiliate_org_id: q.affiliate_org_id.clone(),
+        held_minor: q.held_minor,
+        payable_minor: q.payable_minor,
+        debt_minor: q.debt_minor,
+    }
+}
+
+fn account_state(account: Option<&store::AccountRow>) -> Account {
+    match account {
+        Some(a) if a.ready() => Account::Ready,
+        Some(a) if a.stripe_account_id.is_some() => Account::NotReady,
+        _ => Account::Missing,
+    }
+}
+
+fn run_proto(run: &RunRow, items: &[ItemRow]) -> pb::PayoutRun {
+    pb::PayoutRun {
+        payout_run_id: run.payout_run_id.clone(),
+        program_id: run.program_id.clone(),
+        dry_run: false,
+        trigger: run.trigger.clone(),
+        period: run.period.clone().unwrap_or_default(),
+        currency: run.currency.clone(),
+        idempotency_key: run.idempotency_key.clone(),
+        items: items.iter().map(ItemRow::to_proto).collect(),
+        created_at_micros: run.created_at.timestamp_micros(),
+    }
+}

@@ -1,0 +1,380 @@
+//! The payout schema: the programs read model, payout accounts, runs, items and Stripe events.
+
+use amba_proto::wire as pb;
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use std::collections::HashMap;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ProgramRow {
+    pub program_id: String,
+    pub owner_org_id: String,
+    pub name: String,
+    pub currency: String,
+    pub status: String,
+    pub payout_schedule: String,
+}
+
+/// Applies a program event; an older snapshot never overwrites a newer one.
+pub async fn upsert_program(conn: &mut PgConnection, p: &pb::Program) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO programs_view (program_id, owner_org_id, name, currency, status, payout_schedule, version_micros) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (program_id) DO UPDATE SET owner_org_id = EXCLUDED.owner_org_id, \
+         name = EXCLUDED.name, currency = EXCLUDED.currency, status = EXCLUDED.status, \
+         payout_schedule = EXCLUDED.payout_schedule, version_micros = EXCLUDED.version_micros \
+         WHERE programs_view.version_micros <= EXCLUDED.version_micros",
+    )
+    .bind(&p.program_id)
+    .bind(&p.owner_org_id)
+    .bind(&p.name)
+    .bind(&p.currency)
+    .bind(&p.status)
+    .bind(&p.payout_schedule)
+    .bind(p.updated_at_micros)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+const PROGRAM: &str = "SELECT program_id, owner_org_id, name, currency, status, payout_schedule FROM programs_view";
+
+pub async fn program(conn: &mut PgConnection, program_id: &str) -> Result<Option<ProgramRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("{PROGRAM} WHERE program_id = $1")))
+        .bind(program_id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Active programs with a weekly or monthly schedule.
+pub async fn scheduled_programs(conn: &mut PgConnection) -> Result<Vec<ProgramRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{PROGRAM} WHERE payout_schedule <> 'manual' AND status = 'active' ORDER BY program_id"
+    )))
+    .fetch_all(conn)
+    .await
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AccountRow {
+    pub payout_account_id: String,
+    pub org_id: String,
+    pub stripe_account_id: Option<String>,
+    pub country: String,
+    pub transfers_active: bool,
+    pub payouts_enabled: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+impl AccountRow {
+    pub fn ready(&self) -> bool {
+        self.stripe_account_id.is_some() && self.transfers_active
+    }
+
+    pub fn to_proto(&self) -> pb::PayoutAccount {
+        pb::PayoutAccount {
+            payout_account_id: self.payout_account_id.clone(),
+            org_id: self.org_id.clone(),
+            stripe_account_id: self.stripe_account_id.clone().unwrap_or_default(),
+            country: self.country.clone(),
+            status: if self.ready() { "ready" } else { "onboarding" }.to_owned(),
+            transfers_active: self.transfers_active,
+            payouts_enabled: self.payouts_enabled,
+            created_at_micros: self.created_at.timestamp_micros(),
+        }
+    }
+}
+
+const ACCOUNT_COLUMNS: &str =
+    "payout_account_id, org_id, stripe_account_id, country, transfers_active, payouts_enabled, created_at";
+const ACCOUNT: &str = "SELECT payout_account_id, org_id, stripe_account_id, country, transfers_active, payouts_enabled, \
+    created_at FROM payout_accounts";
+
+pub async fn account_of_org(conn: &mut PgConnection, org_id: &str) -> Result<Option<AccountRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("{ACCOUNT} WHERE org_id = $1")))
+        .bind(org_id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Locks the org's account row (creating it first if missing) so one Stripe account is made per org.
+pub async fn lock_account(
+    conn: &mut PgConnection,
+    new_id: &str,
+    org_id: &str,
+    country: &str,
+) -> Result<AccountRow, sqlx::Error> {
+    sqlx::query("INSERT INTO payout_accounts (payout_account_id, org_id, country) VALUES ($1, $2, $3) ON CONFLICT (org_id) DO NOTHING")
+        .bind(new_id)
+        .bind(org_id)
+        .bind(country)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("{ACCOUNT} WHERE org_id = $1 FOR UPDATE")))
+        .bind(org_id)
+        .fetch_one(conn)
+        .await
+}
+
+pub async fn set_stripe_account(
+    conn: &mut PgConnection,
+    payout_account_id: &str,
+    stripe_account_id: &str,
+    transfers_active: bool,
+    payouts_enabled: bool,
+) -> Result<AccountRow, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE payout_accounts SET stripe_account_id = $2, transfers_active = $3, payouts_enabled = $4 \
+         WHERE payout_account_id = $1 RETURNING {ACCOUNT_COLUMNS}"
+    )))
+    .bind(payout_account_id)
+    .bind(stripe_account_id)
+    .bind(transfers_active)
+    .bind(payouts_enabled)
+    .fetch_one(conn)
+    .await
+}
+
+/// Applies `account.updated`; returns the account before and after (None: not ours).
+pub async fn update_readiness(
+    conn: &mut PgConnection,
+    stripe_account_id: &str,
+    transfers_active: bool,
+    payouts_enabled: bool,
+) -> Result<Option<(AccountRow, AccountRow)>, sqlx::Error> {
+    let before: Option<AccountRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{ACCOUNT} WHERE stripe_account_id = $1 FOR UPDATE"
+    )))
+    .bind(stripe_account_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(before) = before else { return Ok(None) };
+    let after = set_stripe_account(
+        conn,
+        &before.payout_account_id,
+        stripe_account_id,
+        transfers_active,
+        payouts_enabled,
+    )
+    .await?;
+    Ok(Some((before, after)))
+}
+
+pub async fn account_of_stripe(
+    conn: &mut PgConnection,
+    stripe_account_id: &str,
+) -> Result<Option<AccountRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("{ACCOUNT} WHERE stripe_account_id = $1")))
+        .bind(stripe_account_id)
+        .fetch_optional(conn)
+        .await
+}
+
+pub async fn accounts_of_orgs(
+    conn: &mut PgConnection,
+    orgs: &[String],
+) -> Result<HashMap<String, AccountRow>, sqlx::Error> {
+    let rows: Vec<AccountRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!("{ACCOUNT} WHERE org_id = ANY($1)")))
+        .bind(orgs)
+        .fetch_all(conn)
+        .await?;
+    Ok(rows.into_iter().map(|a| (a.org_id.clone(), a)).collect())
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RunRow {
+    pub payout_run_id: String,
+    pub program_id: String,
+    pub trigger: String,
+    pub period: Option<String>,
+    pub currency: String,
+    pub idempotency_key: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ItemRow {
+    pub payout_item_id: String,
+    pub payout_run_id: String,
+    pub program_id: String,
+    pub enrollment_id: String,
+    pub affiliate_org_id: String,
+    pub currency: String,
+    pub gross_minor: i64,
+    pub fee_minor: i64,
+    pub debt_minor: i64,
+    pub net_minor: i64,
+    pub status: String,
+    pub reason: Option<String>,
+    pub stripe_account_id: Option<String>,
+    pub stripe_transfer_id: Option<String>,
+}
+
+impl ItemRow {
+    pub fn to_proto(&self) -> pb::PayoutRunItem {
+        pb::PayoutRunItem {
+            payout_item_id: self.payout_item_id.clone(),
+            enrollment_id: self.enrollment_id.clone(),
+            affiliate_org_id: self.affiliate_org_id.clone(),
+            gross_minor: self.gross_minor,
+            fee_minor: self.fee_minor,
+            debt_minor: self.debt_minor,
+            net_minor: self.net_minor,
+            status: self.status.clone(),
+            reason: self.reason.clone().unwrap_or_default(),
+            stripe_transfer_id: self.stripe_transfer_id.clone().unwrap_or_default(),
+        }
+    }
+}
+
+const RUN: &str =
+    "SELECT payout_run_id, program_id, trigger, period, currency, idempotency_key, created_at FROM payout_runs";
+const ITEM: &str = "SELECT payout_item_id, payout_run_id, program_id, enrollment_id, affiliate_org_id, currency, gross_minor, \
+    fee_minor, debt_minor, net_minor, status, reason, stripe_account_id, stripe_transfer_id FROM payout_items";
+
+pub async fn run_by_key(conn: &mut PgConnection, program_id: &str, key: &str) -> Result<Option<RunRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{RUN} WHERE program_id = $1 AND idempotency_key = $2"
+    )))
+    .bind(program_id)
+    .bind(key)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Inserts a run; `false` when its key (or scheduled period) was taken by a concurrent one.
+pub async fn insert_run(conn: &mut PgConnection, run: &RunRow) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO payout_runs (payout_run_id, program_id, trigger, period, currency, idempotency_key, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+    )
+    .bind(&run.payout_run_id)
+    .bind(&run.program_id)
+    .bind(&run.trigger)
+    .bind(&run.period)
+    .bind(&run.currency)
+    .bind(&run.idempotency_key)
+    .bind(run.created_at)
+    .execute(conn)
+    .await?;
+    Ok(inserted.rows_affected() == 1)
+}
+
+pub async fn insert_items(conn: &mut PgConnection, items: &[ItemRow]) -> Result<(), sqlx::Error> {
+    for item in items {
+        sqlx::query(
+            "INSERT INTO payout_items (payout_item_id, payout_run_id, program_id, enrollment_id, affiliate_org_id, currency, \
+             gross_minor, fee_minor, debt_minor, net_minor, status, reason, stripe_account_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(&item.payout_item_id)
+        .bind(&item.payout_run_id)
+        .bind(&item.program_id)
+        .bind(&item.enrollment_id)
+        .bind(&item.affiliate_org_id)
+        .bind(&item.currency)
+        .bind(item.gross_minor)
+        .bind(item.fee_minor)
+        .bind(item.debt_minor)
+        .bind(item.net_minor)
+        .bind(&item.status)
+        .bind(&item.reason)
+        .bind(&item.stripe_account_id)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+pub async fn items_of_run(conn: &mut PgConnection, run_id: &str) -> Result<Vec<ItemRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{ITEM} WHERE payout_run_id = $1 ORDER BY payout_item_id"
+    )))
+    .bind(run_id)
+    .fetch_all(conn)
+    .await
+}
+
+pub async fn item(conn: &mut PgConnection, item_id: &str) -> Result<Option<ItemRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("{ITEM} WHERE payout_item_id = $1")))
+        .bind(item_id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Locks an item for a state change.
+pub async fn lock_item(conn: &mut PgConnection, item_id: &str) -> Result<Option<ItemRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{ITEM} WHERE payout_item_id = $1 FOR UPDATE"
+    )))
+    .bind(item_id)
+    .fetch_optional(conn)
+    .await
+}
+
+pub async fn set_item(
+    conn: &mut PgConnection,
+    item_id: &str,
+    status: &str,
+    reason: Option<&str>,
+    transfer_id: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE payout_items SET status = $2, reason = COALESCE($3, reason), \
+         stripe_transfer_id = COALESCE($4, stripe_transfer_id), updated_at = now() WHERE payout_item_id = $1",
+    )
+    .bind(item_id)
+    .bind(status)
+    .bind(reason)
+    .bind(transfer_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Items whose transfer has not settled and that nobody touched for `idle`.
+pub async fn items_in_flight(conn: &mut PgConnection, idle: chrono::Duration) -> Result<Vec<ItemRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{ITEM} WHERE status IN ('pending', 'reserved', 'unknown') AND updated_at < now() - $1::interval \
+         ORDER BY updated_at LIMIT 100"
+    )))
+    .bind(format!("{} milliseconds", idle.num_milliseconds()))
+    .fetch_all(conn)
+    .await
+}
+
+/// A page of a program's runs, newest first (keyset on the time-ordered run id).
+pub async fn runs_page(
+    conn: &mut PgConnection,
+    program_id: &str,
+    before: Option<&str>,
+    limit: i64,
+) -> Result<Vec<RunRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{RUN} WHERE program_id = $1 AND ($2::text IS NULL OR payout_run_id < $2) ORDER BY payout_run_id DESC LIMIT $3"
+    )))
+    .bind(program_id)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Records a Stripe event; `false` when it was recorded before.
+pub async fn record_stripe_event(
+    conn: &mut PgConnection,
+    event_id: &str,
+    kind: &str,
+    account: Option<&str>,
+    payload: &serde_json::Value,
+) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO stripe_events (event_id, type, account, payload) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+    )
+    .bind(event_id)
+    .bind(kind)
+    .bind(account)
+    .bind(payload)
+    .execute(conn)
+    .await?;
+    Ok(inserted.rows_affected() == 1)
+}
