@@ -80,14 +80,24 @@ async fn report(owner: &Org, program: &str, external_id: &str, amount_minor: i64
 
 /// The affiliate's payout quote once `done` holds.
 async fn quote_when(affiliate: &Org, program: &str, done: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
-    eventually(WAIT, "the affiliate's payout quote", || async {
+    let last = std::sync::Mutex::new(Value::Null);
+    let found = eventually(WAIT, "the affiliate's payout quote", || async {
         let quote = affiliate
             .mcp
             .ok("amba_affiliate_my_payout_request", json!({"program_id": program}))
             .await?;
+        if let Ok(mut last) = last.lock() {
+            *last = quote.clone();
+        }
         Ok(done(&quote).then_some(quote))
     })
-    .await
+    .await;
+    found.map_err(|e| {
+        anyhow::anyhow!(
+            "{e}; last quote: {}",
+            last.lock().map(|l| l.to_string()).unwrap_or_default()
+        )
+    })
 }
 
 struct Program {
@@ -246,19 +256,67 @@ async fn onboarding_dry_run_run_idempotency_netting_and_reversal() -> anyhow::Re
         .and_then(|c| c.iter().find(|c| c["external_id"] == "o-1"))
         .map(|c| text(&c["conversion_id"]).to_owned())
         .unwrap_or_default();
-    p.owner
+    let clawed = p
+        .owner
         .mcp
         .ok(
             "amba_affiliate_conversion_clawback",
             json!({"conversion_id": first, "reason": "refund", "idempotency_key": "refund-o-1"}),
         )
         .await?;
+    assert_eq!(clawed["carry_forward_minor"], 2000, "{clawed}");
     quote_when(&p.ann, &p.program, |q| q["debt_minor"] == 2000).await?;
-    report(&p.owner, &p.program, "o-3", 15_000, &p.ann_code).await?; // +3000 → payable 1000 after debt
-    let quote = quote_when(&p.ann, &p.program, |q| q["payable_minor"] == 1000).await?;
+
+    // Stripe reverses that paid transfer (the affiliate returned the money), and delivers the
+    // event twice: the returned 1,950 settles the debt once; commission is recovered once.
+    let first_transfer = text(&ann_paid["stripe_transfer_id"]).to_owned();
+    let reversal = stripe(&sys)?.reverse_transfer(&first_transfer, 1950).await?;
+    assert_eq!(reversal["amount"], 1950);
+    let after = quote_when(&p.ann, &p.program, |q| q["debt_minor"] == 50).await?;
+    let reversed_event = stripe(&sys)?
+        .events()
+        .into_iter()
+        .find(|e| e["type"] == "transfer.reversed")
+        .ok_or_else(|| anyhow::anyhow!("no transfer.reversed"))?;
+    stripe(&sys)?.redeliver(text(&reversed_event["id"])).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let later = p
+        .ann
+        .mcp
+        .ok("amba_affiliate_my_payout_request", json!({"program_id": p.program}))
+        .await?;
     assert_eq!(
-        (quote["debt_minor"].as_i64(), quote["net_minor"].as_i64()),
-        (Some(0), Some(975))
+        later["debt_minor"], after["debt_minor"],
+        "a redelivered reversal changes nothing"
+    );
+    let pool = sys.service_pool("payout").await?;
+    let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM stripe_events WHERE event_id = $1")
+        .bind(text(&reversed_event["id"]))
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(seen, 1);
+    pool.close().await;
+    let balance = p
+        .ann
+        .mcp
+        .ok("amba_affiliate_my_balance_get", json!({"program_id": p.program}))
+        .await?;
+    assert_eq!(
+        balance["paid_minor"], 0,
+        "the reversed transfer is no longer paid: {balance}"
+    );
+
+    // New commission nets against what is left of the debt; the next run pays the rest.
+    report(&p.owner, &p.program, "o-3", 15_000, &p.ann_code).await?; // +3000 − 50 of debt
+    let quote = quote_when(&p.ann, &p.program, |q| q["payable_minor"] == 2950).await?;
+    // 2.5 % of 2,950 = 73.75 → 74 (rounded once, half-even).
+    assert_eq!(
+        (
+            quote["debt_minor"].as_i64(),
+            quote["fee_minor"].as_i64(),
+            quote["net_minor"].as_i64()
+        ),
+        (Some(0), Some(74), Some(2876))
     );
     let second = p
         .owner
@@ -272,41 +330,9 @@ async fn onboarding_dry_run_run_idempotency_netting_and_reversal() -> anyhow::Re
     assert_eq!(ann_second["status"], "paid");
     assert_eq!(
         (ann_second["gross_minor"].as_i64(), ann_second["net_minor"].as_i64()),
-        (Some(1000), Some(975))
+        (Some(2950), Some(2876))
     );
     assert_eq!(stripe(&sys)?.transfers().len(), 2);
-
-    // Stripe reverses the second transfer, and delivers the event twice: recovered once.
-    let reversal = stripe(&sys)?
-        .reverse_transfer(text(&ann_second["stripe_transfer_id"]), 975)
-        .await?;
-    assert_eq!(reversal["amount"], 975);
-    let reversed_event = eventually(WAIT, "transfer.reversed emitted", || async {
-        Ok(stripe(&sys)?
-            .events()
-            .into_iter()
-            .find(|e| e["type"] == "transfer.reversed"))
-    })
-    .await?;
-    let after = quote_when(&p.ann, &p.program, |q| q["payable_minor"] == 975).await?;
-    stripe(&sys)?.redeliver(text(&reversed_event["id"])).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let later = p
-        .ann
-        .mcp
-        .ok("amba_affiliate_my_payout_request", json!({"program_id": p.program}))
-        .await?;
-    assert_eq!(
-        later["payable_minor"], after["payable_minor"],
-        "a redelivered reversal changes nothing"
-    );
-    let pool = sys.service_pool("payout").await?;
-    let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM stripe_events WHERE event_id = $1")
-        .bind(text(&reversed_event["id"]))
-        .fetch_one(&pool)
-        .await?;
-    assert_eq!(seen, 1);
-    pool.close().await;
 
     let listed = p
         .owner
