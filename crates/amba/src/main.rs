@@ -21,6 +21,9 @@ commands:
                        NATS when none answers), apply migrations, print the MCP URL and config
   serve <service>      run one service: enrollment, attribution, commission, payout, notification, edge
   migrate              apply every service's database migrations and exit
+  payouts reconcile <program_id> [--repair]
+                       compare Stripe's transfers with the program's payout items and the ledger;
+                       --repair posts in-flight items whose transfer exists; non-zero exit on a difference
   tick                 publish today's settlement tick: programs with a weekly or monthly payout
                        schedule due this period are paid (once per period, however many ticks)
   infra up             start local PostgreSQL and NATS (JetStream) when none answers, then exit
@@ -104,6 +107,28 @@ async fn dispatch(args: &[&str], settings: Settings) -> anyhow::Result<()> {
                 .await
                 .map_err(|e| anyhow::anyhow!("deleting streams: {e}"))?;
             println!("event streams of namespace {confirmed} deleted");
+            Ok(())
+        }
+        ["payouts", "reconcile", program_id, rest @ ..] if rest.is_empty() || rest == ["--repair"] => {
+            let repair = rest == ["--repair"];
+            let nats = system::connect_nats(&settings.nats_url, "amba-reconcile").await?;
+            let bus = amba_bus::Bus::new(nats, settings.namespace.clone());
+            let config = system::payout_config(&settings);
+            let report =
+                amba_payout::reconcile(settings.database_url.expose(), &bus, &config, program_id, repair).await?;
+            for line in &report.repaired {
+                println!("repaired: {line}");
+            }
+            for problem in &report.problems {
+                eprintln!("difference: {problem}");
+            }
+            println!(
+                "payouts of {program_id}: {} item(s) compared with Stripe; {} difference(s), {} repaired",
+                report.items,
+                report.problems.len(),
+                report.repaired.len()
+            );
+            anyhow::ensure!(report.problems.is_empty(), "Stripe and the ledger differ");
             Ok(())
         }
         ["tick"] => {

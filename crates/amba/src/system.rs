@@ -180,16 +180,7 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
     ));
     let url = settings.database_url.expose().to_owned();
     let multi_level_enabled = settings.multi_level_enabled;
-    let payout_config = amba_payout::PayoutConfig {
-        stripe: settings
-            .stripe_secret_key
-            .clone()
-            .map(|key| (settings.stripe_api_base.clone(), key)),
-        payouts_live: settings.payouts_live,
-        unknown_grace: settings.payout_unknown_grace,
-        stripe_timeout: settings.stripe_timeout,
-        ..Default::default()
-    };
+    let payout_config = payout_config(settings);
     for &service in services {
         if service == ServiceName::Edge {
             continue;
@@ -317,4 +308,18 @@ pub async fn local_stripe(settings: &mut Settings) -> Result<amba_stripe_fake::F
     settings.stripe_webhook_secrets = vec![amba_core::secret::Secret::new(webhook_secret)];
     tracing::info!(api = %fake.base_url(), "using the local fake Stripe");
     Ok(fake)
+}
+
+/// The payout service's configuration from the settings.
+pub fn payout_config(settings: &Settings) -> amba_payout::PayoutConfig {
+    amba_payout::PayoutConfig {
+        stripe: settings
+            .stripe_secret_key
+            .clone()
+            .map(|key| (settings.stripe_api_base.clone(), key)),
+        payouts_live: settings.payouts_live,
+        unknown_grace: settings.payout_unknown_grace,
+        stripe_timeout: settings.stripe_timeout,
+        ..Default::default()
+    }
 }

@@ -150,3 +150,28 @@ pub async fn publish_tick(
     let ack = js.send_publish(ns.event("settlement", "tick"), message).await?.await?;
     Ok(!ack.duplicate)
 }
+
+/// `amba payouts reconcile`: compares Stripe's transfers with the recorded payout items of a
+/// program (and with `repair`, posts in-flight items whose transfer exists).
+pub async fn reconcile(
+    database_url: &str,
+    bus: &Bus,
+    config: &PayoutConfig,
+    program_id: &str,
+    repair: bool,
+) -> Result<jobs::reconcile::Reconciliation, anyhow::Error> {
+    let pool = amba_bus::service::open_store(database_url, SCHEMA, &MIGRATIONS, 2).await?;
+    let stripe = match &config.stripe {
+        Some((base, key)) => Some(stripe::Stripe::new(base, key.expose(), config.stripe_timeout)?),
+        None => None,
+    };
+    let settler = settle::Settler {
+        pool,
+        rpc: RpcClient::new(bus.nats.clone(), bus.ns.clone()),
+        stripe,
+        ns: bus.ns.clone(),
+        waker: RelayWaker::default(),
+        unknown_grace: config.unknown_grace,
+    };
+    Ok(jobs::reconcile::reconcile(&settler, program_id, repair).await?)
+}

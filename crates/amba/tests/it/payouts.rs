@@ -15,6 +15,40 @@ fn stripe(sys: &TestSystem) -> anyhow::Result<&FakeStripe> {
     sys.stripe.as_ref().ok_or_else(|| anyhow::anyhow!("no fake Stripe"))
 }
 
+/// `amba payouts reconcile <program> [--repair]` against this system: (success, output).
+/// Async: the fake Stripe runs on this test's runtime and must keep answering meanwhile.
+async fn reconcile(sys: &TestSystem, program: &str, repair: bool) -> anyhow::Result<(bool, String)> {
+    let stripe = stripe(sys)?;
+    let mut args = vec!["payouts", "reconcile", program];
+    if repair {
+        args.push("--repair");
+    }
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_amba"))
+        .args(&args)
+        .env("AMBA_DATABASE_URL", &sys.db.url)
+        .env("AMBA_NATS_URL", amba_testkit::nats_url())
+        .env("AMBA_NAMESPACE", sys.bus.ns.as_str())
+        .env("AMBA_STRIPE_API_BASE", stripe.base_url())
+        .env(
+            "AMBA_STRIPE_SECRET_KEY",
+            sys.settings
+                .stripe_secret_key
+                .as_ref()
+                .map(|k| k.expose())
+                .unwrap_or_default(),
+        )
+        .output()
+        .await?;
+    Ok((
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    ))
+}
+
 fn verify_ledger(sys: &TestSystem) -> anyhow::Result<()> {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_amba"))
         .args(["ledger", "verify"])
@@ -419,6 +453,30 @@ async fn unknown_outcomes_end_with_exactly_one_transfer() -> anyhow::Result<()> 
         (balance["paid_minor"].as_i64(), balance["reserved_minor"].as_i64()),
         (Some(3000), Some(0))
     );
+
+    // Reconciliation: Stripe and the records agree; a lost local update (the item still marked
+    // unknown although its transfer exists) is reported, and --repair settles it.
+    let (ok, out) = reconcile(&sys, &p.program, false).await?;
+    assert!(
+        ok && out.contains("2 item(s) compared") && out.contains("0 difference(s)"),
+        "{out}"
+    );
+    let pool = sys.service_pool("payout").await?;
+    sqlx::query("UPDATE payout_items SET status = 'unknown' WHERE payout_item_id = $1")
+        .bind(&item_id)
+        .execute(&pool)
+        .await?;
+    let (ok, out) = reconcile(&sys, &p.program, false).await?;
+    assert!(!ok && out.contains(&item_id) && out.contains("--repair"), "{out}");
+    let (ok, out) = reconcile(&sys, &p.program, true).await?;
+    assert!(ok && out.contains("1 repaired"), "{out}");
+    let status: String = sqlx::query_scalar("SELECT status FROM payout_items WHERE payout_item_id = $1")
+        .bind(&item_id)
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(status, "paid");
+    pool.close().await;
+    assert_eq!(fake.transfers().len(), 2, "reconciling moved no money");
     verify_ledger(&sys)?;
     sys.stop().await
 }

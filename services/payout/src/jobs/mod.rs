@@ -1,6 +1,8 @@
 //! The in-flight job: every payout item still pending, reserved or unknown is advanced again
 //! (a run interrupted by a crash, a scheduled run's items, a transfer whose outcome was unknown).
 
+pub mod reconcile;
+
 use crate::settle::Settler;
 use crate::store;
 use std::time::Duration;

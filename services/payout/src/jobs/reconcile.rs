@@ -1,0 +1,81 @@
+//! `amba payouts reconcile <program_id> [--repair]`: compares what Stripe shows for each of a
+//! program's payout items (found by `transfer_group` = the item id) with what the payout service
+//! and the ledger recorded, and reports every difference. `--repair` settles what can be settled
+//! safely: an item still in flight whose transfer exists is posted (paid); nothing else is
+//! changed automatically.
+
+use crate::settle::Settler;
+use amba_bus::rpc::db_error;
+use amba_core::ApiError;
+
+#[derive(Debug, Default)]
+pub struct Reconciliation {
+    pub items: usize,
+    pub problems: Vec<String>,
+    pub repaired: Vec<String>,
+}
+
+pub async fn reconcile(settler: &Settler, program_id: &str, repair: bool) -> Result<Reconciliation, ApiError> {
+    let stripe = settler.stripe.as_ref().ok_or_else(crate::settle::stripe_missing)?;
+    let items: Vec<crate::store::ItemRow> = sqlx::query_as(
+        "SELECT payout_item_id, payout_run_id, program_id, enrollment_id, affiliate_org_id, currency, gross_minor, \
+         fee_minor, debt_minor, net_minor, status, reason, stripe_account_id, stripe_transfer_id FROM payout_items \
+         WHERE program_id = $1 AND status <> 'skipped' ORDER BY payout_item_id",
+    )
+    .bind(program_id)
+    .fetch_all(&settler.pool)
+    .await
+    .map_err(db_error)?;
+    let mut report = Reconciliation {
+        items: items.len(),
+        ..Default::default()
+    };
+    for item in items {
+        let id = &item.payout_item_id;
+        let transfers = stripe
+            .transfers_of(id)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("Stripe: {e}")))?;
+        match (item.status.as_str(), transfers.as_slice()) {
+            ("paid", [t])
+                if t.amount == item.net_minor && item.stripe_transfer_id.as_deref() == Some(t.id.as_str()) => {}
+            ("paid", [t]) => report.problems.push(format!(
+                "{id}: paid {} by {:?}, but Stripe's transfer {} is {}",
+                item.net_minor, item.stripe_transfer_id, t.id, t.amount
+            )),
+            ("paid", []) => report
+                .problems
+                .push(format!("{id}: paid in the ledger, but Stripe has no transfer for it")),
+            ("failed" | "voided", []) => {}
+            ("failed" | "voided", found) => report.problems.push(format!(
+                "{id}: {} (reservation returned), but Stripe shows {} transfer(s): money moved without a ledger post",
+                item.status,
+                found.len()
+            )),
+            ("pending", []) => {}
+            ("reserved" | "unknown" | "pending", [t]) if repair => {
+                let mut conn = settler.pool.begin().await.map_err(db_error)?;
+                settler.transfer_seen(&mut conn, id, &t.id).await?;
+                conn.commit().await.map_err(db_error)?;
+                report
+                    .repaired
+                    .push(format!("{id}: transfer {} exists; posted as paid", t.id));
+            }
+            (status, found) => report.problems.push(format!(
+                "{id}: {status} with {} transfer(s) at Stripe{}",
+                found.len(),
+                if found.is_empty() {
+                    ""
+                } else {
+                    " (run with --repair to post it)"
+                }
+            )),
+        }
+        if transfers.len() > 1 {
+            report
+                .problems
+                .push(format!("{id}: {} transfers share its transfer group", transfers.len()));
+        }
+    }
+    Ok(report)
+}
