@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "amba/affiliate/internal/v1/attribution.proto",
         "amba/affiliate/internal/v1/commission.proto",
         "amba/affiliate/internal/v1/payout.proto",
+        "amba/affiliate/internal/v1/notification.proto",
     ];
     let paths: Vec<_> = files.iter().map(|f| root.join(f)).collect();
     for path in &paths {

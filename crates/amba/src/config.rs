@@ -38,6 +38,11 @@ pub struct Settings {
     /// absent at Stripe before its reservation is voided (default 300).
     pub payout_unknown_grace: std::time::Duration,
     pub smtp_url: Option<Secret>,
+    /// `AMBA_MAIL_FROM`: the From of every e-mail; default `Amba Affiliate <no-reply@<public host>>`.
+    pub mail_from: String,
+    /// `AMBA_DATA_DIR` (default `.amba`): a PostgreSQL/NATS `amba dev` starts, and e-mails as
+    /// `.eml` files under `mail/` when there is no `AMBA_SMTP_URL`.
+    pub data_dir: std::path::PathBuf,
     /// `ORG_PAYOUTS_LIVE`: real transfers; off ⇒ 503 PAYOUTS_NOT_ENABLED (dry runs still work).
     pub payouts_live: bool,
     /// `MULTI_LEVEL_ENABLED`: the platform switch for upline overrides.
@@ -163,6 +168,20 @@ impl Settings {
             stripe_timeout: seconds(&get, "AMBA_STRIPE_TIMEOUT_SECONDS", 20)?,
             payout_unknown_grace: seconds(&get, "AMBA_PAYOUT_UNKNOWN_GRACE_SECONDS", 300)?,
             smtp_url: smtp_url.map(Secret::new),
+            data_dir: get("AMBA_DATA_DIR").map(Into::into).unwrap_or_else(|| ".amba".into()),
+            mail_from: match get("AMBA_MAIL_FROM") {
+                Some(from) if from.contains('@') => from,
+                Some(from) => {
+                    return Err(bad(
+                        "AMBA_MAIL_FROM",
+                        format!("{from:?} is not an address like Amba <no-reply@example.com>"),
+                    ));
+                }
+                None => format!(
+                    "Amba Affiliate <no-reply@{}>",
+                    amba_edge::host_of(&public_url).unwrap_or_else(|| "localhost".into())
+                ),
+            },
             payouts_live: flag(&get, "ORG_PAYOUTS_LIVE")?,
             multi_level_enabled: flag(&get, "MULTI_LEVEL_ENABLED")?,
             otlp_endpoint: get("OTEL_EXPORTER_OTLP_ENDPOINT"),

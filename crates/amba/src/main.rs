@@ -216,6 +216,12 @@ async fn dev(mut settings: Settings) -> anyhow::Result<()> {
             }
         }
     });
+    if settings.smtp_url.is_none() {
+        println!(
+            "\nNo AMBA_SMTP_URL: e-mails are written as .eml files to {}",
+            system::mail_dir(&settings).display()
+        );
+    }
     if _fake_stripe.is_some() {
         println!(
             "\nNo AMBA_STRIPE_SECRET_KEY: payouts use a local fake Stripe (onboarding links open a local page \

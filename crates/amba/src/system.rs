@@ -181,6 +181,14 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
     let url = settings.database_url.expose().to_owned();
     let multi_level_enabled = settings.multi_level_enabled;
     let payout_config = payout_config(settings);
+    let notification_config = if services.contains(&ServiceName::Notification) {
+        Some(notification_config(settings).map_err(|source| StartError::Service {
+            service: ServiceName::Notification,
+            source: RunError::Setup(source),
+        })?)
+    } else {
+        None
+    };
     for &service in services {
         if service == ServiceName::Edge {
             continue;
@@ -190,6 +198,7 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
             .await
             .map_err(|source| StartError::Service { service, source })?;
         let (bus, url, stop, payout_config) = (bus.clone(), url.clone(), shutdown.clone(), payout_config.clone());
+        let notification_config = notification_config.clone();
         let service_shutdown = shutdown.clone();
         tasks.spawn(async move {
             // Each service's future is boxed: their state machines are large, and a task holding
@@ -199,7 +208,12 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
                 ServiceName::Attribution => Box::pin(amba_attribution::run(&url, bus, stop)),
                 ServiceName::Commission => Box::pin(amba_commission::run(&url, bus, multi_level_enabled, stop)),
                 ServiceName::Payout => Box::pin(amba_payout::run(&url, bus, payout_config.clone(), stop)),
-                ServiceName::Notification => Box::pin(amba_notification::run(&url, bus, stop)),
+                ServiceName::Notification => match notification_config.clone() {
+                    Some(config) => Box::pin(amba_notification::run(&url, bus, config, stop)),
+                    None => {
+                        Box::pin(async { Err(RunError::Setup("the notification transport is not configured".into())) })
+                    }
+                },
                 ServiceName::Edge => Box::pin(async { Ok(()) }),
             };
             let result = run.await;
@@ -322,4 +336,36 @@ pub fn payout_config(settings: &Settings) -> amba_payout::PayoutConfig {
         stripe_timeout: settings.stripe_timeout,
         ..Default::default()
     }
+}
+
+/// Where the notification service sends e-mail: `AMBA_SMTP_URL`, else `.eml` files in
+/// `AMBA_DATA_DIR/mail/` (what `amba dev` prints at start).
+pub fn notification_config(settings: &Settings) -> Result<amba_notification::NotificationConfig, String> {
+    use amba_notification::mail::{Envelope, Transport};
+    let transport = match &settings.smtp_url {
+        Some(url) => Transport::smtp(url.expose()).map_err(|e| format!("AMBA_SMTP_URL: {e}"))?,
+        None => {
+            let dir = mail_dir(settings);
+            Transport::files(dir.clone()).map_err(|e| format!("{}: {e}", dir.display()))?
+        }
+    };
+    let from = settings
+        .mail_from
+        .parse()
+        .map_err(|e| format!("AMBA_MAIL_FROM {:?}: {e}", settings.mail_from))?;
+    Ok(amba_notification::NotificationConfig {
+        transport,
+        envelope: Envelope {
+            from,
+            host: amba_edge::host_of(&settings.public_url).unwrap_or_else(|| "localhost".into()),
+            preferences_url: format!("{}/notifications", settings.public_url),
+        },
+        public_url: settings.public_url.clone(),
+        send_interval: std::time::Duration::from_millis(250),
+    })
+}
+
+/// Where e-mails are written without an SMTP server.
+pub fn mail_dir(settings: &Settings) -> std::path::PathBuf {
+    settings.data_dir.join("mail")
 }

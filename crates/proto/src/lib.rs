@@ -98,4 +98,10 @@ pub mod methods {
         pub const RUN: &str = "run";
         pub const RUNS: &str = "runs";
     }
+
+    pub mod notification {
+        pub const SERVICE: &str = "notification";
+        pub const PREFERENCES: &str = "preferences";
+        pub const LIST: &str = "list";
+    }
 }

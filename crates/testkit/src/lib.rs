@@ -7,8 +7,10 @@
 //! the NATS server (default `nats://127.0.0.1:4222`).
 
 mod mcp;
+pub mod smtp;
 
 pub use mcp::McpClient;
+pub use smtp::SmtpSink;
 
 use amba::{Running, ServiceName, Settings};
 use amba_bus::{Bus, Namespace};
@@ -140,6 +142,14 @@ impl TestSystem {
             ("AMBA_HTTP_ADDR", format!("127.0.0.1:{port}")),
             ("AMBA_GRPC_ADDR", "127.0.0.1:0".to_owned()),
             ("AMBA_METRICS_ADDR", "127.0.0.1:0".to_owned()),
+            // E-mails (no SMTP server unless a test gives one) go to this test's own folder.
+            (
+                "AMBA_DATA_DIR",
+                std::env::temp_dir()
+                    .join(format!("amba-test-{ns}"))
+                    .display()
+                    .to_string(),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))

@@ -73,6 +73,8 @@ impl Handler for EnrollmentEvents {
 pub struct AttributionEvents {
     /// The platform switch `MULTI_LEVEL_ENABLED`.
     pub multi_level_enabled: bool,
+    /// For the `commission.*` events this consumer publishes.
+    pub ns: amba_bus::Namespace,
 }
 
 impl Handler for AttributionEvents {
@@ -318,6 +320,26 @@ impl AttributionEvents {
                 reason: event.reason.clone(),
                 currency: conversion.currency.clone(),
             },
+        )
+        .await?;
+        // What the ledger did, for the affiliate's e-mail (notification consumes it).
+        let meta = amba_bus::events::new_meta();
+        let outcome = pb::CommissionClawedBack {
+            meta: Some(meta.clone()),
+            clawback_id: event.clawback_id.clone(),
+            conversion_id: conversion.conversion_id.clone(),
+            program_id: conversion.program_id.clone(),
+            enrollment_id: conversion.enrollment_id.clone(),
+            affiliate_org_id: conversion.affiliate_org_id.clone(),
+            currency: conversion.currency.clone(),
+            refund_minor: event.refund_minor,
+            reversed_minor: reversed_total,
+            carry_forward_minor: carry_total,
+            reason: event.reason.clone(),
+        };
+        amba_bus::outbox::enqueue(
+            conn,
+            &amba_bus::events::OutboxEvent::new(self.ns.event("commission", "clawed_back"), &meta, &outcome),
         )
         .await?;
         Ok(())

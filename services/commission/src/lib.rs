@@ -69,7 +69,10 @@ pub async fn run(
             ns.consumer(SERVICE, "attribution"),
             String::new(),
         ),
-        Arc::new(consumers::AttributionEvents { multi_level_enabled }),
+        Arc::new(consumers::AttributionEvents {
+            multi_level_enabled,
+            ns: ns.clone(),
+        }),
         shutdown.clone(),
     );
     let server = rpc::server(rpc::Commission::new(pool.clone())).serve(bus.nats.clone(), ns.clone(), shutdown.clone());

@@ -48,6 +48,7 @@ pub fn router(state: EdgeState, allowed_hosts: Vec<String>) -> Router {
         )
         .merge(touchpoints)
         .route("/.well-known/oauth-protected-resource/mcp", get(protected_resource))
+        .route("/notifications", get(notifications_page))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .merge(mcp)
@@ -83,6 +84,16 @@ pub fn error_response(err: &amba_core::ApiError) -> axum::response::Response {
         response.headers_mut().insert(axum::http::header::RETRY_AFTER, value);
     }
     response
+}
+
+/// Where e-mails' `List-Unsubscribe` points: how to turn them off.
+async fn notifications_page() -> impl IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "Amba Affiliate e-mails\n\nYour organization chooses which e-mails it gets with the MCP tools \
+         amba_affiliate_notifications_get and amba_affiliate_notifications_update, e.g. \
+         {\"conversion_approved\": false}. amba_affiliate_my_notifications_list shows what was sent.\n",
+    )
 }
 
 async fn readyz(State(state): State<EdgeState>) -> impl IntoResponse {

@@ -192,7 +192,7 @@ impl<B> tower_http::trace::MakeSpan<B> for IncomingSpan {
 }
 
 /// `https://mcp.example.com:8443/x` → `mcp.example.com`.
-fn host_of(url: &str) -> Option<String> {
+pub fn host_of(url: &str) -> Option<String> {
     let rest = url.split_once("://")?.1;
     let authority = rest.split('/').next()?;
     let host = match authority.strip_prefix('[') {

@@ -1,15 +1,40 @@
-//! Notification: the e-mail outbox, delivery log and per-org preferences, fed by the events
-//! of every other service. Filled in by the notification issue; for now it owns its schema (with
-//! the messaging tables) and runs its relay.
+//! Notification: affiliate e-mails from the other services' events (DESIGN §5 Notification).
+//! It only consumes events, so e-mail can never block, delay or roll back money.
+//!
+//! - `domain`: the templates and money formatting (pure);
+//! - `consumers`: events → e-mail rows, once per (event, template), honouring preferences;
+//! - `jobs`: the sender (retries with backoff, permanent failures recorded);
+//! - `mail`: SMTP (lettre) or `.eml` files; `rpc`: preferences and the org's e-mail log.
 
+pub mod consumers;
+pub mod domain;
+pub mod jobs;
+pub mod mail;
+pub mod rpc;
+pub mod store;
+
+use amba_bus::consumer::{self, ConsumerSpec};
 use amba_bus::outbox::RelayWaker;
 use amba_bus::{Bus, RunError};
 use sqlx::migrate::Migrator;
+use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-pub const SERVICE: &str = "notification";
+pub const SERVICE: &str = amba_proto::methods::notification::SERVICE;
 pub const SCHEMA: &str = "notification";
 pub static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
+
+/// Where e-mails go and what they say about the sender.
+#[derive(Clone)]
+pub struct NotificationConfig {
+    pub transport: mail::Transport,
+    pub envelope: mail::Envelope,
+    /// `AMBA_PUBLIC_URL`: affiliate links in e-mails.
+    pub public_url: String,
+    /// How often the sender looks for due e-mails.
+    pub send_interval: Duration,
+}
 
 /// Applies this service's migrations (also done by [`run`]).
 pub async fn migrate(database_url: &str) -> Result<(), RunError> {
@@ -18,12 +43,47 @@ pub async fn migrate(database_url: &str) -> Result<(), RunError> {
         .map(|_| ())
 }
 
-/// Runs until `shutdown`, then flushes the outbox.
-pub async fn run(database_url: &str, bus: Bus, shutdown: CancellationToken) -> Result<(), RunError> {
+/// Consumes every stream that leads to an e-mail, sends, answers requests; until `shutdown`.
+pub async fn run(
+    database_url: &str,
+    bus: Bus,
+    config: NotificationConfig,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
     let pool = amba_bus::service::open_store(database_url, SCHEMA, &MIGRATIONS, 8).await?;
-    amba_bus::service::with_relay(pool, &bus, RelayWaker::default(), async {
-        shutdown.cancelled().await;
-        Ok(())
+    let ns = bus.ns.clone();
+    let handler = Arc::new(consumers::Events {
+        public_url: config.public_url.clone(),
+    });
+    let mut consumers = Vec::new();
+    for stream in ["enrollment", "attribution", "commission", "payout"] {
+        consumers.push(Box::pin(consumer::run(
+            bus.js.clone(),
+            pool.clone(),
+            ConsumerSpec::new(ns.events_stream(stream), ns.consumer(SERVICE, stream), String::new()),
+            handler.clone(),
+            shutdown.clone(),
+        )));
+    }
+    let server = Box::pin(rpc::server(rpc::Notification { pool: pool.clone() }).serve(
+        bus.nats.clone(),
+        ns.clone(),
+        shutdown.clone(),
+    ));
+    let sender = Box::pin(jobs::deliver(
+        pool.clone(),
+        config.transport.clone(),
+        config.envelope.clone(),
+        config.send_interval,
+        shutdown.clone(),
+    ));
+    amba_bus::service::with_relay(pool, &bus, RelayWaker::default(), async move {
+        let consumers =
+            futures::future::try_join_all(consumers.into_iter().map(|c| async { c.await.map_err(RunError::from) }));
+        tokio::try_join!(consumers, async { server.await.map_err(RunError::from) }, async {
+            sender.await.map_err(RunError::from)
+        },)
+        .map(drop)
     })
     .await
 }

@@ -65,7 +65,7 @@ fn verify_ledger(sys: &TestSystem) -> anyhow::Result<()> {
 
 /// The affiliate creates its payout account and finishes onboarding through the link, as a
 /// person with a browser would; readiness arrives by webhook.
-async fn onboard(sys: &TestSystem, affiliate: &Org) -> anyhow::Result<()> {
+pub async fn onboard(sys: &TestSystem, affiliate: &Org) -> anyhow::Result<()> {
     let created = affiliate
         .mcp
         .ok("amba_affiliate_my_payout_create", json!({"country": "US"}))

@@ -12,6 +12,7 @@ pub use attribution::parse_time;
 mod enrollments;
 mod guide;
 mod identity;
+mod notifications;
 mod payouts;
 mod programs;
 mod schema;
@@ -56,7 +57,8 @@ impl McpServer {
             + Self::token_tools()
             + Self::commission_tools()
             + Self::attribution_tools()
-            + Self::payout_tools();
+            + Self::payout_tools()
+            + Self::notification_tools();
         for route in tool_router.map.values_mut() {
             route.attr = schema::finish(route.attr.clone());
         }

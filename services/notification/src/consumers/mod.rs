@@ -1,0 +1,170 @@
+//! Events in, e-mails queued. Each e-mail is a row keyed by (event id, template), written in the
+//! consumer's transaction with its inbox row: a redelivered or replayed event queues nothing new.
+//! Sending happens later (jobs::deliver), so nothing about e-mail can block, delay or roll back
+//! the services that published the events.
+
+use crate::domain::templates::{self, Email};
+use crate::store::{self, NewEmail};
+use amba_bus::consumer::{Delivery, Handler, HandlerError};
+use amba_proto::wire as pb;
+use prost::Message;
+use sqlx::PgConnection;
+
+fn retry(message: String) -> HandlerError {
+    HandlerError::Retry(anyhow::anyhow!(message))
+}
+
+/// `<ns>.evt.<domain>.<kind>` → (domain, kind).
+fn kind_of(subject: &str) -> (&str, &str) {
+    let mut parts = subject.rsplitn(3, '.');
+    let kind = parts.next().unwrap_or_default();
+    let domain = parts.next().unwrap_or_default();
+    (domain, kind)
+}
+
+/// Every stream's events (one consumer per stream, the same handler).
+pub struct Events {
+    /// What affiliate links in e-mails point to (`AMBA_PUBLIC_URL`).
+    pub public_url: String,
+}
+
+impl Handler for Events {
+    async fn handle(&self, conn: &mut PgConnection, delivery: &Delivery) -> Result<(), HandlerError> {
+        let payload = delivery.payload.as_ref();
+        match kind_of(&delivery.subject) {
+            ("program", _) => {
+                let event = pb::ProgramChanged::decode(payload)?;
+                if let Some(p) = event.program {
+                    store::upsert_program(
+                        conn,
+                        &p.program_id,
+                        &p.name,
+                        &p.currency,
+                        &p.owner_org_id,
+                        p.updated_at_micros,
+                    )
+                    .await?;
+                }
+                Ok(())
+            }
+            ("enrollment", _) => {
+                self.enrollment(conn, delivery, pb::EnrollmentChanged::decode(payload)?)
+                    .await
+            }
+            ("conversion", "approved") => {
+                let event = pb::ConversionChanged::decode(payload)?;
+                let Some(c) = event.conversion else { return Ok(()) };
+                if c.affiliate_org_id.is_empty() || c.commission_minor <= 0 {
+                    return Ok(());
+                }
+                let (program, currency) = self.program(conn, &c.program_id).await?;
+                let currency = if c.currency.is_empty() {
+                    currency
+                } else {
+                    c.currency.clone()
+                };
+                let email = templates::approved(&program, c.commission_minor, &currency, &c.external_id);
+                queue(conn, delivery, &c.affiliate_org_id, email, true).await
+            }
+            ("commission", "clawed_back") => {
+                let e = pb::CommissionClawedBack::decode(payload)?;
+                if e.affiliate_org_id.is_empty() || (e.reversed_minor == 0 && e.carry_forward_minor == 0) {
+                    return Ok(());
+                }
+                let (program, _) = self.program(conn, &e.program_id).await?;
+                let email = templates::clawback(
+                    &program,
+                    e.reversed_minor,
+                    e.carry_forward_minor,
+                    &e.currency,
+                    &e.reason,
+                );
+                queue(conn, delivery, &e.affiliate_org_id, email, true).await
+            }
+            ("payout", kind @ ("sent" | "failed")) => {
+                let e = pb::PayoutItemChanged::decode(payload)?;
+                let Some(item) = e.item else { return Ok(()) };
+                let (program, _) = self.program(conn, &e.program_id).await?;
+                let email = if kind == "sent" {
+                    templates::payout_sent(&program, item.net_minor, item.fee_minor, &e.currency)
+                } else {
+                    templates::payout_failed(&program, item.net_minor, &e.currency, &item.reason)
+                };
+                queue(conn, delivery, &e.affiliate_org_id, email, true).await
+            }
+            ("payout", "account_ready") => {
+                let e = pb::PayoutAccountChanged::decode(payload)?;
+                let Some(account) = e.account else { return Ok(()) };
+                // An org in no program yet has no known address: nothing to wait for.
+                queue(conn, delivery, &account.org_id, templates::account_ready(), false).await
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Events {
+    async fn enrollment(
+        &self,
+        conn: &mut PgConnection,
+        delivery: &Delivery,
+        event: pb::EnrollmentChanged,
+    ) -> Result<(), HandlerError> {
+        let Some(enrollment) = event.enrollment else {
+            return Ok(());
+        };
+        store::upsert_org_emails(conn, &enrollment.affiliate_org_id, &event.affiliate_emails).await?;
+        store::upsert_org_emails(conn, &event.program_owner_org_id, &event.owner_emails).await?;
+        let org = &enrollment.affiliate_org_id;
+        let email = match (event.previous_status.as_str(), enrollment.status.as_str()) {
+            ("", "pending") if enrollment.origin == "invite" => templates::invited(&enrollment.program_name),
+            (previous, "active") if previous != "active" => {
+                templates::activated(&enrollment.program_name, &enrollment.code, &self.public_url)
+            }
+            _ => return Ok(()),
+        };
+        queue(conn, delivery, org, email, true).await
+    }
+
+    async fn program(&self, conn: &mut PgConnection, program_id: &str) -> Result<(String, String), HandlerError> {
+        store::program(conn, program_id)
+            .await?
+            .ok_or_else(|| retry(format!("program {program_id} not in the read model yet")))
+    }
+}
+
+/// Queues `email` for `org` once for this event: suppressed if the org turned the kind off.
+/// An org whose address is not known yet is waited for (`wait_for_org`), else skipped.
+async fn queue(
+    conn: &mut PgConnection,
+    delivery: &Delivery,
+    org_id: &str,
+    email: Email,
+    wait_for_org: bool,
+) -> Result<(), HandlerError> {
+    let recipients = match store::org_emails(conn, org_id).await? {
+        Some(emails) if !emails.is_empty() => emails,
+        _ if wait_for_org => return Err(retry(format!("no e-mail address of {org_id} known yet"))),
+        _ => return Ok(()),
+    };
+    let status = if store::enabled(conn, org_id, email.kind).await? {
+        "queued"
+    } else {
+        "suppressed"
+    };
+    store::insert_email(
+        conn,
+        &NewEmail {
+            email_id: &format!("eml_{}", amba_core::id::time_ordered_suffix()),
+            event_id: &delivery.event_id,
+            template: email.kind,
+            org_id,
+            recipients: &recipients,
+            subject: &email.subject,
+            body: &email.body,
+            status,
+        },
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,4 @@
+//! Pure rules: which e-mails exist and what they say.
+
+pub mod money;
+pub mod templates;

@@ -1,0 +1,149 @@
+//! The e-mails: one plain-text template per kind, each with a subject that says what happened.
+//! Nothing secret ever goes into one (no tokens, no onboarding links).
+
+use super::money;
+
+/// Kinds an org can turn off (`amba_affiliate_notifications_update`).
+pub const KINDS: &[&str] = &[
+    "invited",
+    "enrollment_activated",
+    "conversion_approved",
+    "clawback",
+    "payout_sent",
+    "payout_failed",
+    "payout_account_ready",
+];
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Email {
+    /// One of [`KINDS`]; also the template name in the (event, template) idempotency key.
+    pub kind: &'static str,
+    pub subject: String,
+    pub body: String,
+}
+
+const SIGNATURE: &str =
+    "\n--\nAmba Affiliate. Turn these e-mails off with the MCP tool amba_affiliate_notifications_update.\n";
+
+pub fn invited(program: &str) -> Email {
+    Email {
+        kind: "invited",
+        subject: format!("You are invited to the {program} affiliate program"),
+        body: format!(
+            "Hello,\n\nYou have been invited to join the affiliate program \"{program}\".\n\n\
+             To accept, call the MCP tool amba_affiliate_my_invites_list to see the invitation, then \
+             amba_affiliate_my_invite_accept with its enrollment_id (or amba_affiliate_my_invite_decline).\n{SIGNATURE}"
+        ),
+    }
+}
+
+pub fn activated(program: &str, code: &str, public_url: &str) -> Email {
+    Email {
+        kind: "enrollment_activated",
+        subject: format!("You are now an affiliate of {program}"),
+        body: format!(
+            "Hello,\n\nYour enrollment in \"{program}\" is active.\n\n\
+             Your referral code: {code}\nYour affiliate link: {public_url}/r/{code}\n\n\
+             Sales reported with your code, or by visitors who came through your link, earn you commission.\n{SIGNATURE}"
+        ),
+    }
+}
+
+pub fn approved(program: &str, commission_minor: i64, currency: &str, external_id: &str) -> Email {
+    let amount = money::format(commission_minor, currency);
+    Email {
+        kind: "conversion_approved",
+        subject: format!("You earned {amount} commission in {program}"),
+        body: format!(
+            "Hello,\n\nA sale you referred in \"{program}\" was approved (order {external_id}).\n\n\
+             Commission: {amount}\n\nIt becomes payable once the program's hold period ends; see \
+             amba_affiliate_my_balance_get.\n{SIGNATURE}"
+        ),
+    }
+}
+
+pub fn clawback(program: &str, reversed_minor: i64, carry_forward_minor: i64, currency: &str, reason: &str) -> Email {
+    let reversed = money::format(reversed_minor, currency);
+    let debt = if carry_forward_minor > 0 {
+        format!(
+            "{} of it had already been paid out; it is carried forward and netted against your next payouts.",
+            money::format(carry_forward_minor, currency)
+        )
+    } else {
+        "Nothing is carried forward as debt.".to_owned()
+    };
+    Email {
+        kind: "clawback",
+        subject: format!("A refund reversed {reversed} of your commission in {program}"),
+        body: format!(
+            "Hello,\n\nA sale you referred in \"{program}\" was refunded or charged back ({reason}).\n\n\
+             Commission reversed: {reversed}\n{debt}\n{SIGNATURE}"
+        ),
+    }
+}
+
+pub fn payout_sent(program: &str, net_minor: i64, fee_minor: i64, currency: &str) -> Email {
+    let net = money::format(net_minor, currency);
+    Email {
+        kind: "payout_sent",
+        subject: format!("Payout of {net} sent for {program}"),
+        body: format!(
+            "Hello,\n\nWe sent you a payout of {net} for \"{program}\" (after a platform fee of {}). It reaches \
+             your bank on your payout account's schedule.\n{SIGNATURE}",
+            money::format(fee_minor, currency)
+        ),
+    }
+}
+
+pub fn payout_failed(program: &str, net_minor: i64, currency: &str, reason: &str) -> Email {
+    let net = money::format(net_minor, currency);
+    Email {
+        kind: "payout_failed",
+        subject: format!("Your payout of {net} for {program} failed"),
+        body: format!(
+            "Hello,\n\nA payout of {net} for \"{program}\" could not be made: {reason}\n\nThe amount stays in your \
+             payable balance for the next run. Check your payout account (amba_affiliate_my_payout_request).\n{SIGNATURE}"
+        ),
+    }
+}
+
+pub fn account_ready() -> Email {
+    Email {
+        kind: "payout_account_ready",
+        subject: "Your payout account is ready".to_owned(),
+        body: format!("Hello,\n\nStripe confirmed your payout account: payouts can now be sent to you.\n{SIGNATURE}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_say_what_happened_with_people_amounts() {
+        assert_eq!(
+            approved("Acme", 2469, "USD", "o-1").subject,
+            "You earned $24.69 commission in Acme"
+        );
+        assert_eq!(
+            approved("Acme", 500, "JPY", "o-1").subject,
+            "You earned ¥500 commission in Acme"
+        );
+        let c = clawback("Acme", 2000, 2000, "USD", "refund");
+        assert!(c.subject.contains("$20.00") && c.body.contains("carried forward"));
+        assert!(
+            clawback("Acme", 1000, 0, "USD", "refund")
+                .body
+                .contains("Nothing is carried forward")
+        );
+        assert!(
+            activated("Acme", "CODE1", "https://amba.example")
+                .body
+                .contains("https://amba.example/r/CODE1")
+        );
+        assert!(payout_sent("Acme", 1950, 50, "USD").subject.contains("$19.50"));
+        for email in [invited("A"), account_ready(), payout_failed("A", 1, "USD", "x")] {
+            assert!(KINDS.contains(&email.kind) && email.body.contains("notifications_update"));
+        }
+    }
+}
