@@ -28,7 +28,8 @@ pub enum SendError {
 }
 
 impl Transport {
-    /// From `smtp://[user:pass@]host[:port]` (port 25) or `smtps://…` (port 465).
+    /// From `smtp://[user:pass@]host[:port]` (port 25) or `smtps://…` (port 465). Call inside
+    /// the Tokio runtime: the connection pool starts its upkeep task.
     pub fn smtp(url: &str) -> Result<Transport, String> {
         let (scheme, rest) = url.split_once("://").ok_or("not a URL")?;
         let (auth, address) = match rest.trim_end_matches('/').rsplit_once('@') {
@@ -161,8 +162,8 @@ pub fn build(
 mod tests {
     use super::*;
 
-    #[test]
-    fn smtp_urls() {
+    #[tokio::test]
+    async fn smtp_urls() {
         assert!(Transport::smtp("smtp://127.0.0.1:2525").is_ok());
         assert!(Transport::smtp("smtps://user:p%40ss@mail.example.com").is_ok());
         assert!(Transport::smtp("http://mail.example.com").is_err());
