@@ -43,6 +43,8 @@ pub struct Settings {
     /// `AMBA_DATA_DIR` (default `.amba`): a PostgreSQL/NATS `amba dev` starts, and e-mails as
     /// `.eml` files under `mail/` when there is no `AMBA_SMTP_URL`.
     pub data_dir: std::path::PathBuf,
+    /// `AMBA_TOUCHPOINTS_PER_ORG` = `<burst>,<per second>` (default `1000,200`).
+    pub touchpoints_per_org: (u32, u32),
     /// `ORG_PAYOUTS_LIVE`: real transfers; off ⇒ 503 PAYOUTS_NOT_ENABLED (dry runs still work).
     pub payouts_live: bool,
     /// `MULTI_LEVEL_ENABLED`: the platform switch for upline overrides.
@@ -168,6 +170,19 @@ impl Settings {
             stripe_timeout: seconds(&get, "AMBA_STRIPE_TIMEOUT_SECONDS", 20)?,
             payout_unknown_grace: seconds(&get, "AMBA_PAYOUT_UNKNOWN_GRACE_SECONDS", 300)?,
             smtp_url: smtp_url.map(Secret::new),
+            touchpoints_per_org: match get("AMBA_TOUCHPOINTS_PER_ORG") {
+                None => amba_edge::rate_limit::TOUCHPOINTS_PER_ORG,
+                Some(v) => v
+                    .split_once(',')
+                    .and_then(|(b, r)| Some((b.trim().parse::<u32>().ok()?, r.trim().parse::<u32>().ok()?)))
+                    .filter(|(b, r)| *b > 0 && *r > 0)
+                    .ok_or_else(|| {
+                        bad(
+                            "AMBA_TOUCHPOINTS_PER_ORG",
+                            format!("{v:?} is not <burst>,<per second> such as 1000,200"),
+                        )
+                    })?,
+            },
             data_dir: get("AMBA_DATA_DIR").map(Into::into).unwrap_or_else(|| ".amba".into()),
             mail_from: match get("AMBA_MAIL_FROM") {
                 Some(from) if from.contains('@') => from,

@@ -255,6 +255,7 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
             trusted_proxies: settings.trusted_proxies.clone(),
             link_secret: settings.link_secret.clone(),
             stripe_webhook_secrets: settings.stripe_webhook_secrets.clone(),
+            touchpoints_per_org: settings.touchpoints_per_org,
         };
         let edge = amba_edge::Edge::bind(config, &bus)
             .await

@@ -4,7 +4,7 @@
 //! |---|---|---|---|---|
 //! | `public` | client address (IPv6 by /64) | 60 | 10/s | anonymous clicks (`POST /v1/touchpoints`, `/r/`), anonymous MCP calls |
 //! | `creations` | org | 20 | 1 per 6 s | signups and token creation by an authenticated org |
-//! | `touchpoints` | org | 1,000 | 200/s | touchpoints recorded with a token (gRPC, MCP) |
+//! | `touchpoints` | org | 1,000 | 200/s (`AMBA_TOUCHPOINTS_PER_ORG`) | touchpoints recorded with a token (gRPC, MCP) |
 //! | `token_lookups` | client address (IPv6 by /64) | 100 | 10/s | token checks that miss the cache (unknown, revoked or new tokens) |
 //!
 //! A refusal is `RATE_LIMITED` (HTTP 429 with `Retry-After`, gRPC `RESOURCE_EXHAUSTED` with
@@ -37,12 +37,23 @@ pub struct RateLimits {
     token_lookups: Keyed<IpAddr>,
 }
 
+/// The per-org touchpoint budget by default: (burst, sustained per second).
+pub const TOUCHPOINTS_PER_ORG: (u32, u32) = (1_000, 200);
+
 impl Default for RateLimits {
     fn default() -> Self {
+        RateLimits::with_touchpoints(TOUCHPOINTS_PER_ORG)
+    }
+}
+
+impl RateLimits {
+    /// The default budgets, with the per-org touchpoint budget (burst, per second) given
+    /// (`AMBA_TOUCHPOINTS_PER_ORG`: backends that record clicks server-side may need more).
+    pub fn with_touchpoints((burst, per_second): (u32, u32)) -> Self {
         RateLimits {
             public: Keyed::new(60, Duration::from_millis(100)),
             creations: Keyed::new(20, Duration::from_secs(6)),
-            touchpoints: Keyed::new(1_000, Duration::from_millis(5)),
+            touchpoints: Keyed::new(burst, Duration::from_secs(1) / per_second.max(1)),
             token_lookups: Keyed::new(100, Duration::from_millis(100)),
         }
     }
