@@ -4,17 +4,18 @@
 //! - `consumers`: read models of programs and enrollments; accrual when a conversion is
 //!   approved (the amount attribution decided, never re-rated), multi-level overrides,
 //!   clawbacks, clicks — applied by keyed workers, one affiliate's events by one worker.
-//! - `sweep`: releases held commission once its hold ends (exactly once).
+//! - `jobs::sweep`: releases held commission once its hold ends (exactly once).
 //! - `rpc`: balances, stats, analytics, leaderboard, clawback outcomes, and the payout-facing
 //!   two-phase API (quote, reserve, post, void, transfer reversal).
-//! - `verify`: `amba ledger verify`.
+//! - `jobs::verify`: `amba ledger verify`.
 
 pub mod consumers;
 pub mod domain;
+pub mod jobs;
 pub mod rpc;
 pub mod store;
-pub mod sweep;
-pub mod verify;
+
+pub use jobs::sweep;
 
 use amba_bus::consumer::{self, ConsumerSpec};
 use amba_bus::outbox::RelayWaker;
@@ -31,7 +32,7 @@ pub static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 /// How often the hold-release sweep looks for commissions whose hold has ended.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
-pub use verify::{VerifyReport, verify_database};
+pub use jobs::verify::{VerifyReport, verify_database};
 
 /// Applies this service's migrations (also done by [`run`]).
 pub async fn migrate(database_url: &str) -> Result<(), RunError> {
