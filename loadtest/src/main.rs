@@ -6,13 +6,14 @@
 //!     [--unary-callers 64] [--unary-seconds 20] [--mcp-callers 8] [--mcp-seconds 10] [--max-count 3000000]
 //!     [--http http://127.0.0.1:8080] [--grpc http://127.0.0.1:50051]
 //!     [--database-url postgres://postgres@127.0.0.1:5432/amba] [--nats nats://127.0.0.1:4222] [--namespace amba]
-//!     [--pid <system pid>]
+//!     [--pid <system pid>] [--ledger-wait 600]
 //! ```
 //! Loopback only: every target must be 127.0.0.0/8 or localhost. Every phase is bounded by its
 //! time and by `--max-count`, so the tool always stops by itself.
 
 mod floor;
 mod lag;
+mod ledger;
 mod memory;
 mod phases;
 mod setup;
@@ -37,6 +38,9 @@ pub struct Options {
     pub mcp_seconds: Duration,
     pub max_count: u64,
     pub pid: Option<u32>,
+    /// How long to wait for the commission ledger to book every approved conversion after the
+    /// streaming phase (`--ledger-wait`, seconds).
+    pub ledger_wait: Duration,
 }
 
 fn parse_options() -> anyhow::Result<Options> {
@@ -77,6 +81,7 @@ fn parse_options() -> anyhow::Result<Options> {
         mcp_callers: usize::try_from(number("mcp-callers", 8)?)?,
         mcp_seconds: Duration::from_secs(number("mcp-seconds", 10)?),
         max_count: number("max-count", 3_000_000)?,
+        ledger_wait: Duration::from_secs(number("ledger-wait", 600)?),
         pid: flags
             .get("pid")
             .map(|p| p.parse())
@@ -144,8 +149,10 @@ async fn main() -> anyhow::Result<()> {
 
     // Unary and MCP first, on a quiet system; the streaming phase leaves a backlog for the
     // event consumers (commission) that would slow whatever ran after it.
+    let calls_from = chrono::Utc::now();
     let unary = phases::unary(&options, &world).await?;
     let mcp = phases::mcp(&options, &world).await?;
+    let calls_to = chrono::Utc::now();
     let rss_warm = pid.and_then(memory::rss_mib);
     lag.wait_for(unary.ok + mcp.ok, Duration::from_secs(60)).await;
     let lag_calls = lag.take();
@@ -154,6 +161,9 @@ async fn main() -> anyhow::Result<()> {
     let streaming_to = memory.as_ref().map(memory::Sampler::now);
     let published = lag.wait_for(streaming.ok, Duration::from_secs(120)).await;
     let lag_streaming = lag.take();
+    // The ledger with a backlog and ingest idle: how fast it books, and when it has caught up.
+    let catch_up = ledger::catch_up(&options.database_url, &world.program_id, options.ledger_wait).await?;
+    let booked_calls = ledger::booked_lag(&options.database_url, &world.program_id, calls_from, calls_to).await?;
     let floor = floor::measure(&options.database_url, streaming.ok.clamp(10_000, 1_000_000)).await?;
     let rss_end = pid.and_then(memory::rss_mib);
 
@@ -168,9 +178,24 @@ async fn main() -> anyhow::Result<()> {
         None => println!("  NOT every streamed conversion's event was seen on NATS within 120 s"),
     }
     lag_streaming.print("  end-to-end lag, report accepted → its event published (streaming phase)");
+    match catch_up.after {
+        Some(after) => println!(
+            "  ledger: booked the {} approved conversions still pending when the events were out in {:.1} s ({:.0} conversions/s)",
+            catch_up.backlog,
+            after.as_secs_f64(),
+            catch_up.rate
+        ),
+        None => println!(
+            "  ledger: NOT caught up within {} s; it booked {:.0} conversions/s of a {} backlog",
+            options.ledger_wait.as_secs(),
+            catch_up.rate,
+            catch_up.backlog
+        ),
+    }
     unary.print("gRPC unary");
     mcp.print("MCP (streamable HTTP)");
     lag_calls.print("  end-to-end lag (unary + MCP phases)");
+    booked_calls.print("  report → commission booked (unary + MCP phases)");
     println!(
         "database floor: {:.0} rows/s ({} rows, 1,000-row INSERT ... SELECT unnest(...) batches, one connection, same unique index)",
         floor.rows_per_second, floor.rows
