@@ -55,12 +55,19 @@ pub async fn run(
     let handler = Arc::new(consumers::Events {
         public_url: config.public_url.clone(),
     });
+    // Only what leads to an e-mail: clicks and unapproved conversions never reach this service.
+    let sources = [
+        ("enrollment", String::new()),
+        ("attribution", ns.event("conversion", "approved")),
+        ("commission", ns.event("commission", "clawed_back")),
+        ("payout", String::new()),
+    ];
     let mut consumers = Vec::new();
-    for stream in ["enrollment", "attribution", "commission", "payout"] {
+    for (stream, filter) in sources {
         consumers.push(Box::pin(consumer::run(
             bus.js.clone(),
             pool.clone(),
-            ConsumerSpec::new(ns.events_stream(stream), ns.consumer(SERVICE, stream), String::new()),
+            ConsumerSpec::new(ns.events_stream(stream), ns.consumer(SERVICE, stream), filter),
             handler.clone(),
             shutdown.clone(),
         )));
