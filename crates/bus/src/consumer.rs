@@ -5,7 +5,8 @@
 //! same transaction; commit, then double-ack. A transient failure rolls the message back and naks
 //! it with backoff; an undecodable or permanently invalid message (or one out of retries) is
 //! recorded in `dead_letters` and terminated. A worker applies what it has queued in one
-//! transaction, each message in its own savepoint, so one commit (one fsync) serves many.
+//! transaction, so one commit (one fsync) serves many: all at once first (one savepoint, one
+//! inbox insert), and if any message fails, again one message per savepoint so only it fails.
 //!
 //! Work is spread over `concurrency` worker tasks. A handler may name a partition key (an
 //! affiliate's enrollment, say): messages with the same key always go to the same worker and are
@@ -263,6 +264,10 @@ async fn apply_group<H: Handler>(
     group: &[(jetstream::Message, Delivery)],
 ) -> Result<Vec<Result<(), HandlerError>>, sqlx::Error> {
     let mut tx = pool.begin().await?;
+    if apply_all_at_once(&mut tx, consumer, handler, group).await? {
+        tx.commit().await?;
+        return Ok(group.iter().map(|_| Ok(())).collect());
+    }
     let mut outcomes = Vec::with_capacity(group.len());
     for (_, delivery) in group {
         if delivery.event_id.starts_with("missing-id:") {
@@ -283,6 +288,52 @@ async fn apply_group<H: Handler>(
     }
     tx.commit().await?;
     Ok(outcomes)
+}
+
+/// The common case first: every message of the group applies. One savepoint and one inbox insert
+/// for the whole group instead of three statements per message; if any message fails, the group
+/// is rolled back to the savepoint and `false` tells the caller to apply it one message at a time
+/// (so a bad message still fails alone).
+async fn apply_all_at_once<H: Handler>(
+    tx: &mut PgConnection,
+    consumer: &str,
+    handler: &H,
+    group: &[(jetstream::Message, Delivery)],
+) -> Result<bool, sqlx::Error> {
+    if group.len() < 2 || group.iter().any(|(_, d)| d.event_id.starts_with("missing-id:")) {
+        return Ok(false);
+    }
+    sqlx::query("SAVEPOINT group_at_once").execute(&mut *tx).await?;
+    let ids: Vec<&str> = group.iter().map(|(_, d)| d.event_id.as_str()).collect();
+    let subjects: Vec<&str> = group.iter().map(|(_, d)| d.subject.as_str()).collect();
+    let fresh: std::collections::HashSet<String> = sqlx::query_scalar(
+        "INSERT INTO inbox (consumer, event_id, subject) SELECT $1, * FROM UNNEST($2::text[], $3::text[]) \
+         ON CONFLICT DO NOTHING RETURNING event_id",
+    )
+    .bind(consumer)
+    .bind(&ids)
+    .bind(&subjects)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+    let mut applied = std::collections::HashSet::new();
+    for (_, delivery) in group {
+        // Known before (or a repeat inside the group): applied once, like the per-message path.
+        if !fresh.contains(&delivery.event_id) || !applied.insert(delivery.event_id.as_str()) {
+            continue;
+        }
+        let span = tracing::info_span!("consume", %consumer, subject = %delivery.subject, event_id = %delivery.event_id, attempt = delivery.attempt);
+        amba_telemetry::set_remote_parent(&span, &delivery.traceparent);
+        if handler.handle(&mut *tx, delivery).instrument(span).await.is_err() {
+            sqlx::query("ROLLBACK TO SAVEPOINT group_at_once")
+                .execute(&mut *tx)
+                .await?;
+            return Ok(false);
+        }
+    }
+    sqlx::query("RELEASE SAVEPOINT group_at_once").execute(&mut *tx).await?;
+    Ok(true)
 }
 
 /// Acks a committed message, naks a transient failure, dead-letters and terminates the rest.
