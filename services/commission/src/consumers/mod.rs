@@ -154,14 +154,22 @@ impl AttributionEvents {
         event_micros: i64,
     ) -> Result<(), HandlerError> {
         let sale_day = day_micros(conversion.occurred_at_micros, event_micros);
-        if store::remember_conversion(conn, conversion, sale_day).await? {
-            let bump = store::StatsBump {
-                conversions: 1,
-                ..Default::default()
-            };
-            store::bump_stats(conn, &conversion.program_id, &conversion.enrollment_id, sale_day, &bump).await?;
-        }
+        let first_seen = store::remember_conversion(conn, conversion, sale_day).await?;
+        let counted = store::StatsBump {
+            conversions: 1,
+            ..Default::default()
+        };
         if !approved || conversion.enrollment_id.is_empty() {
+            if first_seen {
+                store::bump_stats(
+                    conn,
+                    &conversion.program_id,
+                    &conversion.enrollment_id,
+                    sale_day,
+                    &counted,
+                )
+                .await?;
+            }
             return Ok(());
         }
         let program = store::program(conn, &conversion.program_id)
@@ -175,16 +183,43 @@ impl AttributionEvents {
                     conversion.enrollment_id
                 ))
             })?;
-        if !store::mark_approved(conn, &conversion.conversion_id).await? {
-            return Ok(()); // accrued before (a second approved event for the same conversion)
-        }
         let decided = day_micros(conversion.decided_at_micros, event_micros);
-        let bump = store::StatsBump {
+        // One daily_stats upsert for the whole approval where the days allow (the sale counted,
+        // approved, its revenue and commission), instead of one per figure.
+        let mut approval_stats = store::StatsBump {
             approved: 1,
             revenue_minor: conversion.amount_minor,
             ..Default::default()
         };
-        store::bump_stats(conn, &program.program_id, &enrollment.enrollment_id, decided, &bump).await?;
+        if first_seen {
+            if store::day_of(sale_day) == store::day_of(decided) {
+                approval_stats.conversions = 1;
+            } else {
+                store::bump_stats(
+                    conn,
+                    &conversion.program_id,
+                    &conversion.enrollment_id,
+                    sale_day,
+                    &counted,
+                )
+                .await?;
+            }
+        }
+        if !store::mark_approved(conn, &conversion.conversion_id).await? {
+            // Accrued before (a second approved event for the same conversion): only a first
+            // sighting is still to be counted.
+            if first_seen {
+                store::bump_stats(
+                    conn,
+                    &conversion.program_id,
+                    &conversion.enrollment_id,
+                    sale_day,
+                    &counted,
+                )
+                .await?;
+            }
+            return Ok(());
+        }
 
         let direct = store::NewCommission {
             commission_id: commission_id(&conversion.conversion_id, 0),
@@ -202,7 +237,7 @@ impl AttributionEvents {
             commission_tier: conversion.commission_tier,
             decided_at_micros: decided,
         };
-        accrue(conn, &program, &direct).await?;
+        accrue(conn, &program, &direct, approval_stats).await?;
 
         if self.multi_level_enabled && program.multi_level_enabled {
             let mut parent = enrollment.parent_enrollment_id.clone();
@@ -231,7 +266,7 @@ impl AttributionEvents {
                     rate_bps: Some(i32::try_from(bps).unwrap_or(0)),
                     ..direct.clone()
                 };
-                accrue(conn, &program, &row).await?;
+                accrue(conn, &program, &row, store::StatsBump::default()).await?;
             }
         }
         Ok(())
@@ -351,11 +386,20 @@ pub fn commission_id(conversion_id: &str, level: i32) -> String {
     format!("{conversion_id}:{level}")
 }
 
-/// Books a commission: the sub-ledger row, the accrual posting, the stats, and — with no hold —
+/// Books a commission: the sub-ledger row, the accrual posting, the stats (with `also`, other
+/// figures of the same enrollment and decision day, in the same upsert), and — with no hold —
 /// the release in the same transaction.
-async fn accrue(conn: &mut PgConnection, program: &ProgramRow, row: &store::NewCommission) -> Result<(), HandlerError> {
+async fn accrue(
+    conn: &mut PgConnection,
+    program: &ProgramRow,
+    row: &store::NewCommission,
+    also: store::StatsBump,
+) -> Result<(), HandlerError> {
     let release_at = row.decided_at_micros + i64::from(program.hold_days) * 86_400_000_000;
     if !store::insert_commission(conn, row, release_at).await? {
+        if also != store::StatsBump::default() {
+            store::bump_stats(conn, &row.program_id, &row.enrollment_id, row.decided_at_micros, &also).await?;
+        }
         return Ok(());
     }
     let scope = Scope {
@@ -377,7 +421,7 @@ async fn accrue(conn: &mut PgConnection, program: &ProgramRow, row: &store::NewC
     .await?;
     let bump = store::StatsBump {
         commission_minor: row.amount_minor,
-        ..Default::default()
+        ..also
     };
     store::bump_stats(conn, &row.program_id, &row.enrollment_id, row.decided_at_micros, &bump).await?;
     if program.hold_days == 0 {

@@ -383,7 +383,7 @@ pub async fn insert_clawback(conn: &mut PgConnection, c: &ClawbackRow) -> Result
 
 // ---- daily stats ----
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct StatsBump {
     pub clicks: i64,
     pub conversions: i64,
