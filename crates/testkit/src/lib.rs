@@ -209,6 +209,8 @@ impl TestSystem {
         amba_bus::streams::delete_event_streams(&self.bus.js, &self.bus.ns)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        // The test's own data folder (e-mails written as files when no SMTP server was given).
+        let _ = std::fs::remove_dir_all(&self.settings.data_dir);
         self.db.drop_now().await
     }
 }
