@@ -34,7 +34,7 @@ pub fn verify(header: &str, body: &[u8], secrets: &[Secret], now: i64) -> Result
         }
     }
     let timestamp = timestamp.ok_or("no timestamp in Stripe-Signature")?;
-    if (now - timestamp).abs() > TOLERANCE_SECONDS {
+    if now.abs_diff(timestamp) > TOLERANCE_SECONDS.unsigned_abs() {
         return Err("the signature is too old (or from the future)");
     }
     for secret in secrets {

@@ -87,6 +87,7 @@ pub async fn run(
         ns: ns.clone(),
         waker: waker.clone(),
         unknown_grace: config.unknown_grace,
+        payouts_live: config.payouts_live,
     };
     let payout = rpc::Payout {
         settler: settler.clone(),
@@ -172,6 +173,7 @@ pub async fn reconcile(
         ns: bus.ns.clone(),
         waker: RelayWaker::default(),
         unknown_grace: config.unknown_grace,
+        payouts_live: config.payouts_live,
     };
     Ok(jobs::reconcile::reconcile(&settler, program_id, repair).await?)
 }

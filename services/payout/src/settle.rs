@@ -29,91 +29,160 @@ pub struct Settler {
     pub waker: RelayWaker,
     /// How long an unknown transfer may stay absent at Stripe before its reservation is voided.
     pub unknown_grace: Duration,
+    /// `ORG_PAYOUTS_LIVE`: the in-flight job moves nothing while it is off.
+    pub payouts_live: bool,
 }
 
 impl Settler {
     /// Advances one item as far as it can go now; returns it as it ends up. An item another
-    /// settler holds is returned as it is.
+    /// settler holds is returned as it is. Each step commits before the next one starts, so the
+    /// reservation is stored before any money is asked of Stripe.
     pub async fn advance(&self, item_id: &str) -> Result<ItemRow, ApiError> {
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
-        let locked: Option<ItemRow> = sqlx::query_as(
-            "SELECT payout_item_id, payout_run_id, program_id, enrollment_id, affiliate_org_id, currency, gross_minor, \
-             fee_minor, debt_minor, net_minor, status, reason, stripe_account_id, stripe_transfer_id FROM payout_items \
-             WHERE payout_item_id = $1 FOR UPDATE SKIP LOCKED",
-        )
-        .bind(item_id)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        let Some(mut item) = locked else {
-            drop(tx);
-            let mut conn = self.pool.acquire().await.map_err(db_error)?;
-            return store::item(&mut conn, item_id)
-                .await
-                .map_err(db_error)?
-                .ok_or_else(|| ApiError::not_found(format!("payout item {item_id}")));
-        };
         let stripe = self.stripe.as_ref().ok_or_else(stripe_missing)?;
-        if item.status == "pending" {
-            match self.reserve(&item).await {
-                Ok(()) => self.set(&mut tx, &mut item, "reserved", None, None).await?,
-                Err(err) if err.code == ErrorCode::Conflict => {
-                    // The payable balance changed since the plan (e.g. a clawback): nothing reserved.
-                    let reason = format!("not paid: {}", err.message);
-                    self.set(&mut tx, &mut item, "failed", Some(&reason), None).await?;
-                    self.announce(&mut tx, &item, "failed").await?;
-                }
-                Err(err) => return Err(err),
+        let mut last = None;
+        // pending → reserved → paid/failed/unknown, one committed step at a time.
+        for _ in 0..3 {
+            let mut tx = self.pool.begin().await.map_err(db_error)?;
+            let Some(mut item) = lock_free(&mut tx, item_id).await? else {
+                drop(tx);
+                let mut conn = self.pool.acquire().await.map_err(db_error)?;
+                return store::item(&mut conn, item_id)
+                    .await
+                    .map_err(db_error)?
+                    .ok_or_else(|| ApiError::not_found(format!("payout item {item_id}")));
+            };
+            let before = item.status.clone();
+            match item.status.as_str() {
+                "pending" => self.reserve_step(&mut tx, &mut item).await?,
+                "reserved" => self.transfer_step(&mut tx, stripe, &mut item).await?,
+                "unknown" => self.lookup_step(&mut tx, stripe, &mut item).await?,
+                _ => {}
+            }
+            tx.commit().await.map_err(db_error)?;
+            self.waker.wake();
+            let moved = item.status != before;
+            last = Some(item);
+            if !moved {
+                break;
             }
         }
-        if item.status == "reserved" {
-            let destination = item.stripe_account_id.clone().unwrap_or_default();
-            match stripe
-                .transfer(
-                    item.net_minor,
-                    &item.currency,
-                    &destination,
-                    &item.payout_item_id,
-                    &item.program_id,
-                )
-                .await
-            {
-                Ok(transfer) => self.paid(&mut tx, &mut item, &transfer.id).await?,
-                Err(StripeError::Refused { message, .. }) => {
-                    self.void(&mut tx, &mut item, &format!("Stripe refused the transfer: {message}"))
-                        .await?
-                }
-                Err(StripeError::Unknown(why)) => {
-                    tracing::warn!(payout_item_id = %item.payout_item_id, %why, "transfer outcome unknown; looking it up");
-                    self.set(
-                        &mut tx,
-                        &mut item,
-                        "unknown",
-                        Some("the transfer's outcome is not known yet"),
-                        None,
-                    )
-                    .await?;
-                }
+        last.ok_or_else(ApiError::internal)
+    }
+
+    async fn reserve_step(&self, tx: &mut sqlx::PgConnection, item: &mut ItemRow) -> Result<(), ApiError> {
+        let reserved = match self.reserve(item).await {
+            // A reservation racing our own earlier call (e.g. after a timeout) loses on the
+            // balance lock; asked again, the ledger answers with the item it already reserved.
+            Err(err) if err.code == ErrorCode::Conflict => self.reserve(item).await,
+            other => other,
+        };
+        match reserved {
+            Ok(()) => self.set(tx, item, "reserved", None, None).await,
+            Err(err) if err.code == ErrorCode::Conflict => {
+                // The payable balance changed since the plan (e.g. a clawback): nothing reserved.
+                let reason = format!("not paid: {}", err.message);
+                self.set(tx, item, "failed", Some(&reason), None).await?;
+                self.announce(tx, item, "failed").await
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Sends the transfer — unless Stripe already has one for this item (a retry after a crash,
+    /// or after Stripe forgot the idempotency key): never a second transfer for one item.
+    async fn transfer_step(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        stripe: &crate::stripe::Stripe,
+        item: &mut ItemRow,
+    ) -> Result<(), ApiError> {
+        match stripe.transfers_of(&item.payout_item_id).await {
+            Ok(found) if !found.is_empty() => {
+                let id = found[0].id.clone();
+                return self.paid(tx, item, &id).await;
+            }
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(payout_item_id = %item.payout_item_id, error = %err, "transfer lookup failed; trying later");
+                return self.touch(tx, item).await;
             }
         }
-        if item.status == "unknown" {
-            match stripe.transfers_of(&item.payout_item_id).await {
-                Ok(found) => match found.first() {
-                    Some(transfer) => self.paid(&mut tx, &mut item, &transfer.id).await?,
-                    None if self.unknown_for_long(&mut tx, &item).await? => {
-                        self.void(&mut tx, &mut item, "Stripe has no transfer for this item")
-                            .await?
+        let destination = item.stripe_account_id.clone().unwrap_or_default();
+        match stripe
+            .transfer(
+                item.net_minor,
+                &item.currency,
+                &destination,
+                &item.payout_item_id,
+                &item.program_id,
+            )
+            .await
+        {
+            Ok(transfer) => self.paid(tx, item, &transfer.id).await,
+            Err(StripeError::Refused { message, .. }) => {
+                // A definite refusal — but look once more before returning the money to payable.
+                match stripe.transfers_of(&item.payout_item_id).await {
+                    Ok(found) if found.is_empty() => {
+                        self.void(tx, item, &format!("Stripe refused the transfer: {message}"))
+                            .await
                     }
-                    None => {}
-                },
-                Err(err) => {
-                    tracing::warn!(payout_item_id = %item.payout_item_id, error = %err, "transfer lookup failed")
+                    Ok(found) => {
+                        let id = found[0].id.clone();
+                        self.paid(tx, item, &id).await
+                    }
+                    Err(_) => self.unknown(tx, item).await,
                 }
             }
+            Err(StripeError::Unknown(why)) => {
+                tracing::warn!(payout_item_id = %item.payout_item_id, %why, "transfer outcome unknown; looking it up");
+                self.unknown(tx, item).await
+            }
         }
-        tx.commit().await.map_err(db_error)?;
-        self.waker.wake();
-        Ok(item)
+    }
+
+    async fn lookup_step(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        stripe: &crate::stripe::Stripe,
+        item: &mut ItemRow,
+    ) -> Result<(), ApiError> {
+        match stripe.transfers_of(&item.payout_item_id).await {
+            Ok(found) => match found.first() {
+                Some(transfer) => {
+                    let id = transfer.id.clone();
+                    self.paid(tx, item, &id).await
+                }
+                None if self.unknown_for_long(tx, item).await? => {
+                    self.void(tx, item, "Stripe has no transfer for this item").await
+                }
+                None => Ok(()),
+            },
+            Err(err) => {
+                tracing::warn!(payout_item_id = %item.payout_item_id, error = %err, "transfer lookup failed");
+                Ok(())
+            }
+        }
+    }
+
+    async fn unknown(&self, tx: &mut sqlx::PgConnection, item: &mut ItemRow) -> Result<(), ApiError> {
+        self.set(
+            tx,
+            item,
+            "unknown",
+            Some("the transfer's outcome is not known yet"),
+            None,
+        )
+        .await
+    }
+
+    /// Marks an attempt that changed nothing, so the in-flight job moves on to other items.
+    pub async fn touch(&self, tx: &mut sqlx::PgConnection, item: &ItemRow) -> Result<(), ApiError> {
+        sqlx::query("UPDATE payout_items SET updated_at = now() WHERE payout_item_id = $1")
+            .bind(&item.payout_item_id)
+            .execute(tx)
+            .await
+            .map_err(db_error)?;
+        Ok(())
     }
 
     /// A transfer Stripe reports (`transfer.created`) for an item still in flight: post it.
@@ -122,14 +191,15 @@ impl Settler {
         conn: &mut sqlx::PgConnection,
         item_id: &str,
         transfer_id: &str,
-    ) -> Result<(), ApiError> {
+    ) -> Result<bool, ApiError> {
         let Some(mut item) = store::lock_item(conn, item_id).await.map_err(db_error)? else {
-            return Ok(()); // not one of ours
+            return Ok(false); // not one of ours
         };
         if matches!(item.status.as_str(), "reserved" | "unknown") {
             self.paid(conn, &mut item, transfer_id).await?;
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     async fn reserve(&self, item: &ItemRow) -> Result<(), ApiError> {
@@ -238,4 +308,17 @@ pub fn stripe_missing() -> ApiError {
     ApiError::unavailable(
         "payouts need Stripe: AMBA_STRIPE_SECRET_KEY is not set on this deployment (amba dev uses a local fake Stripe)",
     )
+}
+
+/// Locks an item unless another settler holds it.
+async fn lock_free(tx: &mut sqlx::PgConnection, item_id: &str) -> Result<Option<ItemRow>, ApiError> {
+    sqlx::query_as(
+        "SELECT payout_item_id, payout_run_id, program_id, enrollment_id, affiliate_org_id, currency, gross_minor, \
+         fee_minor, debt_minor, net_minor, status, reason, stripe_account_id, stripe_transfer_id FROM payout_items \
+         WHERE payout_item_id = $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(item_id)
+    .fetch_optional(tx)
+    .await
+    .map_err(db_error)
 }

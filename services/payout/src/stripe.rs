@@ -217,6 +217,11 @@ impl Stripe {
                 last = format!("{status} {message}");
                 continue;
             }
+            // 409 (the same key still in flight) and idempotency errors say nothing about
+            // whether the first request happened: unknown, never a refusal.
+            if status == 409 || kind == "idempotency_error" {
+                return Err(StripeError::Unknown(format!("{status} {message}")));
+            }
             return Err(StripeError::Refused { status, kind, message });
         }
         Err(StripeError::Unknown(last))

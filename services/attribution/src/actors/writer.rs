@@ -129,16 +129,26 @@ fn write_isolating_failures<'a>(
     Box::pin(async move {
         match decide_and_write(deps, reports).await {
             Ok(outcomes) => outcomes,
-            Err(err) if reports.len() > 1 => {
+            // Only a report can be at fault for a data (22) or integrity (23) error; an
+            // unavailable database fails the whole batch, which its callers retry.
+            Err(err) if reports.len() > 1 && is_data_error(&err) => {
                 tracing::warn!(error = %err, batch = reports.len(), "report batch failed; retrying its halves apart");
                 let (left, right) = reports.split_at(reports.len() / 2);
                 let mut outcomes = write_isolating_failures(deps, left).await;
                 outcomes.extend(write_isolating_failures(deps, right).await);
                 outcomes
             }
-            Err(err) => vec![Err(refusal(&err))],
+            Err(err) => {
+                let refused = refusal(&err);
+                reports.iter().map(|_| Err(refused.clone())).collect()
+            }
         }
     })
+}
+
+fn is_data_error(err: &BatchError) -> bool {
+    matches!(err, BatchError::Database(sqlx::Error::Database(db))
+        if db.code().is_some_and(|c| c.starts_with("22") || c.starts_with("23")))
 }
 
 /// What the caller of a single report the database would not write is told.

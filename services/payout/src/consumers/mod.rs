@@ -65,6 +65,7 @@ impl Handler for OutsideEvents {
                     .settler
                     .transfer_seen(conn, item, transfer)
                     .await
+                    .map(drop)
                     .map_err(retry)
             }
             "transfer.reversed" => self.transfer_reversed(conn, object).await,
@@ -79,8 +80,20 @@ impl OutsideEvents {
         let Some(id) = account["id"].as_str() else {
             return Ok(());
         };
-        let transfers_active = account["capabilities"]["transfers"].as_str() == Some("active");
-        let payouts_enabled = account["payouts_enabled"].as_bool().unwrap_or(false);
+        if store::account_of_stripe(conn, id).await?.is_none() {
+            return Ok(()); // an account this deployment did not create
+        }
+        // Events arrive unordered: the account as Stripe has it now decides, not this snapshot.
+        let (transfers_active, payouts_enabled) = match &self.payout.settler.stripe {
+            Some(stripe) => {
+                let now = stripe.account(id).await.map_err(retry)?;
+                (now.transfers_active(), now.payouts_enabled)
+            }
+            None => (
+                account["capabilities"]["transfers"].as_str() == Some("active"),
+                account["payouts_enabled"].as_bool().unwrap_or(false),
+            ),
+        };
         let Some((before, after)) = store::update_readiness(conn, id, transfers_active, payouts_enabled).await? else {
             return Ok(()); // an account this deployment did not create
         };
@@ -98,6 +111,15 @@ impl OutsideEvents {
         };
         if store::item(conn, item_id).await?.is_none() {
             return Ok(()); // not a payout of ours
+        }
+        // A reversal proves the transfer exists: an item still in flight is posted first, so the
+        // ledger takes the reversal instead of refusing it until the event is dead-lettered.
+        if let Some(transfer_id) = transfer["id"].as_str() {
+            self.payout
+                .settler
+                .transfer_seen(conn, item_id, transfer_id)
+                .await
+                .map_err(retry)?;
         }
         let reversals = transfer["reversals"]["data"].as_array().cloned().unwrap_or_default();
         for reversal in reversals {
@@ -201,11 +223,15 @@ impl OutsideEvents {
             {
                 continue;
             }
-            let mut items = self
-                .payout
-                .plan_items(conn, &program, &run.payout_run_id)
-                .await
-                .map_err(retry)?;
+            let mut items = match self.payout.plan_items(conn, &program, &run.payout_run_id).await {
+                Ok(items) => items,
+                Err(err) => {
+                    // One program's trouble must not hold up the others; a later tick of the
+                    // same period settles it.
+                    tracing::warn!(program_id = %program.program_id, error = %err, "scheduled run not created; a later tick retries");
+                    continue;
+                }
+            };
             if store::insert_run(conn, &run).await? {
                 for item in &mut items {
                     item.payout_run_id = run.payout_run_id.clone();

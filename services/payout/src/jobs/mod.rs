@@ -19,7 +19,8 @@ pub async fn run(settler: Settler, every: Duration, shutdown: CancellationToken)
             _ = shutdown.cancelled() => return Ok(()),
             _ = ticker.tick() => {}
         }
-        if settler.stripe.is_none() {
+        // Nothing moves while payouts are off (items already reserved wait for the switch).
+        if settler.stripe.is_none() || !settler.payouts_live {
             continue;
         }
         let items = {
@@ -29,6 +30,10 @@ pub async fn run(settler: Settler, every: Duration, shutdown: CancellationToken)
         for item in items {
             if let Err(err) = settler.advance(&item.payout_item_id).await {
                 tracing::warn!(payout_item_id = %item.payout_item_id, error = %err, "payout item still in flight");
+                // To the back of the queue, so items that keep failing cannot starve the rest.
+                if let Ok(mut conn) = settler.pool.acquire().await {
+                    let _ = settler.touch(&mut conn, &item).await;
+                }
             }
         }
     }

@@ -53,13 +53,19 @@ pub async fn reconcile(settler: &Settler, program_id: &str, repair: bool) -> Res
                 found.len()
             )),
             ("pending", []) => {}
-            ("reserved" | "unknown" | "pending", [t]) if repair => {
+            ("reserved" | "unknown", [t]) if repair => {
                 let mut conn = settler.pool.begin().await.map_err(db_error)?;
-                settler.transfer_seen(&mut conn, id, &t.id).await?;
+                let posted = settler.transfer_seen(&mut conn, id, &t.id).await?;
                 conn.commit().await.map_err(db_error)?;
-                report
-                    .repaired
-                    .push(format!("{id}: transfer {} exists; posted as paid", t.id));
+                if posted {
+                    report
+                        .repaired
+                        .push(format!("{id}: transfer {} exists; posted as paid", t.id));
+                } else {
+                    report
+                        .problems
+                        .push(format!("{id}: transfer {} exists but the item changed meanwhile", t.id));
+                }
             }
             (status, found) => report.problems.push(format!(
                 "{id}: {status} with {} transfer(s) at Stripe{}",
