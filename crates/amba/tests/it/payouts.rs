@@ -443,22 +443,7 @@ async fn unknown_outcomes_end_with_exactly_one_transfer() -> anyhow::Result<()> 
         .await?;
     let item = item_of(&items(&run), &p.ann)?.clone();
     let item_id = text(&item["payout_item_id"]).to_owned();
-    eventually(WAIT, "the timed-out transfer settles as paid", || async {
-        let listed = p
-            .owner
-            .mcp
-            .ok("amba_affiliate_payouts_list", json!({"program_id": p.program}))
-            .await?;
-        let status = listed["runs"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|r| r["items"].as_array().cloned().unwrap_or_default())
-            .find(|i| i["payout_item_id"] == item_id.as_str())
-            .map(|i| text(&i["status"]).to_owned());
-        Ok((status.as_deref() == Some("paid")).then_some(()))
-    })
-    .await?;
+    paid_eventually(&p, &item_id).await?;
     let for_item: Vec<Value> = fake
         .transfers()
         .into_iter()
