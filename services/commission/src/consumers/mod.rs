@@ -155,20 +155,9 @@ impl AttributionEvents {
     ) -> Result<(), HandlerError> {
         let sale_day = day_micros(conversion.occurred_at_micros, event_micros);
         let first_seen = store::remember_conversion(conn, conversion, sale_day).await?;
-        let counted = store::StatsBump {
-            conversions: 1,
-            ..Default::default()
-        };
         if !approved || conversion.enrollment_id.is_empty() {
             if first_seen {
-                store::bump_stats(
-                    conn,
-                    &conversion.program_id,
-                    &conversion.enrollment_id,
-                    sale_day,
-                    &counted,
-                )
-                .await?;
+                count_sale(conn, conversion, sale_day).await?;
             }
             return Ok(());
         }
@@ -183,6 +172,14 @@ impl AttributionEvents {
                     conversion.enrollment_id
                 ))
             })?;
+        if !store::mark_approved(conn, &conversion.conversion_id).await? {
+            // Accrued before (a second approved event for the same conversion): only a first
+            // sighting is still to be counted.
+            if first_seen {
+                count_sale(conn, conversion, sale_day).await?;
+            }
+            return Ok(());
+        }
         let decided = day_micros(conversion.decided_at_micros, event_micros);
         // One daily_stats upsert for the whole approval where the days allow (the sale counted,
         // approved, its revenue and commission), instead of one per figure.
@@ -195,30 +192,8 @@ impl AttributionEvents {
             if store::day_of(sale_day) == store::day_of(decided) {
                 approval_stats.conversions = 1;
             } else {
-                store::bump_stats(
-                    conn,
-                    &conversion.program_id,
-                    &conversion.enrollment_id,
-                    sale_day,
-                    &counted,
-                )
-                .await?;
+                count_sale(conn, conversion, sale_day).await?;
             }
-        }
-        if !store::mark_approved(conn, &conversion.conversion_id).await? {
-            // Accrued before (a second approved event for the same conversion): only a first
-            // sighting is still to be counted.
-            if first_seen {
-                store::bump_stats(
-                    conn,
-                    &conversion.program_id,
-                    &conversion.enrollment_id,
-                    sale_day,
-                    &counted,
-                )
-                .await?;
-            }
-            return Ok(());
         }
 
         let direct = store::NewCommission {
@@ -379,6 +354,23 @@ impl AttributionEvents {
         .await?;
         Ok(())
     }
+}
+
+/// Counts a conversion seen for the first time on its sale day.
+async fn count_sale(conn: &mut PgConnection, conversion: &pb::Conversion, sale_day: i64) -> Result<(), HandlerError> {
+    let counted = store::StatsBump {
+        conversions: 1,
+        ..Default::default()
+    };
+    store::bump_stats(
+        conn,
+        &conversion.program_id,
+        &conversion.enrollment_id,
+        sale_day,
+        &counted,
+    )
+    .await?;
+    Ok(())
 }
 
 /// The id of a conversion's commission at `level` (0 direct, n the n-th upline's override).
