@@ -228,7 +228,9 @@ impl McpServer {
             by: args.by.unwrap_or_default(),
             limit: args.limit.unwrap_or_default(),
         };
-        let reply: pb::StatsReply = self.commission_call(methods::ANALYTICS, &request).await?;
+        let reply: pb::StatsReply = self
+            .call_service(methods::SERVICE, methods::ANALYTICS, &request)
+            .await?;
         let stats = reply.stats.unwrap_or_default();
         Ok(Json(AnalyticsOutput {
             program_id: args.program_id,
@@ -268,7 +270,9 @@ impl McpServer {
             by: args.by.unwrap_or_default(),
             limit: args.limit.unwrap_or_default(),
         };
-        let reply: pb::StatsReply = self.commission_call(methods::LEADERBOARD, &request).await?;
+        let reply: pb::StatsReply = self
+            .call_service(methods::SERVICE, methods::LEADERBOARD, &request)
+            .await?;
         Ok(Json(LeaderboardOutput {
             program_id: args.program_id,
             leaderboard: reply.leaderboard.into_iter().map(leaderboard_row).collect(),
@@ -299,7 +303,7 @@ impl McpServer {
             to_day: args.to.unwrap_or_default(),
             ..Default::default()
         };
-        let reply: pb::StatsReply = self.commission_call(methods::MY_STATS, &request).await?;
+        let reply: pb::StatsReply = self.call_service(methods::SERVICE, methods::MY_STATS, &request).await?;
         let s = reply.stats.unwrap_or_default();
         Ok(Json(MyStatsOutput {
             clicks: s.clicks,
@@ -338,7 +342,7 @@ impl McpServer {
             caller: Some(caller),
             program_id: args.program_id.unwrap_or_default(),
         };
-        let reply: pb::BalanceReply = self.commission_call(methods::BALANCE, &request).await?;
+        let reply: pb::BalanceReply = self.call_service(methods::SERVICE, methods::BALANCE, &request).await?;
         let total = reply.total.unwrap_or_default();
         Ok(Json(MyBalanceOutput {
             held_minor: total.held_minor,
@@ -404,7 +408,8 @@ impl McpServer {
             .await
             .map_err(tool_error)?;
         let outcome: pb::ClawbackOutcome = self
-            .commission_call(
+            .call_service(
+                methods::SERVICE,
                 methods::CLAWBACK_OUTCOME,
                 &pb::ClawbackOutcomeRequest {
                     caller: Some(caller),
@@ -432,20 +437,6 @@ impl McpServer {
                 clawed_back_minor: c.clawed_back_minor,
             },
         }))
-    }
-}
-
-impl McpServer {
-    async fn commission_call<Req: prost::Message, Resp: prost::Message + Default>(
-        &self,
-        method: &str,
-        request: &Req,
-    ) -> Result<Resp, ToolError> {
-        self.state
-            .rpc
-            .call(methods::SERVICE, method, request)
-            .await
-            .map_err(tool_error)
     }
 }
 

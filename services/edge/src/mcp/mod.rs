@@ -66,6 +66,18 @@ impl McpServer {
     }
 }
 
+impl McpServer {
+    /// One request to a service; its typed error becomes the tool's error result.
+    async fn call_service<Req: prost::Message, Resp: prost::Message + Default>(
+        &self,
+        service: &str,
+        method: &str,
+        request: &Req,
+    ) -> Result<Resp, ToolError> {
+        self.state.rpc.call(service, method, request).await.map_err(tool_error)
+    }
+}
+
 /// The principal the auth middleware attached to this HTTP request, if any.
 fn principal_of(parts: &http::request::Parts) -> Option<Principal> {
     parts.extensions.get::<Principal>().cloned()

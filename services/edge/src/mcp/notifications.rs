@@ -1,7 +1,7 @@
 //! Notification tools: which e-mails an org gets, and what was sent to it.
 
 use super::programs::rfc3339;
-use super::{McpServer, ToolError, require_principal, tool_error};
+use super::{McpServer, ToolError, require_principal};
 use amba_proto::methods::notification as methods;
 use amba_proto::wire as pb;
 use rmcp::handler::server::tool::Extension;
@@ -107,7 +107,8 @@ impl McpServer {
             changes: Vec::new(),
         };
         Ok(Json(preferences_view(
-            self.notification_call(methods::PREFERENCES, &request).await?,
+            self.call_service(methods::SERVICE, methods::PREFERENCES, &request)
+                .await?,
         )))
     }
 
@@ -149,7 +150,8 @@ impl McpServer {
             changes,
         };
         Ok(Json(preferences_view(
-            self.notification_call(methods::PREFERENCES, &request).await?,
+            self.call_service(methods::SERVICE, methods::PREFERENCES, &request)
+                .await?,
         )))
     }
 
@@ -174,7 +176,7 @@ impl McpServer {
             cursor: a.cursor.unwrap_or_default(),
             limit: a.limit.unwrap_or_default(),
         };
-        let reply: pb::NotificationsListReply = self.notification_call(methods::LIST, &request).await?;
+        let reply: pb::NotificationsListReply = self.call_service(methods::SERVICE, methods::LIST, &request).await?;
         Ok(Json(NotificationsOutput {
             notifications: reply
                 .notifications
@@ -196,19 +198,5 @@ impl McpServer {
                 .collect(),
             next_cursor: reply.next_cursor,
         }))
-    }
-}
-
-impl McpServer {
-    async fn notification_call<Req: prost::Message, Resp: prost::Message + Default>(
-        &self,
-        method: &str,
-        request: &Req,
-    ) -> Result<Resp, ToolError> {
-        self.state
-            .rpc
-            .call(methods::SERVICE, method, request)
-            .await
-            .map_err(tool_error)
     }
 }

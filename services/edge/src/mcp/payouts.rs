@@ -2,7 +2,7 @@
 //! payout runs. Money moves only through the payout service (Stripe Connect) and the ledger.
 
 use super::programs::rfc3339;
-use super::{McpServer, ToolError, require_principal, tool_error};
+use super::{McpServer, ToolError, require_principal};
 use amba_proto::methods::payout as methods;
 use amba_proto::wire as pb;
 use rmcp::handler::server::tool::Extension;
@@ -209,7 +209,9 @@ impl McpServer {
             caller: Some(require_principal(&parts)?),
             country: args.country.unwrap_or_default(),
         };
-        let reply: pb::PayoutAccountReply = self.payout_call(methods::ACCOUNT_CREATE, &request).await?;
+        let reply: pb::PayoutAccountReply = self
+            .call_service(methods::SERVICE, methods::ACCOUNT_CREATE, &request)
+            .await?;
         Ok(Json(account_view(reply.account.unwrap_or_default(), reply.created)))
     }
 
@@ -236,7 +238,9 @@ impl McpServer {
             return_url: args.return_url,
             refresh_url: args.refresh_url,
         };
-        let reply: pb::OnboardingReply = self.payout_call(methods::ONBOARDING, &request).await?;
+        let reply: pb::OnboardingReply = self
+            .call_service(methods::SERVICE, methods::ONBOARDING, &request)
+            .await?;
         Ok(Json(OnboardingOutput {
             url: reply.url,
             expires_at: rfc3339(reply.expires_at_micros),
@@ -266,7 +270,7 @@ impl McpServer {
             caller: Some(require_principal(&parts)?),
             program_id: args.program_id.unwrap_or_default(),
         };
-        let reply: pb::PayoutQuoteReply = self.payout_call(methods::QUOTE, &request).await?;
+        let reply: pb::PayoutQuoteReply = self.call_service(methods::SERVICE, methods::QUOTE, &request).await?;
         let sum = |f: fn(&pb::PayoutQuote) -> i64| reply.quotes.iter().map(f).sum::<i64>();
         let next = reply
             .quotes
@@ -337,7 +341,7 @@ impl McpServer {
             dry_run: args.dry_run.unwrap_or(false),
             idempotency_key: args.idempotency_key.unwrap_or_default(),
         };
-        let reply: pb::PayoutRunReply = self.payout_call(methods::RUN, &request).await?;
+        let reply: pb::PayoutRunReply = self.call_service(methods::SERVICE, methods::RUN, &request).await?;
         Ok(Json(run_view(reply.run.unwrap_or_default(), reply.duplicate)))
     }
 
@@ -363,24 +367,10 @@ impl McpServer {
             cursor: args.cursor.unwrap_or_default(),
             limit: args.limit.unwrap_or_default(),
         };
-        let reply: pb::PayoutRunsReply = self.payout_call(methods::RUNS, &request).await?;
+        let reply: pb::PayoutRunsReply = self.call_service(methods::SERVICE, methods::RUNS, &request).await?;
         Ok(Json(PayoutsListOutput {
             runs: reply.runs.into_iter().map(|r| run_view(r, false)).collect(),
             next_cursor: reply.next_cursor,
         }))
-    }
-}
-
-impl McpServer {
-    async fn payout_call<Req: prost::Message, Resp: prost::Message + Default>(
-        &self,
-        method: &str,
-        request: &Req,
-    ) -> Result<Resp, ToolError> {
-        self.state
-            .rpc
-            .call(methods::SERVICE, method, request)
-            .await
-            .map_err(tool_error)
     }
 }
