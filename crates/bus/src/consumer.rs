@@ -2,11 +2,12 @@
 //!
 //! For each message: read the event id (`Nats-Msg-Id`), record the id in the inbox — if it was
 //! already there the event was applied before and is only acked — and run the handler, in the
-//! same transaction; commit, then double-ack. A transient failure rolls the message back and naks
+//! same transaction; commit, then ack. A transient failure rolls the message back and naks
 //! it with backoff; an undecodable or permanently invalid message (or one out of retries) is
 //! recorded in `dead_letters` and terminated. A worker applies what it has queued in one
 //! transaction, so one commit (one fsync) serves many: all at once first (one savepoint, one
-//! inbox insert), and if any message fails, again one message per savepoint so only it fails.
+//! inbox insert, one [`Handler::handle_batch`]), and if that fails, again one message per
+//! savepoint so only the bad message fails.
 //!
 //! Work is spread over `concurrency` worker tasks. A handler may name a partition key (an
 //! affiliate's enrollment, say): messages with the same key always go to the same worker and are
@@ -66,6 +67,25 @@ pub trait Handler: Send + Sync + 'static {
         delivery: &Delivery,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
 
+    /// Applies several new messages, in stream order, as one unit: a handler that can book them
+    /// together (one statement per table instead of one per message) overrides this. Any error
+    /// fails them all; the runner then applies each message on its own, so a bad message still
+    /// fails alone. Default: [`Handler::handle`] for each.
+    fn handle_batch(
+        &self,
+        conn: &mut PgConnection,
+        deliveries: &[&Delivery],
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        async move {
+            for delivery in deliveries {
+                let span = tracing::info_span!("consume", subject = %delivery.subject, event_id = %delivery.event_id, attempt = delivery.attempt);
+                amba_telemetry::set_remote_parent(&span, &delivery.traceparent);
+                self.handle(&mut *conn, delivery).instrument(span).await?;
+            }
+            Ok(())
+        }
+    }
+
     /// Messages with the same key are applied sequentially by one worker. `None` (the default):
     /// any worker.
     fn partition_key(&self, _delivery: &Delivery) -> Option<String> {
@@ -84,6 +104,8 @@ pub struct ConsumerSpec {
     pub max_deliver: i64,
     pub ack_wait: Duration,
     pub concurrency: usize,
+    /// Most messages one worker applies in one transaction (and queues ahead).
+    pub max_batch: usize,
 }
 
 impl ConsumerSpec {
@@ -95,12 +117,17 @@ impl ConsumerSpec {
             max_deliver: 10,
             ack_wait: Duration::from_secs(30),
             concurrency: 16,
+            max_batch: 64,
         }
     }
-}
 
-/// Most messages one worker applies in one transaction.
-const MAX_GROUP: usize = 64;
+    /// Lets each worker apply up to `max_batch` messages per transaction (for handlers that book
+    /// a batch at once).
+    pub fn with_max_batch(mut self, max_batch: usize) -> Self {
+        self.max_batch = max_batch.max(1);
+        self
+    }
+}
 
 /// Backoff for the n-th failed attempt: 100 ms doubling, capped at 30 s.
 pub fn retry_delay(attempt: i64) -> Duration {
@@ -126,11 +153,17 @@ pub async fn run<H: Handler>(
                 ack_policy: jetstream::consumer::AckPolicy::Explicit,
                 max_deliver: spec.max_deliver,
                 ack_wait: spec.ack_wait,
+                // Room for every worker's queue and the group it is applying.
+                max_ack_pending: i64::try_from(spec.concurrency.max(1) * spec.max_batch * 2).unwrap_or(i64::MAX),
                 ..Default::default()
             },
         )
         .await?;
-    let messages = consumer.messages().await?;
+    let messages = consumer
+        .stream()
+        .max_messages_per_batch(spec.max_batch.clamp(200, 1_000))
+        .messages()
+        .await?;
     let spec = Arc::new(spec);
     let meters = Arc::new(Meters::new(&spec.durable_name));
 
@@ -138,13 +171,13 @@ pub async fn run<H: Handler>(
     let mut workers = JoinSet::new();
     let mut queues = Vec::with_capacity(workers_count);
     for _ in 0..workers_count {
-        let (queue, mut inbox) = mpsc::channel::<(jetstream::Message, Delivery)>(64);
+        let (queue, mut inbox) = mpsc::channel::<(jetstream::Message, Delivery)>(spec.max_batch);
         queues.push(queue);
         let (pool, spec, handler, meters) = (pool.clone(), spec.clone(), handler.clone(), meters.clone());
         workers.spawn(async move {
             while let Some(first) = inbox.recv().await {
                 let mut group = vec![first];
-                while group.len() < MAX_GROUP {
+                while group.len() < spec.max_batch {
                     match inbox.try_recv() {
                         Ok(next) => group.push(next),
                         Err(_) => break,
@@ -304,6 +337,7 @@ async fn apply_all_at_once<H: Handler>(
         return Ok(false);
     }
     sqlx::query("SAVEPOINT group_at_once").execute(&mut *tx).await?;
+    // One inbox row per event id: a repeat inside the group is applied once, like a redelivery.
     let ids: Vec<&str> = group.iter().map(|(_, d)| d.event_id.as_str()).collect();
     let subjects: Vec<&str> = group.iter().map(|(_, d)| d.subject.as_str()).collect();
     let fresh: std::collections::HashSet<String> = sqlx::query_scalar(
@@ -317,20 +351,19 @@ async fn apply_all_at_once<H: Handler>(
     .await?
     .into_iter()
     .collect();
-    let mut applied = std::collections::HashSet::new();
-    for (_, delivery) in group {
-        // Known before (or a repeat inside the group): applied once, like the per-message path.
-        if !fresh.contains(&delivery.event_id) || !applied.insert(delivery.event_id.as_str()) {
-            continue;
-        }
-        let span = tracing::info_span!("consume", %consumer, subject = %delivery.subject, event_id = %delivery.event_id, attempt = delivery.attempt);
-        amba_telemetry::set_remote_parent(&span, &delivery.traceparent);
-        if handler.handle(&mut *tx, delivery).instrument(span).await.is_err() {
-            sqlx::query("ROLLBACK TO SAVEPOINT group_at_once")
-                .execute(&mut *tx)
-                .await?;
-            return Ok(false);
-        }
+    let mut seen = std::collections::HashSet::new();
+    let new: Vec<&Delivery> = group
+        .iter()
+        .map(|(_, delivery)| delivery)
+        .filter(|d| fresh.contains(&d.event_id) && seen.insert(d.event_id.as_str()))
+        .collect();
+    let span = tracing::info_span!("consume_batch", %consumer, messages = new.len());
+    if let Err(err) = handler.handle_batch(&mut *tx, &new).instrument(span).await {
+        tracing::debug!(%consumer, error = %err, "batch failed; applying its messages one at a time");
+        sqlx::query("ROLLBACK TO SAVEPOINT group_at_once")
+            .execute(&mut *tx)
+            .await?;
+        return Ok(false);
     }
     sqlx::query("RELEASE SAVEPOINT group_at_once").execute(&mut *tx).await?;
     Ok(true)
@@ -353,7 +386,8 @@ async fn settle(
             if let Some(made) = amba_core::id::created_at_millis(&delivery.event_id) {
                 meters.lag.record(amba_telemetry::metrics::seconds_since_millis(made));
             }
-            message.double_ack().await
+            // A plain ack: should it be lost, the redelivery finds the inbox row and is only acked.
+            message.ack().await
         }
         Err(HandlerError::Retry(err)) if attempt < spec.max_deliver => {
             meters.retried.increment(1);
