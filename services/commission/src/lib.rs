@@ -3,7 +3,8 @@
 //!
 //! - `consumers`: read models of programs and enrollments; accrual when a conversion is
 //!   approved (the amount attribution decided, never re-rated), multi-level overrides,
-//!   clawbacks, clicks — applied by keyed workers, one affiliate's events by one worker.
+//!   clawbacks, clicks — applied by keyed workers, one affiliate's events by one worker, each
+//!   worker booking what it has queued as one batch.
 //! - `jobs::sweep`: releases held commission once its hold ends (exactly once).
 //! - `rpc`: balances, stats, analytics, leaderboard, clawback outcomes, and the payout-facing
 //!   two-phase API (quote, reserve, post, void, transfer reversal).
@@ -28,6 +29,9 @@ use tokio_util::sync::CancellationToken;
 pub const SERVICE: &str = amba_proto::methods::commission::SERVICE;
 pub const SCHEMA: &str = "commission";
 pub static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
+
+/// Most attribution events a worker books in one transaction (see `consumers::booking`).
+pub const ATTRIBUTION_BATCH: usize = 512;
 
 /// How often the hold-release sweep looks for commissions whose hold has ended.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -69,7 +73,8 @@ pub async fn run(
             ns.events_stream("attribution"),
             ns.consumer(SERVICE, "attribution"),
             String::new(),
-        ),
+        )
+        .with_max_batch(ATTRIBUTION_BATCH),
         Arc::new(consumers::AttributionEvents {
             multi_level_enabled,
             ns: ns.clone(),

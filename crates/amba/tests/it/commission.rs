@@ -411,20 +411,30 @@ async fn accrual_clawbacks_payout_and_debt_are_exact() -> anyhow::Result<()> {
             "{sql}: {refused:?}"
         );
     }
-    // A posting that does not balance is refused at commit.
+    // A posting that does not balance is refused (by the statement that writes it).
     let mut tx = pool.begin().await?;
     let (journal,): (i64,) = sqlx::query_as(
         "INSERT INTO journal (idem_key, kind, program_id, enrollment_id, reference)          VALUES ('bad', 'accrue', 'p', 'e', 'r') RETURNING journal_id",
     )
     .fetch_one(&mut *tx)
     .await?;
-    sqlx::query(
+    let refused = sqlx::query(
         "INSERT INTO entries (journal_id, program_id, enrollment_id, account, currency, amount_minor)          VALUES ($1, 'p', 'e', 'held', 'USD', 5)",
     )
     .bind(journal)
     .execute(&mut *tx)
-    .await?;
-    assert!(tx.commit().await.is_err(), "an unbalanced posting committed");
+    .await
+    .err()
+    .map(|e| e.to_string());
+    assert!(
+        refused.as_deref().is_some_and(|e| e.contains("does not balance")),
+        "an unbalanced posting was written: {refused:?}"
+    );
+    drop(tx);
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM journal WHERE idem_key = 'bad'")
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(kept, 0, "the unbalanced posting's journal row was kept");
     pool.close().await;
 
     assert_verifies(&sys).await?;

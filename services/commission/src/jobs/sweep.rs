@@ -1,44 +1,43 @@
 //! Hold release: a periodic sweep moves commissions whose hold has ended from held to payable.
 //!
 //! Exactly once: the sweep locks due rows with `FOR UPDATE SKIP LOCKED` (replicas never take the
-//! same row), [`release_one`] only acts on a row not yet released, and the posting's idempotency
+//! same row), [`release_all`] only acts on rows not yet released, and the posting's idempotency
 //! key `release:<commission>` is unique in the journal. A clawback of the same commission locks
 //! the same row, so it sees the commission either fully held or fully released.
 
 use crate::domain::ledger::{self, Scope};
-use crate::store::{self, ledger::PostingRef};
+use crate::store::{self, CommissionRow, ledger::PendingPosting};
 use sqlx::{PgConnection, PgPool};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Releases one commission (if still held). Returns the amount moved to payable.
-pub async fn release_one(conn: &mut PgConnection, commission_id: &str) -> Result<i64, sqlx::Error> {
-    let Some(row) = store::commission_for_update(conn, commission_id).await? else {
-        return Ok(0);
-    };
-    if row.released {
-        return Ok(0);
+/// Commissions released per transaction.
+const BATCH: i64 = 1_000;
+
+/// Releases the commissions of `rows` (locked by the caller) that are still held: their
+/// postings recorded together, their rows marked in one statement. Returns the amount moved.
+pub async fn release_all(conn: &mut PgConnection, rows: &[CommissionRow]) -> Result<i64, sqlx::Error> {
+    let mut postings = Vec::with_capacity(rows.len());
+    let mut released = Vec::with_capacity(rows.len());
+    let mut moved = 0i64;
+    for row in rows.iter().filter(|r| !r.released) {
+        let scope = Scope {
+            program_id: row.program_id.clone(),
+            enrollment_id: row.enrollment_id.clone(),
+            currency: row.currency.clone(),
+        };
+        let mut state = row.state();
+        moved += state.held_minor;
+        postings.push(PendingPosting {
+            posting: ledger::release(&scope, &mut state),
+            scope,
+            idem_key: format!("release:{}", row.commission_id),
+            reference: row.commission_id.clone(),
+        });
+        released.push(row.commission_id.as_str());
     }
-    let scope = Scope {
-        program_id: row.program_id.clone(),
-        enrollment_id: row.enrollment_id.clone(),
-        currency: row.currency.clone(),
-    };
-    let mut state = row.state();
-    let moved = state.held_minor;
-    let posting = ledger::release(&scope, &mut state);
-    let idem = format!("release:{commission_id}");
-    store::ledger::record(
-        conn,
-        &scope,
-        PostingRef {
-            idem_key: &idem,
-            reference: commission_id,
-        },
-        &posting,
-    )
-    .await?;
-    store::save_commission_state(conn, commission_id, &state).await?;
+    store::ledger::record_all(conn, &postings).await?;
+    store::mark_released(conn, &released).await?;
     Ok(moved)
 }
 
@@ -47,19 +46,11 @@ pub async fn release_due(pool: &PgPool, now: chrono::DateTime<chrono::Utc>) -> R
     let mut total = 0;
     loop {
         let mut tx = pool.begin().await?;
-        let due: Vec<(String,)> = sqlx::query_as(
-            "SELECT commission_id FROM commissions WHERE released_at IS NULL AND release_at <= $1 \
-             ORDER BY release_at LIMIT 200 FOR UPDATE SKIP LOCKED",
-        )
-        .bind(now)
-        .fetch_all(&mut *tx)
-        .await?;
-        for (id,) in &due {
-            release_one(&mut tx, id).await?;
-        }
+        let due = store::due_commissions(&mut tx, now, BATCH).await?;
+        release_all(&mut tx, &due).await?;
         tx.commit().await?;
         total += due.len();
-        if due.len() < 200 {
+        if i64::try_from(due.len()).unwrap_or(i64::MAX) < BATCH {
             return Ok(total);
         }
     }

@@ -4,12 +4,21 @@
 
 use crate::domain::ledger::{Account, AccountKey, Posting, Scope};
 use sqlx::PgConnection;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// What a posting is about: its idempotency key and the id it references.
 pub struct PostingRef<'a> {
     pub idem_key: &'a str,
     pub reference: &'a str,
+}
+
+/// A posting to record, with its idempotency key and the id it references.
+#[derive(Debug, Clone)]
+pub struct PendingPosting {
+    pub scope: Scope,
+    pub idem_key: String,
+    pub reference: String,
+    pub posting: Posting,
 }
 
 /// Records `posting` unless a posting with the same key exists. Returns whether it was recorded.
@@ -20,66 +29,85 @@ pub async fn record(
     at: PostingRef<'_>,
     posting: &Posting,
 ) -> Result<bool, sqlx::Error> {
-    if posting.is_empty() {
-        return Ok(false);
-    }
-    if !posting.is_balanced() {
+    let pending = PendingPosting {
+        scope: scope.clone(),
+        idem_key: at.idem_key.to_owned(),
+        reference: at.reference.to_owned(),
+        posting: posting.clone(),
+    };
+    Ok(!record_all(conn, std::slice::from_ref(&pending)).await?.is_empty())
+}
+
+/// Records every posting whose key is new, with one statement per table: the journal rows, their
+/// entries, and the balance projection summed per account (each balance row written once, in key
+/// order: a stable lock order across concurrent writers). Returns the keys recorded; empty
+/// postings and keys already in the journal (or repeated in `postings`) record nothing.
+pub async fn record_all(conn: &mut PgConnection, postings: &[PendingPosting]) -> Result<HashSet<String>, sqlx::Error> {
+    if let Some(unbalanced) = postings.iter().find(|p| !p.posting.is_balanced()) {
         return Err(sqlx::Error::Protocol(format!(
             "refusing unbalanced posting {}",
-            at.idem_key
+            unbalanced.idem_key
         )));
     }
-    let journal: Option<(i64,)> = sqlx::query_as(
-        "INSERT INTO journal (idem_key, kind, program_id, enrollment_id, reference) VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT (idem_key) DO NOTHING RETURNING journal_id",
-    )
-    .bind(at.idem_key)
-    .bind(posting.kind)
-    .bind(&scope.program_id)
-    .bind(&scope.enrollment_id)
-    .bind(at.reference)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some((journal_id,)) = journal else {
-        return Ok(false);
-    };
-    // Sum per account first (one balance row touched once), in key order (a stable lock order).
-    let mut per_account: BTreeMap<&AccountKey, i64> = BTreeMap::new();
-    for entry in &posting.entries {
-        *per_account.entry(&entry.key).or_default() += entry.amount_minor;
+    let postings: Vec<&PendingPosting> = postings.iter().filter(|p| !p.posting.is_empty()).collect();
+    if postings.is_empty() {
+        return Ok(HashSet::new());
     }
-    let mut programs = Vec::new();
-    let mut enrollments = Vec::new();
-    let mut accounts = Vec::new();
-    let mut currencies = Vec::new();
-    let mut amounts = Vec::new();
-    for entry in &posting.entries {
-        programs.push(entry.key.program_id.as_str());
-        enrollments.push(entry.key.enrollment_id.as_str());
-        accounts.push(entry.key.account.as_str());
-        currencies.push(entry.key.currency.as_str());
-        amounts.push(entry.amount_minor);
+    let mut journal = Columns::default();
+    for p in &postings {
+        journal.push(&p.idem_key, p.posting.kind, &p.scope, &p.reference);
+    }
+    let recorded: HashMap<String, i64> = sqlx::query_as(
+        "INSERT INTO journal (idem_key, kind, program_id, enrollment_id, reference) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
+         ON CONFLICT (idem_key) DO NOTHING RETURNING idem_key, journal_id",
+    )
+    .bind(&journal.keys)
+    .bind(&journal.kinds)
+    .bind(&journal.programs)
+    .bind(&journal.enrollments)
+    .bind(&journal.references)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .collect();
+    if recorded.is_empty() {
+        return Ok(HashSet::new());
+    }
+
+    let mut entries = EntryColumns::default();
+    let mut per_account: BTreeMap<&AccountKey, i64> = BTreeMap::new();
+    let mut done = HashSet::new();
+    for p in &postings {
+        let Some(journal_id) = recorded.get(&p.idem_key) else {
+            continue;
+        };
+        if !done.insert(p.idem_key.clone()) {
+            continue; // the same key twice in `postings`: the first one was recorded
+        }
+        for entry in &p.posting.entries {
+            entries.journal_ids.push(*journal_id);
+            entries.push(&entry.key, entry.amount_minor);
+            *per_account.entry(&entry.key).or_default() += entry.amount_minor;
+        }
     }
     sqlx::query(
         "INSERT INTO entries (journal_id, program_id, enrollment_id, account, currency, amount_minor) \
-         SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[])",
+         SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[])",
     )
-    .bind(journal_id)
-    .bind(&programs)
-    .bind(&enrollments)
-    .bind(&accounts)
-    .bind(&currencies)
-    .bind(&amounts)
+    .bind(&entries.journal_ids)
+    .bind(&entries.programs)
+    .bind(&entries.enrollments)
+    .bind(&entries.accounts)
+    .bind(&entries.currencies)
+    .bind(&entries.amounts)
     .execute(&mut *conn)
     .await?;
-    let (mut programs, mut enrollments, mut accounts, mut currencies, mut amounts) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+
+    let mut balances = EntryColumns::default();
+    // Zero sums too: an account a posting touched has a row, however the batch nets out.
     for (key, amount) in per_account {
-        programs.push(key.program_id.as_str());
-        enrollments.push(key.enrollment_id.as_str());
-        accounts.push(key.account.as_str());
-        currencies.push(key.currency.as_str());
-        amounts.push(amount);
+        balances.push(key, amount);
     }
     sqlx::query(
         "INSERT INTO balances (program_id, enrollment_id, account, currency, balance_minor) \
@@ -87,14 +115,55 @@ pub async fn record(
          ON CONFLICT (program_id, enrollment_id, account, currency) \
          DO UPDATE SET balance_minor = balances.balance_minor + EXCLUDED.balance_minor",
     )
-    .bind(&programs)
-    .bind(&enrollments)
-    .bind(&accounts)
-    .bind(&currencies)
-    .bind(&amounts)
+    .bind(&balances.programs)
+    .bind(&balances.enrollments)
+    .bind(&balances.accounts)
+    .bind(&balances.currencies)
+    .bind(&balances.amounts)
     .execute(&mut *conn)
     .await?;
-    Ok(true)
+    Ok(done)
+}
+
+/// Journal rows as the columns `UNNEST` takes.
+#[derive(Default)]
+struct Columns<'a> {
+    keys: Vec<&'a str>,
+    kinds: Vec<&'a str>,
+    programs: Vec<&'a str>,
+    enrollments: Vec<&'a str>,
+    references: Vec<&'a str>,
+}
+
+impl<'a> Columns<'a> {
+    fn push(&mut self, key: &'a str, kind: &'a str, scope: &'a Scope, reference: &'a str) {
+        self.keys.push(key);
+        self.kinds.push(kind);
+        self.programs.push(&scope.program_id);
+        self.enrollments.push(&scope.enrollment_id);
+        self.references.push(reference);
+    }
+}
+
+/// Entries (or balance deltas) as the columns `UNNEST` takes.
+#[derive(Default)]
+struct EntryColumns<'a> {
+    journal_ids: Vec<i64>,
+    programs: Vec<&'a str>,
+    enrollments: Vec<&'a str>,
+    accounts: Vec<&'a str>,
+    currencies: Vec<&'a str>,
+    amounts: Vec<i64>,
+}
+
+impl<'a> EntryColumns<'a> {
+    fn push(&mut self, key: &'a AccountKey, amount_minor: i64) {
+        self.programs.push(&key.program_id);
+        self.enrollments.push(&key.enrollment_id);
+        self.accounts.push(key.account.as_str());
+        self.currencies.push(&key.currency);
+        self.amounts.push(amount_minor);
+    }
 }
 
 /// One account's balance, locked for the rest of the transaction.

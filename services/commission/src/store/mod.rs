@@ -6,6 +6,7 @@ pub mod ledger;
 use crate::domain::ledger::CommissionState;
 use amba_proto::wire as pb;
 use sqlx::PgConnection;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// The UTC day of a unix-microsecond timestamp (today when it is unset or out of range).
 pub fn day_of(micros: i64) -> chrono::NaiveDate {
@@ -98,6 +99,18 @@ pub async fn program(conn: &mut PgConnection, program_id: &str) -> Result<Option
     .await
 }
 
+/// The programs of `ids` that the read model has, by id.
+pub async fn programs(conn: &mut PgConnection, ids: &[&str]) -> Result<HashMap<String, ProgramRow>, sqlx::Error> {
+    let rows: Vec<ProgramRow> = sqlx::query_as(
+        "SELECT program_id, owner_org_id, name, currency, hold_days, multi_level_enabled, levels_bps, \
+         platform_fee_bps, payout_threshold_minor FROM programs WHERE program_id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|p| (p.program_id.clone(), p)).collect())
+}
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct EnrollmentRow {
     pub enrollment_id: String,
@@ -140,39 +153,74 @@ pub async fn enrollment(conn: &mut PgConnection, enrollment_id: &str) -> Result<
     .await
 }
 
-// ---- conversions seen ----
-
-/// Records a conversion the first time any event names it. Returns whether it is new.
-pub async fn remember_conversion(
-    conn: &mut PgConnection,
-    c: &pb::Conversion,
-    sale_micros: i64,
-) -> Result<bool, sqlx::Error> {
-    let inserted = sqlx::query(
-        "INSERT INTO conversions (conversion_id, program_id, enrollment_id, amount_minor, currency, status, counted_day) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (conversion_id) DO UPDATE SET status = EXCLUDED.status \
-         RETURNING (xmax = 0)",
+/// The enrollments of `ids` that the read model has, by id.
+pub async fn enrollments(conn: &mut PgConnection, ids: &[&str]) -> Result<HashMap<String, EnrollmentRow>, sqlx::Error> {
+    let rows: Vec<EnrollmentRow> = sqlx::query_as(
+        "SELECT enrollment_id, program_id, affiliate_org_id, affiliate_org_name, status, parent_enrollment_id \
+         FROM enrollments WHERE enrollment_id = ANY($1)",
     )
-    .bind(&c.conversion_id)
-    .bind(&c.program_id)
-    .bind(&c.enrollment_id)
-    .bind(c.amount_minor)
-    .bind(&c.currency)
-    .bind(&c.status)
-    .bind(day_of(sale_micros))
-    .fetch_one(conn)
+    .bind(ids)
+    .fetch_all(conn)
     .await?;
-    use sqlx::Row;
-    inserted.try_get::<bool, _>(0)
+    Ok(rows.into_iter().map(|e| (e.enrollment_id.clone(), e)).collect())
 }
 
-/// Flags the conversion approved; false when it already was (accrual happens once).
-pub async fn mark_approved(conn: &mut PgConnection, conversion_id: &str) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query("UPDATE conversions SET approved = true WHERE conversion_id = $1 AND NOT approved")
-        .bind(conversion_id)
-        .execute(conn)
-        .await?;
-    Ok(done.rows_affected() == 1)
+// ---- conversions seen ----
+
+/// A conversion as the events of one batch show it: as first seen, with its latest status.
+#[derive(Debug, Clone)]
+pub struct SeenConversion {
+    pub conversion_id: String,
+    pub program_id: String,
+    pub enrollment_id: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub status: String,
+    pub counted_day: chrono::NaiveDate,
+}
+
+/// Records each conversion the first time any event names it (later events only update its
+/// status). Returns the ids seen for the first time. `seen` holds each id once.
+pub async fn remember_conversions(
+    conn: &mut PgConnection,
+    seen: &[SeenConversion],
+) -> Result<HashSet<String>, sqlx::Error> {
+    if seen.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let column = |f: fn(&SeenConversion) -> &str| seen.iter().map(f).collect::<Vec<&str>>();
+    let amounts: Vec<i64> = seen.iter().map(|c| c.amount_minor).collect();
+    let days: Vec<chrono::NaiveDate> = seen.iter().map(|c| c.counted_day).collect();
+    let rows: Vec<(String, bool)> = sqlx::query_as(
+        "INSERT INTO conversions (conversion_id, program_id, enrollment_id, amount_minor, currency, status, counted_day) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::date[]) \
+         ON CONFLICT (conversion_id) DO UPDATE SET status = EXCLUDED.status \
+         RETURNING conversion_id, (xmax = 0)",
+    )
+    .bind(column(|c| &c.conversion_id))
+    .bind(column(|c| &c.program_id))
+    .bind(column(|c| &c.enrollment_id))
+    .bind(&amounts)
+    .bind(column(|c| &c.currency))
+    .bind(column(|c| &c.status))
+    .bind(&days)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().filter(|(_, new)| *new).map(|(id, _)| id).collect())
+}
+
+/// Flags the conversions approved; returns those that were not yet (accrual happens once).
+pub async fn mark_all_approved(conn: &mut PgConnection, ids: &[&str]) -> Result<HashSet<String>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "UPDATE conversions SET approved = true WHERE conversion_id = ANY($1) AND NOT approved RETURNING conversion_id",
+    )
+    .bind(ids)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
 }
 
 pub async fn conversion_approved(conn: &mut PgConnection, conversion_id: &str) -> Result<Option<bool>, sqlx::Error> {
@@ -212,36 +260,62 @@ pub struct NewCommission {
     pub decided_at_micros: i64,
 }
 
-/// Inserts the commission row; false when it exists (the accrual was booked before).
-pub async fn insert_commission(
+/// A commission to insert: its hold ends at `release_at_micros`; `released` when it has no hold
+/// (then nothing of it is held).
+#[derive(Debug, Clone)]
+pub struct CommissionInsert {
+    pub row: NewCommission,
+    pub release_at_micros: i64,
+    pub released: bool,
+}
+
+/// Inserts the commission rows; returns the ids inserted (an existing row was booked before).
+pub async fn insert_commissions(
     conn: &mut PgConnection,
-    c: &NewCommission,
-    release_at_micros: i64,
-) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
+    rows: &[CommissionInsert],
+) -> Result<HashSet<String>, sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let text = |f: fn(&NewCommission) -> &str| rows.iter().map(|c| f(&c.row)).collect::<Vec<&str>>();
+    let number = |f: fn(&NewCommission) -> i64| rows.iter().map(|c| f(&c.row)).collect::<Vec<i64>>();
+    let int = |f: fn(&NewCommission) -> i32| rows.iter().map(|c| f(&c.row)).collect::<Vec<i32>>();
+    let sources: Vec<Option<&str>> = rows.iter().map(|c| c.row.source_commission_id.as_deref()).collect();
+    let rates: Vec<Option<i32>> = rows.iter().map(|c| c.row.rate_bps).collect();
+    let decided: Vec<chrono::DateTime<chrono::Utc>> = rows.iter().map(|c| timestamp(c.row.decided_at_micros)).collect();
+    let release_at: Vec<chrono::DateTime<chrono::Utc>> = rows.iter().map(|c| timestamp(c.release_at_micros)).collect();
+    let released: Vec<bool> = rows.iter().map(|c| c.released).collect();
+    let inserted: Vec<(String,)> = sqlx::query_as(
         "INSERT INTO commissions (commission_id, conversion_id, program_id, enrollment_id, source_enrollment_id, level, \
          source_commission_id, currency, sale_minor, amount_minor, rate_bps, commission_version, commission_tier, \
-         decided_at, release_at, held_minor) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $10) ON CONFLICT DO NOTHING",
+         decided_at, release_at, released_at, held_minor) \
+         SELECT id, conversion, program, enrollment, source_enrollment, level, source, currency, sale, amount, rate, \
+         version, tier, decided, release_at, CASE WHEN released THEN now() END, CASE WHEN released THEN 0 ELSE amount END \
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::text[], $8::text[], \
+         $9::bigint[], $10::bigint[], $11::int[], $12::int[], $13::int[], $14::timestamptz[], $15::timestamptz[], \
+         $16::bool[]) AS c(id, conversion, program, enrollment, source_enrollment, level, source, currency, sale, \
+         amount, rate, version, tier, decided, release_at, released) \
+         ON CONFLICT DO NOTHING RETURNING commission_id",
     )
-    .bind(&c.commission_id)
-    .bind(&c.conversion_id)
-    .bind(&c.program_id)
-    .bind(&c.enrollment_id)
-    .bind(&c.source_enrollment_id)
-    .bind(c.level)
-    .bind(&c.source_commission_id)
-    .bind(&c.currency)
-    .bind(c.sale_minor)
-    .bind(c.amount_minor)
-    .bind(c.rate_bps)
-    .bind(c.commission_version)
-    .bind(c.commission_tier)
-    .bind(timestamp(c.decided_at_micros))
-    .bind(timestamp(release_at_micros))
-    .execute(conn)
+    .bind(text(|c| &c.commission_id))
+    .bind(text(|c| &c.conversion_id))
+    .bind(text(|c| &c.program_id))
+    .bind(text(|c| &c.enrollment_id))
+    .bind(text(|c| &c.source_enrollment_id))
+    .bind(int(|c| c.level))
+    .bind(&sources)
+    .bind(text(|c| &c.currency))
+    .bind(number(|c| c.sale_minor))
+    .bind(number(|c| c.amount_minor))
+    .bind(&rates)
+    .bind(int(|c| c.commission_version))
+    .bind(int(|c| c.commission_tier))
+    .bind(&decided)
+    .bind(&release_at)
+    .bind(&released)
+    .fetch_all(conn)
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(inserted.into_iter().map(|(id,)| id).collect())
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -283,18 +357,6 @@ pub async fn commissions_of(conn: &mut PgConnection, conversion_id: &str) -> Res
     .await
 }
 
-pub async fn commission_for_update(
-    conn: &mut PgConnection,
-    commission_id: &str,
-) -> Result<Option<CommissionRow>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COMMISSION_COLUMNS} FROM commissions WHERE commission_id = $1 FOR UPDATE"
-    )))
-    .bind(commission_id)
-    .fetch_optional(conn)
-    .await
-}
-
 /// Released commissions of an enrollment, oldest first, locked (transfer reversal allocation).
 pub async fn released_commissions(
     conn: &mut PgConnection,
@@ -313,6 +375,32 @@ pub async fn released_commissions(
     .bind(conversion_ids)
     .fetch_all(conn)
     .await
+}
+
+/// Up to `limit` commissions whose hold ended by `now`, locked; rows another transaction holds
+/// are skipped (replicas of the sweep never take the same row).
+pub async fn due_commissions(
+    conn: &mut PgConnection,
+    now: chrono::DateTime<chrono::Utc>,
+    limit: i64,
+) -> Result<Vec<CommissionRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COMMISSION_COLUMNS} FROM commissions WHERE released_at IS NULL AND release_at <= $1 \
+         ORDER BY release_at LIMIT $2 FOR UPDATE SKIP LOCKED"
+    )))
+    .bind(now)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Marks the commissions released: nothing of them is held any more.
+pub async fn mark_released(conn: &mut PgConnection, ids: &[&str]) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE commissions SET held_minor = 0, released_at = now() WHERE commission_id = ANY($1)")
+        .bind(ids)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 pub async fn save_commission_state(
@@ -395,6 +483,33 @@ pub struct StatsBump {
     pub refunded_minor: i64,
 }
 
+impl std::ops::AddAssign<&StatsBump> for StatsBump {
+    fn add_assign(&mut self, other: &StatsBump) {
+        self.clicks += other.clicks;
+        self.conversions += other.conversions;
+        self.approved += other.approved;
+        self.revenue_minor += other.revenue_minor;
+        self.commission_minor += other.commission_minor;
+        self.paid_minor += other.paid_minor;
+        self.clawed_back_minor += other.clawed_back_minor;
+        self.refunded_minor += other.refunded_minor;
+    }
+}
+
+/// One row of `daily_stats`: (program, enrollment, day).
+pub type StatsKey = (String, String, chrono::NaiveDate);
+
+/// Figures to add to `daily_stats`, summed per row first.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StatsBumps(pub BTreeMap<StatsKey, StatsBump>);
+
+impl StatsBumps {
+    pub fn add(&mut self, program_id: &str, enrollment_id: &str, day: chrono::NaiveDate, bump: &StatsBump) {
+        let key = (program_id.to_owned(), enrollment_id.to_owned(), day);
+        *self.0.entry(key).or_default() += bump;
+    }
+}
+
 /// Adds to one enrollment's row of the day (the rollup analytics read, never recomputed).
 pub async fn bump_stats(
     conn: &mut PgConnection,
@@ -403,10 +518,25 @@ pub async fn bump_stats(
     at_micros: i64,
     b: &StatsBump,
 ) -> Result<(), sqlx::Error> {
+    let mut bumps = StatsBumps::default();
+    bumps.add(program_id, enrollment_id, day_of(at_micros), b);
+    bump_all_stats(conn, &bumps).await
+}
+
+/// Adds every row's figures with one statement (rows in key order: a stable lock order).
+pub async fn bump_all_stats(conn: &mut PgConnection, bumps: &StatsBumps) -> Result<(), sqlx::Error> {
+    if bumps.0.is_empty() {
+        return Ok(());
+    }
+    let rows = &bumps.0;
+    let key = |f: fn(&StatsKey) -> &str| rows.keys().map(f).collect::<Vec<&str>>();
+    let days: Vec<chrono::NaiveDate> = rows.keys().map(|k| k.2).collect();
+    let figure = |f: fn(&StatsBump) -> i64| rows.values().map(f).collect::<Vec<i64>>();
     sqlx::query(
         "INSERT INTO daily_stats AS s (program_id, enrollment_id, day, clicks, conversions, approved, revenue_minor, \
          commission_minor, paid_minor, clawed_back_minor, refunded_minor) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::date[], $4::bigint[], $5::bigint[], $6::bigint[], \
+         $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[]) \
          ON CONFLICT (program_id, enrollment_id, day) DO UPDATE SET clicks = s.clicks + EXCLUDED.clicks, \
          conversions = s.conversions + EXCLUDED.conversions, approved = s.approved + EXCLUDED.approved, \
          revenue_minor = s.revenue_minor + EXCLUDED.revenue_minor, \
@@ -415,17 +545,17 @@ pub async fn bump_stats(
          clawed_back_minor = s.clawed_back_minor + EXCLUDED.clawed_back_minor, \
          refunded_minor = s.refunded_minor + EXCLUDED.refunded_minor",
     )
-    .bind(program_id)
-    .bind(enrollment_id)
-    .bind(day_of(at_micros))
-    .bind(b.clicks)
-    .bind(b.conversions)
-    .bind(b.approved)
-    .bind(b.revenue_minor)
-    .bind(b.commission_minor)
-    .bind(b.paid_minor)
-    .bind(b.clawed_back_minor)
-    .bind(b.refunded_minor)
+    .bind(key(|k| &k.0))
+    .bind(key(|k| &k.1))
+    .bind(&days)
+    .bind(figure(|b| b.clicks))
+    .bind(figure(|b| b.conversions))
+    .bind(figure(|b| b.approved))
+    .bind(figure(|b| b.revenue_minor))
+    .bind(figure(|b| b.commission_minor))
+    .bind(figure(|b| b.paid_minor))
+    .bind(figure(|b| b.clawed_back_minor))
+    .bind(figure(|b| b.refunded_minor))
     .execute(conn)
     .await?;
     Ok(())
