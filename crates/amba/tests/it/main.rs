@@ -7,6 +7,7 @@ mod authorization;
 mod commission;
 mod enrollments;
 mod hostile;
+mod ledger_batches;
 mod notifications;
 mod operations;
 mod payouts;
