@@ -127,6 +127,12 @@ impl ConsumerSpec {
         self.max_batch = max_batch.max(1);
         self
     }
+
+    /// Runs `concurrency` workers.
+    pub fn with_concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
+    }
 }
 
 /// Backoff for the n-th failed attempt: 100 ms doubling, capped at 30 s.

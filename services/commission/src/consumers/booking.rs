@@ -49,9 +49,11 @@ pub async fn book(conn: &mut PgConnection, events: &[Bookable], multi_level_enab
             );
         }
     }
+    // The rows other workers write too (the affiliate's stats, the program's and affiliate's
+    // balances) last, after everything that locks nothing shared: they are held until commit.
+    let appended = store::ledger::append(conn, &postings).await?;
     store::bump_all_stats(conn, &stats).await?;
-    // Balances last: their rows are the most shared, so they are locked for the shortest time.
-    store::ledger::record_all(conn, &postings).await?;
+    store::ledger::apply_balances(conn, &appended.balance_deltas).await?;
     Ok(())
 }
 

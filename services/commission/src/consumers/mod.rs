@@ -3,10 +3,12 @@
 //!
 //! - Enrollment stream: program and enrollment read models (newest `updated_at` wins).
 //! - Attribution stream: conversions (stats, accrual on approval, multi-level overrides),
-//!   clawbacks, touchpoints (clicks). Partitioned by the attributed enrollment: one affiliate's
-//!   ledger writes are applied by one worker in stream order (a keyed actor), never concurrently.
-//!   A worker books what it has queued as one batch (`booking`): a hot affiliate costs a few
-//!   statements per batch, not a dozen per conversion.
+//!   clawbacks, touchpoints (clicks). Partitioned by conversion: one conversion's events are
+//!   applied by one worker in stream order, while one affiliate's conversions spread over every
+//!   worker. A worker books what it has queued as one batch (`booking`): a few statements per
+//!   batch, not a dozen per conversion. Concurrent batches lock the rows they share (an
+//!   affiliate's stats and balances) in key order; a clawback, which cannot, takes its program's
+//!   ledger lock alone (`store::lock_programs`).
 //!
 //! Events of the two streams race: a conversion whose program or enrollment is not in the read
 //! model yet is retried (Nak with backoff), never dropped.
@@ -16,7 +18,7 @@ mod clawback;
 
 pub use booking::{Bookable, commission_id};
 
-use crate::store;
+use crate::store::{self, LedgerLock};
 use amba_bus::consumer::{Delivery, Handler, HandlerError};
 use amba_proto::wire as pb;
 use prost::Message;
@@ -119,11 +121,15 @@ impl Handler for AttributionEvents {
     }
 
     /// Books runs of conversions and clicks at once; a clawback is applied on its own, after
-    /// what came before it (it may reverse an approval of the same batch).
+    /// what came before it (it may reverse an approval of the same batch). The programs' ledger
+    /// locks are taken first, all at once: shared for bookings, exclusive where a clawback is.
     async fn handle_batch(&self, conn: &mut PgConnection, deliveries: &[&Delivery]) -> Result<(), HandlerError> {
-        let mut run = Vec::with_capacity(deliveries.len());
-        for delivery in deliveries {
-            match decode(delivery)? {
+        let events = deliveries.iter().map(|d| decode(d)).collect::<Result<Vec<_>, _>>()?;
+        let locks: Vec<(&str, LedgerLock)> = events.iter().filter_map(AttributionEvent::ledger_lock).collect();
+        store::lock_programs(conn, &locks).await?;
+        let mut run = Vec::with_capacity(events.len());
+        for event in events {
+            match event {
                 AttributionEvent::Bookable(event) => run.push(event),
                 AttributionEvent::ClawedBack(event) => {
                     booking::book(conn, &run, self.multi_level_enabled).await?;
@@ -136,28 +142,37 @@ impl Handler for AttributionEvents {
         booking::book(conn, &run, self.multi_level_enabled).await
     }
 
+    /// A conversion's events go to one worker, in stream order (an approval before its
+    /// clawbacks); conversions of one affiliate spread over every worker, so a hot affiliate does
+    /// not hold up the others. Clicks go anywhere.
     fn partition_key(&self, delivery: &Delivery) -> Option<String> {
         let payload = delivery.payload.as_ref();
         match kind_of(&delivery.subject) {
             ("conversion", "clawed_back") => pb::ConversionClawedBack::decode(payload)
                 .ok()
                 .and_then(|e| e.conversion)
-                .map(partition_of),
+                .map(|c| c.conversion_id),
             ("conversion", _) => pb::ConversionChanged::decode(payload)
                 .ok()
                 .and_then(|e| e.conversion)
-                .map(partition_of),
-            ("touchpoint", _) => pb::TouchpointRecorded::decode(payload).ok().map(|t| t.enrollment_id),
+                .map(|c| c.conversion_id),
             _ => None,
         }
     }
 }
 
-/// One affiliate's events go to one worker; unattributed ones spread by conversion.
-fn partition_of(conversion: pb::Conversion) -> String {
-    if conversion.enrollment_id.is_empty() {
-        conversion.conversion_id
-    } else {
-        conversion.enrollment_id
+impl AttributionEvent {
+    fn ledger_lock(&self) -> Option<(&str, LedgerLock)> {
+        match self {
+            AttributionEvent::Bookable(Bookable::Conversion { conversion, .. }) => {
+                Some((&conversion.program_id, LedgerLock::Shared))
+            }
+            AttributionEvent::Bookable(Bookable::Click(click)) => Some((&click.program_id, LedgerLock::Shared)),
+            AttributionEvent::ClawedBack(event) => event
+                .conversion
+                .as_ref()
+                .map(|c| (c.program_id.as_str(), LedgerLock::Exclusive)),
+            AttributionEvent::NotOurs => None,
+        }
     }
 }

@@ -6,7 +6,7 @@
 //! the same row, so it sees the commission either fully held or fully released.
 
 use crate::domain::ledger::{self, Scope};
-use crate::store::{self, CommissionRow, ledger::PendingPosting};
+use crate::store::{self, CommissionRow, LedgerLock, ledger::PendingPosting};
 use sqlx::{PgConnection, PgPool};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -46,7 +46,11 @@ pub async fn release_due(pool: &PgPool, now: chrono::DateTime<chrono::Utc>) -> R
     let mut total = 0;
     loop {
         let mut tx = pool.begin().await?;
-        let due = store::due_commissions(&mut tx, now, BATCH).await?;
+        // The programs' ledger locks before any row lock, as every ledger writer takes them.
+        let programs = store::programs_with_due_commissions(&mut tx, now).await?;
+        let locks: Vec<(&str, LedgerLock)> = programs.iter().map(|p| (p.as_str(), LedgerLock::Shared)).collect();
+        store::lock_programs(&mut tx, &locks).await?;
+        let due = store::due_commissions(&mut tx, &programs, now, BATCH).await?;
         release_all(&mut tx, &due).await?;
         tx.commit().await?;
         total += due.len();

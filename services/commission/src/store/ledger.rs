@@ -39,10 +39,26 @@ pub async fn record(
 }
 
 /// Records every posting whose key is new, with one statement per table: the journal rows, their
-/// entries, and the balance projection summed per account (each balance row written once, in key
-/// order: a stable lock order across concurrent writers). Returns the keys recorded; empty
-/// postings and keys already in the journal (or repeated in `postings`) record nothing.
+/// entries, and the balance projection (see [`append`] and [`apply_balances`]). Returns the keys
+/// recorded.
 pub async fn record_all(conn: &mut PgConnection, postings: &[PendingPosting]) -> Result<HashSet<String>, sqlx::Error> {
+    let appended = append(conn, postings).await?;
+    apply_balances(conn, &appended.balance_deltas).await?;
+    Ok(appended.keys)
+}
+
+/// What [`append`] recorded: the keys, and what they add to each account's balance.
+#[derive(Debug, Default)]
+pub struct Appended {
+    pub keys: HashSet<String>,
+    pub balance_deltas: BTreeMap<AccountKey, i64>,
+}
+
+/// Appends the journal rows and entries of every posting whose key is new (one statement each),
+/// leaving the balance projection to [`apply_balances`]: appending locks no shared row, so a
+/// caller can append first and hold the balance rows only briefly. Empty postings and keys
+/// already in the journal (or repeated in `postings`) record nothing.
+pub async fn append(conn: &mut PgConnection, postings: &[PendingPosting]) -> Result<Appended, sqlx::Error> {
     if let Some(unbalanced) = postings.iter().find(|p| !p.posting.is_balanced()) {
         return Err(sqlx::Error::Protocol(format!(
             "refusing unbalanced posting {}",
@@ -51,7 +67,7 @@ pub async fn record_all(conn: &mut PgConnection, postings: &[PendingPosting]) ->
     }
     let postings: Vec<&PendingPosting> = postings.iter().filter(|p| !p.posting.is_empty()).collect();
     if postings.is_empty() {
-        return Ok(HashSet::new());
+        return Ok(Appended::default());
     }
     let mut journal = Columns::default();
     for p in &postings {
@@ -72,11 +88,11 @@ pub async fn record_all(conn: &mut PgConnection, postings: &[PendingPosting]) ->
     .into_iter()
     .collect();
     if recorded.is_empty() {
-        return Ok(HashSet::new());
+        return Ok(Appended::default());
     }
 
     let mut entries = EntryColumns::default();
-    let mut per_account: BTreeMap<&AccountKey, i64> = BTreeMap::new();
+    let mut per_account: BTreeMap<AccountKey, i64> = BTreeMap::new();
     let mut done = HashSet::new();
     for p in &postings {
         let Some(journal_id) = recorded.get(&p.idem_key) else {
@@ -88,7 +104,7 @@ pub async fn record_all(conn: &mut PgConnection, postings: &[PendingPosting]) ->
         for entry in &p.posting.entries {
             entries.journal_ids.push(*journal_id);
             entries.push(&entry.key, entry.amount_minor);
-            *per_account.entry(&entry.key).or_default() += entry.amount_minor;
+            *per_account.entry(entry.key.clone()).or_default() += entry.amount_minor;
         }
     }
     sqlx::query(
@@ -103,11 +119,22 @@ pub async fn record_all(conn: &mut PgConnection, postings: &[PendingPosting]) ->
     .bind(&entries.amounts)
     .execute(&mut *conn)
     .await?;
+    Ok(Appended {
+        keys: done,
+        balance_deltas: per_account,
+    })
+}
 
+/// Adds `deltas` to the balance rows, each row written once, in key order (a stable lock order
+/// across concurrent writers). Zero deltas too: an account a posting touched has a row, however
+/// the batch nets out.
+pub async fn apply_balances(conn: &mut PgConnection, deltas: &BTreeMap<AccountKey, i64>) -> Result<(), sqlx::Error> {
+    if deltas.is_empty() {
+        return Ok(());
+    }
     let mut balances = EntryColumns::default();
-    // Zero sums too: an account a posting touched has a row, however the batch nets out.
-    for (key, amount) in per_account {
-        balances.push(key, amount);
+    for (key, amount) in deltas {
+        balances.push(key, *amount);
     }
     sqlx::query(
         "INSERT INTO balances (program_id, enrollment_id, account, currency, balance_minor) \
@@ -122,7 +149,7 @@ pub async fn record_all(conn: &mut PgConnection, postings: &[PendingPosting]) ->
     .bind(&balances.amounts)
     .execute(&mut *conn)
     .await?;
-    Ok(done)
+    Ok(())
 }
 
 /// Journal rows as the columns `UNNEST` takes.

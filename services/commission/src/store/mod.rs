@@ -379,19 +379,68 @@ pub async fn released_commissions(
 
 /// Up to `limit` commissions whose hold ended by `now`, locked; rows another transaction holds
 /// are skipped (replicas of the sweep never take the same row).
+/// The programs with commissions whose hold ended at or before `now`.
+pub async fn programs_with_due_commissions(
+    conn: &mut PgConnection,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT DISTINCT program_id FROM commissions WHERE released_at IS NULL AND release_at <= $1")
+        .bind(now)
+        .fetch_all(conn)
+        .await
+}
+
+/// Up to `limit` commissions of `programs` whose hold ended, locked (skipping rows another
+/// transaction holds).
 pub async fn due_commissions(
     conn: &mut PgConnection,
+    programs: &[String],
     now: chrono::DateTime<chrono::Utc>,
     limit: i64,
 ) -> Result<Vec<CommissionRow>, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COMMISSION_COLUMNS} FROM commissions WHERE released_at IS NULL AND release_at <= $1 \
-         ORDER BY release_at LIMIT $2 FOR UPDATE SKIP LOCKED"
+         AND program_id = ANY($3) ORDER BY release_at LIMIT $2 FOR UPDATE SKIP LOCKED"
     )))
     .bind(now)
     .bind(limit)
+    .bind(programs)
     .fetch_all(conn)
     .await
+}
+
+/// How a transaction takes a program's ledger lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LedgerLock {
+    /// Bookings and hold releases: they lock stats and balance rows in key order, so any number
+    /// of them run side by side.
+    Shared,
+    /// Clawbacks: they lock balance rows as they go (a balance must be read before the reversal
+    /// is known), so they run alone in their program.
+    Exclusive,
+}
+
+/// Takes the ledger lock (a transaction-scoped advisory lock) of each program, all in key order
+/// so that no two transactions wait on each other in a circle. A program named twice gets the
+/// stronger mode.
+pub async fn lock_programs(conn: &mut PgConnection, locks: &[(&str, LedgerLock)]) -> Result<(), sqlx::Error> {
+    if locks.is_empty() {
+        return Ok(());
+    }
+    let programs: Vec<&str> = locks.iter().map(|(program, _)| *program).collect();
+    let exclusive: Vec<bool> = locks.iter().map(|(_, mode)| *mode == LedgerLock::Exclusive).collect();
+    // 1_936 ("ledger"): this lock's class among the database's advisory locks.
+    sqlx::query(
+        "SELECT CASE WHEN exclusive THEN pg_advisory_xact_lock(1936, key) \
+                ELSE pg_advisory_xact_lock_shared(1936, key) END \
+         FROM (SELECT hashtext(program) AS key, bool_or(exclusive) AS exclusive \
+               FROM UNNEST($1::text[], $2::bool[]) AS t(program, exclusive) GROUP BY 1 ORDER BY 1) locks",
+    )
+    .bind(&programs)
+    .bind(&exclusive)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Marks the commissions released: nothing of them is held any more.
