@@ -56,12 +56,23 @@ pub struct CatchUp {
     pub backlog: i64,
     /// How long until every approved conversion was booked; `None`: not within the timeout.
     pub after: Option<Duration>,
-    /// Conversions booked per second while catching up.
+    /// Attribution events (one per approved conversion here) the ledger settled per second while
+    /// catching up.
     pub rate: f64,
 }
 
-/// Waits (up to `timeout`) until the ledger has booked every approved conversion of the program.
-pub async fn catch_up(database_url: &str, program_id: &str, timeout: Duration) -> anyhow::Result<CatchUp> {
+/// Waits (up to `timeout`) until the ledger has booked every approved conversion of the program;
+/// `after` counts from `phase_end` (when ingest stopped). Progress is polled cheaply from the
+/// commission consumer's position on NATS (a count over the journal every 250 ms would itself
+/// load the database); the database confirms the end.
+pub async fn catch_up(
+    database_url: &str,
+    nats_url: &str,
+    namespace: &str,
+    program_id: &str,
+    phase_end: Instant,
+    timeout: Duration,
+) -> anyhow::Result<CatchUp> {
     let mut conn = sqlx::PgConnection::connect(database_url).await?;
     let approved: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM attribution.conversions WHERE program_id = $1 AND status = 'approved'",
@@ -69,24 +80,68 @@ pub async fn catch_up(database_url: &str, program_id: &str, timeout: Duration) -
     .bind(program_id)
     .fetch_one(&mut conn)
     .await?;
-    let started = Instant::now();
     let at_start = booked(&mut conn, program_id).await?;
-    let mut last = at_start;
-    while last < approved && started.elapsed() < timeout {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        last = booked(&mut conn, program_id).await?;
+    println!(
+        "ledger: waiting for it to book {} approved conversions",
+        approved - at_start
+    );
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url).await?);
+    let (stream, durable) = (
+        format!("{namespace}_evt_attribution")
+            .replace(['-', '.'], "_")
+            .to_ascii_uppercase(),
+        format!("{namespace}_commission_attribution")
+            .replace(['-', '.'], "_")
+            .to_ascii_uppercase(),
+    );
+    let started = Instant::now();
+    // The rate counts from the first progress seen: a ledger started only now (a commission
+    // service brought up after the phase, to measure a full backlog) is timed from its start.
+    let mut first_progress: Option<(Instant, u64)> = None;
+    let (mut settled, mut last) = (0u64, at_start);
+    while started.elapsed() < timeout {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let Ok(mut consumer) = js
+            .get_stream(&stream)
+            .await?
+            .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&durable)
+            .await
+        else {
+            continue; // not created yet: the commission service has not started
+        };
+        let info = consumer.info().await?;
+        if first_progress.is_none() && settled > 0 && info.ack_floor.stream_sequence > settled {
+            first_progress = Some((Instant::now(), info.ack_floor.stream_sequence));
+        }
+        settled = info.ack_floor.stream_sequence;
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            last = booked(&mut conn, program_id).await?;
+            if last >= approved {
+                break;
+            }
+        }
     }
-    let elapsed = started.elapsed();
+    let rate = first_progress.map_or(0.0, |(from, from_seq)| {
+        settled.saturating_sub(from_seq) as f64 / from.elapsed().as_secs_f64().max(0.001)
+    });
     Ok(CatchUp {
         backlog: approved - at_start,
-        after: (last >= approved).then_some(elapsed),
-        rate: (last - at_start) as f64 / elapsed.as_secs_f64().max(0.001),
+        after: (last >= approved).then(|| phase_end.elapsed()),
+        rate,
     })
 }
 
+/// Approved conversions of the program the ledger has booked so far.
+pub async fn booked_count(database_url: &str, program_id: &str) -> anyhow::Result<i64> {
+    let mut conn = sqlx::PgConnection::connect(database_url).await?;
+    Ok(booked(&mut conn, program_id).await?)
+}
+
 async fn booked(conn: &mut sqlx::PgConnection, program_id: &str) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(*) FROM commission.journal WHERE kind = 'accrue' AND program_id = $1")
-        .bind(program_id)
-        .fetch_one(conn)
-        .await
+    sqlx::query_scalar(
+        "SELECT count(*) FROM commission.journal WHERE kind = 'accrue' AND program_id = $1 AND idem_key LIKE '%:0'",
+    )
+    .bind(program_id)
+    .fetch_one(conn)
+    .await
 }

@@ -6,8 +6,9 @@
 //!     [--unary-callers 64] [--unary-seconds 20] [--mcp-callers 8] [--mcp-seconds 10] [--max-count 3000000]
 //!     [--http http://127.0.0.1:8080] [--grpc http://127.0.0.1:50051]
 //!     [--database-url postgres://postgres@127.0.0.1:5432/amba] [--nats nats://127.0.0.1:4222] [--namespace amba]
-//!     [--pid <system pid>] [--ledger-wait 600]
+//!     [--pid <system pid>] [--ledger-wait 600] [--affiliates 1]
 //! ```
+//! `--affiliates N` enrolls N affiliates and skews the reports: half go to the hottest 1 %.
 //! Loopback only: every target must be 127.0.0.0/8 or localhost. Every phase is bounded by its
 //! time and by `--max-count`, so the tool always stops by itself.
 
@@ -41,6 +42,8 @@ pub struct Options {
     /// How long to wait for the commission ledger to book every approved conversion after the
     /// streaming phase (`--ledger-wait`, seconds).
     pub ledger_wait: Duration,
+    /// Affiliates enrolled and reported for (`--affiliates`).
+    pub affiliates: usize,
 }
 
 fn parse_options() -> anyhow::Result<Options> {
@@ -82,6 +85,7 @@ fn parse_options() -> anyhow::Result<Options> {
         mcp_seconds: Duration::from_secs(number("mcp-seconds", 10)?),
         max_count: number("max-count", 3_000_000)?,
         ledger_wait: Duration::from_secs(number("ledger-wait", 600)?),
+        affiliates: usize::try_from(number("affiliates", 1)?)?,
         pid: flags
             .get("pid")
             .map(|p| p.parse())
@@ -142,28 +146,43 @@ async fn main() -> anyhow::Result<()> {
 
     let world = setup::prepare(&options).await?;
     println!(
-        "program {} with an affiliate code ready; owner token obtained by signup over MCP",
-        world.program_id
+        "program {} with {} affiliates' codes ready ({} hot); owner token obtained by signup over MCP",
+        world.program_id,
+        world.codes.len(),
+        world.hot
     );
     let lag = lag::Monitor::start(&options).await?;
 
     // Unary and MCP first, on a quiet system; the streaming phase leaves a backlog for the
     // event consumers (commission) that would slow whatever ran after it.
-    let calls_from = chrono::Utc::now();
+    let unary_from = chrono::Utc::now();
     let unary = phases::unary(&options, &world).await?;
+    let mcp_from = chrono::Utc::now();
     let mcp = phases::mcp(&options, &world).await?;
-    let calls_to = chrono::Utc::now();
+    let mcp_to = chrono::Utc::now();
     let rss_warm = pid.and_then(memory::rss_mib);
     lag.wait_for(unary.ok + mcp.ok, Duration::from_secs(60)).await;
     let lag_calls = lag.take();
+    let booked_before = ledger::booked_count(&options.database_url, &world.program_id).await?;
     let streaming_from = memory.as_ref().map(memory::Sampler::now);
     let streaming = phases::streaming(&options, &world).await?;
     let streaming_to = memory.as_ref().map(memory::Sampler::now);
+    let streaming_end = std::time::Instant::now();
+    let booked_while_streaming = ledger::booked_count(&options.database_url, &world.program_id).await? - booked_before;
     let published = lag.wait_for(streaming.ok, Duration::from_secs(120)).await;
     let lag_streaming = lag.take();
     // The ledger with a backlog and ingest idle: how fast it books, and when it has caught up.
-    let catch_up = ledger::catch_up(&options.database_url, &world.program_id, options.ledger_wait).await?;
-    let booked_calls = ledger::booked_lag(&options.database_url, &world.program_id, calls_from, calls_to).await?;
+    let catch_up = ledger::catch_up(
+        &options.database_url,
+        &options.nats,
+        &options.namespace,
+        &world.program_id,
+        streaming_end,
+        options.ledger_wait,
+    )
+    .await?;
+    let booked_unary = ledger::booked_lag(&options.database_url, &world.program_id, unary_from, mcp_from).await?;
+    let booked_mcp = ledger::booked_lag(&options.database_url, &world.program_id, mcp_from, mcp_to).await?;
     let floor = floor::measure(&options.database_url, streaming.ok.clamp(10_000, 1_000_000)).await?;
     let rss_end = pid.and_then(memory::rss_mib);
 
@@ -178,11 +197,15 @@ async fn main() -> anyhow::Result<()> {
         None => println!("  NOT every streamed conversion's event was seen on NATS within 120 s"),
     }
     lag_streaming.print("  end-to-end lag, report accepted → its event published (streaming phase)");
+    println!(
+        "  ledger: booked {booked_while_streaming} conversions during the phase ({:.0}/s)",
+        booked_while_streaming as f64 / streaming.elapsed.as_secs_f64().max(0.001)
+    );
     match catch_up.after {
         Some(after) => println!(
-            "  ledger: booked the {} approved conversions still pending when the events were out in {:.1} s ({:.0} conversions/s)",
-            catch_up.backlog,
+            "  ledger: caught up {:.1} s after the phase ended; the {} approved conversions still unbooked when the events were out went at {:.0} conversions/s",
             after.as_secs_f64(),
+            catch_up.backlog,
             catch_up.rate
         ),
         None => println!(
@@ -195,7 +218,8 @@ async fn main() -> anyhow::Result<()> {
     unary.print("gRPC unary");
     mcp.print("MCP (streamable HTTP)");
     lag_calls.print("  end-to-end lag (unary + MCP phases)");
-    booked_calls.print("  report → commission booked (unary + MCP phases)");
+    booked_unary.print("  report → commission booked (unary phase)");
+    booked_mcp.print("  report → commission booked (MCP phase)");
     println!(
         "database floor: {:.0} rows/s ({} rows, 1,000-row INSERT ... SELECT unnest(...) batches, one connection, same unique index)",
         floor.rows_per_second, floor.rows

@@ -176,18 +176,14 @@ pub async fn mcp(options: &Options, world: &World) -> anyhow::Result<Outcome> {
         let url = format!("{}/mcp", options.http);
         let world = world.clone();
         tasks.push(tokio::spawn(async move {
-            let World {
-                owner_token,
-                program_id,
-                code,
-                run,
-            } = world;
-            let client = McpClient::connect(&url, Some(&owner_token)).await?;
+            let client = McpClient::connect(&url, Some(&world.owner_token)).await?;
             let (mut ok, mut failed, mut latencies) = (0u64, 0u64, Vec::new());
             let mut n = 0u64;
             while Instant::now() < deadline {
-                let args = json!({"program_id": program_id, "project_id": format!("load-{run}"), "external_id": format!("m{caller}-{n}"),
-                                  "amount_minor": 4_200, "currency": "USD", "code": code});
+                let external_id = format!("m{caller}-{n}");
+                let args = json!({"program_id": world.program_id, "project_id": format!("load-{}", world.run),
+                                  "amount_minor": 4_200, "currency": "USD", "code": world.code_for(&external_id),
+                                  "external_id": external_id});
                 n += 1;
                 let sent = Instant::now();
                 let result = client.call("amba_affiliate_conversion_report", args).await;

@@ -14,11 +14,16 @@ pub struct McpClient {
 
 impl McpClient {
     pub async fn connect(url: &str, token: Option<&str>) -> anyhow::Result<McpClient> {
+        McpClient::connect_with(reqwest::Client::new(), url, token).await
+    }
+
+    /// Like [`McpClient::connect`] over a given HTTP client (default headers, say).
+    pub async fn connect_with(http: reqwest::Client, url: &str, token: Option<&str>) -> anyhow::Result<McpClient> {
         let mut config = StreamableHttpClientTransportConfig::with_uri(url.to_owned());
         if let Some(token) = token {
             config = config.auth_header(token.to_owned());
         }
-        let transport = StreamableHttpClientTransport::with_client(reqwest::Client::new(), config);
+        let transport = StreamableHttpClientTransport::with_client(http, config);
         let client = ().serve(transport).await?;
         Ok(McpClient { client })
     }
