@@ -23,35 +23,47 @@ pub struct World {
     pub run: String,
 }
 
-/// Signs up an org from its own client address, waiting out the anonymous rate limit.
-async fn signup(mcp_url: &str, email: String, org_name: String, client_ip: String) -> anyhow::Result<Value> {
-    let http = reqwest::Client::builder()
-        .default_headers(
-            [(
-                reqwest::header::HeaderName::from_static("x-forwarded-for"),
-                client_ip.parse()?,
-            )]
-            .into_iter()
-            .collect(),
-        )
-        .build()?;
-    let anonymous = McpClient::connect_with(http, mcp_url, None).await?;
+/// An HTTP client that says (through `X-Forwarded-For`) it is `client_ip`.
+fn http_from(client_ip: &str) -> anyhow::Result<reqwest::Client> {
+    let forwarded_for = (
+        reqwest::header::HeaderName::from_static("x-forwarded-for"),
+        client_ip.parse()?,
+    );
+    Ok(reqwest::Client::builder()
+        .default_headers([forwarded_for].into_iter().collect())
+        .build()?)
+}
+
+/// Waits out the edge's per-address rate limits (anonymous calls, token lookups) instead of
+/// failing: `call` is retried while it is refused with 429 / `RATE_LIMITED`.
+async fn patiently<T, F, Fut>(mut call: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
     let mut attempts = 0;
-    let signed_up = loop {
-        match anonymous
-            .ok("amba_affiliate_signup", json!({"email": email, "org_name": org_name}))
-            .await
-        {
-            Ok(signed_up) => break signed_up,
-            Err(e) if attempts < 300 && e.to_string().contains("RATE_LIMITED") => {
+    loop {
+        match call().await {
+            Ok(value) => return Ok(value),
+            Err(e) if attempts < 300 && (e.to_string().contains("RATE_LIMITED") || e.to_string().contains("429")) => {
                 attempts += 1;
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             Err(e) => return Err(e),
         }
-    };
+    }
+}
+
+/// Signs up an org from `client_ip`: its details and an MCP session with its token.
+async fn signup(mcp_url: &str, email: String, org_name: String, client_ip: &str) -> anyhow::Result<(Value, McpClient)> {
+    let http = http_from(client_ip)?;
+    let anonymous = patiently(|| McpClient::connect_with(http.clone(), mcp_url, None)).await?;
+    let signed_up =
+        patiently(|| anonymous.ok("amba_affiliate_signup", json!({"email": email, "org_name": org_name}))).await?;
     anonymous.close().await?;
-    Ok(signed_up)
+    let token = signed_up["token"].as_str().unwrap_or_default().to_owned();
+    let session = patiently(|| McpClient::connect_with(http.clone(), mcp_url, Some(&token))).await?;
+    Ok((signed_up, session))
 }
 
 /// Signs an affiliate up, invites it and accepts: its referral code.
@@ -63,14 +75,13 @@ async fn enroll_affiliate(
     n: usize,
 ) -> anyhow::Result<String> {
     let client_ip = format!("10.{}.{}.{}", (n >> 16) & 255, (n >> 8) & 255, n & 255);
-    let affiliate = signup(
+    let (affiliate, affiliate_mcp) = signup(
         mcp_url,
         format!("aff{n}-{run}@load.example"),
         format!("Load Affiliate {n}"),
-        client_ip,
+        &client_ip,
     )
     .await?;
-    let affiliate_mcp = McpClient::connect(mcp_url, affiliate["token"].as_str()).await?;
     let invite = owner
         .ok(
             "amba_affiliate_invite",
@@ -93,15 +104,14 @@ async fn enroll_affiliate(
 pub async fn prepare(options: &Options) -> anyhow::Result<World> {
     let run = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
     let mcp_url = format!("{}/mcp", options.http);
-    let owner = signup(
+    let (owner, owner_mcp) = signup(
         &mcp_url,
         format!("owner-{run}@load.example"),
         "Load Owner".into(),
-        "10.255.255.255".into(),
+        "10.255.255.255",
     )
     .await?;
     let owner_token = owner["token"].as_str().unwrap_or_default().to_owned();
-    let owner_mcp = McpClient::connect(&mcp_url, Some(&owner_token)).await?;
     let program = owner_mcp
         .ok(
             "amba_affiliate_programs_create",

@@ -31,8 +31,8 @@ pub enum Bookable {
 /// Books `events` (in stream order) inside the caller's transaction.
 pub async fn book(conn: &mut PgConnection, events: &[Bookable], multi_level_enabled: bool) -> Result<(), HandlerError> {
     let mut stats = StatsBumps::default();
-    count_conversions(conn, events, &mut stats).await?;
-    let postings = accrue_approvals(conn, events, multi_level_enabled, &mut stats).await?;
+    let first_approved = remember_conversions(conn, events, &mut stats).await?;
+    let postings = accrue_approvals(conn, events, first_approved, multi_level_enabled, &mut stats).await?;
     for event in events {
         if let Bookable::Click(click) = event
             && !click.enrollment_id.is_empty()
@@ -72,17 +72,20 @@ fn day_micros(primary: i64, fallback: i64) -> i64 {
     if primary > 0 { primary } else { fallback }
 }
 
-/// Remembers every conversion named; one seen for the first time is counted on its sale day.
-async fn count_conversions(
+/// Remembers every conversion named (one seen for the first time is counted on its sale day)
+/// and flags the approved ones: returns those approved for the first time.
+async fn remember_conversions(
     conn: &mut PgConnection,
     events: &[Bookable],
     stats: &mut StatsBumps,
-) -> Result<(), HandlerError> {
+) -> Result<HashSet<String>, HandlerError> {
     let mut seen: Vec<SeenConversion> = Vec::new();
     let mut index: HashMap<&str, usize> = HashMap::new();
-    for (conversion, _, event_micros) in conversions(events) {
+    for (conversion, approved, event_micros) in conversions(events) {
+        let approved = approved && !conversion.enrollment_id.is_empty();
         if let Some(&at) = index.get(conversion.conversion_id.as_str()) {
             seen[at].status.clone_from(&conversion.status); // later events only update the status
+            seen[at].approved |= approved;
             continue;
         }
         index.insert(&conversion.conversion_id, seen.len());
@@ -94,14 +97,15 @@ async fn count_conversions(
             currency: conversion.currency.clone(),
             status: conversion.status.clone(),
             counted_day: store::day_of(day_micros(conversion.occurred_at_micros, event_micros)),
+            approved,
         });
     }
-    let first_seen = store::remember_conversions(conn, &seen).await?;
+    let remembered = store::remember_conversions(conn, &seen).await?;
     let counted = StatsBump {
         conversions: 1,
         ..Default::default()
     };
-    for conversion in seen.iter().filter(|c| first_seen.contains(&c.conversion_id)) {
+    for conversion in seen.iter().filter(|c| remembered.first_seen.contains(&c.conversion_id)) {
         stats.add(
             &conversion.program_id,
             &conversion.enrollment_id,
@@ -109,15 +113,17 @@ async fn count_conversions(
             &counted,
         );
     }
-    Ok(())
+    Ok(remembered.first_approved)
 }
 
-/// Accrues each attributed conversion approved for the first time: its commission and, in a
-/// multi-level program, an override for each active sponsor up the chain. Inserts the commission
-/// rows and returns their postings (accrual, and release where the program has no hold).
+/// Accrues each attributed conversion approved for the first time (`first_approved`): its
+/// commission and, in a multi-level program, an override for each active sponsor up the chain.
+/// Inserts the commission rows and returns their postings (accrual, and release where the
+/// program has no hold).
 async fn accrue_approvals(
     conn: &mut PgConnection,
     events: &[Bookable],
+    mut first_approvals: HashSet<String>,
     multi_level_enabled: bool,
     stats: &mut StatsBumps,
 ) -> Result<Vec<PendingPosting>, HandlerError> {
@@ -132,8 +138,6 @@ async fn accrue_approvals(
     let mut enrollments = HashMap::new();
     let earners = distinct(approvals.iter().map(|(c, _)| c.enrollment_id.as_str()));
     load_enrollments(conn, &earners, &mut enrollments).await?;
-    let ids: Vec<&str> = distinct(approvals.iter().map(|(c, _)| c.conversion_id.as_str()));
-    let mut first_approvals = store::mark_all_approved(conn, &ids).await?;
     // Accrued before, or earlier in this batch: accrual happens once.
     let accruing: Vec<(&pb::Conversion, i64)> = approvals
         .into_iter()

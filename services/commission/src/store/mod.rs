@@ -177,25 +177,45 @@ pub struct SeenConversion {
     pub currency: String,
     pub status: String,
     pub counted_day: chrono::NaiveDate,
+    /// An attributed approval of it is being booked.
+    pub approved: bool,
+}
+
+/// What [`remember_conversions`] found new.
+#[derive(Debug, Default)]
+pub struct Remembered {
+    /// Conversions no event named before: counted on their sale day.
+    pub first_seen: HashSet<String>,
+    /// Conversions approved now and never before: accrued (once).
+    pub first_approved: HashSet<String>,
 }
 
 /// Records each conversion the first time any event names it (later events only update its
-/// status). Returns the ids seen for the first time. `seen` holds each id once.
-pub async fn remember_conversions(
-    conn: &mut PgConnection,
-    seen: &[SeenConversion],
-) -> Result<HashSet<String>, sqlx::Error> {
+/// status) and flags the approved ones, in one statement. `seen` holds each id once.
+pub async fn remember_conversions(conn: &mut PgConnection, seen: &[SeenConversion]) -> Result<Remembered, sqlx::Error> {
     if seen.is_empty() {
-        return Ok(HashSet::new());
+        return Ok(Remembered::default());
     }
     let column = |f: fn(&SeenConversion) -> &str| seen.iter().map(f).collect::<Vec<&str>>();
     let amounts: Vec<i64> = seen.iter().map(|c| c.amount_minor).collect();
     let days: Vec<chrono::NaiveDate> = seen.iter().map(|c| c.counted_day).collect();
-    let rows: Vec<(String, bool)> = sqlx::query_as(
-        "INSERT INTO conversions (conversion_id, program_id, enrollment_id, amount_minor, currency, status, counted_day) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::date[]) \
-         ON CONFLICT (conversion_id) DO UPDATE SET status = EXCLUDED.status \
-         RETURNING conversion_id, (xmax = 0)",
+    let approved: Vec<bool> = seen.iter().map(|c| c.approved).collect();
+    // Every part of one statement reads the same snapshot: `before` is the rows as they were.
+    let rows: Vec<(String, bool, bool)> = sqlx::query_as(
+        "WITH input AS ( \
+           SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], \
+                                $7::date[], $8::bool[]) \
+             AS t(conversion_id, program_id, enrollment_id, amount_minor, currency, status, counted_day, approved)), \
+         before AS (SELECT c.conversion_id, c.approved FROM conversions c JOIN input USING (conversion_id)), \
+         upsert AS ( \
+           INSERT INTO conversions (conversion_id, program_id, enrollment_id, amount_minor, currency, status, \
+                                    counted_day, approved) \
+           SELECT * FROM input \
+           ON CONFLICT (conversion_id) DO UPDATE \
+             SET status = EXCLUDED.status, approved = conversions.approved OR EXCLUDED.approved \
+           RETURNING conversion_id, (xmax = 0) AS inserted, approved) \
+         SELECT u.conversion_id, u.inserted, u.approved AND NOT coalesce(b.approved, false) \
+         FROM upsert u LEFT JOIN before b USING (conversion_id)",
     )
     .bind(column(|c| &c.conversion_id))
     .bind(column(|c| &c.program_id))
@@ -204,23 +224,19 @@ pub async fn remember_conversions(
     .bind(column(|c| &c.currency))
     .bind(column(|c| &c.status))
     .bind(&days)
+    .bind(&approved)
     .fetch_all(conn)
     .await?;
-    Ok(rows.into_iter().filter(|(_, new)| *new).map(|(id, _)| id).collect())
-}
-
-/// Flags the conversions approved; returns those that were not yet (accrual happens once).
-pub async fn mark_all_approved(conn: &mut PgConnection, ids: &[&str]) -> Result<HashSet<String>, sqlx::Error> {
-    if ids.is_empty() {
-        return Ok(HashSet::new());
+    let mut remembered = Remembered::default();
+    for (id, inserted, first_approval) in rows {
+        if first_approval {
+            remembered.first_approved.insert(id.clone());
+        }
+        if inserted {
+            remembered.first_seen.insert(id);
+        }
     }
-    let rows: Vec<(String,)> = sqlx::query_as(
-        "UPDATE conversions SET approved = true WHERE conversion_id = ANY($1) AND NOT approved RETURNING conversion_id",
-    )
-    .bind(ids)
-    .fetch_all(conn)
-    .await?;
-    Ok(rows.into_iter().map(|(id,)| id).collect())
+    Ok(remembered)
 }
 
 pub async fn conversion_approved(conn: &mut PgConnection, conversion_id: &str) -> Result<Option<bool>, sqlx::Error> {
