@@ -34,8 +34,9 @@ fn http_from(client_ip: &str) -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
-/// Waits out the edge's per-address rate limits (anonymous calls, token lookups) instead of
-/// failing: `call` is retried while it is refused with 429 / `RATE_LIMITED`.
+/// Waits out the edge's per-address rate limits (anonymous calls, token lookups) and services
+/// still starting instead of failing: `call` is retried while it is refused with 429 /
+/// `RATE_LIMITED` or `UNAVAILABLE`.
 async fn patiently<T, F, Fut>(mut call: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
@@ -45,7 +46,12 @@ where
     loop {
         match call().await {
             Ok(value) => return Ok(value),
-            Err(e) if attempts < 300 && (e.to_string().contains("RATE_LIMITED") || e.to_string().contains("429")) => {
+            Err(e)
+                if attempts < 300
+                    && ["RATE_LIMITED", "429", "UNAVAILABLE"]
+                        .iter()
+                        .any(|c| e.to_string().contains(c)) =>
+            {
                 attempts += 1;
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }

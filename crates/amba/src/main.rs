@@ -264,8 +264,10 @@ async fn run_until_signal(running: system::Running) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         shutdown.cancel();
     });
-    running.wait().await;
-    Ok(())
+    running
+        .wait()
+        .await
+        .map_err(|failures| anyhow::anyhow!("stopped because a service failed: {failures}"))
 }
 
 async fn wait_for_signal() {

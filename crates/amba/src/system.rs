@@ -85,7 +85,28 @@ pub struct Running {
     metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
+    /// Why services stopped on their own (errors, panics): any makes the whole process stop.
+    failures: Failures,
     nats: async_nats::Client,
+}
+
+/// What went wrong in the services of a process, shared with their tasks.
+#[derive(Clone, Default)]
+struct Failures(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Failures {
+    /// Records a failure and stops every service: nothing runs half-alive.
+    fn stop_all(&self, shutdown: &CancellationToken, what: String) {
+        tracing::error!(failure = %what, "shutting down");
+        if let Ok(mut failures) = self.0.lock() {
+            failures.push(what);
+        }
+        shutdown.cancel();
+    }
+
+    fn take(&self) -> Vec<String> {
+        self.0.lock().map(|mut f| std::mem::take(&mut *f)).unwrap_or_default()
+    }
 }
 
 impl Running {
@@ -109,18 +130,29 @@ impl Running {
         self.shutdown.clone()
     }
 
-    /// Waits until every service has stopped, then flushes NATS.
-    pub async fn wait(mut self) {
-        while self.tasks.join_next().await.is_some() {}
+    /// Waits until every service has stopped, then flushes NATS. An error names every service
+    /// that stopped on its own (an error or a panic), which stopped the others.
+    pub async fn wait(mut self) -> Result<(), String> {
+        while let Some(joined) = self.tasks.join_next().await {
+            if let Err(err) = joined {
+                self.failures.stop_all(&self.shutdown, format!("a task failed: {err}"));
+            }
+        }
         if let Err(err) = self.nats.flush().await {
             tracing::warn!(error = %err, "final NATS flush failed");
+        }
+        let failures = self.failures.take();
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(failures.join("; "))
         }
     }
 
     /// Stops and waits.
-    pub async fn stop(self) {
+    pub async fn stop(self) -> Result<(), String> {
         self.shutdown.cancel();
-        self.wait().await;
+        self.wait().await
     }
 }
 
@@ -174,6 +206,7 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
         .map_err(StartError::Streams)?;
 
     let shutdown = CancellationToken::new();
+    let failures = Failures::default();
     let mut tasks = JoinSet::new();
     tasks.spawn(amba_telemetry::metrics::upkeep_until(
         shutdown.clone().cancelled_owned(),
@@ -199,7 +232,7 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
             .map_err(|source| StartError::Service { service, source })?;
         let (bus, url, stop, payout_config) = (bus.clone(), url.clone(), shutdown.clone(), payout_config.clone());
         let notification_config = notification_config.clone();
-        let service_shutdown = shutdown.clone();
+        let (service_shutdown, failures) = (shutdown.clone(), failures.clone());
         tasks.spawn(async move {
             // Each service's future is boxed: their state machines are large, and a task holding
             // all five inline would be built on the stack before being moved to the heap.
@@ -216,10 +249,12 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
                 },
                 ServiceName::Edge => Box::pin(async { Ok(()) }),
             };
-            let result = run.await;
-            if let Err(err) = result {
-                tracing::error!(%service, error = %err, "service stopped with an error; shutting down");
-                service_shutdown.cancel();
+            match run.await {
+                Err(err) => failures.stop_all(&service_shutdown, format!("{service}: {err}")),
+                Ok(()) if !service_shutdown.is_cancelled() => {
+                    failures.stop_all(&service_shutdown, format!("{service} stopped by itself"))
+                }
+                Ok(()) => {}
             }
         });
     }
@@ -265,11 +300,10 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
             })?;
         http_addr = edge.local_addr().ok();
         grpc_addr = edge.grpc_addr().ok();
-        let stop = shutdown.clone();
+        let (stop, failures) = (shutdown.clone(), failures.clone());
         tasks.spawn(async move {
             if let Err(err) = Box::pin(edge.serve(stop.clone())).await {
-                tracing::error!(error = %err, "edge stopped with an error; shutting down");
-                stop.cancel();
+                failures.stop_all(&stop, format!("edge: {err}"));
             }
         });
     }
@@ -279,6 +313,7 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
         metrics_addr,
         shutdown,
         tasks,
+        failures,
         nats,
     })
 }

@@ -2,15 +2,18 @@
 //!
 //! For each message: read the event id (`Nats-Msg-Id`), record the id in the inbox — if it was
 //! already there the event was applied before and is only acked — and run the handler, in the
-//! same transaction; commit, then ack. A transient failure rolls the message back and naks
-//! it with backoff; an undecodable or permanently invalid message (or one out of retries) is
-//! recorded in `dead_letters` and terminated. A worker applies what it has queued in one
-//! transaction, so one commit (one fsync) serves many: all at once first (one savepoint, one
-//! inbox insert, one [`Handler::handle_batch`]), and if that fails, again one message per
-//! savepoint so only the bad message fails.
+//! same transaction; commit, then ack. A transient failure (the database away, a read-model gap
+//! that the next events will fill) rolls the message back and naks it with backoff, for as long
+//! as it takes: JetStream's `max_deliver` is unlimited, so nothing is ever dropped by retries.
+//! An undecodable or permanently invalid message is recorded in `dead_letters` and terminated;
+//! if even that record cannot be written, it is nak'd and tried again.
 //!
-//! Work is spread over `concurrency` worker tasks. A handler may name a partition key (an
-//! affiliate's enrollment, say): messages with the same key always go to the same worker and are
+//! A worker applies what it has queued in one transaction, so one commit (one fsync) serves
+//! many: all at once (one inbox insert, one [`Handler::handle_batch`]), and if that fails, again
+//! one message per transaction so only the bad message fails.
+//!
+//! Work is spread over `concurrency` worker tasks. A handler may name a partition key (a
+//! conversion, say): messages with the same key always go to the same worker and are
 //! applied one after another, in stream order — a keyed actor, so writes for one key never
 //! contend. On shutdown no new message is pulled; workers finish and ack what they hold.
 
@@ -101,7 +104,6 @@ pub struct ConsumerSpec {
     /// One subject filter (`<ns>.evt.program.>`); empty for the whole stream. Single filters keep
     /// this working on NATS 2.9.
     pub filter_subject: String,
-    pub max_deliver: i64,
     pub ack_wait: Duration,
     pub concurrency: usize,
     /// Most messages one worker applies in one transaction (and queues ahead).
@@ -114,7 +116,6 @@ impl ConsumerSpec {
             stream,
             durable_name,
             filter_subject,
-            max_deliver: 10,
             ack_wait: Duration::from_secs(30),
             concurrency: 16,
             max_batch: 64,
@@ -150,20 +151,21 @@ pub async fn run<H: Handler>(
     shutdown: CancellationToken,
 ) -> Result<(), async_nats::Error> {
     let stream = js.get_stream(&spec.stream).await?;
+    // Create, or update an existing durable to this configuration (an older one may still have
+    // a bounded `max_deliver`).
     let consumer = stream
-        .get_or_create_consumer(
-            &spec.durable_name,
-            pull::Config {
-                durable_name: Some(spec.durable_name.clone()),
-                filter_subject: spec.filter_subject.clone(),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                max_deliver: spec.max_deliver,
-                ack_wait: spec.ack_wait,
-                // Room for every worker's queue and the group it is applying.
-                max_ack_pending: i64::try_from(spec.concurrency.max(1) * spec.max_batch * 2).unwrap_or(i64::MAX),
-                ..Default::default()
-            },
-        )
+        .create_consumer(pull::Config {
+            durable_name: Some(spec.durable_name.clone()),
+            filter_subject: spec.filter_subject.clone(),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            // Unlimited: a message is settled by us (applied, or dead-lettered once its
+            // failure is known to be permanent), never dropped by a redelivery count.
+            max_deliver: -1,
+            ack_wait: spec.ack_wait,
+            // Room for every worker's queue and the group it is applying.
+            max_ack_pending: i64::try_from(spec.concurrency.max(1) * spec.max_batch * 2).unwrap_or(i64::MAX),
+            ..Default::default()
+        })
         .await?;
     let messages = consumer
         .stream()
@@ -194,15 +196,29 @@ pub async fn run<H: Handler>(
         });
     }
 
-    let mut messages = std::pin::pin!(messages.take_until(shutdown.cancelled_owned()));
+    let mut messages = std::pin::pin!(messages.take_until(shutdown.clone().cancelled_owned()));
     let mut round_robin = 0usize;
-    while let Some(message) = messages.next().await {
-        let message = match message {
-            Ok(message) => message,
-            Err(err) => {
-                tracing::warn!(consumer = %spec.durable_name, error = %err, "pull failed");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
+    let mut stopped = None;
+    loop {
+        let message = tokio::select! {
+            next = messages.next() => match next {
+                Some(Ok(message)) => message,
+                Some(Err(err)) => {
+                    tracing::warn!(consumer = %spec.durable_name, error = %err, "pull failed");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+                None => break,
+            },
+            // Workers only end when their queue closes: one ending now died (a panic). Stop
+            // pulling (what it held is redelivered after ack_wait) and fail, so the service
+            // stops instead of running half-alive.
+            Some(joined) = workers.join_next() => {
+                stopped = Some(match joined {
+                    Err(err) => format!("a worker failed: {err}"),
+                    Ok(()) => "a worker stopped".to_owned(),
+                });
+                break;
             }
         };
         let delivery = delivery_of(&message);
@@ -218,12 +234,23 @@ pub async fn run<H: Handler>(
             }
         };
         if queues[index].send((message, delivery)).await.is_err() {
-            break; // a worker died; stop pulling, the rest are redelivered after ack_wait
+            stopped = Some("a worker stopped".to_owned());
+            break;
         }
     }
     drop(queues);
-    while workers.join_next().await.is_some() {}
-    Ok(())
+    while let Some(joined) = workers.join_next().await {
+        if let Err(err) = joined {
+            stopped = Some(format!("a worker failed: {err}"));
+        }
+    }
+    if stopped.is_none() && !shutdown.is_cancelled() {
+        stopped = Some("the message stream ended".to_owned());
+    }
+    match stopped {
+        Some(reason) => Err(format!("consumer {} stopped: {reason}", spec.durable_name).into()),
+        None => Ok(()),
+    }
 }
 
 fn delivery_of(message: &jetstream::Message) -> Delivery {
@@ -268,8 +295,8 @@ impl Meters {
     }
 }
 
-/// Applies what a worker has queued (in order) in ONE transaction: each message in a savepoint
-/// with its inbox row, one commit for all, then each is acked, nak'd or dead-lettered on its own.
+/// Applies what a worker has queued (in order) in ONE transaction when it can (one commit for
+/// all), else one message per transaction; then each is acked, nak'd or dead-lettered on its own.
 /// One fsync per group instead of per message is what lets consumers keep up with the hot path.
 async fn settle_group<H: Handler>(
     pool: &PgPool,
@@ -307,6 +334,10 @@ async fn apply_group<H: Handler>(
         tx.commit().await?;
         return Ok(group.iter().map(|_| Ok(())).collect());
     }
+    // One message per transaction, so a transaction never holds one message's row locks while
+    // it takes the next one's: rows shared with other workers are locked in each batch's key
+    // order, and holding several messages' locks in stream order could wait in a circle.
+    tx.rollback().await?;
     let mut outcomes = Vec::with_capacity(group.len());
     for (_, delivery) in group {
         if delivery.event_id.starts_with("missing-id:") {
@@ -315,24 +346,21 @@ async fn apply_group<H: Handler>(
         }
         let span = tracing::info_span!("consume", %consumer, subject = %delivery.subject, event_id = %delivery.event_id, attempt = delivery.attempt);
         amba_telemetry::set_remote_parent(&span, &delivery.traceparent);
-        sqlx::query("SAVEPOINT message").execute(&mut *tx).await?;
+        let mut tx = pool.begin().await?;
         let outcome = apply(&mut tx, consumer, handler, delivery).instrument(span).await;
-        let undo = if outcome.is_ok() {
-            "RELEASE SAVEPOINT message"
+        if outcome.is_ok() {
+            tx.commit().await?;
         } else {
-            "ROLLBACK TO SAVEPOINT message"
-        };
-        sqlx::query(undo).execute(&mut *tx).await?;
+            tx.rollback().await?;
+        }
         outcomes.push(outcome);
     }
-    tx.commit().await?;
     Ok(outcomes)
 }
 
-/// The common case first: every message of the group applies. One savepoint and one inbox insert
-/// for the whole group instead of three statements per message; if any message fails, the group
-/// is rolled back to the savepoint and `false` tells the caller to apply it one message at a time
-/// (so a bad message still fails alone).
+/// The common case first: every message of the group applies, with one inbox insert and one
+/// [`Handler::handle_batch`] for the whole group. `false`: it did not (the caller rolls the
+/// transaction back and applies the group one message at a time, so a bad message fails alone).
 async fn apply_all_at_once<H: Handler>(
     tx: &mut PgConnection,
     consumer: &str,
@@ -342,7 +370,6 @@ async fn apply_all_at_once<H: Handler>(
     if group.len() < 2 || group.iter().any(|(_, d)| d.event_id.starts_with("missing-id:")) {
         return Ok(false);
     }
-    sqlx::query("SAVEPOINT group_at_once").execute(&mut *tx).await?;
     // One inbox row per event id: a repeat inside the group is applied once, like a redelivery.
     let ids: Vec<&str> = group.iter().map(|(_, d)| d.event_id.as_str()).collect();
     let subjects: Vec<&str> = group.iter().map(|(_, d)| d.subject.as_str()).collect();
@@ -366,12 +393,8 @@ async fn apply_all_at_once<H: Handler>(
     let span = tracing::info_span!("consume_batch", %consumer, messages = new.len());
     if let Err(err) = handler.handle_batch(&mut *tx, &new).instrument(span).await {
         tracing::debug!(%consumer, error = %err, "batch failed; applying its messages one at a time");
-        sqlx::query("ROLLBACK TO SAVEPOINT group_at_once")
-            .execute(&mut *tx)
-            .await?;
         return Ok(false);
     }
-    sqlx::query("RELEASE SAVEPOINT group_at_once").execute(&mut *tx).await?;
     Ok(true)
 }
 
@@ -395,20 +418,22 @@ async fn settle(
             // A plain ack: should it be lost, the redelivery finds the inbox row and is only acked.
             message.ack().await
         }
-        Err(HandlerError::Retry(err)) if attempt < spec.max_deliver => {
+        Err(HandlerError::Retry(err)) => {
             meters.retried.increment(1);
-            tracing::warn!(consumer = %spec.durable_name, event_id = %delivery.event_id, error = %err, "handler failed; will retry");
+            tracing::warn!(consumer = %spec.durable_name, event_id = %delivery.event_id, attempt, error = %err, "handler failed; will retry");
             message.ack_with(AckKind::Nak(Some(retry_delay(attempt)))).await
         }
         Err(err) => {
             tracing::error!(consumer = %spec.durable_name, event_id = %delivery.event_id, error = %err, "giving up on message; dead-lettered");
             if let Err(db) = dead_letter(pool, &spec.durable_name, &delivery, &err.to_string()).await {
-                // Leave it un-acked: it is redelivered after ack_wait and we try to record it again.
-                tracing::error!(error = %db, "could not record dead letter");
-                return;
+                // Not recorded, so not terminated: redelivered later, and recorded then.
+                tracing::error!(error = %db, "could not record dead letter; will retry");
+                meters.retried.increment(1);
+                message.ack_with(AckKind::Nak(Some(retry_delay(attempt)))).await
+            } else {
+                meters.dead_lettered.increment(1);
+                message.ack_with(AckKind::Term).await
             }
-            meters.dead_lettered.increment(1);
-            message.ack_with(AckKind::Term).await
         }
     };
     if let Err(err) = ack {

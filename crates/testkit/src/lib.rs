@@ -203,15 +203,17 @@ impl TestSystem {
         Ok(amba_bus::store::connect(&self.db.url, schema, 2).await?)
     }
 
-    /// Stops the services, removes the namespace's streams and drops the database.
+    /// Stops the services, removes the namespace's streams and drops the database. Fails if a
+    /// service had stopped on its own (an error or a panic) before.
     pub async fn stop(self) -> anyhow::Result<()> {
-        self.running.stop().await;
+        let stopped = self.running.stop().await;
         amba_bus::streams::delete_event_streams(&self.bus.js, &self.bus.ns)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         // The test's own data folder (e-mails written as files when no SMTP server was given).
         let _ = std::fs::remove_dir_all(&self.settings.data_dir);
-        self.db.drop_now().await
+        self.db.drop_now().await?;
+        stopped.map_err(|failures| anyhow::anyhow!("a service had failed: {failures}"))
     }
 }
 

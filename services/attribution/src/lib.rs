@@ -64,15 +64,20 @@ pub async fn run(database_url: &str, bus: Bus, shutdown: CancellationToken) -> R
     let service = rpc::Attribution::new(pool.clone(), bus.ns.clone(), waker.clone(), writers, rules);
     let server = rpc::server(service).serve(bus.nats.clone(), bus.ns.clone(), shutdown);
     amba_bus::service::with_relays(pool, &bus, waker, RELAYS, async {
-        let served = server.await;
-        // The last `Writers` handle went with the server: writers finish their queues and stop.
-        while writer_tasks.join_next().await.is_some() {}
-        match consumer.await {
-            Ok(Err(err)) => tracing::error!(error = %err, "read model consumer stopped"),
-            Err(err) => tracing::error!(error = %err, "read model consumer task failed"),
-            Ok(Ok(())) => {}
-        }
-        served.map_err(RunError::from)
+        let serving = async {
+            let served = server.await;
+            // The last `Writers` handle went with the server: writers finish their queues and stop.
+            while writer_tasks.join_next().await.is_some() {}
+            served.map_err(RunError::from)
+        };
+        // A read model that stopped following fails the service (and so the process) at once.
+        let following = async {
+            match consumer.await {
+                Ok(result) => result.map_err(RunError::from),
+                Err(err) => Err(RunError::Setup(format!("the read model consumer failed: {err}"))),
+            }
+        };
+        tokio::try_join!(serving, following).map(drop)
     })
     .await
 }

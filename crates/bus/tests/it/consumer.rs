@@ -81,9 +81,7 @@ async fn publish(
 }
 
 fn spec(s: &Setup) -> ConsumerSpec {
-    let mut spec = ConsumerSpec::new(s.stream.clone(), format!("{}_T", s.stream), s.subject.clone());
-    spec.max_deliver = 5;
-    spec
+    ConsumerSpec::new(s.stream.clone(), format!("{}_T", s.stream), s.subject.clone())
 }
 
 /// Waits until the consumer has settled (acked or terminated) `count` stream messages.
@@ -268,5 +266,129 @@ async fn messages_with_one_partition_key_apply_in_stream_order() -> anyhow::Resu
             .await?;
         assert_eq!(order, (0..20).collect::<Vec<i64>>(), "key {key} applied out of order");
     }
+    teardown(s).await
+}
+
+/// Fails permanently on "poison", counting its deliveries; panics on "panic" (a bug).
+#[derive(Default)]
+struct Poisoned {
+    poison_deliveries: std::sync::atomic::AtomicUsize,
+}
+
+impl Handler for Poisoned {
+    #[expect(clippy::panic, reason = "a panicking handler stands for a bug the runner must survive")]
+    async fn handle(&self, _conn: &mut PgConnection, delivery: &Delivery) -> Result<(), HandlerError> {
+        match delivery.payload.as_ref() {
+            b"poison" => {
+                self.poison_deliveries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Err(HandlerError::Permanent("payload is poison".into()))
+            }
+            b"panic" => panic!("a handler bug"),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_dead_letter_that_cannot_be_recorded_is_retried_never_dropped() -> anyhow::Result<()> {
+    let s = setup().await?;
+    // Recording dead letters fails (as it would with the database away) until the table is back.
+    sqlx::query("ALTER TABLE dead_letters RENAME TO dead_letters_away")
+        .execute(&s.pool)
+        .await?;
+    publish(&s.bus.js, &s.subject, Some("evt_poison"), b"poison").await?;
+    let handler = Arc::new(Poisoned::default());
+    let spec = spec(&s);
+    let durable = spec.durable_name.clone();
+    let stop = CancellationToken::new();
+    let runner = tokio::spawn(consumer::run(
+        s.bus.js.clone(),
+        s.pool.clone(),
+        spec,
+        handler.clone(),
+        stop.clone(),
+    ));
+    let seen = handler.clone();
+    eventually(
+        Duration::from_secs(15),
+        "the poison to be delivered again and again",
+        || {
+            let seen = seen.clone();
+            async move { Ok((seen.poison_deliveries.load(std::sync::atomic::Ordering::SeqCst) >= 4).then_some(())) }
+        },
+    )
+    .await?;
+    sqlx::query("ALTER TABLE dead_letters_away RENAME TO dead_letters")
+        .execute(&s.pool)
+        .await?;
+    settled(&s, &durable, 1).await?;
+    stop.cancel();
+    runner.await?.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let dead: Vec<String> = sqlx::query_scalar("SELECT event_id FROM dead_letters")
+        .fetch_all(&s.pool)
+        .await?;
+    assert_eq!(dead, vec!["evt_poison".to_owned()]);
+    teardown(s).await
+}
+
+#[tokio::test]
+async fn a_worker_that_dies_stops_the_consumer_with_an_error() -> anyhow::Result<()> {
+    let s = setup().await?;
+    publish(&s.bus.js, &s.subject, Some("evt_panic"), b"panic").await?;
+    let stop = CancellationToken::new();
+    let runner = tokio::spawn(consumer::run(
+        s.bus.js.clone(),
+        s.pool.clone(),
+        spec(&s),
+        Arc::new(Poisoned::default()),
+        stop.clone(),
+    ));
+    // Without shutdown being asked for: the runner must end by itself, with an error.
+    let ended = tokio::time::timeout(Duration::from_secs(15), runner).await??;
+    let err = ended.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("worker failed"), "{err}");
+    assert!(!stop.is_cancelled());
+    teardown(s).await
+}
+
+#[tokio::test]
+async fn an_existing_consumer_with_bounded_redeliveries_is_made_unbounded() -> anyhow::Result<()> {
+    let s = setup().await?;
+    let spec = spec(&s);
+    let durable = spec.durable_name.clone();
+    // As an earlier version created it.
+    s.bus
+        .js
+        .get_stream(&s.stream)
+        .await?
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some(durable.clone()),
+            filter_subject: s.subject.clone(),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            max_deliver: 10,
+            ..Default::default()
+        })
+        .await?;
+    publish(&s.bus.js, &s.subject, Some("evt_fine"), b"fine").await?;
+    let stop = CancellationToken::new();
+    let runner = tokio::spawn(consumer::run(
+        s.bus.js.clone(),
+        s.pool.clone(),
+        spec,
+        Arc::new(Poisoned::default()),
+        stop.clone(),
+    ));
+    settled(&s, &durable, 1).await?;
+    let mut consumer: jetstream::consumer::PullConsumer = s
+        .bus
+        .js
+        .get_stream(&s.stream)
+        .await?
+        .get_consumer(&durable)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert_eq!(consumer.info().await?.config.max_deliver, -1);
+    stop.cancel();
+    runner.await?.map_err(|e| anyhow::anyhow!("{e}"))?;
     teardown(s).await
 }

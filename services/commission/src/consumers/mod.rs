@@ -122,10 +122,17 @@ impl Handler for AttributionEvents {
 
     /// Books runs of conversions and clicks at once; a clawback is applied on its own, after
     /// what came before it (it may reverse an approval of the same batch). The programs' ledger
-    /// locks are taken first, all at once: shared for bookings, exclusive where a clawback is.
+    /// locks are taken first, all at once: shared for bookings, exclusive with a clawback.
     async fn handle_batch(&self, conn: &mut PgConnection, deliveries: &[&Delivery]) -> Result<(), HandlerError> {
         let events = deliveries.iter().map(|d| decode(d)).collect::<Result<Vec<_>, _>>()?;
-        let locks: Vec<(&str, LedgerLock)> = events.iter().filter_map(AttributionEvent::ledger_lock).collect();
+        // With a clawback, the batch locks rows run by run, not in one key order: it then runs
+        // alone in every program it touches.
+        let alone = events.iter().any(|e| matches!(e, AttributionEvent::ClawedBack(_)));
+        let locks: Vec<(&str, LedgerLock)> = events
+            .iter()
+            .filter_map(AttributionEvent::ledger_lock)
+            .map(|(program, lock)| (program, if alone { LedgerLock::Exclusive } else { lock }))
+            .collect();
         store::lock_programs(conn, &locks).await?;
         let mut run = Vec::with_capacity(events.len());
         for event in events {
