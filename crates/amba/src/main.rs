@@ -30,6 +30,10 @@ commands:
   infra down           stop the PostgreSQL and NATS that `dev` or `infra up` started (in AMBA_DATA_DIR)
   ledger verify        rebuild every commission balance from the ledger entries and check
                        conservation; exits non-zero on any difference
+  dead-letters list [--consumer <name>]
+                       the messages consumers gave up on and not replayed yet, every service
+  dead-letters replay <consumer> [<event_id>]
+                       publish a consumer's dead letters (or one) again; each is applied once
   streams delete --confirm <namespace>
                        delete AMBA_NAMESPACE's JetStream event streams and the events in them;
                        for load-test and scratch namespaces (services must be stopped first)
@@ -107,6 +111,52 @@ async fn dispatch(args: &[&str], settings: Settings) -> anyhow::Result<()> {
                 .await
                 .map_err(|e| anyhow::anyhow!("deleting streams: {e}"))?;
             println!("event streams of namespace {confirmed} deleted");
+            Ok(())
+        }
+        ["dead-letters", "list", rest @ ..] => {
+            let consumer = match rest {
+                [] => None,
+                ["--consumer", name] => Some(*name),
+                _ => anyhow::bail!("usage: amba dead-letters list [--consumer <name>]"),
+            };
+            let mut count = 0;
+            for (schema, pool) in service_stores(&settings).await? {
+                for letter in amba_bus::dead_letters::list(&pool, consumer).await? {
+                    count += 1;
+                    println!(
+                        "{schema}\t{}\t{}\t{}\t{} deliveries\t{}\t{}",
+                        letter.consumer,
+                        letter.event_id,
+                        letter.subject,
+                        letter.deliveries,
+                        letter.recorded_at.to_rfc3339(),
+                        letter.error
+                    );
+                }
+                pool.close().await;
+            }
+            eprintln!("{count} dead letter(s) waiting");
+            Ok(())
+        }
+        ["dead-letters", "replay", consumer, rest @ ..] if rest.len() <= 1 => {
+            let nats = system::connect_nats(&settings.nats_url, "amba-dead-letters").await?;
+            let js = async_nats::jetstream::new(nats.clone());
+            let mut replayed = Vec::new();
+            for (_, pool) in service_stores(&settings).await? {
+                replayed.extend(amba_bus::dead_letters::replay(&pool, &js, consumer, rest.first().copied()).await?);
+                pool.close().await;
+            }
+            nats.flush().await?;
+            for event_id in &replayed {
+                println!("replayed {event_id}");
+            }
+            anyhow::ensure!(
+                !replayed.is_empty(),
+                "no dead letter of consumer {consumer}{} is waiting",
+                rest.first()
+                    .map(|id| format!(" with event id {id}"))
+                    .unwrap_or_default()
+            );
             Ok(())
         }
         ["payouts", "reconcile", program_id, rest @ ..] if rest.is_empty() || rest == ["--repair"] => {
@@ -239,6 +289,19 @@ async fn dev(mut settings: Settings) -> anyhow::Result<()> {
         running.grpc_addr().map(|a| a.to_string()).unwrap_or_default()
     );
     run_until_signal(running).await
+}
+
+/// A connection to each service's schema (each holds its consumers' dead letters).
+async fn service_stores(settings: &Settings) -> anyhow::Result<Vec<(&'static str, sqlx::PgPool)>> {
+    let mut stores = Vec::new();
+    for service in ServiceName::ALL.into_iter().filter(|s| *s != ServiceName::Edge) {
+        let schema = service.as_str();
+        stores.push((
+            schema,
+            amba_bus::store::connect(settings.database_url.expose(), schema, 1).await?,
+        ));
+    }
+    Ok(stores)
 }
 
 async fn serve(settings: Settings, services: &[ServiceName], name: &str) -> anyhow::Result<()> {

@@ -253,11 +253,15 @@ pub async fn run<H: Handler>(
     }
 }
 
+/// The header a replayed dead letter carries its original event id in (its `Nats-Msg-Id` is new,
+/// so that JetStream stores it again): see [`crate::dead_letters`].
+pub const EVENT_ID_HEADER: &str = "Amba-Event-Id";
+
 fn delivery_of(message: &jetstream::Message) -> Delivery {
-    let event_id = message
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+    let headers = message.headers.as_ref();
+    let event_id = headers
+        .and_then(|h| h.get(EVENT_ID_HEADER))
+        .or_else(|| headers.and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID)))
         .map(|v| v.as_str().to_owned());
     Delivery {
         event_id: event_id.unwrap_or_else(|| {
@@ -467,7 +471,9 @@ async fn apply<H: Handler>(
 async fn dead_letter(pool: &PgPool, consumer: &str, delivery: &Delivery, error: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO dead_letters (consumer, event_id, subject, payload, error, deliveries) \
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (consumer, event_id) DO NOTHING",
+         VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (consumer, event_id) DO UPDATE SET error = EXCLUDED.error, \
+         deliveries = EXCLUDED.deliveries, recorded_at = now(), replayed_at = NULL",
     )
     .bind(consumer)
     .bind(&delivery.event_id)

@@ -7,6 +7,7 @@
 //! and record it in their inbox in one transaction, then ack.
 
 pub mod consumer;
+pub mod dead_letters;
 pub mod events;
 pub mod outbox;
 pub mod rpc;

@@ -128,3 +128,85 @@ async fn infra_down_stops_exactly_what_infra_up_started() -> anyhow::Result<()> 
     let _ = std::fs::remove_dir_all(&data);
     Ok(())
 }
+
+/// `amba dead-letters list|replay` against a running system: an event the ledger cannot apply
+/// is listed with its consumer and error; replayed, it is tried again (and, still invalid,
+/// listed again); a replay of nothing says so and fails.
+#[tokio::test]
+async fn dead_letters_are_listed_and_replayed_by_the_operator() -> anyhow::Result<()> {
+    use amba_proto::Message;
+    let sys = amba_testkit::TestSystem::start().await?;
+    let namespace = sys.bus.ns.as_str().to_owned();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_amba"))
+            .args(args)
+            .env("AMBA_NAMESPACE", &namespace)
+            .env("AMBA_NATS_URL", nats_url())
+            .env("AMBA_DATABASE_URL", &sys.db.url)
+            .output()
+    };
+    // An approval without its conversion: the ledger refuses it for good.
+    let event_id = amba_core::id::EventId::new().to_string();
+    let broken = amba_proto::wire::ConversionChanged::default();
+    sys.bus
+        .js
+        .send_publish(
+            sys.bus.ns.event("conversion", "approved"),
+            async_nats::jetstream::message::PublishMessage::build()
+                .payload(broken.encode_to_vec().into())
+                .message_id(event_id.as_str()),
+        )
+        .await?
+        .await?;
+    let commission = sys.service_pool("commission").await?;
+    let consumer: String = eventually(
+        std::time::Duration::from_secs(15),
+        "the ledger to dead-letter the event",
+        || {
+            let (pool, event_id) = (commission.clone(), event_id.clone());
+            async move {
+                Ok(
+                    sqlx::query_scalar("SELECT consumer FROM dead_letters WHERE event_id = $1")
+                        .bind(&event_id)
+                        .fetch_optional(&pool)
+                        .await?,
+                )
+            }
+        },
+    )
+    .await?;
+
+    let listed = run(&["dead-letters", "list", "--consumer", &consumer])?;
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    let listing = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listing.contains(&event_id) && listing.contains("without a conversion") && listing.starts_with("commission\t"),
+        "{listing}"
+    );
+
+    let replayed = run(&["dead-letters", "replay", &consumer, &event_id])?;
+    assert!(
+        replayed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replayed.stderr)
+    );
+    assert!(String::from_utf8_lossy(&replayed.stdout).contains(&format!("replayed {event_id}")));
+    // Still invalid: applied again, refused again, waiting again (with a second delivery count).
+    eventually(std::time::Duration::from_secs(15), "the replay to fail again", || {
+        let (pool, event_id) = (commission.clone(), event_id.clone());
+        async move {
+            let waiting: Option<bool> =
+                sqlx::query_scalar("SELECT replayed_at IS NULL FROM dead_letters WHERE event_id = $1")
+                    .bind(&event_id)
+                    .fetch_optional(&pool)
+                    .await?;
+            Ok(waiting.filter(|w| *w).map(|_| ()))
+        }
+    })
+    .await?;
+    let none = run(&["dead-letters", "replay", "NO_SUCH_CONSUMER"])?;
+    assert!(!none.status.success());
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no dead letter"));
+    commission.close().await;
+    sys.stop().await
+}

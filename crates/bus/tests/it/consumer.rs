@@ -276,7 +276,10 @@ struct Poisoned {
 }
 
 impl Handler for Poisoned {
-    #[expect(clippy::panic, reason = "a panicking handler stands for a bug the runner must survive")]
+    #[expect(
+        clippy::panic,
+        reason = "a panicking handler stands for a bug the runner must survive"
+    )]
     async fn handle(&self, _conn: &mut PgConnection, delivery: &Delivery) -> Result<(), HandlerError> {
         match delivery.payload.as_ref() {
             b"poison" => {
@@ -390,5 +393,90 @@ async fn an_existing_consumer_with_bounded_redeliveries_is_made_unbounded() -> a
     assert_eq!(consumer.info().await?.config.max_deliver, -1);
     stop.cancel();
     runner.await?.map_err(|e| anyhow::anyhow!("{e}"))?;
+    teardown(s).await
+}
+
+/// Refuses payload "bug" as permanently invalid until `fixed`; records `<name>:<event id>`.
+struct Fixable {
+    name: &'static str,
+    fixed: std::sync::atomic::AtomicBool,
+}
+
+impl Handler for Fixable {
+    async fn handle(&self, conn: &mut PgConnection, delivery: &Delivery) -> Result<(), HandlerError> {
+        if delivery.payload.as_ref() == b"bug" && !self.fixed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(HandlerError::Permanent("cannot handle this yet".into()));
+        }
+        sqlx::query("INSERT INTO applied (event_id, attempt) VALUES ($1, $2)")
+            .bind(format!("{}:{}", self.name, delivery.event_id))
+            .bind(delivery.attempt)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_replayed_dead_letter_is_applied_once_where_it_failed_and_nowhere_else() -> anyhow::Result<()> {
+    let s = setup().await?;
+    publish(&s.bus.js, &s.subject, Some("evt_bug"), b"bug").await?;
+    publish(&s.bus.js, &s.subject, Some("evt_fine"), b"fine").await?;
+    // Two consumers of the stream: one could not handle the event, the other applied it.
+    let failing = Arc::new(Fixable {
+        name: "a",
+        fixed: false.into(),
+    });
+    let healthy = Arc::new(Fixable {
+        name: "b",
+        fixed: true.into(),
+    });
+    let (spec_a, mut spec_b) = (spec(&s), spec(&s));
+    spec_b.durable_name = format!("{}_B", s.stream);
+    let (durable_a, durable_b) = (spec_a.durable_name.clone(), spec_b.durable_name.clone());
+    let stop = CancellationToken::new();
+    let runners = [
+        tokio::spawn(consumer::run(
+            s.bus.js.clone(),
+            s.pool.clone(),
+            spec_a,
+            failing.clone(),
+            stop.clone(),
+        )),
+        tokio::spawn(consumer::run(
+            s.bus.js.clone(),
+            s.pool.clone(),
+            spec_b,
+            healthy,
+            stop.clone(),
+        )),
+    ];
+    settled(&s, &durable_a, 2).await?;
+    settled(&s, &durable_b, 2).await?;
+    let waiting = amba_bus::dead_letters::list(&s.pool, None).await?;
+    assert_eq!(
+        waiting
+            .iter()
+            .map(|d| (d.consumer.as_str(), d.event_id.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(durable_a.as_str(), "evt_bug")]
+    );
+
+    // The bug is fixed; the operator replays what consumer A gave up on.
+    failing.fixed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let replayed = amba_bus::dead_letters::replay(&s.pool, &s.bus.js, &durable_a, None).await?;
+    assert_eq!(replayed, vec!["evt_bug".to_owned()]);
+    settled(&s, &durable_a, 3).await?;
+    settled(&s, &durable_b, 3).await?;
+    let again = amba_bus::dead_letters::replay(&s.pool, &s.bus.js, &durable_a, None).await?;
+    assert!(again.is_empty(), "a replayed letter is not replayed twice");
+    assert!(amba_bus::dead_letters::list(&s.pool, None).await?.is_empty());
+    stop.cancel();
+    for runner in runners {
+        runner.await?.map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let applied: Vec<String> = sqlx::query_scalar("SELECT event_id FROM applied ORDER BY event_id")
+        .fetch_all(&s.pool)
+        .await?;
+    assert_eq!(applied, vec!["a:evt_bug", "a:evt_fine", "b:evt_bug", "b:evt_fine"]);
     teardown(s).await
 }

@@ -101,6 +101,17 @@ impl Handler for Events {
             _ => Ok(()),
         }
     }
+
+    /// An enrollment event also writes its program owner's addresses: every event of one owner
+    /// goes to one worker, so workers never wait on each other for the owner's row.
+    fn partition_key(&self, delivery: &Delivery) -> Option<String> {
+        match kind_of(&delivery.subject) {
+            ("enrollment", _) => pb::EnrollmentChanged::decode(delivery.payload.as_ref())
+                .ok()
+                .map(|e| e.program_owner_org_id),
+            _ => None,
+        }
+    }
 }
 
 impl Events {

@@ -34,7 +34,9 @@ pub async fn deliver(
             _ = shutdown.cancelled() => return Ok(()),
             _ = ticker.tick() => {}
         }
-        loop {
+        // Group by group, until none is due or shutdown is asked for (a backlog must not hold
+        // up a restart: what is left is sent by the next process).
+        while !shutdown.is_cancelled() {
             let mut tx = pool.begin().await?;
             let due = store::lock_due(&mut tx, GROUP).await?;
             if due.is_empty() {
