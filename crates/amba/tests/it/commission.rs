@@ -900,11 +900,29 @@ async fn clawback_through_mcp_before_and_after_a_payout() -> anyhow::Result<()> 
         )
         .await?;
     assert_eq!(
-        (&out["reversed_minor"], &out["carry_forward_minor"]),
-        (&json!(500), &json!(0))
+        (
+            &out["reversed_minor"],
+            &out["carry_forward_minor"],
+            &out["ledger_applied"]
+        ),
+        (&json!(500), &json!(0), &json!(true))
     );
     let b = balance_when(&ann, &program, |b| b["payable_minor"] == 1_500).await?;
     assert_eq!(figures(&b), [0, 1_500, 0, 0, 0]);
+    // The agent never saw that reply and sends the same request again, without a key: the
+    // recorded clawback comes back, nothing is refunded twice.
+    let again = owner
+        .mcp
+        .ok(
+            "amba_affiliate_conversion_clawback",
+            json!({"conversion_id": conversion_id, "reason": "partial refund", "amount_minor": 2_500}),
+        )
+        .await?;
+    assert_eq!(
+        (&again["clawback_id"], &again["duplicate"], &again["reversed_minor"]),
+        (&out["clawback_id"], &json!(true), &json!(500))
+    );
+    assert_eq!(again["conversion"]["clawed_back_minor"], 2_500);
 
     // A ledger-level payout of the 15.00.
     let _: pb::PayoutItemReply = rpc(&sys)

@@ -111,14 +111,17 @@ impl Attribution {
     }
 
     /// Owner records a refund or chargeback (full or partial). The commission service reverses
-    /// the commission from the `conversion.clawed_back` event. Idempotent on the key.
+    /// the commission from the `conversion.clawed_back` event. Idempotent on the key; without
+    /// one, on a key made of the request itself (amount, or "the rest", and reason), so a blind
+    /// retry of a request whose reply was lost returns the recorded clawback instead of a
+    /// second refund. (Two equal partial refunds of one conversion need their own keys.)
     #[tracing::instrument(skip_all, fields(conversion_id = request.clawback.as_ref().map(|c| c.conversion_id.as_str())), err(level = "info"))]
     pub async fn clawback(&self, request: pb::AuthenticatedClawback) -> Result<pb::ClawbackReply, ApiError> {
         let who = caller(request.caller)?;
         let request = amba_proto::validate::clawback(&request.clawback.unwrap_or_default())?;
         let conversion_id = ConversionId::parse(&request.conversion_id)?;
         let reason = request.reason.clone();
-        let key = non_empty(&request.idempotency_key);
+        let key = Some(non_empty(&request.idempotency_key).unwrap_or_else(|| natural_clawback_key(&request)));
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         let row = self.owned(&mut tx, conversion_id.as_str(), &who.org_id, true).await?.0;
         if let Some(key) = &key
@@ -311,4 +314,13 @@ impl Attribution {
 fn non_empty(text: &str) -> Option<String> {
     let text = text.trim();
     (!text.is_empty()).then(|| text.to_owned())
+}
+
+/// The idempotency key of a clawback that names none: the request itself.
+fn natural_clawback_key(request: &pb::ClawbackRequest) -> String {
+    let amount = match request.amount_minor {
+        0 => "rest".to_owned(),
+        amount => amount.to_string(),
+    };
+    format!("natural:{amount}:{}", request.reason)
 }

@@ -65,7 +65,9 @@ pub struct ClawbackArgs {
     /// Refunded part of the sale in minor units, for a partial refund. Default: all that remains.
     #[schemars(range(min = 1, max = 1_000_000_000_000_000i64))]
     pub amount_minor: Option<i64>,
-    /// Makes a retried clawback return the first outcome instead of a second clawback.
+    /// Makes a retried clawback return the first outcome instead of a second clawback. Without
+    /// one the request itself is the key (amount, or all that remains, and reason): give two
+    /// equal partial refunds of one conversion their own keys.
     pub idempotency_key: Option<String>,
 }
 
@@ -191,12 +193,17 @@ pub struct ClawbackOutput {
     pub conversion: ClawedConversion,
     /// The refunded part of the sale this clawback recorded.
     pub refund_minor: i64,
-    /// Commission reversed by this clawback (upline overrides included).
-    pub reversed_minor: i64,
-    /// Of that, what had already been paid out: carry-forward debt netted against the next payout.
-    pub carry_forward_minor: i64,
+    /// Commission reversed by this clawback (upline overrides included); null while the ledger
+    /// has not applied it (`ledger_applied` false).
+    pub reversed_minor: Option<i64>,
+    /// Of that, what had already been paid out: carry-forward debt netted against the next
+    /// payout; null while the ledger has not applied it.
+    pub carry_forward_minor: Option<i64>,
+    /// False when the ledger had not applied the clawback within 5 s: it is recorded and will be
+    /// applied; the same call again returns it with the ledger's figures once they are there.
+    pub ledger_applied: bool,
     pub currency: String,
-    /// True when an idempotency key replayed an earlier clawback.
+    /// True when this replayed an earlier clawback (same idempotency key, or the same request).
     pub duplicate: bool,
 }
 
@@ -373,7 +380,9 @@ impl McpServer {
         name = "amba_affiliate_conversion_clawback",
         description = "Claw back a refunded or charged-back conversion, fully or partially (amount_minor of the \
                        sale). Before payout the commission is reversed (prorated); what was already paid becomes \
-                       carry-forward debt netted against the affiliate's next payout. Upline overrides follow.",
+                       carry-forward debt netted against the affiliate's next payout. Upline overrides follow. \
+                       Safe to retry: the same request (or idempotency_key) returns the recorded clawback with \
+                       duplicate true, never a second refund.",
         annotations(
             read_only_hint = false,
             destructive_hint = true,
@@ -407,7 +416,9 @@ impl McpServer {
             .call(attribution::SERVICE, attribution::CLAWBACK, &request)
             .await
             .map_err(tool_error)?;
-        let outcome: pb::ClawbackOutcome = self
+        // The clawback is committed: from here on the reply never claims failure. The ledger's
+        // figures are added when it has applied the clawback in time.
+        let outcome: Option<pb::ClawbackOutcome> = self
             .call_service(
                 methods::SERVICE,
                 methods::CLAWBACK_OUTCOME,
@@ -417,13 +428,16 @@ impl McpServer {
                     wait_ms: 5_000,
                 },
             )
-            .await?;
+            .await
+            .inspect_err(|_| tracing::info!(clawback_id = %clawed.clawback_id, "ledger outcome not there yet"))
+            .ok();
         let c = clawed.conversion.unwrap_or_default();
         Ok(Json(ClawbackOutput {
             clawback_id: clawed.clawback_id,
             refund_minor: clawed.refund_minor,
-            reversed_minor: outcome.reversed_minor,
-            carry_forward_minor: outcome.carry_forward_minor,
+            reversed_minor: outcome.as_ref().map(|o| o.reversed_minor),
+            carry_forward_minor: outcome.as_ref().map(|o| o.carry_forward_minor),
+            ledger_applied: outcome.is_some(),
             currency: c.currency.clone(),
             duplicate: clawed.duplicate,
             conversion: ClawedConversion {
