@@ -1093,3 +1093,68 @@ async fn many_affiliates_booked_side_by_side_while_the_read_model_catches_up() -
     assert_verifies(&sys).await?;
     sys.stop().await
 }
+
+/// A snapshot's version decides, not its clock: a change that began first but committed last
+/// carries the higher version and an earlier time; the read model keeps it whatever the order of
+/// arrival. The real enrollment service stamps increasing versions.
+#[tokio::test]
+async fn read_models_order_snapshots_by_version_not_by_clock() -> anyhow::Result<()> {
+    let sys = TestSystem::start().await?;
+    let (_owner, _ann, program, enrollment) = setup(&sys, json!({})).await?;
+    let pool = sys.service_pool("commission").await?;
+    let real_version: i64 = sqlx::query_scalar("SELECT version FROM enrollments WHERE enrollment_id = $1")
+        .bind(&enrollment)
+        .fetch_one(&pool)
+        .await?;
+    assert!(real_version >= 2, "invited then accepted: version {real_version}");
+
+    let snapshot = |status: &str, version: u64, at: i64| {
+        let id = new_event_id();
+        let event = pb::EnrollmentChanged {
+            meta: meta(&id),
+            enrollment: Some(pb::Enrollment {
+                enrollment_id: "enr_versioned".into(),
+                program_id: program.clone(),
+                affiliate_org_id: "org_versioned".into(),
+                status: status.into(),
+                depth: 1,
+                updated_at_micros: at,
+                version,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        (id, event)
+    };
+    let now = now_micros();
+    // Version 3 (removed) stamped earlier than version 2 (active): arrival order either way.
+    for (first, second) in [((3, now), (2, now + 10_000_000)), ((2, now + 10_000_000), (3, now))] {
+        let status_of = |v: u64| if v == 3 { "removed" } else { "active" };
+        let (first_id, event) = snapshot(status_of(first.0), first.0, first.1);
+        publish(&sys, "enrollment", "updated", &first_id, &event).await?;
+        let (second_id, event) = snapshot(status_of(second.0), second.0, second.1);
+        publish(&sys, "enrollment", "updated", &second_id, &event).await?;
+        // Both applied (their ids are in the consumer's inbox); then the row is what it is.
+        eventually(WAIT, "both snapshots consumed", || {
+            let (pool, ids) = (pool.clone(), vec![first_id.clone(), second_id.clone()]);
+            async move {
+                let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox WHERE event_id = ANY($1)")
+                    .bind(&ids)
+                    .fetch_one(&pool)
+                    .await?;
+                Ok((seen == 2).then_some(()))
+            }
+        })
+        .await?;
+        let (status, version): (String, i64) =
+            sqlx::query_as("SELECT status, version FROM enrollments WHERE enrollment_id = 'enr_versioned'")
+                .fetch_one(&pool)
+                .await?;
+        assert_eq!((status.as_str(), version), ("removed", 3));
+        sqlx::query("DELETE FROM enrollments WHERE enrollment_id = 'enr_versioned'")
+            .execute(&pool)
+            .await?;
+    }
+    pool.close().await;
+    sys.stop().await
+}

@@ -8,16 +8,19 @@ use sqlx::PgConnection;
 use sqlx::types::Json;
 use std::collections::HashMap;
 
-/// Upserts a program snapshot unless a newer one is already stored; records its rule version.
+/// Upserts a program snapshot unless a newer one (by version, then time) is already stored;
+/// records its rule version.
 pub async fn apply_program(conn: &mut PgConnection, p: &pb::Program) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO programs_view (program_id, owner_org_id, currency, status, approval_mode, attribution_window_days, \
-         landing_url, commission_version, version_micros) VALUES ($1, $2, $3, $4, $5, $6, NULLIF($7, ''), $8, $9) \
+         landing_url, commission_version, version_micros, version) \
+         VALUES ($1, $2, $3, $4, $5, $6, NULLIF($7, ''), $8, $9, $10) \
          ON CONFLICT (program_id) DO UPDATE SET owner_org_id = EXCLUDED.owner_org_id, currency = EXCLUDED.currency, \
          status = EXCLUDED.status, approval_mode = EXCLUDED.approval_mode, \
          attribution_window_days = EXCLUDED.attribution_window_days, landing_url = EXCLUDED.landing_url, \
-         commission_version = EXCLUDED.commission_version, version_micros = EXCLUDED.version_micros \
-         WHERE programs_view.version_micros <= EXCLUDED.version_micros",
+         commission_version = EXCLUDED.commission_version, version_micros = EXCLUDED.version_micros, \
+         version = EXCLUDED.version \
+         WHERE (programs_view.version, programs_view.version_micros) <= (EXCLUDED.version, EXCLUDED.version_micros)",
     )
     .bind(&p.program_id)
     .bind(&p.owner_org_id)
@@ -28,6 +31,7 @@ pub async fn apply_program(conn: &mut PgConnection, p: &pb::Program) -> Result<(
     .bind(&p.landing_url)
     .bind(i32::try_from(p.commission_version).unwrap_or(i32::MAX))
     .bind(p.updated_at_micros)
+    .bind(i64::try_from(p.version).unwrap_or(i64::MAX))
     .execute(&mut *conn)
     .await?;
     let rule: serde_json::Value = serde_json::from_str(&p.commission_json).unwrap_or(serde_json::Value::Null);
@@ -46,10 +50,10 @@ pub async fn apply_enrollment(
     emails: &[String],
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO enrollments_view (enrollment_id, program_id, affiliate_org_id, status, affiliate_emails, version_micros) \
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (enrollment_id) DO UPDATE SET status = EXCLUDED.status, \
-         affiliate_emails = EXCLUDED.affiliate_emails, version_micros = EXCLUDED.version_micros \
-         WHERE enrollments_view.version_micros <= EXCLUDED.version_micros",
+        "INSERT INTO enrollments_view (enrollment_id, program_id, affiliate_org_id, status, affiliate_emails, version_micros, \
+         version) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (enrollment_id) DO UPDATE SET status = EXCLUDED.status, \
+         affiliate_emails = EXCLUDED.affiliate_emails, version_micros = EXCLUDED.version_micros, version = EXCLUDED.version \
+         WHERE (enrollments_view.version, enrollments_view.version_micros) <= (EXCLUDED.version, EXCLUDED.version_micros)",
     )
     .bind(&e.enrollment_id)
     .bind(&e.program_id)
@@ -57,6 +61,7 @@ pub async fn apply_enrollment(
     .bind(&e.status)
     .bind(emails)
     .bind(e.updated_at_micros)
+    .bind(i64::try_from(e.version).unwrap_or(i64::MAX))
     .execute(conn)
     .await?;
     Ok(())

@@ -1,7 +1,8 @@
 //! Event handlers, run by the one consumer runner (`amba_bus::consumer`): inbox dedupe and the
 //! handler's effects commit in one transaction.
 //!
-//! - Enrollment stream: program and enrollment read models (newest `updated_at` wins).
+//! - Enrollment stream: program and enrollment read models (the highest version wins: enrollment
+//!   bumps it with each change under the row lock; then the newest `updated_at`).
 //! - Attribution stream: conversions (stats, accrual on approval, multi-level overrides),
 //!   clawbacks, touchpoints (clicks). Partitioned by conversion: one conversion's events are
 //!   applied by one worker in stream order, while one affiliate's conversions spread over every

@@ -54,14 +54,15 @@ pub async fn upsert_program(conn: &mut PgConnection, p: &pb::Program) -> Result<
         .collect();
     sqlx::query(
         "INSERT INTO programs (program_id, owner_org_id, name, currency, status, hold_days, multi_level_enabled, \
-         levels_bps, platform_fee_bps, payout_threshold_minor, commission_version, updated_at_micros) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+         levels_bps, platform_fee_bps, payout_threshold_minor, commission_version, updated_at_micros, version) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
          ON CONFLICT (program_id) DO UPDATE SET owner_org_id = EXCLUDED.owner_org_id, name = EXCLUDED.name, \
          currency = EXCLUDED.currency, status = EXCLUDED.status, hold_days = EXCLUDED.hold_days, \
          multi_level_enabled = EXCLUDED.multi_level_enabled, levels_bps = EXCLUDED.levels_bps, \
          platform_fee_bps = EXCLUDED.platform_fee_bps, payout_threshold_minor = EXCLUDED.payout_threshold_minor, \
-         commission_version = EXCLUDED.commission_version, updated_at_micros = EXCLUDED.updated_at_micros \
-         WHERE programs.updated_at_micros <= EXCLUDED.updated_at_micros",
+         commission_version = EXCLUDED.commission_version, updated_at_micros = EXCLUDED.updated_at_micros, \
+         version = EXCLUDED.version \
+         WHERE (programs.version, programs.updated_at_micros) <= (EXCLUDED.version, EXCLUDED.updated_at_micros)",
     )
     .bind(&p.program_id)
     .bind(&p.owner_org_id)
@@ -75,6 +76,7 @@ pub async fn upsert_program(conn: &mut PgConnection, p: &pb::Program) -> Result<
     .bind(p.payout_threshold_minor)
     .bind(i32::try_from(p.commission_version).unwrap_or(0))
     .bind(p.updated_at_micros)
+    .bind(i64::try_from(p.version).unwrap_or(i64::MAX))
     .execute(&mut *conn)
     .await?;
     let rule: serde_json::Value = serde_json::from_str(&p.commission_json).unwrap_or(serde_json::Value::Null);
@@ -124,11 +126,12 @@ pub struct EnrollmentRow {
 pub async fn upsert_enrollment(conn: &mut PgConnection, e: &pb::Enrollment) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO enrollments (enrollment_id, program_id, affiliate_org_id, affiliate_org_name, status, \
-         parent_enrollment_id, depth, updated_at_micros) VALUES ($1, $2, $3, $4, $5, NULLIF($6, ''), $7, $8) \
+         parent_enrollment_id, depth, updated_at_micros, version) \
+         VALUES ($1, $2, $3, $4, $5, NULLIF($6, ''), $7, $8, $9) \
          ON CONFLICT (enrollment_id) DO UPDATE SET status = EXCLUDED.status, \
          affiliate_org_name = EXCLUDED.affiliate_org_name, parent_enrollment_id = EXCLUDED.parent_enrollment_id, \
-         depth = EXCLUDED.depth, updated_at_micros = EXCLUDED.updated_at_micros \
-         WHERE enrollments.updated_at_micros <= EXCLUDED.updated_at_micros",
+         depth = EXCLUDED.depth, updated_at_micros = EXCLUDED.updated_at_micros, version = EXCLUDED.version \
+         WHERE (enrollments.version, enrollments.updated_at_micros) <= (EXCLUDED.version, EXCLUDED.updated_at_micros)",
     )
     .bind(&e.enrollment_id)
     .bind(&e.program_id)
@@ -138,6 +141,7 @@ pub async fn upsert_enrollment(conn: &mut PgConnection, e: &pb::Enrollment) -> R
     .bind(&e.parent_enrollment_id)
     .bind(i32::try_from(e.depth).unwrap_or(1))
     .bind(e.updated_at_micros)
+    .bind(i64::try_from(e.version).unwrap_or(i64::MAX))
     .execute(conn)
     .await?;
     Ok(())

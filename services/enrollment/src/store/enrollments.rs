@@ -20,6 +20,7 @@ pub struct EnrollmentRow {
     pub code: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    pub version: i64,
 }
 
 impl EnrollmentRow {
@@ -38,6 +39,7 @@ impl EnrollmentRow {
             reason: self.reason.clone().unwrap_or_default(),
             created_at_micros: self.created_at.timestamp_micros(),
             updated_at_micros: self.updated_at.timestamp_micros(),
+            version: u64::try_from(self.version).unwrap_or_default(),
         }
     }
 }
@@ -48,7 +50,7 @@ macro_rules! select_enrollment {
         concat!(
             "SELECT e.enrollment_id, e.program_id, p.name AS program_name, p.owner_org_id AS program_owner_org_id, \
              p.status AS program_status, e.affiliate_org_id, o.name AS affiliate_org_name, e.status, e.origin, \
-             e.parent_enrollment_id, e.depth, e.idempotency_key, e.reason, e.created_at, e.updated_at, \
+             e.parent_enrollment_id, e.depth, e.idempotency_key, e.reason, e.created_at, e.updated_at, e.version, \
              (SELECT c.code FROM referral_codes c WHERE c.enrollment_id = e.enrollment_id AND c.status = 'active') AS code \
              FROM enrollments e JOIN programs p ON p.program_id = e.program_id JOIN orgs o ON o.org_id = e.affiliate_org_id ",
             $tail
@@ -119,12 +121,15 @@ pub async fn set_status(
     status: &str,
     reason: Option<&str>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE enrollments SET status = $2, reason = COALESCE($3, reason), updated_at = now() WHERE enrollment_id = $1")
-        .bind(enrollment_id)
-        .bind(status)
-        .bind(reason)
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "UPDATE enrollments SET status = $2, reason = COALESCE($3, reason), updated_at = now(), version = version + 1 \
+         WHERE enrollment_id = $1",
+    )
+    .bind(enrollment_id)
+    .bind(status)
+    .bind(reason)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -135,16 +140,20 @@ pub async fn set_parent(
     parent: Option<&str>,
     depth: i32,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE enrollments SET parent_enrollment_id = $2, updated_at = now() WHERE enrollment_id = $1")
-        .bind(enrollment_id)
-        .bind(parent)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(
+        "UPDATE enrollments SET parent_enrollment_id = $2, updated_at = now(), version = version + 1 \
+         WHERE enrollment_id = $1",
+    )
+    .bind(enrollment_id)
+    .bind(parent)
+    .execute(&mut *conn)
+    .await?;
     sqlx::query(
         "WITH RECURSIVE sub(id, below) AS ( \
            SELECT enrollment_id, 0 FROM enrollments WHERE enrollment_id = $1 \
            UNION ALL SELECT e.enrollment_id, sub.below + 1 FROM enrollments e JOIN sub ON e.parent_enrollment_id = sub.id) \
-         UPDATE enrollments SET depth = $2 + sub.below FROM sub WHERE enrollments.enrollment_id = sub.id",
+         UPDATE enrollments SET depth = $2 + sub.below, version = version + 1 FROM sub \
+         WHERE enrollments.enrollment_id = sub.id",
     )
     .bind(enrollment_id)
     .bind(depth)

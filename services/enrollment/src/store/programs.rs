@@ -28,6 +28,7 @@ pub struct ProgramRow {
     pub request_fingerprint: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    pub version: i64,
 }
 
 fn corrupt(field: &str, err: impl std::fmt::Display) -> ApiError {
@@ -85,6 +86,7 @@ impl ProgramRow {
             commission_json: self.commission.0.to_string(),
             created_at_micros: self.created_at.timestamp_micros(),
             updated_at_micros: self.updated_at.timestamp_micros(),
+            version: u64::try_from(self.version).unwrap_or_default(),
         }
     }
 }
@@ -97,7 +99,7 @@ macro_rules! select_program {
             "SELECT p.program_id, p.owner_org_id, p.name, p.currency, p.status, p.approval_mode, p.affiliate_approval, \
     p.attribution_window_days, p.hold_days, p.payout_threshold_minor, p.payout_schedule, p.platform_fee_bps, \
     p.multi_level, p.landing_url, r.version AS commission_version, r.rule AS commission, p.request_fingerprint, \
-    p.created_at, p.updated_at \
+    p.created_at, p.updated_at, p.version \
     FROM programs p JOIN commission_rules r ON r.program_id = p.program_id ",
             $tail
         )
@@ -174,7 +176,8 @@ pub async fn update(
     sqlx::query(
         "UPDATE programs SET name = $2, currency = $3, status = $4, approval_mode = $5, attribution_window_days = $6, \
          hold_days = $7, payout_threshold_minor = $8, payout_schedule = $9, platform_fee_bps = $10, multi_level = $11, \
-         landing_url = $12, commission_version = $13, affiliate_approval = $14, updated_at = now() WHERE program_id = $1",
+         landing_url = $12, commission_version = $13, affiliate_approval = $14, updated_at = now(), version = version + 1 \
+         WHERE program_id = $1",
     )
     .bind(program_id)
     .bind(&s.name)

@@ -41,7 +41,7 @@ impl Handler for Events {
                         &p.name,
                         &p.currency,
                         &p.owner_org_id,
-                        p.updated_at_micros,
+                        (i64::try_from(p.version).unwrap_or(i64::MAX), p.updated_at_micros),
                     )
                     .await?;
                 }

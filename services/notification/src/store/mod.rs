@@ -31,19 +31,21 @@ pub async fn upsert_program(
     name: &str,
     currency: &str,
     owner_org_id: &str,
-    version_micros: i64,
+    (version, version_micros): (i64, i64),
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO programs_view (program_id, name, currency, owner_org_id, version_micros) VALUES ($1, $2, $3, $4, $5) \
+        "INSERT INTO programs_view (program_id, name, currency, owner_org_id, version_micros, version) \
+         VALUES ($1, $2, $3, $4, $5, $6) \
          ON CONFLICT (program_id) DO UPDATE SET name = EXCLUDED.name, currency = EXCLUDED.currency, \
-         owner_org_id = EXCLUDED.owner_org_id, version_micros = EXCLUDED.version_micros \
-         WHERE programs_view.version_micros <= EXCLUDED.version_micros",
+         owner_org_id = EXCLUDED.owner_org_id, version_micros = EXCLUDED.version_micros, version = EXCLUDED.version \
+         WHERE (programs_view.version, programs_view.version_micros) <= (EXCLUDED.version, EXCLUDED.version_micros)",
     )
     .bind(program_id)
     .bind(name)
     .bind(currency)
     .bind(owner_org_id)
     .bind(version_micros)
+    .bind(version)
     .execute(conn)
     .await?;
     Ok(())

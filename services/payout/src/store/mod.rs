@@ -18,11 +18,12 @@ pub struct ProgramRow {
 /// Applies a program event; an older snapshot never overwrites a newer one.
 pub async fn upsert_program(conn: &mut PgConnection, p: &pb::Program) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO programs_view (program_id, owner_org_id, name, currency, status, payout_schedule, version_micros) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (program_id) DO UPDATE SET owner_org_id = EXCLUDED.owner_org_id, \
-         name = EXCLUDED.name, currency = EXCLUDED.currency, status = EXCLUDED.status, \
-         payout_schedule = EXCLUDED.payout_schedule, version_micros = EXCLUDED.version_micros \
-         WHERE programs_view.version_micros <= EXCLUDED.version_micros",
+        "INSERT INTO programs_view (program_id, owner_org_id, name, currency, status, payout_schedule, version_micros, \
+         version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (program_id) DO UPDATE SET \
+         owner_org_id = EXCLUDED.owner_org_id, name = EXCLUDED.name, currency = EXCLUDED.currency, \
+         status = EXCLUDED.status, payout_schedule = EXCLUDED.payout_schedule, \
+         version_micros = EXCLUDED.version_micros, version = EXCLUDED.version \
+         WHERE (programs_view.version, programs_view.version_micros) <= (EXCLUDED.version, EXCLUDED.version_micros)",
     )
     .bind(&p.program_id)
     .bind(&p.owner_org_id)
@@ -31,6 +32,7 @@ pub async fn upsert_program(conn: &mut PgConnection, p: &pb::Program) -> Result<
     .bind(&p.status)
     .bind(&p.payout_schedule)
     .bind(p.updated_at_micros)
+    .bind(i64::try_from(p.version).unwrap_or(i64::MAX))
     .execute(conn)
     .await?;
     Ok(())
