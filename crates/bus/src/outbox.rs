@@ -189,7 +189,7 @@ pub async fn fetch_pending(tx: &mut Transaction<'_, Postgres>, limit: i64) -> Re
     .await
 }
 
-/// Publishes a batch pipelined (all sends first, then all acks) with `Nats-Msg-Id = event_id`,
+/// Publishes a batch pipelined (all sends first, then all acks at once) with `Nats-Msg-Id = event_id`,
 /// and tells for each event whether JetStream stored it.
 pub async fn publish(js: &jetstream::Context, batch: &[PendingEvent]) -> Vec<Result<(), PublishFailure>> {
     use async_nats::jetstream::context::PublishErrorKind;
@@ -207,14 +207,16 @@ pub async fn publish(js: &jetstream::Context, batch: &[PendingEvent]) -> Vec<Res
         }
         acks.push(js.send_publish(event.subject.clone(), message).await.map_err(classify));
     }
-    let mut outcomes = Vec::with_capacity(acks.len());
-    for ack in acks {
-        outcomes.push(match ack {
+    // All acks awaited together: each has its own timeout, and awaited one after another a batch
+    // sent into a dropped connection would take the timeout times the batch size (minutes)
+    // before the relay could retry it.
+    futures::future::join_all(acks.into_iter().map(|ack| async move {
+        match ack {
             Ok(ack) => ack.await.map(drop).map_err(classify),
             Err(failure) => Err(failure),
-        });
-    }
-    outcomes
+        }
+    }))
+    .await
 }
 
 /// Moves events that can never be published out of the outbox, with the reason.

@@ -381,17 +381,10 @@ async fn a_paused_ledger_catches_up_on_new_affiliates_without_dead_letters() -> 
     cluster.stop()
 }
 
-/// Scenario 3 — ignored until the suite runs a NATS server that keeps what it acknowledged: on
-/// Debian's nats-server 2.9 with default sync settings, `kill -9` lost 249 events JetStream had
-/// acknowledged (the attribution stream restored 751 of about 1,000), so the ledger missed
-/// their conversions; 376 rows also stayed in attribution's outbox (cause not found yet: the
-/// services' logs were not captured then; they are now). Run with `--ignored` to reproduce.
-///
-/// nats-server is killed (-9) while reports stream and outboxes relay; restarted,
+/// Scenario 3: nats-server is killed (-9) while reports stream and outboxes relay; restarted,
 /// every service reconnects by itself, the outboxes drain, the client's retried batches (same
 /// keys) change nothing, and the ledger is complete.
 #[tokio::test]
-#[ignore = "JetStream on nats-server 2.9 with default sync loses acknowledged messages on kill -9; see docs/reliability.md"]
 async fn nats_killed_and_restarted_loses_and_doubles_nothing() -> anyhow::Result<()> {
     let cluster = Cluster::start(&["enrollment", "attribution", "commission", "edge"]).await?;
     let program = program(&cluster, "one").await?;
