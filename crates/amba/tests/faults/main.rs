@@ -151,12 +151,17 @@ struct Program {
     code: String,
 }
 
+/// Signs an org up; while the enrollment process is still starting (the edge is ready before
+/// it), UNAVAILABLE is retried.
 async fn signup(mcp: &McpClient, name: &str) -> anyhow::Result<Value> {
-    mcp.ok(
-        "amba_affiliate_signup",
-        json!({"email": format!("{name}@faults.example"), "org_name": name}),
-    )
-    .await
+    let args = json!({"email": format!("{name}@faults.example"), "org_name": name});
+    for _ in 0..150 {
+        match mcp.ok("amba_affiliate_signup", args.clone()).await {
+            Err(e) if e.to_string().contains("UNAVAILABLE") => tokio::time::sleep(Duration::from_millis(200)).await,
+            done => return done,
+        }
+    }
+    anyhow::bail!("enrollment never became available")
 }
 
 async fn program(cluster: &Cluster, tag: &str) -> anyhow::Result<Program> {
