@@ -501,3 +501,37 @@ async fn postgres_stopped_under_load_loses_nothing() -> anyhow::Result<()> {
     pool.close().await;
     cluster.stop()
 }
+
+/// Scenario 1: SIGKILL attribution while 10,000 reports stream through the edge; restarted, the
+/// client's retries (same keys) record every key exactly once, and the ledger books each
+/// approved conversion once.
+#[tokio::test]
+async fn attribution_killed_mid_stream_records_every_key_once() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(&["enrollment", "attribution", "commission", "edge"]).await?;
+    let program = program(&cluster, "one").await?;
+    let pool = cluster.pool().await?;
+    let streaming = {
+        let (program, grpc) = (program_clone(&program), cluster.grpc.clone());
+        tokio::spawn(async move { program.stream(grpc, "a", 20, 500).await })
+    };
+    eventually(Duration::from_secs(60), "reports to be flowing", || {
+        let (pool, program_id) = (pool.clone(), program.program_id.clone());
+        async move { Ok((counts(&pool, &program_id).await?.0 >= 1_000).then_some(())) }
+    })
+    .await?;
+    cluster.kill("attribution")?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.spawn("attribution")?;
+    let accepted = tokio::time::timeout(Duration::from_secs(180), streaming).await???;
+    assert_eq!(accepted, 10_000);
+    let (conversions, keys): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT external_id) FROM attribution.conversions WHERE program_id = $1",
+    )
+    .bind(&program.program_id)
+    .fetch_one(&pool)
+    .await?;
+    assert_eq!((conversions, keys), (10_000, 10_000), "every key recorded once");
+    ledger_complete(&cluster, &pool, &program, 10_000).await?;
+    pool.close().await;
+    cluster.stop()
+}
