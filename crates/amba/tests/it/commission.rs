@@ -1158,3 +1158,85 @@ async fn read_models_order_snapshots_by_version_not_by_clock() -> anyhow::Result
     pool.close().await;
     sys.stop().await
 }
+
+/// Money races (issue 14, scenario 7), all at once through MCP: 50 partial clawbacks of one sale
+/// (20 sharing one key, 15 with keys of their own, 15 without keys) refund exactly the sale and
+/// no more; 10 approvals racing 10 rejections of a pending sale leave exactly one decision.
+#[tokio::test]
+async fn money_races_refund_at_most_the_sale_and_one_decision_wins() -> anyhow::Result<()> {
+    let sys = TestSystem::start().await?;
+    let (owner, ann, program, _enrollment, code) =
+        setup_with_code(&sys, json!({"hold_days": 0, "approval_mode": "manual"})).await?;
+    let sale = report(&owner, &program, "race-1", 10_000, json!({"code": code})).await?;
+    let sale_id = sale["conversion_id"].clone();
+    owner
+        .mcp
+        .ok("amba_affiliate_conversion_approve", json!({"conversion_id": sale_id}))
+        .await?;
+    balance_when(&ann, &program, |b| b["payable_minor"] == 2_000).await?;
+
+    let clawbacks = (0..50).map(|n| {
+        let mut args = json!({"conversion_id": sale_id, "reason": format!("refund {n}"), "amount_minor": 500});
+        match n {
+            0..20 => args["idempotency_key"] = json!("shared"),
+            20..35 => args["idempotency_key"] = json!(format!("own-{n}")),
+            _ => {}
+        }
+        let mcp = &owner.mcp;
+        async move { mcp.call_raw("amba_affiliate_conversion_clawback", args).await }
+    });
+    let mut recorded = std::collections::HashSet::new();
+    let mut refused = 0;
+    for reply in futures::future::join_all(clawbacks).await {
+        let result = reply.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let body = result.structured_content.clone().unwrap_or_default();
+        if result.is_error == Some(true) {
+            assert_eq!(body["error"]["code"], "CONFLICT", "{body}");
+            refused += 1;
+        } else {
+            recorded.insert(body["clawback_id"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    // 31 distinct clawbacks asked for (one shared key, 15 own keys, 15 natural keys), 500 each:
+    // 20 fit in the sale.
+    assert_eq!(recorded.len(), 20, "{recorded:?}");
+    let b = balance_when(&ann, &program, |b| b["payable_minor"] == 0).await?;
+    assert_eq!(figures(&b), [0, 0, 0, 0, 0]);
+    let pool = sys.service_pool("attribution").await?;
+    let (refunded, status): (i64, String) =
+        sqlx::query_as("SELECT clawed_back_minor, status FROM conversions WHERE conversion_id = $1")
+            .bind(sale_id.as_str().unwrap_or_default())
+            .fetch_one(&pool)
+            .await?;
+    assert_eq!((refunded, status.as_str()), (10_000, "clawed_back"));
+    assert!(refused >= 11, "{refused} refused");
+    pool.close().await;
+
+    let pending = report(&owner, &program, "race-2", 5_000, json!({"code": code})).await?;
+    let pending_id = pending["conversion_id"].clone();
+    let decisions = (0..20).map(|n| {
+        let tool = if n % 2 == 0 {
+            "amba_affiliate_conversion_approve"
+        } else {
+            "amba_affiliate_conversion_reject"
+        };
+        let (mcp, args) = (&owner.mcp, json!({"conversion_id": pending_id}));
+        async move { (tool, mcp.call_raw(tool, args).await) }
+    });
+    let mut winners = Vec::new();
+    for (tool, reply) in futures::future::join_all(decisions).await {
+        let result = reply.map_err(|e| anyhow::anyhow!("{e}"))?;
+        if result.is_error == Some(true) {
+            let body = result.structured_content.clone().unwrap_or_default();
+            assert_eq!(body["error"]["code"], "CONFLICT", "{body}");
+        } else {
+            winners.push(tool);
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one decision: {winners:?}");
+    let expected_payable = if winners[0].ends_with("approve") { 1_000 } else { 0 };
+    let b = balance_when(&ann, &program, |b| b["payable_minor"] == expected_payable).await?;
+    assert_eq!(figures(&b), [0, expected_payable, 0, 0, 0]);
+    assert_verifies(&sys).await?;
+    sys.stop().await
+}
