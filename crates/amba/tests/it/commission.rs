@@ -1240,3 +1240,122 @@ async fn money_races_refund_at_most_the_sale_and_one_decision_wins() -> anyhow::
     assert_verifies(&sys).await?;
     sys.stop().await
 }
+
+/// Republished events (issue 14, scenario 6): 10 % of the ledger's events are published again
+/// with their original event ids, out of order, as a relay retrying after JetStream's duplicate
+/// window would (`Amba-Event-Id` carries the id, the `Nats-Msg-Id` is new, so JetStream stores
+/// them again). The balances are those of the events applied once.
+#[tokio::test]
+async fn republished_events_out_of_order_change_nothing() -> anyhow::Result<()> {
+    let sys = TestSystem::start().await?;
+    let (_owner, ann, program, enrollment) = setup(&sys, json!({"hold_days": 0})).await?;
+    let mut sent: Vec<(String, String, Vec<u8>)> = Vec::new();
+    for n in 0..100 {
+        let c = conversion(&program, &enrollment, &format!("cnv_rep_{n}"), 1_000, 200);
+        let id = new_event_id();
+        let event = pb::ConversionChanged {
+            meta: meta(&id),
+            conversion: Some(c.clone()),
+            previous_status: "pending".into(),
+        };
+        publish(&sys, "conversion", "approved", &id, &event).await?;
+        sent.push((id, "approved".into(), event.encode_to_vec()));
+        if n % 4 == 0 {
+            let id = new_event_id();
+            let mut after = c.clone();
+            after.clawed_back_minor = 500;
+            let event = pb::ConversionClawedBack {
+                meta: meta(&id),
+                clawback_id: format!("clb_rep_{n}"),
+                conversion: Some(after),
+                refund_minor: 500,
+                reason: "refund".into(),
+            };
+            publish(&sys, "conversion", "clawed_back", &id, &event).await?;
+            sent.push((id, "clawed_back".into(), event.encode_to_vec()));
+        }
+    }
+    // Clicks count per event, not by a natural key: only the inbox keeps their repeats out.
+    for n in 0..10 {
+        let id = new_event_id();
+        let event = pb::TouchpointRecorded {
+            meta: meta(&id),
+            touchpoint_id: format!("tch_rep_{n}"),
+            program_id: program.clone(),
+            enrollment_id: enrollment.clone(),
+            code: "code".into(),
+            subject_ref: id.clone(),
+            occurred_at_micros: now_micros(),
+        };
+        let message = PublishMessage::build()
+            .payload(event.encode_to_vec().into())
+            .message_id(id.as_str());
+        sys.bus
+            .js
+            .send_publish(sys.bus.ns.event("touchpoint", "recorded"), message)
+            .await?
+            .await?;
+        sent.push((id, "touchpoint".into(), event.encode_to_vec()));
+    }
+    // 100 × 2.00 accrued, 25 × 1.00 reversed.
+    let expected = 100 * 200 - 25 * 100;
+    balance_when(&ann, &program, |b| b["payable_minor"] == expected).await?;
+
+    // Every tenth event again (and every click), newest first.
+    let again: Vec<&(String, String, Vec<u8>)> = sent
+        .iter()
+        .enumerate()
+        .filter(|(i, (_, kind, _))| i % 10 == 0 || kind == "touchpoint")
+        .map(|(_, e)| e)
+        .rev()
+        .collect();
+    for (id, kind, payload) in &again {
+        let subject = match kind.as_str() {
+            "touchpoint" => sys.bus.ns.event("touchpoint", "recorded"),
+            kind => sys.bus.ns.event("conversion", kind),
+        };
+        let message = PublishMessage::build()
+            .payload(payload.clone().into())
+            .message_id(format!("republish:{id}"))
+            .header(amba_bus::consumer::EVENT_ID_HEADER, id.as_str());
+        sys.bus.js.send_publish(subject, message).await?.await?;
+    }
+    let pool = sys.service_pool("commission").await?;
+    let durable = sys.bus.ns.consumer("commission", "attribution");
+    eventually(WAIT, "the ledger's consumer to settle every message", || {
+        let (js, stream, durable) = (
+            sys.bus.js.clone(),
+            sys.bus.ns.events_stream("attribution"),
+            durable.clone(),
+        );
+        async move {
+            let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+                .get_stream(&stream)
+                .await?
+                .get_consumer(&durable)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let info = consumer.info().await?;
+            Ok(
+                (info.num_pending == 0 && info.num_ack_pending == 0 && info.delivered.stream_sequence > 0)
+                    .then_some(()),
+            )
+        }
+    })
+    .await?;
+    let b = balance_when(&ann, &program, |b| b["payable_minor"] == expected).await?;
+    assert_eq!(figures(&b), [0, expected, 0, 0, 0]);
+    let (commissions, clawbacks): (i64, i64) =
+        sqlx::query_as("SELECT (SELECT count(*) FROM commissions), (SELECT count(*) FROM clawbacks)")
+            .fetch_one(&pool)
+            .await?;
+    assert_eq!((commissions, clawbacks), (100, 25));
+    let clicks: Option<i64> = sqlx::query_scalar("SELECT sum(clicks)::bigint FROM daily_stats WHERE program_id = $1")
+        .bind(&program)
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(clicks, Some(10));
+    pool.close().await;
+    assert_verifies(&sys).await?;
+    sys.stop().await
+}
