@@ -13,8 +13,19 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// `n` free ports below the kernel's ephemeral range (32768 and up): while a server is down,
+/// clients retrying it must not be handed its port as their own source port (a TCP self-connect
+/// would then keep the server from binding it again).
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let start = 20_000 + u16::try_from(std::process::id() % 5_000).unwrap_or(0) * 2;
+    // Held until all are chosen, so the same port is not handed out twice.
+    let held: Vec<std::net::TcpListener> = (start..32_000)
+        .chain(20_000..start)
+        .filter_map(|port| std::net::TcpListener::bind(("127.0.0.1", port)).ok())
+        .take(n)
+        .collect();
+    anyhow::ensure!(held.len() == n, "not {n} free ports below 32,000");
+    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }
 
 /// PostgreSQL, NATS and the services, each its own process.
@@ -31,7 +42,8 @@ impl Cluster {
         let suffix = amba_testkit::unique_namespace().as_str().to_owned();
         let dir = std::env::temp_dir().join(format!("amba-faults-{suffix}"));
         std::fs::create_dir_all(&dir)?;
-        let (pg, nats, http, grpc) = (free_port()?, free_port()?, free_port()?, free_port()?);
+        let ports = free_ports(4)?;
+        let (pg, nats, http, grpc) = (ports[0], ports[1], ports[2], ports[3]);
         let env = vec![
             ("AMBA_DATA_DIR".to_owned(), dir.to_string_lossy().into_owned()),
             (
@@ -145,6 +157,7 @@ impl Drop for Cluster {
 }
 
 /// An owner with an active 20 % program without hold, and an enrolled affiliate's code.
+#[derive(Clone)]
 struct Program {
     owner_token: String,
     program_id: String,
@@ -316,16 +329,8 @@ async fn commission_killed_mid_batch_books_everything_once_after_restart() -> an
     let mut cluster = Cluster::start(&["enrollment", "attribution", "commission", "edge"]).await?;
     let program = program(&cluster, "one").await?;
     let pool = cluster.pool().await?;
-    let streaming = {
-        let (program, grpc) = (program_clone(&program), cluster.grpc.clone());
-        tokio::spawn(async move { program.stream(grpc, "k", 20, 1_000).await })
-    };
-    // Kill it once it is booking.
-    eventually(Duration::from_secs(60), "the ledger to start booking", || {
-        let (pool, program_id) = (pool.clone(), program.program_id.clone());
-        async move { Ok((counts(&pool, &program_id).await?.1 >= 1_000).then_some(())) }
-    })
-    .await?;
+    let streaming = stream_in_background(&cluster, &program, "k", 20, 1_000);
+    at_least(&pool, &program, Count::Booked, 1_000).await?;
     cluster.kill("commission")?;
     let (_, booked_at_kill, _) = counts(&pool, &program.program_id).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -339,14 +344,6 @@ async fn commission_killed_mid_batch_books_everything_once_after_restart() -> an
     );
     pool.close().await;
     cluster.stop()
-}
-
-fn program_clone(p: &Program) -> Program {
-    Program {
-        owner_token: p.owner_token.clone(),
-        program_id: p.program_id.clone(),
-        code: p.code.clone(),
-    }
 }
 
 impl Cluster {
@@ -402,15 +399,8 @@ async fn nats_killed_and_restarted_loses_and_doubles_nothing() -> anyhow::Result
     let cluster = Cluster::start(&["enrollment", "attribution", "commission", "edge"]).await?;
     let program = program(&cluster, "one").await?;
     let pool = cluster.pool().await?;
-    let streaming = {
-        let (program, grpc) = (program_clone(&program), cluster.grpc.clone());
-        tokio::spawn(async move { program.stream(grpc, "n", 20, 500).await })
-    };
-    eventually(Duration::from_secs(60), "reports to be flowing", || {
-        let (pool, program_id) = (pool.clone(), program.program_id.clone());
-        async move { Ok((counts(&pool, &program_id).await?.0 >= 1_000).then_some(())) }
-    })
-    .await?;
+    let streaming = stream_in_background(&cluster, &program, "n", 20, 500);
+    at_least(&pool, &program, Count::Approved, 1_000).await?;
     cluster.kill_nats()?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let restarted = cluster.amba(&["infra", "up"])?;
@@ -481,15 +471,8 @@ async fn postgres_stopped_under_load_loses_nothing() -> anyhow::Result<()> {
     let cluster = Cluster::start(&["enrollment", "attribution", "commission", "edge"]).await?;
     let program = program(&cluster, "one").await?;
     let pool = cluster.pool().await?;
-    let streaming = {
-        let (program, grpc) = (program_clone(&program), cluster.grpc.clone());
-        tokio::spawn(async move { program.stream(grpc, "d", 20, 500).await })
-    };
-    eventually(Duration::from_secs(60), "reports to be flowing", || {
-        let (pool, program_id) = (pool.clone(), program.program_id.clone());
-        async move { Ok((counts(&pool, &program_id).await?.1 >= 1_000).then_some(())) }
-    })
-    .await?;
+    let streaming = stream_in_background(&cluster, &program, "d", 20, 500);
+    at_least(&pool, &program, Count::Booked, 1_000).await?;
     pool.close().await;
     cluster.postgres("stop")?;
     tokio::time::sleep(Duration::from_secs(30)).await;
@@ -510,15 +493,8 @@ async fn attribution_killed_mid_stream_records_every_key_once() -> anyhow::Resul
     let mut cluster = Cluster::start(&["enrollment", "attribution", "commission", "edge"]).await?;
     let program = program(&cluster, "one").await?;
     let pool = cluster.pool().await?;
-    let streaming = {
-        let (program, grpc) = (program_clone(&program), cluster.grpc.clone());
-        tokio::spawn(async move { program.stream(grpc, "a", 20, 500).await })
-    };
-    eventually(Duration::from_secs(60), "reports to be flowing", || {
-        let (pool, program_id) = (pool.clone(), program.program_id.clone());
-        async move { Ok((counts(&pool, &program_id).await?.0 >= 1_000).then_some(())) }
-    })
-    .await?;
+    let streaming = stream_in_background(&cluster, &program, "a", 20, 500);
+    at_least(&pool, &program, Count::Approved, 1_000).await?;
     cluster.kill("attribution")?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     cluster.spawn("attribution")?;
@@ -534,4 +510,35 @@ async fn attribution_killed_mid_stream_records_every_key_once() -> anyhow::Resul
     ledger_complete(&cluster, &pool, &program, 10_000).await?;
     pool.close().await;
     cluster.stop()
+}
+
+/// Streams reports (see [`Program::stream`]) on a task of its own.
+fn stream_in_background(
+    cluster: &Cluster,
+    program: &Program,
+    prefix: &'static str,
+    batches: usize,
+    size: usize,
+) -> tokio::task::JoinHandle<anyhow::Result<usize>> {
+    let (program, grpc) = (program.clone(), cluster.grpc.clone());
+    tokio::spawn(async move { program.stream(grpc, prefix, batches, size).await })
+}
+
+enum Count {
+    Approved,
+    Booked,
+}
+
+/// Waits until at least `n` of the program's conversions are approved (or booked): the moment
+/// to strike mid-stream.
+async fn at_least(pool: &PgPool, program: &Program, which: Count, n: i64) -> anyhow::Result<()> {
+    let booked = matches!(which, Count::Booked);
+    eventually(Duration::from_secs(60), "reports to be flowing", || {
+        let (pool, program_id) = (pool.clone(), program.program_id.clone());
+        async move {
+            let (approved, booked_now, _) = counts(&pool, &program_id).await?;
+            Ok((if booked { booked_now } else { approved } >= n).then_some(()))
+        }
+    })
+    .await
 }

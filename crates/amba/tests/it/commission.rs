@@ -988,6 +988,17 @@ async fn clawback_through_mcp_before_and_after_a_payout() -> anyhow::Result<()> 
     sys.stop().await
 }
 
+/// The deadlocks PostgreSQL has broken in this test's database: none means no two writers ever
+/// waited on each other in a circle. (Its statistics are flushed within a second.)
+async fn deadlocks(pool: &sqlx::PgPool) -> anyhow::Result<i64> {
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    Ok(
+        sqlx::query_scalar("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
 /// One hot affiliate's approvals and partial clawbacks spread over every worker of the ledger
 /// (partitioned by conversion): batches lock its balance and stats rows side by side, each
 /// clawback takes the program's ledger lock alone. Nothing deadlocks or dead-letters, and the
@@ -1016,14 +1027,7 @@ async fn a_hot_affiliates_approvals_and_clawbacks_race_over_every_worker_exactly
     .fetch_one(&pool)
     .await?;
     assert_eq!((commissions, clawbacks, dead), (sales, clawed, 0));
-    // No two writers waited on each other in a circle (PostgreSQL counts the deadlocks it broke;
-    // its statistics are flushed within a second).
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let deadlocks: i64 =
-        sqlx::query_scalar("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
-            .fetch_one(&pool)
-            .await?;
-    assert_eq!(deadlocks, 0, "deadlocks among ledger writers");
+    assert_eq!(deadlocks(&pool).await?, 0, "deadlocks among ledger writers");
     pool.close().await;
     assert_verifies(&sys).await?;
     sys.stop().await
@@ -1081,14 +1085,10 @@ async fn many_affiliates_booked_side_by_side_while_the_read_model_catches_up() -
     })
     .await?;
     assert_eq!(booked, Some(expected));
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let (dead, deadlocks): (i64, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM dead_letters), \
-         (SELECT deadlocks FROM pg_stat_database WHERE datname = current_database())",
-    )
-    .fetch_one(&pool)
-    .await?;
-    assert_eq!((dead, deadlocks), (0, 0));
+    let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!((dead, deadlocks(&pool).await?), (0, 0));
     pool.close().await;
     assert_verifies(&sys).await?;
     sys.stop().await

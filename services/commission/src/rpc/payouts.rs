@@ -140,7 +140,6 @@ impl Commission {
     pub async fn post(&self, request: pb::PostPayoutRequest) -> Result<pb::PayoutItemReply, ApiError> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         let item = locked_item(&mut tx, &request.payout_item_id).await?;
-        lock_program(&mut tx, &item.program_id).await?;
         match item.status.as_str() {
             "posted" if item.fee_minor == request.fee_minor => {
                 return Ok(pb::PayoutItemReply {
@@ -190,7 +189,6 @@ impl Commission {
     pub async fn void(&self, request: pb::VoidPayoutRequest) -> Result<pb::PayoutItemReply, ApiError> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         let item = locked_item(&mut tx, &request.payout_item_id).await?;
-        lock_program(&mut tx, &item.program_id).await?;
         match item.status.as_str() {
             "voided" => {
                 return Ok(pb::PayoutItemReply {
@@ -237,7 +235,6 @@ impl Commission {
         }
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         let item = locked_item(&mut tx, &request.payout_item_id).await?;
-        lock_program(&mut tx, &item.program_id).await?;
         let existing: Option<(String, i64, i64, i64)> = sqlx::query_as(
             "SELECT payout_item_id, amount_minor, settled_debt_minor, recovered_minor FROM transfer_reversals \
              WHERE reversal_id = $1",
@@ -396,10 +393,13 @@ async fn payout_item(conn: &mut PgConnection, id: &str) -> Result<Option<pb::Pay
     Ok(row.map(Into::into))
 }
 
+/// The payout item, with its program's ledger lock held (taking it again is harmless).
 async fn locked_item(conn: &mut PgConnection, id: &str) -> Result<pb::PayoutItem, ApiError> {
-    payout_item(conn, id)
+    let item = payout_item(conn, id)
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("payout item {id}")))
+        .ok_or_else(|| ApiError::not_found(format!("payout item {id}")))?;
+    lock_program(conn, &item.program_id).await?;
+    Ok(item)
 }
 
 async fn settle_item(conn: &mut PgConnection, id: &str, status: &str, fee: i64) -> Result<(), ApiError> {
