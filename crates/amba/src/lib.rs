@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod local;
+pub mod ops;
 pub mod system;
 
 pub use config::Settings;

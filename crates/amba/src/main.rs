@@ -34,6 +34,8 @@ commands:
                        the messages consumers gave up on and not replayed yet, every service
   dead-letters replay <consumer> [<event_id>]
                        publish a consumer's dead letters (or one) again; each is applied once
+  outbox status        each service's events not yet published, the oldest one's age, and the
+                       ones set aside as unpublishable
   streams delete --confirm <namespace>
                        delete AMBA_NAMESPACE's JetStream event streams and the events in them;
                        for load-test and scratch namespaces (services must be stopped first)
@@ -105,7 +107,7 @@ async fn dispatch(args: &[&str], settings: Settings) -> anyhow::Result<()> {
                 "--confirm {confirmed:?} does not name AMBA_NAMESPACE {:?}; nothing was deleted",
                 settings.namespace.as_str()
             );
-            let nats = system::connect_nats(&settings.nats_url, "amba-streams").await?;
+            let nats = system::connect_nats(&settings, "amba-streams").await?;
             let js = async_nats::jetstream::new(nats);
             amba_bus::streams::delete_event_streams(&js, &settings.namespace)
                 .await
@@ -138,8 +140,28 @@ async fn dispatch(args: &[&str], settings: Settings) -> anyhow::Result<()> {
             eprintln!("{count} dead letter(s) waiting");
             Ok(())
         }
+        ["outbox", "status"] => {
+            let mut waiting = 0;
+            for (_, pool) in service_stores(&settings).await? {
+                let status = amba_bus::outbox::status(&pool).await?;
+                waiting += status.pending;
+                println!(
+                    "{}\t{} pending\toldest {}\t{} rejected",
+                    status.schema,
+                    status.pending,
+                    status
+                        .oldest_age_seconds
+                        .map(|s| format!("{s:.1}s ago"))
+                        .unwrap_or_else(|| "-".to_owned()),
+                    status.rejected
+                );
+                pool.close().await;
+            }
+            eprintln!("{waiting} event(s) waiting to be published");
+            Ok(())
+        }
         ["dead-letters", "replay", consumer, rest @ ..] if rest.len() <= 1 => {
-            let nats = system::connect_nats(&settings.nats_url, "amba-dead-letters").await?;
+            let nats = system::connect_nats(&settings, "amba-dead-letters").await?;
             let js = async_nats::jetstream::new(nats.clone());
             let mut replayed = Vec::new();
             for (_, pool) in service_stores(&settings).await? {
@@ -161,7 +183,7 @@ async fn dispatch(args: &[&str], settings: Settings) -> anyhow::Result<()> {
         }
         ["payouts", "reconcile", program_id, rest @ ..] if rest.is_empty() || rest == ["--repair"] => {
             let repair = rest == ["--repair"];
-            let nats = system::connect_nats(&settings.nats_url, "amba-reconcile").await?;
+            let nats = system::connect_nats(&settings, "amba-reconcile").await?;
             let bus = amba_bus::Bus::new(nats, settings.namespace.clone());
             let config = system::payout_config(&settings);
             let report =
@@ -182,9 +204,9 @@ async fn dispatch(args: &[&str], settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         ["tick"] => {
-            let nats = system::connect_nats(&settings.nats_url, "amba-tick").await?;
+            let nats = system::connect_nats(&settings, "amba-tick").await?;
             let js = async_nats::jetstream::new(nats);
-            amba_bus::streams::ensure_event_streams(&js, &settings.namespace)
+            amba_bus::streams::ensure_event_streams(&js, &settings.namespace, settings.stream_replicas)
                 .await
                 .map_err(|e| anyhow::anyhow!("declaring streams: {e}"))?;
             let now = chrono::Utc::now();
@@ -248,9 +270,9 @@ async fn dev(mut settings: Settings) -> anyhow::Result<()> {
     let (running, _telemetry) = start(&settings, &ServiceName::ALL, "amba-dev").await?;
     // The settlement clock: a tick a minute (one per day counts; JetStream dedupes the rest).
     let clock = running.shutdown_token();
-    let (nats_url, ns) = (settings.nats_url.clone(), settings.namespace.clone());
+    let (clock_settings, ns) = (settings.clone(), settings.namespace.clone());
     tokio::spawn(async move {
-        let Ok(nats) = system::connect_nats(&nats_url, "amba-dev-clock").await else {
+        let Ok(nats) = system::connect_nats(&clock_settings, "amba-dev-clock").await else {
             return;
         };
         let js = async_nats::jetstream::new(nats);

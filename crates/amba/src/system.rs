@@ -68,11 +68,18 @@ pub enum StartError {
         url: String,
         source: async_nats::ConnectError,
     },
+    #[error("cannot read the NATS credentials {path:?} (AMBA_NATS_CREDS): {source}")]
+    NatsCredentials {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("AMBA_FAILPOINTS {name}: {problem}")]
+    Failpoint { name: String, problem: String },
     #[error("cannot create JetStream streams (is JetStream enabled on the server?): {0}")]
     Streams(async_nats::Error),
     #[error("{service}: {source}")]
     Service { service: ServiceName, source: RunError },
-    #[error("edge: cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("{0} did not become ready in time")]
     NotReady(ServiceName),
@@ -156,9 +163,15 @@ impl Running {
     }
 }
 
-/// Connects to NATS with connection events logged (a slow consumer is the only sign of drops).
-pub async fn connect_nats(url: &str, name: &str) -> Result<async_nats::Client, StartError> {
-    async_nats::ConnectOptions::new()
+/// Connects to NATS with the configured credentials and TLS, connection events logged (a slow
+/// consumer is the only sign of drops). Reconnects forever by itself.
+pub async fn connect_nats(settings: &Settings, name: &str) -> Result<async_nats::Client, StartError> {
+    let url = settings.nats_url.as_str();
+    let failed = |source| StartError::Nats {
+        url: url.to_owned(),
+        source,
+    };
+    let mut options = async_nats::ConnectOptions::new()
         .name(name)
         .event_callback(|event| async move {
             match event {
@@ -166,13 +179,34 @@ pub async fn connect_nats(url: &str, name: &str) -> Result<async_nats::Client, S
                 async_nats::Event::Disconnected => tracing::warn!("nats disconnected"),
                 other => tracing::warn!(event = %other, "nats event"),
             }
-        })
-        .connect(url)
-        .await
-        .map_err(|source| StartError::Nats {
-            url: url.to_owned(),
+        });
+    if let Some(creds) = &settings.nats_creds {
+        let unreadable = |source| StartError::NatsCredentials {
+            path: creds.clone(),
             source,
-        })
+        };
+        let text = tokio::fs::read_to_string(creds).await.map_err(unreadable)?;
+        // A decentralized-auth `.creds` file (user JWT and nkey seed), or one `user:password`
+        // line for servers with users in their config (deploy/nats/accounts.conf).
+        options = if text.contains("BEGIN NATS USER JWT") {
+            options.credentials_file(creds).await.map_err(unreadable)?
+        } else {
+            let (user, password) = text.trim().split_once(':').ok_or_else(|| {
+                unreadable(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "neither a NATS .creds file nor a user:password line",
+                ))
+            })?;
+            options.user_and_password(user.to_owned(), password.to_owned())
+        };
+    }
+    if let Some(ca) = &settings.nats_tls_ca {
+        options = options.require_tls(true).add_root_certificates(ca.clone());
+    }
+    if let Some((cert, key)) = &settings.nats_tls_client {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    options.connect(url).await.map_err(failed)
 }
 
 /// Applies every service's migrations (`amba migrate`, the Kubernetes migration Job).
@@ -199,9 +233,16 @@ pub async fn migrate_all(settings: &Settings) -> Result<(), StartError> {
 /// the call returns once the request/reply services answer and the edge is listening.
 pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Running, StartError> {
     amba_telemetry::metrics::prometheus();
-    let nats = connect_nats(&settings.nats_url, &format!("amba-{}", settings.namespace)).await?;
+    for (name, actions) in &settings.failpoints {
+        fail::cfg(name, actions).map_err(|problem| StartError::Failpoint {
+            name: name.clone(),
+            problem,
+        })?;
+        tracing::warn!(%name, %actions, "fault injection point configured");
+    }
+    let nats = connect_nats(settings, &format!("amba-{}", settings.namespace)).await?;
     let bus = Bus::new(nats.clone(), settings.namespace.clone());
-    amba_bus::streams::ensure_event_streams(&bus.js, &bus.ns)
+    amba_bus::streams::ensure_event_streams(&bus.js, &bus.ns, settings.stream_replicas)
         .await
         .map_err(StartError::Streams)?;
 
@@ -211,6 +252,18 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
     tasks.spawn(amba_telemetry::metrics::upkeep_until(
         shutdown.clone().cancelled_owned(),
     ));
+    let has_store = services.iter().any(|&s| s != ServiceName::Edge);
+    let health = crate::ops::Health::new(
+        nats.clone(),
+        has_store.then(|| health_pool(settings.database_url.expose())).flatten(),
+        shutdown.clone(),
+    );
+    tasks.spawn(health.clone().watch_nats());
+    // The ops port answers from the start, so probes see "starting" rather than nothing.
+    let metrics_addr = match settings.metrics_addr {
+        Some(addr) => Some(serve_ops(addr, health.clone(), &shutdown, &mut tasks).await?),
+        None => None,
+    };
     let url = settings.database_url.expose().to_owned();
     let multi_level_enabled = settings.multi_level_enabled;
     let payout_config = payout_config(settings);
@@ -266,21 +319,6 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
 
     let mut http_addr = None;
     let mut grpc_addr = None;
-    let mut metrics_addr = None;
-    if let Some(addr) = settings.metrics_addr {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { addr, source })?;
-        metrics_addr = listener.local_addr().ok();
-        let router = axum::Router::new().route("/metrics", axum::routing::get(amba_edge::http::metrics));
-        let stop = shutdown.clone();
-        tasks.spawn(async move {
-            let serve = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned());
-            if let Err(err) = serve.await {
-                tracing::error!(error = %err, "metrics listener stopped");
-            }
-        });
-    }
     if services.contains(&ServiceName::Edge) {
         let config = amba_edge::EdgeConfig {
             http_addr: settings.http_addr,
@@ -307,6 +345,7 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
             }
         });
     }
+    health.mark_started();
     Ok(Running {
         http_addr,
         grpc_addr,
@@ -316,6 +355,37 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
         failures,
         nats,
     })
+}
+
+/// One lazy connection for `/readyz`'s PostgreSQL check (none if the URL does not parse; the
+/// services would already have refused it).
+fn health_pool(url: &str) -> Option<sqlx::PgPool> {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_lazy(url)
+        .ok()
+}
+
+/// Binds the ops port and serves `/livez`, `/readyz`, `/metrics` until shutdown.
+async fn serve_ops(
+    addr: SocketAddr,
+    health: crate::ops::Health,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> Result<SocketAddr, StartError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let bound = listener.local_addr().unwrap_or(addr);
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        let serve = axum::serve(listener, crate::ops::router(health)).with_graceful_shutdown(stop.cancelled_owned());
+        if let Err(err) = serve.await {
+            tracing::error!(error = %err, "ops listener stopped");
+        }
+    });
+    Ok(bound)
 }
 
 async fn migrate_one(service: ServiceName, url: &str) -> Result<(), RunError> {

@@ -9,6 +9,7 @@
 pub mod consumer;
 pub mod dead_letters;
 pub mod events;
+pub mod faults;
 pub mod outbox;
 pub mod rpc;
 pub mod service;

@@ -96,7 +96,12 @@ impl Relay {
     /// Publishes until `shutdown`, then flushes what is left once more.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut failures: u32 = 0;
+        let mut next_report = tokio::time::Instant::now();
         loop {
+            if tokio::time::Instant::now() >= next_report {
+                next_report += STATUS_INTERVAL;
+                report_status(&self.pool).await;
+            }
             match self.publish_pending().await {
                 Ok(sent) if sent as i64 == self.batch_size => {
                     failures = 0;
@@ -154,6 +159,48 @@ impl Relay {
             Some(reason) => Err(RelayError::Publish(reason)),
             None => Ok(published.len() + rejected.len()),
         }
+    }
+}
+
+/// How often a relay reports its outbox's backlog (`amba_outbox_pending`,
+/// `amba_outbox_oldest_age_seconds`): an outbox that stops draining is an alert.
+const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What waits in one service's outbox (`amba outbox status`).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct OutboxStatus {
+    /// The schema (= service) whose outbox this is.
+    pub schema: String,
+    pub pending: i64,
+    /// Age of the oldest unsent event; `None` when the outbox is empty.
+    pub oldest_age_seconds: Option<f64>,
+    /// Events set aside because they can never be published (`outbox_rejected`).
+    pub rejected: i64,
+}
+
+/// Reads the backlog of the outbox in the pool's schema.
+pub async fn status(pool: &PgPool) -> Result<OutboxStatus, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT current_schema() AS schema, \
+                (SELECT count(*) FROM outbox) AS pending, \
+                (SELECT extract(epoch FROM now() - min(created_at))::float8 FROM outbox) AS oldest_age_seconds, \
+                (SELECT count(*) FROM outbox_rejected) AS rejected",
+    )
+    .fetch_one(pool)
+    .await
+}
+
+async fn report_status(pool: &PgPool) {
+    match status(pool).await {
+        Ok(status) => {
+            let service = status.schema.clone();
+            amba_telemetry::metrics::gauge!("amba_outbox_pending", "service" => service.clone())
+                .set(status.pending as f64);
+            amba_telemetry::metrics::gauge!("amba_outbox_oldest_age_seconds", "service" => service.clone())
+                .set(status.oldest_age_seconds.unwrap_or(0.0));
+            amba_telemetry::metrics::gauge!("amba_outbox_rejected", "service" => service).set(status.rejected as f64);
+        }
+        Err(err) => tracing::debug!(error = %err, "outbox status unavailable"),
     }
 }
 

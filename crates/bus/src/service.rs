@@ -56,6 +56,8 @@ where
 }
 
 /// Like [`with_relay`] with `relays` relays sharing the outbox, for services that publish a lot.
+/// A relay that ends before `work` (a panic) fails the service: events would stop flowing while
+/// the service kept taking requests.
 pub async fn with_relays<F>(pool: PgPool, bus: &Bus, waker: RelayWaker, relays: usize, work: F) -> Result<(), RunError>
 where
     F: Future<Output = Result<(), RunError>>,
@@ -65,7 +67,16 @@ where
     for _ in 0..relays.max(1) {
         tasks.spawn(Relay::new(pool.clone(), bus.js.clone(), waker.clone()).run(relay_stop.clone()));
     }
-    let result = work.await;
+    let result = tokio::select! {
+        result = work => result,
+        Some(ended) = tasks.join_next() => {
+            let why = match ended {
+                Ok(()) => "ended".to_owned(),
+                Err(err) => err.to_string(),
+            };
+            Err(RunError::Setup(format!("an outbox relay stopped: {why}")))
+        }
+    };
     relay_stop.cancel();
     while let Some(joined) = tasks.join_next().await {
         if let Err(err) = joined {

@@ -19,8 +19,13 @@ pub const EVENT_STREAMS: &[(&str, &[&str])] = &[
 /// How long a stream remembers `Nats-Msg-Id`s. Consumers dedupe beyond it with their inbox.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
-/// Creates (or updates) every event stream of the namespace. File storage: these are money facts.
-pub async fn ensure_event_streams(js: &jetstream::Context, ns: &Namespace) -> Result<(), async_nats::Error> {
+/// Creates (or updates) every event stream of the namespace with `replicas` copies (1, or 3 on a
+/// three-server cluster). File storage: these are money facts.
+pub async fn ensure_event_streams(
+    js: &jetstream::Context,
+    ns: &Namespace,
+    replicas: usize,
+) -> Result<(), async_nats::Error> {
     for (owner, domains) in EVENT_STREAMS {
         let config = stream::Config {
             name: ns.events_stream(owner),
@@ -29,6 +34,7 @@ pub async fn ensure_event_streams(js: &jetstream::Context, ns: &Namespace) -> Re
             retention: stream::RetentionPolicy::Limits,
             duplicate_window: DUPLICATE_WINDOW,
             max_age: Duration::from_secs(30 * 24 * 3600),
+            num_replicas: replicas.max(1),
             ..Default::default()
         };
         js.create_or_update_stream(config).await?;

@@ -5,7 +5,7 @@
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
 
-pub use metrics::{Counter, Histogram, counter, histogram};
+pub use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
 /// Seconds: 1 ms … 60 s.
 const SECONDS_BUCKETS: &[f64] = &[

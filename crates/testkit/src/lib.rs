@@ -78,7 +78,7 @@ impl TestDatabase {
 pub async fn test_bus() -> anyhow::Result<Bus> {
     let nats = async_nats::connect(nats_url()).await.context("connecting to NATS")?;
     let bus = Bus::new(nats, unique_namespace());
-    amba_bus::streams::ensure_event_streams(&bus.js, &bus.ns)
+    amba_bus::streams::ensure_event_streams(&bus.js, &bus.ns, 1)
         .await
         .map_err(|e| anyhow::anyhow!("creating streams: {e}"))?;
     Ok(bus)

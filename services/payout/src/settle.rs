@@ -96,6 +96,8 @@ impl Settler {
         stripe: &crate::stripe::Stripe,
         item: &mut ItemRow,
     ) -> Result<(), ApiError> {
+        // The fault suite kills the process here: reserved in the ledger, nothing asked of Stripe.
+        amba_bus::faults::pause_at("payout-before-transfer").await;
         match stripe.transfers_of(&item.payout_item_id).await {
             Ok(found) if !found.is_empty() => {
                 let id = found[0].id.clone();

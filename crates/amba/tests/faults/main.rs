@@ -28,6 +28,15 @@ fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
     held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }
 
+const SERVICES: [&str; 6] = [
+    "enrollment",
+    "attribution",
+    "commission",
+    "payout",
+    "notification",
+    "edge",
+];
+
 /// PostgreSQL, NATS and the services, each its own process.
 struct Cluster {
     dir: PathBuf,
@@ -35,15 +44,28 @@ struct Cluster {
     http: String,
     grpc: String,
     services: HashMap<&'static str, Child>,
+    /// Each service's ops port (`/livez`, `/readyz`, `/metrics`), the same across restarts.
+    ops: HashMap<&'static str, u16>,
 }
 
 impl Cluster {
+    /// Starts PostgreSQL, NATS and the given services; returns once every one is ready.
     async fn start(services: &[&'static str]) -> anyhow::Result<Cluster> {
+        let mut cluster = Cluster::prepare()?;
+        cluster.launch(services).await?;
+        Ok(cluster)
+    }
+
+    /// PostgreSQL and NATS up and migrated; no service started yet.
+    fn prepare() -> anyhow::Result<Cluster> {
         let suffix = amba_testkit::unique_namespace().as_str().to_owned();
         let dir = std::env::temp_dir().join(format!("amba-faults-{suffix}"));
         std::fs::create_dir_all(&dir)?;
-        let ports = free_ports(4)?;
+        // Four for the servers and the edge, then an ops port per service (all chosen at once, so
+        // none is handed out twice).
+        let ports = free_ports(4 + SERVICES.len())?;
         let (pg, nats, http, grpc) = (ports[0], ports[1], ports[2], ports[3]);
+        let ops = SERVICES.into_iter().zip(ports[4..].iter().copied()).collect();
         let env = vec![
             ("AMBA_DATA_DIR".to_owned(), dir.to_string_lossy().into_owned()),
             (
@@ -56,12 +78,19 @@ impl Cluster {
             ("AMBA_GRPC_ADDR".to_owned(), format!("127.0.0.1:{grpc}")),
             ("RUST_LOG".to_owned(), "warn".to_owned()),
         ];
-        let mut cluster = Cluster {
+        let mut env = env;
+        // A current nats-server (the scripts install one and name it) fsyncs every write, as
+        // production should; Debian's 2.9 knows no `sync_interval`.
+        if std::env::var_os("AMBA_NATS_SERVER").is_some() {
+            env.push(("AMBA_NATS_SYNC".to_owned(), "always".to_owned()));
+        }
+        let cluster = Cluster {
             dir,
             env,
             http: format!("http://127.0.0.1:{http}"),
             grpc: format!("http://127.0.0.1:{grpc}"),
             services: HashMap::new(),
+            ops,
         };
         for step in [&["infra", "up"][..], &["migrate"][..]] {
             let done = cluster.amba(step)?;
@@ -72,22 +101,49 @@ impl Cluster {
                 String::from_utf8_lossy(&done.stderr)
             );
         }
-        for service in services {
-            cluster.spawn(service)?;
-        }
-        let ready = format!("{}/readyz", cluster.http);
-        eventually(Duration::from_secs(30), "the edge to be ready", || {
-            let ready = ready.clone();
-            async move {
-                Ok(reqwest::get(&ready)
-                    .await
-                    .ok()
-                    .filter(|r| r.status().is_success())
-                    .map(|_| ()))
-            }
-        })
-        .await?;
         Ok(cluster)
+    }
+
+    /// Starts services and waits until every running one is ready.
+    async fn launch(&mut self, services: &[&'static str]) -> anyhow::Result<()> {
+        for service in services {
+            self.spawn(service)?;
+        }
+        self.all_ready().await
+    }
+
+    /// Whether a service's `/readyz` answers 200 (false while it does not answer at all).
+    async fn ready(&self, service: &str) -> bool {
+        let Some(port) = self.ops.get(service) else {
+            return false;
+        };
+        reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    }
+
+    /// Waits until every running service's `/readyz` answers 200.
+    async fn all_ready(&self) -> anyhow::Result<()> {
+        let services: Vec<&str> = self.services.keys().copied().collect();
+        for service in services {
+            eventually(
+                Duration::from_secs(60),
+                &format!("{service} to be ready"),
+                || async move { Ok(self.ready(service).await.then_some(())) },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until a service's `/readyz` refuses (it sees what it depends on gone).
+    async fn not_ready(&self, service: &str) -> anyhow::Result<()> {
+        eventually(
+            Duration::from_secs(15),
+            &format!("{service} to report not ready"),
+            || async move { Ok((!self.ready(service).await).then_some(())) },
+        )
+        .await
     }
 
     fn command(&self, args: &[&str]) -> Command {
@@ -103,9 +159,23 @@ impl Cluster {
     }
 
     fn spawn(&mut self, service: &'static str) -> anyhow::Result<()> {
-        let log = std::fs::File::create(self.dir.join(format!("{service}.log")))?;
+        self.spawn_with(service, &[])
+    }
+
+    /// Starts `amba serve <service>` with extra environment, its output appended to its log.
+    fn spawn_with(&mut self, service: &'static str, env: &[(&str, &str)]) -> anyhow::Result<()> {
+        let port = *self
+            .ops
+            .get(service)
+            .ok_or_else(|| anyhow::anyhow!("unknown service {service}"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{service}.log")))?;
         let child = self
             .command(&["serve", service])
+            .env("AMBA_METRICS_ADDR", format!("127.0.0.1:{port}"))
+            .envs(env.iter().copied())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
             .spawn()?;
@@ -160,6 +230,7 @@ impl Drop for Cluster {
 #[derive(Clone)]
 struct Program {
     owner_token: String,
+    affiliate_token: String,
     program_id: String,
     code: String,
 }
@@ -216,6 +287,7 @@ async fn program(cluster: &Cluster, tag: &str) -> anyhow::Result<Program> {
     affiliate_mcp.close().await?;
     Ok(Program {
         owner_token,
+        affiliate_token: affiliate["token"].as_str().unwrap_or_default().to_owned(),
         program_id,
         code: accepted["code"].as_str().unwrap_or_default().to_owned(),
     })
@@ -402,7 +474,10 @@ async fn nats_killed_and_restarted_loses_and_doubles_nothing() -> anyhow::Result
     let streaming = stream_in_background(&cluster, &program, "n", 20, 500);
     at_least(&pool, &program, Count::Approved, 1_000).await?;
     cluster.kill_nats()?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Every process sees NATS gone and says so on its ops port.
+    for service in ["enrollment", "attribution", "commission", "edge"] {
+        cluster.not_ready(service).await?;
+    }
     let restarted = cluster.amba(&["infra", "up"])?;
     anyhow::ensure!(
         restarted.status.success(),
@@ -412,7 +487,8 @@ async fn nats_killed_and_restarted_loses_and_doubles_nothing() -> anyhow::Result
     let accepted = tokio::time::timeout(Duration::from_secs(120), streaming).await???;
     assert_eq!(accepted, 10_000);
     ledger_complete(&cluster, &pool, &program, 10_000).await?;
-    // Readiness recovered: the edge answers ready again.
+    // Readiness recovered everywhere, without a restart.
+    cluster.all_ready().await?;
     let ready = reqwest::get(format!("{}/readyz", cluster.http)).await?;
     assert!(ready.status().is_success());
     pool.close().await;
@@ -463,7 +539,7 @@ impl Cluster {
     }
 }
 
-/// Scenario 4: PostgreSQL stopped under load for 30 s, then started again: the client's retried
+/// Scenario 4: PostgreSQL stopped under load for 2 minutes, then started again: the client's retried
 /// batches are accepted once, consumers and relays reconnect and catch up, nothing is lost or
 /// dead-lettered.
 #[tokio::test]
@@ -475,10 +551,18 @@ async fn postgres_stopped_under_load_loses_nothing() -> anyhow::Result<()> {
     at_least(&pool, &program, Count::Booked, 1_000).await?;
     pool.close().await;
     cluster.postgres("stop")?;
-    tokio::time::sleep(Duration::from_secs(30)).await;
+    let stopped = std::time::Instant::now();
+    // The services with a store report it; the edge (no store) stays ready and answers
+    // UNAVAILABLE, which the client retries.
+    for service in ["enrollment", "attribution", "commission"] {
+        cluster.not_ready(service).await?;
+    }
+    assert!(cluster.ready("edge").await, "the edge needs no database");
+    tokio::time::sleep(Duration::from_secs(120).saturating_sub(stopped.elapsed())).await;
     cluster.postgres("start")?;
     let accepted = tokio::time::timeout(Duration::from_secs(180), streaming).await???;
     assert_eq!(accepted, 10_000);
+    cluster.all_ready().await?;
     let pool = cluster.pool().await?;
     ledger_complete(&cluster, &pool, &program, 10_000).await?;
     pool.close().await;
@@ -541,4 +625,293 @@ async fn at_least(pool: &PgPool, program: &Program, which: Count, n: i64) -> any
         }
     })
     .await
+}
+
+/// Scenario 8: concurrent program and enrollment changes, with half of enrollment's transactions
+/// held up between their start (their `now()`) and their row lock (`AMBA_FAILPOINTS`), so some
+/// commit in another order than they began. Every read model converges to the source rows.
+#[tokio::test]
+async fn racing_enrollment_changes_converge_in_every_read_model() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(&["attribution", "commission", "edge"]).await?;
+    cluster.spawn_with(
+        "enrollment",
+        &[("AMBA_FAILPOINTS", "enrollment-before-row-lock=50%return(300)")],
+    )?;
+    cluster.all_ready().await?;
+    let program = program(&cluster, "race").await?;
+    let pool = cluster.pool().await?;
+    let url = format!("{}/mcp", cluster.http);
+    let affiliate: String =
+        sqlx::query_scalar("SELECT enrollment_id FROM enrollment.enrollments WHERE program_id = $1")
+            .bind(&program.program_id)
+            .fetch_one(&pool)
+            .await?;
+
+    let mut changes = tokio::task::JoinSet::new();
+    for i in 0..24u32 {
+        let (url, program) = (url.clone(), program.clone());
+        let affiliate = affiliate.clone();
+        changes.spawn(async move {
+            let owner = McpClient::connect(&url, Some(&program.owner_token)).await?;
+            if i == 12 {
+                owner
+                    .ok(
+                        "amba_affiliate_affiliate_remove",
+                        json!({"enrollment_id": affiliate, "reason": "racing"}),
+                    )
+                    .await?;
+            }
+            let mut update = json!({
+                "program_id": program.program_id,
+                "attribution_window_days": 10 + i,
+                "commission": {"schema": 1, "type": "percentage", "bps": 1000 + 10 * i},
+            });
+            if i % 3 != 0 {
+                update["status"] = json!(if i % 3 == 1 { "paused" } else { "active" });
+            }
+            // A pause of a paused program is refused as a no-op transition or applied; either
+            // way the source row is the truth the read models must reach.
+            let _ = owner.call_raw("amba_affiliate_programs_update", update).await?;
+            owner.close().await
+        });
+    }
+    while let Some(done) = changes.join_next().await {
+        done??;
+    }
+
+    // The race happened: some rule version began (its `now()`) before an earlier version did.
+    let reordered: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM enrollment.commission_rules a JOIN enrollment.commission_rules b \
+         ON a.program_id = b.program_id AND a.version < b.version AND a.created_at > b.created_at \
+         WHERE a.program_id = $1)",
+    )
+    .bind(&program.program_id)
+    .fetch_one(&pool)
+    .await?;
+    assert!(
+        reordered,
+        "no change committed out of its start order; the scenario proved nothing"
+    );
+
+    eventually(
+        Duration::from_secs(60),
+        "the read models to match the source rows",
+        || {
+            let (pool, program_id, enrollment_id) = (pool.clone(), program.program_id.clone(), affiliate.clone());
+            async move {
+                let source: (String, i32, i32, i64, String, i64) = sqlx::query_as(
+                    "SELECT p.status, p.commission_version, p.attribution_window_days, p.version, e.status, e.version \
+                 FROM enrollment.programs p, enrollment.enrollments e WHERE p.program_id = $1 AND e.enrollment_id = $2",
+                )
+                .bind(&program_id)
+                .bind(&enrollment_id)
+                .fetch_one(&pool)
+                .await?;
+                let attribution: Option<(String, i32, i32, i64, String, i64)> = sqlx::query_as(
+                    "SELECT p.status, p.commission_version, p.attribution_window_days, p.version, e.status, e.version \
+                 FROM attribution.programs_view p, attribution.enrollments_view e \
+                 WHERE p.program_id = $1 AND e.enrollment_id = $2",
+                )
+                .bind(&program_id)
+                .bind(&enrollment_id)
+                .fetch_optional(&pool)
+                .await?;
+                let commission: Option<(String, i32, i64, String, i64)> = sqlx::query_as(
+                    "SELECT p.status, p.commission_version, p.version, e.status, e.version \
+                 FROM commission.programs p, commission.enrollments e \
+                 WHERE p.program_id = $1 AND e.enrollment_id = $2",
+                )
+                .bind(&program_id)
+                .bind(&enrollment_id)
+                .fetch_optional(&pool)
+                .await?;
+                let (status, rule, _window, version, enrollment_status, enrollment_version) = source.clone();
+                let expected_commission = (status, rule, version, enrollment_status, enrollment_version);
+                Ok((attribution == Some(source) && commission == Some(expected_commission)).then_some(()))
+            }
+        },
+    )
+    .await?;
+    let (_, _, dead) = counts(&pool, &program.program_id).await?;
+    assert_eq!(dead, 0, "dead letters");
+    pool.close().await;
+    cluster.stop()
+}
+
+/// The affiliate opens its payout account and completes onboarding through the link (the fake
+/// Stripe's page), as a person with a browser would; readiness arrives by webhook.
+async fn onboard(cluster: &Cluster, program: &Program) -> anyhow::Result<()> {
+    let affiliate = McpClient::connect(&format!("{}/mcp", cluster.http), Some(&program.affiliate_token)).await?;
+    affiliate
+        .ok("amba_affiliate_my_payout_create", json!({"country": "US"}))
+        .await?;
+    let link = affiliate
+        .ok(
+            "amba_affiliate_my_payout_onboarding",
+            json!({"return_url": "https://aff.example/done", "refresh_url": "https://aff.example/retry"}),
+        )
+        .await?;
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let page = browser.get(link["url"].as_str().unwrap_or_default()).send().await?;
+    anyhow::ensure!(page.status() == 302, "onboarding did not complete: {}", page.status());
+    eventually(Duration::from_secs(30), "the payout account to be ready", || async {
+        let quote = affiliate.ok("amba_affiliate_my_payout_request", json!({})).await?;
+        Ok((quote["account_ready"] == true).then_some(()))
+    })
+    .await?;
+    affiliate.close().await
+}
+
+/// The program's payout items by status, and the affiliate's ledger balances.
+async fn payout_state(
+    pool: &PgPool,
+    program_id: &str,
+) -> anyhow::Result<(Vec<(String, String)>, HashMap<String, i64>)> {
+    let items: Vec<(String, String)> = sqlx::query_as(
+        "SELECT payout_item_id, status FROM payout.payout_items WHERE program_id = $1 ORDER BY payout_item_id",
+    )
+    .bind(program_id)
+    .fetch_all(pool)
+    .await?;
+    let balances: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT account, sum(balance_minor)::bigint FROM commission.balances WHERE program_id = $1 GROUP BY account",
+    )
+    .bind(program_id)
+    .fetch_all(pool)
+    .await?;
+    Ok((items, balances.into_iter().collect()))
+}
+
+/// Payout faults: the payout process is killed (1) after the ledger reserved an item but before
+/// Stripe was asked (a fault point holds it there), and (2) while Stripe, having made the
+/// transfer, holds its answer (its 500-after-commit twin is in the main suite:
+/// `payouts::unknown_outcomes_end_with_exactly_one_transfer`). Each time the restarted service
+/// finishes the item with exactly one transfer and the ledger shows it paid and verifies. Then
+/// every webhook is delivered again, newest first, and changes nothing.
+#[tokio::test]
+async fn payout_killed_between_reserve_and_transfer_pays_exactly_once() -> anyhow::Result<()> {
+    use amba_stripe_fake::{FakeConfig, FakeStripe, Fault, FaultKind};
+    let mut cluster = Cluster::prepare()?;
+    let stripe = FakeStripe::start(FakeConfig {
+        secret_key: "sk_test_faults".into(),
+        webhook_secret: "whsec_faults".into(),
+        webhook_url: Some(format!("{}/webhooks/stripe", cluster.http)),
+    })
+    .await?;
+    for (name, value) in [
+        ("AMBA_STRIPE_API_BASE", stripe.base_url()),
+        ("AMBA_STRIPE_SECRET_KEY", "sk_test_faults".into()),
+        ("AMBA_STRIPE_WEBHOOK_SECRET", "whsec_faults".into()),
+        ("AMBA_STRIPE_TIMEOUT_SECONDS", "2".into()),
+        ("ORG_PAYOUTS_LIVE", "true".into()),
+    ] {
+        cluster.env.push((name.to_owned(), value));
+    }
+    cluster
+        .launch(&["enrollment", "attribution", "commission", "edge"])
+        .await?;
+    cluster.spawn_with("payout", &[("AMBA_FAILPOINTS", "payout-before-transfer=return(60000)")])?;
+    cluster.all_ready().await?;
+    let program = program(&cluster, "pay").await?;
+    onboard(&cluster, &program).await?;
+    let pool = cluster.pool().await?;
+    let owner = McpClient::connect(&format!("{}/mcp", cluster.http), Some(&program.owner_token)).await?;
+
+    for (round, prefix) in [(1usize, "r1"), (2, "r2")] {
+        assert_eq!(program.stream(cluster.grpc.clone(), prefix, 1, 10).await?, 10);
+        eventually(Duration::from_secs(60), "the round's commission to be payable", || {
+            let (pool, program_id) = (pool.clone(), program.program_id.clone());
+            async move {
+                let (_, balances) = payout_state(&pool, &program_id).await?;
+                Ok((balances.get("payable") == Some(&2_000)).then_some(()))
+            }
+        })
+        .await?;
+        if round == 2 {
+            // Stripe makes the transfer, then holds its answer past the client's timeout.
+            stripe.inject(Fault {
+                path_prefix: "/v1/transfers".into(),
+                kind: FaultKind::Timeout(Duration::from_secs(30)),
+                times: 1,
+            });
+        }
+        // The run is started and left: its process is about to die under it.
+        let run = {
+            let owner_url = format!("{}/mcp", cluster.http);
+            let (token, program_id) = (program.owner_token.clone(), program.program_id.clone());
+            tokio::spawn(async move {
+                let owner = McpClient::connect(&owner_url, Some(&token)).await?;
+                let _ = owner
+                    .call_raw("amba_affiliate_payout_run", json!({"program_id": program_id}))
+                    .await;
+                owner.close().await
+            })
+        };
+        eventually(Duration::from_secs(30), "the moment to kill payout", || {
+            let (pool, program_id, stripe) = (pool.clone(), program.program_id.clone(), stripe.clone());
+            async move {
+                let (items, _) = payout_state(&pool, &program_id).await?;
+                Ok(match round {
+                    1 => items.iter().any(|(_, status)| status == "reserved"),
+                    _ => stripe.transfers().len() == 2,
+                }
+                .then_some(()))
+            }
+        })
+        .await?;
+        cluster.kill("payout")?;
+        assert_eq!(
+            stripe.transfers().len(),
+            round - 1 + usize::from(round == 2),
+            "transfers at the kill"
+        );
+        run.abort();
+        cluster.spawn("payout")?;
+        eventually(Duration::from_secs(60), "every payout item to be paid", || {
+            let (pool, program_id) = (pool.clone(), program.program_id.clone());
+            async move {
+                let (items, _) = payout_state(&pool, &program_id).await?;
+                Ok((items.len() == round && items.iter().all(|(_, status)| status == "paid")).then_some(()))
+            }
+        })
+        .await?;
+        let (items, balances) = payout_state(&pool, &program.program_id).await?;
+        let transfers = stripe.transfers();
+        assert_eq!(transfers.len(), round, "one transfer per item");
+        for (item_id, _) in &items {
+            let of_item = transfers
+                .iter()
+                .filter(|t| t["transfer_group"] == item_id.as_str())
+                .count();
+            assert_eq!(of_item, 1, "item {item_id}");
+        }
+        assert_eq!(balances.get("paid").copied(), Some(2_000 * round as i64));
+        assert_eq!(balances.get("payable").copied().unwrap_or(0), 0);
+        assert_eq!(balances.get("reserved").copied().unwrap_or(0), 0);
+        let verify = cluster.amba(&["ledger", "verify"])?;
+        assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+    }
+
+    // Every webhook Stripe sent, delivered again newest first: duplicates out of order change
+    // nothing (accounts stay ready, items paid, balances and transfers as they were).
+    let before = payout_state(&pool, &program.program_id).await?;
+    let mut events = stripe.events();
+    events.reverse();
+    for event in &events {
+        stripe.redeliver(event["id"].as_str().unwrap_or_default()).await?;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(payout_state(&pool, &program.program_id).await?, before);
+    assert_eq!(stripe.transfers().len(), 2);
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM payout.stripe_events")
+        .fetch_one(&pool)
+        .await?;
+    assert!(recorded as usize <= events.len(), "each Stripe event recorded once");
+    let (_, _, dead) = counts(&pool, &program.program_id).await?;
+    assert_eq!(dead, 0, "dead letters");
+    owner.close().await?;
+    pool.close().await;
+    cluster.stop()
 }

@@ -63,6 +63,9 @@ pub async fn get(
     enrollment_id: &str,
     lock: bool,
 ) -> Result<Option<EnrollmentRow>, sqlx::Error> {
+    if lock {
+        super::fault_pause_before_row_lock().await;
+    }
     let query = if lock {
         sqlx::query_as(select_enrollment!("WHERE e.enrollment_id = $1 FOR UPDATE OF e"))
     } else {

@@ -200,6 +200,9 @@ pub async fn update(
 
 /// The program with its current rule; `lock` holds the row until the transaction ends.
 pub async fn get(conn: &mut PgConnection, program_id: &str, lock: bool) -> Result<Option<ProgramRow>, sqlx::Error> {
+    if lock {
+        super::fault_pause_before_row_lock().await;
+    }
     let query = if lock {
         sqlx::query_as(select_program!(
             "AND r.version = p.commission_version WHERE p.program_id = $1 FOR UPDATE OF p"
