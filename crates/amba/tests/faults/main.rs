@@ -3,6 +3,8 @@
 //! shared ones), so any of them can be killed. Each scenario is bounded in time and ends with
 //! `amba ledger verify` and exact counts. docs/reliability.md lists the scenarios.
 
+mod replicas;
+
 use amba_proto::v1::conversions_client::ConversionsClient;
 use amba_proto::wire as pb;
 use amba_testkit::{McpClient, eventually};
@@ -28,14 +30,8 @@ fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
     held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }
 
-const SERVICES: [&str; 6] = [
-    "enrollment",
-    "attribution",
-    "commission",
-    "payout",
-    "notification",
-    "edge",
-];
+/// Ports a cluster keeps for ops ports and replicas' listeners.
+const SPARE_PORTS: usize = 24;
 
 /// PostgreSQL, NATS and the services, each its own process.
 struct Cluster {
@@ -43,9 +39,12 @@ struct Cluster {
     env: Vec<(String, String)>,
     http: String,
     grpc: String,
-    services: HashMap<&'static str, Child>,
-    /// Each service's ops port (`/livez`, `/readyz`, `/metrics`), the same across restarts.
-    ops: HashMap<&'static str, u16>,
+    /// Running processes by instance: a service's name, or `<service>-<n>` for its n-th replica.
+    services: HashMap<String, Child>,
+    /// Each instance's ops port (`/livez`, `/readyz`, `/metrics`), the same across restarts.
+    ops: HashMap<String, u16>,
+    /// Free ports not handed out yet (ops ports, a second edge's listeners).
+    spare_ports: Vec<u16>,
 }
 
 impl Cluster {
@@ -61,11 +60,10 @@ impl Cluster {
         let suffix = amba_testkit::unique_namespace().as_str().to_owned();
         let dir = std::env::temp_dir().join(format!("amba-faults-{suffix}"));
         std::fs::create_dir_all(&dir)?;
-        // Four for the servers and the edge, then an ops port per service (all chosen at once, so
-        // none is handed out twice).
-        let ports = free_ports(4 + SERVICES.len())?;
+        // Four for the servers and the edge, the rest spare for ops ports and replicas (all
+        // chosen at once, so none is handed out twice).
+        let ports = free_ports(4 + SPARE_PORTS)?;
         let (pg, nats, http, grpc) = (ports[0], ports[1], ports[2], ports[3]);
-        let ops = SERVICES.into_iter().zip(ports[4..].iter().copied()).collect();
         let env = vec![
             ("AMBA_DATA_DIR".to_owned(), dir.to_string_lossy().into_owned()),
             (
@@ -90,7 +88,8 @@ impl Cluster {
             http: format!("http://127.0.0.1:{http}"),
             grpc: format!("http://127.0.0.1:{grpc}"),
             services: HashMap::new(),
-            ops,
+            ops: HashMap::new(),
+            spare_ports: ports[4..].to_vec(),
         };
         for step in [&["infra", "up"][..], &["migrate"][..]] {
             let done = cluster.amba(step)?;
@@ -122,9 +121,27 @@ impl Cluster {
             .is_ok_and(|r| r.status().is_success())
     }
 
+    /// A counter's or gauge's value (summed over its labels) from an instance's `/metrics`; 0 when
+    /// it was never recorded.
+    async fn metric(&self, instance: &str, name: &str) -> anyhow::Result<f64> {
+        let port = self
+            .ops
+            .get(instance)
+            .ok_or_else(|| anyhow::anyhow!("{instance} has no ops port"))?;
+        let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .filter(|line| line.split(['{', ' ']).next() == Some(name))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+
     /// Waits until every running service's `/readyz` answers 200.
     async fn all_ready(&self) -> anyhow::Result<()> {
-        let services: Vec<&str> = self.services.keys().copied().collect();
+        let services: Vec<&str> = self.services.keys().map(String::as_str).collect();
         for service in services {
             eventually(
                 Duration::from_secs(60),
@@ -158,28 +175,38 @@ impl Cluster {
         self.command(args).output()
     }
 
-    fn spawn(&mut self, service: &'static str) -> anyhow::Result<()> {
-        self.spawn_with(service, &[])
+    fn spawn(&mut self, instance: &str) -> anyhow::Result<()> {
+        self.spawn_with(instance, &[])
     }
 
-    /// Starts `amba serve <service>` with extra environment, its output appended to its log.
-    fn spawn_with(&mut self, service: &'static str, env: &[(&str, &str)]) -> anyhow::Result<()> {
-        let port = *self
-            .ops
-            .get(service)
-            .ok_or_else(|| anyhow::anyhow!("unknown service {service}"))?;
+    /// A port no one uses yet.
+    fn spare_port(&mut self) -> anyhow::Result<u16> {
+        self.spare_ports
+            .pop()
+            .ok_or_else(|| anyhow::anyhow!("out of spare ports; raise SPARE_PORTS"))
+    }
+
+    /// Starts `amba serve <service>` for `instance` (`commission`, or `commission-2` for a
+    /// replica) with extra environment, its output appended to the instance's log.
+    fn spawn_with(&mut self, instance: &str, env: &[(&str, &str)]) -> anyhow::Result<()> {
+        let service = instance.split('-').next().unwrap_or(instance).to_owned();
+        let port = match self.ops.get(instance) {
+            Some(port) => *port,
+            None => self.spare_port()?,
+        };
+        self.ops.insert(instance.to_owned(), port);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.join(format!("{service}.log")))?;
+            .open(self.dir.join(format!("{instance}.log")))?;
         let child = self
-            .command(&["serve", service])
+            .command(&["serve", &service])
             .env("AMBA_METRICS_ADDR", format!("127.0.0.1:{port}"))
             .envs(env.iter().copied())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
             .spawn()?;
-        self.services.insert(service, child);
+        self.services.insert(instance.to_owned(), child);
         Ok(())
     }
 

@@ -6,7 +6,10 @@
 //! outbox events in ONE transaction and ONE commit, then answers every caller. Under load a
 //! batch forms while the previous one commits; when idle a report is written alone at once.
 //! One key always meets the same actor, so concurrent repeats of a key are serialized and the
-//! second one sees the first's outcome (`duplicate: true`).
+//! second one sees the first's outcome (`duplicate: true`). Across replicas the key's unique
+//! index decides: a writer whose insert finds a key another replica committed after its lookup
+//! rolls its batch back and decides it again, and then answers that key as a duplicate of the
+//! winner (docs/scaling.md).
 
 use super::accrue::{self, Approval, RuleCache};
 use crate::domain::report::{self, Binding, CodeState, Decision, Facts, Report, Status};
@@ -27,6 +30,9 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Largest batch one commit takes.
 const MAX_BATCH: usize = 1_000;
+
+/// How often a batch that lost a key to another replica's writer is decided again.
+const RACE_RETRIES: usize = 8;
 
 type Reply = Result<pb::ReportConversionReply, ApiError>;
 
@@ -127,7 +133,17 @@ fn write_isolating_failures<'a>(
     reports: &'a [Submission],
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Reply>> + Send + 'a>> {
     Box::pin(async move {
-        match decide_and_write(deps, reports).await {
+        let mut attempt = decide_and_write(deps, reports).await;
+        // Replicas race on a key only when its callers repeat it at the same moment; each
+        // retry sees every winner so far, so a few attempts settle any such batch.
+        for _ in 0..RACE_RETRIES {
+            if !matches!(attempt, Err(BatchError::Raced)) {
+                break;
+            }
+            amba_telemetry::metrics::counter!("amba_writer_races_total").increment(1);
+            attempt = decide_and_write(deps, reports).await;
+        }
+        match attempt {
             Ok(outcomes) => outcomes,
             // Only a report can be at fault for a data (22) or integrity (23) error; an
             // unavailable database fails the whole batch, which its callers retry.
@@ -172,6 +188,8 @@ fn refusal(err: &BatchError) -> ApiError {
 
 #[derive(Debug, thiserror::Error)]
 enum BatchError {
+    #[error("a key of the batch was recorded by another writer meanwhile")]
+    Raced,
     #[error(transparent)]
     Database(#[from] sqlx::Error),
     #[error(transparent)]
@@ -364,7 +382,11 @@ async fn decide_and_write(deps: &WriterDeps, reports: &[Submission]) -> Result<V
         events.push(event_with_meta(&deps.ns, meta, kind, &row.to_proto(), ""));
         rows.push(row);
     }
-    store::conversions::insert_many(&mut tx, &rows).await?;
+    if store::conversions::insert_many(&mut tx, &rows).await? < rows.len() as u64 {
+        // Another replica's writer committed one of these keys after our lookup: start over
+        // (rolled back on drop); the next lookup sees its row and answers `duplicate` from it.
+        return Err(BatchError::Raced);
+    }
     store::conversions::bind_customers(&mut tx, &new_bindings).await?;
     amba_bus::outbox::enqueue_many(&mut tx, &events).await?;
     tx.commit().await?;

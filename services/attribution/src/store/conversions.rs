@@ -113,9 +113,11 @@ pub async fn existing(conn: &mut PgConnection, keys: &[Key]) -> Result<HashMap<K
 }
 
 /// Inserts new conversions in one statement. Keys must be new (callers hold the key's shard).
-pub async fn insert_many(conn: &mut PgConnection, rows: &[ConversionRow]) -> Result<(), sqlx::Error> {
+/// Inserts new conversions; returns how many were inserted. A key another writer (a replica)
+/// committed meanwhile is skipped, not an error: fewer rows than given means a race was lost.
+pub async fn insert_many(conn: &mut PgConnection, rows: &[ConversionRow]) -> Result<u64, sqlx::Error> {
     if rows.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     macro_rules! col {
         ($field:ident) => {
@@ -126,7 +128,8 @@ pub async fn insert_many(conn: &mut PgConnection, rows: &[ConversionRow]) -> Res
         "INSERT INTO conversions ({COLUMNS}) SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], \
          $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], \
          $15::text[], $16::timestamptz[], $17::timestamptz[], $18::timestamptz[], $19::bigint[], $20::int[], $21::int[], \
-         $22::bool[], $23::timestamptz[], $24::bigint[], $25::bool[], $26::text[])"
+         $22::bool[], $23::timestamptz[], $24::bigint[], $25::bool[], $26::text[]) \
+         ON CONFLICT (program_id, project_id, external_id) DO NOTHING"
     );
     // The statement is assembled from the constant column list only.
     sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -157,8 +160,8 @@ pub async fn insert_many(conn: &mut PgConnection, rows: &[ConversionRow]) -> Res
         .bind(col!(held_for_review))
         .bind(col!(fingerprint))
         .execute(conn)
-        .await?;
-    Ok(())
+        .await
+        .map(|done| done.rows_affected())
 }
 
 /// Binds customers to enrollments; a customer already bound keeps its first binding.
