@@ -8,6 +8,8 @@
 //!     [--database-url postgres://postgres@127.0.0.1:5432/amba] [--nats nats://127.0.0.1:4222] [--namespace amba]
 //!     [--pid <system pid>] [--ledger-wait 600] [--affiliates 1]
 //! ```
+//! (`amba-loadtest --help` describes each flag; `--database-url`, `--nats` and `--namespace` also
+//! read AMBA_DATABASE_URL, AMBA_NATS_URL and AMBA_NAMESPACE.)
 //! `--affiliates N` enrolls N affiliates and skews the reports: half go to the hottest 1 %.
 //! Loopback only: every target must be 127.0.0.0/8 or localhost. Every phase is bounded by its
 //! time and by `--max-count`, so the tool always stops by itself.
@@ -19,8 +21,7 @@ mod memory;
 mod phases;
 mod setup;
 
-use anyhow::Context;
-use std::collections::HashMap;
+use clap::Parser;
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
@@ -46,59 +47,108 @@ pub struct Options {
     pub affiliates: usize,
 }
 
-fn parse_options() -> anyhow::Result<Options> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("see the module documentation at the top of loadtest/src/main.rs for the flags");
-        std::process::exit(0);
+/// Load generator for a running Amba Affiliate on this machine: gRPC streaming and unary
+/// reports, MCP reports, end-to-end event lag, the commission ledger's catch-up and the database
+/// floor, measured in one run.
+#[derive(Debug, Parser)]
+#[command(
+    name = "amba-loadtest",
+    version,
+    after_help = "Loopback only: every target must be 127.0.0.0/8 or localhost. Every phase is bounded by its \
+                  time and by --max-count, so the tool always stops by itself."
+)]
+struct Cli {
+    /// The edge's HTTP URL (MCP)
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080")]
+    http: String,
+    /// The edge's gRPC URL
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:50051")]
+    grpc: String,
+    /// The system's PostgreSQL database (the ledger and the floor are measured there)
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "AMBA_DATABASE_URL",
+        hide_env_values = true,
+        default_value = "postgres://postgres@127.0.0.1:5432/amba"
+    )]
+    database_url: String,
+    /// The system's NATS (event lag)
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "AMBA_NATS_URL",
+        hide_env_values = true,
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    nats: String,
+    /// The system's namespace
+    #[arg(long, value_name = "NAME", env = "AMBA_NAMESPACE", default_value = "amba")]
+    namespace: String,
+    /// Seconds of the gRPC streaming phase
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    duration: u64,
+    /// Concurrent gRPC client streams
+    #[arg(long, default_value_t = 8)]
+    streams: usize,
+    /// Reports per client stream
+    #[arg(long, default_value_t = 5_000)]
+    batch: usize,
+    /// Concurrent gRPC unary callers
+    #[arg(long, value_name = "CALLERS", default_value_t = 64)]
+    unary_callers: usize,
+    /// Seconds of the gRPC unary phase
+    #[arg(long, value_name = "SECONDS", default_value_t = 20)]
+    unary_seconds: u64,
+    /// Concurrent MCP clients
+    #[arg(long, value_name = "CALLERS", default_value_t = 8)]
+    mcp_callers: usize,
+    /// Seconds of the MCP phase
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    mcp_seconds: u64,
+    /// At most this many reports in any phase
+    #[arg(long, value_name = "COUNT", default_value_t = 3_000_000)]
+    max_count: u64,
+    /// The system process whose memory to watch [default: a running `amba dev` or `amba serve`]
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Seconds to wait for the commission ledger to book every approved conversion after the
+    /// streaming phase
+    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+    ledger_wait: u64,
+    /// Affiliates enrolled and reported for; the reports are skewed: half go to the hottest 1 %
+    #[arg(long, value_name = "COUNT", default_value_t = 1)]
+    affiliates: usize,
+}
+
+impl Cli {
+    fn into_options(self) -> anyhow::Result<Options> {
+        let options = Options {
+            http: self.http,
+            grpc: self.grpc,
+            database_url: self.database_url,
+            nats: self.nats,
+            namespace: self.namespace,
+            duration: Duration::from_secs(self.duration),
+            streams: self.streams,
+            batch: self.batch,
+            unary_callers: self.unary_callers,
+            unary_seconds: Duration::from_secs(self.unary_seconds),
+            mcp_callers: self.mcp_callers,
+            mcp_seconds: Duration::from_secs(self.mcp_seconds),
+            max_count: self.max_count,
+            pid: self.pid,
+            ledger_wait: Duration::from_secs(self.ledger_wait),
+            affiliates: self.affiliates,
+        };
+        for url in [&options.http, &options.grpc, &options.database_url, &options.nats] {
+            anyhow::ensure!(
+                is_loopback(url),
+                "{url} is not a loopback address: this tool only loads this machine"
+            );
+        }
+        Ok(options)
     }
-    let mut flags: HashMap<String, String> = HashMap::new();
-    let mut iter = args.into_iter();
-    while let Some(flag) = iter.next() {
-        let name = flag
-            .strip_prefix("--")
-            .with_context(|| format!("unexpected argument {flag}"))?
-            .to_owned();
-        let value = iter.next().with_context(|| format!("--{name} needs a value"))?;
-        flags.insert(name, value);
-    }
-    let text = |name: &str, default: &str| flags.get(name).cloned().unwrap_or_else(|| default.to_owned());
-    let number = |name: &str, default: u64| -> anyhow::Result<u64> {
-        flags
-            .get(name)
-            .map(|v| v.parse::<u64>().with_context(|| format!("--{name} must be a number")))
-            .transpose()
-            .map(|v| v.unwrap_or(default))
-    };
-    let options = Options {
-        http: text("http", "http://127.0.0.1:8080"),
-        grpc: text("grpc", "http://127.0.0.1:50051"),
-        database_url: text("database-url", "postgres://postgres@127.0.0.1:5432/amba"),
-        nats: text("nats", "nats://127.0.0.1:4222"),
-        namespace: text("namespace", "amba"),
-        duration: Duration::from_secs(number("duration", 60)?),
-        streams: usize::try_from(number("streams", 8)?)?,
-        batch: usize::try_from(number("batch", 5_000)?)?,
-        unary_callers: usize::try_from(number("unary-callers", 64)?)?,
-        unary_seconds: Duration::from_secs(number("unary-seconds", 20)?),
-        mcp_callers: usize::try_from(number("mcp-callers", 8)?)?,
-        mcp_seconds: Duration::from_secs(number("mcp-seconds", 10)?),
-        max_count: number("max-count", 3_000_000)?,
-        ledger_wait: Duration::from_secs(number("ledger-wait", 600)?),
-        affiliates: usize::try_from(number("affiliates", 1)?)?,
-        pid: flags
-            .get("pid")
-            .map(|p| p.parse())
-            .transpose()
-            .context("--pid must be a number")?,
-    };
-    for url in [&options.http, &options.grpc, &options.database_url, &options.nats] {
-        anyhow::ensure!(
-            is_loopback(url),
-            "{url} is not a loopback address: this tool only loads this machine"
-        );
-    }
-    Ok(options)
 }
 
 fn is_loopback(url: &str) -> bool {
@@ -135,7 +185,7 @@ pub fn percentile_ms(sorted: &[u64], p: f64) -> f64 {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let options = parse_options()?;
+    let options = Cli::parse().into_options()?;
     let pid = options.pid.or_else(find_system_pid);
     let memory = pid.map(memory::Sampler::start);
     let rss_start = pid.and_then(memory::rss_mib);
@@ -252,4 +302,49 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn cli_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_documented_command_line_parses() -> anyhow::Result<()> {
+        let cli = Cli::try_parse_from([
+            "amba-loadtest",
+            "--database-url",
+            "postgres://postgres@127.0.0.1:5432/amba_load",
+            "--nats",
+            "nats://127.0.0.1:4222",
+            "--duration",
+            "60",
+            "--unary-seconds",
+            "20",
+            "--mcp-seconds",
+            "10",
+            "--ledger-wait",
+            "600",
+            "--affiliates",
+            "1000",
+            "--pid",
+            "42",
+        ])?;
+        let options = cli.into_options()?;
+        assert_eq!(options.database_url, "postgres://postgres@127.0.0.1:5432/amba_load");
+        assert_eq!(options.unary_seconds, Duration::from_secs(20));
+        assert_eq!((options.affiliates, options.pid, options.streams), (1000, Some(42), 8));
+        assert!(
+            Cli::try_parse_from(["amba-loadtest", "--http", "http://10.0.0.1:8080"])?
+                .into_options()
+                .is_err()
+        );
+        assert!(Cli::try_parse_from(["amba-loadtest", "--streams", "many"]).is_err());
+        Ok(())
+    }
 }

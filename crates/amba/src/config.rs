@@ -87,13 +87,25 @@ pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 impl Settings {
     /// Reads the process environment (and `AMBA_CONFIG_FILE` if set).
     pub fn from_env() -> Result<Settings, ConfigError> {
+        Settings::from_env_with(&[])
+    }
+
+    /// [`Settings::from_env`] with `overrides` (command-line flags) winning over the environment;
+    /// an `AMBA_CONFIG_FILE` override names the file to read.
+    pub fn from_env_with(overrides: &[(&str, String)]) -> Result<Settings, ConfigError> {
+        let overrides: HashMap<String, String> = overrides.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
         let mut values: HashMap<String, String> = HashMap::new();
-        if let Ok(path) = std::env::var("AMBA_CONFIG_FILE") {
+        if let Some(path) = overrides
+            .get("AMBA_CONFIG_FILE")
+            .cloned()
+            .or_else(|| std::env::var("AMBA_CONFIG_FILE").ok())
+        {
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| bad("AMBA_CONFIG_FILE", format!("cannot read {path}: {e}")))?;
             values.extend(parse_env_file(&text));
         }
         values.extend(std::env::vars());
+        values.extend(overrides);
         Settings::from_map(&values)
     }
 

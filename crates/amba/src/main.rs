@@ -9,51 +9,218 @@
 //! amba streams delete --confirm <namespace>
 //!                          delete the namespace's JetStream event streams (load and test namespaces)
 //! ```
+//!
+//! `amba --help` and `amba <command> --help` describe every command. Exit status: 0 done, 1 the
+//! command failed, 2 a bad command line or configuration.
 
 use amba::{ServiceName, Settings, local, system};
 use anyhow::Context;
+use clap::builder::{PossibleValuesParser, TypedValueParser as _};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: amba <command>
+/// Amba Affiliate: one binary for every role.
+#[derive(Debug, Parser)]
+#[command(
+    name = "amba",
+    version,
+    after_help = "Configuration comes from the environment and the KEY=VALUE file named by AMBA_CONFIG_FILE \
+                  (the environment wins; a flag wins over both); see README.md for every variable.\n\
+                  Exit status: 0 done, 1 the command failed, 2 a bad command line or configuration."
+)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalOptions,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
 
-commands:
-  dev                  run every service and the edge in one process (starts local PostgreSQL and
-                       NATS when none answers), apply migrations, print the MCP URL and config
-  serve <service>      run one service: enrollment, attribution, commission, payout, notification, edge
-  migrate              apply every service's database migrations and exit
-  payouts reconcile <program_id> [--repair]
-                       compare Stripe's transfers with the program's payout items and the ledger;
-                       --repair posts in-flight items whose transfer exists; non-zero exit on a difference
-  tick                 publish today's settlement tick: programs with a weekly or monthly payout
-                       schedule due this period are paid (once per period, however many ticks)
-  infra up             start local PostgreSQL and NATS (JetStream) when none answers, then exit
-  infra down           stop the PostgreSQL and NATS that `dev` or `infra up` started (in AMBA_DATA_DIR)
-  ledger verify        rebuild every commission balance from the ledger entries and check
-                       conservation; exits non-zero on any difference
-  dead-letters list [--consumer <name>]
-                       the messages consumers gave up on and not replayed yet, every service
-  dead-letters replay <consumer> [<event_id>]
-                       publish a consumer's dead letters (or one) again; each is applied once
-  outbox status        each service's events not yet published, the oldest one's age, and the
-                       ones set aside as unpublishable
-  streams delete --confirm <namespace>
-                       delete AMBA_NAMESPACE's JetStream event streams and the events in them;
-                       for load-test and scratch namespaces (services must be stopped first)
-  help                 this text
+/// The most used settings as flags; each also reads its variable, and the rest of the
+/// configuration comes from the environment only.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Configuration (each flag also reads its variable)")]
+struct GlobalOptions {
+    /// PostgreSQL URL [default: postgres://postgres@127.0.0.1:5432/amba]; prefer the variable, a
+    /// flag's password shows in the process list
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = "AMBA_DATABASE_URL",
+        hide_env_values = true
+    )]
+    database_url: Option<String>,
+    /// NATS server URLs, comma-separated [default: nats://127.0.0.1:4222]; may hold credentials
+    #[arg(
+        long,
+        global = true,
+        value_name = "URLS",
+        env = "AMBA_NATS_URL",
+        hide_env_values = true
+    )]
+    nats_url: Option<String>,
+    /// Prefix of every stream, consumer and subject [default: amba]
+    #[arg(long, global = true, value_name = "NAME", env = "AMBA_NAMESPACE")]
+    namespace: Option<String>,
+    /// Where to serve /livez, /readyz and Prometheus /metrics [default: nowhere]
+    #[arg(long, global = true, value_name = "ADDR", env = "AMBA_METRICS_ADDR")]
+    metrics_addr: Option<String>,
+    /// A KEY=VALUE file of further settings (the environment wins over it)
+    #[arg(long, global = true, value_name = "PATH", env = "AMBA_CONFIG_FILE")]
+    config_file: Option<std::path::PathBuf>,
+}
 
-configuration comes from the environment; see README.md (AMBA_DATABASE_URL, AMBA_NATS_URL, ...)";
+impl GlobalOptions {
+    /// (clap id, flag, variable, value) of every setting given by flag or variable.
+    fn settings(&self) -> [(&'static str, &'static str, &'static str, Option<&String>); 4] {
+        [
+            (
+                "database_url",
+                "--database-url",
+                "AMBA_DATABASE_URL",
+                self.database_url.as_ref(),
+            ),
+            ("nats_url", "--nats-url", "AMBA_NATS_URL", self.nats_url.as_ref()),
+            ("namespace", "--namespace", "AMBA_NAMESPACE", self.namespace.as_ref()),
+            (
+                "metrics_addr",
+                "--metrics-addr",
+                "AMBA_METRICS_ADDR",
+                self.metrics_addr.as_ref(),
+            ),
+        ]
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run every service and the edge in one process
+    ///
+    /// Starts local PostgreSQL and NATS when none answers, applies migrations, prints the MCP URL
+    /// and config. Without AMBA_STRIPE_SECRET_KEY payouts use a local fake Stripe; without
+    /// AMBA_SMTP_URL e-mails are written as .eml files.
+    Dev,
+    /// Run one service
+    Serve {
+        /// The service to run
+        #[arg(value_parser = service_parser())]
+        service: ServiceName,
+    },
+    /// Apply every service's database migrations and exit
+    Migrate,
+    /// Compare Stripe's transfers with a program's payout items (`payouts reconcile`)
+    #[command(subcommand)]
+    Payouts(PayoutsCommand),
+    /// Publish today's settlement tick
+    ///
+    /// Programs with a weekly or monthly payout schedule due this period are paid (once per
+    /// period, however many ticks).
+    Tick,
+    /// Start or stop local PostgreSQL and NATS (`infra up`, `infra down`)
+    #[command(subcommand)]
+    Infra(InfraCommand),
+    /// Check the commission ledger against its entries (`ledger verify`)
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
+    /// List or replay the messages consumers gave up on (`dead-letters list`, `dead-letters replay`)
+    #[command(subcommand)]
+    DeadLetters(DeadLettersCommand),
+    /// Each service's events not yet published (`outbox status`)
+    #[command(subcommand)]
+    Outbox(OutboxCommand),
+    /// Delete a load-test or scratch namespace's event streams (`streams delete`)
+    #[command(subcommand)]
+    Streams(StreamsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PayoutsCommand {
+    /// Compare Stripe's transfers with the program's payout items and the ledger
+    ///
+    /// Exits non-zero on a difference.
+    Reconcile {
+        /// The program whose payouts to compare
+        program_id: String,
+        /// Post in-flight items whose transfer exists at Stripe
+        #[arg(long)]
+        repair: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum InfraCommand {
+    /// Start local PostgreSQL and NATS (JetStream) when none answers, then exit
+    Up,
+    /// Stop the PostgreSQL and NATS that `dev` or `infra up` started (in AMBA_DATA_DIR)
+    Down,
+}
+
+#[derive(Debug, Subcommand)]
+enum LedgerCommand {
+    /// Rebuild every commission balance from the ledger entries and check conservation
+    ///
+    /// Exits non-zero on any difference.
+    Verify,
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadLettersCommand {
+    /// The messages consumers gave up on and not replayed yet, every service
+    List {
+        /// Only this consumer's dead letters
+        #[arg(long, value_name = "NAME")]
+        consumer: Option<String>,
+    },
+    /// Publish a consumer's dead letters (or one) again; each is applied once
+    Replay {
+        /// The consumer whose dead letters to publish again
+        consumer: String,
+        /// Only this event (default: every dead letter of the consumer)
+        event_id: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OutboxCommand {
+    /// Each service's events not yet published, the oldest one's age, and the ones set aside as
+    /// unpublishable
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
+enum StreamsCommand {
+    /// Delete AMBA_NAMESPACE's JetStream event streams and the events in them
+    ///
+    /// For load-test and scratch namespaces (services must be stopped first).
+    Delete {
+        /// The namespace again (must equal AMBA_NAMESPACE), or nothing is deleted
+        #[arg(long, value_name = "NAMESPACE")]
+        confirm: String,
+    },
+}
+
+/// The service names `amba::ServiceName` knows, parsed by its `FromStr`.
+fn service_parser() -> impl clap::builder::TypedValueParser<Value = ServiceName> {
+    PossibleValuesParser::new(ServiceName::ALL.map(ServiceName::as_str)).try_map(|name| name.parse::<ServiceName>())
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    if matches!(args.as_slice(), [] | ["help" | "-h" | "--help"]) {
-        println!("{USAGE}");
+    let mut definition = Cli::command();
+    let matches = definition.clone().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(err) => err.format(&mut definition).exit(),
+    };
+    let Some(command) = cli.command else {
+        // `amba` alone: the overview, as `amba --help` prints it.
+        let _ = definition.print_help();
         return ExitCode::SUCCESS;
-    }
-    let settings = match Settings::from_env() {
+    };
+    let settings = match settings(&cli.global, &matches) {
         Ok(settings) => settings,
-        Err(err) => {
-            eprintln!("amba: {err}");
+        Err(message) => {
+            eprintln!("amba: {message}");
             return ExitCode::from(2);
         }
     };
@@ -64,7 +231,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(&args, settings)) {
+    match runtime.block_on(dispatch(command, settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("amba: {err:#}");
@@ -73,20 +240,40 @@ fn main() -> ExitCode {
     }
 }
 
-async fn dispatch(args: &[&str], settings: Settings) -> anyhow::Result<()> {
-    match args {
-        ["dev"] => dev(settings).await,
-        ["serve", service] => {
-            let service: ServiceName = service.parse().map_err(anyhow::Error::msg)?;
-            serve(settings, &[service], service.as_str()).await
+/// [`Settings::from_env_with`] the global flags: the `AMBA_CONFIG_FILE` file, then the
+/// environment, then the flags (clap has already read each flag's variable when the flag is
+/// absent). A bad value given as a flag is reported under the flag's name.
+fn settings(global: &GlobalOptions, matches: &clap::ArgMatches) -> Result<Settings, String> {
+    let mut overrides: Vec<(&str, String)> = global
+        .settings()
+        .into_iter()
+        .filter_map(|(_, _, variable, value)| Some((variable, value?.clone())))
+        .collect();
+    if let Some(path) = &global.config_file {
+        overrides.push(("AMBA_CONFIG_FILE", path.to_string_lossy().into_owned()));
+    }
+    Settings::from_env_with(&overrides).map_err(|err| {
+        let from_flag = global.settings().into_iter().find(|(id, _, variable, _)| {
+            *variable == err.variable && matches.value_source(id) == Some(ValueSource::CommandLine)
+        });
+        match from_flag {
+            Some((_, flag, variable, _)) => format!("invalid configuration: {flag} ({variable}): {}", err.problem),
+            None => err.to_string(),
         }
-        ["migrate"] => {
+    })
+}
+
+async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
+    match command {
+        Command::Dev => dev(settings).await,
+        Command::Serve { service } => serve(settings, &[service], service.as_str()).await,
+        Command::Migrate => {
             let _telemetry = amba_telemetry::init("amba-migrate", None, settings.log_json)?;
             system::migrate_all(&settings).await?;
             println!("migrations applied");
             Ok(())
         }
-        ["ledger", "verify"] => {
+        Command::Ledger(LedgerCommand::Verify) => {
             let report = amba_commission::verify_database(settings.database_url.expose()).await?;
             for problem in &report.problems {
                 eprintln!("ledger: {problem}");
@@ -101,9 +288,9 @@ async fn dispatch(args: &[&str], settings: Settings) -> anyhow::Result<()> {
             anyhow::ensure!(report.is_ok(), "the ledger does not verify");
             Ok(())
         }
-        ["streams", "delete", "--confirm", confirmed] => {
+        Command::Streams(StreamsCommand::Delete { confirm: confirmed }) => {
             anyhow::ensure!(
-                *confirmed == settings.namespace.as_str(),
+                confirmed == settings.namespace.as_str(),
                 "--confirm {confirmed:?} does not name AMBA_NAMESPACE {:?}; nothing was deleted",
                 settings.namespace.as_str()
             );
@@ -115,12 +302,8 @@ async fn dispatch(args: &[&str], settings: Settings) -> anyhow::Result<()> {
             println!("event streams of namespace {confirmed} deleted");
             Ok(())
         }
-        ["dead-letters", "list", rest @ ..] => {
-            let consumer = match rest {
-                [] => None,
-                ["--consumer", name] => Some(*name),
-                _ => anyhow::bail!("usage: amba dead-letters list [--consumer <name>]"),
-            };
+        Command::DeadLetters(DeadLettersCommand::List { consumer }) => {
+            let consumer = consumer.as_deref();
             let mut count = 0;
             for (schema, pool) in service_stores(&settings).await? {
                 for letter in amba_bus::dead_letters::list(&pool, consumer).await? {
@@ -140,7 +323,7 @@ async fn dispatch(args: &[&str], settings: Settings) -> anyhow::Result<()> {
             eprintln!("{count} dead letter(s) waiting");
             Ok(())
         }
-        ["outbox", "status"] => {
+        Command::Outbox(OutboxCommand::Status) => {
             let mut waiting = 0;
             for (_, pool) in service_stores(&settings).await? {
                 let status = amba_bus::outbox::status(&pool).await?;
@@ -160,12 +343,12 @@ async fn dispatch(args: &[&str], settings: Settings) -> anyhow::Result<()> {
             eprintln!("{waiting} event(s) waiting to be published");
             Ok(())
         }
-        ["dead-letters", "replay", consumer, rest @ ..] if rest.len() <= 1 => {
+        Command::DeadLetters(DeadLettersCommand::Replay { consumer, event_id }) => {
             let nats = system::connect_nats(&settings, "amba-dead-letters").await?;
             let js = async_nats::jetstream::new(nats.clone());
             let mut replayed = Vec::new();
             for (_, pool) in service_stores(&settings).await? {
-                replayed.extend(amba_bus::dead_letters::replay(&pool, &js, consumer, rest.first().copied()).await?);
+                replayed.extend(amba_bus::dead_letters::replay(&pool, &js, &consumer, event_id.as_deref()).await?);
                 pool.close().await;
             }
             nats.flush().await?;
@@ -175,19 +358,16 @@ async fn dispatch(args: &[&str], settings: Settings) -> anyhow::Result<()> {
             anyhow::ensure!(
                 !replayed.is_empty(),
                 "no dead letter of consumer {consumer}{} is waiting",
-                rest.first()
-                    .map(|id| format!(" with event id {id}"))
-                    .unwrap_or_default()
+                event_id.map(|id| format!(" with event id {id}")).unwrap_or_default()
             );
             Ok(())
         }
-        ["payouts", "reconcile", program_id, rest @ ..] if rest.is_empty() || rest == ["--repair"] => {
-            let repair = rest == ["--repair"];
+        Command::Payouts(PayoutsCommand::Reconcile { program_id, repair }) => {
             let nats = system::connect_nats(&settings, "amba-reconcile").await?;
             let bus = amba_bus::Bus::new(nats, settings.namespace.clone());
             let config = system::payout_config(&settings);
             let report =
-                amba_payout::reconcile(settings.database_url.expose(), &bus, &config, program_id, repair).await?;
+                amba_payout::reconcile(settings.database_url.expose(), &bus, &config, &program_id, repair).await?;
             for line in &report.repaired {
                 println!("repaired: {line}");
             }
@@ -203,7 +383,7 @@ async fn dispatch(args: &[&str], settings: Settings) -> anyhow::Result<()> {
             anyhow::ensure!(report.problems.is_empty(), "Stripe and the ledger differ");
             Ok(())
         }
-        ["tick"] => {
+        Command::Tick => {
             let nats = system::connect_nats(&settings, "amba-tick").await?;
             let js = async_nats::jetstream::new(nats);
             amba_bus::streams::ensure_event_streams(&js, &settings.namespace, settings.stream_replicas)
@@ -224,12 +404,12 @@ async fn dispatch(args: &[&str], settings: Settings) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        ["infra", "up"] => {
+        Command::Infra(InfraCommand::Up) => {
             infra_up(&settings).await?;
             println!("PostgreSQL and NATS are answering (`amba infra down` stops the ones amba started)");
             Ok(())
         }
-        ["infra", "down"] => {
+        Command::Infra(InfraCommand::Down) => {
             let stopped = tokio::task::spawn_blocking(local::stop_started).await??;
             if stopped.is_empty() {
                 println!(
@@ -241,7 +421,6 @@ async fn dispatch(args: &[&str], settings: Settings) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        _ => anyhow::bail!("unknown command {:?}\n\n{USAGE}", args.join(" ")),
     }
 }
 
@@ -367,5 +546,27 @@ async fn wait_for_signal() {
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_takes_exactly_the_service_names() {
+        for service in ServiceName::ALL {
+            let cli = Cli::try_parse_from(["amba", "serve", service.as_str()]);
+            assert!(
+                matches!(cli, Ok(Cli { command: Some(Command::Serve { service: s }), .. }) if s == service),
+                "{service}"
+            );
+        }
+        assert!(Cli::try_parse_from(["amba", "serve", "nosuch"]).is_err());
     }
 }

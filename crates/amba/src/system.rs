@@ -206,7 +206,13 @@ pub async fn connect_nats(settings: &Settings, name: &str) -> Result<async_nats:
     if let Some((cert, key)) = &settings.nats_tls_client {
         options = options.add_client_certificate(cert.clone(), key.clone());
     }
-    options.connect(url).await.map_err(failed)
+    // Several servers (a cluster) are given comma-separated; the client fails over between them.
+    let servers = url
+        .split(',')
+        .map(|server| server.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| failed(e.into()))?;
+    options.connect(servers).await.map_err(failed)
 }
 
 /// Applies every service's migrations (`amba migrate`, the Kubernetes migration Job).
@@ -242,9 +248,7 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
     }
     let nats = connect_nats(settings, &format!("amba-{}", settings.namespace)).await?;
     let bus = Bus::new(nats.clone(), settings.namespace.clone());
-    amba_bus::streams::ensure_event_streams(&bus.js, &bus.ns, settings.stream_replicas)
-        .await
-        .map_err(StartError::Streams)?;
+    declare_streams(&bus, settings.stream_replicas).await?;
 
     let shutdown = CancellationToken::new();
     let failures = Failures::default();
@@ -355,6 +359,24 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
         failures,
         nats,
     })
+}
+
+/// Declares the event streams, retrying for a minute: a NATS cluster that is electing leaders,
+/// or placing replicated streams for several starting processes at once, answers late.
+async fn declare_streams(bus: &Bus, replicas: usize) -> Result<(), StartError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut pause = Duration::from_millis(200);
+    loop {
+        match amba_bus::streams::ensure_event_streams(&bus.js, &bus.ns, replicas).await {
+            Ok(()) => return Ok(()),
+            Err(err) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %err, "event streams not declared yet; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(err) => return Err(StartError::Streams(err)),
+        }
+    }
 }
 
 /// One lazy connection for `/readyz`'s PostgreSQL check (none if the URL does not parse; the

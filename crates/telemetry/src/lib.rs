@@ -19,6 +19,9 @@ use tracing_subscriber::util::SubscriberInitExt;
 /// The W3C header name; the same key is used in NATS headers, gRPC metadata and MCP `_meta`.
 pub const TRACEPARENT: &str = "traceparent";
 
+/// The log filter when `RUST_LOG` is unset.
+const DEFAULT_FILTER: &str = "info,sqlx=warn,async_nats=warn,rmcp=warn,tower_http=warn,h2=warn,hyper=warn,tonic=warn";
+
 /// Flushes exported spans when dropped (at the end of `main`).
 pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,
@@ -39,9 +42,9 @@ impl Drop for TelemetryGuard {
 pub fn init(service: &str, otlp_endpoint: Option<&str>, json: bool) -> anyhow::Result<TelemetryGuard> {
     metrics::prometheus();
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new("info,sqlx=warn,async_nats=warn,rmcp=warn,tower_http=warn,h2=warn,hyper=warn,tonic=warn")
-    });
+    // `RUST_LOG` wins; otherwise INFO, with the libraries' per-request and per-connection lines
+    // (rmcp's session and request INFO lines among them) at WARN.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
 
     // Spans carry OpenTelemetry context even when nothing is exported, so trace context still
     // travels from callers through NATS to every service and event.
@@ -69,11 +72,16 @@ pub fn init(service: &str, otlp_endpoint: Option<&str>, json: bool) -> anyhow::R
     let registry = tracing_subscriber::registry().with(otel_layer.with_filter(LevelFilter::INFO));
     let result = if json {
         registry
-            .with(tracing_subscriber::fmt::layer().json().with_filter(filter))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_ansi(false)
+                    .with_filter(filter),
+            )
             .try_init()
     } else {
         registry
-            .with(tracing_subscriber::fmt::layer().with_filter(filter))
+            .with(tracing_subscriber::fmt::layer().with_ansi(colors()).with_filter(filter))
             .try_init()
     };
     if let Err(err) = result {
@@ -83,6 +91,13 @@ pub fn init(service: &str, otlp_endpoint: Option<&str>, json: bool) -> anyhow::R
     Ok(TelemetryGuard {
         provider: Some(provider),
     })
+}
+
+/// ANSI colors in text log lines only on a terminal (log lines go to stdout), and never with a
+/// non-empty `NO_COLOR` (<https://no-color.org/>): files, pipes and log collectors get plain text.
+fn colors() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// The current span's W3C `traceparent`, or an empty string when there is no sampled trace.

@@ -3,6 +3,7 @@
 //! shared ones), so any of them can be killed. Each scenario is bounded in time and ends with
 //! `amba ledger verify` and exact counts. docs/reliability.md lists the scenarios.
 
+mod nats_cluster;
 mod replicas;
 
 use amba_proto::v1::conversions_client::ConversionsClient;
@@ -45,6 +46,8 @@ struct Cluster {
     ops: HashMap<String, u16>,
     /// Free ports not handed out yet (ops ports, a second edge's listeners).
     spare_ports: Vec<u16>,
+    /// The servers of a NATS cluster the suite started itself (instead of `amba infra up`'s one).
+    nats_servers: Vec<Child>,
 }
 
 impl Cluster {
@@ -57,6 +60,13 @@ impl Cluster {
 
     /// PostgreSQL and NATS up and migrated; no service started yet.
     fn prepare() -> anyhow::Result<Cluster> {
+        let cluster = Cluster::new()?;
+        cluster.provision()?;
+        Ok(cluster)
+    }
+
+    /// A cluster's folder, ports and environment; nothing started.
+    fn new() -> anyhow::Result<Cluster> {
         let suffix = amba_testkit::unique_namespace().as_str().to_owned();
         let dir = std::env::temp_dir().join(format!("amba-faults-{suffix}"));
         std::fs::create_dir_all(&dir)?;
@@ -90,9 +100,15 @@ impl Cluster {
             services: HashMap::new(),
             ops: HashMap::new(),
             spare_ports: ports[4..].to_vec(),
+            nats_servers: Vec::new(),
         };
+        Ok(cluster)
+    }
+
+    /// Starts PostgreSQL (and NATS, unless one answers at AMBA_NATS_URL) and migrates.
+    fn provision(&self) -> anyhow::Result<()> {
         for step in [&["infra", "up"][..], &["migrate"][..]] {
-            let done = cluster.amba(step)?;
+            let done = self.amba(step)?;
             anyhow::ensure!(
                 done.status.success(),
                 "amba {}: {}",
@@ -100,7 +116,7 @@ impl Cluster {
                 String::from_utf8_lossy(&done.stderr)
             );
         }
-        Ok(cluster)
+        Ok(())
     }
 
     /// Starts services and waits until every running one is ready.
@@ -233,7 +249,7 @@ impl Cluster {
     }
 
     fn shut_down(&mut self) {
-        for (_, mut child) in self.services.drain() {
+        for mut child in self.services.drain().map(|(_, c)| c).chain(self.nats_servers.drain(..)) {
             let _ = child.kill();
             let _ = child.wait();
         }
