@@ -4,6 +4,7 @@
 //! `amba ledger verify` and exact counts. docs/reliability.md lists the scenarios.
 
 mod nats_cluster;
+mod permissions;
 mod replicas;
 
 use amba_proto::v1::conversions_client::ConversionsClient;
