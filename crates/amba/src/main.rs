@@ -206,6 +206,9 @@ fn service_parser() -> impl clap::builder::TypedValueParser<Value = ServiceName>
 }
 
 fn main() -> ExitCode {
+    // Both of rustls's crypto providers are linked (lettre uses aws-lc-rs, async-nats ring), so
+    // rustls cannot pick one by itself and TLS to NATS would panic: choose one for the process.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let mut definition = Cli::command();
     let matches = definition.clone().get_matches();
     let cli = match Cli::from_arg_matches(&matches) {

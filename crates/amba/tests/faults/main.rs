@@ -4,6 +4,7 @@
 //! `amba ledger verify` and exact counts. docs/reliability.md lists the scenarios.
 
 mod nats_cluster;
+mod nats_tls;
 mod permissions;
 mod replicas;
 
