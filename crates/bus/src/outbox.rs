@@ -96,12 +96,7 @@ impl Relay {
     /// Publishes until `shutdown`, then flushes what is left once more.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut failures: u32 = 0;
-        let mut next_report = tokio::time::Instant::now();
         loop {
-            if tokio::time::Instant::now() >= next_report {
-                next_report += STATUS_INTERVAL;
-                report_status(&self.pool).await;
-            }
             match self.publish_pending().await {
                 Ok(sent) if sent as i64 == self.batch_size => {
                     failures = 0;
@@ -162,7 +157,7 @@ impl Relay {
     }
 }
 
-/// How often a relay reports its outbox's backlog (`amba_outbox_pending`,
+/// How often a service reports its outbox's backlog (`amba_outbox_pending`,
 /// `amba_outbox_oldest_age_seconds`): an outbox that stops draining is an alert.
 const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -188,6 +183,18 @@ pub async fn status(pool: &PgPool) -> Result<OutboxStatus, sqlx::Error> {
     )
     .fetch_one(pool)
     .await
+}
+
+/// Reports the outbox's backlog as gauges every [`STATUS_INTERVAL`] until `shutdown` (one task
+/// per service, beside its relays).
+pub async fn report_status_until(pool: PgPool, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(STATUS_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => report_status(&pool).await,
+        }
+    }
 }
 
 async fn report_status(pool: &PgPool) {

@@ -67,6 +67,7 @@ where
     for _ in 0..relays.max(1) {
         tasks.spawn(Relay::new(pool.clone(), bus.js.clone(), waker.clone()).run(relay_stop.clone()));
     }
+    tasks.spawn(crate::outbox::report_status_until(pool.clone(), relay_stop.clone()));
     let result = tokio::select! {
         result = work => result,
         Some(ended) = tasks.join_next() => {

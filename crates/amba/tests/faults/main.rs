@@ -197,6 +197,26 @@ impl Cluster {
         self.spawn_with(instance, &[])
     }
 
+    /// Sets (or replaces) a variable of every process started from now on.
+    fn set_env(&mut self, name: &str, value: String) {
+        self.env.retain(|(n, _)| n != name);
+        self.env.push((name.to_owned(), value));
+    }
+
+    /// Starts a nats-server of the suite's own (`AMBA_NATS_SERVER`, else the one on PATH) with
+    /// `args`, its output in `log`; it is killed with the cluster.
+    fn start_nats_server(&mut self, args: &[&str], log: &std::path::Path) -> anyhow::Result<()> {
+        let binary = std::env::var_os("AMBA_NATS_SERVER").unwrap_or_else(|| "nats-server".into());
+        let log = std::fs::File::create(log)?;
+        let child = Command::new(binary)
+            .args(args)
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .spawn()?;
+        self.nats_servers.push(child);
+        Ok(())
+    }
+
     /// A port no one uses yet.
     fn spare_port(&mut self) -> anyhow::Result<u16> {
         self.spare_ports

@@ -2,14 +2,12 @@
 //! server killed under load loses nothing, and publishing and consuming resume within seconds.
 
 use super::{Cluster, Count, at_least, counts, ledger_complete, program, stream_in_background};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 impl Cluster {
     /// Starts three clustered nats-servers on loopback and points the services at all of them
     /// with `AMBA_STREAM_REPLICAS=3`. Returns once the cluster takes a replicated stream.
     async fn start_nats_cluster(&mut self) -> anyhow::Result<()> {
-        let binary = std::env::var("AMBA_NATS_SERVER").unwrap_or_else(|_| "nats-server".to_owned());
         let clients: Vec<u16> = (0..3).map(|_| self.spare_port()).collect::<anyhow::Result<_>>()?;
         let routes: Vec<u16> = (0..3).map(|_| self.spare_port()).collect::<anyhow::Result<_>>()?;
         let route_urls = routes
@@ -36,23 +34,15 @@ impl Cluster {
                     routes[n]
                 ),
             )?;
-            let log = std::fs::File::create(dir.join("server.log"))?;
-            let child = Command::new(&binary)
-                .arg("-c")
-                .arg(&config)
-                .stdout(Stdio::from(log.try_clone()?))
-                .stderr(Stdio::from(log))
-                .spawn()?;
-            self.nats_servers.push(child);
+            self.start_nats_server(&["-c", &config.to_string_lossy()], &dir.join("server.log"))?;
         }
         let urls = clients
             .iter()
             .map(|p| format!("nats://127.0.0.1:{p}"))
             .collect::<Vec<_>>()
             .join(",");
-        self.env.retain(|(name, _)| name != "AMBA_NATS_URL");
-        self.env.push(("AMBA_NATS_URL".to_owned(), urls.clone()));
-        self.env.push(("AMBA_STREAM_REPLICAS".to_owned(), "3".to_owned()));
+        self.set_env("AMBA_NATS_URL", urls.clone());
+        self.set_env("AMBA_STREAM_REPLICAS", "3".to_owned());
 
         // The cluster is up once it has a meta leader and places a stream on all three servers.
         super::eventually(Duration::from_secs(60), "the NATS cluster to take an R3 stream", || {

@@ -4,7 +4,7 @@
 
 use super::Cluster;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl.
@@ -94,14 +94,7 @@ async fn nats_over_tls_needs_the_ca_and_a_client_certificate() -> anyhow::Result
             path("ca.pem")
         ),
     )?;
-    let log = std::fs::File::create(tls.join("server.log"))?;
-    let server = Command::new(std::env::var("AMBA_NATS_SERVER").unwrap_or_else(|_| "nats-server".to_owned()))
-        .arg("-c")
-        .arg(&config)
-        .stdout(Stdio::from(log.try_clone()?))
-        .stderr(Stdio::from(log))
-        .spawn()?;
-    cluster.nats_servers.push(server);
+    cluster.start_nats_server(&["-c", &config.to_string_lossy()], &tls.join("server.log"))?;
     super::eventually(Duration::from_secs(20), "the TLS NATS server", || async move {
         Ok(std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(drop))
     })

@@ -3,7 +3,6 @@
 //! while a service publishing outside its subjects is refused by the server.
 
 use super::{Cluster, ledger_complete, program};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const ACCOUNTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/nats/test-accounts.conf");
@@ -12,23 +11,26 @@ const ACCOUNTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/nats/t
 async fn services_work_under_their_nats_permissions_and_nothing_more() -> anyhow::Result<()> {
     let mut cluster = Cluster::new()?;
     // The shipped permissions name the `amba` namespace; this NATS server is the suite's own.
-    cluster.env.retain(|(name, _)| name != "AMBA_NAMESPACE");
-    cluster.env.push(("AMBA_NAMESPACE".to_owned(), "amba".to_owned()));
+    cluster.set_env("AMBA_NAMESPACE", "amba".to_owned());
     let port = cluster.spare_port()?;
     let store = cluster.dir.join("nats-secured");
     std::fs::create_dir_all(&store)?;
-    let log = std::fs::File::create(store.join("server.log"))?;
-    let server = Command::new(std::env::var("AMBA_NATS_SERVER").unwrap_or_else(|_| "nats-server".to_owned()))
-        .args(["-c", ACCOUNTS, "-js", "-sd"])
-        .arg(&store)
-        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::from(log.try_clone()?))
-        .stderr(Stdio::from(log))
-        .spawn()?;
-    cluster.nats_servers.push(server);
+    cluster.start_nats_server(
+        &[
+            "-c",
+            ACCOUNTS,
+            "-js",
+            "-sd",
+            &store.to_string_lossy(),
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ],
+        &store.join("server.log"),
+    )?;
     let url = format!("nats://127.0.0.1:{port}");
-    cluster.env.retain(|(name, _)| name != "AMBA_NATS_URL");
-    cluster.env.push(("AMBA_NATS_URL".to_owned(), url.clone()));
+    cluster.set_env("AMBA_NATS_URL", url.clone());
     super::eventually(Duration::from_secs(20), "the secured NATS server", || {
         let url = url.clone();
         async move {
