@@ -73,7 +73,24 @@ async fn a_service_serves_metrics_on_amba_metrics_addr() -> anyhow::Result<()> {
         "{content_type:?}"
     );
     let elsewhere = reqwest::get(format!("http://127.0.0.1:{port}/mcp")).await?;
-    assert_eq!(elsewhere.status(), 404, "only /metrics is served there");
+    assert_eq!(elsewhere.status(), 404, "only the ops endpoints are served there");
+    // A service that is not the edge answers the probes on the same port, and reports its
+    // outbox's backlog.
+    let ready = format!("http://127.0.0.1:{port}/readyz");
+    eventually(std::time::Duration::from_secs(30), "the service to be ready", || {
+        let ready = ready.clone();
+        async move { Ok(reqwest::get(&ready).await?.status().is_success().then_some(())) }
+    })
+    .await?;
+    assert_eq!(
+        reqwest::get(format!("http://127.0.0.1:{port}/livez")).await?.status(),
+        200
+    );
+    let metrics = reqwest::get(&url).await?.text().await?;
+    assert!(
+        metrics.contains("amba_outbox_pending{service=\"notification\"} 0"),
+        "{metrics}"
+    );
 
     service.kill().await?;
     let nats = async_nats::connect(nats_url()).await?;
