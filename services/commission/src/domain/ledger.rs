@@ -15,7 +15,12 @@
 //! | reserve           | payable −g, reserved +g (refused when g > payable)             |
 //! | post              | reserved −g, paid +(g − fee), fee +fee                         |
 //! | void              | reserved −g, payable +g                                        |
-//! | transfer reversal | paid −y, payable +settle (pays debt), expense +(y − settle)     |
+//! | transfer reversal | paid −y, fee −fb, payable +settle (pays debt), expense +(r − settle) |
+//!
+//! A transfer reversal undoes commission as a whole, fee included: returning `y` of an item's net
+//! `n` also returns the fee's share `fb` (prorated cumulatively: `round_half_even(fee × returned
+//! total / n)` less the fee already returned), so it undoes `r = y + fb` of commission, which
+//! pays off debt first (`settle = min(debt, r)`).
 //!
 //! The service computes postings here and only stores them; property tests drive the same
 //! functions through random sequences.
@@ -322,43 +327,88 @@ pub fn void(scope: &Scope, gross: i64) -> Posting {
         .add(scope, Account::Payable, gross)
 }
 
+/// A posted payout item as a transfer reversal sees it: what it paid and what came back so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PostedItem {
+    pub gross_minor: i64,
+    /// Platform fee taken at post.
+    pub fee_minor: i64,
+    /// Net returned by earlier reversals.
+    pub returned_minor: i64,
+    /// Fee returned with them.
+    pub fee_returned_minor: i64,
+}
+
+impl PostedItem {
+    /// What the affiliate received: `gross − fee`.
+    pub fn net_minor(&self) -> i64 {
+        self.gross_minor.saturating_sub(self.fee_minor)
+    }
+
+    /// What can still come back: the net not returned yet.
+    pub fn returnable_minor(&self) -> i64 {
+        self.net_minor().saturating_sub(self.returned_minor).max(0)
+    }
+}
+
 /// What a transfer reversal did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransferReversal {
     pub posting: Posting,
-    /// Part of the returned money that paid off carry-forward debt (commission already
-    /// recovered by a clawback: it is not recovered again).
+    /// The fee's share returned with it (out of the `fee` account).
+    pub fee_returned_minor: i64,
+    /// Part of the commission it undoes (returned + fee share) that paid off carry-forward debt
+    /// (commission already recovered by a clawback: it is not recovered again).
     pub settled_debt_minor: i64,
     /// Part that recovers commission not recovered before (marked on the commissions).
     pub recovered_minor: i64,
 }
 
-/// `returned` of a posted transfer came back (Stripe `transfer.reversed`). It first pays off the
-/// enrollment's debt — commission a clawback already recovered — and recovers the rest of the
-/// commission it paid, so the affiliate ends with no debt for it and nothing is recovered twice.
+/// `returned` of a posted transfer came back (Stripe `transfer.reversed`). It undoes the
+/// commission the transfer paid as a whole, platform fee included: the fee's share comes back
+/// too, prorated cumulatively so partial reversals add up to exactly the fee:
+/// `fee_back = round_half_even(fee × returned_total_after / net) − fee_returned_so_far`.
+/// The commission undone, `r = returned + fee_back`, first pays off the enrollment's debt —
+/// commission a clawback already recovered — and recovers the rest, so the affiliate ends with no
+/// debt for it and nothing is recovered twice.
 pub fn transfer_reversal(
     scope: &Scope,
     payable_balance: i64,
     returned: i64,
-    returnable: i64,
+    item: &PostedItem,
 ) -> Result<TransferReversal, LedgerError> {
     if returned <= 0 {
         return Err(LedgerError::NonPositive);
     }
+    let returnable = item.returnable_minor();
     if returned > returnable {
         return Err(LedgerError::ExceedsReturnable {
             returnable,
             requested: returned,
         });
     }
-    let settled = returned.min(debt(payable_balance));
-    let recovered = returned - settled;
+    // 0 < returned <= returnable <= net, so the net is positive.
+    let net = item.net_minor();
+    let returned_after = item.returned_minor.checked_add(returned).ok_or(LedgerError::Overflow)?;
+    let fee_back_total = round_half_even(i128::from(item.fee_minor) * i128::from(returned_after), i128::from(net))
+        .ok_or(LedgerError::Overflow)?;
+    // Never negative and never more than the fee still kept (also for items whose earlier
+    // reversals predate returning the fee: the first later one catches their share up).
+    let fee_left = item.fee_minor.saturating_sub(item.fee_returned_minor).max(0);
+    let fee_back = fee_back_total
+        .saturating_sub(item.fee_returned_minor)
+        .clamp(0, fee_left);
+    let undone = returned.checked_add(fee_back).ok_or(LedgerError::Overflow)?;
+    let settled = undone.min(debt(payable_balance));
+    let recovered = undone - settled;
     let posting = Posting::new("transfer_reversal")
         .add(scope, Account::Paid, -returned)
+        .add(scope, Account::Fee, -fee_back)
         .add(scope, Account::Payable, settled)
         .add(scope, Account::Expense, recovered);
     Ok(TransferReversal {
         posting,
+        fee_returned_minor: fee_back,
         settled_debt_minor: settled,
         recovered_minor: recovered,
     })

@@ -5,7 +5,9 @@
 //! - the stored balances equal the sums of entries, account by account;
 //! - all accounts of a currency sum to zero (money is neither created nor lost);
 //! - the commission sub-ledger agrees with the ledger: `held` = what commissions still hold,
-//!   `reserved` = the gross of payout items in flight, no commission recovered beyond its amount.
+//!   `reserved` = the gross of payout items in flight, `paid` = the net of posted items less what
+//!   transfer reversals returned, `fee` = their fee less the fee share the reversals returned, no
+//!   commission recovered beyond its amount.
 
 use sqlx::PgPool;
 
@@ -123,6 +125,30 @@ pub async fn verify(pool: &PgPool) -> Result<VerifyReport, sqlx::Error> {
     for (program, enrollment, items, balance) in reserved {
         report.problems.push(format!(
             "reserved {program}/{enrollment}: payout items in flight {items}, the ledger {balance}"
+        ));
+    }
+    // Only `post` and `transfer_reversal` touch `paid` and `fee`.
+    let settled: Vec<(String, String, String, i64, i64)> = sqlx::query_as(
+        "WITH i AS (SELECT program_id, enrollment_id, currency, \
+             sum(gross_minor - fee_minor - returned_minor)::bigint AS paid, \
+             sum(fee_minor - fee_returned_minor)::bigint AS fee FROM payout_items \
+           WHERE status = 'posted' GROUP BY 1, 2, 3), \
+         items AS (SELECT program_id, enrollment_id, currency, 'paid' AS account, paid AS amount FROM i \
+           UNION ALL SELECT program_id, enrollment_id, currency, 'fee', fee FROM i), \
+         b AS (SELECT program_id, enrollment_id, account, currency, balance_minor FROM balances \
+           WHERE account IN ('paid', 'fee')) \
+         SELECT COALESCE(items.program_id, b.program_id), COALESCE(items.enrollment_id, b.enrollment_id), \
+                COALESCE(items.account, b.account), COALESCE(items.amount, 0), COALESCE(b.balance_minor, 0) \
+         FROM items FULL OUTER JOIN b ON b.program_id = items.program_id \
+           AND b.enrollment_id = items.enrollment_id AND b.account = items.account \
+           AND b.currency = items.currency \
+         WHERE COALESCE(items.amount, 0) <> COALESCE(b.balance_minor, 0)",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (program, enrollment, account, items, balance) in settled {
+        report.problems.push(format!(
+            "{account} {program}/{enrollment}: posted payout items say {items}, the ledger {balance}"
         ));
     }
     let over: Vec<(String, i64, i64)> = sqlx::query_as(

@@ -269,9 +269,21 @@ impl Commission {
         let payable = store::ledger::balance_for_update(&mut tx, &scope, Account::Payable)
             .await
             .map_err(db_error)?;
-        let returnable = item.gross_minor - item.fee_minor - item.returned_minor;
+        // The item row is locked (`locked_item`): the fee returned so far cannot move under us.
+        let fee_returned: i64 =
+            sqlx::query_scalar("SELECT fee_returned_minor FROM payout_items WHERE payout_item_id = $1")
+                .bind(&item.payout_item_id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        let posted = ledger::PostedItem {
+            gross_minor: item.gross_minor,
+            fee_minor: item.fee_minor,
+            returned_minor: item.returned_minor,
+            fee_returned_minor: fee_returned,
+        };
         let reversal =
-            ledger::transfer_reversal(&scope, payable, request.amount_minor, returnable).map_err(ledger_error)?;
+            ledger::transfer_reversal(&scope, payable, request.amount_minor, &posted).map_err(ledger_error)?;
         let rows = store::released_commissions(
             &mut tx,
             &scope.program_id,
@@ -301,19 +313,24 @@ impl Commission {
         )
         .await
         .map_err(db_error)?;
-        sqlx::query("UPDATE payout_items SET returned_minor = returned_minor + $2 WHERE payout_item_id = $1")
-            .bind(&item.payout_item_id)
-            .bind(request.amount_minor)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
         sqlx::query(
-            "INSERT INTO transfer_reversals (reversal_id, payout_item_id, amount_minor, settled_debt_minor, \
-             recovered_minor) VALUES ($1, $2, $3, $4, $5)",
+            "UPDATE payout_items SET returned_minor = returned_minor + $2, \
+             fee_returned_minor = fee_returned_minor + $3 WHERE payout_item_id = $1",
+        )
+        .bind(&item.payout_item_id)
+        .bind(request.amount_minor)
+        .bind(reversal.fee_returned_minor)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        sqlx::query(
+            "INSERT INTO transfer_reversals (reversal_id, payout_item_id, amount_minor, fee_returned_minor, \
+             settled_debt_minor, recovered_minor) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(&request.reversal_id)
         .bind(&item.payout_item_id)
         .bind(request.amount_minor)
+        .bind(reversal.fee_returned_minor)
         .bind(reversal.settled_debt_minor)
         .bind(reversal.recovered_minor)
         .execute(&mut *tx)

@@ -51,15 +51,161 @@ fn a_worked_example() -> Result<(), LedgerError> {
     Ok(())
 }
 
+fn posted(gross: i64, fee: i64) -> PostedItem {
+    PostedItem {
+        gross_minor: gross,
+        fee_minor: fee,
+        ..PostedItem::default()
+    }
+}
+
+/// Accrues `amount` on a `sale`, releases it and pays all of it out with `fee`.
+fn paid_out(b: &mut Balances, amount: i64, sale: i64, fee: i64) -> Result<CommissionState, LedgerError> {
+    let s = scope(0);
+    let mut c = CommissionState::accrued(amount, sale);
+    b.apply(&accrue(&s, amount)?);
+    b.apply(&release(&s, &mut c));
+    b.apply(&reserve(&s, balance(b, 0, Account::Payable), amount)?);
+    b.apply(&post(&s, amount, fee)?);
+    Ok(c)
+}
+
+fn all_zero(b: &Balances) -> bool {
+    Account::ALL.into_iter().all(|a| balance(b, 0, a) == 0)
+}
+
 #[test]
 fn transfer_reversal_pays_debt_first_then_recovers() -> Result<(), LedgerError> {
     let s = scope(0);
-    let t = transfer_reversal(&s, -300, 1_000, 1_900)?;
-    assert_eq!((t.settled_debt_minor, t.recovered_minor), (300, 700));
+    // 2,000 paid out as 1,900 (fee 100); 1,000 of it comes back with its fee share
+    // round(100 × 1000 / 1900) = 52.6 -> 53: 1,053 of commission undone, 300 of it pays the debt.
+    let item = posted(2_000, 100);
+    let t = transfer_reversal(&s, -300, 1_000, &item)?;
+    assert_eq!(
+        (t.fee_returned_minor, t.settled_debt_minor, t.recovered_minor),
+        (53, 300, 753)
+    );
     assert!(t.posting.is_balanced());
+    assert_eq!(
+        (
+            t.posting.delta(Account::Paid),
+            t.posting.delta(Account::Fee),
+            t.posting.delta(Account::Payable),
+            t.posting.delta(Account::Expense)
+        ),
+        (-1_000, -53, 300, 753)
+    );
+    // Example 4: beyond the net not yet returned is refused, whole or after a partial return.
+    assert_eq!(
+        transfer_reversal(&s, 0, 2_000, &item),
+        Err(LedgerError::ExceedsReturnable {
+            returnable: 1_900,
+            requested: 2_000
+        })
+    );
+    let partly = PostedItem {
+        returned_minor: 1_000,
+        fee_returned_minor: 53,
+        ..item
+    };
+    assert_eq!(
+        transfer_reversal(&s, 0, 901, &partly),
+        Err(LedgerError::ExceedsReturnable {
+            returnable: 900,
+            requested: 901
+        })
+    );
+    assert_eq!(transfer_reversal(&s, 0, 0, &item), Err(LedgerError::NonPositive));
+    // An item whose fee took everything has nothing to return.
     assert!(matches!(
-        transfer_reversal(&s, 0, 2_000, 1_900),
-        Err(LedgerError::ExceedsReturnable { .. })
+        transfer_reversal(&s, 0, 1, &posted(500, 500)),
+        Err(LedgerError::ExceedsReturnable { returnable: 0, .. })
+    ));
+    Ok(())
+}
+
+#[test]
+fn a_full_reversal_undoes_the_commission_fee_included() -> Result<(), LedgerError> {
+    // Example 1: 4,000 paid out as 3,800 (5 % fee = 200), Stripe reverses all 3,800.
+    let s = scope(0);
+    let mut b = Balances::default();
+    let mut c = paid_out(&mut b, 4_000, 40_000, 200)?;
+    assert_eq!(
+        (balance(&b, 0, Account::Paid), balance(&b, 0, Account::Fee)),
+        (3_800, 200)
+    );
+    let t = transfer_reversal(&s, balance(&b, 0, Account::Payable), 3_800, &posted(4_000, 200))?;
+    assert_eq!(
+        (t.fee_returned_minor, t.settled_debt_minor, t.recovered_minor),
+        (200, 0, 4_000)
+    );
+    let mut states = [c];
+    assert_eq!(allocate_recovery(&mut states, t.recovered_minor), vec![4_000]);
+    c = states[0];
+    assert_eq!(c.recovered_minor, 4_000, "the whole commission is recovered");
+    b.apply(&t.posting);
+    // The owner then claws back a refund of the whole sale: nothing is left to reverse.
+    assert_eq!(reversal_target(&c, 40_000)?, 4_000);
+    let r = clawback(&s, &mut c, 40_000, balance(&b, 0, Account::Payable))?;
+    assert_eq!((r.reversed_minor, r.carry_forward_minor), (0, 0));
+    assert!(r.posting.is_empty());
+    b.apply(&r.posting);
+    // paid 0, fee 0, payable 0, expense 0 (accrual −4,000 + recovery 4,000), debt 0.
+    assert!(all_zero(&b), "{b:?}");
+    assert_eq!(debt(balance(&b, 0, Account::Payable)), 0);
+    Ok(())
+}
+
+#[test]
+fn a_reversal_after_a_clawback_settles_the_whole_debt() -> Result<(), LedgerError> {
+    // Example 2: 2,000 paid out as 1,950 (2.5 % fee = 50); the whole sale is clawed back first.
+    let s = scope(0);
+    let mut b = Balances::default();
+    let mut c = paid_out(&mut b, 2_000, 10_000, 50)?;
+    let r = clawback(&s, &mut c, 10_000, balance(&b, 0, Account::Payable))?;
+    assert_eq!((r.reversed_minor, r.carry_forward_minor), (2_000, 2_000));
+    b.apply(&r.posting);
+    assert_eq!(debt(balance(&b, 0, Account::Payable)), 2_000);
+    // Stripe reverses all 1,950: with the fee's 50 it settles the 2,000 of debt, recovers nothing.
+    let t = transfer_reversal(&s, balance(&b, 0, Account::Payable), 1_950, &posted(2_000, 50))?;
+    assert_eq!(
+        (t.fee_returned_minor, t.settled_debt_minor, t.recovered_minor),
+        (50, 2_000, 0)
+    );
+    let mut states = [c];
+    assert_eq!(allocate_recovery(&mut states, t.recovered_minor), vec![0]);
+    b.apply(&t.posting);
+    assert_eq!(debt(balance(&b, 0, Account::Payable)), 0);
+    assert!(all_zero(&b), "payable, paid, fee and expense all 0: {b:?}");
+    Ok(())
+}
+
+#[test]
+fn partial_reversals_return_exactly_the_fee() -> Result<(), LedgerError> {
+    // Example 3: the 3,800 of example 1 comes back as 1,000 then 2,800.
+    let s = scope(0);
+    let mut b = Balances::default();
+    let c = paid_out(&mut b, 4_000, 40_000, 200)?;
+    let mut item = posted(4_000, 200);
+    let mut states = [c];
+    let mut fee_back = Vec::new();
+    for returned in [1_000, 2_800] {
+        let t = transfer_reversal(&s, balance(&b, 0, Account::Payable), returned, &item)?;
+        assert!(t.posting.is_balanced());
+        allocate_recovery(&mut states, t.recovered_minor);
+        b.apply(&t.posting);
+        item.returned_minor += returned;
+        item.fee_returned_minor += t.fee_returned_minor;
+        fee_back.push(t.fee_returned_minor);
+    }
+    // round(200 × 1000 / 3800) = 52.6 -> 53, then 200 − 53 = 147.
+    assert_eq!(fee_back, vec![53, 147]);
+    assert_eq!(states[0].recovered_minor, 4_000);
+    assert!(all_zero(&b), "{b:?}");
+    // Nothing is left to return.
+    assert!(matches!(
+        transfer_reversal(&s, 0, 1, &item),
+        Err(LedgerError::ExceedsReturnable { returnable: 0, .. })
     ));
     Ok(())
 }
@@ -83,10 +229,10 @@ enum Op {
     Accrue { enrollment: usize, amount: i64, sale: i64 },
     Release { commission: usize },
     Clawback { commission: usize, refund: i64, full: bool },
-    Reserve { enrollment: usize, gross: i64 },
+    Reserve { enrollment: usize, gross: i64, all: bool },
     Post { item: usize, fee_bps: u32 },
     Void { item: usize },
-    TransferReversal { item: usize, returned: i64 },
+    TransferReversal { item: usize, returned: i64, full: bool },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -94,17 +240,17 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0usize..3, 0i64..50_000, 1i64..200_000).prop_map(|(enrollment, amount, sale)| Op::Accrue { enrollment, amount, sale }),
         2 => (0usize..40).prop_map(|commission| Op::Release { commission }),
         2 => (0usize..40, 1i64..200_000, any::<bool>()).prop_map(|(commission, refund, full)| Op::Clawback { commission, refund, full }),
-        2 => (0usize..3, 1i64..60_000).prop_map(|(enrollment, gross)| Op::Reserve { enrollment, gross }),
+        2 => (0usize..3, 1i64..60_000, any::<bool>()).prop_map(|(enrollment, gross, all)| Op::Reserve { enrollment, gross, all }),
         1 => (0usize..20, 0u32..3_000).prop_map(|(item, fee_bps)| Op::Post { item, fee_bps }),
         1 => (0usize..20).prop_map(|item| Op::Void { item }),
-        1 => (0usize..20, 1i64..60_000).prop_map(|(item, returned)| Op::TransferReversal { item, returned }),
+        2 => (0usize..20, 1i64..60_000, any::<bool>()).prop_map(|(item, returned, full)| Op::TransferReversal { item, returned, full }),
     ]
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ItemState {
     Reserved,
-    Posted { net: i64, returned: i64 },
+    Posted { item: PostedItem },
     Voided,
 }
 
@@ -131,6 +277,34 @@ impl Book {
     }
 
     fn step(&mut self, op: Op) -> Result<(), TestCaseError> {
+        // Indices pick among what exists, so later ops mostly act on earlier ones.
+        let commission_of = |i: usize| i % self.commissions.len().max(1);
+        let item_of = |i: usize| i % self.items.len().max(1);
+        let op = match op {
+            Op::Release { commission } => Op::Release {
+                commission: commission_of(commission),
+            },
+            Op::Clawback {
+                commission,
+                refund,
+                full,
+            } => Op::Clawback {
+                commission: commission_of(commission),
+                refund,
+                full,
+            },
+            Op::Post { item, fee_bps } => Op::Post {
+                item: item_of(item),
+                fee_bps,
+            },
+            Op::Void { item } => Op::Void { item: item_of(item) },
+            Op::TransferReversal { item, returned, full } => Op::TransferReversal {
+                item: item_of(item),
+                returned,
+                full,
+            },
+            other => other,
+        };
         match op {
             Op::Accrue {
                 enrollment,
@@ -171,8 +345,9 @@ impl Book {
                     self.record(r.posting)?;
                 }
             }
-            Op::Reserve { enrollment, gross } => {
+            Op::Reserve { enrollment, gross, all } => {
                 let payable = self.payable(enrollment);
+                let gross = if all && payable > 0 { payable } else { gross };
                 match reserve(&scope(enrollment), payable, gross) {
                     Ok(posting) => {
                         self.record(posting)?;
@@ -190,8 +365,11 @@ impl Book {
                         post(&scope(enrollment), gross, fee).map_err(|e| TestCaseError::fail(e.to_string()))?;
                     self.record(posting)?;
                     self.items[item].2 = ItemState::Posted {
-                        net: gross - fee,
-                        returned: 0,
+                        item: PostedItem {
+                            gross_minor: gross,
+                            fee_minor: fee,
+                            ..PostedItem::default()
+                        },
                     };
                 }
             }
@@ -201,13 +379,21 @@ impl Book {
                     self.items[item].2 = ItemState::Voided;
                 }
             }
-            Op::TransferReversal { item, returned } => {
-                if let Some((enrollment, _, ItemState::Posted { net, returned: before })) =
-                    self.items.get(item).copied()
-                {
+            Op::TransferReversal { item, returned, full } => {
+                if let Some((enrollment, _, ItemState::Posted { item: posted })) = self.items.get(item).copied() {
+                    let returned = if full {
+                        posted.returnable_minor().max(1)
+                    } else {
+                        returned
+                    };
                     let payable = self.payable(enrollment);
-                    match transfer_reversal(&scope(enrollment), payable, returned, net - before) {
+                    match transfer_reversal(&scope(enrollment), payable, returned, &posted) {
                         Ok(t) => {
+                            let fee_back = t.fee_returned_minor;
+                            prop_assert!(fee_back >= 0 && fee_back <= posted.fee_minor - posted.fee_returned_minor);
+                            prop_assert!(t.settled_debt_minor >= 0 && t.recovered_minor >= 0);
+                            prop_assert_eq!(t.settled_debt_minor + t.recovered_minor, returned + fee_back);
+                            prop_assert!(t.settled_debt_minor <= debt(payable));
                             let mut released: Vec<usize> = (0..self.commissions.len())
                                 .filter(|i| self.commissions[*i].0 == enrollment && self.commissions[*i].1.released)
                                 .collect();
@@ -224,12 +410,23 @@ impl Book {
                                 self.commissions[i].1 = state;
                             }
                             self.record(t.posting)?;
-                            self.items[item].2 = ItemState::Posted {
-                                net,
-                                returned: before + returned,
+                            let after = PostedItem {
+                                returned_minor: posted.returned_minor + returned,
+                                fee_returned_minor: posted.fee_returned_minor + fee_back,
+                                ..posted
                             };
+                            if after.returnable_minor() == 0 {
+                                prop_assert_eq!(
+                                    after.fee_returned_minor,
+                                    after.fee_minor,
+                                    "a full reversal returns the whole fee"
+                                );
+                            }
+                            self.items[item].2 = ItemState::Posted { item: after };
                         }
-                        Err(LedgerError::ExceedsReturnable { .. }) => prop_assert!(returned > net - before),
+                        Err(LedgerError::ExceedsReturnable { .. }) => {
+                            prop_assert!(returned > posted.returnable_minor())
+                        }
                         Err(e) => return Err(TestCaseError::fail(e.to_string())),
                     }
                 }
@@ -278,6 +475,32 @@ impl Book {
                 .sum();
             prop_assert_eq!(balance(&self.balances, e, Account::Reserved), in_flight);
             prop_assert!(balance(&self.balances, e, Account::Paid) >= 0);
+            // Paid and fee per enrollment = what posted items paid and kept, less what came back.
+            let (mut paid, mut fee) = (0, 0);
+            for (en, _, s) in &self.items {
+                if let (true, ItemState::Posted { item }) = (*en == e, s) {
+                    paid += item.net_minor() - item.returned_minor;
+                    fee += item.fee_minor - item.fee_returned_minor;
+                }
+            }
+            prop_assert_eq!(balance(&self.balances, e, Account::Paid), paid);
+            prop_assert_eq!(balance(&self.balances, e, Account::Fee), fee);
+            prop_assert!(fee >= 0, "the fee account went negative");
+            // Every commission recovered, every transfer returned, nothing in flight: the
+            // affiliate owes nothing and the platform kept no fee (a reversal returns it).
+            let all_recovered = self
+                .commissions
+                .iter()
+                .filter(|(en, ..)| *en == e)
+                .all(|(_, c, _)| c.recovered_minor == c.amount_minor);
+            let all_returned = self.items.iter().filter(|(en, ..)| *en == e).all(|(_, _, s)| match s {
+                ItemState::Posted { item } => item.returnable_minor() == 0,
+                ItemState::Voided => true,
+                ItemState::Reserved => false,
+            });
+            if all_recovered && all_returned {
+                prop_assert_eq!((self.payable(e), fee), (0, 0), "left over after undoing everything");
+            }
         }
         Ok(())
     }
@@ -293,6 +516,34 @@ proptest! {
             book.step(op)?;
             book.check()?;
         }
+    }
+
+    #[test]
+    fn cumulative_partial_reversals_return_exactly_the_fee(gross in 1i64..1_000_000, fee_bps in 0u32..10_000, cuts in proptest::collection::vec(1i64..1_000_000, 1..8), debt_minor in 0i64..100_000) {
+        let s = scope(0);
+        let fee = amba_core::rounding::apply_bps(gross, fee_bps).unwrap_or(0);
+        let mut item = PostedItem { gross_minor: gross, fee_minor: fee, ..PostedItem::default() };
+        let mut payable = -debt_minor;
+        let (mut fee_back, mut undone) = (0, 0);
+        for cut in cuts.into_iter().chain([i64::MAX]) {
+            let returned = cut.min(item.returnable_minor());
+            if returned == 0 {
+                break;
+            }
+            let t = transfer_reversal(&s, payable, returned, &item).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert!(t.posting.is_balanced());
+            prop_assert!(t.fee_returned_minor >= 0);
+            payable += t.settled_debt_minor;
+            prop_assert!(payable <= 0);
+            fee_back += t.fee_returned_minor;
+            undone += t.settled_debt_minor + t.recovered_minor;
+            item.returned_minor += returned;
+            item.fee_returned_minor += t.fee_returned_minor;
+        }
+        // Whatever the cuts: all of the net back returns all of the fee, the whole gross undone.
+        prop_assert_eq!(item.returned_minor, gross - fee);
+        prop_assert_eq!(fee_back, fee);
+        prop_assert_eq!(undone, gross);
     }
 
     #[test]
