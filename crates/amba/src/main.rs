@@ -112,10 +112,13 @@ enum Command {
     /// Compare Stripe's transfers with a program's payout items (`payouts reconcile`)
     #[command(subcommand)]
     Payouts(PayoutsCommand),
-    /// Publish today's settlement tick
+    /// Organizations and their live payouts (`orgs list`, `orgs payouts enable|disable`)
+    #[command(subcommand)]
+    Orgs(OrgsCommand),
+    /// Publish a settlement tick
     ///
-    /// Programs with a weekly or monthly payout schedule due this period are paid (once per
-    /// period, however many ticks).
+    /// Every tick settles each program with a weekly or monthly payout schedule that is due this
+    /// period and not settled yet (once per program and period, however many ticks).
     Tick,
     /// Start or stop local PostgreSQL and NATS (`infra up`, `infra down`)
     #[command(subcommand)]
@@ -145,6 +148,42 @@ enum PayoutsCommand {
         /// Post in-flight items whose transfer exists at Stripe
         #[arg(long)]
         repair: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OrgsCommand {
+    /// Every organization: whether live payouts are enabled (by whom, when), its caps, and
+    /// whether a payment method is saved for its payout runs
+    List,
+    /// Enable or disable live payouts of one organization (on top of ORG_PAYOUTS_LIVE)
+    #[command(subcommand)]
+    Payouts(OrgPayoutsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum OrgPayoutsCommand {
+    /// Let the organization's payout runs charge it and transfer to its affiliates
+    Enable {
+        /// The organization (`org_…`)
+        org_id: String,
+        /// Refuse a run that would charge more than this (minor units of the run's currency)
+        #[arg(long, value_name = "MINOR")]
+        cap_per_run: Option<i64>,
+        /// Refuse a run that would take the day's charges (UTC) above this (minor units)
+        #[arg(long, value_name = "MINOR")]
+        cap_per_day: Option<i64>,
+        /// Who decided, recorded with the change [default: $USER]
+        #[arg(long, value_name = "NAME")]
+        by: Option<String>,
+    },
+    /// Stop the organization's live payout runs (they answer PAYOUTS_NOT_ENABLED)
+    Disable {
+        /// The organization (`org_…`)
+        org_id: String,
+        /// Who decided, recorded with the change [default: $USER]
+        #[arg(long, value_name = "NAME")]
+        by: Option<String>,
     },
 }
 
@@ -386,6 +425,33 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             anyhow::ensure!(report.problems.is_empty(), "Stripe and the ledger differ");
             Ok(())
         }
+        Command::Orgs(OrgsCommand::List) => orgs_list(&settings).await,
+        Command::Orgs(OrgsCommand::Payouts(change)) => {
+            let (org_id, enabled, caps, by) = match change {
+                OrgPayoutsCommand::Enable {
+                    org_id,
+                    cap_per_run,
+                    cap_per_day,
+                    by,
+                } => (org_id, true, (cap_per_run, cap_per_day), by),
+                OrgPayoutsCommand::Disable { org_id, by } => (org_id, false, (None, None), by),
+            };
+            let names = org_names(&settings).await?;
+            anyhow::ensure!(names.contains_key(&org_id), "no organization {org_id}");
+            let by = by
+                .or_else(|| std::env::var("USER").ok())
+                .unwrap_or_else(|| "operator".into());
+            let done = amba_payout::set_org_payouts(settings.database_url.expose(), &org_id, enabled, caps, &by).await?;
+            println!(
+                "live payouts of {org_id} ({}) {} by {} at {}{}",
+                names.get(&org_id).map(String::as_str).unwrap_or_default(),
+                if done.enabled { "enabled" } else { "disabled" },
+                done.changed_by,
+                done.changed_at.to_rfc3339(),
+                caps_text(&done)
+            );
+            Ok(())
+        }
         Command::Tick => {
             let nats = system::connect_nats(&settings, "amba-tick").await?;
             let js = async_nats::jetstream::new(nats);
@@ -396,15 +462,16 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             let new = amba_payout::publish_tick(&js, &settings.namespace, now)
                 .await
                 .map_err(|e| anyhow::anyhow!("publishing the tick: {e}"))?;
-            println!(
-                "settlement tick for {} {}",
-                now.format("%Y-%m-%d"),
-                if new {
-                    "published"
-                } else {
-                    "was already published today (nothing new)"
-                }
-            );
+            if new {
+                println!(
+                    "settlement tick {} published: the payout service now creates the run of every scheduled \
+                     program that is due this period, has no run for it yet, and whose owner is enabled and funded \
+                     (amba_affiliate_payouts_list shows them)",
+                    now.to_rfc3339()
+                );
+            } else {
+                println!("settlement tick {} was already published (nothing new)", now.to_rfc3339());
+            }
             Ok(())
         }
         Command::Infra(InfraCommand::Up) => {
@@ -450,7 +517,7 @@ async fn dev(mut settings: Settings) -> anyhow::Result<()> {
         None => Some(system::local_stripe(&mut settings).await?),
     };
     let (running, _telemetry) = start(&settings, &ServiceName::ALL, "amba-dev").await?;
-    // The settlement clock: a tick a minute (one per day counts; JetStream dedupes the rest).
+    // The settlement clock: a tick a minute (each settles what is due and not settled yet).
     let clock = running.shutdown_token();
     let (clock_settings, ns) = (settings.clone(), settings.namespace.clone());
     tokio::spawn(async move {
@@ -572,4 +639,49 @@ mod tests {
         }
         assert!(Cli::try_parse_from(["amba", "serve", "nosuch"]).is_err());
     }
+}
+
+/// Every org's name, from enrollment's identity tables.
+async fn org_names(settings: &Settings) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let pool = amba_bus::store::connect(settings.database_url.expose(), amba_enrollment::SCHEMA, 1).await?;
+    let rows: Vec<(String, String)> = sqlx::query_as("SELECT org_id, name FROM orgs ORDER BY org_id")
+        .fetch_all(&pool)
+        .await
+        .context("reading organizations (has `amba migrate` run?)")?;
+    pool.close().await;
+    Ok(rows.into_iter().collect())
+}
+
+fn caps_text(settings: &amba_payout::store::OrgPayouts) -> String {
+    let cap = |c: Option<i64>| c.map_or_else(|| "none".to_owned(), |c| c.to_string());
+    format!(
+        "; caps per run {}, per day {}",
+        cap(settings.cap_per_run_minor),
+        cap(settings.cap_per_day_minor)
+    )
+}
+
+/// `amba orgs list`: one line per organization.
+async fn orgs_list(settings: &Settings) -> anyhow::Result<()> {
+    let names = org_names(settings).await?;
+    let ids: Vec<String> = names.keys().cloned().collect();
+    let views = amba_payout::org_payouts(settings.database_url.expose(), &ids).await?;
+    println!("{:<30} {:<24} {:<9} {:<7} changed", "org", "name", "payouts", "funded");
+    for view in views {
+        let (state, changed) = match &view.settings {
+            Some(s) => (
+                if s.enabled { "enabled" } else { "disabled" },
+                format!("by {} at {}{}", s.changed_by, s.changed_at.to_rfc3339(), caps_text(s)),
+            ),
+            None => ("off", String::new()),
+        };
+        println!(
+            "{:<30} {:<24} {:<9} {:<7} {changed}",
+            view.org_id,
+            names.get(&view.org_id).map(String::as_str).unwrap_or_default(),
+            state,
+            if view.funded { "yes" } else { "no" },
+        );
+    }
+    Ok(())
 }

@@ -17,12 +17,16 @@ pub enum ErrorCode {
     IdempotencyMismatch,
     RateLimited,
     PayoutsNotEnabled,
+    /// A live payout run of a program whose owner has no saved payment method.
+    FundingRequired,
+    /// A live payout run above the owner org's per-run or per-day cap.
+    PayoutCapExceeded,
     Unavailable,
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 12] = [
         ErrorCode::InvalidArgument,
         ErrorCode::Unauthenticated,
         ErrorCode::Forbidden,
@@ -31,6 +35,8 @@ impl ErrorCode {
         ErrorCode::IdempotencyMismatch,
         ErrorCode::RateLimited,
         ErrorCode::PayoutsNotEnabled,
+        ErrorCode::FundingRequired,
+        ErrorCode::PayoutCapExceeded,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
     ];
@@ -45,6 +51,8 @@ impl ErrorCode {
             ErrorCode::IdempotencyMismatch => "IDEMPOTENCY_MISMATCH",
             ErrorCode::RateLimited => "RATE_LIMITED",
             ErrorCode::PayoutsNotEnabled => "PAYOUTS_NOT_ENABLED",
+            ErrorCode::FundingRequired => "FUNDING_REQUIRED",
+            ErrorCode::PayoutCapExceeded => "PAYOUT_CAP_EXCEEDED",
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::Internal => "INTERNAL",
         }
@@ -63,6 +71,9 @@ impl ErrorCode {
             ErrorCode::NotFound => 404,
             ErrorCode::Conflict | ErrorCode::IdempotencyMismatch => 409,
             ErrorCode::RateLimited => 429,
+            // 402 Payment Required: the owner must save a payment method first.
+            ErrorCode::FundingRequired => 402,
+            ErrorCode::PayoutCapExceeded => 422,
             ErrorCode::Internal => 500,
             ErrorCode::PayoutsNotEnabled | ErrorCode::Unavailable => 503,
         }
@@ -161,6 +172,7 @@ mod tests {
         }
         assert_eq!(ErrorCode::PayoutsNotEnabled.status(), 503);
         assert_eq!(ErrorCode::IdempotencyMismatch.status(), 409);
+        assert_eq!(ErrorCode::FundingRequired.status(), 402);
     }
 
     #[test]

@@ -97,6 +97,7 @@ pub mod methods {
         pub const QUOTE: &str = "quote";
         pub const RUN: &str = "run";
         pub const RUNS: &str = "runs";
+        pub const FUNDING_SETUP: &str = "funding_setup";
     }
 
     pub mod notification {

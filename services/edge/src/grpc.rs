@@ -305,6 +305,7 @@ pub fn status(err: &ApiError) -> Status {
         ErrorCode::Conflict => tonic::Code::FailedPrecondition,
         ErrorCode::IdempotencyMismatch => tonic::Code::AlreadyExists,
         ErrorCode::RateLimited => tonic::Code::ResourceExhausted,
+        ErrorCode::FundingRequired | ErrorCode::PayoutCapExceeded => tonic::Code::FailedPrecondition,
         ErrorCode::PayoutsNotEnabled | ErrorCode::Unavailable => tonic::Code::Unavailable,
         ErrorCode::Internal => tonic::Code::Internal,
     };

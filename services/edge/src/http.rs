@@ -49,6 +49,8 @@ pub fn router(state: EdgeState, allowed_hosts: Vec<String>) -> Router {
         .merge(touchpoints)
         .route("/.well-known/oauth-protected-resource/mcp", get(protected_resource))
         .route("/notifications", get(notifications_page))
+        .route("/funding/done", get(funding_done))
+        .route("/funding/cancelled", get(funding_cancelled))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .merge(mcp)
@@ -93,6 +95,26 @@ async fn notifications_page() -> impl IntoResponse {
         "Amba Affiliate e-mails\n\nYour organization chooses which e-mails it gets with the MCP tools \
          amba_affiliate_notifications_get and amba_affiliate_notifications_update, e.g. \
          {\"conversion_approved\": false}. amba_affiliate_my_notifications_list shows what was sent.\n",
+    )
+}
+
+/// Where Stripe Checkout returns an owner after saving a payment method (the default
+/// `success_url` of amba_affiliate_program_funding_setup). Readiness follows Stripe's webhook,
+/// never this redirect.
+async fn funding_done() -> impl IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "Amba Affiliate: payment method submitted\n\nStripe confirms it to the platform within seconds; \
+         amba_affiliate_program_funding_setup then reports status \"ready\" and payout runs of your programs are \
+         charged to it. You can close this page.\n",
+    )
+}
+
+async fn funding_cancelled() -> impl IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "Amba Affiliate: nothing was saved\n\nCall amba_affiliate_program_funding_setup again for a new link when \
+         you are ready. Live payout runs need a saved payment method.\n",
     )
 }
 

@@ -127,9 +127,11 @@ pub async fn run(
     .await
 }
 
-/// Publishes a settlement tick for `at` (`amba tick`, a CronJob, or `amba dev`'s clock). Its
-/// `Nats-Msg-Id` is `tick:<UTC day>`: however many are sent in a day, JetStream stores one and the
-/// consumer's inbox applies one. Returns whether this one was new.
+/// Publishes a settlement tick for `at` (`amba tick`, a CronJob, or `amba dev`'s clock). Every
+/// tick is applied: it creates the run of each scheduled program due in its period that has none
+/// yet (unique per program and period), so a program that became due — or got funded — after an
+/// earlier tick that day is settled by the next one. Its `Nats-Msg-Id` is the tick's instant, so
+/// a publish retried for the same tick is stored once. Returns whether this one was new.
 pub async fn publish_tick(
     js: &async_nats::jetstream::Context,
     ns: &amba_bus::Namespace,
@@ -176,4 +178,58 @@ pub async fn reconcile(
         payouts_live: config.payouts_live,
     };
     Ok(jobs::reconcile::reconcile(&settler, program_id, repair).await?)
+}
+
+/// One org's live-payout switch as an operator sees it (`amba orgs list`).
+#[derive(Debug, Clone)]
+pub struct OrgPayoutsView {
+    pub org_id: String,
+    pub settings: Option<store::OrgPayouts>,
+    /// A payment method is saved for its payout runs.
+    pub funded: bool,
+}
+
+/// `amba orgs payouts enable|disable <org_id>`: the operator's per-org switch on top of
+/// `ORG_PAYOUTS_LIVE`, recorded with who and when; caps in minor units (`None`: no cap).
+pub async fn set_org_payouts(
+    database_url: &str,
+    org_id: &str,
+    enabled: bool,
+    caps: (Option<i64>, Option<i64>),
+    changed_by: &str,
+) -> Result<store::OrgPayouts, anyhow::Error> {
+    let (per_run, per_day) = caps;
+    anyhow::ensure!(
+        per_run.is_none_or(|c| c > 0) && per_day.is_none_or(|c| c > 0),
+        "caps are positive amounts in minor units (e.g. 500000 for 5,000.00 USD)"
+    );
+    let pool = amba_bus::service::open_store(database_url, SCHEMA, &MIGRATIONS, 2).await?;
+    let settings = store::OrgPayouts {
+        org_id: org_id.to_owned(),
+        enabled,
+        cap_per_run_minor: per_run,
+        cap_per_day_minor: per_day,
+        changed_by: changed_by.to_owned(),
+        changed_at: chrono::Utc::now(),
+    };
+    let mut conn = pool.acquire().await?;
+    store::set_org_payouts(&mut conn, &settings).await?;
+    Ok(settings)
+}
+
+/// The live-payout switch and funding of each of `org_ids`.
+pub async fn org_payouts(database_url: &str, org_ids: &[String]) -> Result<Vec<OrgPayoutsView>, anyhow::Error> {
+    let pool = amba_bus::service::open_store(database_url, SCHEMA, &MIGRATIONS, 2).await?;
+    let mut conn = pool.acquire().await?;
+    let mut views = Vec::with_capacity(org_ids.len());
+    for org_id in org_ids {
+        views.push(OrgPayoutsView {
+            org_id: org_id.clone(),
+            settings: store::org_payouts(&mut conn, org_id).await?,
+            funded: store::funding_of_org(&mut conn, org_id)
+                .await?
+                .is_some_and(|f| f.ready()),
+        });
+    }
+    Ok(views)
 }

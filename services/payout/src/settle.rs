@@ -1,15 +1,22 @@
-//! Moves a payout item through its life: pending → reserved (ledger, phase 1) → transfer at
-//! Stripe → paid (ledger post) or failed (ledger void). Every step is idempotent on the item id
-//! — the ledger's reservation key and, as `payout_item:<id>`, the transfer's `Idempotency-Key` —
-//! so any step can be repeated after a crash, by the run that made the item or by the in-flight
-//! job, without moving money twice.
+//! Moves a payout run through its life. A run is paid for by its program's owner before any
+//! affiliate is paid (Stripe's "separate charges and transfers"):
 //!
-//! A transfer whose outcome is unknown (5xx, timeout) is never sent again under a new key: it
-//! stays `unknown` and is looked up by its `transfer_group` (the item id) — found, it is posted;
-//! still absent after the grace period, the reservation is voided.
+//! 1. **reserve**: each item's gross moves payable → reserved in the ledger (phase 1);
+//! 2. **charge**: one PaymentIntent for the sum of the reserved items' gross, on the owner's saved
+//!    payment method, off-session, keyed `payout_run:<id>:charge` (stored with the run);
+//! 3. **transfer**: each item's net goes to the affiliate with `source_transaction` = that charge
+//!    (so no transfer can exceed what the owner paid), then the ledger posts it (paid); a declined
+//!    charge voids every reservation instead (the commission is payable again).
+//!
+//! Every step is idempotent — the ledger's reservation key is the item id, the charge's and each
+//! transfer's `Idempotency-Key` are persisted before the call — so any step can be repeated after
+//! a crash, by the run that made it or by the in-flight job, without moving money twice. An
+//! outcome that is unknown (5xx, timeout) is looked up at Stripe before anything is sent again:
+//! a charge by the owner's PaymentIntents, a transfer by its run's `transfer_group`; a transfer
+//! still absent after the grace period has its reservation voided.
 
-use crate::store::{self, ItemRow};
-use crate::stripe::{Stripe, StripeError};
+use crate::store::{self, ItemRow, RunFunding, RunRow};
+use crate::stripe::{ItemTransfer, RunCharge, Stripe, StripeError};
 use amba_bus::Namespace;
 use amba_bus::events::{OutboxEvent, new_meta};
 use amba_bus::outbox::RelayWaker;
@@ -19,6 +26,17 @@ use amba_proto::methods::commission as ledger;
 use amba_proto::wire as pb;
 use sqlx::PgPool;
 use std::time::Duration;
+
+/// What an item may do now, given its run's charge.
+#[derive(Debug, Clone)]
+enum Stage {
+    /// The charge is not made yet: reserve, nothing more.
+    Reserve,
+    /// The charge succeeded (or the run predates funding: `None`): transfer from it.
+    Transfer(Option<String>),
+    /// The charge failed: return every reservation to payable.
+    Void(String),
+}
 
 #[derive(Clone)]
 pub struct Settler {
@@ -34,14 +52,56 @@ pub struct Settler {
 }
 
 impl Settler {
-    /// Advances one item as far as it can go now; returns it as it ends up. An item another
-    /// settler holds is returned as it is. Each step commits before the next one starts, so the
-    /// reservation is stored before any money is asked of Stripe.
-    pub async fn advance(&self, item_id: &str) -> Result<ItemRow, ApiError> {
+    /// Advances a run as far as it can go now: its items' reservations, the owner's charge, and
+    /// the transfers (or the voids when the charge failed). Each step commits before the next.
+    pub async fn advance_run(&self, run_id: &str) -> Result<(), ApiError> {
+        let stripe = self.stripe.as_ref().ok_or_else(stripe_missing)?;
+        for _ in 0..4 {
+            let mut conn = self.pool.acquire().await.map_err(db_error)?;
+            let run = store::run(&mut conn, run_id)
+                .await
+                .map_err(db_error)?
+                .ok_or_else(|| ApiError::not_found(format!("payout run {run_id}")))?;
+            let items = store::items_of_run(&mut conn, run_id).await.map_err(db_error)?;
+            drop(conn);
+            let before = run.funding.funding_status.clone();
+            let stage = match before.as_str() {
+                "reserving" | "charging" => Stage::Reserve,
+                "succeeded" => Stage::Transfer(run.funding.charge_id.clone()),
+                "unfunded" => Stage::Transfer(None),
+                "failed" => Stage::Void(funding_failure_reason(&run.funding)),
+                _ => return Ok(()), // not_needed: nothing was reserved
+            };
+            let mut first_error = None;
+            for item in items.iter().filter(|i| matches!(i.status.as_str(), "pending" | "reserved" | "unknown")) {
+                if let Err(err) = self.advance_item(&item.payout_item_id, &stage).await {
+                    tracing::warn!(payout_item_id = %item.payout_item_id, error = %err, "payout item not settled yet; the in-flight job retries");
+                    first_error.get_or_insert(err);
+                }
+            }
+            if matches!(before.as_str(), "reserving" | "charging") {
+                self.fund(stripe, &run).await?;
+            }
+            let mut conn = self.pool.acquire().await.map_err(db_error)?;
+            let after = store::run(&mut conn, run_id)
+                .await
+                .map_err(db_error)?
+                .map(|r| r.funding.funding_status)
+                .unwrap_or_default();
+            if after == before {
+                return first_error.map_or(Ok(()), Err);
+            }
+        }
+        Ok(())
+    }
+
+    /// Advances one item as far as `stage` lets it go; returns it as it ends up. An item another
+    /// settler holds is returned as it is.
+    async fn advance_item(&self, item_id: &str, stage: &Stage) -> Result<ItemRow, ApiError> {
         let stripe = self.stripe.as_ref().ok_or_else(stripe_missing)?;
         let mut last = None;
         // pending → reserved → paid/failed/unknown, one committed step at a time.
-        for _ in 0..3 {
+        for _ in 0..4 {
             let mut tx = self.pool.begin().await.map_err(db_error)?;
             let Some(mut item) = lock_free(&mut tx, item_id).await? else {
                 drop(tx);
@@ -51,22 +111,188 @@ impl Settler {
                     .map_err(db_error)?
                     .ok_or_else(|| ApiError::not_found(format!("payout item {item_id}")));
             };
-            let before = item.status.clone();
-            match item.status.as_str() {
-                "pending" => self.reserve_step(&mut tx, &mut item).await?,
-                "reserved" => self.transfer_step(&mut tx, stripe, &mut item).await?,
-                "unknown" => self.lookup_step(&mut tx, stripe, &mut item).await?,
+            let before = (item.status.clone(), item.transfer_attempted);
+            match (item.status.as_str(), stage) {
+                ("pending", Stage::Void(reason)) => {
+                    self.set(&mut tx, &mut item, "failed", Some(reason), None).await?;
+                }
+                ("pending", _) => self.reserve_step(&mut tx, &mut item).await?,
+                ("reserved", Stage::Transfer(charge)) => {
+                    self.transfer_step(&mut tx, stripe, &mut item, charge.as_deref()).await?;
+                }
+                ("reserved", Stage::Void(reason)) => self.void(&mut tx, &mut item, reason, false).await?,
+                ("unknown", _) => self.lookup_step(&mut tx, stripe, &mut item).await?,
                 _ => {}
             }
             tx.commit().await.map_err(db_error)?;
             self.waker.wake();
-            let moved = item.status != before;
+            let moved = (item.status.clone(), item.transfer_attempted) != before;
             last = Some(item);
             if !moved {
                 break;
             }
         }
         last.ok_or_else(ApiError::internal)
+    }
+
+    /// The run's charge: once no item waits for its reservation, the reserved total is charged
+    /// to the owner (the key and amount committed first); an answer that was lost is looked up
+    /// among the owner's PaymentIntents before the same request is sent again.
+    async fn fund(&self, stripe: &Stripe, run: &RunRow) -> Result<(), ApiError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let Some(run) = store::lock_run_free(&mut tx, &run.payout_run_id).await.map_err(db_error)? else {
+            return Ok(()); // another settler is on it
+        };
+        let mut funding = run.funding.clone();
+        if funding.funding_status == "reserving" {
+            let items = store::items_of_run(&mut tx, &run.payout_run_id).await.map_err(db_error)?;
+            if items.iter().any(|i| i.status == "pending") {
+                return Ok(()); // a reservation is still to be made
+            }
+            let total: i64 = items.iter().filter(|i| i.status == "reserved").map(|i| i.gross_minor).sum();
+            funding.funding_minor = total;
+            funding.funding_status = if total > 0 { "charging" } else { "not_needed" }.into();
+            store::set_funding(&mut tx, &run.payout_run_id, &funding).await.map_err(db_error)?;
+            tx.commit().await.map_err(db_error)?;
+            if total == 0 {
+                return Ok(());
+            }
+            // The charge's key and amount are stored: now the call may be made.
+            tx = self.pool.begin().await.map_err(db_error)?;
+            if store::lock_run_free(&mut tx, &run.payout_run_id).await.map_err(db_error)?.is_none() {
+                return Ok(());
+            }
+        }
+        if funding.funding_status != "charging" {
+            return Ok(());
+        }
+        amba_bus::faults::pause_at("payout-before-charge").await;
+        let (Some(customer), Some(method), Some(key)) = (
+            funding.stripe_customer_id.clone(),
+            funding.payment_method_id.clone(),
+            funding.funding_key.clone(),
+        ) else {
+            // Runs are created only for funded owners; a row without these was damaged by hand.
+            funding.funding_status = "failed".into();
+            funding.funding_code = Some("FUNDING_FAILED".into());
+            funding.decline_code = Some("no_payment_method".into());
+            funding.funding_message = Some("the run has no saved payment method to charge".into());
+            return self.funding_failed(tx, &run, &funding).await;
+        };
+        let since = run.created_at.timestamp() - 300;
+        let found = match stripe.payment_intents_of(&customer, since).await {
+            Ok(intents) => intents
+                .into_iter()
+                .find(|pi| pi.payout_run_id() == Some(run.payout_run_id.as_str())),
+            Err(err) => {
+                tracing::warn!(payout_run_id = %run.payout_run_id, error = %err, "charge lookup failed; trying later");
+                return self.touch_run(tx, &run, &funding).await;
+            }
+        };
+        let answer = match found {
+            Some(intent) => Ok(intent),
+            None => {
+                stripe
+                    .charge(&RunCharge {
+                        amount_minor: funding.funding_minor,
+                        currency: &run.currency,
+                        customer: &customer,
+                        payment_method: &method,
+                        payout_run_id: &run.payout_run_id,
+                        program_id: &run.program_id,
+                        idempotency_key: &key,
+                    })
+                    .await
+            }
+        };
+        match answer {
+            Ok(intent) if intent.status == "succeeded" => {
+                if intent.amount != funding.funding_minor {
+                    tracing::error!(payout_run_id = %run.payout_run_id, charged = intent.amount, expected = funding.funding_minor, "the run's charge has another amount");
+                }
+                funding.funding_status = "succeeded".into();
+                funding.payment_intent_id = Some(intent.id.clone());
+                funding.charge_id = intent.latest_charge.clone();
+                store::set_funding(&mut tx, &run.payout_run_id, &funding).await.map_err(db_error)?;
+                tx.commit().await.map_err(db_error)?;
+                Ok(())
+            }
+            // Still being processed (e.g. a bank debit): asked again later.
+            Ok(intent) if intent.status == "processing" => self.touch_run(tx, &run, &funding).await,
+            Ok(intent) => {
+                funding.funding_status = "failed".into();
+                funding.payment_intent_id = Some(intent.id.clone());
+                funding.funding_code = Some("FUNDING_FAILED".into());
+                funding.decline_code = Some(intent.failure_code());
+                funding.funding_message = Some(format!("the charge ended {}", intent.status));
+                self.funding_failed(tx, &run, &funding).await
+            }
+            Err(StripeError::Refused {
+                kind,
+                code,
+                decline_code,
+                message,
+                ..
+            }) => {
+                funding.funding_status = "failed".into();
+                funding.funding_code = Some("FUNDING_FAILED".into());
+                funding.decline_code = Some(
+                    [decline_code, code, kind]
+                        .into_iter()
+                        .find(|c| !c.is_empty())
+                        .unwrap_or_else(|| "refused".into()),
+                );
+                funding.funding_message = Some(message);
+                self.funding_failed(tx, &run, &funding).await
+            }
+            Err(StripeError::Unknown(why)) => {
+                tracing::warn!(payout_run_id = %run.payout_run_id, %why, "charge outcome unknown; looking it up");
+                self.touch_run(tx, &run, &funding).await
+            }
+        }
+    }
+
+    /// Records a failed charge and tells the owner (`payout.funding_failed`); the items are voided
+    /// by the next step of the run.
+    async fn funding_failed(
+        &self,
+        mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+        run: &RunRow,
+        funding: &RunFunding,
+    ) -> Result<(), ApiError> {
+        tracing::info!(payout_run_id = %run.payout_run_id, decline_code = ?funding.decline_code, "payout run not funded: nothing moves");
+        store::set_funding(&mut tx, &run.payout_run_id, funding).await.map_err(db_error)?;
+        let program = store::program(&mut tx, &run.program_id).await.map_err(db_error)?;
+        let meta = new_meta();
+        let mut run_proto = crate::rpc::run_proto(run, &[]);
+        run_proto.funding = Some(funding.to_proto());
+        let body = pb::PayoutRunChanged {
+            meta: Some(meta.clone()),
+            program_id: run.program_id.clone(),
+            owner_org_id: funding.owner_org_id.clone().unwrap_or_default(),
+            program_name: program.map(|p| p.name).unwrap_or_default(),
+            run: Some(run_proto),
+        };
+        amba_bus::outbox::enqueue(
+            &mut tx,
+            &OutboxEvent::new(self.ns.event("payout", "funding_failed"), &meta, &body),
+        )
+        .await
+        .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        self.waker.wake();
+        Ok(())
+    }
+
+    /// A funding attempt that changed nothing: the in-flight job tries again later.
+    async fn touch_run(
+        &self,
+        mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+        run: &RunRow,
+        funding: &RunFunding,
+    ) -> Result<(), ApiError> {
+        store::set_funding(&mut tx, &run.payout_run_id, funding).await.map_err(db_error)?;
+        tx.commit().await.map_err(db_error)
     }
 
     async fn reserve_step(&self, tx: &mut sqlx::PgConnection, item: &mut ItemRow) -> Result<(), ApiError> {
@@ -88,17 +314,28 @@ impl Settler {
         }
     }
 
-    /// Sends the transfer — unless Stripe already has one for this item (a retry after a crash,
-    /// or after Stripe forgot the idempotency key): never a second transfer for one item.
+    /// Sends the transfer — unless it was asked for before and Stripe already has it (a retry
+    /// after a crash, or after Stripe forgot the idempotency key): never a second transfer for
+    /// one item. That it is being asked for is committed first.
     async fn transfer_step(
         &self,
         tx: &mut sqlx::PgConnection,
-        stripe: &crate::stripe::Stripe,
+        stripe: &Stripe,
         item: &mut ItemRow,
+        charge: Option<&str>,
     ) -> Result<(), ApiError> {
+        if !item.transfer_attempted {
+            sqlx::query("UPDATE payout_items SET transfer_attempted = true WHERE payout_item_id = $1")
+                .bind(&item.payout_item_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+            item.transfer_attempted = true;
+            return Ok(()); // committed by the caller; the next step sends
+        }
         // The fault suite kills the process here: reserved in the ledger, nothing asked of Stripe.
         amba_bus::faults::pause_at("payout-before-transfer").await;
-        match stripe.transfers_of(&item.payout_item_id).await {
+        match stripe.transfers_of(item.group(), &item.payout_item_id).await {
             Ok(found) if !found.is_empty() => {
                 let id = found[0].id.clone();
                 return self.paid(tx, item, &id).await;
@@ -110,22 +347,22 @@ impl Settler {
             }
         }
         let destination = item.stripe_account_id.clone().unwrap_or_default();
-        match stripe
-            .transfer(
-                item.net_minor,
-                &item.currency,
-                &destination,
-                &item.payout_item_id,
-                &item.program_id,
-            )
-            .await
-        {
+        let transfer = ItemTransfer {
+            amount_minor: item.net_minor,
+            currency: &item.currency,
+            destination: &destination,
+            transfer_group: item.group(),
+            source_transaction: charge,
+            payout_item_id: &item.payout_item_id,
+            program_id: &item.program_id,
+        };
+        match stripe.transfer(&transfer).await {
             Ok(transfer) => self.paid(tx, item, &transfer.id).await,
             Err(StripeError::Refused { message, .. }) => {
                 // A definite refusal — but look once more before returning the money to payable.
-                match stripe.transfers_of(&item.payout_item_id).await {
+                match stripe.transfers_of(item.group(), &item.payout_item_id).await {
                     Ok(found) if found.is_empty() => {
-                        self.void(tx, item, &format!("Stripe refused the transfer: {message}"))
+                        self.void(tx, item, &format!("Stripe refused the transfer: {message}"), true)
                             .await
                     }
                     Ok(found) => {
@@ -145,17 +382,17 @@ impl Settler {
     async fn lookup_step(
         &self,
         tx: &mut sqlx::PgConnection,
-        stripe: &crate::stripe::Stripe,
+        stripe: &Stripe,
         item: &mut ItemRow,
     ) -> Result<(), ApiError> {
-        match stripe.transfers_of(&item.payout_item_id).await {
+        match stripe.transfers_of(item.group(), &item.payout_item_id).await {
             Ok(found) => match found.first() {
                 Some(transfer) => {
                     let id = transfer.id.clone();
                     self.paid(tx, item, &id).await
                 }
                 None if self.unknown_for_long(tx, item).await? => {
-                    self.void(tx, item, "Stripe has no transfer for this item").await
+                    self.void(tx, item, "Stripe has no transfer for this item", true).await
                 }
                 None => Ok(()),
             },
@@ -243,7 +480,15 @@ impl Settler {
         self.announce(conn, item, "sent").await
     }
 
-    async fn void(&self, conn: &mut sqlx::PgConnection, item: &mut ItemRow, reason: &str) -> Result<(), ApiError> {
+    /// Returns the reservation to payable; `tell` e-mails the affiliate (not for the owner's
+    /// declined card, which is the owner's business).
+    async fn void(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        item: &mut ItemRow,
+        reason: &str,
+        tell: bool,
+    ) -> Result<(), ApiError> {
         let _: pb::PayoutItemReply = self
             .rpc
             .call(
@@ -255,7 +500,10 @@ impl Settler {
             )
             .await?;
         self.set(conn, item, "failed", Some(reason), None).await?;
-        self.announce(conn, item, "failed").await
+        if tell {
+            self.announce(conn, item, "failed").await?;
+        }
+        Ok(())
     }
 
     async fn set(
@@ -314,13 +562,21 @@ pub fn stripe_missing() -> ApiError {
 
 /// Locks an item unless another settler holds it.
 async fn lock_free(tx: &mut sqlx::PgConnection, item_id: &str) -> Result<Option<ItemRow>, ApiError> {
-    sqlx::query_as(
-        "SELECT payout_item_id, payout_run_id, program_id, enrollment_id, affiliate_org_id, currency, gross_minor, \
-         fee_minor, debt_minor, net_minor, status, reason, stripe_account_id, stripe_transfer_id FROM payout_items \
-         WHERE payout_item_id = $1 FOR UPDATE SKIP LOCKED",
-    )
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{} WHERE payout_item_id = $1 FOR UPDATE SKIP LOCKED",
+        store::ITEM
+    )))
     .bind(item_id)
     .fetch_optional(tx)
     .await
     .map_err(db_error)
+}
+
+/// What a failed charge leaves on each of the run's items.
+fn funding_failure_reason(funding: &RunFunding) -> String {
+    format!(
+        "FUNDING_FAILED: the program owner's payment was declined ({}); nothing was transferred and the commission \
+         stays payable",
+        funding.decline_code.as_deref().unwrap_or("declined")
+    )
 }

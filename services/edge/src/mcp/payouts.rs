@@ -44,6 +44,53 @@ pub struct PayoutRunArgs {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+pub struct FundingSetupArgs {
+    /// The program (`prg_…`) whose payouts the payment method pays for; it is saved for your
+    /// organization and used by all its programs.
+    pub program_id: String,
+    /// Where Stripe sends you after saving the payment method, e.g. https://example.com/billing/done.
+    /// Default: this server's /funding/done page.
+    pub success_url: Option<String>,
+    /// Where Stripe sends you if you cancel, e.g. https://example.com/billing. Default: this
+    /// server's /funding/cancelled page.
+    pub cancel_url: Option<String>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct FundingSetupOutput {
+    /// Stripe's hosted Checkout page (setup mode) to save a card for payouts: open it in a browser.
+    /// A credential: share it with nobody else.
+    pub url: String,
+    pub expires_at: String,
+    /// `ready`: a payment method is saved (runs are charged to it; saving another replaces it);
+    /// `setup_required`: nothing saved yet — live runs answer FUNDING_REQUIRED until Stripe
+    /// confirms the setup (seconds after the page is completed).
+    pub status: String,
+    /// The saved card, when ready, e.g. visa / 4242.
+    pub card_brand: String,
+    pub card_last4: String,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct FundingView {
+    /// Live run: reserving | charging | succeeded | failed | not_needed | unfunded (runs made before
+    /// funding). Dry run: ready (a payment method is saved) | required (call
+    /// amba_affiliate_program_funding_setup first).
+    pub status: String,
+    /// What the run charges (charged) to your saved payment method: the sum of the paid items' gross.
+    pub amount_minor: i64,
+    pub payment_intent_id: String,
+    pub charge_id: String,
+    /// FUNDING_FAILED when the charge failed: nothing was transferred, every commission stays payable.
+    pub code: String,
+    /// Stripe's reason, e.g. card_declined, insufficient_funds, authentication_required.
+    pub decline_code: String,
+    pub message: String,
+    pub card_brand: String,
+    pub card_last4: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct PayoutsListArgs {
     pub program_id: String,
     pub cursor: Option<String>,
@@ -135,6 +182,10 @@ pub struct PayoutRunOutput {
     pub idempotency_key: String,
     pub created_at: String,
     pub items: Vec<PayoutItemView>,
+    /// What this run charges (dry run: would charge) your organization's saved payment method:
+    /// the sum of the paid items' gross (fee included, nothing else).
+    pub funding_required_minor: i64,
+    pub funding: FundingView,
     /// true when this idempotency key's earlier run was returned.
     pub duplicate: bool,
 }
@@ -182,7 +233,23 @@ fn run_view(run: pb::PayoutRun, duplicate: bool) -> PayoutRunOutput {
                 stripe_transfer_id: i.stripe_transfer_id,
             })
             .collect(),
+        funding_required_minor: run.funding_required_minor,
+        funding: funding_view(run.funding.unwrap_or_default()),
         duplicate,
+    }
+}
+
+fn funding_view(f: pb::PayoutFunding) -> FundingView {
+    FundingView {
+        status: f.status,
+        amount_minor: f.amount_minor,
+        payment_intent_id: f.payment_intent_id,
+        charge_id: f.charge_id,
+        code: f.code,
+        decline_code: f.decline_code,
+        message: f.message,
+        card_brand: f.card_brand,
+        card_last4: f.card_last4,
     }
 }
 
@@ -316,13 +383,55 @@ impl McpServer {
     }
 
     #[tool(
+        name = "amba_affiliate_program_funding_setup",
+        description = "Save the payment method your payout runs are charged to (program owners). Returns a Stripe \
+                       Checkout link (setup mode, no charge now): open it and save a card. Each live payout run first \
+                       charges your organization the run's total (funding_required_minor: the sum of the paid items' \
+                       gross), then transfers to affiliates from that charge. status turns ready seconds after the \
+                       page is completed (Stripe's confirmation). Call again for a fresh link or to replace the card.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = true
+        )
+    )]
+    async fn program_funding_setup(
+        &self,
+        Parameters(args): Parameters<FundingSetupArgs>,
+        Extension(parts): Extension<http::request::Parts>,
+    ) -> Result<Json<FundingSetupOutput>, ToolError> {
+        let public = self.state.public_url.clone();
+        let request = pb::FundingSetupRequest {
+            caller: Some(require_principal(&parts)?),
+            program_id: args.program_id,
+            success_url: args.success_url.unwrap_or_else(|| format!("{public}/funding/done")),
+            cancel_url: args.cancel_url.unwrap_or_else(|| format!("{public}/funding/cancelled")),
+        };
+        let reply: pb::FundingSetupReply = self
+            .call_service(methods::SERVICE, methods::FUNDING_SETUP, &request)
+            .await?;
+        Ok(Json(FundingSetupOutput {
+            url: reply.url,
+            expires_at: rfc3339(reply.expires_at_micros),
+            status: reply.status,
+            card_brand: reply.card_brand,
+            card_last4: reply.card_last4,
+        }))
+    }
+
+    #[tool(
         name = "amba_affiliate_payout_run",
         description = "Pay every affiliate of your program whose payable balance (net of debt) reaches the payout \
                        threshold and whose payout account is ready: gross = payable, fee = platform_fee_bps of it, net \
-                       = gross − fee, transferred through Stripe Connect. Items not paid say why. dry_run: true returns \
-                       the exact plan and moves nothing. While the platform has payouts off (ORG_PAYOUTS_LIVE), a real \
-                       run answers PAYOUTS_NOT_ENABLED (503) and moves nothing. Safe to retry with the same \
-                       idempotency_key.",
+                       = gross − fee. A live run first charges your saved payment method the run's total \
+                       (funding_required_minor), then transfers each net through Stripe Connect from that charge; a \
+                       declined charge moves nothing (funding.status failed, FUNDING_FAILED with Stripe's \
+                       decline_code; commissions stay payable). Without a saved payment method it answers \
+                       FUNDING_REQUIRED: call amba_affiliate_program_funding_setup. Items not paid say why. \
+                       dry_run: true returns the exact plan and charge and moves nothing. While payouts are off for \
+                       the platform or your organization, a real run answers PAYOUTS_NOT_ENABLED (503). Safe to retry \
+                       with the same idempotency_key.",
         annotations(
             read_only_hint = false,
             destructive_hint = false,

@@ -92,6 +92,20 @@ impl Handler for Events {
                 };
                 queue(conn, delivery, &e.affiliate_org_id, email, true).await
             }
+            ("payout", "funding_failed") => {
+                let e = pb::PayoutRunChanged::decode(payload)?;
+                let (Some(run), false) = (e.run, e.owner_org_id.is_empty()) else {
+                    return Ok(());
+                };
+                let funding = run.funding.unwrap_or_default();
+                let email = templates::funding_failed(
+                    &e.program_name,
+                    funding.amount_minor,
+                    &run.currency,
+                    &funding.decline_code,
+                );
+                queue(conn, delivery, &e.owner_org_id, email, false).await
+            }
             ("payout", "account_ready") => {
                 let e = pb::PayoutAccountChanged::decode(payload)?;
                 let Some(account) = e.account else { return Ok(()) };

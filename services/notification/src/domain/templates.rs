@@ -107,6 +107,22 @@ pub fn payout_failed(program: &str, net_minor: i64, currency: &str, reason: &str
     }
 }
 
+/// To a program owner whose payout run could not be charged. Not in [`KINDS`]: money that did
+/// not move is not an e-mail an owner may turn off.
+pub fn funding_failed(program: &str, amount_minor: i64, currency: &str, decline_code: &str) -> Email {
+    let amount = money::format(amount_minor, currency);
+    Email {
+        kind: "payout_funding_failed",
+        subject: format!("Payouts of {program} were not sent: your payment of {amount} was declined"),
+        body: format!(
+            "Hello,\n\nA payout run of \"{program}\" needed a payment of {amount} from your saved payment method, and \
+             the payment was declined ({decline_code}).\n\nNothing was transferred; your affiliates' commission stays \
+             payable. Save another payment method with the MCP tool amba_affiliate_program_funding_setup, then run \
+             the payout again (amba_affiliate_payout_run with a new idempotency_key).\n\n--\nAmba Affiliate.\n"
+        ),
+    }
+}
+
 pub fn account_ready() -> Email {
     Email {
         kind: "payout_account_ready",

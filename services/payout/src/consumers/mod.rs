@@ -1,7 +1,9 @@
 //! What the payout service learns from events:
 //! - enrollment's `program.*`: who owns a program, its currency and payout schedule;
 //! - Stripe webhooks (published by the edge, one message per Stripe event id): account
-//!   readiness, transfers created and reversed, connected accounts' bank payouts;
+//!   readiness, owners' saved payment methods (Checkout setup), transfers created and reversed —
+//!   each checked against Stripe's own copy before anything changes — and connected accounts'
+//!   bank payouts;
 //! - settlement ticks: scheduled programs due this period get their run (once per period).
 
 use crate::domain::schedule;
@@ -57,18 +59,26 @@ impl Handler for OutsideEvents {
         }
         match kind {
             "account.updated" => self.account_updated(conn, object).await,
+            "checkout.session.completed" => match object["setup_intent"].as_str() {
+                Some(setup_intent) if object["mode"] == "setup" => self.setup_succeeded(conn, setup_intent).await,
+                _ => Ok(()),
+            },
+            "setup_intent.succeeded" => match object["id"].as_str() {
+                Some(setup_intent) => self.setup_succeeded(conn, setup_intent).await,
+                None => Ok(()),
+            },
             "transfer.created" => {
-                let (Some(item), Some(transfer)) = (object["transfer_group"].as_str(), object["id"].as_str()) else {
+                let Some((item, transfer)) = self.checked_transfer(conn, &delivery.event_id, object).await? else {
                     return Ok(());
                 };
                 self.payout
                     .settler
-                    .transfer_seen(conn, item, transfer)
+                    .transfer_seen(conn, &item.payout_item_id, &transfer.id)
                     .await
                     .map(drop)
                     .map_err(retry)
             }
-            "transfer.reversed" => self.transfer_reversed(conn, object).await,
+            "transfer.reversed" => self.transfer_reversed(conn, &delivery.event_id, object).await,
             "payout.paid" | "payout.failed" => self.bank_payout(conn, kind, account, object).await,
             _ => Ok(()), // recorded; nothing to do
         }
@@ -103,25 +113,77 @@ impl OutsideEvents {
         Ok(())
     }
 
-    /// Each reversal of a transfer goes to the ledger once (keyed by the reversal id): the money
-    /// returned settles debt first, then recovers the commissions the transfer paid.
-    async fn transfer_reversed(&self, conn: &mut PgConnection, transfer: &Value) -> Result<(), HandlerError> {
-        let Some(item_id) = transfer["transfer_group"].as_str() else {
+    /// An owner saved a payment method (Checkout in setup mode): the SetupIntent as Stripe has it
+    /// now decides, not the event's copy; it becomes what the owner's runs are charged to.
+    async fn setup_succeeded(&self, conn: &mut PgConnection, setup_intent: &str) -> Result<(), HandlerError> {
+        let Some(stripe) = &self.payout.settler.stripe else {
             return Ok(());
         };
-        if store::item(conn, item_id).await?.is_none() {
-            return Ok(()); // not a payout of ours
+        let intent = stripe.setup_intent(setup_intent).await.map_err(retry)?;
+        let (Some(customer), Some(method)) = (intent.customer.as_deref(), intent.payment_method.as_deref()) else {
+            return Ok(());
+        };
+        if intent.status != "succeeded" {
+            return Ok(());
         }
+        let Some(funding) = store::funding_of_customer(conn, customer).await? else {
+            return Ok(()); // a customer this deployment did not create
+        };
+        let card = stripe.payment_method(method).await.map_err(retry)?;
+        if store::set_payment_method(conn, &funding.org_id, method, card.brand(), card.last4()).await? {
+            tracing::info!(org_id = %funding.org_id, "payout funding ready: payment method saved");
+        }
+        Ok(())
+    }
+
+    /// The item a `transfer.*` event is about, with the transfer as Stripe has it now — only when
+    /// they match (amount, currency, destination, group). A mismatch is logged at ERROR, counted
+    /// (`amba_stripe_transfer_mismatches_total`) and changes nothing.
+    async fn checked_transfer(
+        &self,
+        conn: &mut PgConnection,
+        event_id: &str,
+        object: &Value,
+    ) -> Result<Option<(store::ItemRow, crate::stripe::Transfer)>, HandlerError> {
+        let Some(stripe) = &self.payout.settler.stripe else {
+            return Ok(None);
+        };
+        let Some(transfer_id) = object["id"].as_str() else {
+            return Ok(None);
+        };
+        let item_id = object["metadata"]["payout_item_id"]
+            .as_str()
+            .or_else(|| object["transfer_group"].as_str())
+            .unwrap_or_default();
+        let Some(item) = store::item(conn, item_id).await? else {
+            return Ok(None); // not a payout of ours
+        };
+        let transfer = stripe.transfer_by_id(transfer_id).await.map_err(retry)?;
+        let mismatch = transfer_mismatch(&item, &transfer);
+        if let Some(what) = mismatch {
+            tracing::error!(%event_id, %transfer_id, payout_item_id = %item.payout_item_id, %what, "Stripe transfer does not match its payout item; nothing changed");
+            amba_telemetry::metrics::counter!("amba_stripe_transfer_mismatches_total").increment(1);
+            return Ok(None);
+        }
+        Ok(Some((item, transfer)))
+    }
+
+    /// Each reversal of a transfer goes to the ledger once (keyed by the reversal id): the money
+    /// returned settles debt first, then recovers the commissions the transfer paid.
+    async fn transfer_reversed(&self, conn: &mut PgConnection, event_id: &str, object: &Value) -> Result<(), HandlerError> {
+        let Some((item, transfer)) = self.checked_transfer(conn, event_id, object).await? else {
+            return Ok(());
+        };
+        let item_id = item.payout_item_id.as_str();
         // A reversal proves the transfer exists: an item still in flight is posted first, so the
         // ledger takes the reversal instead of refusing it until the event is dead-lettered.
-        if let Some(transfer_id) = transfer["id"].as_str() {
-            self.payout
-                .settler
-                .transfer_seen(conn, item_id, transfer_id)
-                .await
-                .map_err(retry)?;
-        }
-        let reversals = transfer["reversals"]["data"].as_array().cloned().unwrap_or_default();
+        self.payout
+            .settler
+            .transfer_seen(conn, item_id, &transfer.id)
+            .await
+            .map_err(retry)?;
+        // Reversals as Stripe has them now (the event's copy may be older).
+        let reversals = transfer.reversals["data"].as_array().cloned().unwrap_or_default();
         for reversal in reversals {
             let (Some(id), Some(amount)) = (reversal["id"].as_str(), reversal["amount"].as_i64()) else {
                 continue;
@@ -208,7 +270,8 @@ impl OutsideEvents {
             let Some(period) = schedule::period(&program.payout_schedule, at) else {
                 continue;
             };
-            let run = RunRow {
+            let mut run = RunRow {
+                funding: store::RunFunding::default(),
                 payout_run_id: PayoutRunId::new().to_string(),
                 program_id: program.program_id.clone(),
                 trigger: "schedule".into(),
@@ -223,11 +286,11 @@ impl OutsideEvents {
             {
                 continue;
             }
-            let mut items = match self.payout.plan_items(conn, &program, &run.payout_run_id).await {
+            // One program's trouble (not enabled, not funded, over a cap, the ledger busy) must not
+            // hold up the others; a later tick of the same period settles it once resolved.
+            let mut items = match self.scheduled_items(conn, &program, &mut run).await {
                 Ok(items) => items,
                 Err(err) => {
-                    // One program's trouble must not hold up the others; a later tick of the
-                    // same period settles it.
                     tracing::warn!(program_id = %program.program_id, error = %err, "scheduled run not created; a later tick retries");
                     continue;
                 }
@@ -241,5 +304,45 @@ impl OutsideEvents {
             }
         }
         Ok(())
+    }
+
+    /// The items of a scheduled run, once its owner passes the same checks as a live run on
+    /// demand: enabled, funded when it charges anything, within caps. Sets the run's funding.
+    async fn scheduled_items(
+        &self,
+        conn: &mut PgConnection,
+        program: &store::ProgramRow,
+        run: &mut RunRow,
+    ) -> Result<Vec<store::ItemRow>, amba_core::ApiError> {
+        let owner = program.owner_org_id.as_str();
+        crate::rpc::org_enabled(conn, owner).await?;
+        let items = self.payout.plan_items(conn, program, &run.payout_run_id).await?;
+        let funding = store::funding_of_org(conn, owner)
+            .await
+            .map_err(amba_bus::rpc::db_error)?
+            .unwrap_or_default();
+        let total = crate::rpc::charge_total(&items);
+        crate::rpc::check_fundable(conn, owner, &program.currency, &funding, total).await?;
+        run.funding = store::RunFunding::new(owner, &funding, &run.payout_run_id);
+        Ok(items)
+    }
+}
+
+/// What differs between a transfer at Stripe and the payout item it claims to pay.
+fn transfer_mismatch(item: &store::ItemRow, transfer: &crate::stripe::Transfer) -> Option<String> {
+    let destination = transfer.destination.as_deref().unwrap_or_default();
+    let group = transfer.transfer_group.as_deref().unwrap_or_default();
+    if transfer.payout_item_id() != Some(item.payout_item_id.as_str()) {
+        Some(format!("payout item {:?}", transfer.payout_item_id()))
+    } else if transfer.amount != item.net_minor {
+        Some(format!("amount {} (expected {})", transfer.amount, item.net_minor))
+    } else if !transfer.currency.eq_ignore_ascii_case(&item.currency) {
+        Some(format!("currency {} (expected {})", transfer.currency, item.currency))
+    } else if item.stripe_account_id.as_deref() != Some(destination) {
+        Some(format!("destination {destination} (expected {:?})", item.stripe_account_id))
+    } else if group != item.group() {
+        Some(format!("transfer_group {group} (expected {})", item.group()))
+    } else {
+        None
     }
 }

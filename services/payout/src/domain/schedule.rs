@@ -34,9 +34,11 @@ pub fn next_run(schedule: &str, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
     Utc.from_local_datetime(&next.and_hms_opt(0, 0, 0)?).single()
 }
 
-/// The Nats-Msg-Id of a settlement tick at `at`: one tick per UTC day counts, however many are sent.
+/// The event id (and Nats-Msg-Id) of the settlement tick at `at`: a publish retried for the same
+/// instant is stored once; every other tick is applied, and settles what is due and not settled
+/// yet (a run per program and period is unique, so extra ticks pay nothing twice).
 pub fn tick_id(at: DateTime<Utc>) -> String {
-    format!("tick:{}", at.format("%Y-%m-%d"))
+    format!("tick:{}", at.format("%Y-%m-%dT%H:%M:%S%.6fZ"))
 }
 
 #[cfg(test)]
@@ -77,6 +79,7 @@ mod tests {
             next_run("monthly", at("2026-12-02T10:00:00Z")),
             Some(at("2027-01-01T00:00:00Z"))
         );
-        assert_eq!(tick_id(at("2026-12-02T10:00:00Z")), "tick:2026-12-02");
+        assert_eq!(tick_id(at("2026-12-02T10:00:00Z")), "tick:2026-12-02T10:00:00.000000Z");
+        assert_ne!(tick_id(at("2026-12-02T10:00:00Z")), tick_id(at("2026-12-02T10:01:00Z")));
     }
 }

@@ -1,5 +1,6 @@
-//! The in-flight job: every payout item still pending, reserved or unknown is advanced again
-//! (a run interrupted by a crash, a scheduled run's items, a transfer whose outcome was unknown).
+//! The in-flight job: every payout run with an item still pending, reserved or unknown, or whose
+//! charge is not settled, is advanced again (a run interrupted by a crash, a scheduled run, a
+//! charge or transfer whose outcome was unknown).
 
 pub mod reconcile;
 
@@ -23,16 +24,16 @@ pub async fn run(settler: Settler, every: Duration, shutdown: CancellationToken)
         if settler.stripe.is_none() || !settler.payouts_live {
             continue;
         }
-        let items = {
+        let runs = {
             let mut conn = settler.pool.acquire().await?;
-            store::items_in_flight(&mut conn, chrono::Duration::from_std(IDLE).unwrap_or_default()).await?
+            store::runs_in_flight(&mut conn, chrono::Duration::from_std(IDLE).unwrap_or_default()).await?
         };
-        for item in items {
-            if let Err(err) = settler.advance(&item.payout_item_id).await {
-                tracing::warn!(payout_item_id = %item.payout_item_id, error = %err, "payout item still in flight");
-                // To the back of the queue, so items that keep failing cannot starve the rest.
+        for run_id in runs {
+            if let Err(err) = settler.advance_run(&run_id).await {
+                tracing::warn!(payout_run_id = %run_id, error = %err, "payout run still in flight");
+                // To the back of the queue, so runs that keep failing cannot starve the rest.
                 if let Ok(mut conn) = settler.pool.acquire().await {
-                    let _ = settler.touch(&mut conn, &item).await;
+                    let _ = store::touch_run(&mut conn, &run_id).await;
                 }
             }
         }

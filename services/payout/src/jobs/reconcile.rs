@@ -1,10 +1,13 @@
 //! `amba payouts reconcile <program_id> [--repair]`: compares what Stripe shows for each of a
-//! program's payout items (found by `transfer_group` = the item id) with what the payout service
+//! program's payout items (listed by each run's `transfer_group`, matched by the transfer's
+//! `metadata.payout_item_id`; older runs grouped by the item id) with what the payout service
 //! and the ledger recorded, and reports every difference. `--repair` settles what can be settled
 //! safely: an item still in flight whose transfer exists is posted (paid); nothing else is
 //! changed automatically.
 
 use crate::settle::Settler;
+use crate::stripe::Transfer;
+use std::collections::HashMap;
 use amba_bus::rpc::db_error;
 use amba_core::ApiError;
 
@@ -17,11 +20,10 @@ pub struct Reconciliation {
 
 pub async fn reconcile(settler: &Settler, program_id: &str, repair: bool) -> Result<Reconciliation, ApiError> {
     let stripe = settler.stripe.as_ref().ok_or_else(crate::settle::stripe_missing)?;
-    let items: Vec<crate::store::ItemRow> = sqlx::query_as(
-        "SELECT payout_item_id, payout_run_id, program_id, enrollment_id, affiliate_org_id, currency, gross_minor, \
-         fee_minor, debt_minor, net_minor, status, reason, stripe_account_id, stripe_transfer_id FROM payout_items \
-         WHERE program_id = $1 AND status <> 'skipped' ORDER BY payout_item_id",
-    )
+    let items: Vec<crate::store::ItemRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{} WHERE program_id = $1 AND status <> 'skipped' ORDER BY payout_item_id",
+        crate::store::ITEM
+    )))
     .bind(program_id)
     .fetch_all(&settler.pool)
     .await
@@ -30,12 +32,24 @@ pub async fn reconcile(settler: &Settler, program_id: &str, repair: bool) -> Res
         items: items.len(),
         ..Default::default()
     };
+    // One listing per group (a run's), not one per item.
+    let mut groups: HashMap<String, Vec<Transfer>> = HashMap::new();
     for item in items {
         let id = &item.payout_item_id;
-        let transfers = stripe
-            .transfers_of(id)
-            .await
-            .map_err(|e| ApiError::unavailable(format!("Stripe: {e}")))?;
+        if !groups.contains_key(item.group()) {
+            let listed = stripe
+                .transfers_in_group(item.group())
+                .await
+                .map_err(|e| ApiError::unavailable(format!("Stripe: {e}")))?;
+            groups.insert(item.group().to_owned(), listed);
+        }
+        let transfers: Vec<Transfer> = groups
+            .get(item.group())
+            .into_iter()
+            .flatten()
+            .filter(|t| t.payout_item_id() == Some(id.as_str()))
+            .cloned()
+            .collect();
         match (item.status.as_str(), transfers.as_slice()) {
             ("paid", [t])
                 if t.amount == item.net_minor && item.stripe_transfer_id.as_deref() == Some(t.id.as_str()) => {}
@@ -80,7 +94,7 @@ pub async fn reconcile(settler: &Settler, program_id: &str, repair: bool) -> Res
         if transfers.len() > 1 {
             report
                 .problems
-                .push(format!("{id}: {} transfers share its transfer group", transfers.len()));
+                .push(format!("{id}: Stripe has {} transfers for it", transfers.len()));
         }
     }
     Ok(report)

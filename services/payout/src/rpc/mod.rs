@@ -28,10 +28,11 @@ pub fn server(service: Payout) -> RpcServer {
         methods::QUOTE => quote,
         methods::RUN => run,
         methods::RUNS => runs,
+        methods::FUNDING_SETUP => funding_setup,
     })
 }
 
-fn stripe_error(err: StripeError) -> ApiError {
+pub(crate) fn stripe_error(err: StripeError) -> ApiError {
     match err {
         StripeError::Refused { message, .. } => ApiError::invalid(format!("Stripe refused: {message}")),
         StripeError::Unknown(why) => {
@@ -229,6 +230,7 @@ impl Payout {
                      a dry run (dry_run: true) shows the exact plan",
                 ));
             }
+            org_enabled(&mut conn, &who.org_id).await?;
             self.stripe()?;
         }
         let key = amba_core::limits::key("idempotency_key", &request.idempotency_key)?;
@@ -239,7 +241,13 @@ impl Payout {
             drop(conn);
             return self.reply(existing, true).await;
         }
-        let items = self.plan_items(&mut conn, &program, "").await?;
+        let run_id = PayoutRunId::new().to_string();
+        let items = self.plan_items(&mut conn, &program, &run_id).await?;
+        let total = charge_total(&items);
+        let funding = store::funding_of_org(&mut conn, &who.org_id)
+            .await
+            .map_err(db_error)?
+            .unwrap_or_default();
         if request.dry_run {
             return Ok(pb::PayoutRunReply {
                 run: Some(pb::PayoutRun {
@@ -258,13 +266,17 @@ impl Payout {
                         })
                         .collect(),
                     created_at_micros: Utc::now().timestamp_micros(),
+                    funding: Some(planned_funding(&funding, total)),
+                    funding_required_minor: total,
                     ..Default::default()
                 }),
                 duplicate: false,
             });
         }
+        check_fundable(&mut conn, &who.org_id, &program.currency, &funding, total).await?;
         let run = RunRow {
-            payout_run_id: PayoutRunId::new().to_string(),
+            funding: store::RunFunding::new(&who.org_id, &funding, &run_id),
+            payout_run_id: run_id,
             program_id: program_id.clone(),
             trigger: "manual".into(),
             period: None,
@@ -378,6 +390,9 @@ impl Payout {
                 status: if line.skip.is_some() { "skipped" } else { "pending" }.into(),
                 reason: line.skip.map(|s| s.as_str().to_owned()),
                 stripe_transfer_id: None,
+                transfer_attempted: false,
+                // The run's charge and its transfers share the run's group.
+                transfer_group: Some(run_id.to_owned()),
             })
             .collect())
     }
@@ -397,20 +412,60 @@ impl Payout {
         Ok(Some(run.clone()))
     }
 
-    /// Moves every pending item of a run as far as it goes now; what is left, the in-flight job
-    /// finishes.
+    /// Moves a run as far as it goes now (reservations, the owner's charge, transfers); what is
+    /// left, the in-flight job finishes.
     pub async fn pay(&self, run: &RunRow) {
-        let items = match self.settler.pool.acquire().await {
-            Ok(mut conn) => store::items_of_run(&mut conn, &run.payout_run_id)
-                .await
-                .unwrap_or_default(),
-            Err(_) => Vec::new(),
-        };
-        for item in items.iter().filter(|i| i.status == "pending") {
-            if let Err(err) = self.settler.advance(&item.payout_item_id).await {
-                tracing::warn!(payout_item_id = %item.payout_item_id, error = %err, "payout item not settled yet; the in-flight job retries");
-            }
+        if let Err(err) = self.settler.advance_run(&run.payout_run_id).await {
+            tracing::warn!(payout_run_id = %run.payout_run_id, error = %err, "payout run not settled yet; the in-flight job retries");
         }
+    }
+
+    /// A hosted Stripe Checkout page (mode=setup) where the program's owner saves the payment
+    /// method its payout runs are charged to. Readiness follows Stripe's signed webhooks, never
+    /// the redirect. The link is a credential: returned, never logged.
+    #[tracing::instrument(skip_all, fields(program_id = %request.program_id), err(level = "info"))]
+    pub async fn funding_setup(&self, request: pb::FundingSetupRequest) -> Result<pb::FundingSetupReply, ApiError> {
+        let who = caller(request.caller)?;
+        let program_id = request.program_id.trim().to_owned();
+        let success_url = absolute_url("success_url", &request.success_url)?;
+        let cancel_url = absolute_url("cancel_url", &request.cancel_url)?;
+        let mut conn = self.settler.pool.acquire().await.map_err(db_error)?;
+        let program = store::program(&mut conn, &program_id)
+            .await
+            .map_err(db_error)?
+            .filter(|p| p.owner_org_id == who.org_id)
+            .ok_or_else(|| ApiError::not_found(format!("program {program_id}")))?;
+        drop(conn);
+        let stripe = self.stripe()?;
+        let mut tx = self.settler.pool.begin().await.map_err(db_error)?;
+        let funding = store::lock_funding(&mut tx, &who.org_id).await.map_err(db_error)?;
+        let customer = match funding.stripe_customer_id.clone() {
+            Some(customer) => customer,
+            None => {
+                // Keyed by the org: a retry after a lost answer gets the same Customer.
+                let created = stripe
+                    .create_customer(&who.org_id, &format!("funding_customer:{}", who.org_id))
+                    .await
+                    .map_err(stripe_error)?;
+                store::set_customer(&mut tx, &who.org_id, &created.id)
+                    .await
+                    .map_err(db_error)?;
+                created.id
+            }
+        };
+        tx.commit().await.map_err(db_error)?;
+        let key = format!("funding_setup:{}", amba_core::id::time_ordered_suffix());
+        let session = stripe
+            .setup_session(&customer, &program.currency, &success_url, &cancel_url, &who.org_id, &key)
+            .await
+            .map_err(stripe_error)?;
+        Ok(pb::FundingSetupReply {
+            url: session.url.unwrap_or_default(),
+            expires_at_micros: session.expires_at.saturating_mul(1_000_000),
+            status: if funding.ready() { "ready" } else { "setup_required" }.into(),
+            card_brand: funding.card_brand.unwrap_or_default(),
+            card_last4: funding.card_last4.unwrap_or_default(),
+        })
     }
 
     async fn reply(&self, run: RunRow, duplicate: bool) -> Result<pb::PayoutRunReply, ApiError> {
@@ -443,7 +498,89 @@ fn account_state(account: Option<&store::AccountRow>) -> Account {
     }
 }
 
-fn run_proto(run: &RunRow, items: &[ItemRow]) -> pb::PayoutRun {
+/// The charge of a run: the gross of every item it pays.
+pub fn charge_total(items: &[ItemRow]) -> i64 {
+    items.iter().filter(|i| i.status != "skipped").map(|i| i.gross_minor).sum()
+}
+
+/// A dry run's funding: what would be charged, and whether a payment method is saved.
+fn planned_funding(funding: &store::FundingRow, total: i64) -> pb::PayoutFunding {
+    pb::PayoutFunding {
+        status: if funding.ready() { "ready" } else { "required" }.into(),
+        amount_minor: total,
+        card_brand: funding.card_brand.clone().unwrap_or_default(),
+        card_last4: funding.card_last4.clone().unwrap_or_default(),
+        ..Default::default()
+    }
+}
+
+/// The operator's per-org switch (on top of ORG_PAYOUTS_LIVE): 503 PAYOUTS_NOT_ENABLED when off.
+pub async fn org_enabled(conn: &mut PgConnection, org_id: &str) -> Result<Option<store::OrgPayouts>, ApiError> {
+    match store::org_payouts(conn, org_id).await.map_err(db_error)? {
+        Some(settings) if settings.enabled => Ok(Some(settings)),
+        _ => Err(ApiError::new(
+            ErrorCode::PayoutsNotEnabled,
+            "live payouts are not enabled for your organization yet: the platform operator enables them per \
+             organization; nothing was moved, and a dry run (dry_run: true) shows the exact plan",
+        )),
+    }
+}
+
+/// A live run needs a saved payment method (unless it charges nothing) and must stay within the
+/// org's caps.
+pub async fn check_fundable(
+    conn: &mut PgConnection,
+    org_id: &str,
+    currency: &str,
+    funding: &store::FundingRow,
+    total: i64,
+) -> Result<(), ApiError> {
+    if total > 0 && !funding.ready() {
+        return Err(ApiError::new(
+            ErrorCode::FundingRequired,
+            format!(
+                "this run would charge {total} (minor units of {currency}) and your organization has no saved payment \
+                 method: call amba_affiliate_program_funding_setup and complete the page it returns; nothing was moved"
+            ),
+        )
+        .with_details(serde_json::json!({
+            "funding_required_minor": total,
+            "tool": "amba_affiliate_program_funding_setup",
+        })));
+    }
+    let Some(settings) = store::org_payouts(conn, org_id).await.map_err(db_error)? else {
+        return Ok(());
+    };
+    if let Some(cap) = settings.cap_per_run_minor
+        && total > cap
+    {
+        return Err(ApiError::new(
+            ErrorCode::PayoutCapExceeded,
+            format!("this run would charge {total}, above your organization's cap of {cap} per run; nothing was moved"),
+        )
+        .with_details(serde_json::json!({"funding_required_minor": total, "cap_per_run_minor": cap})));
+    }
+    if let Some(cap) = settings.cap_per_day_minor {
+        let today = store::charged_today(conn, org_id, currency).await.map_err(db_error)?;
+        if today.saturating_add(total) > cap {
+            return Err(ApiError::new(
+                ErrorCode::PayoutCapExceeded,
+                format!(
+                    "this run would charge {total} on top of {today} today, above your organization's cap of {cap} \
+                     per day (UTC); nothing was moved"
+                ),
+            )
+            .with_details(serde_json::json!({
+                "funding_required_minor": total,
+                "charged_today_minor": today,
+                "cap_per_day_minor": cap,
+            })));
+        }
+    }
+    Ok(())
+}
+
+pub fn run_proto(run: &RunRow, items: &[ItemRow]) -> pb::PayoutRun {
     pb::PayoutRun {
         payout_run_id: run.payout_run_id.clone(),
         program_id: run.program_id.clone(),
@@ -454,5 +591,7 @@ fn run_proto(run: &RunRow, items: &[ItemRow]) -> pb::PayoutRun {
         idempotency_key: run.idempotency_key.clone(),
         items: items.iter().map(ItemRow::to_proto).collect(),
         created_at_micros: run.created_at.timestamp_micros(),
+        funding: Some(run.funding.to_proto()),
+        funding_required_minor: run.funding.funding_minor,
     }
 }

@@ -191,6 +191,51 @@ pub struct RunRow {
     pub currency: String,
     pub idempotency_key: String,
     pub created_at: DateTime<Utc>,
+    #[sqlx(flatten)]
+    pub funding: RunFunding,
+}
+
+/// A run's charge (see migrations/0003_funding.sql for the states).
+#[derive(Debug, Clone, Default, sqlx::FromRow)]
+pub struct RunFunding {
+    pub owner_org_id: Option<String>,
+    pub funding_status: String,
+    pub funding_minor: i64,
+    pub funding_key: Option<String>,
+    pub stripe_customer_id: Option<String>,
+    pub payment_method_id: Option<String>,
+    pub payment_intent_id: Option<String>,
+    pub charge_id: Option<String>,
+    pub funding_code: Option<String>,
+    pub decline_code: Option<String>,
+    pub funding_message: Option<String>,
+}
+
+impl RunFunding {
+    /// A new run's funding, before anything is reserved: what it will charge, and with which key.
+    pub fn new(owner_org_id: &str, funding: &FundingRow, run_id: &str) -> RunFunding {
+        RunFunding {
+            owner_org_id: Some(owner_org_id.to_owned()),
+            funding_status: "reserving".into(),
+            funding_key: Some(format!("payout_run:{run_id}:charge")),
+            stripe_customer_id: funding.stripe_customer_id.clone(),
+            payment_method_id: funding.payment_method_id.clone(),
+            ..RunFunding::default()
+        }
+    }
+
+    pub fn to_proto(&self) -> pb::PayoutFunding {
+        pb::PayoutFunding {
+            status: self.funding_status.clone(),
+            amount_minor: self.funding_minor,
+            payment_intent_id: self.payment_intent_id.clone().unwrap_or_default(),
+            charge_id: self.charge_id.clone().unwrap_or_default(),
+            code: self.funding_code.clone().unwrap_or_default(),
+            decline_code: self.decline_code.clone().unwrap_or_default(),
+            message: self.funding_message.clone().unwrap_or_default(),
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -209,9 +254,18 @@ pub struct ItemRow {
     pub reason: Option<String>,
     pub stripe_account_id: Option<String>,
     pub stripe_transfer_id: Option<String>,
+    /// Whether a transfer was ever asked for (then Stripe is searched before sending again).
+    pub transfer_attempted: bool,
+    /// The run's id (the charge's group); `None` for items of runs made before funding, whose
+    /// transfers were grouped by the item id.
+    pub transfer_group: Option<String>,
 }
 
 impl ItemRow {
+    pub fn group(&self) -> &str {
+        self.transfer_group.as_deref().unwrap_or(&self.payout_item_id)
+    }
+
     pub fn to_proto(&self) -> pb::PayoutRunItem {
         pb::PayoutRunItem {
             payout_item_id: self.payout_item_id.clone(),
@@ -228,10 +282,12 @@ impl ItemRow {
     }
 }
 
-const RUN: &str =
-    "SELECT payout_run_id, program_id, trigger, period, currency, idempotency_key, created_at FROM payout_runs";
-const ITEM: &str = "SELECT payout_item_id, payout_run_id, program_id, enrollment_id, affiliate_org_id, currency, gross_minor, \
-    fee_minor, debt_minor, net_minor, status, reason, stripe_account_id, stripe_transfer_id FROM payout_items";
+const RUN: &str = "SELECT payout_run_id, program_id, trigger, period, currency, idempotency_key, created_at, \
+    owner_org_id, funding_status, funding_minor, funding_key, stripe_customer_id, payment_method_id, payment_intent_id, \
+    charge_id, funding_code, decline_code, funding_message FROM payout_runs";
+pub const ITEM: &str = "SELECT payout_item_id, payout_run_id, program_id, enrollment_id, affiliate_org_id, currency, \
+    gross_minor, fee_minor, debt_minor, net_minor, status, reason, stripe_account_id, stripe_transfer_id, \
+    transfer_attempted, transfer_group FROM payout_items";
 
 pub async fn run_by_key(conn: &mut PgConnection, program_id: &str, key: &str) -> Result<Option<RunRow>, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -246,8 +302,9 @@ pub async fn run_by_key(conn: &mut PgConnection, program_id: &str, key: &str) ->
 /// Inserts a run; `false` when its key (or scheduled period) was taken by a concurrent one.
 pub async fn insert_run(conn: &mut PgConnection, run: &RunRow) -> Result<bool, sqlx::Error> {
     let inserted = sqlx::query(
-        "INSERT INTO payout_runs (payout_run_id, program_id, trigger, period, currency, idempotency_key, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+        "INSERT INTO payout_runs (payout_run_id, program_id, trigger, period, currency, idempotency_key, created_at, \
+         owner_org_id, funding_status, funding_key, stripe_customer_id, payment_method_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT DO NOTHING",
     )
     .bind(&run.payout_run_id)
     .bind(&run.program_id)
@@ -256,6 +313,11 @@ pub async fn insert_run(conn: &mut PgConnection, run: &RunRow) -> Result<bool, s
     .bind(&run.currency)
     .bind(&run.idempotency_key)
     .bind(run.created_at)
+    .bind(&run.funding.owner_org_id)
+    .bind(&run.funding.funding_status)
+    .bind(&run.funding.funding_key)
+    .bind(&run.funding.stripe_customer_id)
+    .bind(&run.funding.payment_method_id)
     .execute(conn)
     .await?;
     Ok(inserted.rows_affected() == 1)
@@ -265,8 +327,8 @@ pub async fn insert_items(conn: &mut PgConnection, items: &[ItemRow]) -> Result<
     for item in items {
         sqlx::query(
             "INSERT INTO payout_items (payout_item_id, payout_run_id, program_id, enrollment_id, affiliate_org_id, currency, \
-             gross_minor, fee_minor, debt_minor, net_minor, status, reason, stripe_account_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+             gross_minor, fee_minor, debt_minor, net_minor, status, reason, stripe_account_id, transfer_group) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(&item.payout_item_id)
         .bind(&item.payout_run_id)
@@ -281,6 +343,7 @@ pub async fn insert_items(conn: &mut PgConnection, items: &[ItemRow]) -> Result<
         .bind(&item.status)
         .bind(&item.reason)
         .bind(&item.stripe_account_id)
+        .bind(&item.transfer_group)
         .execute(&mut *conn)
         .await?;
     }
@@ -333,15 +396,216 @@ pub async fn set_item(
     Ok(())
 }
 
-/// Items whose transfer has not settled and that nobody touched for `idle`.
-pub async fn items_in_flight(conn: &mut PgConnection, idle: chrono::Duration) -> Result<Vec<ItemRow>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{ITEM} WHERE status IN ('pending', 'reserved', 'unknown') AND updated_at < now() - $1::interval \
-         ORDER BY updated_at LIMIT 100"
-    )))
+/// Runs with an item whose transfer has not settled, or whose charge has not, that nobody
+/// touched for `idle`, oldest first.
+pub async fn runs_in_flight(conn: &mut PgConnection, idle: chrono::Duration) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT payout_run_id FROM ( \
+           SELECT payout_run_id, min(updated_at) AS since FROM payout_items \
+           WHERE status IN ('pending', 'reserved', 'unknown') AND updated_at < now() - $1::interval \
+           GROUP BY payout_run_id \
+           UNION ALL \
+           SELECT payout_run_id, funding_updated_at FROM payout_runs \
+           WHERE funding_status IN ('reserving', 'charging') AND funding_updated_at < now() - $1::interval \
+         ) due GROUP BY payout_run_id ORDER BY min(since) LIMIT 100",
+    )
     .bind(format!("{} milliseconds", idle.num_milliseconds()))
     .fetch_all(conn)
     .await
+}
+
+/// Marks an attempt on a run that changed nothing, so the in-flight job moves on to other runs.
+pub async fn touch_run(conn: &mut PgConnection, run_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE payout_runs SET funding_updated_at = now() WHERE payout_run_id = $1")
+        .bind(run_id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "UPDATE payout_items SET updated_at = now() WHERE payout_run_id = $1 \
+         AND status IN ('pending', 'reserved', 'unknown')",
+    )
+    .bind(run_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn run(conn: &mut PgConnection, run_id: &str) -> Result<Option<RunRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("{RUN} WHERE payout_run_id = $1")))
+        .bind(run_id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Locks a run for a funding step unless another settler holds it.
+pub async fn lock_run_free(conn: &mut PgConnection, run_id: &str) -> Result<Option<RunRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{RUN} WHERE payout_run_id = $1 FOR UPDATE SKIP LOCKED"
+    )))
+    .bind(run_id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Records a funding step's outcome.
+pub async fn set_funding(conn: &mut PgConnection, run_id: &str, f: &RunFunding) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE payout_runs SET funding_status = $2, funding_minor = $3, payment_intent_id = $4, charge_id = $5, \
+         funding_code = $6, decline_code = $7, funding_message = $8, funding_updated_at = now() \
+         WHERE payout_run_id = $1",
+    )
+    .bind(run_id)
+    .bind(&f.funding_status)
+    .bind(f.funding_minor)
+    .bind(&f.payment_intent_id)
+    .bind(&f.charge_id)
+    .bind(&f.funding_code)
+    .bind(&f.decline_code)
+    .bind(&f.funding_message)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// What the owner org was charged (or is being charged) today in `currency`, failed charges
+/// excluded: the per-day cap's base.
+pub async fn charged_today(conn: &mut PgConnection, owner_org_id: &str, currency: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT COALESCE(sum(CASE WHEN funding_status IN ('charging', 'succeeded') THEN funding_minor \
+           WHEN funding_status = 'reserving' THEN (SELECT COALESCE(sum(gross_minor), 0) FROM payout_items i \
+             WHERE i.payout_run_id = r.payout_run_id AND i.status <> 'skipped') ELSE 0 END), 0)::bigint \
+         FROM payout_runs r WHERE owner_org_id = $1 AND currency = $2 \
+         AND created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'",
+    )
+    .bind(owner_org_id)
+    .bind(currency)
+    .fetch_one(conn)
+    .await
+}
+
+// ---- owner funding ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Default, sqlx::FromRow)]
+pub struct FundingRow {
+    pub org_id: String,
+    pub stripe_customer_id: Option<String>,
+    pub payment_method_id: Option<String>,
+    pub card_brand: Option<String>,
+    pub card_last4: Option<String>,
+}
+
+impl FundingRow {
+    pub fn ready(&self) -> bool {
+        self.stripe_customer_id.is_some() && self.payment_method_id.is_some()
+    }
+}
+
+const FUNDING: &str =
+    "SELECT org_id, stripe_customer_id, payment_method_id, card_brand, card_last4 FROM funding_accounts";
+
+pub async fn funding_of_org(conn: &mut PgConnection, org_id: &str) -> Result<Option<FundingRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("{FUNDING} WHERE org_id = $1")))
+        .bind(org_id)
+        .fetch_optional(conn)
+        .await
+}
+
+pub async fn funding_of_customer(conn: &mut PgConnection, customer: &str) -> Result<Option<FundingRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{FUNDING} WHERE stripe_customer_id = $1 FOR UPDATE"
+    )))
+    .bind(customer)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Locks the org's funding row (creating it first) so one Stripe Customer is made per org.
+pub async fn lock_funding(conn: &mut PgConnection, org_id: &str) -> Result<FundingRow, sqlx::Error> {
+    sqlx::query("INSERT INTO funding_accounts (org_id) VALUES ($1) ON CONFLICT (org_id) DO NOTHING")
+        .bind(org_id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("{FUNDING} WHERE org_id = $1 FOR UPDATE")))
+        .bind(org_id)
+        .fetch_one(conn)
+        .await
+}
+
+pub async fn set_customer(conn: &mut PgConnection, org_id: &str, customer: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE funding_accounts SET stripe_customer_id = $2, updated_at = now() WHERE org_id = $1")
+        .bind(org_id)
+        .bind(customer)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The payment method runs charge from now on; returns whether it changed.
+pub async fn set_payment_method(
+    conn: &mut PgConnection,
+    org_id: &str,
+    payment_method: &str,
+    brand: &str,
+    last4: &str,
+) -> Result<bool, sqlx::Error> {
+    let changed = sqlx::query(
+        "UPDATE funding_accounts SET payment_method_id = $2, card_brand = $3, card_last4 = $4, ready_at = now(), \
+         updated_at = now() WHERE org_id = $1 AND payment_method_id IS DISTINCT FROM $2",
+    )
+    .bind(org_id)
+    .bind(payment_method)
+    .bind(brand)
+    .bind(last4)
+    .execute(conn)
+    .await?;
+    Ok(changed.rows_affected() == 1)
+}
+
+// ---- per-org enablement (operators) ----------------------------------------------------------
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OrgPayouts {
+    pub org_id: String,
+    pub enabled: bool,
+    pub cap_per_run_minor: Option<i64>,
+    pub cap_per_day_minor: Option<i64>,
+    pub changed_by: String,
+    pub changed_at: DateTime<Utc>,
+}
+
+const ORG_PAYOUTS: &str =
+    "SELECT org_id, enabled, cap_per_run_minor, cap_per_day_minor, changed_by, changed_at FROM org_payout_settings";
+
+pub async fn org_payouts(conn: &mut PgConnection, org_id: &str) -> Result<Option<OrgPayouts>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("{ORG_PAYOUTS} WHERE org_id = $1")))
+        .bind(org_id)
+        .fetch_optional(conn)
+        .await
+}
+
+pub async fn all_org_payouts(conn: &mut PgConnection) -> Result<Vec<OrgPayouts>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("{ORG_PAYOUTS} ORDER BY org_id")))
+        .fetch_all(conn)
+        .await
+}
+
+/// Enables or disables live payouts of an org (caps: `None` keeps none).
+pub async fn set_org_payouts(conn: &mut PgConnection, settings: &OrgPayouts) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO org_payout_settings (org_id, enabled, cap_per_run_minor, cap_per_day_minor, changed_by, changed_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (org_id) DO UPDATE SET enabled = EXCLUDED.enabled, \
+         cap_per_run_minor = EXCLUDED.cap_per_run_minor, cap_per_day_minor = EXCLUDED.cap_per_day_minor, \
+         changed_by = EXCLUDED.changed_by, changed_at = EXCLUDED.changed_at",
+    )
+    .bind(&settings.org_id)
+    .bind(settings.enabled)
+    .bind(settings.cap_per_run_minor)
+    .bind(settings.cap_per_day_minor)
+    .bind(&settings.changed_by)
+    .bind(settings.changed_at)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// A page of a program's runs, newest first (keyset on the time-ordered run id).
