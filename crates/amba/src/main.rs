@@ -13,6 +13,8 @@
 //! `amba --help` and `amba <command> --help` describe every command. Exit status: 0 done, 1 the
 //! command failed, 2 a bad command line or configuration.
 
+mod orgs;
+
 use amba::{ServiceName, Settings, local, system};
 use anyhow::Context;
 use clap::builder::{PossibleValuesParser, TypedValueParser as _};
@@ -425,7 +427,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             anyhow::ensure!(report.problems.is_empty(), "Stripe and the ledger differ");
             Ok(())
         }
-        Command::Orgs(OrgsCommand::List) => orgs_list(&settings).await,
+        Command::Orgs(OrgsCommand::List) => orgs::list(&settings).await,
         Command::Orgs(OrgsCommand::Payouts(change)) => {
             let (org_id, enabled, caps, by) = match change {
                 OrgPayoutsCommand::Enable {
@@ -436,19 +438,20 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
                 } => (org_id, true, (cap_per_run, cap_per_day), by),
                 OrgPayoutsCommand::Disable { org_id, by } => (org_id, false, (None, None), by),
             };
-            let names = org_names(&settings).await?;
+            let names = orgs::names(&settings).await?;
             anyhow::ensure!(names.contains_key(&org_id), "no organization {org_id}");
             let by = by
                 .or_else(|| std::env::var("USER").ok())
                 .unwrap_or_else(|| "operator".into());
-            let done = amba_payout::set_org_payouts(settings.database_url.expose(), &org_id, enabled, caps, &by).await?;
+            let done =
+                amba_payout::set_org_payouts(settings.database_url.expose(), &org_id, enabled, caps, &by).await?;
             println!(
                 "live payouts of {org_id} ({}) {} by {} at {}{}",
                 names.get(&org_id).map(String::as_str).unwrap_or_default(),
                 if done.enabled { "enabled" } else { "disabled" },
                 done.changed_by,
                 done.changed_at.to_rfc3339(),
-                caps_text(&done)
+                orgs::caps_text(&done)
             );
             Ok(())
         }
@@ -470,7 +473,10 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
                     now.to_rfc3339()
                 );
             } else {
-                println!("settlement tick {} was already published (nothing new)", now.to_rfc3339());
+                println!(
+                    "settlement tick {} was already published (nothing new)",
+                    now.to_rfc3339()
+                );
             }
             Ok(())
         }
@@ -639,49 +645,4 @@ mod tests {
         }
         assert!(Cli::try_parse_from(["amba", "serve", "nosuch"]).is_err());
     }
-}
-
-/// Every org's name, from enrollment's identity tables.
-async fn org_names(settings: &Settings) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
-    let pool = amba_bus::store::connect(settings.database_url.expose(), amba_enrollment::SCHEMA, 1).await?;
-    let rows: Vec<(String, String)> = sqlx::query_as("SELECT org_id, name FROM orgs ORDER BY org_id")
-        .fetch_all(&pool)
-        .await
-        .context("reading organizations (has `amba migrate` run?)")?;
-    pool.close().await;
-    Ok(rows.into_iter().collect())
-}
-
-fn caps_text(settings: &amba_payout::store::OrgPayouts) -> String {
-    let cap = |c: Option<i64>| c.map_or_else(|| "none".to_owned(), |c| c.to_string());
-    format!(
-        "; caps per run {}, per day {}",
-        cap(settings.cap_per_run_minor),
-        cap(settings.cap_per_day_minor)
-    )
-}
-
-/// `amba orgs list`: one line per organization.
-async fn orgs_list(settings: &Settings) -> anyhow::Result<()> {
-    let names = org_names(settings).await?;
-    let ids: Vec<String> = names.keys().cloned().collect();
-    let views = amba_payout::org_payouts(settings.database_url.expose(), &ids).await?;
-    println!("{:<30} {:<24} {:<9} {:<7} changed", "org", "name", "payouts", "funded");
-    for view in views {
-        let (state, changed) = match &view.settings {
-            Some(s) => (
-                if s.enabled { "enabled" } else { "disabled" },
-                format!("by {} at {}{}", s.changed_by, s.changed_at.to_rfc3339(), caps_text(s)),
-            ),
-            None => ("off", String::new()),
-        };
-        println!(
-            "{:<30} {:<24} {:<9} {:<7} {changed}",
-            view.org_id,
-            names.get(&view.org_id).map(String::as_str).unwrap_or_default(),
-            state,
-            if view.funded { "yes" } else { "no" },
-        );
-    }
-    Ok(())
 }

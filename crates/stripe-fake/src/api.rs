@@ -1,5 +1,5 @@
-//! The HTTP surface: Stripe's `/v1` API (auth, faults, idempotency, routing) and the local
-//! onboarding page that account links point to.
+//! The HTTP surface: Stripe's `/v1` API (auth, faults, idempotency, routing) and the local pages
+//! that account links (onboarding) and Checkout sessions (saving a card) point to.
 
 use std::sync::Arc;
 
@@ -9,8 +9,10 @@ use axum::response::{Html, IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
+use crate::cards;
 use crate::error::ApiError;
 use crate::form::Form;
+use crate::payments::{CheckoutRefusal, success_redirect};
 use crate::state::{Saved, State as Data, Visit, new_id};
 use crate::{FaultKind, Shared, now};
 
@@ -28,6 +30,12 @@ pub(crate) async fn handle(
     {
         return onboarding_page(&shared, link);
     }
+    if let Some(session) = path.strip_prefix("/checkout/setup/")
+        && method == Method::GET
+    {
+        let query = Form::parse(uri.query().unwrap_or_default().as_bytes());
+        return checkout_page(&shared, session, query.get("card").unwrap_or("visa"));
+    }
     if !path.starts_with("/v1/") {
         return error(&ApiError::unrecognized(method.as_str(), path));
     }
@@ -41,7 +49,7 @@ pub(crate) async fn handle(
             let query = Form::parse(uri.query().unwrap_or_default().as_bytes());
             let result = {
                 let state = shared.lock();
-                get(&state, &segments, &query)
+                get(&state, &segments, &query).map(|r| r.map(|value| state.expand(value, &query)))
             };
             match result {
                 Some(Ok(value)) => respond(StatusCode::OK, &value, &[]),
@@ -110,10 +118,13 @@ async fn post(shared: &Shared, path: &str, segments: &[&str], headers: &HeaderMa
             };
         }
         state.request = Some(json!({"id": request_id, "idempotency_key": key}));
-        let result = route_post(state, path, segments, &form, &shared.base_url, now);
+        let result =
+            route_post(state, path, segments, &form, &shared.base_url, now).map(|value| state.expand(value, &form));
         state.request = None;
+        // A card error ran: a charge may exist and events are out, like a success.
+        let committed = result.as_ref().map_or_else(ApiError::committed, |_| true);
         let (status, body) = match result {
-            Ok(_) if fault == Some(FaultKind::ErrorAfterCommit) => {
+            _ if committed && fault == Some(FaultKind::ErrorAfterCommit) => {
                 // The work is done and its events are out; only the answer is lost.
                 let err = ApiError::after_commit();
                 (err.status, err.body())
@@ -121,10 +132,11 @@ async fn post(shared: &Shared, path: &str, segments: &[&str], headers: &HeaderMa
             Ok(value) => (StatusCode::OK, value),
             Err(err) => (err.status, err.body()),
         };
-        // Stripe saves the result once the endpoint has started executing, 500s included; a
-        // request refused by validation saves nothing, so the key can be retried once fixed.
+        // Stripe saves the result once the endpoint has started executing, 500s and card errors
+        // (402) included; a request refused by validation saves nothing, so the key can be retried
+        // once fixed.
         if let Some(key) = &key
-            && !status.is_client_error()
+            && (committed || !status.is_client_error())
         {
             state.idempotency.insert(
                 key.clone(),
@@ -183,13 +195,30 @@ fn route_post(
         ["account_links"] => state.create_account_link(form, base_url, now),
         ["transfers"] => state.create_transfer(form, now),
         ["transfers", id, "reversals"] => state.reverse_transfer(id, form, now),
+        ["customers"] => state.create_customer(form, now),
+        ["customers", id] => state.update_customer(id, form, now),
+        ["checkout", "sessions"] => state.create_checkout_session(form, base_url, now),
+        ["payment_methods", id, "attach"] => state.attach_payment_method(id, form, now),
+        ["payment_intents"] => state.create_payment_intent(form, now),
+        ["payment_intents", id, "confirm"] => state.confirm_payment_intent(id, form, now),
         _ => Err(ApiError::unrecognized("POST", path)),
     }
 }
 
 /// GET routes; `None` when there is no such route.
 fn get(state: &Data, segments: &[&str], query: &Form) -> Option<Result<Value, ApiError>> {
+    let one = |found: Result<&Value, ApiError>| query.allow(&[], &["expand"]).and(found.cloned());
     let result = match segments {
+        ["customers", id] => one(state.customer(id)),
+        ["customers", id, "payment_methods"] => state.list_payment_methods(query, Some(id)),
+        ["checkout", "sessions", id] => one(state.checkout_session(id)),
+        ["payment_methods"] => state.list_payment_methods(query, None),
+        ["payment_methods", id] => one(state.payment_method(id)),
+        ["setup_intents", id] => one(state.setup_intent(id)),
+        ["payment_intents"] => state.list_payment_intents(query),
+        ["payment_intents", id] => one(state.payment_intent(id)),
+        ["charges"] => state.list_charges(query),
+        ["charges", id] => one(state.charge(id)),
         ["accounts", id] => query.allow(&[], &["expand"]).and_then(|()| state.account(id).cloned()),
         ["transfers"] => state.list_transfers(query),
         ["transfers", id] => query.allow(&[], &["expand"]).and_then(|()| state.transfer(id).cloned()),
@@ -227,6 +256,54 @@ fn onboarding_page(shared: &Shared, link: &str) -> Response {
                     "This onboarding link has expired. Request a new account link from the platform \
                      (<a href=\"{}\">refresh</a>).",
                     escape(&refresh_url)
+                ),
+            )),
+        )
+            .into_response(),
+    }
+}
+
+/// The hosted Checkout page in setup mode: visiting it is the customer entering test card `card`
+/// and pressing "Save".
+fn checkout_page(shared: &Shared, session: &str, card: &str) -> Response {
+    let result = shared.with_state(|state| state.complete_checkout(session, card, now()));
+    match result {
+        Ok(session) => {
+            let mut response = StatusCode::FOUND.into_response();
+            if let Ok(location) = HeaderValue::from_str(&success_redirect(&session)) {
+                response.headers_mut().insert(header::LOCATION, location);
+            }
+            response
+        }
+        Err(CheckoutRefusal::Unknown) => (
+            StatusCode::NOT_FOUND,
+            Html(page(
+                "Session not found",
+                "This Checkout session does not exist or has already been completed.",
+            )),
+        )
+            .into_response(),
+        Err(CheckoutRefusal::Expired { cancel_url }) => {
+            let back = cancel_url
+                .map(|url| format!(" (<a href=\"{}\">back</a>)", escape(&url)))
+                .unwrap_or_default();
+            (
+                StatusCode::GONE,
+                Html(page(
+                    "Session expired",
+                    &format!("This Checkout session has expired; ask the platform for a new one{back}."),
+                )),
+            )
+                .into_response()
+        }
+        Err(CheckoutRefusal::UnknownCard(card)) => (
+            StatusCode::BAD_REQUEST,
+            Html(page(
+                "Unknown test card",
+                &format!(
+                    "There is no test card named '{}'. Use ?card= with one of: {}.",
+                    escape(&card),
+                    cards::names().join(", ")
                 ),
             )),
         )

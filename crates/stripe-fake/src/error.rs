@@ -1,8 +1,12 @@
-//! Stripe's error envelope (`{"error":{"type","message","param"?,"code"?}}`) and the error of
-//! the fake's own Rust API.
+//! Stripe's error envelope (`{"error":{"type","message","param"?,"code"?}}`, card errors with
+//! `decline_code`, `charge`, `payment_intent`, `payment_method`, `doc_url`) and the error of the
+//! fake's own Rust API.
 
 use axum::http::StatusCode;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
+
+use crate::cards;
+use crate::payments::CheckoutRefusal;
 
 /// An error of the fake's Rust API (`complete_onboarding`, `reverse_transfer`, ...).
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +36,8 @@ pub(crate) struct ApiError {
     pub(crate) message: String,
     pub(crate) param: Option<String>,
     pub(crate) code: Option<&'static str>,
+    /// More fields of the envelope (a card error's `decline_code`, `charge`, `payment_intent`, ...).
+    pub(crate) extra: Map<String, Value>,
 }
 
 impl ApiError {
@@ -42,7 +48,23 @@ impl ApiError {
             message: message.into(),
             param: None,
             code: None,
+            extra: Map::new(),
         }
+    }
+
+    /// 402 `card_error`: the request ran (a charge may have been made and events sent), so it is
+    /// saved under its idempotency key like a success. `extra` carries `decline_code`, `charge`,
+    /// `payment_intent`, `payment_method` and `doc_url`.
+    pub(crate) fn card(code: &'static str, message: impl Into<String>, extra: Map<String, Value>) -> ApiError {
+        let mut err = ApiError::new(StatusCode::PAYMENT_REQUIRED, "card_error", message).code(code);
+        err.extra = extra;
+        err
+    }
+
+    /// The endpoint started executing and changed state before failing (a card error), so the
+    /// answer is kept under the idempotency key; a validation error changes nothing and is not.
+    pub(crate) fn committed(&self) -> bool {
+        self.kind == "card_error"
     }
 
     /// 400 `invalid_request_error` about one parameter.
@@ -111,7 +133,27 @@ impl ApiError {
         if let Some(code) = self.code {
             error["code"] = json!(code);
         }
+        if let Value::Object(fields) = &mut error {
+            for (key, value) in &self.extra {
+                fields.insert(key.clone(), value.clone());
+            }
+        }
         json!({ "error": error })
+    }
+}
+
+impl From<CheckoutRefusal> for FakeError {
+    fn from(refusal: CheckoutRefusal) -> FakeError {
+        match refusal {
+            CheckoutRefusal::Unknown => {
+                FakeError::NotFound("No such open checkout session (unknown, or already completed)".to_owned())
+            }
+            CheckoutRefusal::Expired { .. } => FakeError::InvalidRequest("The checkout session has expired".to_owned()),
+            CheckoutRefusal::UnknownCard(card) => FakeError::InvalidRequest(format!(
+                "Unknown test card '{card}'; use one of: {}",
+                cards::names().join(", ")
+            )),
+        }
     }
 }
 

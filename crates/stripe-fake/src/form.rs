@@ -60,6 +60,21 @@ impl Form {
         root
     }
 
+    /// The values of an array parameter, in the order sent: `expand[]=a&expand[]=b` or
+    /// `expand[0]=a&expand[1]=b` (either spelling Stripe's clients use).
+    pub(crate) fn list(&self, name: &str) -> Vec<&str> {
+        self.pairs
+            .iter()
+            .filter(|(k, _)| {
+                k.strip_prefix(name)
+                    .and_then(|rest| rest.strip_prefix('['))
+                    .and_then(|rest| rest.strip_suffix(']'))
+                    .is_some_and(|index| index.chars().all(|c| c.is_ascii_digit()))
+            })
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
     /// Order-insensitive form, to tell whether a reused idempotency key carries the same request.
     pub(crate) fn canonical(&self) -> Vec<(String, String)> {
         let mut pairs = self.pairs.clone();
@@ -114,5 +129,12 @@ mod tests {
         assert_eq!(err, Some(Some("bogus".to_owned())));
         let err = form.required("currency").err().map(|e| e.param);
         assert_eq!(err, Some(Some("currency".to_owned())));
+    }
+
+    #[test]
+    fn array_parameters_take_either_spelling() {
+        let form = Form::parse(b"expand[]=latest_charge&expand%5B1%5D=customer&expandx[]=no&expand[a]=no");
+        assert_eq!(form.list("expand"), vec!["latest_charge", "customer"]);
+        assert!(form.list("payment_method_types").is_empty());
     }
 }

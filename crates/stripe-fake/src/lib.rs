@@ -6,7 +6,36 @@
 //! at-least-once with retries. Faults ([`Fault`]) make the uncomfortable cases reproducible: an
 //! error after the work was committed, a slow answer, a rate limit.
 //!
-//! (stripe-mock is stateless and not installable here; see `/work/shared/API-NOTES.md`.)
+//! It also keeps owner funding, "separate charges and transfers": the platform charges a program
+//! owner, then transfers to affiliates out of that charge.
+//!
+//! - `POST /v1/customers`, `GET`/`POST /v1/customers/{id}`, `GET /v1/customers/{id}/payment_methods`.
+//! - Checkout in setup mode: `POST /v1/checkout/sessions` (`mode=setup`, `customer`, `currency`
+//!   or `payment_method_types[]`, `success_url`, ...), `GET /v1/checkout/sessions/{id}`. The
+//!   session's `url` is a local page, `GET /checkout/setup/{id}[?card=<name>]` (no key, a browser
+//!   visits it): it saves the test card on the customer (a PaymentMethod and a succeeded
+//!   SetupIntent), completes the session, emits `payment_method.attached`,
+//!   `setup_intent.succeeded`, `checkout.session.completed`, and redirects to `success_url`
+//!   (`{CHECKOUT_SESSION_ID}` filled in). [`FakeStripe::complete_checkout`] does the same from Rust.
+//! - Test cards by name (`visa`, `declined`, `insufficient_funds`, `authentication_required`) and
+//!   Stripe's magic ids (`pm_card_visa`, `pm_card_chargeDeclined`,
+//!   `pm_card_chargeDeclinedInsufficientFunds`, `pm_card_authenticationRequired`).
+//! - `GET /v1/payment_methods[/{id}]`, `POST /v1/payment_methods/{id}/attach`,
+//!   `GET /v1/setup_intents/{id}`.
+//! - `POST /v1/payment_intents` (`confirm=true&off_session=true` charges at once),
+//!   `POST /v1/payment_intents/{id}/confirm`, `GET /v1/payment_intents[/{id}]`,
+//!   `GET /v1/charges[/{id}]`. A success makes a charge and emits `charge.succeeded`,
+//!   `payment_intent.succeeded`; a decline makes a failed charge, emits `charge.failed`,
+//!   `payment_intent.payment_failed` and answers 402 `card_error` (the intent inside), which,
+//!   like a success and unlike a validation error, is saved under the idempotency key.
+//! - `POST /v1/transfers` with `source_transaction=ch_...`: the charge must have succeeded, be in
+//!   the transfer's currency and still cover the amount (less refunds and earlier transfers from
+//!   it: `balance_insufficient` otherwise); the transfer takes the charge's `transfer_group`
+//!   when it has none.
+//! - Lists are newest first with `limit`, `starting_after`, `ending_before`, `created[gte]`...;
+//!   `expand[]` replaces the ids it names with the objects.
+//!
+//! (stripe-mock is stateless and cannot be installed from the package registries this project uses.)
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -21,9 +50,14 @@
 //! # Ok(()) }
 //! ```
 
+// `json!` of Stripe's larger objects (a Checkout session has ~50 fields) nests deeply.
+#![recursion_limit = "256"]
+
 mod api;
+mod cards;
 mod error;
 mod form;
+mod payments;
 mod state;
 mod webhook;
 
@@ -52,7 +86,8 @@ pub struct FakeConfig {
 /// A fault for the next `times` POST requests whose path starts with `path_prefix`.
 ///
 /// Every matching POST uses one up. A request answered from its idempotency key (a replay or a
-/// mismatch) and one refused by validation (4xx) are answered as usual; `Timeout` still delays them.
+/// mismatch) and one refused by validation (400/404) are answered as usual; `Timeout` still delays
+/// them. A card error (402) ran, so `ErrorAfterCommit` turns it into the 500 too.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fault {
     /// e.g. `"/v1/transfers"` (also matches `/v1/transfers/{id}/reversals`).
@@ -216,6 +251,36 @@ impl FakeStripe {
         self.shared().lock().accounts.clone()
     }
 
+    /// Every customer created, oldest first, as it is now.
+    pub fn customers(&self) -> Vec<Value> {
+        self.shared().lock().customers.clone()
+    }
+
+    /// Every payment method (saved by Checkout, made from a magic test id), oldest first.
+    pub fn payment_methods(&self) -> Vec<Value> {
+        self.shared().lock().payment_methods.clone()
+    }
+
+    /// Every setup intent (one per completed Checkout session), oldest first.
+    pub fn setup_intents(&self) -> Vec<Value> {
+        self.shared().lock().setup_intents.clone()
+    }
+
+    /// Every Checkout session created, oldest first, as it is now.
+    pub fn checkout_sessions(&self) -> Vec<Value> {
+        self.shared().lock().checkout_sessions.clone()
+    }
+
+    /// Every payment intent created, oldest first, as it is now.
+    pub fn payment_intents(&self) -> Vec<Value> {
+        self.shared().lock().payment_intents.clone()
+    }
+
+    /// Every charge made (failed ones too), oldest first.
+    pub fn charges(&self) -> Vec<Value> {
+        self.shared().lock().charges.clone()
+    }
+
     /// Every event emitted, oldest first (delivered or not).
     pub fn events(&self) -> Vec<Value> {
         self.shared().lock().events.clone()
@@ -227,6 +292,18 @@ impl FakeStripe {
     pub async fn complete_onboarding(&self, account_id: &str) -> Result<(), FakeError> {
         self.shared()
             .with_state(|state| state.complete_onboarding(account_id, now()))
+            .map_err(FakeError::from)
+    }
+
+    /// What the customer finishing the hosted Checkout page (`session.url`) with test card `card`
+    /// does (`visa`, `declined`, `insufficient_funds`, `authentication_required`): saves the card
+    /// on the session's customer, completes the session, emits `payment_method.attached`,
+    /// `setup_intent.succeeded` and `checkout.session.completed`. Returns the session (its
+    /// `setup_intent` set). Unknown or already completed: `NotFound`; expired or an unknown card:
+    /// `InvalidRequest`.
+    pub async fn complete_checkout(&self, session_id: &str, card: &str) -> Result<Value, FakeError> {
+        self.shared()
+            .with_state(|state| state.complete_checkout(session_id, card, now()))
             .map_err(FakeError::from)
     }
 

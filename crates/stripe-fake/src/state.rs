@@ -22,6 +22,14 @@ pub(crate) const LINK_TTL: i64 = 300;
 pub(crate) struct State {
     pub(crate) accounts: Vec<Value>,
     pub(crate) transfers: Vec<Value>,
+    pub(crate) customers: Vec<Value>,
+    pub(crate) payment_methods: Vec<Value>,
+    pub(crate) setup_intents: Vec<Value>,
+    pub(crate) checkout_sessions: Vec<Value>,
+    pub(crate) payment_intents: Vec<Value>,
+    pub(crate) charges: Vec<Value>,
+    /// `setup_intent_data` of each checkout session by id (not part of the session object).
+    pub(crate) setup_intent_data: HashMap<String, Value>,
     pub(crate) events: Vec<Value>,
     links: HashMap<String, Link>,
     pub(crate) idempotency: HashMap<String, Saved>,
@@ -329,6 +337,13 @@ impl State {
             )
             .code("insufficient_capabilities_for_transfer"));
         }
+        let mut transfer_group = form.get("transfer_group").map(str::to_owned);
+        let source_transaction = form.get("source_transaction").filter(|s| !s.is_empty());
+        if let Some(charge) = source_transaction {
+            // The charge funds the transfer; without a group of its own it joins the charge's.
+            let charge_group = self.check_source_transaction(charge, amount, &currency)?;
+            transfer_group = transfer_group.or(charge_group);
+        }
         let id = new_id("tr", 24);
         let transfer = json!({
             "id": id,
@@ -351,9 +366,9 @@ impl State {
                 "url": format!("/v1/transfers/{id}/reversals"),
             },
             "reversed": false,
-            "source_transaction": form.get("source_transaction"),
+            "source_transaction": source_transaction,
             "source_type": form.get("source_type").unwrap_or("card"),
-            "transfer_group": form.get("transfer_group"),
+            "transfer_group": transfer_group,
         });
         self.transfers.push(transfer.clone());
         self.emit("transfer.created", transfer.clone(), None, None, now);
@@ -367,52 +382,13 @@ impl State {
             .ok_or_else(|| ApiError::missing("transfer", id, "id"))
     }
 
-    /// `GET /v1/transfers`: newest first, filtered by `transfer_group` / `destination`, paged by
-    /// `limit` (1..=100, default 10) and `starting_after` / `ending_before`.
+    /// `GET /v1/transfers`: newest first, filtered by `transfer_group` / `destination` and
+    /// `created`, paged (see [`page`]).
     pub(crate) fn list_transfers(&self, form: &Form) -> Result<Value, ApiError> {
-        form.allow(
-            &[
-                "transfer_group",
-                "destination",
-                "limit",
-                "starting_after",
-                "ending_before",
-            ],
-            &["expand", "created"],
-        )?;
-        let limit = match form.get("limit") {
-            None => 10,
-            Some(l) => match l.parse::<usize>() {
-                Ok(n @ 1..=100) => n,
-                _ => return Err(ApiError::invalid("This value must be between 1 and 100.", "limit")),
-            },
-        };
-        let matches = |t: &&Value| {
-            form.get("transfer_group").is_none_or(|g| t["transfer_group"] == g)
-                && form.get("destination").is_none_or(|d| t["destination"] == d)
-        };
-        let newest_first: Vec<&Value> = self.transfers.iter().rev().filter(matches).collect();
-        let position = |param: &str, id: &str| {
-            newest_first
-                .iter()
-                .position(|t| t["id"] == id)
-                .ok_or_else(|| ApiError::missing("transfer", id, param))
-        };
-        let window: &[&Value] = if let Some(after) = form.get("starting_after") {
-            &newest_first[position("starting_after", after)? + 1..]
-        } else if let Some(before) = form.get("ending_before") {
-            let end = position("ending_before", before)?;
-            &newest_first[end.saturating_sub(limit)..end]
-        } else {
-            &newest_first
-        };
-        let page: Vec<Value> = window.iter().take(limit).map(|t| (*t).clone()).collect();
-        Ok(json!({
-            "object": "list",
-            "data": page,
-            "has_more": window.len() > limit,
-            "url": "/v1/transfers",
-        }))
+        const FILTERS: [&str; 2] = ["transfer_group", "destination"];
+        form.allow(&[&FILTERS[..], LIST_PARAMS].concat(), &["expand", "created"])?;
+        let matching = self.transfers.iter().filter(|t| matches(form, &FILTERS, t));
+        page(matching, form, "/v1/transfers", "transfer")
     }
 
     /// `POST /v1/transfers/{id}/reversals`: the amount defaults to what is left; the transfer's
@@ -536,19 +512,24 @@ fn requirements(complete: bool) -> Value {
 }
 
 /// `metadata[key]=value` pairs; an empty value means "no such key" on Stripe.
-fn metadata(form: &Form) -> Result<Value, ApiError> {
+pub(crate) fn metadata(form: &Form) -> Result<Value, ApiError> {
+    metadata_in(form.nested("metadata"), "metadata")
+}
+
+/// Metadata sent under `param` (`metadata`, `setup_intent_data[metadata]`), already nested.
+pub(crate) fn metadata_in(nested: Map<String, Value>, param: &str) -> Result<Value, ApiError> {
     let mut out = Map::new();
-    for (key, value) in form.nested("metadata") {
+    for (key, value) in nested {
         let Value::String(value) = value else {
             return Err(ApiError::invalid(
                 "Invalid metadata: values must be strings",
-                &format!("metadata[{key}]"),
+                &format!("{param}[{key}]"),
             ));
         };
         if key.chars().count() > 40 || value.chars().count() > 500 {
             return Err(ApiError::invalid(
                 "Metadata keys are at most 40 characters and values at most 500",
-                &format!("metadata[{key}]"),
+                &format!("{param}[{key}]"),
             ));
         }
         if !value.is_empty() {
@@ -558,7 +539,7 @@ fn metadata(form: &Form) -> Result<Value, ApiError> {
     Ok(Value::Object(out))
 }
 
-fn positive_amount(raw: &str) -> Result<i64, ApiError> {
+pub(crate) fn positive_amount(raw: &str) -> Result<i64, ApiError> {
     match raw.parse::<i64>() {
         Ok(n) if n > 0 => Ok(n),
         _ => {
@@ -569,11 +550,141 @@ fn positive_amount(raw: &str) -> Result<i64, ApiError> {
 }
 
 /// Three letters, any case; Stripe answers in lowercase.
-fn currency(raw: &str) -> Result<String, ApiError> {
+pub(crate) fn currency(raw: &str) -> Result<String, ApiError> {
     if raw.len() == 3 && raw.chars().all(|c| c.is_ascii_alphabetic()) {
         Ok(raw.to_ascii_lowercase())
     } else {
         Err(ApiError::invalid(format!("Invalid currency: {raw}"), "currency"))
+    }
+}
+
+/// The paging and `created` parameters every list endpoint takes.
+pub(crate) const LIST_PARAMS: &[&str] = &["limit", "starting_after", "ending_before", "created"];
+
+/// Whether `item` has the value the request gives for each of `fields` (an absent one matches).
+pub(crate) fn matches(form: &Form, fields: &[&str], item: &Value) -> bool {
+    fields.iter().all(|f| form.get(f).is_none_or(|want| item[*f] == want))
+}
+
+/// One page of a list endpoint: `items` (oldest first, already filtered) newest first, kept to
+/// `created` / `created[gt|gte|lt|lte]`, cut by `starting_after` / `ending_before` (ids of `what`)
+/// and `limit` (1..=100, default 10).
+pub(crate) fn page<'a>(
+    items: impl DoubleEndedIterator<Item = &'a Value>,
+    form: &Form,
+    url: &str,
+    what: &str,
+) -> Result<Value, ApiError> {
+    let limit = match form.get("limit") {
+        None => 10,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n @ 1..=100) => n,
+            _ => return Err(ApiError::invalid("This value must be between 1 and 100.", "limit")),
+        },
+    };
+    let (from, to) = created_range(form)?;
+    let newest_first: Vec<&Value> = items
+        .rev()
+        .filter(|item| item["created"].as_i64().is_some_and(|c| (from..=to).contains(&c)))
+        .collect();
+    let position = |param: &str, id: &str| {
+        newest_first
+            .iter()
+            .position(|t| t["id"] == id)
+            .ok_or_else(|| ApiError::missing(what, id, param))
+    };
+    let window: &[&Value] = if let Some(after) = form.get("starting_after") {
+        &newest_first[position("starting_after", after)? + 1..]
+    } else if let Some(before) = form.get("ending_before") {
+        let end = position("ending_before", before)?;
+        &newest_first[end.saturating_sub(limit)..end]
+    } else {
+        &newest_first
+    };
+    let data: Vec<Value> = window.iter().take(limit).map(|t| (*t).clone()).collect();
+    Ok(json!({
+        "object": "list",
+        "data": data,
+        "has_more": window.len() > limit,
+        "url": url,
+    }))
+}
+
+/// The inclusive range of `created` a list request asks for.
+fn created_range(form: &Form) -> Result<(i64, i64), ApiError> {
+    let bound = |key: &str| {
+        form.get(key)
+            .map(|raw| {
+                raw.parse::<i64>()
+                    .map_err(|_| ApiError::invalid(format!("Invalid integer: {raw}"), key))
+            })
+            .transpose()
+    };
+    let (mut from, mut to) = (i64::MIN, i64::MAX);
+    if let Some(t) = bound("created")? {
+        (from, to) = (t, t);
+    }
+    if let Some(t) = bound("created[gte]")? {
+        from = from.max(t);
+    }
+    if let Some(t) = bound("created[gt]")? {
+        from = from.max(t.saturating_add(1));
+    }
+    if let Some(t) = bound("created[lte]")? {
+        to = to.min(t);
+    }
+    if let Some(t) = bound("created[lt]")? {
+        to = to.min(t.saturating_sub(1));
+    }
+    Ok((from, to))
+}
+
+impl State {
+    /// Replaces the ids named by `expand[]` (`latest_charge`, `setup_intent.payment_method`,
+    /// `data.customer` in a list) with the objects, as Stripe's `expand` does. A path that names
+    /// no id of the fake is left as it is.
+    pub(crate) fn expand(&self, mut value: Value, form: &Form) -> Value {
+        for path in form.list("expand") {
+            let path: Vec<&str> = path.split('.').collect();
+            self.expand_path(&mut value, &path);
+        }
+        value
+    }
+
+    fn expand_path(&self, value: &mut Value, path: &[&str]) {
+        let [head, rest @ ..] = path else { return };
+        if *head == "data"
+            && value["object"] == "list"
+            && let Some(items) = value["data"].as_array_mut()
+        {
+            for item in items {
+                self.expand_path(item, rest);
+            }
+            return;
+        }
+        let Some(field) = value.get_mut(*head) else { return };
+        if let Some(found) = field.as_str().and_then(|id| self.find(id)) {
+            *field = found.clone();
+        }
+        if field.is_object() {
+            self.expand_path(field, rest);
+        }
+    }
+
+    /// Any object of the fake by id.
+    fn find(&self, id: &str) -> Option<&Value> {
+        let collection = match id.split_once('_')?.0 {
+            "acct" => &self.accounts,
+            "tr" => &self.transfers,
+            "cus" => &self.customers,
+            "pm" => &self.payment_methods,
+            "seti" => &self.setup_intents,
+            "cs" => &self.checkout_sessions,
+            "pi" => &self.payment_intents,
+            "ch" => &self.charges,
+            _ => return None,
+        };
+        collection.iter().find(|v| v["id"] == id)
     }
 }
 

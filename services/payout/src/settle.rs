@@ -73,7 +73,10 @@ impl Settler {
                 _ => return Ok(()), // not_needed: nothing was reserved
             };
             let mut first_error = None;
-            for item in items.iter().filter(|i| matches!(i.status.as_str(), "pending" | "reserved" | "unknown")) {
+            for item in items
+                .iter()
+                .filter(|i| matches!(i.status.as_str(), "pending" | "reserved" | "unknown"))
+            {
                 if let Err(err) = self.advance_item(&item.payout_item_id, &stage).await {
                     tracing::warn!(payout_item_id = %item.payout_item_id, error = %err, "payout item not settled yet; the in-flight job retries");
                     first_error.get_or_insert(err);
@@ -118,7 +121,8 @@ impl Settler {
                 }
                 ("pending", _) => self.reserve_step(&mut tx, &mut item).await?,
                 ("reserved", Stage::Transfer(charge)) => {
-                    self.transfer_step(&mut tx, stripe, &mut item, charge.as_deref()).await?;
+                    self.transfer_step(&mut tx, stripe, &mut item, charge.as_deref())
+                        .await?;
                 }
                 ("reserved", Stage::Void(reason)) => self.void(&mut tx, &mut item, reason, false).await?,
                 ("unknown", _) => self.lookup_step(&mut tx, stripe, &mut item).await?,
@@ -140,26 +144,41 @@ impl Settler {
     /// among the owner's PaymentIntents before the same request is sent again.
     async fn fund(&self, stripe: &Stripe, run: &RunRow) -> Result<(), ApiError> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
-        let Some(run) = store::lock_run_free(&mut tx, &run.payout_run_id).await.map_err(db_error)? else {
+        let Some(run) = store::lock_run_free(&mut tx, &run.payout_run_id)
+            .await
+            .map_err(db_error)?
+        else {
             return Ok(()); // another settler is on it
         };
         let mut funding = run.funding.clone();
         if funding.funding_status == "reserving" {
-            let items = store::items_of_run(&mut tx, &run.payout_run_id).await.map_err(db_error)?;
+            let items = store::items_of_run(&mut tx, &run.payout_run_id)
+                .await
+                .map_err(db_error)?;
             if items.iter().any(|i| i.status == "pending") {
                 return Ok(()); // a reservation is still to be made
             }
-            let total: i64 = items.iter().filter(|i| i.status == "reserved").map(|i| i.gross_minor).sum();
+            let total: i64 = items
+                .iter()
+                .filter(|i| i.status == "reserved")
+                .map(|i| i.gross_minor)
+                .sum();
             funding.funding_minor = total;
             funding.funding_status = if total > 0 { "charging" } else { "not_needed" }.into();
-            store::set_funding(&mut tx, &run.payout_run_id, &funding).await.map_err(db_error)?;
+            store::set_funding(&mut tx, &run.payout_run_id, &funding)
+                .await
+                .map_err(db_error)?;
             tx.commit().await.map_err(db_error)?;
             if total == 0 {
                 return Ok(());
             }
             // The charge's key and amount are stored: now the call may be made.
             tx = self.pool.begin().await.map_err(db_error)?;
-            if store::lock_run_free(&mut tx, &run.payout_run_id).await.map_err(db_error)?.is_none() {
+            if store::lock_run_free(&mut tx, &run.payout_run_id)
+                .await
+                .map_err(db_error)?
+                .is_none()
+            {
                 return Ok(());
             }
         }
@@ -213,7 +232,9 @@ impl Settler {
                 funding.funding_status = "succeeded".into();
                 funding.payment_intent_id = Some(intent.id.clone());
                 funding.charge_id = intent.latest_charge.clone();
-                store::set_funding(&mut tx, &run.payout_run_id, &funding).await.map_err(db_error)?;
+                store::set_funding(&mut tx, &run.payout_run_id, &funding)
+                    .await
+                    .map_err(db_error)?;
                 tx.commit().await.map_err(db_error)?;
                 Ok(())
             }
@@ -261,7 +282,9 @@ impl Settler {
         funding: &RunFunding,
     ) -> Result<(), ApiError> {
         tracing::info!(payout_run_id = %run.payout_run_id, decline_code = ?funding.decline_code, "payout run not funded: nothing moves");
-        store::set_funding(&mut tx, &run.payout_run_id, funding).await.map_err(db_error)?;
+        store::set_funding(&mut tx, &run.payout_run_id, funding)
+            .await
+            .map_err(db_error)?;
         let program = store::program(&mut tx, &run.program_id).await.map_err(db_error)?;
         let meta = new_meta();
         let mut run_proto = crate::rpc::run_proto(run, &[]);
@@ -291,7 +314,9 @@ impl Settler {
         run: &RunRow,
         funding: &RunFunding,
     ) -> Result<(), ApiError> {
-        store::set_funding(&mut tx, &run.payout_run_id, funding).await.map_err(db_error)?;
+        store::set_funding(&mut tx, &run.payout_run_id, funding)
+            .await
+            .map_err(db_error)?;
         tx.commit().await.map_err(db_error)
     }
 

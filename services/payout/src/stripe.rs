@@ -3,8 +3,9 @@
 //!
 //! Written here rather than with async-stripe 1.x: the service needs a dozen endpoints, and the
 //! async-stripe 1.0 release candidates (generated per API area) cost minutes of build on a
-//! two-core machine while their webhook crate keeps only the last `v1=` signature (API-NOTES);
-//! these ~150 lines are the whole surface, with Stripe's form encoding and error envelope.
+//! two-core machine while their webhook crate keeps only the last `v1=` signature (which breaks
+//! during secret rotation); these few hundred lines are the whole surface, with Stripe's form
+//! encoding and error envelope.
 //!
 //! Every POST carries an `Idempotency-Key` chosen by the caller and persisted before the call;
 //! retries (429, 5xx, network) reuse it, so a retried transfer is the same transfer.

@@ -294,6 +294,7 @@ impl Drop for Cluster {
 /// An owner with an active 20 % program without hold, and an enrolled affiliate's code.
 #[derive(Clone)]
 struct Program {
+    owner_org_id: String,
     owner_token: String,
     affiliate_token: String,
     program_id: String,
@@ -351,6 +352,7 @@ async fn program(cluster: &Cluster, tag: &str) -> anyhow::Result<Program> {
     owner_mcp.close().await?;
     affiliate_mcp.close().await?;
     Ok(Program {
+        owner_org_id: owner["org_id"].as_str().unwrap_or_default().to_owned(),
         owner_token,
         affiliate_token: affiliate["token"].as_str().unwrap_or_default().to_owned(),
         program_id,
@@ -829,6 +831,44 @@ async fn onboard(cluster: &Cluster, program: &Program) -> anyhow::Result<()> {
     affiliate.close().await
 }
 
+/// The operator enables the owner's live payouts, and the owner saves a card through the Stripe
+/// Checkout link (the fake's page); readiness arrives by webhook.
+async fn fund(cluster: &Cluster, program: &Program) -> anyhow::Result<()> {
+    let enabled = cluster.amba(&["orgs", "payouts", "enable", &program.owner_org_id, "--by", "faults"])?;
+    anyhow::ensure!(enabled.status.success(), "{}", String::from_utf8_lossy(&enabled.stderr));
+    let owner = McpClient::connect(&format!("{}/mcp", cluster.http), Some(&program.owner_token)).await?;
+    let setup = owner
+        .ok(
+            "amba_affiliate_program_funding_setup",
+            json!({"program_id": program.program_id}),
+        )
+        .await?;
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let page = browser.get(setup["url"].as_str().unwrap_or_default()).send().await?;
+    anyhow::ensure!(
+        page.status() == 302,
+        "funding setup did not complete: {}",
+        page.status()
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the owner's payment method to be saved",
+        || async {
+            let dry = owner
+                .ok(
+                    "amba_affiliate_payout_run",
+                    json!({"program_id": program.program_id, "dry_run": true}),
+                )
+                .await?;
+            Ok((dry["funding"]["status"] == "ready").then_some(()))
+        },
+    )
+    .await?;
+    owner.close().await
+}
+
 /// The program's payout items by status, and the affiliate's ledger balances.
 async fn payout_state(
     pool: &PgPool,
@@ -849,8 +889,8 @@ async fn payout_state(
     Ok((items, balances.into_iter().collect()))
 }
 
-/// Payout faults: the payout process is killed (1) after the ledger reserved an item but before
-/// Stripe was asked (a fault point holds it there), and (2) while Stripe, having made the
+/// Payout faults: the payout process is killed (1) after the ledger reserved an item (and the
+/// owner was charged) but before the transfer was asked (a fault point holds it there), and (2) while Stripe, having made the
 /// transfer, holds its answer (its 500-after-commit twin is in the main suite:
 /// `payouts::unknown_outcomes_end_with_exactly_one_transfer`). Each time the restarted service
 /// finishes the item with exactly one transfer and the ledger shows it paid and verifies. Then
@@ -881,6 +921,7 @@ async fn payout_killed_between_reserve_and_transfer_pays_exactly_once() -> anyho
     cluster.all_ready().await?;
     let program = program(&cluster, "pay").await?;
     onboard(&cluster, &program).await?;
+    fund(&cluster, &program).await?;
     let pool = cluster.pool().await?;
     let owner = McpClient::connect(&format!("{}/mcp", cluster.http), Some(&program.owner_token)).await?;
 
@@ -948,10 +989,22 @@ async fn payout_killed_between_reserve_and_transfer_pays_exactly_once() -> anyho
         for (item_id, _) in &items {
             let of_item = transfers
                 .iter()
-                .filter(|t| t["transfer_group"] == item_id.as_str())
+                .filter(|t| t["metadata"]["payout_item_id"] == item_id.as_str())
                 .count();
             assert_eq!(of_item, 1, "item {item_id}");
         }
+        let charged: Vec<_> = stripe
+            .payment_intents()
+            .into_iter()
+            .filter(|pi| pi["status"] == "succeeded")
+            .collect();
+        assert_eq!(charged.len(), round, "one charge per run");
+        assert!(
+            transfers
+                .iter()
+                .all(|t| charged.iter().any(|pi| pi["latest_charge"] == t["source_transaction"])),
+            "every transfer is paid from its run's charge"
+        );
         assert_eq!(balances.get("paid").copied(), Some(2_000 * round as i64));
         assert_eq!(balances.get("payable").copied().unwrap_or(0), 0);
         assert_eq!(balances.get("reserved").copied().unwrap_or(0), 0);

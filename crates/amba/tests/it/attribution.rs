@@ -1134,14 +1134,14 @@ async fn reports_continue_the_callers_trace_into_their_conversion_events() -> an
 
 /// One sample of `/metrics` (0 when the series is absent), e.g.
 /// `amba_conversion_reports_total{surface="grpc",outcome="recorded"}`.
-fn sample(metrics: &str, series: &str) -> f64 {
+pub(crate) fn sample(metrics: &str, series: &str) -> f64 {
     metrics
         .lines()
         .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
         .unwrap_or(0.0)
 }
 
-async fn scrape(sys: &TestSystem) -> anyhow::Result<String> {
+pub(crate) async fn scrape(sys: &TestSystem) -> anyhow::Result<String> {
     let url = sys.metrics_url().context("the test system serves metrics")?;
     let response = reqwest::get(url).await?;
     anyhow::ensure!(response.status() == 200, "GET /metrics: {}", response.status());

@@ -2,7 +2,7 @@
 //! system's lettre client): the whole sequence, retries, permanent failures, preferences, and a
 //! replay of the event streams that sends nothing twice.
 
-use crate::payouts::onboard;
+use crate::payouts::{enable_payouts, fund, onboard};
 use crate::support::{Org, active_program, enroll, org, text};
 use amba_testkit::smtp::{ReceivedMail, SmtpSink};
 use amba_testkit::{TestSystem, eventually};
@@ -100,6 +100,8 @@ async fn invite_activation_approval_payout_and_clawback_each_send_one_email() ->
 
     onboard(&sys, &ann).await?;
     mail_for(&sink, to, "Your payout account is ready").await?;
+    enable_payouts(&sys, &owner, &[])?;
+    fund(&sys, &owner, &program, "visa", "4242").await?;
     let run = owner
         .mcp
         .ok("amba_affiliate_payout_run", json!({"program_id": program}))

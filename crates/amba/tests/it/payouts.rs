@@ -1,7 +1,8 @@
 //! Payouts through Stripe Connect, end to end through MCP against the in-project fake Stripe:
-//! onboarding and readiness by webhook, dry runs, runs, the preview gate, unknown outcomes,
-//! clawback netting, transfer reversals, schedules, and webhook signatures. `amba ledger verify`
-//! after each scenario.
+//! onboarding and readiness by webhook, owner funding (Checkout setup, the run's charge, declines),
+//! per-org enablement and caps, dry runs, runs, the preview gate, unknown outcomes, clawback
+//! netting, transfer reversals (checked against Stripe), schedules and ticks, and webhook
+//! signatures. `amba ledger verify` after each scenario.
 
 use crate::support::{Org, active_program, enroll, org, text};
 use amba_stripe_fake::{FakeStripe, Fault, FaultKind};
@@ -49,6 +50,71 @@ async fn reconcile(sys: &TestSystem, program: &str, repair: bool) -> anyhow::Res
     ))
 }
 
+/// `amba <args>` against this system's database: (success, stdout + stderr).
+fn amba(sys: &TestSystem, args: &[&str]) -> anyhow::Result<(bool, String)> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_amba"))
+        .args(args)
+        .env("AMBA_DATABASE_URL", &sys.db.url)
+        .output()?;
+    Ok((
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    ))
+}
+
+/// The operator enables live payouts of `org` (`amba orgs payouts enable`), with `extra` flags.
+pub fn enable_payouts(sys: &TestSystem, org: &Org, extra: &[&str]) -> anyhow::Result<String> {
+    let mut args = vec!["orgs", "payouts", "enable", org.id.as_str(), "--by", "test-operator"];
+    args.extend_from_slice(extra);
+    let (ok, out) = amba(sys, &args)?;
+    anyhow::ensure!(ok && out.contains("enabled by test-operator"), "{out}");
+    Ok(out)
+}
+
+/// The owner saves a payment method through the Stripe Checkout link, as a person with a browser
+/// would (`card` names one of the fake's test cards); readiness arrives by webhook, seen in the
+/// dry run's funding.
+pub async fn fund(sys: &TestSystem, owner: &Org, program: &str, card: &str, last4: &str) -> anyhow::Result<()> {
+    let setup = owner
+        .mcp
+        .ok("amba_affiliate_program_funding_setup", json!({"program_id": program}))
+        .await?;
+    assert!(!text(&setup["expires_at"]).is_empty(), "{setup}");
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let page = browser
+        .get(format!("{}?card={card}", text(&setup["url"])))
+        .send()
+        .await?;
+    assert_eq!(page.status(), 302, "the setup completes and returns to the app");
+    let back = page
+        .headers()
+        .get("location")
+        .and_then(|l| l.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(back, format!("{}/funding/done", sys.settings.public_url));
+    let page = reqwest::get(format!("{}/funding/done", sys.base_url())).await?;
+    assert_eq!(page.status(), 200, "the return page exists");
+    eventually(WAIT, "the payment method is saved", || async {
+        let dry = owner
+            .mcp
+            .ok(
+                "amba_affiliate_payout_run",
+                json!({"program_id": program, "dry_run": true}),
+            )
+            .await?;
+        Ok((dry["funding"]["status"] == "ready" && dry["funding"]["card_last4"] == last4).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
 fn verify_ledger(sys: &TestSystem) -> anyhow::Result<()> {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_amba"))
         .args(["ledger", "verify"])
@@ -76,7 +142,11 @@ pub async fn onboard(sys: &TestSystem, affiliate: &Org) -> anyhow::Result<()> {
     assert_eq!(again["created"], false);
     assert_eq!(again["payout_account_id"], created["payout_account_id"]);
     assert_eq!(
-        stripe(sys)?.accounts().len(),
+        stripe(sys)?
+            .accounts()
+            .iter()
+            .filter(|a| a["metadata"]["org_id"] == affiliate.id.as_str())
+            .count(),
         1,
         "one Stripe account, however often it is asked for"
     );
@@ -164,9 +234,14 @@ struct Program {
 }
 
 async fn program(sys: &TestSystem, settings: Value) -> anyhow::Result<Program> {
-    let owner = org(sys, "PayOwner").await?;
-    let ann = org(sys, "PayAnn").await?;
-    let bob = org(sys, "PayBob").await?;
+    program_of(sys, "Pay", settings).await
+}
+
+/// A program of new orgs `<tag>Owner`, `<tag>Ann` and `<tag>Bob`.
+async fn program_of(sys: &TestSystem, tag: &str, settings: Value) -> anyhow::Result<Program> {
+    let owner = org(sys, &format!("{tag}Owner")).await?;
+    let ann = org(sys, &format!("{tag}Ann")).await?;
+    let bob = org(sys, &format!("{tag}Bob")).await?;
     let program = active_program(&owner, settings).await?;
     let ann_code = text(&enroll(&owner, &ann, &program, None).await?["code"]).to_owned();
     let bob_code = text(&enroll(&owner, &bob, &program, None).await?["code"]).to_owned();
@@ -249,9 +324,12 @@ async fn onboarding_dry_run_run_idempotency_netting_and_reversal() -> anyhow::Re
     let bob_plan = item_of(&dry_items, &p.bob)?;
     assert_eq!(bob_plan["status"], "skipped");
     assert!(text(&bob_plan["reason"]).contains("threshold"), "{bob_plan}");
+    assert_eq!(dry["funding_required_minor"], 2000, "the charge is Ann's gross: {dry}");
     assert!(stripe(&sys)?.transfers().is_empty());
+    enable_payouts(&sys, &p.owner, &[])?;
+    fund(&sys, &p.owner, &p.program, "visa", "4242").await?;
 
-    // The live run executes that plan.
+    // The live run executes that plan: the owner is charged the gross, then Ann is paid from it.
     let run = p
         .owner
         .mcp
@@ -270,12 +348,27 @@ async fn onboarding_dry_run_run_idempotency_netting_and_reversal() -> anyhow::Re
         );
     }
     assert_eq!(item_of(&run_items, &p.bob)?["status"], "skipped");
+    assert_eq!(run["funding"]["status"], "succeeded", "{run}");
+    assert_eq!(run["funding_required_minor"], 2000);
+    let intents = stripe(&sys)?.payment_intents();
+    assert_eq!(intents.len(), 1);
+    assert_eq!(
+        (intents[0]["amount"].as_i64(), intents[0]["status"].as_str()),
+        (Some(2000), Some("succeeded"))
+    );
+    assert_eq!(intents[0]["transfer_group"], run["payout_run_id"]);
+    assert_eq!(intents[0]["latest_charge"], run["funding"]["charge_id"]);
     let transfers = stripe(&sys)?.transfers();
     assert_eq!(transfers.len(), 1);
     assert_eq!(transfers[0]["amount"], 1950);
     assert_eq!(transfers[0]["currency"], "usd");
     assert_eq!(transfers[0]["id"], ann_paid["stripe_transfer_id"]);
-    assert_eq!(transfers[0]["transfer_group"], ann_paid["payout_item_id"]);
+    assert_eq!(transfers[0]["transfer_group"], run["payout_run_id"]);
+    assert_eq!(transfers[0]["metadata"]["payout_item_id"], ann_paid["payout_item_id"]);
+    assert_eq!(
+        transfers[0]["source_transaction"], run["funding"]["charge_id"],
+        "paid from the owner's charge, not the platform's balance"
+    );
 
     // The same key returns the same run; nothing moves twice.
     let again = p
@@ -322,11 +415,12 @@ async fn onboarding_dry_run_run_idempotency_netting_and_reversal() -> anyhow::Re
     quote_when(&p.ann, &p.program, |q| q["debt_minor"] == 2000).await?;
 
     // Stripe reverses that paid transfer (the affiliate returned the money), and delivers the
-    // event twice: the returned 1,950 settles the debt once; commission is recovered once.
+    // event twice: the returned 1,950 and the fee's 50 undo the commission the clawback already
+    // recovered, so the debt is settled once; nothing is recovered twice.
     let first_transfer = text(&ann_paid["stripe_transfer_id"]).to_owned();
     let reversal = stripe(&sys)?.reverse_transfer(&first_transfer, 1950).await?;
     assert_eq!(reversal["amount"], 1950);
-    let after = quote_when(&p.ann, &p.program, |q| q["debt_minor"] == 50).await?;
+    let after = quote_when(&p.ann, &p.program, |q| q["debt_minor"] == 0).await?;
     let reversed_event = stripe(&sys)?
         .events()
         .into_iter()
@@ -360,17 +454,17 @@ async fn onboarding_dry_run_run_idempotency_netting_and_reversal() -> anyhow::Re
         "the reversed transfer is no longer paid: {balance}"
     );
 
-    // New commission nets against what is left of the debt; the next run pays the rest.
-    report(&p.owner, &p.program, "o-3", 15_000, &p.ann_code).await?; // +3000 − 50 of debt
-    let quote = quote_when(&p.ann, &p.program, |q| q["payable_minor"] == 2950).await?;
-    // 2.5 % of 2,950 = 73.75 → 74 (rounded once, half-even).
+    // New commission is paid whole by the next run.
+    report(&p.owner, &p.program, "o-3", 15_000, &p.ann_code).await?; // +3000
+    let quote = quote_when(&p.ann, &p.program, |q| q["payable_minor"] == 3000).await?;
+    // 2.5 % of 3,000 = 75.
     assert_eq!(
         (
             quote["debt_minor"].as_i64(),
             quote["fee_minor"].as_i64(),
             quote["net_minor"].as_i64()
         ),
-        (Some(0), Some(74), Some(2876))
+        (Some(0), Some(75), Some(2925))
     );
     let second = p
         .owner
@@ -384,9 +478,10 @@ async fn onboarding_dry_run_run_idempotency_netting_and_reversal() -> anyhow::Re
     assert_eq!(ann_second["status"], "paid");
     assert_eq!(
         (ann_second["gross_minor"].as_i64(), ann_second["net_minor"].as_i64()),
-        (Some(2950), Some(2876))
+        (Some(3000), Some(2925))
     );
     assert_eq!(stripe(&sys)?.transfers().len(), 2);
+    assert_eq!(stripe(&sys)?.payment_intents().len(), 2, "one charge per run");
 
     let listed = p
         .owner
@@ -407,10 +502,35 @@ async fn unknown_outcomes_end_with_exactly_one_transfer() -> anyhow::Result<()> 
     let sys = TestSystem::with_stripe(&[("ORG_PAYOUTS_LIVE", "true"), ("AMBA_STRIPE_TIMEOUT_SECONDS", "1")]).await?;
     let p = program(&sys, json!({"hold_days": 0})).await?;
     onboard(&sys, &p.ann).await?;
+    enable_payouts(&sys, &p.owner, &[])?;
+    fund(&sys, &p.owner, &p.program, "visa", "4242").await?;
     let fake = stripe(&sys)?;
 
+    // 0. Stripe commits the owner's charge, then answers 500 (replayed for its key): the charge
+    //    is found among the owner's PaymentIntents, never made twice, and the run goes on.
+    report_when_ready(&p.owner, &p.program, "u-0", 5_000, &p.ann_code).await?;
+    quote_when(&p.ann, &p.program, |q| q["payable_minor"] == 1000).await?;
+    fake.inject(Fault {
+        path_prefix: "/v1/payment_intents".into(),
+        kind: FaultKind::ErrorAfterCommit,
+        times: 1,
+    });
+    let run = p
+        .owner
+        .mcp
+        .ok("amba_affiliate_payout_run", json!({"program_id": p.program}))
+        .await?;
+    let item = item_of(&items(&run), &p.ann)?.clone();
+    paid_eventually(&p, text(&item["payout_item_id"])).await?;
+    let intents = fake.payment_intents();
+    assert_eq!(intents.len(), 1, "exactly one charge: {intents:?}");
+    assert_eq!(fake.charges().len(), 1);
+    let transfers = fake.transfers();
+    assert_eq!(transfers.len(), 1, "exactly one transfer set");
+    assert_eq!(transfers[0]["source_transaction"], intents[0]["latest_charge"]);
+
     // 1. Stripe commits the transfer, then answers 500 (and replays that 500 for the key).
-    report_when_ready(&p.owner, &p.program, "u-1", 10_000, &p.ann_code).await?;
+    report(&p.owner, &p.program, "u-1", 10_000, &p.ann_code).await?;
     quote_when(&p.ann, &p.program, |q| q["payable_minor"] == 2000).await?;
     fake.inject(Fault {
         path_prefix: "/v1/transfers".into(),
@@ -426,7 +546,7 @@ async fn unknown_outcomes_end_with_exactly_one_transfer() -> anyhow::Result<()> 
     // Paid once the transfer is found by its group (by the run itself, or by the
     // transfer.created webhook if that got to the item first).
     paid_eventually(&p, text(&item["payout_item_id"])).await?;
-    assert_eq!(fake.transfers().len(), 1);
+    assert_eq!(fake.transfers().len(), 2);
 
     // 2. Stripe commits, then answers after the client gave up.
     report(&p.owner, &p.program, "u-2", 5_000, &p.ann_code).await?;
@@ -447,10 +567,11 @@ async fn unknown_outcomes_end_with_exactly_one_transfer() -> anyhow::Result<()> 
     let for_item: Vec<Value> = fake
         .transfers()
         .into_iter()
-        .filter(|t| t["transfer_group"] == item_id.as_str())
+        .filter(|t| t["metadata"]["payout_item_id"] == item_id.as_str())
         .collect();
     assert_eq!(for_item.len(), 1, "never sent again under a new key");
-    assert_eq!(fake.transfers().len(), 2);
+    assert_eq!(fake.transfers().len(), 3);
+    assert_eq!(fake.payment_intents().len(), 3, "one charge per run");
     let balance = p
         .ann
         .mcp
@@ -458,14 +579,14 @@ async fn unknown_outcomes_end_with_exactly_one_transfer() -> anyhow::Result<()> 
         .await?;
     assert_eq!(
         (balance["paid_minor"].as_i64(), balance["reserved_minor"].as_i64()),
-        (Some(3000), Some(0))
+        (Some(4000), Some(0))
     );
 
     // Reconciliation: Stripe and the records agree; a lost local update (the item still marked
     // unknown although its transfer exists) is reported, and --repair settles it.
     let (ok, out) = reconcile(&sys, &p.program, false).await?;
     assert!(
-        ok && out.contains("2 item(s) compared") && out.contains("0 difference(s)"),
+        ok && out.contains("3 item(s) compared") && out.contains("0 difference(s)"),
         "{out}"
     );
     let pool = sys.service_pool("payout").await?;
@@ -483,9 +604,295 @@ async fn unknown_outcomes_end_with_exactly_one_transfer() -> anyhow::Result<()> 
         .await?;
     assert_eq!(status, "paid");
     pool.close().await;
-    assert_eq!(fake.transfers().len(), 2, "reconciling moved no money");
+    assert_eq!(fake.transfers().len(), 3, "reconciling moved no money");
     verify_ledger(&sys)?;
     sys.stop().await
+}
+
+/// Ann's payable and reserved balance in the program.
+async fn ann_balance(p: &Program) -> anyhow::Result<(i64, i64, i64)> {
+    let b = p
+        .ann
+        .mcp
+        .ok("amba_affiliate_my_balance_get", json!({"program_id": p.program}))
+        .await?;
+    Ok((
+        b["payable_minor"].as_i64().unwrap_or(-1),
+        b["reserved_minor"].as_i64().unwrap_or(-1),
+        b["paid_minor"].as_i64().unwrap_or(-1),
+    ))
+}
+
+#[tokio::test]
+async fn nothing_moves_unless_the_owner_is_enabled_funded_and_charged() -> anyhow::Result<()> {
+    let sink = amba_testkit::SmtpSink::start().await?;
+    let sys = TestSystem::with_stripe(&[("ORG_PAYOUTS_LIVE", "true"), ("AMBA_SMTP_URL", &sink.url())]).await?;
+    let p = program(&sys, json!({"hold_days": 0, "platform_fee_bps": 500})).await?;
+    onboard(&sys, &p.ann).await?;
+    report_when_ready(&p.owner, &p.program, "f-1", 20_000, &p.ann_code).await?;
+    quote_when(&p.ann, &p.program, |q| q["payable_minor"] == 4000).await?;
+    let fake = stripe(&sys)?;
+    let run = |key: &'static str| {
+        p.owner.mcp.ok(
+            "amba_affiliate_payout_run",
+            json!({"program_id": p.program, "idempotency_key": key}),
+        )
+    };
+
+    // The platform switch is on, the org's is not: refused exactly like the platform gate.
+    let err = p
+        .owner
+        .mcp
+        .err("amba_affiliate_payout_run", json!({"program_id": p.program}))
+        .await?;
+    assert_eq!(
+        (err["code"].as_str(), err["status"].as_i64()),
+        (Some("PAYOUTS_NOT_ENABLED"), Some(503))
+    );
+    enable_payouts(&sys, &p.owner, &[])?;
+
+    // Enabled, but no payment method saved: FUNDING_REQUIRED naming the tool; the dry run says
+    // what would be charged (the gross, fee included) and per item fee and net.
+    let err = p
+        .owner
+        .mcp
+        .err("amba_affiliate_payout_run", json!({"program_id": p.program}))
+        .await?;
+    assert_eq!(
+        (err["code"].as_str(), err["status"].as_i64()),
+        (Some("FUNDING_REQUIRED"), Some(402))
+    );
+    assert!(
+        text(&err["message"]).contains("amba_affiliate_program_funding_setup"),
+        "{err}"
+    );
+    assert_eq!(err["details"]["funding_required_minor"], 4000);
+    let dry = p
+        .owner
+        .mcp
+        .ok(
+            "amba_affiliate_payout_run",
+            json!({"program_id": p.program, "dry_run": true}),
+        )
+        .await?;
+    assert_eq!(
+        (
+            dry["funding_required_minor"].as_i64(),
+            dry["funding"]["status"].as_str()
+        ),
+        (Some(4000), Some("required"))
+    );
+    let plan = item_of(&items(&dry), &p.ann)?.clone();
+    assert_eq!(
+        (plan["fee_minor"].as_i64(), plan["net_minor"].as_i64()),
+        (Some(200), Some(3800))
+    );
+    assert!(fake.payment_intents().is_empty() && fake.transfers().is_empty());
+    assert_eq!(ann_balance(&p).await?, (4000, 0, 0), "nothing reserved");
+
+    // A declined card: the charge fails, nothing is transferred, every reservation is returned,
+    // the run says why, and the owner is e-mailed.
+    fund(&sys, &p.owner, &p.program, "declined", "0002").await?;
+    let declined = run("declined").await?;
+    assert_eq!(declined["funding"]["status"], "failed", "{declined}");
+    assert_eq!(declined["funding"]["code"], "FUNDING_FAILED");
+    assert_eq!(declined["funding"]["decline_code"], "generic_decline");
+    let item = item_of(&items(&declined), &p.ann)?.clone();
+    assert_eq!(item["status"], "failed");
+    assert!(text(&item["reason"]).contains("FUNDING_FAILED"), "{item}");
+    assert!(fake.transfers().is_empty(), "a failed charge moves nothing");
+    assert_eq!(ann_balance(&p).await?, (4000, 0, 0), "the commission stays payable");
+    let owner_mail = eventually(WAIT, "the owner's e-mail about the declined payment", || async {
+        Ok(sink
+            .received()
+            .into_iter()
+            .find(|m| m.header("Subject").is_some_and(|s| s.contains("was declined"))))
+    })
+    .await?;
+    assert_eq!(owner_mail.to, ["payowner@example.com".to_owned()]);
+    assert!(
+        owner_mail.body().contains("amba_affiliate_program_funding_setup"),
+        "{}",
+        owner_mail.data
+    );
+    assert!(
+        !sink
+            .received()
+            .iter()
+            .any(|m| m.to.contains(&"payann@example.com".to_owned())
+                && m.header("Subject").is_some_and(|s| s.contains("failed"))),
+        "the owner's card is not the affiliate's business"
+    );
+    verify_ledger(&sys)?;
+
+    // A card that needs the owner present cannot be charged off-session: nothing moves either.
+    fund(&sys, &p.owner, &p.program, "authentication_required", "3184").await?;
+    let auth = run("auth").await?;
+    assert_eq!(auth["funding"]["decline_code"], "authentication_required", "{auth}");
+    assert!(fake.transfers().is_empty());
+    assert_eq!(ann_balance(&p).await?, (4000, 0, 0));
+
+    // A per-run cap below the charge refuses the run before anything is reserved.
+    fund(&sys, &p.owner, &p.program, "visa", "4242").await?;
+    enable_payouts(&sys, &p.owner, &["--cap-per-run", "3999"])?;
+    let err = p
+        .owner
+        .mcp
+        .err("amba_affiliate_payout_run", json!({"program_id": p.program}))
+        .await?;
+    assert_eq!(
+        (err["code"].as_str(), err["details"]["cap_per_run_minor"].as_i64()),
+        (Some("PAYOUT_CAP_EXCEEDED"), Some(3999))
+    );
+
+    // Funded and within the caps: one charge of the gross, then the transfer from it.
+    enable_payouts(&sys, &p.owner, &["--cap-per-run", "4000", "--cap-per-day", "4000"])?;
+    let paid = run("paid").await?;
+    assert_eq!(paid["funding"]["status"], "succeeded", "{paid}");
+    assert_eq!(item_of(&items(&paid), &p.ann)?["status"], "paid");
+    let succeeded: Vec<Value> = fake
+        .payment_intents()
+        .into_iter()
+        .filter(|pi| pi["status"] == "succeeded")
+        .collect();
+    assert_eq!(succeeded.len(), 1);
+    assert_eq!(succeeded[0]["amount"], 4000);
+    let transfers = fake.transfers();
+    assert_eq!(transfers.len(), 1);
+    assert_eq!(
+        (transfers[0]["amount"].as_i64(), &transfers[0]["source_transaction"]),
+        (Some(3800), &paid["funding"]["charge_id"])
+    );
+    assert_eq!(ann_balance(&p).await?, (0, 0, 3800));
+
+    // The day's cap is used up; then the operator disables the org.
+    report(&p.owner, &p.program, "f-2", 5_000, &p.ann_code).await?;
+    quote_when(&p.ann, &p.program, |q| q["payable_minor"] == 1000).await?;
+    let err = p
+        .owner
+        .mcp
+        .err("amba_affiliate_payout_run", json!({"program_id": p.program}))
+        .await?;
+    assert_eq!(
+        (err["code"].as_str(), err["details"]["charged_today_minor"].as_i64()),
+        (Some("PAYOUT_CAP_EXCEEDED"), Some(4000))
+    );
+    let (ok, out) = amba(
+        &sys,
+        &["orgs", "payouts", "disable", &p.owner.id, "--by", "test-operator"],
+    )?;
+    assert!(ok && out.contains("disabled by test-operator"), "{out}");
+    let err = p
+        .owner
+        .mcp
+        .err("amba_affiliate_payout_run", json!({"program_id": p.program}))
+        .await?;
+    assert_eq!(err["code"], "PAYOUTS_NOT_ENABLED");
+    let (ok, listed) = amba(&sys, &["orgs", "list"])?;
+    let line = listed.lines().find(|l| l.starts_with(&p.owner.id)).unwrap_or_default();
+    assert!(
+        ok && line.contains("disabled") && line.contains("test-operator") && line.contains("yes"),
+        "{listed}"
+    );
+    assert_eq!(fake.transfers().len(), 1);
+    verify_ledger(&sys)?;
+    sys.stop().await
+}
+
+#[tokio::test]
+async fn a_refund_after_a_reversed_payout_leaves_no_debt_and_foreign_transfers_change_nothing() -> anyhow::Result<()> {
+    let sys = TestSystem::with_stripe(&[("ORG_PAYOUTS_LIVE", "true")]).await?;
+    let p = program(&sys, json!({"hold_days": 0, "platform_fee_bps": 500})).await?;
+    onboard(&sys, &p.ann).await?;
+    enable_payouts(&sys, &p.owner, &[])?;
+    fund(&sys, &p.owner, &p.program, "visa", "4242").await?;
+    report_when_ready(&p.owner, &p.program, "rv-1", 20_000, &p.ann_code).await?;
+    quote_when(&p.ann, &p.program, |q| q["payable_minor"] == 4000).await?;
+    let run = p
+        .owner
+        .mcp
+        .ok("amba_affiliate_payout_run", json!({"program_id": p.program}))
+        .await?;
+    let item = item_of(&items(&run), &p.ann)?.clone();
+    assert_eq!(
+        (item["status"].as_str(), item["net_minor"].as_i64()),
+        (Some("paid"), Some(3800)),
+        "{run}"
+    );
+    let fake = stripe(&sys)?;
+
+    // A transfer Stripe has that claims the item but does not match it (another amount): its
+    // events are checked against Stripe's copy and change nothing.
+    let before = scrape_mismatches(&sys).await?;
+    let forged = reqwest::Client::new()
+        .post(format!("{}/v1/transfers", fake.base_url()))
+        .bearer_auth(
+            sys.settings
+                .stripe_secret_key
+                .as_ref()
+                .map(|k| k.expose())
+                .unwrap_or_default(),
+        )
+        .form(&[
+            ("amount", "1"),
+            ("currency", "usd"),
+            ("destination", text(&fake.accounts()[0]["id"])),
+            ("transfer_group", text(&run["payout_run_id"])),
+            ("metadata[payout_item_id]", text(&item["payout_item_id"])),
+        ])
+        .send()
+        .await?
+        .json::<Value>()
+        .await?;
+    fake.reverse_transfer(text(&forged["id"]), 1).await?;
+    eventually(WAIT, "both events of the foreign transfer refused", || async {
+        Ok((scrape_mismatches(&sys).await? >= before + 2.0).then_some(()))
+    })
+    .await?;
+    assert_eq!(ann_balance(&p).await?, (0, 0, 3800), "nothing changed");
+
+    // The real transfer is reversed in full (3,800 back), then the sale is refunded: the
+    // reversal already undid the whole commission, fee included, so the clawback changes nothing.
+    fake.reverse_transfer(text(&item["stripe_transfer_id"]), 3800).await?;
+    eventually(WAIT, "the reversal booked", || async {
+        Ok((ann_balance(&p).await? == (0, 0, 0)).then_some(()))
+    })
+    .await?;
+    let conversions = p
+        .owner
+        .mcp
+        .ok("amba_affiliate_conversions_list", json!({"program_id": p.program}))
+        .await?;
+    let conversion_id = text(&conversions["conversions"][0]["conversion_id"]).to_owned();
+    let clawed = p
+        .owner
+        .mcp
+        .ok(
+            "amba_affiliate_conversion_clawback",
+            json!({"conversion_id": conversion_id, "reason": "refund", "idempotency_key": "rv-refund"}),
+        )
+        .await?;
+    assert_eq!(
+        (
+            clawed["reversed_minor"].as_i64(),
+            clawed["carry_forward_minor"].as_i64()
+        ),
+        (Some(0), Some(0)),
+        "{clawed}"
+    );
+    let quote = quote_when(&p.ann, &p.program, |q| q["debt_minor"] == 0).await?;
+    assert_eq!(quote["payable_minor"], 0);
+    assert_eq!(ann_balance(&p).await?, (0, 0, 0));
+    verify_ledger(&sys)?;
+    sys.stop().await
+}
+
+async fn scrape_mismatches(sys: &TestSystem) -> anyhow::Result<f64> {
+    let metrics = crate::attribution::scrape(sys).await?;
+    Ok(crate::attribution::sample(
+        &metrics,
+        "amba_stripe_transfer_mismatches_total",
+    ))
 }
 
 #[tokio::test]
@@ -541,34 +948,42 @@ async fn the_preview_gate_moves_nothing_and_dry_runs_still_work() -> anyhow::Res
     sys.stop().await
 }
 
+async fn tick(sys: &TestSystem, at: chrono::DateTime<chrono::Utc>) -> anyhow::Result<bool> {
+    amba_payout::publish_tick(&sys.bus.js, &sys.bus.ns, at)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+async fn runs_of(p: &Program) -> anyhow::Result<Vec<Value>> {
+    let listed = p
+        .owner
+        .mcp
+        .ok("amba_affiliate_payouts_list", json!({"program_id": p.program}))
+        .await?;
+    Ok(listed["runs"].as_array().cloned().unwrap_or_default())
+}
+
 #[tokio::test]
 async fn a_schedule_settles_once_per_period_however_many_ticks() -> anyhow::Result<()> {
     let sys = TestSystem::with_stripe(&[("ORG_PAYOUTS_LIVE", "true")]).await?;
     let p = program(&sys, json!({"hold_days": 0, "payout_schedule": "weekly"})).await?;
     onboard(&sys, &p.ann).await?;
+    enable_payouts(&sys, &p.owner, &[])?;
+    fund(&sys, &p.owner, &p.program, "visa", "4242").await?;
     report_when_ready(&p.owner, &p.program, "s-1", 10_000, &p.ann_code).await?;
     quote_when(&p.ann, &p.program, |q| {
         q["payable_minor"] == 2000 && q["next_scheduled_at"] != ""
     })
     .await?;
     let now = chrono::Utc::now();
-    assert!(
-        amba_payout::publish_tick(&sys.bus.js, &sys.bus.ns, now)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-    );
-    assert!(
-        !amba_payout::publish_tick(&sys.bus.js, &sys.bus.ns, now)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
-        "deduplicated by JetStream"
-    );
+    assert!(tick(&sys, now).await?);
+    assert!(!tick(&sys, now).await?, "the same tick published twice is stored once");
     eventually(WAIT, "the scheduled run paid Ann", || async {
         Ok((stripe(&sys)?.transfers().len() == 1).then_some(()))
     })
     .await?;
-    // A tick of the same period that slips past JetStream's window (e.g. the next day of the
-    // same week, or another replica's clock) still settles nothing twice.
+    // A tick of the same period (the next day of the same week, or another replica's clock)
+    // settles nothing twice.
     report(&p.owner, &p.program, "s-2", 10_000, &p.ann_code).await?;
     quote_when(&p.ann, &p.program, |q| q["payable_minor"] == 2000).await?;
     let same_week = if now.format("%u").to_string() == "7" {
@@ -576,24 +991,46 @@ async fn a_schedule_settles_once_per_period_however_many_ticks() -> anyhow::Resu
     } else {
         now + chrono::Duration::days(1)
     };
-    amba_payout::publish_tick(&sys.bus.js, &sys.bus.ns, same_week)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    tick(&sys, same_week).await?;
+
+    // A program created after the day's first tick, whose owner is enabled but funds it only
+    // later that day: a tick before the funding creates nothing (and takes no period), the next
+    // tick after it settles the program once, and later ticks nothing more.
+    let late = program_of(&sys, "Late", json!({"hold_days": 0, "payout_schedule": "weekly"})).await?;
+    onboard(&sys, &late.ann).await?;
+    enable_payouts(&sys, &late.owner, &[])?;
+    report_when_ready(&late.owner, &late.program, "l-1", 5_000, &late.ann_code).await?;
+    quote_when(&late.ann, &late.program, |q| q["payable_minor"] == 1000).await?;
+    assert!(
+        tick(&sys, chrono::Utc::now()).await?,
+        "a later tick the same day is a new tick"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(runs_of(&late).await?.is_empty(), "unfunded: nothing created");
+    fund(&sys, &late.owner, &late.program, "visa", "4242").await?;
+    assert!(tick(&sys, chrono::Utc::now()).await?);
+    eventually(WAIT, "the late program's scheduled run paid its affiliate", || async {
+        let runs = runs_of(&late).await?;
+        Ok((runs.len() == 1 && runs[0]["items"][0]["status"] == "paid").then_some(()))
+    })
+    .await?;
+    tick(&sys, chrono::Utc::now()).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(runs_of(&late).await?.len(), 1, "once per program and period");
     assert_eq!(
         stripe(&sys)?.transfers().len(),
-        1,
-        "one settlement per program per period"
+        2,
+        "one settlement per program per period: the first program once, the late one once"
     );
-    let listed = p
-        .owner
-        .mcp
-        .ok("amba_affiliate_payouts_list", json!({"program_id": p.program}))
-        .await?;
-    let runs = listed["runs"].as_array().cloned().unwrap_or_default();
+    let runs = runs_of(&p).await?;
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0]["trigger"], "schedule");
     assert!(text(&runs[0]["period"]).contains("-W"));
+    assert_eq!(
+        stripe(&sys)?.payment_intents().len(),
+        2,
+        "each scheduled run charged its owner"
+    );
     verify_ledger(&sys)?;
     sys.stop().await
 }

@@ -3,6 +3,7 @@
 
 mod accounts;
 mod faults;
+mod funding;
 mod support;
 mod transfers;
 mod webhooks;

@@ -170,7 +170,12 @@ impl OutsideEvents {
 
     /// Each reversal of a transfer goes to the ledger once (keyed by the reversal id): the money
     /// returned settles debt first, then recovers the commissions the transfer paid.
-    async fn transfer_reversed(&self, conn: &mut PgConnection, event_id: &str, object: &Value) -> Result<(), HandlerError> {
+    async fn transfer_reversed(
+        &self,
+        conn: &mut PgConnection,
+        event_id: &str,
+        object: &Value,
+    ) -> Result<(), HandlerError> {
         let Some((item, transfer)) = self.checked_transfer(conn, event_id, object).await? else {
             return Ok(());
         };
@@ -339,7 +344,10 @@ fn transfer_mismatch(item: &store::ItemRow, transfer: &crate::stripe::Transfer) 
     } else if !transfer.currency.eq_ignore_ascii_case(&item.currency) {
         Some(format!("currency {} (expected {})", transfer.currency, item.currency))
     } else if item.stripe_account_id.as_deref() != Some(destination) {
-        Some(format!("destination {destination} (expected {:?})", item.stripe_account_id))
+        Some(format!(
+            "destination {destination} (expected {:?})",
+            item.stripe_account_id
+        ))
     } else if group != item.group() {
         Some(format!("transfer_group {group} (expected {})", item.group()))
     } else {

@@ -7,9 +7,9 @@
 
 use crate::settle::Settler;
 use crate::stripe::Transfer;
-use std::collections::HashMap;
 use amba_bus::rpc::db_error;
 use amba_core::ApiError;
+use std::collections::HashMap;
 
 #[derive(Debug, Default)]
 pub struct Reconciliation {

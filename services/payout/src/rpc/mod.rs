@@ -456,7 +456,14 @@ impl Payout {
         tx.commit().await.map_err(db_error)?;
         let key = format!("funding_setup:{}", amba_core::id::time_ordered_suffix());
         let session = stripe
-            .setup_session(&customer, &program.currency, &success_url, &cancel_url, &who.org_id, &key)
+            .setup_session(
+                &customer,
+                &program.currency,
+                &success_url,
+                &cancel_url,
+                &who.org_id,
+                &key,
+            )
             .await
             .map_err(stripe_error)?;
         Ok(pb::FundingSetupReply {
@@ -468,8 +475,13 @@ impl Payout {
         })
     }
 
+    /// The run as stored now (its funding moved on since it was created), with its items.
     async fn reply(&self, run: RunRow, duplicate: bool) -> Result<pb::PayoutRunReply, ApiError> {
         let mut conn = self.settler.pool.acquire().await.map_err(db_error)?;
+        let run = store::run(&mut conn, &run.payout_run_id)
+            .await
+            .map_err(db_error)?
+            .unwrap_or(run);
         let items = store::items_of_run(&mut conn, &run.payout_run_id)
             .await
             .map_err(db_error)?;
@@ -500,7 +512,11 @@ fn account_state(account: Option<&store::AccountRow>) -> Account {
 
 /// The charge of a run: the gross of every item it pays.
 pub fn charge_total(items: &[ItemRow]) -> i64 {
-    items.iter().filter(|i| i.status != "skipped").map(|i| i.gross_minor).sum()
+    items
+        .iter()
+        .filter(|i| i.status != "skipped")
+        .map(|i| i.gross_minor)
+        .sum()
 }
 
 /// A dry run's funding: what would be charged, and whether a payment method is saved.
