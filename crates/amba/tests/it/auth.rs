@@ -150,6 +150,7 @@ async fn annotations_are_honest() -> anyhow::Result<()> {
         let open_world = [
             "amba_affiliate_my_payout_create",
             "amba_affiliate_my_payout_onboarding",
+            "amba_affiliate_program_funding_setup",
             "amba_affiliate_payout_run",
         ]
         .contains(&tool.name.as_ref());

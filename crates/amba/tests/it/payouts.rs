@@ -689,6 +689,23 @@ async fn nothing_moves_unless_the_owner_is_enabled_funded_and_charged() -> anyho
     );
     assert!(fake.payment_intents().is_empty() && fake.transfers().is_empty());
     assert_eq!(ann_balance(&p).await?, (4000, 0, 0), "nothing reserved");
+    // Only the program's owner sets up its funding.
+    let err = p
+        .ann
+        .mcp
+        .err("amba_affiliate_program_funding_setup", json!({"program_id": p.program}))
+        .await?;
+    assert_eq!(err["code"], "NOT_FOUND");
+    let err = p
+        .owner
+        .mcp
+        .err(
+            "amba_affiliate_program_funding_setup",
+            json!({"program_id": p.program, "success_url": "javascript:alert(1)"}),
+        )
+        .await?;
+    assert_eq!(err["code"], "INVALID_ARGUMENT");
+    assert!(fake.customers().is_empty(), "refused calls create nothing at Stripe");
 
     // A declined card: the charge fails, nothing is transferred, every reservation is returned,
     // the run says why, and the owner is e-mailed.
