@@ -97,6 +97,15 @@ async fn post(shared: &Shared, path: &str, segments: &[&str], headers: &HeaderMa
     let form = Form::parse(body);
     let fault = shared.lock().take_fault(path);
     // Stripe's rate limiter sits in front of everything: nothing runs and nothing is saved.
+    if fault == Some(FaultKind::Refused) {
+        return error(
+            &ApiError::invalid(
+                "The account this request is for cannot take it (injected fault: refused).",
+                "destination",
+            )
+            .code("account_invalid"),
+        );
+    }
     if fault == Some(FaultKind::RateLimited) {
         return error(&ApiError::rate_limited());
     }
@@ -201,6 +210,7 @@ fn route_post(
         ["payment_methods", id, "attach"] => state.attach_payment_method(id, form, now),
         ["payment_intents"] => state.create_payment_intent(form, now),
         ["payment_intents", id, "confirm"] => state.confirm_payment_intent(id, form, now),
+        ["refunds"] => state.create_refund(form, now),
         _ => Err(ApiError::unrecognized("POST", path)),
     }
 }
@@ -219,6 +229,9 @@ fn get(state: &Data, segments: &[&str], query: &Form) -> Option<Result<Value, Ap
         ["payment_intents", id] => one(state.payment_intent(id)),
         ["charges"] => state.list_charges(query),
         ["charges", id] => one(state.charge(id)),
+        ["charges", id, "refunds"] => state.list_charge_refunds(id, query),
+        ["refunds"] => state.list_refunds(query),
+        ["refunds", id] => one(state.refund(id)),
         ["accounts", id] => query.allow(&[], &["expand"]).and_then(|()| state.account(id).cloned()),
         ["transfers"] => state.list_transfers(query),
         ["transfers", id] => query.allow(&[], &["expand"]).and_then(|()| state.transfer(id).cloned()),

@@ -7,7 +7,7 @@
 //! error after the work was committed, a slow answer, a rate limit.
 //!
 //! It also keeps owner funding, "separate charges and transfers": the platform charges a program
-//! owner, then transfers to affiliates out of that charge.
+//! owner, then transfers to affiliates out of that charge, and may refund the charge.
 //!
 //! - `POST /v1/customers`, `GET`/`POST /v1/customers/{id}`, `GET /v1/customers/{id}/payment_methods`.
 //! - Checkout in setup mode: `POST /v1/checkout/sessions` (`mode=setup`, `customer`, `currency`
@@ -32,6 +32,13 @@
 //!   the transfer's currency and still cover the amount (less refunds and earlier transfers from
 //!   it: `balance_insufficient` otherwise); the transfer takes the charge's `transfer_group`
 //!   when it has none.
+//! - `POST /v1/refunds` with `charge` or `payment_intent` (its `latest_charge`), `amount` (default:
+//!   all not refunded yet), `reason`, `metadata`: refunds a succeeded charge, never more than is
+//!   left of it (`amount_too_large`; `charge_already_refunded` once nothing is). The charge's
+//!   `amount_refunded` and `refunded` follow, so a refund also lowers what transfers can still take
+//!   from it; emits `refund.created`, then `charge.refunded`. `GET /v1/refunds[/{id}]`
+//!   (`charge=`, `payment_intent=`), `GET /v1/charges/{id}/refunds`; a charge shows its `refunds`
+//!   list only when expanded (`expand[]=refunds`), as in current API versions.
 //! - Lists are newest first with `limit`, `starting_after`, `ending_before`, `created[gte]`...;
 //!   `expand[]` replaces the ids it names with the objects.
 //!
@@ -58,6 +65,7 @@ mod cards;
 mod error;
 mod form;
 mod payments;
+mod refunds;
 mod state;
 mod webhook;
 
@@ -105,6 +113,9 @@ pub enum FaultKind {
     Timeout(Duration),
     /// Answer 429 `rate_limit_error` and do nothing; nothing is saved under the idempotency key.
     RateLimited,
+    /// Answer 400 `invalid_request_error` (`account_invalid`) and do nothing, as Stripe does when
+    /// it refuses a request outright (e.g. a destination account that was closed meanwhile).
+    Refused,
 }
 
 /// A running fake. Clones share it; it serves until the last clone is dropped or
@@ -279,6 +290,11 @@ impl FakeStripe {
     /// Every charge made (failed ones too), oldest first.
     pub fn charges(&self) -> Vec<Value> {
         self.shared().lock().charges.clone()
+    }
+
+    /// Every refund made, oldest first.
+    pub fn refunds(&self) -> Vec<Value> {
+        self.shared().lock().refunds.clone()
     }
 
     /// Every event emitted, oldest first (delivered or not).

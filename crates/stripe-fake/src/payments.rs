@@ -106,7 +106,7 @@ pub(crate) fn success_redirect(session: &Value) -> String {
 }
 
 /// Top-level fields whose value changed, with their old values (`previous_attributes`).
-fn previous_attributes(before: &Value, after: &Value) -> Value {
+pub(crate) fn previous_attributes(before: &Value, after: &Value) -> Value {
     let mut previous = Map::new();
     if let (Some(before), Some(after)) = (before.as_object(), after.as_object()) {
         for (key, old) in before {

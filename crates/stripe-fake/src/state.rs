@@ -28,6 +28,7 @@ pub(crate) struct State {
     pub(crate) checkout_sessions: Vec<Value>,
     pub(crate) payment_intents: Vec<Value>,
     pub(crate) charges: Vec<Value>,
+    pub(crate) refunds: Vec<Value>,
     /// `setup_intent_data` of each checkout session by id (not part of the session object).
     pub(crate) setup_intent_data: HashMap<String, Value>,
     pub(crate) events: Vec<Value>,
@@ -641,7 +642,8 @@ fn created_range(form: &Form) -> Result<(i64, i64), ApiError> {
 
 impl State {
     /// Replaces the ids named by `expand[]` (`latest_charge`, `setup_intent.payment_method`,
-    /// `data.customer` in a list) with the objects, as Stripe's `expand` does. A path that names
+    /// `data.customer` in a list) with the objects, as Stripe's `expand` does; a charge's
+    /// `refunds` (left out unless expanded) becomes the list of its refunds. A path that names
     /// no id of the fake is left as it is.
     pub(crate) fn expand(&self, mut value: Value, form: &Form) -> Value {
         for path in form.list("expand") {
@@ -661,6 +663,15 @@ impl State {
                 self.expand_path(item, rest);
             }
             return;
+        }
+        // A charge leaves its `refunds` out unless they are expanded.
+        if *head == "refunds"
+            && value["object"] == "charge"
+            && value.get("refunds").is_none()
+            && let Some(id) = value["id"].as_str()
+        {
+            let refunds = self.charge_refunds(id);
+            value["refunds"] = refunds;
         }
         let Some(field) = value.get_mut(*head) else { return };
         if let Some(found) = field.as_str().and_then(|id| self.find(id)) {
@@ -682,6 +693,7 @@ impl State {
             "cs" => &self.checkout_sessions,
             "pi" => &self.payment_intents,
             "ch" => &self.charges,
+            "re" => &self.refunds,
             _ => return None,
         };
         collection.iter().find(|v| v["id"] == id)

@@ -82,8 +82,10 @@ impl Settler {
                     first_error.get_or_insert(err);
                 }
             }
-            if matches!(before.as_str(), "reserving" | "charging") {
-                self.fund(stripe, &run).await?;
+            match before.as_str() {
+                "reserving" | "charging" => self.fund(stripe, &run).await?,
+                "succeeded" if first_error.is_none() => self.settle_funding(stripe, run_id).await?,
+                _ => {}
             }
             let mut conn = self.pool.acquire().await.map_err(db_error)?;
             let after = store::run(&mut conn, run_id)
@@ -271,6 +273,64 @@ impl Settler {
                 self.touch_run(tx, &run, &funding).await
             }
         }
+    }
+
+    /// Once every item of a charged run is final, what was charged but not paid out (items
+    /// refused or voided after the charge) goes back to the owner's card, once: the refund is
+    /// keyed by the run and looked up before it is sent again. Their commission is payable again,
+    /// so a later run charges it again — and only once overall.
+    async fn settle_funding(&self, stripe: &Stripe, run_id: &str) -> Result<(), ApiError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let Some(run) = store::lock_run_free(&mut tx, run_id).await.map_err(db_error)? else {
+            return Ok(());
+        };
+        let mut funding = run.funding.clone();
+        if funding.funding_status != "succeeded" || funding.funding_settled {
+            return Ok(());
+        }
+        let items = store::items_of_run(&mut tx, run_id).await.map_err(db_error)?;
+        if items
+            .iter()
+            .any(|i| matches!(i.status.as_str(), "pending" | "reserved" | "unknown"))
+        {
+            return Ok(());
+        }
+        let paid: i64 = items.iter().filter(|i| i.status == "paid").map(|i| i.gross_minor).sum();
+        let unused = funding.funding_minor - paid;
+        if unused > 0 {
+            let Some(charge) = funding.charge_id.clone() else {
+                return Err(ApiError::internal());
+            };
+            let found = match stripe.refunds_of(&charge, run_id).await {
+                Ok(found) => found.into_iter().next(),
+                Err(err) => {
+                    tracing::warn!(payout_run_id = %run_id, error = %err, "refund lookup failed; trying later");
+                    return self.touch_run(tx, &run, &funding).await;
+                }
+            };
+            let refunded = match found {
+                Some(refund) => Ok(refund),
+                None => stripe.refund(&charge, unused, run_id).await,
+            };
+            match refunded {
+                Ok(refund) => {
+                    funding.refunded_minor = refund.amount;
+                    funding.refund_id = Some(refund.id);
+                }
+                Err(StripeError::Unknown(why)) => {
+                    tracing::warn!(payout_run_id = %run_id, %why, "refund outcome unknown; looking it up");
+                    return self.touch_run(tx, &run, &funding).await;
+                }
+                Err(StripeError::Refused { message, .. }) => {
+                    // Nothing more the service can do by itself: visible on the run, and loud.
+                    tracing::error!(payout_run_id = %run_id, unused, %message, "Stripe refused to refund what a run could not pay out");
+                    funding.funding_message = Some(format!("{unused} could not be refunded: {message}"));
+                }
+            }
+        }
+        funding.funding_settled = true;
+        store::set_funding(&mut tx, run_id, &funding).await.map_err(db_error)?;
+        tx.commit().await.map_err(db_error)
     }
 
     /// Records a failed charge and tells the owner (`payout.funding_failed`); the items are voided

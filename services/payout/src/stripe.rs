@@ -163,6 +163,14 @@ impl PaymentIntent {
     }
 }
 
+#[derive(Debug, Clone, Deserialize)]
+pub struct Refund {
+    pub id: String,
+    pub amount: i64,
+    #[serde(default)]
+    pub metadata: Value,
+}
+
 #[derive(Debug, Deserialize)]
 struct List<T> {
     data: Vec<T>,
@@ -388,6 +396,31 @@ impl Stripe {
         .await
     }
 
+    /// Returns `amount_minor` of a run's charge to the owner (what the run could not pay out).
+    pub async fn refund(&self, charge: &str, amount_minor: i64, payout_run_id: &str) -> Result<Refund, StripeError> {
+        let amount = amount_minor.to_string();
+        self.post(
+            "/v1/refunds",
+            &format!("payout_run:{payout_run_id}:refund"),
+            &[
+                ("charge", charge),
+                ("amount", &amount),
+                ("reason", "requested_by_customer"),
+                ("metadata[payout_run_id]", payout_run_id),
+            ],
+        )
+        .await
+    }
+
+    /// The refunds of a run's charge made for that run: how a refund whose answer was lost is found.
+    pub async fn refunds_of(&self, charge: &str, payout_run_id: &str) -> Result<Vec<Refund>, StripeError> {
+        let all: Vec<Refund> = self.list("/v1/refunds", &[("charge", charge)]).await?;
+        Ok(all
+            .into_iter()
+            .filter(|r| r.metadata.get("payout_run_id").and_then(Value::as_str) == Some(payout_run_id))
+            .collect())
+    }
+
     /// Every object of a list endpoint (newest first), following `starting_after`.
     async fn list<T>(&self, path: &str, filter: &[(&str, &str)]) -> Result<Vec<T>, StripeError>
     where
@@ -492,6 +525,12 @@ pub trait HasId {
 }
 
 impl HasId for Transfer {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl HasId for Refund {
     fn id(&self) -> &str {
         &self.id
     }

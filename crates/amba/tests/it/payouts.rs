@@ -817,6 +817,104 @@ async fn nothing_moves_unless_the_owner_is_enabled_funded_and_charged() -> anyho
 }
 
 #[tokio::test]
+async fn what_a_run_charged_but_could_not_pay_is_refunded_once() -> anyhow::Result<()> {
+    let sys = TestSystem::with_stripe(&[("ORG_PAYOUTS_LIVE", "true")]).await?;
+    let p = program(&sys, json!({"hold_days": 0, "payout_threshold_minor": 100})).await?;
+    onboard(&sys, &p.ann).await?;
+    onboard(&sys, &p.bob).await?;
+    enable_payouts(&sys, &p.owner, &[])?;
+    fund(&sys, &p.owner, &p.program, "visa", "4242").await?;
+    report_when_ready(&p.owner, &p.program, "rf-1", 10_000, &p.ann_code).await?; // Ann 2,000
+    report_when_ready(&p.owner, &p.program, "rf-2", 4_000, &p.bob_code).await?; // Bob 800
+    quote_when(&p.ann, &p.program, |q| q["payable_minor"] == 2000).await?;
+    quote_when(&p.bob, &p.program, |q| q["payable_minor"] == 800).await?;
+    let fake = stripe(&sys)?;
+
+    // The owner is charged 2,800; then Stripe refuses the first transfer outright.
+    fake.inject(Fault {
+        path_prefix: "/v1/transfers".into(),
+        kind: FaultKind::Refused,
+        times: 1,
+    });
+    let run = p
+        .owner
+        .mcp
+        .ok(
+            "amba_affiliate_payout_run",
+            json!({"program_id": p.program, "idempotency_key": "rf"}),
+        )
+        .await?;
+    assert_eq!(
+        (
+            run["funding"]["status"].as_str(),
+            run["funding"]["amount_minor"].as_i64()
+        ),
+        (Some("succeeded"), Some(2800)),
+        "{run}"
+    );
+    let refused: Vec<Value> = items(&run).into_iter().filter(|i| i["status"] == "failed").collect();
+    assert_eq!(refused.len(), 1, "{run}");
+    let refused_gross = refused[0]["gross_minor"].as_i64().unwrap_or_default();
+    assert!(text(&refused[0]["reason"]).contains("Stripe refused"), "{run}");
+
+    // Its gross goes back to the owner's card, once; the commission is payable again.
+    let settled = eventually(WAIT, "the unused part refunded", || async {
+        let runs = runs_of(&p).await?;
+        let run = runs.iter().find(|r| r["idempotency_key"] == "rf").cloned();
+        Ok(run.filter(|r| r["funding"]["refunded_minor"].as_i64() == Some(refused_gross)))
+    })
+    .await?;
+    let refunds = fake.refunds();
+    assert_eq!(refunds.len(), 1);
+    assert_eq!(refunds[0]["amount"].as_i64(), Some(refused_gross));
+    assert_eq!(refunds[0]["charge"], settled["funding"]["charge_id"]);
+    assert_eq!(refunds[0]["metadata"]["payout_run_id"], settled["payout_run_id"]);
+    let unpaid = if refused[0]["affiliate_org_id"] == p.ann.id.as_str() {
+        &p.ann
+    } else {
+        &p.bob
+    };
+    quote_when(unpaid, &p.program, |q| q["payable_minor"] == refused_gross).await?;
+
+    // The next run charges exactly that commission again and pays it: each cent charged once net.
+    let again = p
+        .owner
+        .mcp
+        .ok(
+            "amba_affiliate_payout_run",
+            json!({"program_id": p.program, "idempotency_key": "rf-again"}),
+        )
+        .await?;
+    assert_eq!(
+        again["funding"]["amount_minor"].as_i64(),
+        Some(refused_gross),
+        "{again}"
+    );
+    assert!(items(&again).iter().all(|i| i["status"] != "failed"), "{again}");
+    let charged: i64 = fake
+        .payment_intents()
+        .iter()
+        .filter(|pi| pi["status"] == "succeeded")
+        .map(|pi| pi["amount"].as_i64().unwrap_or_default())
+        .sum();
+    let refunded: i64 = fake
+        .refunds()
+        .iter()
+        .map(|r| r["amount"].as_i64().unwrap_or_default())
+        .sum();
+    let transferred_gross = 2800;
+    assert_eq!(
+        charged - refunded,
+        transferred_gross,
+        "the owner paid each commission once"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(fake.refunds().len(), 1, "a settled run is refunded once");
+    verify_ledger(&sys)?;
+    sys.stop().await
+}
+
+#[tokio::test]
 async fn a_refund_after_a_reversed_payout_leaves_no_debt_and_foreign_transfers_change_nothing() -> anyhow::Result<()> {
     let sys = TestSystem::with_stripe(&[("ORG_PAYOUTS_LIVE", "true")]).await?;
     let p = program(&sys, json!({"hold_days": 0, "platform_fee_bps": 500})).await?;

@@ -827,3 +827,259 @@ async fn transfers_from_a_charge_stay_within_it() -> Result<()> {
     assert_eq!(expanded.body["source_transaction"]["object"], "charge");
     Ok(())
 }
+
+/// A succeeded charge of `amount` on a fresh customer's visa: (payment intent, charge).
+async fn paid_charge(fake: &Fake, amount: i64) -> Result<(String, String)> {
+    let (customer, pm) = saved_card(fake, "visa").await?;
+    let paid = fake
+        .post("/v1/payment_intents", &charge_form(&customer, &pm, amount), None)
+        .await?;
+    ensure!(paid.status == 200, "{}", paid.body);
+    let charge = paid.body["latest_charge"].as_str().context("latest_charge")?.to_owned();
+    Ok((id(&paid.body)?, charge))
+}
+
+#[tokio::test]
+async fn a_charge_is_refunded_in_part_then_the_rest_by_payment_intent() -> Result<()> {
+    let fake = Fake::start().await?;
+    let (intent, charge) = paid_charge(&fake, 1_000).await?;
+    let before = kinds(&fake).len();
+    let form = format!("charge={charge}&amount=300&reason=requested_by_customer&metadata[refund_id]=rf_1");
+    let first = fake.post("/v1/refunds", &form, Some("refund_1")).await?;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let refund = id(&first.body)?;
+    assert!(refund.starts_with("re_"));
+    let body = &first.body;
+    assert_eq!(body["object"], "refund");
+    assert_eq!(body["amount"], 300);
+    assert_eq!(body["currency"], "usd");
+    assert_eq!(body["charge"], charge.as_str());
+    assert_eq!(body["payment_intent"], intent.as_str());
+    assert_eq!(body["reason"], "requested_by_customer");
+    assert_eq!(body["status"], "succeeded");
+    assert_eq!(body["metadata"], json!({"refund_id": "rf_1"}));
+    assert_eq!(body["destination_details"], Value::Null);
+    assert!(
+        body["balance_transaction"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("txn_"))
+    );
+    assert!((body["created"].as_i64().unwrap_or_default() - unix_now()).abs() <= 5);
+
+    // The key replays the same refund; nothing is refunded twice.
+    let replay = fake.post("/v1/refunds", &form, Some("refund_1")).await?;
+    assert_eq!(replay.status, 200);
+    assert_eq!(replay.body, first.body);
+    assert!(replayed(&replay));
+    assert_eq!(fake.stripe.refunds().len(), 1);
+
+    let partly = fake.get(&format!("/v1/charges/{charge}")).await?;
+    assert_eq!(partly.body["amount_refunded"], 300);
+    assert_eq!(partly.body["refunded"], false);
+    assert_eq!(kinds(&fake)[before..], ["refund.created", "charge.refunded"]);
+    let created = fake.hooks.next("refund.created").await?;
+    assert_eq!(created.event["data"]["object"], first.body);
+    let refunded = fake.hooks.next("charge.refunded").await?;
+    assert_eq!(refunded.event["data"]["object"]["id"], charge.as_str());
+    assert_eq!(refunded.event["data"]["object"]["amount_refunded"], 300);
+    assert_eq!(
+        refunded.event["data"]["previous_attributes"],
+        json!({"amount_refunded": 0})
+    );
+    assert_eq!(refunded.event["request"]["idempotency_key"], "refund_1");
+
+    // The rest, by payment intent and without an amount.
+    let rest = fake
+        .post("/v1/refunds", &format!("payment_intent={intent}"), None)
+        .await?;
+    assert_eq!(rest.status, 200, "{}", rest.body);
+    assert_eq!(rest.body["amount"], 700);
+    assert_eq!(rest.body["charge"], charge.as_str());
+    assert_eq!(rest.body["reason"], Value::Null);
+    assert_eq!(rest.body["metadata"], json!({}));
+    let full = fake.get(&format!("/v1/charges/{charge}")).await?;
+    assert_eq!(full.body["amount_refunded"], 1_000);
+    assert_eq!(full.body["refunded"], true);
+    assert_eq!(full.body["status"], "succeeded");
+    let refunded = fake.hooks.next("charge.refunded").await?;
+    assert_eq!(
+        refunded.event["data"]["previous_attributes"],
+        json!({"amount_refunded": 300, "refunded": false})
+    );
+
+    // Nothing is left to refund.
+    for form in [format!("charge={charge}"), format!("payment_intent={intent}&amount=1")] {
+        let again = fake.post("/v1/refunds", &form, None).await?;
+        assert_eq!(again.status, 400, "{form}: {}", again.body);
+        assert_eq!(again.body["error"]["type"], "invalid_request_error");
+        assert_eq!(again.body["error"]["code"], "charge_already_refunded");
+    }
+    assert_eq!(fake.stripe.refunds().len(), 2);
+
+    // Listed newest first, by charge or by payment intent; fetched one by one.
+    let second = id(&rest.body)?;
+    let by_charge = fake.get(&format!("/v1/refunds?charge={charge}")).await?;
+    assert_eq!(by_charge.status, 200, "{}", by_charge.body);
+    assert_eq!(by_charge.body["url"], "/v1/refunds");
+    assert_eq!(ids(&by_charge.body), vec![second.clone(), refund.clone()]);
+    let by_intent = fake
+        .get(&format!("/v1/refunds?payment_intent={intent}&limit=1"))
+        .await?;
+    assert_eq!(ids(&by_intent.body), vec![second.clone()]);
+    assert_eq!(by_intent.body["has_more"], true);
+    let older = fake
+        .get(&format!("/v1/refunds?charge={charge}&starting_after={second}"))
+        .await?;
+    assert_eq!(ids(&older.body), vec![refund.clone()]);
+    let (_, other_charge) = paid_charge(&fake, 500).await?;
+    let none = fake.get(&format!("/v1/refunds?charge={other_charge}")).await?;
+    assert!(ids(&none.body).is_empty());
+    let all = fake.get("/v1/refunds").await?;
+    assert_eq!(ids(&all.body).len(), 2);
+    let fetched = fake.get(&format!("/v1/refunds/{refund}?expand[]=charge")).await?;
+    assert_eq!(fetched.status, 200, "{}", fetched.body);
+    assert_eq!(fetched.body["charge"]["id"], charge.as_str());
+    assert_eq!(fetched.body["charge"]["refunded"], true);
+    let missing = fake.get("/v1/refunds/re_missing").await?;
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.body["error"]["code"], "resource_missing");
+    let of_charge = fake.get(&format!("/v1/charges/{charge}/refunds")).await?;
+    assert_eq!(ids(&of_charge.body), vec![second.clone(), refund.clone()]);
+    let expanded = fake.get(&format!("/v1/charges/{charge}?expand[]=refunds")).await?;
+    assert_eq!(expanded.body["refunds"]["total_count"], 2);
+    assert_eq!(ids(&expanded.body["refunds"]), vec![second, refund]);
+    assert_eq!(fake.stripe.refunds().len(), 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_refund_beyond_the_charge_or_of_nothing_is_refused_and_changes_nothing() -> Result<()> {
+    let fake = Fake::start().await?;
+    let (intent, charge) = paid_charge(&fake, 1_000).await?;
+    let (customer, pm) = saved_card(&fake, "declined").await?;
+    let declined = fake
+        .post("/v1/payment_intents", &charge_form(&customer, &pm, 1_000), None)
+        .await?;
+    let failed_charge = declined.body["error"]["charge"].as_str().context("charge")?;
+    let failed_intent = declined.body["error"]["payment_intent"]["id"]
+        .as_str()
+        .context("payment_intent")?;
+    let charges = fake.stripe.charges();
+    let events = kinds(&fake).len();
+
+    let over = fake
+        .post("/v1/refunds", &format!("charge={charge}&amount=1001"), Some("rf_over"))
+        .await?;
+    assert_eq!(over.status, 400, "{}", over.body);
+    assert_eq!(over.body["error"]["type"], "invalid_request_error");
+    assert_eq!(over.body["error"]["code"], "amount_too_large");
+    assert_eq!(over.body["error"]["param"], "amount");
+    assert_eq!(
+        over.body["error"]["message"],
+        "Refund amount (1001 usd) is greater than unrefunded amount on charge (1000 usd)"
+    );
+    for (form, param, code) in [
+        (
+            format!("charge={charge}&amount=0"),
+            "amount",
+            "parameter_invalid_integer",
+        ),
+        (format!("charge={charge}&reason=changed_mind"), "reason", ""),
+        ("charge=ch_missing".to_owned(), "charge", "resource_missing"),
+        (
+            "payment_intent=pi_missing".to_owned(),
+            "payment_intent",
+            "resource_missing",
+        ),
+        (format!("charge={charge}&payment_intent={intent}"), "payment_intent", ""),
+        ("amount=100".to_owned(), "charge", "parameter_missing"),
+        (format!("charge={charge}&bogus=1"), "bogus", "parameter_unknown"),
+        (format!("charge={failed_charge}"), "charge", "charge_not_refundable"),
+        (
+            format!("payment_intent={failed_intent}"),
+            "payment_intent",
+            "charge_not_refundable",
+        ),
+    ] {
+        let reply = fake.post("/v1/refunds", &form, None).await?;
+        assert_eq!(reply.status, 400, "{form}: {}", reply.body);
+        assert_eq!(reply.body["error"]["param"], param, "{form}: {}", reply.body);
+        if !code.is_empty() {
+            assert_eq!(reply.body["error"]["code"], code, "{form}: {}", reply.body);
+        }
+    }
+    assert!(fake.stripe.refunds().is_empty());
+    assert_eq!(fake.stripe.charges(), charges);
+    assert_eq!(kinds(&fake).len(), events);
+    let listed = fake.get("/v1/refunds").await?;
+    assert!(ids(&listed.body).is_empty());
+
+    // A refused request saved nothing under its key: fixed, the key works.
+    let fixed = fake
+        .post("/v1/refunds", &format!("charge={charge}&amount=1000"), Some("rf_over"))
+        .await?;
+    assert_eq!(fixed.status, 200, "{}", fixed.body);
+    assert!(!replayed(&fixed));
+    assert_eq!(fake.stripe.refunds().len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_refund_lowers_what_transfers_can_take_from_the_charge() -> Result<()> {
+    let fake = Fake::start().await?;
+    let acct = fake.onboarded_account().await?;
+    let (_, charge) = paid_charge(&fake, 1_000).await?;
+    let transfer = |amount: i64| format!("amount={amount}&currency=usd&destination={acct}&source_transaction={charge}");
+    let paid_out = fake.post("/v1/transfers", &transfer(400), None).await?;
+    assert_eq!(paid_out.status, 200, "{}", paid_out.body);
+    let refund = fake
+        .post("/v1/refunds", &format!("charge={charge}&amount=500"), None)
+        .await?;
+    assert_eq!(refund.status, 200, "{}", refund.body);
+
+    // 1000 charged, 500 refunded, 400 transferred: 100 is left.
+    let over = fake.post("/v1/transfers", &transfer(101), None).await?;
+    assert_eq!(over.status, 400, "{}", over.body);
+    assert_eq!(over.body["error"]["code"], "balance_insufficient");
+    let message = over.body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("100 usd is available"), "{message}");
+    let rest = fake.post("/v1/transfers", &transfer(100), None).await?;
+    assert_eq!(rest.status, 200, "{}", rest.body);
+    assert_eq!(fake.stripe.transfers().len(), 2);
+
+    // The transferred money is the platform's to recover; Stripe still refunds the rest.
+    let refund_rest = fake.post("/v1/refunds", &format!("charge={charge}"), None).await?;
+    assert_eq!(refund_rest.status, 200, "{}", refund_rest.body);
+    assert_eq!(refund_rest.body["amount"], 500);
+    let none_left = fake.post("/v1/transfers", &transfer(1), None).await?;
+    assert_eq!(none_left.body["error"]["code"], "balance_insufficient");
+    Ok(())
+}
+
+#[tokio::test]
+async fn error_after_commit_refunds_once_and_replays_the_500() -> Result<()> {
+    let fake = Fake::start().await?;
+    let (_, charge) = paid_charge(&fake, 2_000).await?;
+    fake.stripe.inject(Fault {
+        path_prefix: "/v1/refunds".to_owned(),
+        kind: FaultKind::ErrorAfterCommit,
+        times: 1,
+    });
+    let form = format!("charge={charge}&amount=800");
+    let lost = fake.post("/v1/refunds", &form, Some("rf_lost")).await?;
+    assert_eq!(lost.status, 500);
+    assert_eq!(lost.body["error"]["type"], "api_error");
+    let replay = fake.post("/v1/refunds", &form, Some("rf_lost")).await?;
+    assert_eq!((replay.status, replayed(&replay)), (500, true));
+    assert_eq!(replay.body, lost.body);
+
+    // The refund happened once; the caller finds it by listing.
+    let refunds = fake.stripe.refunds();
+    assert_eq!(refunds.len(), 1);
+    let listed = fake.get(&format!("/v1/refunds?charge={charge}")).await?;
+    assert_eq!(ids(&listed.body), vec![id(&refunds[0])?]);
+    let charged = fake.get(&format!("/v1/charges/{charge}")).await?;
+    assert_eq!(charged.body["amount_refunded"], 800);
+    fake.hooks.next("charge.refunded").await?;
+    Ok(())
+}

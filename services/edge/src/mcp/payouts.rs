@@ -88,6 +88,9 @@ pub struct FundingView {
     pub message: String,
     pub card_brand: String,
     pub card_last4: String,
+    /// Refunded to your card: the gross of items that could not be paid after the charge (e.g. an
+    /// affiliate's account was closed meanwhile); their commission is payable again.
+    pub refunded_minor: i64,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -250,6 +253,7 @@ fn funding_view(f: pb::PayoutFunding) -> FundingView {
         message: f.message,
         card_brand: f.card_brand,
         card_last4: f.card_last4,
+        refunded_minor: f.refunded_minor,
     }
 }
 

@@ -209,6 +209,11 @@ pub struct RunFunding {
     pub funding_code: Option<String>,
     pub decline_code: Option<String>,
     pub funding_message: Option<String>,
+    /// Charged but not paid out (items refused after the charge), returned to the owner.
+    pub refunded_minor: i64,
+    pub refund_id: Option<String>,
+    /// Every item is final and the unused part (if any) refunded.
+    pub funding_settled: bool,
 }
 
 impl RunFunding {
@@ -233,6 +238,7 @@ impl RunFunding {
             code: self.funding_code.clone().unwrap_or_default(),
             decline_code: self.decline_code.clone().unwrap_or_default(),
             message: self.funding_message.clone().unwrap_or_default(),
+            refunded_minor: self.refunded_minor,
             ..Default::default()
         }
     }
@@ -284,7 +290,7 @@ impl ItemRow {
 
 const RUN: &str = "SELECT payout_run_id, program_id, trigger, period, currency, idempotency_key, created_at, \
     owner_org_id, funding_status, funding_minor, funding_key, stripe_customer_id, payment_method_id, payment_intent_id, \
-    charge_id, funding_code, decline_code, funding_message FROM payout_runs";
+    charge_id, funding_code, decline_code, funding_message, refunded_minor, refund_id, funding_settled FROM payout_runs";
 pub const ITEM: &str = "SELECT payout_item_id, payout_run_id, program_id, enrollment_id, affiliate_org_id, currency, \
     gross_minor, fee_minor, debt_minor, net_minor, status, reason, stripe_account_id, stripe_transfer_id, \
     transfer_attempted, transfer_group FROM payout_items";
@@ -406,7 +412,8 @@ pub async fn runs_in_flight(conn: &mut PgConnection, idle: chrono::Duration) -> 
            GROUP BY payout_run_id \
            UNION ALL \
            SELECT payout_run_id, funding_updated_at FROM payout_runs \
-           WHERE funding_status IN ('reserving', 'charging') AND funding_updated_at < now() - $1::interval \
+           WHERE (funding_status IN ('reserving', 'charging') OR (funding_status = 'succeeded' AND NOT funding_settled)) \
+           AND funding_updated_at < now() - $1::interval \
          ) due GROUP BY payout_run_id ORDER BY min(since) LIMIT 100",
     )
     .bind(format!("{} milliseconds", idle.num_milliseconds()))
@@ -451,8 +458,8 @@ pub async fn lock_run_free(conn: &mut PgConnection, run_id: &str) -> Result<Opti
 pub async fn set_funding(conn: &mut PgConnection, run_id: &str, f: &RunFunding) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE payout_runs SET funding_status = $2, funding_minor = $3, payment_intent_id = $4, charge_id = $5, \
-         funding_code = $6, decline_code = $7, funding_message = $8, funding_updated_at = now() \
-         WHERE payout_run_id = $1",
+         funding_code = $6, decline_code = $7, funding_message = $8, refunded_minor = $9, refund_id = $10, \
+         funding_settled = $11, funding_updated_at = now() WHERE payout_run_id = $1",
     )
     .bind(run_id)
     .bind(&f.funding_status)
@@ -462,6 +469,9 @@ pub async fn set_funding(conn: &mut PgConnection, run_id: &str, f: &RunFunding) 
     .bind(&f.funding_code)
     .bind(&f.decline_code)
     .bind(&f.funding_message)
+    .bind(f.refunded_minor)
+    .bind(&f.refund_id)
+    .bind(f.funding_settled)
     .execute(conn)
     .await?;
     Ok(())
