@@ -497,6 +497,23 @@ async fn onboarding_dry_run_run_idempotency_netting_and_reversal() -> anyhow::Re
     sys.stop().await
 }
 
+/// A run with `kind` injected once on `path`, until Ann's item is paid; returns the item's id.
+async fn run_through(p: &Program, fake: &FakeStripe, path: &str, kind: FaultKind) -> anyhow::Result<String> {
+    fake.inject(Fault {
+        path_prefix: path.into(),
+        kind,
+        times: 1,
+    });
+    let run = p
+        .owner
+        .mcp
+        .ok("amba_affiliate_payout_run", json!({"program_id": p.program}))
+        .await?;
+    let item_id = text(&item_of(&items(&run), &p.ann)?["payout_item_id"]).to_owned();
+    paid_eventually(p, &item_id).await?;
+    Ok(item_id)
+}
+
 #[tokio::test]
 async fn unknown_outcomes_end_with_exactly_one_transfer() -> anyhow::Result<()> {
     let sys = TestSystem::with_stripe(&[("ORG_PAYOUTS_LIVE", "true"), ("AMBA_STRIPE_TIMEOUT_SECONDS", "1")]).await?;
@@ -510,18 +527,7 @@ async fn unknown_outcomes_end_with_exactly_one_transfer() -> anyhow::Result<()> 
     //    is found among the owner's PaymentIntents, never made twice, and the run goes on.
     report_when_ready(&p.owner, &p.program, "u-0", 5_000, &p.ann_code).await?;
     quote_when(&p.ann, &p.program, |q| q["payable_minor"] == 1000).await?;
-    fake.inject(Fault {
-        path_prefix: "/v1/payment_intents".into(),
-        kind: FaultKind::ErrorAfterCommit,
-        times: 1,
-    });
-    let run = p
-        .owner
-        .mcp
-        .ok("amba_affiliate_payout_run", json!({"program_id": p.program}))
-        .await?;
-    let item = item_of(&items(&run), &p.ann)?.clone();
-    paid_eventually(&p, text(&item["payout_item_id"])).await?;
+    run_through(&p, fake, "/v1/payment_intents", FaultKind::ErrorAfterCommit).await?;
     let intents = fake.payment_intents();
     assert_eq!(intents.len(), 1, "exactly one charge: {intents:?}");
     assert_eq!(fake.charges().len(), 1);
@@ -532,38 +538,15 @@ async fn unknown_outcomes_end_with_exactly_one_transfer() -> anyhow::Result<()> 
     // 1. Stripe commits the transfer, then answers 500 (and replays that 500 for the key).
     report(&p.owner, &p.program, "u-1", 10_000, &p.ann_code).await?;
     quote_when(&p.ann, &p.program, |q| q["payable_minor"] == 2000).await?;
-    fake.inject(Fault {
-        path_prefix: "/v1/transfers".into(),
-        kind: FaultKind::ErrorAfterCommit,
-        times: 1,
-    });
-    let run = p
-        .owner
-        .mcp
-        .ok("amba_affiliate_payout_run", json!({"program_id": p.program}))
-        .await?;
-    let item = item_of(&items(&run), &p.ann)?.clone();
     // Paid once the transfer is found by its group (by the run itself, or by the
     // transfer.created webhook if that got to the item first).
-    paid_eventually(&p, text(&item["payout_item_id"])).await?;
+    run_through(&p, fake, "/v1/transfers", FaultKind::ErrorAfterCommit).await?;
     assert_eq!(fake.transfers().len(), 2);
 
     // 2. Stripe commits, then answers after the client gave up.
     report(&p.owner, &p.program, "u-2", 5_000, &p.ann_code).await?;
     quote_when(&p.ann, &p.program, |q| q["payable_minor"] == 1000).await?;
-    fake.inject(Fault {
-        path_prefix: "/v1/transfers".into(),
-        kind: FaultKind::Timeout(Duration::from_secs(3)),
-        times: 1,
-    });
-    let run = p
-        .owner
-        .mcp
-        .ok("amba_affiliate_payout_run", json!({"program_id": p.program}))
-        .await?;
-    let item = item_of(&items(&run), &p.ann)?.clone();
-    let item_id = text(&item["payout_item_id"]).to_owned();
-    paid_eventually(&p, &item_id).await?;
+    let item_id = run_through(&p, fake, "/v1/transfers", FaultKind::Timeout(Duration::from_secs(3))).await?;
     let for_item: Vec<Value> = fake
         .transfers()
         .into_iter()

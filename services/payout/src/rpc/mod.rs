@@ -217,11 +217,7 @@ impl Payout {
         let who = caller(request.caller)?;
         let program_id = request.program_id.trim().to_owned();
         let mut conn = self.settler.pool.acquire().await.map_err(db_error)?;
-        let program = store::program(&mut conn, &program_id)
-            .await
-            .map_err(db_error)?
-            .filter(|p| p.owner_org_id == who.org_id)
-            .ok_or_else(|| ApiError::not_found(format!("program {program_id}")))?;
+        let program = owned_program(&mut conn, &who.org_id, &program_id).await?;
         if !request.dry_run {
             if !self.payouts_live {
                 return Err(ApiError::new(
@@ -308,11 +304,7 @@ impl Payout {
     pub async fn runs(&self, request: pb::PayoutRunsRequest) -> Result<pb::PayoutRunsReply, ApiError> {
         let who = caller(request.caller)?;
         let mut conn = self.settler.pool.acquire().await.map_err(db_error)?;
-        store::program(&mut conn, request.program_id.trim())
-            .await
-            .map_err(db_error)?
-            .filter(|p| p.owner_org_id == who.org_id)
-            .ok_or_else(|| ApiError::not_found(format!("program {}", request.program_id.trim())))?;
+        owned_program(&mut conn, &who.org_id, request.program_id.trim()).await?;
         let before = amba_core::cursor::decode(&request.cursor)?;
         let limit = amba_core::cursor::page_size(request.limit);
         let mut rows = store::runs_page(
@@ -430,11 +422,7 @@ impl Payout {
         let success_url = absolute_url("success_url", &request.success_url)?;
         let cancel_url = absolute_url("cancel_url", &request.cancel_url)?;
         let mut conn = self.settler.pool.acquire().await.map_err(db_error)?;
-        let program = store::program(&mut conn, &program_id)
-            .await
-            .map_err(db_error)?
-            .filter(|p| p.owner_org_id == who.org_id)
-            .ok_or_else(|| ApiError::not_found(format!("program {program_id}")))?;
+        let program = owned_program(&mut conn, &who.org_id, &program_id).await?;
         drop(conn);
         let stripe = self.stripe()?;
         let mut tx = self.settler.pool.begin().await.map_err(db_error)?;
@@ -508,6 +496,15 @@ fn account_state(account: Option<&store::AccountRow>) -> Account {
         Some(a) if a.stripe_account_id.is_some() => Account::NotReady,
         _ => Account::Missing,
     }
+}
+
+/// The caller's own program; another org's is NOT_FOUND, exactly like a missing one.
+async fn owned_program(conn: &mut PgConnection, org_id: &str, program_id: &str) -> Result<store::ProgramRow, ApiError> {
+    store::program(conn, program_id)
+        .await
+        .map_err(db_error)?
+        .filter(|p| p.owner_org_id == org_id)
+        .ok_or_else(|| ApiError::not_found(format!("program {program_id}")))
 }
 
 /// The charge of a run: the gross of every item it pays.
