@@ -8,9 +8,12 @@
 3. Checks the project's own rules: every Deployment has liveness/readiness probes on the ops
    port, requests and limits, the restricted securityContext, a PodDisruptionBudget, ...;
    secrets only by reference; KEDA consumer names match the code; every alert's runbook exists.
-4. Validates docker-compose.yml against the Compose Specification schema (vendored).
+4. Validates docker-compose.yml against the Compose Specification schema (vendored); it
+   publishes nothing on every interface and logs each amba container in to NATS as its own user.
 5. Parses the NATS configs with nats-server (-t) and proves with a real server that the
-   permissions refuse what they must (attribution may not call commission's payout API).
+   permissions refuse what they must (attribution may not call commission's payout API);
+   reads every shipped server config's users: none holds `$JS.API.>` or `_INBOX.>` (nor another
+   user's inboxes), and each consumer in the code has its grants.
 
 Every problem is printed as `FAIL: ...`; the exit status is 1 when there was any.
 """
@@ -36,8 +39,9 @@ SERVICES = ["enrollment", "attribution", "commission", "payout", "notification",
 IMAGE = "ghcr.io/amba/amba-affiliate"
 # Variables whose values are secrets: only ever from a secretKeyRef.
 SECRET_VARS = {"AMBA_DATABASE_URL", "AMBA_STRIPE_SECRET_KEY", "AMBA_STRIPE_WEBHOOK_SECRET",
-               "AMBA_SMTP_URL", "AMBA_LINK_SECRET", "POSTGRES_PASSWORD"}
-NATS_USERS = ["enrollment", "attribution", "commission", "payout", "notification", "edge", "tick", "ops"]
+               "AMBA_SMTP_URL", "AMBA_LINK_SECRET", "POSTGRES_PASSWORD"} | \
+              {f"AMBA_DB_PASSWORD_{s.upper()}" for s in SERVICES if s != "edge"}
+NATS_USERS = ["enrollment", "attribution", "commission", "payout", "notification", "edge", "tick", "ops", "migrate"]
 
 failures = []
 passed = 0
@@ -346,6 +350,49 @@ def check_rendered(label, docs, cfg, repo):
         ok(f"{label}: edge exposure, autoscaling, jobs, network policies, alert runbooks")
 
 
+def check_database_roles(label, docs):
+    """Each service's Deployment logs in to PostgreSQL with a Secret of its own (its role
+    amba_<service>, granted its own schema by `amba migrate`): never the owner's Secret that the
+    migration Job uses, never another service's. With a CloudNativePG Cluster, that Secret holds
+    the password of the Cluster's managed role amba_<service>, an unprivileged login role."""
+    def database_secret(doc):
+        for c in pod_spec(doc)[0].get("containers", []):
+            for var in c.get("env") or []:
+                if var["name"] == "AMBA_DATABASE_URL":
+                    return ((var.get("valueFrom") or {}).get("secretKeyRef") or {}).get("name")
+        return None
+
+    before = len(failures)
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    migrate = next((d for d in docs if d["kind"] == "Job" and d["metadata"]["name"] == "amba-migrate"), None)
+    owner = database_secret(migrate) if migrate else None
+    secrets = {s: database_secret(deployments[s]) for s in SERVICES if s != "edge" and s in deployments}
+    for service, secret in secrets.items():
+        where = f"{label}: Deployment/{service}"
+        sharing = sorted(other for other, theirs in secrets.items() if theirs == secret and other != service)
+        if not secret:
+            fail(f"{where}: AMBA_DATABASE_URL must come from a Secret of its own (amba-db-{service})")
+        elif secret == owner:
+            fail(f"{where}: AMBA_DATABASE_URL uses the owner's Secret {secret} (the migration Job's); "
+                 f"the service's own role needs its own Secret (amba-db-{service})")
+        elif sharing:
+            fail(f"{where}: its database Secret {secret} is also {', '.join(sharing)}'s: one Secret "
+                 f"(one role) per service")
+    for cluster in (d for d in docs if d["kind"] == "Cluster" and d["apiVersion"].startswith("postgresql.cnpg.io/")):
+        roles = {r["name"]: r for r in ((cluster["spec"].get("managed") or {}).get("roles") or [])}
+        for service, secret in secrets.items():
+            role = roles.get(f"amba_{service}") or {}
+            privileged = [k for k in ("superuser", "createrole", "createdb", "replication", "bypassrls") if role.get(k)]
+            if role.get("ensure", "present") != "present" or role.get("login") is not True or \
+                    (role.get("passwordSecret") or {}).get("name") != secret or privileged:
+                has = f" (it has {', '.join(privileged)})" if privileged else ""
+                fail(f"{label}: {ident(cluster)}: needs the managed role amba_{service}: present, login, "
+                     f"passwordSecret {secret} (Deployment/{service}'s database Secret), no superuser, "
+                     f"createrole, createdb, replication or bypassrls{has}")
+    if len(failures) == before:
+        ok(f"{label}: each service's Deployment has a database Secret (a role) of its own, not the owner's")
+
+
 def runbook_anchors(repo):
     path = os.path.join(repo, "docs", "runbooks.md")
     anchors = set()
@@ -399,6 +446,79 @@ def check_compose(repo, schemas_dir):
     example = os.path.join(repo, ".env.example")
     if not os.path.exists(example):
         fail(".env.example is missing (docker-compose.yml reads its required values from .env)")
+
+
+def host_of_port(port):
+    """The host address a compose `ports` entry publishes on; None for every interface."""
+    if isinstance(port, dict):
+        # long syntax; without `published` the host port is random, still on host_ip
+        return port.get("host_ip") or None
+    text = str(port).split("/")[0]
+    if text.startswith("["):
+        return text[1:text.index("]")]
+    parts = text.split(":")
+    # HOST:PUBLISHED:TARGET; PUBLISHED:TARGET and TARGET publish on every interface
+    return parts[0] if len(parts) == 3 else None
+
+
+def check_compose_exposure(repo):
+    """Nothing reachable from other machines: every published port is bound to loopback (a
+    PostgreSQL or NATS on 0.0.0.0 is anyone's who reaches the host). And each amba container
+    logs in to NATS as its own user, with only its own credentials file."""
+    compose = yaml.safe_load(open(os.path.join(repo, "docker-compose.yml")))
+    before = len(failures)
+    for name, svc in (compose.get("services") or {}).items():
+        if svc.get("network_mode") == "host":
+            fail(f"docker-compose.yml: service {name}: network_mode host publishes every port it listens on")
+        for port in svc.get("ports") or []:
+            host = host_of_port(port)
+            if host not in ("127.0.0.1", "::1", "localhost"):
+                fail(f"docker-compose.yml: service {name} publishes {port!r} on {host or 'every interface'}; "
+                     f"bind it to 127.0.0.1 (\"127.0.0.1:<port>:<port>\") or do not publish it")
+        if "amba-affiliate" not in str(svc.get("image", "")):
+            continue
+        user = "migrate" if svc.get("command") == ["migrate"] else (svc.get("command") or ["", ""])[-1]
+        env = svc.get("environment") or {}
+        creds = f"/etc/amba/nats/{user}.creds"
+        mounts = [str(v) for v in svc.get("volumes") or []]
+        if env.get("AMBA_NATS_CREDS") != creds or \
+                mounts != [f"./.amba/compose/nats/{user}.creds:{creds}:ro"]:
+            fail(f"docker-compose.yml: service {name} must log in to NATS as {user}: AMBA_NATS_CREDS={creds} "
+                 f"and only its own ./.amba/compose/nats/{user}.creds mounted there (scripts/compose-nats-users)")
+    nats = (compose.get("services") or {}).get("nats") or {}
+    if "./deploy/nats/accounts.conf:/etc/nats/accounts.conf:ro" not in (nats.get("volumes") or []) or \
+            not re.search(r"(?m)^include \./accounts\.conf", open(os.path.join(repo, "deploy/nats/compose.conf")).read()):
+        fail("docker-compose.yml: NATS must run with the users of deploy/nats/accounts.conf "
+             "(mounted beside compose.conf, which includes it)")
+    if len(failures) == before:
+        ok("docker-compose.yml publishes on 127.0.0.1 only; each amba container is its own NATS user")
+
+
+def check_nats_jobs(label, docs):
+    """The Jobs that talk to NATS log in as their own user, with the CA where the config asks
+    for TLS: `amba migrate` (declares streams and consumers) and `amba tick`."""
+    before = len(failures)
+    configmaps = {d["metadata"]["name"]: d.get("data") or {} for d in docs if d["kind"] == "ConfigMap"}
+    jobs = {(d["kind"], d["metadata"]["name"]): d for d in docs if d["kind"] in ("Job", "CronJob")}
+    for (kind, name), user in ((("Job", "amba-migrate"), "migrate"), (("CronJob", "amba-tick"), "tick")):
+        doc = jobs.get((kind, name))
+        if not doc:
+            continue
+        spec = pod_spec(doc)[0]
+        volumes = {v["name"]: v for v in spec.get("volumes") or []}
+        for c in spec.get("containers", []):
+            env = effective_env(c, configmaps)
+            mounts = {m["mountPath"]: m for m in c.get("volumeMounts") or []}
+            creds = mounts.get("/etc/amba/nats")
+            secret = (volumes.get(creds["name"], {}) if creds else {}).get("secret") or {}
+            if env.get("AMBA_NATS_CREDS") != f"/etc/amba/nats/{user}.creds" or \
+                    [i.get("key") for i in secret.get("items") or []] != [f"{user}.creds"]:
+                fail(f"{label}: {kind}/{name}: must log in to NATS as {user} (AMBA_NATS_CREDS "
+                     f"/etc/amba/nats/{user}.creds, only that key of the Secret mounted)")
+            if env.get("AMBA_NATS_TLS_CA") and "/etc/amba/nats-ca" not in mounts:
+                fail(f"{label}: {kind}/{name}: AMBA_NATS_TLS_CA set but the CA Secret is not mounted at /etc/amba/nats-ca")
+    if len(failures) == before:
+        ok(f"{label}: the migration Job and the tick CronJob log in to NATS as their own users")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -463,6 +583,11 @@ def check_nats(repo, nats_server):
         shutil.copy(os.path.join(repo, "deploy/k8s/overlays/dev/nats.conf"), os.path.join(tmp, "nats-config"))
         shutil.copy(os.path.join(nats_dir, "accounts.conf"), os.path.join(tmp, "nats-accounts"))
         good &= nats_test_config(nats_server, os.path.join(tmp, "nats-config", "nats.conf"), env)
+        # compose's, laid out as docker-compose.yml mounts it (/etc/nats/{nats,accounts}.conf)
+        os.makedirs(os.path.join(tmp, "compose"))
+        shutil.copy(os.path.join(nats_dir, "compose.conf"), os.path.join(tmp, "compose", "nats.conf"))
+        shutil.copy(os.path.join(nats_dir, "accounts.conf"), os.path.join(tmp, "compose"))
+        good &= nats_test_config(nats_server, os.path.join(tmp, "compose", "nats.conf"), env)
         conf = open(os.path.join(repo, "deploy/k8s/overlays/dev/nats.conf")).read()
         if not re.search(r"sync_interval:\s*always", conf):
             fail("deploy/k8s/overlays/dev/nats.conf: jetstream needs sync_interval: always")
@@ -490,6 +615,17 @@ def check_nats(repo, nats_server):
                 ("attribution", "PUB amba.evt.commission.accrued 0\r\n\r\n", False),
                 ("notification", "SUB amba.rpc.commission.* 1\r\n", False),
                 ("tick", "PUB amba.evt.settlement.tick 0\r\n\r\n", True),
+                # each user reads its own inboxes only, and only `migrate` declares on JetStream
+                ("edge", "SUB _INBOX_edge.> 1\r\n", True),
+                ("notification", "SUB _INBOX_edge.> 1\r\n", False),
+                ("notification", "SUB _INBOX.> 1\r\n", False),
+                ("notification", "PUB $JS.API.STREAM.PURGE.AMBA_EVT_ENROLLMENT 0\r\n\r\n", False),
+                ("notification", "PUB amba.evt.stripe.account_updated 0\r\n\r\n", False),
+                ("notification", "PUB $JS.API.CONSUMER.MSG.NEXT.AMBA_EVT_PAYOUT.AMBA_NOTIFICATION_PAYOUT 0\r\n\r\n", True),
+                ("notification", "PUB $JS.API.CONSUMER.MSG.NEXT.AMBA_EVT_EDGE.AMBA_PAYOUT_OUTSIDE 0\r\n\r\n", False),
+                ("payout", "PUB $JS.API.CONSUMER.CREATE.AMBA_EVT_EDGE.AMBA_PAYOUT_OUTSIDE 0\r\n\r\n", False),
+                ("migrate", "PUB $JS.API.STREAM.DELETE.AMBA_EVT_ENROLLMENT 0\r\n\r\n", False),
+                ("migrate", "SUB _INBOX_migrate.> 1\r\n", True),
             ]
             for user, command, allowed in cases:
                 reply = nats_session(port, user, f"{user}-test-password", [command])
@@ -516,6 +652,164 @@ def check_nats(repo, nats_server):
            "valid; a live server refuses what the permissions forbid")
 
 
+def nats_conf(path):
+    """A nats-server config file as Python values (dicts, lists, strings), `include`s merged in
+    (relative to the including file). Enough of the format for the shipped files: `{}` maps,
+    `[]` lists, `key: value`, `key = value` and `key value`, quoted and bare strings, `#` and
+    `//` comments, newlines or commas between entries."""
+    text = open(path).read()
+    tokens, i = [], 0
+    while i < len(text):
+        c = text[i]
+        if c in " \t\r":
+            i += 1
+        elif c == "#" or text.startswith("//", i):
+            i = text.find("\n", i) if "\n" in text[i:] else len(text)
+        elif c in "\n,;":
+            tokens.append(("sep", c))
+            i += 1
+        elif c in "{}[]:=":
+            tokens.append((c, c))
+            i += 1
+        elif c in "\"'":
+            end = text.index(c, i + 1)
+            tokens.append(("str", text[i + 1:end]))
+            i = end + 1
+        else:
+            start = i
+            while i < len(text) and text[i] not in " \t\r\n,;{}[]:=#":
+                i += 1
+            tokens.append(("str", text[start:i]))
+    tokens.append(("eof", ""))
+
+    def skip(j):
+        while tokens[j][0] == "sep":
+            j += 1
+        return j
+
+    def value(j):
+        kind, word = tokens[j]
+        if kind == "{":
+            return entries(j + 1, "}")
+        if kind == "[":
+            items, j = [], skip(j + 1)
+            while tokens[j][0] != "]":
+                item, j = value(j)
+                items.append(item)
+                j = skip(j)
+            return items, j + 1
+        return word, j + 1
+
+    def entries(j, end):
+        found = {}
+        j = skip(j)
+        while tokens[j][0] != end:
+            key = tokens[j][1]
+            j += 1
+            if tokens[j][0] in (":", "="):
+                j += 1
+            item, j = value(j)
+            if key == "include":
+                found.update(nats_conf(os.path.join(os.path.dirname(path), item)))
+            else:
+                found[key] = item
+            j = skip(j)
+        return found, j + 1
+
+    return entries(0, "eof")[0]
+
+
+def nats_users(conf):
+    """Every user of a parsed config: {name: permissions (None when unrestricted)}."""
+    users = list((conf.get("authorization") or {}).get("users") or [])
+    for account in (conf.get("accounts") or {}).values():
+        users += account.get("users") or []
+    return {u.get("user") or u.get("nkey"): u.get("permissions") for u in users}
+
+
+def subject_covers(grant, subject):
+    """Whether every subject `subject` (a pattern) matches is matched by `grant`."""
+    g, s = grant.split("."), subject.split(".")
+    for n, token in enumerate(g):
+        if token == ">":
+            return n < len(s)
+        if n >= len(s) or s[n] == ">" or (token != "*" and (s[n] == "*" or token != s[n])):
+            return False
+    return len(g) == len(s)
+
+
+def subjects_overlap(a, b):
+    """Whether some subject is matched by both patterns."""
+    x, y = a.split("."), b.split(".")
+    for n in range(min(len(x), len(y))):
+        if ">" in (x[n], y[n]):
+            return True
+        if "*" not in (x[n], y[n]) and x[n] != y[n]:
+            return False
+    return len(x) == len(y)
+
+
+def allowed(permissions, direction):
+    rules = (permissions or {}).get(direction)
+    if isinstance(rules, dict):
+        rules = rules.get("allow")
+    return [rules] if isinstance(rules, str) else list(rules or [])
+
+
+def check_nats_grants(repo):
+    """Least privilege in every shipped server config: each user has permissions, none holds the
+    whole JetStream API (`$JS.API.>`: purge, delete, read any stream) or the default inboxes
+    (`_INBOX.>`: every rpc reply, signup's new tokens included) or another user's `_INBOX_<user>`;
+    and each durable consumer in the code has its grants (its service's lookup, fetch and acks,
+    `migrate`'s create)."""
+    before = len(failures)
+    nats_dir = os.path.join(repo, "deploy", "nats")
+    configs = {name: os.path.join(nats_dir, name) for name in ("accounts.conf", "test-accounts.conf", "compose.conf")}
+    with tempfile.TemporaryDirectory() as tmp:
+        # the dev server's config includes accounts.conf from where the pod mounts it
+        os.makedirs(os.path.join(tmp, "nats-config"))
+        os.makedirs(os.path.join(tmp, "nats-accounts"))
+        shutil.copy(os.path.join(repo, "deploy/k8s/overlays/dev/nats.conf"), os.path.join(tmp, "nats-config"))
+        shutil.copy(configs["accounts.conf"], os.path.join(tmp, "nats-accounts"))
+        parsed = {name: nats_users(nats_conf(path)) for name, path in configs.items()}
+        parsed["overlays/dev/nats.conf"] = nats_users(nats_conf(os.path.join(tmp, "nats-config", "nats.conf")))
+    for config, users in parsed.items():
+        if sorted(users) != sorted(NATS_USERS):
+            fail(f"NATS {config}: users {sorted(users)}, expected {sorted(NATS_USERS)}")
+        for user, permissions in users.items():
+            if not permissions:
+                fail(f"NATS {config}: user {user} has no permissions (it may do anything)")
+                continue
+            for direction in ("publish", "subscribe"):
+                for grant in allowed(permissions, direction):
+                    if subject_covers(grant, "$JS.API.>"):
+                        fail(f"NATS {config}: user {user} may {direction} {grant!r}: the whole JetStream API")
+                    if subjects_overlap(grant, "_INBOX.>"):
+                        fail(f"NATS {config}: user {user} may {direction} {grant!r}: the default inboxes, "
+                             f"everyone's replies (its own are _INBOX_{user}.>)")
+                    others = [u for u in users if u != user and subjects_overlap(grant, f"_INBOX_{u}.>")]
+                    if direction == "subscribe" and others:
+                        fail(f"NATS {config}: user {user} may subscribe {grant!r}: {', '.join(others)}'s inboxes")
+    users = parsed["accounts.conf"]
+    consumers = code_consumers(repo)
+    for service in SERVICES:
+        publish = allowed(users.get(service), "publish")
+        need = {f"$JS.API.STREAM.INFO.AMBA_EVT_{service.upper()}"}
+        for consumer, stream in consumers.get(service, {}).items():
+            need |= {f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.CONSUMER.INFO.{stream}.{consumer}",
+                     f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}", f"$JS.ACK.{stream}.{consumer}.>"}
+            if not any(subject_covers(g, f"$JS.API.CONSUMER.CREATE.{stream}.{consumer}")
+                       for g in allowed(users.get("migrate"), "publish")):
+                fail(f"NATS accounts.conf: migrate may not create {consumer} on {stream} (a consumer of "
+                     f"services/{service}/src/lib.rs)")
+        missing = sorted(n for n in need if not any(subject_covers(g, n) for g in publish))
+        if missing:
+            fail(f"NATS accounts.conf: {service} lacks what its streams and consumers need: {', '.join(missing)}")
+    if len(failures) == before:
+        ok("NATS: no user of a shipped config holds $JS.API.> or _INBOX.> (or another's inboxes); "
+           "every consumer in the code has its grants")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repo", required=True)
@@ -531,8 +825,12 @@ def main():
         ok(f"overlays/{overlay} renders ({len(docs)} objects)")
         validate_schemas(f"overlays/{overlay}", docs, schemas_dir)
         check_rendered(f"overlays/{overlay}", docs, cfg, args.repo)
+        check_database_roles(f"overlays/{overlay}", docs)
+        check_nats_jobs(f"overlays/{overlay}", docs)
     check_compose(args.repo, schemas_dir)
+    check_compose_exposure(args.repo)
     check_nats(args.repo, args.nats_server)
+    check_nats_grants(args.repo)
     if failures:
         print(f"\ncheck-deploy: {len(failures)} problem(s) (see FAIL lines above); {passed} check(s) fine",
               file=sys.stderr)

@@ -13,6 +13,10 @@
 //! `--affiliates N` enrolls N affiliates and skews the reports: half go to the hottest 1 %.
 //! Loopback only: every target must be 127.0.0.0/8 or localhost. Every phase is bounded by its
 //! time and by `--max-count`, so the tool always stops by itself.
+//!
+//! The tool pushes far more from one org than the edge's per-org budgets let a real shop send:
+//! start the system with the budgets of docs/performance.md ([`BUDGETS_HINT`]). A call refused
+//! with `RATE_LIMITED` is counted apart, and a run that saw any fails after printing its figures.
 
 mod floor;
 mod lag;
@@ -174,6 +178,20 @@ fn find_system_pid() -> Option<u32> {
         })
 }
 
+/// What to do when the system's per-org budgets throttle the run.
+pub const BUDGETS_HINT: &str = "the system's per-org budgets throttled the load test (RATE_LIMITED): start it with \
+     AMBA_REPORTS_PER_ORG=100000000,10000000/s AMBA_CONFIGURATION_PER_ORG=100000,100000/s AMBA_IN_FLIGHT_PER_ORG=4096 \
+     (docs/performance.md)";
+
+/// A gRPC refusal, with the budgets hint when the system rate-limited the call.
+pub fn refused(status: tonic::Status) -> anyhow::Error {
+    if status.code() == tonic::Code::ResourceExhausted {
+        anyhow::anyhow!("{status}: {BUDGETS_HINT}")
+    } else {
+        status.into()
+    }
+}
+
 /// p-th percentile (0-100) of sorted microseconds, in milliseconds.
 pub fn percentile_ms(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -290,6 +308,10 @@ async fn main() -> anyhow::Result<()> {
         }
         _ => println!("system RSS: unknown (pass --pid)"),
     }
+    let limited = streaming.limited + unary.limited + mcp.limited;
+    if limited > 0 {
+        println!("!! {limited} calls or reports were refused RATE_LIMITED: these figures measure the budgets");
+    }
     if let (Some(memory), Some(from), Some(to)) = (&memory, streaming_from, streaming_to) {
         let series: Vec<String> = memory
             .series(from, to, 10.0)
@@ -301,6 +323,7 @@ async fn main() -> anyhow::Result<()> {
             series.join(", ")
         );
     }
+    anyhow::ensure!(limited == 0, "{BUDGETS_HINT}");
     Ok(())
 }
 

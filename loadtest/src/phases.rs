@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 pub struct Outcome {
     pub ok: u64,
     pub failed: u64,
+    /// Of the failed, those the system refused with `RATE_LIMITED` (a per-org budget or the
+    /// per-org cap of calls in flight): the run measured the budgets, not the system.
+    pub limited: u64,
     pub elapsed: Duration,
     /// Per call (unary, MCP) or per stream batch, in microseconds.
     pub latencies_us: Vec<u64>,
@@ -28,8 +31,13 @@ impl Outcome {
     pub fn print(&self, name: &str) {
         let mut sorted = self.latencies_us.clone();
         sorted.sort_unstable();
+        let limited = if self.limited > 0 {
+            format!(" ({} of them RATE_LIMITED)", self.limited)
+        } else {
+            String::new()
+        };
         println!(
-            "{name}: {} ok, {} failed in {:.1} s = {:.0} conversions/s; latency per {} p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            "{name}: {} ok, {} failed{limited} in {:.1} s = {:.0} conversions/s; latency per {} p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
             self.ok,
             self.failed,
             self.elapsed.as_secs_f64(),
@@ -42,8 +50,8 @@ impl Outcome {
     }
 }
 
-/// What one load task counted: (ok, failed, latencies in microseconds).
-type Counts = anyhow::Result<(u64, u64, Vec<u64>)>;
+/// What one load task counted: (ok, failed, of them rate limited, latencies in microseconds).
+type Counts = anyhow::Result<(u64, u64, u64, Vec<u64>)>;
 
 /// Waits for a phase's tasks and adds up what they counted.
 async fn gather(
@@ -60,14 +68,16 @@ async fn gather(
     let mut outcome = Outcome {
         ok: 0,
         failed: 0,
+        limited: 0,
         elapsed,
         latencies_us: Vec::new(),
         unit,
     };
     for part in parts {
-        let (ok, failed, latencies) = part?;
+        let (ok, failed, limited, latencies) = part?;
         outcome.ok += ok;
         outcome.failed += failed;
+        outcome.limited += limited;
         outcome.latencies_us.extend(latencies);
     }
     Ok(outcome)
@@ -97,7 +107,7 @@ pub async fn streaming(options: &Options, world: &World) -> anyhow::Result<Outco
             let mut client = ConversionsClient::connect(grpc)
                 .await?
                 .max_decoding_message_size(256 * 1024 * 1024);
-            let (mut ok, mut failed, mut latencies) = (0u64, 0u64, Vec::new());
+            let (mut ok, mut failed, mut limited, mut latencies) = (0u64, 0u64, 0u64, Vec::new());
             let mut round = 0u64;
             while Instant::now() < deadline {
                 let first = issued.fetch_add(batch, Ordering::Relaxed);
@@ -111,17 +121,22 @@ pub async fn streaming(options: &Options, world: &World) -> anyhow::Result<Outco
                 let sent = Instant::now();
                 let reply = client
                     .report_conversions(world.authed(futures::stream::iter(items))?)
-                    .await?
+                    .await
+                    .map_err(crate::refused)?
                     .into_inner();
                 latencies.push(sent.elapsed().as_micros() as u64);
                 for outcome in reply.outcomes {
                     match outcome.result {
                         Some(pb::report_outcome::Result::Ok(_)) => ok += 1,
+                        Some(pb::report_outcome::Result::Error(e)) if e.code == "RATE_LIMITED" => {
+                            failed += 1;
+                            limited += 1;
+                        }
                         _ => failed += 1,
                     }
                 }
             }
-            anyhow::Ok((ok, failed, latencies))
+            anyhow::Ok((ok, failed, limited, latencies))
         }));
     }
     gather(tasks, started, "stream of a batch").await
@@ -146,7 +161,7 @@ pub async fn unary(options: &Options, world: &World) -> anyhow::Result<Outcome> 
         let world = world.clone();
         tasks.push(tokio::spawn(async move {
             let mut client = ConversionsClient::new(channel);
-            let (mut ok, mut failed, mut latencies) = (0u64, 0u64, Vec::new());
+            let (mut ok, mut failed, mut limited, mut latencies) = (0u64, 0u64, 0u64, Vec::new());
             let mut n = 0u64;
             while Instant::now() < deadline && issued.fetch_add(1, Ordering::Relaxed) < max {
                 let report = world.report(&format!("u{caller}-{n}"), 2_500);
@@ -154,9 +169,15 @@ pub async fn unary(options: &Options, world: &World) -> anyhow::Result<Outcome> 
                 let sent = Instant::now();
                 let result = client.report_conversion(world.authed(report)?).await;
                 latencies.push(sent.elapsed().as_micros() as u64);
-                if result.is_ok() { ok += 1 } else { failed += 1 }
+                match result {
+                    Ok(_) => ok += 1,
+                    Err(status) => {
+                        failed += 1;
+                        limited += u64::from(status.code() == tonic::Code::ResourceExhausted);
+                    }
+                }
             }
-            anyhow::Ok((ok, failed, latencies))
+            anyhow::Ok((ok, failed, limited, latencies))
         }));
     }
     gather(tasks, started, "call").await
@@ -177,7 +198,7 @@ pub async fn mcp(options: &Options, world: &World) -> anyhow::Result<Outcome> {
         let world = world.clone();
         tasks.push(tokio::spawn(async move {
             let client = McpClient::connect(&url, Some(&world.owner_token)).await?;
-            let (mut ok, mut failed, mut latencies) = (0u64, 0u64, Vec::new());
+            let (mut ok, mut failed, mut limited, mut latencies) = (0u64, 0u64, 0u64, Vec::new());
             let mut n = 0u64;
             while Instant::now() < deadline {
                 let external_id = format!("m{caller}-{n}");
@@ -190,11 +211,16 @@ pub async fn mcp(options: &Options, world: &World) -> anyhow::Result<Outcome> {
                 latencies.push(sent.elapsed().as_micros() as u64);
                 match result {
                     Ok(r) if r.is_error != Some(true) => ok += 1,
-                    _ => failed += 1,
+                    Ok(r) => {
+                        failed += 1;
+                        let code = r.structured_content.as_ref().map(|c| &c["error"]["code"]);
+                        limited += u64::from(code.is_some_and(|c| c == "RATE_LIMITED"));
+                    }
+                    Err(_) => failed += 1,
                 }
             }
             client.close().await?;
-            anyhow::Ok((ok, failed, latencies))
+            anyhow::Ok((ok, failed, limited, latencies))
         }));
     }
     gather(tasks, started, "call").await

@@ -2,7 +2,9 @@
 //!
 //! Anonymous signups are rate limited per client address: each affiliate signs up with its own
 //! `X-Forwarded-For`, which the edge believes when started with `AMBA_TRUSTED_PROXIES=127.0.0.1`
-//! (otherwise the setup waits out the limit).
+//! (otherwise the setup waits out the limit). The owner's configuration writes (one invite per
+//! affiliate) are limited per org: a refusal stops the setup with the budgets to start the
+//! system with ([`crate::BUDGETS_HINT`]) instead of waiting for hours.
 
 use crate::Options;
 use amba_proto::v1::conversions_client::ConversionsClient;
@@ -93,7 +95,8 @@ async fn enroll_affiliate(
             "amba_affiliate_invite",
             json!({"program_id": program_id, "affiliate_org_id": affiliate["org_id"]}),
         )
-        .await?;
+        .await
+        .map_err(budgets_hint)?;
     let accepted = affiliate_mcp
         .ok(
             "amba_affiliate_my_invite_accept",
@@ -105,6 +108,15 @@ async fn enroll_affiliate(
         .as_str()
         .map(str::to_owned)
         .ok_or_else(|| anyhow::anyhow!("accepting an invite gave no code: {accepted}"))
+}
+
+/// A refusal by the owner's per-org budget, with what to do about it.
+fn budgets_hint(err: anyhow::Error) -> anyhow::Error {
+    if err.to_string().contains("RATE_LIMITED") {
+        anyhow::anyhow!("{err}: {}", crate::BUDGETS_HINT)
+    } else {
+        err
+    }
 }
 
 pub async fn prepare(options: &Options) -> anyhow::Result<World> {
@@ -123,14 +135,16 @@ pub async fn prepare(options: &Options) -> anyhow::Result<World> {
             "amba_affiliate_programs_create",
             json!({"name": format!("Load {run}"), "currency": "USD", "commission": {"schema":1,"type":"percentage","bps":2000}}),
         )
-        .await?;
+        .await
+        .map_err(budgets_hint)?;
     let program_id = program["program"]["program_id"].as_str().unwrap_or_default().to_owned();
     owner_mcp
         .ok(
             "amba_affiliate_programs_update",
             json!({"program_id": program_id, "status": "active"}),
         )
-        .await?;
+        .await
+        .map_err(budgets_hint)?;
     let affiliates = options.affiliates.max(1);
     let codes: Vec<String> = futures::stream::iter(0..affiliates)
         .map(|n| enroll_affiliate(&mcp_url, &owner_mcp, &program_id, &run, n))

@@ -11,6 +11,10 @@ use std::net::SocketAddr;
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub database_url: Secret,
+    /// `AMBA_DB_PASSWORD_<SERVICE>` (for `amba migrate` only): the password that makes the
+    /// service's role `amba_<service>` a login role. Unset: the role's login is left as it is
+    /// (CloudNativePG manages it in production). Keyed by service name.
+    pub db_passwords: Vec<(&'static str, Secret)>,
     pub nats_url: String,
     /// `AMBA_NATS_CREDS`: what this process logs in to NATS with — a `.creds` file (user JWT and
     /// nkey seed) or a file holding one `user:password` line.
@@ -56,8 +60,10 @@ pub struct Settings {
     /// `AMBA_DATA_DIR` (default `.amba`): a PostgreSQL/NATS `amba dev` starts, and e-mails as
     /// `.eml` files under `mail/` when there is no `AMBA_SMTP_URL`.
     pub data_dir: std::path::PathBuf,
-    /// `AMBA_TOUCHPOINTS_PER_ORG` = `<burst>,<per second>` (default `1000,200`).
-    pub touchpoints_per_org: (u32, u32),
+    /// The per-org budgets (`AMBA_REPORTS_PER_ORG`, `AMBA_TOUCHPOINTS_PER_ORG`, … each
+    /// `<burst>,<n>/s|min|h`) and calls in flight per org (`AMBA_IN_FLIGHT_PER_ORG`); see the
+    /// edge's `rate_limit` module.
+    pub org_budgets: amba_edge::rate_limit::OrgBudgets,
     /// `ORG_PAYOUTS_LIVE`: real transfers; off ⇒ 503 PAYOUTS_NOT_ENABLED (dry runs still work).
     pub payouts_live: bool,
     /// `MULTI_LEVEL_ENABLED`: the platform switch for upline overrides.
@@ -80,6 +86,15 @@ fn bad(variable: &'static str, problem: impl Into<String>) -> ConfigError {
         problem: problem.into(),
     }
 }
+
+/// The services with a database role of their own, and the variable of each one's password.
+pub const DB_PASSWORD_VARS: [(&str, &str); 5] = [
+    ("enrollment", "AMBA_DB_PASSWORD_ENROLLMENT"),
+    ("attribution", "AMBA_DB_PASSWORD_ATTRIBUTION"),
+    ("commission", "AMBA_DB_PASSWORD_COMMISSION"),
+    ("payout", "AMBA_DB_PASSWORD_PAYOUT"),
+    ("notification", "AMBA_DB_PASSWORD_NOTIFICATION"),
+];
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/amba";
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
@@ -207,6 +222,10 @@ impl Settings {
         Ok(Settings {
             link_secret: link_secret.map(Secret::new),
             database_url: Secret::new(database_url),
+            db_passwords: DB_PASSWORD_VARS
+                .iter()
+                .filter_map(|&(service, variable)| Some((service, Secret::new(get(variable)?))))
+                .collect(),
             nats_url,
             nats_creds,
             nats_tls_ca,
@@ -241,19 +260,8 @@ impl Settings {
             stripe_timeout: seconds(&get, "AMBA_STRIPE_TIMEOUT_SECONDS", 20)?,
             payout_unknown_grace: seconds(&get, "AMBA_PAYOUT_UNKNOWN_GRACE_SECONDS", 300)?,
             smtp_url: smtp_url.map(Secret::new),
-            touchpoints_per_org: match get("AMBA_TOUCHPOINTS_PER_ORG") {
-                None => amba_edge::rate_limit::TOUCHPOINTS_PER_ORG,
-                Some(v) => v
-                    .split_once(',')
-                    .and_then(|(b, r)| Some((b.trim().parse::<u32>().ok()?, r.trim().parse::<u32>().ok()?)))
-                    .filter(|(b, r)| *b > 0 && *r > 0)
-                    .ok_or_else(|| {
-                        bad(
-                            "AMBA_TOUCHPOINTS_PER_ORG",
-                            format!("{v:?} is not <burst>,<per second> such as 1000,200"),
-                        )
-                    })?,
-            },
+            org_budgets: amba_edge::rate_limit::OrgBudgets::from_vars(get)
+                .map_err(|(variable, problem)| bad(variable, problem))?,
             data_dir: get("AMBA_DATA_DIR").map(Into::into).unwrap_or_else(|| ".amba".into()),
             mail_from: match get("AMBA_MAIL_FROM") {
                 Some(from) if from.contains('@') => from,
@@ -360,6 +368,10 @@ mod tests {
             ("AMBA_LOG_FORMAT", "xml"),
             ("AMBA_TRUSTED_PROXIES", "10.0.0.0/8, ingress.local"),
             ("AMBA_METRICS_ADDR", "9090"),
+            ("AMBA_TOUCHPOINTS_PER_ORG", "1000"),
+            ("AMBA_REPORTS_PER_ORG", "10000,fast"),
+            ("AMBA_CONFIGURATION_PER_ORG", "0,1/min"),
+            ("AMBA_IN_FLIGHT_PER_ORG", "none"),
         ];
         for (variable, value) in cases {
             let err = Settings::from_map(&vars(&[(variable, value)])).err();

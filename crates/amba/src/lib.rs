@@ -4,6 +4,7 @@
 pub mod config;
 pub mod local;
 pub mod ops;
+pub mod roles;
 pub mod system;
 
 pub use config::Settings;

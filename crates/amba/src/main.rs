@@ -3,7 +3,8 @@
 //! ```text
 //! amba dev                 every service and the edge in one process (starts local PostgreSQL/NATS if needed)
 //! amba serve <service>     one service: enrollment | attribution | commission | payout | notification | edge
-//! amba migrate             apply every service's migrations and exit
+//! amba migrate             declare JetStream streams and consumers, apply every service's migrations,
+//!                          grant each service's role its schema, exit
 //! amba infra up            start local PostgreSQL and NATS when nothing answers, then exit
 //! amba ledger verify       rebuild commission balances from the entries; non-zero exit on a difference
 //! amba streams delete --confirm <namespace>
@@ -109,7 +110,13 @@ enum Command {
         #[arg(value_parser = service_parser())]
         service: ServiceName,
     },
-    /// Apply every service's database migrations and exit
+    /// Apply every service's database migrations, grant each service's role its own schema, exit
+    ///
+    /// Run with the schemas' owner's database URL. Each service's role amba_<service> is created
+    /// when missing (a login role with AMBA_DB_PASSWORD_<SERVICE> when set) and may then use its
+    /// own schema only; a service started on its role does not migrate, it waits for this.
+    /// First declares the JetStream streams and every service's durable consumers (with
+    /// AMBA_NATS_CREDS, as a NATS user that may: deploy/nats/accounts.conf's `migrate`).
     Migrate,
     /// Compare Stripe's transfers with a program's payout items (`payouts reconcile`)
     #[command(subcommand)]
@@ -313,6 +320,9 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Serve { service } => serve(settings, &[service], service.as_str()).await,
         Command::Migrate => {
             let _telemetry = amba_telemetry::init("amba-migrate", None, settings.log_json)?;
+            // JetStream first: a service that finds its schema migrated finds its consumers too.
+            system::declare_jetstream(&settings).await?;
+            println!("JetStream streams and consumers declared");
             system::migrate_all(&settings).await?;
             println!("migrations applied");
             Ok(())
@@ -458,9 +468,11 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Tick => {
             let nats = system::connect_nats(&settings, "amba-tick").await?;
             let js = async_nats::jetstream::new(nats);
-            amba_bus::streams::ensure_event_streams(&js, &settings.namespace, settings.stream_replicas)
+            // Only the stream it publishes to, and only if missing or different (its NATS user
+            // may only look it up).
+            amba_bus::streams::ensure_streams(&js, &settings.namespace, &["edge"], settings.stream_replicas)
                 .await
-                .map_err(|e| anyhow::anyhow!("declaring streams: {e}"))?;
+                .map_err(|e| anyhow::anyhow!("declaring the edge stream: {e}"))?;
             let now = chrono::Utc::now();
             let new = amba_payout::publish_tick(&js, &settings.namespace, now)
                 .await

@@ -75,14 +75,21 @@ pub enum StartError {
     },
     #[error("AMBA_FAILPOINTS {name}: {problem}")]
     Failpoint { name: String, problem: String },
-    #[error("cannot create JetStream streams (is JetStream enabled on the server?): {0}")]
+    #[error(
+        "cannot declare the JetStream streams (is JetStream enabled on the server? where `amba migrate` \
+         declares them, has it run?): {0}"
+    )]
     Streams(async_nats::Error),
+    #[error("cannot declare the JetStream consumer {name}: {source}")]
+    Consumer { name: String, source: async_nats::Error },
     #[error("{service}: {source}")]
     Service { service: ServiceName, source: RunError },
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("{0} did not become ready in time")]
     NotReady(ServiceName),
+    #[error(transparent)]
+    Roles(#[from] crate::roles::RolesError),
 }
 
 /// Services started in this process.
@@ -199,6 +206,11 @@ pub async fn connect_nats(settings: &Settings, name: &str) -> Result<async_nats:
             })?;
             options.user_and_password(user.to_owned(), password.to_owned())
         };
+        // Replies and JetStream deliveries come to this user's own inboxes, the only ones its
+        // permissions let it read (deploy/nats/accounts.conf): never another user's.
+        if let Some(user) = creds_user(&text) {
+            options = options.custom_inbox_prefix(inbox_prefix(&user));
+        }
     }
     if let Some(ca) = &settings.nats_tls_ca {
         options = options.require_tls(true).add_root_certificates(ca.clone());
@@ -215,27 +227,145 @@ pub async fn connect_nats(settings: &Settings, name: &str) -> Result<async_nats:
     options.connect(servers).await.map_err(failed)
 }
 
-/// Applies every service's migrations (`amba migrate`, the Kubernetes migration Job).
-pub async fn migrate_all(settings: &Settings) -> Result<(), StartError> {
-    let url = settings.database_url.expose();
-    let wrap = |service| move |source| StartError::Service { service, source };
-    amba_enrollment::migrate(url)
-        .await
-        .map_err(wrap(ServiceName::Enrollment))?;
-    amba_attribution::migrate(url)
-        .await
-        .map_err(wrap(ServiceName::Attribution))?;
-    amba_commission::migrate(url)
-        .await
-        .map_err(wrap(ServiceName::Commission))?;
-    amba_payout::migrate(url).await.map_err(wrap(ServiceName::Payout))?;
-    amba_notification::migrate(url)
-        .await
-        .map_err(wrap(ServiceName::Notification))?;
+/// The user a credentials file logs in as: the `user` of a `user:password` line, or the `name`
+/// claim of a `.creds` file's user JWT.
+fn creds_user(text: &str) -> Option<String> {
+    use base64::Engine as _;
+    if !text.contains("BEGIN NATS USER JWT") {
+        return text
+            .trim()
+            .split_once(':')
+            .map(|(user, _)| user.to_owned())
+            .filter(|user| !user.is_empty());
+    }
+    let jwt = text
+        .lines()
+        .skip_while(|line| !line.contains("BEGIN NATS USER JWT"))
+        .nth(1)?;
+    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(jwt.trim().split('.').nth(1)?.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&claims).ok()?;
+    claims["name"]
+        .as_str()
+        .filter(|name| !name.is_empty())
+        .map(str::to_owned)
+}
+
+/// `_INBOX_<user>`: a user's own inbox prefix (a character that cannot be in a subject token
+/// becomes `_`). Without credentials the client keeps NATS's `_INBOX`.
+pub fn inbox_prefix(user: &str) -> String {
+    let token: String = user
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("_INBOX_{token}")
+}
+
+/// The durable consumers `service` reads (what `amba migrate` declares for it).
+pub fn consumer_specs(service: ServiceName, ns: &amba_bus::Namespace) -> Vec<amba_bus::consumer::ConsumerSpec> {
+    match service {
+        ServiceName::Enrollment | ServiceName::Edge => Vec::new(),
+        ServiceName::Attribution => amba_attribution::consumer_specs(ns).into(),
+        ServiceName::Commission => amba_commission::consumer_specs(ns).into(),
+        ServiceName::Payout => amba_payout::consumer_specs(ns).into(),
+        ServiceName::Notification => amba_notification::consumer_specs(ns).into(),
+    }
+}
+
+/// The event streams `services` use: the ones they publish to (each its own; the edge's holds
+/// Stripe webhooks) and the ones their consumers read.
+fn streams_used(services: &[ServiceName], ns: &amba_bus::Namespace) -> Vec<&'static str> {
+    let mut owners: Vec<&'static str> = Vec::new();
+    for &service in services {
+        owners.push(service.as_str());
+        for spec in consumer_specs(service, ns) {
+            owners.extend(amba_bus::streams::owner_of(ns, &spec.stream));
+        }
+    }
+    owners.sort_unstable();
+    owners.dedup();
+    owners
+}
+
+/// What `amba migrate` declares on NATS, as a user that may (its own in a deployment): every
+/// event stream, created or updated to `AMBA_STREAM_REPLICAS`, and every service's durable
+/// consumers. A service's user may only look them up and read (deploy/nats/accounts.conf).
+pub async fn declare_jetstream(settings: &Settings) -> Result<(), StartError> {
+    let nats = connect_nats(settings, "amba-migrate").await?;
+    let js = async_nats::jetstream::new(nats.clone());
+    let ns = &settings.namespace;
+    retrying("event streams", || {
+        amba_bus::streams::ensure_event_streams(&js, ns, settings.stream_replicas)
+    })
+    .await
+    .map_err(StartError::Streams)?;
+    for service in ServiceName::ALL {
+        for spec in consumer_specs(service, ns) {
+            retrying(&spec.durable_name, || amba_bus::consumer::declare(&js, &spec))
+                .await
+                .map_err(|source| StartError::Consumer {
+                    name: spec.durable_name.clone(),
+                    source,
+                })?;
+        }
+    }
+    if let Err(err) = nats.flush().await {
+        tracing::warn!(error = %err, "final NATS flush failed");
+    }
     Ok(())
 }
 
-/// Starts `services` in this process. Migrations are applied first, streams declared, and
+/// Applies every service's migrations, then sets up each service's own database role and
+/// grants (`amba migrate`, the Kubernetes migration Job; run with the schemas' owner's URL).
+/// Always migrates, whatever role a service would use at start.
+pub async fn migrate_all(settings: &Settings) -> Result<(), StartError> {
+    let url = settings.database_url.expose();
+    let schemas: [(ServiceName, &'static str, &sqlx::migrate::Migrator); 5] = [
+        (
+            ServiceName::Enrollment,
+            amba_enrollment::SCHEMA,
+            &amba_enrollment::MIGRATIONS,
+        ),
+        (
+            ServiceName::Attribution,
+            amba_attribution::SCHEMA,
+            &amba_attribution::MIGRATIONS,
+        ),
+        (
+            ServiceName::Commission,
+            amba_commission::SCHEMA,
+            &amba_commission::MIGRATIONS,
+        ),
+        (ServiceName::Payout, amba_payout::SCHEMA, &amba_payout::MIGRATIONS),
+        (
+            ServiceName::Notification,
+            amba_notification::SCHEMA,
+            &amba_notification::MIGRATIONS,
+        ),
+    ];
+    for (service, schema, migrations) in schemas {
+        let migrated: Result<(), RunError> = async {
+            let pool = amba_bus::store::connect(url, schema, 2).await?;
+            let migrated = amba_bus::store::migrate(&pool, schema, migrations).await;
+            pool.close().await;
+            Ok(migrated?)
+        }
+        .await;
+        migrated.map_err(|source| StartError::Service { service, source })?;
+    }
+    crate::roles::ensure(url, &settings.db_passwords).await?;
+    Ok(())
+}
+
+/// Starts `services` in this process. Migrations are applied first, the streams they use
+/// declared where missing or different (see `amba_bus::streams::ensure_streams`), and
 /// the call returns once the request/reply services answer and the edge is listening.
 pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Running, StartError> {
     amba_telemetry::metrics::prometheus();
@@ -248,7 +378,12 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
     }
     let nats = connect_nats(settings, &format!("amba-{}", settings.namespace)).await?;
     let bus = Bus::new(nats.clone(), settings.namespace.clone());
-    declare_streams(&bus, settings.stream_replicas).await?;
+    let streams = streams_used(services, &bus.ns);
+    retrying("event streams", || {
+        amba_bus::streams::ensure_streams(&bus.js, &bus.ns, &streams, settings.stream_replicas)
+    })
+    .await
+    .map_err(StartError::Streams)?;
 
     let shutdown = CancellationToken::new();
     let failures = Failures::default();
@@ -270,6 +405,9 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
     };
     let url = settings.database_url.expose().to_owned();
     let multi_level_enabled = settings.multi_level_enabled;
+    let enrollment_config = amba_enrollment::EnrollmentConfig {
+        platform_host: amba_core::landing::host_of(&settings.public_url),
+    };
     let payout_config = payout_config(settings);
     let notification_config = if services.contains(&ServiceName::Notification) {
         Some(notification_config(settings).map_err(|source| StartError::Service {
@@ -289,12 +427,13 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
             .map_err(|source| StartError::Service { service, source })?;
         let (bus, url, stop, payout_config) = (bus.clone(), url.clone(), shutdown.clone(), payout_config.clone());
         let notification_config = notification_config.clone();
+        let enrollment_config = enrollment_config.clone();
         let (service_shutdown, failures) = (shutdown.clone(), failures.clone());
         tasks.spawn(async move {
             // Each service's future is boxed: their state machines are large, and a task holding
             // all five inline would be built on the stack before being moved to the heap.
             let run: Pin<Box<dyn Future<Output = Result<(), RunError>> + Send>> = match service {
-                ServiceName::Enrollment => Box::pin(amba_enrollment::run(&url, bus, stop)),
+                ServiceName::Enrollment => Box::pin(amba_enrollment::run(&url, bus, enrollment_config, stop)),
                 ServiceName::Attribution => Box::pin(amba_attribution::run(&url, bus, stop)),
                 ServiceName::Commission => Box::pin(amba_commission::run(&url, bus, multi_level_enabled, stop)),
                 ServiceName::Payout => Box::pin(amba_payout::run(&url, bus, payout_config.clone(), stop)),
@@ -332,7 +471,7 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
             trusted_proxies: settings.trusted_proxies.clone(),
             link_secret: settings.link_secret.clone(),
             stripe_webhook_secrets: settings.stripe_webhook_secrets.clone(),
-            touchpoints_per_org: settings.touchpoints_per_org,
+            budgets: settings.org_budgets.clone(),
         };
         let edge = amba_edge::Edge::bind(config, &bus)
             .await
@@ -361,20 +500,25 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
     })
 }
 
-/// Declares the event streams, retrying for a minute: a NATS cluster that is electing leaders,
-/// or placing replicated streams for several starting processes at once, answers late.
-async fn declare_streams(bus: &Bus, replicas: usize) -> Result<(), StartError> {
+/// Runs a JetStream declaration until it succeeds, for up to a minute: a NATS cluster that is
+/// electing leaders, or placing replicated streams for several starting processes at once,
+/// answers late (and a service may start before `amba migrate` declared what it uses).
+async fn retrying<F, Fut>(what: &str, mut declare: F) -> Result<(), async_nats::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), async_nats::Error>>,
+{
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut pause = Duration::from_millis(200);
     loop {
-        match amba_bus::streams::ensure_event_streams(&bus.js, &bus.ns, replicas).await {
+        match declare().await {
             Ok(()) => return Ok(()),
             Err(err) if tokio::time::Instant::now() < deadline => {
-                tracing::warn!(error = %err, "event streams not declared yet; retrying");
+                tracing::warn!(error = %err, %what, "not declared yet; retrying");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(5));
             }
-            Err(err) => return Err(StartError::Streams(err)),
+            Err(err) => return Err(err),
         }
     }
 }
@@ -496,4 +640,24 @@ pub fn notification_config(settings: &Settings) -> Result<amba_notification::Not
 /// Where e-mails are written without an SMTP server.
 pub fn mail_dir(settings: &Settings) -> std::path::PathBuf {
     settings.data_dir.join("mail")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+
+    #[test]
+    fn each_nats_user_gets_its_own_inbox_prefix() {
+        assert_eq!(creds_user("edge:secret\n").as_deref(), Some("edge"));
+        assert_eq!(creds_user("no password line"), None);
+        let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"name":"payout","nats":{}}"#);
+        let creds = format!(
+            "-----BEGIN NATS USER JWT-----\neyJ0eXAiOiJKV1QifQ.{claims}.c2ln\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\nSUAXXX\n------END USER NKEY SEED------\n"
+        );
+        assert_eq!(creds_user(&creds).as_deref(), Some("payout"));
+        assert_eq!(inbox_prefix("notification"), "_INBOX_notification");
+        assert_eq!(inbox_prefix("a.b *>"), "_INBOX_a_b___");
+    }
 }

@@ -101,9 +101,10 @@ pub trait Handler: Send + Sync + 'static {
 pub struct ConsumerSpec {
     pub stream: String,
     pub durable_name: String,
-    /// One subject filter (`<ns>.evt.program.>`); empty for the whole stream. Single filters keep
-    /// this working on NATS 2.9.
-    pub filter_subject: String,
+    /// The subjects it reads (`<ns>.evt.program.>`); none for the whole stream. One filter is
+    /// declared as `filter_subject`, which NATS 2.9 knows; several as `filter_subjects` (NATS ≥
+    /// 2.10; 2.9 ignores it and delivers the whole stream, so such a handler checks subjects).
+    pub filters: Vec<String>,
     pub ack_wait: Duration,
     pub concurrency: usize,
     /// Most messages one worker applies in one transaction (and queues ahead).
@@ -111,11 +112,16 @@ pub struct ConsumerSpec {
 }
 
 impl ConsumerSpec {
+    /// Reads `filter_subject` of `stream` (an empty one: the whole stream).
     pub fn new(stream: String, durable_name: String, filter_subject: String) -> Self {
         ConsumerSpec {
             stream,
             durable_name,
-            filter_subject,
+            filters: if filter_subject.is_empty() {
+                Vec::new()
+            } else {
+                vec![filter_subject]
+            },
             ack_wait: Duration::from_secs(30),
             concurrency: 16,
             max_batch: 64,
@@ -134,6 +140,109 @@ impl ConsumerSpec {
         self.concurrency = concurrency.max(1);
         self
     }
+
+    /// Reads only `subjects` of the stream (more than one needs NATS ≥ 2.10).
+    pub fn with_filters(mut self, subjects: Vec<String>) -> Self {
+        self.filters = subjects;
+        self
+    }
+
+    /// The durable pull consumer this spec declares.
+    pub fn config(&self) -> pull::Config {
+        let (filter_subject, filter_subjects) = match self.filters.as_slice() {
+            [one] => (one.clone(), Vec::new()),
+            many => (String::new(), many.to_vec()),
+        };
+        pull::Config {
+            durable_name: Some(self.durable_name.clone()),
+            filter_subject,
+            filter_subjects,
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            // Unlimited: a message is settled by us (applied, or dead-lettered once its
+            // failure is known to be permanent), never dropped by a redelivery count.
+            max_deliver: -1,
+            ack_wait: self.ack_wait,
+            // Room for every worker's queue and the group it is applying.
+            max_ack_pending: i64::try_from(self.concurrency.max(1) * self.max_batch * 2).unwrap_or(i64::MAX),
+            ..Default::default()
+        }
+    }
+}
+
+/// Creates the durable consumer, or updates it to `spec` (`amba migrate`, whose NATS user may).
+pub async fn declare(js: &jetstream::Context, spec: &ConsumerSpec) -> Result<(), async_nats::Error> {
+    js.create_consumer_on_stream(spec.config(), &spec.stream).await?;
+    Ok(())
+}
+
+/// How long [`run`] waits for a durable consumer it may not create itself to be declared.
+const DECLARED_WAIT: Duration = Duration::from_secs(60);
+
+/// The durable consumer of `spec`. It is looked up first (`$JS.API.CONSUMER.INFO`) and created or
+/// updated only when missing or different, so a service whose NATS user may not declare
+/// consumers binds to the one `amba migrate` declared. One that differs and cannot be updated is
+/// used as it is, with a warning (the release's `amba migrate` updates it); one that is missing
+/// and cannot be created is waited for, up to a minute.
+async fn bind(js: &jetstream::Context, spec: &ConsumerSpec) -> Result<pull::Stream, async_nats::Error> {
+    let wanted = spec.config();
+    let deadline = tokio::time::Instant::now() + DECLARED_WAIT;
+    let mut pause = Duration::from_millis(200);
+    loop {
+        let existing = match js
+            .get_consumer_from_stream::<pull::Config, _, _>(&spec.durable_name, &spec.stream)
+            .await
+        {
+            Ok(consumer) if same_consumer(&consumer.cached_info().config, &wanted) => {
+                return messages(consumer, spec).await;
+            }
+            Ok(consumer) => Some(consumer),
+            Err(_) => None,
+        };
+        let err = match js.create_consumer_on_stream(wanted.clone(), &spec.stream).await {
+            Ok(consumer) => return messages(consumer, spec).await,
+            Err(err) => err,
+        };
+        if let Some(consumer) = existing {
+            tracing::warn!(consumer = %spec.durable_name, error = %err,
+                "the durable consumer differs from this version's and could not be updated (`amba migrate` updates it); using it as it is");
+            return messages(consumer, spec).await;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "durable consumer {} on stream {} does not exist and could not be created: {err} \
+                 (`amba migrate` declares it)",
+                spec.durable_name, spec.stream
+            )
+            .into());
+        }
+        tracing::warn!(consumer = %spec.durable_name, error = %err,
+            "durable consumer not declared yet (`amba migrate` declares it); retrying");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn messages(
+    consumer: jetstream::consumer::PullConsumer,
+    spec: &ConsumerSpec,
+) -> Result<pull::Stream, async_nats::Error> {
+    Ok(consumer
+        .stream()
+        .max_messages_per_batch(spec.max_batch.clamp(200, 1_000))
+        .messages()
+        .await?)
+}
+
+/// Whether a durable consumer as the server has it is the one declared (what
+/// [`ConsumerSpec::config`] sets; the server fills in the rest).
+fn same_consumer(have: &jetstream::consumer::Config, want: &pull::Config) -> bool {
+    have.deliver_subject.is_none()
+        && have.filter_subject == want.filter_subject
+        && have.filter_subjects == want.filter_subjects
+        && have.ack_policy == want.ack_policy
+        && have.max_deliver == want.max_deliver
+        && have.ack_wait == want.ack_wait
+        && have.max_ack_pending == want.max_ack_pending
 }
 
 /// Backoff for the n-th failed attempt: 100 ms doubling, capped at 30 s.
@@ -142,7 +251,8 @@ pub fn retry_delay(attempt: i64) -> Duration {
     Duration::from_millis(100u64.saturating_mul(1 << exponent)).min(Duration::from_secs(30))
 }
 
-/// Creates the durable consumer if needed and processes messages until `shutdown`.
+/// Binds the durable consumer (declaring it when missing or different, where allowed: see
+/// [`bind`]) and processes messages until `shutdown`.
 pub async fn run<H: Handler>(
     js: jetstream::Context,
     pool: PgPool,
@@ -150,28 +260,9 @@ pub async fn run<H: Handler>(
     handler: Arc<H>,
     shutdown: CancellationToken,
 ) -> Result<(), async_nats::Error> {
-    let stream = js.get_stream(&spec.stream).await?;
-    // Create, or update an existing durable to this configuration (an older one may still have
-    // a bounded `max_deliver`).
-    let consumer = stream
-        .create_consumer(pull::Config {
-            durable_name: Some(spec.durable_name.clone()),
-            filter_subject: spec.filter_subject.clone(),
-            ack_policy: jetstream::consumer::AckPolicy::Explicit,
-            // Unlimited: a message is settled by us (applied, or dead-lettered once its
-            // failure is known to be permanent), never dropped by a redelivery count.
-            max_deliver: -1,
-            ack_wait: spec.ack_wait,
-            // Room for every worker's queue and the group it is applying.
-            max_ack_pending: i64::try_from(spec.concurrency.max(1) * spec.max_batch * 2).unwrap_or(i64::MAX),
-            ..Default::default()
-        })
-        .await?;
-    let messages = consumer
-        .stream()
-        .max_messages_per_batch(spec.max_batch.clamp(200, 1_000))
-        .messages()
-        .await?;
+    // An older version's durable (a bounded `max_deliver`, say) is updated to this one here.
+    // Boxed: the lookups' state would otherwise sit inside every service's consumer futures.
+    let messages = Box::pin(bind(&js, &spec)).await?;
     let spec = Arc::new(spec);
     let meters = Arc::new(Meters::new(&spec.durable_name));
 

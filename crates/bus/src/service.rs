@@ -5,6 +5,7 @@ use crate::outbox::{Relay, RelayWaker};
 use async_nats::jetstream;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Connections to NATS, shared by the services of one process. Cheap to clone.
@@ -34,7 +35,12 @@ pub enum RunError {
     Setup(String),
 }
 
-/// Opens the service's schema-pinned pool and applies its migrations.
+/// How long a service on its own database role waits for `amba migrate` before giving up.
+const MIGRATED_WAIT: Duration = Duration::from_secs(600);
+
+/// Opens the service's schema-pinned pool and applies its migrations, when its role may (the
+/// schema's owner: `amba dev`, compose, tests). On its own role (`amba_<service>`, production) it
+/// migrates nothing: it waits until `amba migrate` has applied every migration it knows.
 pub async fn open_store(
     database_url: &str,
     schema: &'static str,
@@ -42,8 +48,43 @@ pub async fn open_store(
     max_connections: u32,
 ) -> Result<PgPool, RunError> {
     let pool = crate::store::connect(database_url, schema, max_connections).await?;
-    crate::store::migrate(&pool, schema, migrations).await?;
+    if crate::store::may_migrate(&pool, schema).await? {
+        crate::store::migrate(&pool, schema, migrations).await?;
+    } else {
+        // Boxed: this future is part of every service's start-up, which is large already.
+        Box::pin(wait_until_migrated(&pool, schema, migrations, MIGRATED_WAIT)).await?;
+    }
     Ok(pool)
+}
+
+/// Polls [`crate::store::schema_state`] until the schema is current: a release's pods may
+/// start before its migration Job has finished.
+async fn wait_until_migrated(
+    pool: &PgPool,
+    schema: &'static str,
+    migrations: &Migrator,
+    patience: Duration,
+) -> Result<(), RunError> {
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut next_warning = tokio::time::Instant::now();
+    loop {
+        let why = match crate::store::schema_state(pool, schema, migrations).await? {
+            crate::store::SchemaState::Current => return Ok(()),
+            crate::store::SchemaState::Behind(why) => why,
+        };
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Err(RunError::Setup(format!(
+                "schema {schema} is not migrated for this release ({why}); run `amba migrate` with the \
+                 owner's database URL, and check this service uses its own role (amba_{schema})"
+            )));
+        }
+        if now >= next_warning {
+            tracing::warn!(%schema, %why, "waiting for `amba migrate`: this role does not migrate its schema");
+            next_warning = now + Duration::from_secs(30);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// Runs the outbox relay until `work` finishes, then flushes once more: events committed by the

@@ -4,6 +4,7 @@
 pub mod cursor;
 pub mod error;
 pub mod id;
+pub mod landing;
 pub mod limits;
 pub mod money;
 pub mod rounding;

@@ -14,7 +14,7 @@ pub mod store;
 
 use amba_bus::consumer::{self, ConsumerSpec};
 use amba_bus::outbox::RelayWaker;
-use amba_bus::{Bus, RunError};
+use amba_bus::{Bus, Namespace, RunError};
 use sqlx::migrate::Migrator;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -36,6 +36,15 @@ pub async fn migrate(database_url: &str) -> Result<(), RunError> {
         .map(|_| ())
 }
 
+/// The durable consumers this service reads: declared by `amba migrate`, bound by [`run`].
+pub fn consumer_specs(ns: &Namespace) -> [ConsumerSpec; 1] {
+    [ConsumerSpec::new(
+        ns.events_stream("enrollment"),
+        ns.consumer(SERVICE, "enrollment_facts"),
+        String::new(),
+    )]
+}
+
 /// Serves until `shutdown`; then drains requests and writers, and flushes the outbox.
 pub async fn run(database_url: &str, bus: Bus, shutdown: CancellationToken) -> Result<(), RunError> {
     let pool = amba_bus::service::open_store(database_url, SCHEMA, &MIGRATIONS, 24).await?;
@@ -49,11 +58,7 @@ pub async fn run(database_url: &str, bus: Bus, shutdown: CancellationToken) -> R
     };
     let (writers, mut writer_tasks) = actors::writer::Writers::start(deps, WRITER_SHARDS);
 
-    let facts = ConsumerSpec::new(
-        bus.ns.events_stream("enrollment"),
-        bus.ns.consumer(SERVICE, "enrollment_facts"),
-        String::new(),
-    );
+    let [facts] = consumer_specs(&bus.ns);
     let consumer = tokio::spawn(consumer::run(
         bus.js.clone(),
         pool.clone(),

@@ -20,7 +20,7 @@ pub use jobs::sweep;
 
 use amba_bus::consumer::{self, ConsumerSpec};
 use amba_bus::outbox::RelayWaker;
-use amba_bus::{Bus, RunError};
+use amba_bus::{Bus, Namespace, RunError};
 use sqlx::migrate::Migrator;
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +49,24 @@ pub async fn migrate(database_url: &str) -> Result<(), RunError> {
         .map(|_| ())
 }
 
+/// The durable consumers this service reads: declared by `amba migrate`, bound by [`run`].
+pub fn consumer_specs(ns: &Namespace) -> [ConsumerSpec; 2] {
+    [
+        ConsumerSpec::new(
+            ns.events_stream("enrollment"),
+            ns.consumer(SERVICE, "enrollment"),
+            String::new(),
+        ),
+        ConsumerSpec::new(
+            ns.events_stream("attribution"),
+            ns.consumer(SERVICE, "attribution"),
+            String::new(),
+        )
+        .with_max_batch(ATTRIBUTION_BATCH)
+        .with_concurrency(ATTRIBUTION_WORKERS),
+    ]
+}
+
 /// Consumes events, answers requests and releases holds until `shutdown`, then drains.
 /// `multi_level_enabled` is the platform flag `MULTI_LEVEL_ENABLED`.
 pub async fn run(
@@ -59,27 +77,18 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let pool = amba_bus::service::open_store(database_url, SCHEMA, &MIGRATIONS, 24).await?;
     let ns = bus.ns.clone();
+    let [enrollment_spec, attribution_spec] = consumer_specs(&ns);
     let enrollment_events = consumer::run(
         bus.js.clone(),
         pool.clone(),
-        ConsumerSpec::new(
-            ns.events_stream("enrollment"),
-            ns.consumer(SERVICE, "enrollment"),
-            String::new(),
-        ),
+        enrollment_spec,
         Arc::new(consumers::EnrollmentEvents),
         shutdown.clone(),
     );
     let attribution_events = consumer::run(
         bus.js.clone(),
         pool.clone(),
-        ConsumerSpec::new(
-            ns.events_stream("attribution"),
-            ns.consumer(SERVICE, "attribution"),
-            String::new(),
-        )
-        .with_max_batch(ATTRIBUTION_BATCH)
-        .with_concurrency(ATTRIBUTION_WORKERS),
+        attribution_spec,
         Arc::new(consumers::AttributionEvents {
             multi_level_enabled,
             ns: ns.clone(),

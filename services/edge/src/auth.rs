@@ -20,7 +20,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -31,14 +31,79 @@ const CACHE_TTL: Duration = Duration::from_secs(30);
 const CACHE_MAX: usize = 10_000;
 /// How long a refused token is answered from memory (a guessing client costs no lookup).
 const REFUSED_TTL: Duration = Duration::from_secs(10);
+/// How long a revocation is remembered: longer than any lookup can take (the request timeout is
+/// 10 s), so a lookup that began before it always learns of it.
+const REVOCATION_MEMORY: Duration = Duration::from_secs(60);
 
 /// Verified tokens, keyed by their SHA-256 so no secret sits in memory longer than a request,
 /// and recently refused ones.
 pub struct TokenCache {
     rpc: RpcClient,
     limits: std::sync::Arc<RateLimits>,
-    entries: Mutex<HashMap<[u8; 32], (Principal, Instant)>>,
+    state: Mutex<CacheState>,
     refused: Mutex<HashMap<[u8; 32], Instant>>,
+}
+
+/// The cache and the recent revocations under one lock: writing an entry and evicting a revoked
+/// token cannot interleave.
+#[derive(Default)]
+struct CacheState {
+    entries: HashMap<[u8; 32], (Principal, Instant)>,
+    /// Revocations seen lately, numbered in arrival order.
+    revocations: VecDeque<(u64, String, Instant)>,
+    /// The number of the latest revocation.
+    latest: u64,
+    /// Revocations up to this number were forgotten.
+    forgotten_through: u64,
+}
+
+/// Whether a token was revoked after a lookup began.
+#[derive(Debug, PartialEq)]
+enum RevokedSince {
+    No,
+    Yes,
+    /// The lookup is older than what is remembered.
+    Unknown,
+}
+
+impl CacheState {
+    fn revoked_since(&self, since: u64, token_id: &str) -> RevokedSince {
+        if self.forgotten_through > since {
+            return RevokedSince::Unknown;
+        }
+        if self
+            .revocations
+            .iter()
+            .any(|(number, id, _)| *number > since && id == token_id)
+        {
+            RevokedSince::Yes
+        } else {
+            RevokedSince::No
+        }
+    }
+
+    fn revoke(&mut self, token_id: &str) {
+        self.latest += 1;
+        self.revocations
+            .push_back((self.latest, token_id.to_owned(), Instant::now()));
+        while let Some((number, _, at)) = self.revocations.front() {
+            if at.elapsed() < REVOCATION_MEMORY && self.revocations.len() <= CACHE_MAX {
+                break;
+            }
+            self.forgotten_through = *number;
+            self.revocations.pop_front();
+        }
+        self.entries.retain(|_, (p, _)| p.token_id != token_id);
+    }
+
+    fn insert(&mut self, key: [u8; 32], principal: Principal) {
+        if self.entries.len() >= CACHE_MAX {
+            self.entries.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
+        }
+        if self.entries.len() < CACHE_MAX {
+            self.entries.insert(key, (principal, Instant::now()));
+        }
+    }
 }
 
 impl TokenCache {
@@ -46,13 +111,22 @@ impl TokenCache {
         TokenCache {
             rpc,
             limits,
-            entries: Mutex::new(HashMap::new()),
+            state: Mutex::new(CacheState::default()),
             refused: Mutex::new(HashMap::new()),
         }
     }
 
+    /// The cache's state. Nothing panics while holding the lock, and a poisoned one holds
+    /// consistent data: recover it rather than give up the revocation check.
+    fn state(&self) -> std::sync::MutexGuard<'_, CacheState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// The principal behind `token`, presented by `client`. Lookups that miss the cache are
     /// charged to the client's address, so guessing tokens is slow and cheap for us.
+    ///
+    /// Revocation wins over a lookup in flight: if the token is revoked while enrollment is
+    /// being asked (which may have read it just before), the answer is neither cached nor used.
     pub async fn verify(&self, token: &str, client: std::net::IpAddr) -> Result<Principal, ApiError> {
         let key = digest(token);
         if let Some(principal) = self.cached(&key) {
@@ -62,6 +136,7 @@ impl TokenCache {
             return Err(ApiError::unauthenticated("the token is not valid (unknown or revoked)"));
         }
         self.limits.check_address(Budget::TokenLookups, client)?;
+        let since = self.state().latest;
         let verified: Result<Principal, ApiError> = self
             .rpc
             .call(
@@ -81,22 +156,26 @@ impl TokenCache {
                 return Err(err);
             }
         };
-        if let Ok(mut entries) = self.entries.lock() {
-            if entries.len() >= CACHE_MAX {
-                entries.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
+        // The window a revocation can race through; tests hold it open (AMBA_FAILPOINTS).
+        amba_bus::faults::pause_at("edge-token-verified").await;
+        let mut state = self.state();
+        match state.revoked_since(since, &principal.token_id) {
+            RevokedSince::No => state.insert(key, principal.clone()),
+            RevokedSince::Yes => {
+                drop(state);
+                self.remember_refused(key);
+                return Err(ApiError::unauthenticated("the token has been revoked"));
             }
-            if entries.len() < CACHE_MAX {
-                entries.insert(key, (principal.clone(), Instant::now()));
-            }
+            // Too old to tell: answered as enrollment said, but not cached.
+            RevokedSince::Unknown => {}
         }
         Ok(principal)
     }
 
-    /// Forgets every cached token of `token_id` (on revocation).
+    /// Forgets every cached token of `token_id` (on revocation), and refuses it to lookups that
+    /// were in flight.
     pub fn evict_token_id(&self, token_id: &str) {
-        if let Ok(mut entries) = self.entries.lock() {
-            entries.retain(|_, (p, _)| p.token_id != token_id);
-        }
+        self.state().revoke(token_id);
     }
 
     fn refused_recently(&self, key: &[u8; 32]) -> bool {
@@ -119,8 +198,8 @@ impl TokenCache {
     }
 
     fn cached(&self, key: &[u8; 32]) -> Option<Principal> {
-        let entries = self.entries.lock().ok()?;
-        entries
+        self.state()
+            .entries
             .get(key)
             .filter(|(_, at)| at.elapsed() < CACHE_TTL)
             .map(|(p, _)| p.clone())
@@ -230,7 +309,42 @@ fn unauthorized(state: &EdgeState, problem: Option<&str>) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::calls_private_tool;
+    use super::{CacheState, Principal, RevokedSince, calls_private_tool};
+
+    fn principal(token_id: &str) -> Principal {
+        Principal {
+            org_id: "org_1".into(),
+            account_id: "acc_1".into(),
+            token_id: token_id.into(),
+        }
+    }
+
+    #[test]
+    fn a_revocation_during_a_lookup_wins() {
+        let mut state = CacheState::default();
+        state.insert([1; 32], principal("tok_a"));
+        let since = state.latest;
+        // Revoked while a lookup of tok_a (begun at `since`) is in flight: its cached copy is
+        // gone, and the lookup learns of it; other tokens are not affected.
+        state.revoke("tok_a");
+        assert!(state.entries.is_empty());
+        assert_eq!(state.revoked_since(since, "tok_a"), RevokedSince::Yes);
+        assert_eq!(state.revoked_since(since, "tok_b"), RevokedSince::No);
+        // A lookup begun after the revocation is enrollment's to answer.
+        assert_eq!(state.revoked_since(state.latest, "tok_a"), RevokedSince::No);
+    }
+
+    #[test]
+    fn forgotten_revocations_make_an_old_lookup_unknown() {
+        let mut state = CacheState::default();
+        let since = state.latest;
+        for i in 0..=super::CACHE_MAX {
+            state.revoke(&format!("tok_{i}"));
+        }
+        assert!(state.revocations.len() <= super::CACHE_MAX);
+        assert_eq!(state.revoked_since(since, "tok_x"), RevokedSince::Unknown);
+        assert_eq!(state.revoked_since(state.latest - 1, "tok_x"), RevokedSince::No);
+    }
 
     #[test]
     fn detects_private_tool_calls() {

@@ -11,9 +11,14 @@
 //! most [`MAX_STREAM_REPORTS`] reports per stream, [`MAX_CONCURRENT_STREAMS`] calls at once per
 //! connection, [`REQUEST_TIMEOUT`] per call; the token of a stream is checked again for every
 //! chunk (a revoked token stops the stream within the token cache's TTL).
+//!
+//! Per org (`rate_limit`): every call holds in-flight slots of its org while it runs (a stream as
+//! many as it sends batch requests at once), and spends its budget — reports (each report of a
+//! stream counts; those past the budget get their own `RATE_LIMITED` outcome and are not sent),
+//! touchpoints, or decisions for clawbacks.
 
 use crate::EdgeState;
-use crate::rate_limit::Budget;
+use crate::rate_limit::{Budget, Slots};
 use amba_core::{ApiError, ErrorCode};
 use amba_proto::methods::attribution as methods;
 use amba_proto::v1::conversions_server::{Conversions, ConversionsServer};
@@ -28,8 +33,9 @@ use tonic::{Request, Response, Status, Streaming};
 const CHUNK: usize = 500;
 /// Encoded bytes per batch request: well inside NATS's default 1 MiB `max_payload`.
 const MAX_BATCH_BYTES: usize = 512 * 1024;
-/// Batch requests in flight per stream.
-const IN_FLIGHT: usize = 8;
+/// Batch requests in flight per stream (at most: a stream sends as many at once as it got
+/// in-flight slots of its org).
+const IN_FLIGHT: u32 = 8;
 /// Largest request message: one report (valid ones are far smaller; larger values are
 /// refused by field with INVALID_ARGUMENT up to this size, by size beyond it).
 pub const MAX_REQUEST: usize = 256 * 1024;
@@ -81,6 +87,18 @@ impl ConversionsApi {
         self.state.tokens.verify(&token, client).await.map_err(|e| status(&e))
     }
 
+    /// The caller, with one of its org's in-flight slots (held until the returned [`Slots`] is
+    /// dropped) and one request charged to `budget`.
+    async fn admit<T>(&self, request: &Request<T>, budget: Budget) -> Result<(pb::Principal, Slots), Status> {
+        let caller = self.principal(request).await?;
+        let slot = self.state.limits.enter(&caller.org_id, 1).map_err(|e| status(&e))?;
+        self.state
+            .limits
+            .check_org(budget, &caller.org_id)
+            .map_err(|e| status(&e))?;
+        Ok((caller, slot))
+    }
+
     async fn call<Req: prost::Message, Resp: prost::Message + Default>(
         &self,
         method: &str,
@@ -100,7 +118,7 @@ impl Conversions for ConversionsApi {
         &self,
         request: Request<pb::ReportConversionRequest>,
     ) -> Result<Response<pb::ReportConversionReply>, Status> {
-        let caller = self.principal(&request).await?;
+        let (caller, _slot) = self.admit(&request, Budget::Reports).await?;
         Ok(Response::new(
             self.state
                 .reports
@@ -116,6 +134,12 @@ impl Conversions for ConversionsApi {
     ) -> Result<Response<pb::ReportConversionsReply>, Status> {
         let (token, client) = credentials(&request)?;
         let first_caller = self.state.tokens.verify(&token, client).await.map_err(|e| status(&e))?;
+        // Held for the stream's life: as many slots as it sends batch requests at once.
+        let slots = self
+            .state
+            .limits
+            .enter(&first_caller.org_id, IN_FLIGHT)
+            .map_err(|e| status(&e))?;
         let traceparent = amba_telemetry::current_traceparent();
         let mut seen = 0usize;
         let reports = request.into_inner().map(move |item| {
@@ -142,22 +166,27 @@ impl Conversions for ConversionsApi {
             }
         });
         let mut outcomes = Vec::new();
-        let mut in_order = batches.buffered(IN_FLIGHT);
+        let mut in_order = batches.buffered(usize::try_from(slots.count()).unwrap_or(1));
         while let Some(batch) = in_order.next().await {
             outcomes.extend(batch?);
         }
-        Ok(Response::new(pb::ReportConversionsReply { outcomes }))
+        drop(in_order);
+        drop(slots);
+        let retry_after = outcomes.iter().filter_map(rate_limited_for).max();
+        let mut response = Response::new(pb::ReportConversionsReply { outcomes });
+        if let Some(seconds) = retry_after
+            && let Ok(value) = seconds.to_string().parse()
+        {
+            response.metadata_mut().insert("retry-after", value);
+        }
+        Ok(response)
     }
 
     async fn record_touchpoint(
         &self,
         request: Request<pb::RecordTouchpointRequest>,
     ) -> Result<Response<pb::RecordTouchpointReply>, Status> {
-        let caller = self.principal(&request).await?;
-        self.state
-            .limits
-            .check_org(Budget::Touchpoints, &caller.org_id)
-            .map_err(|e| status(&e))?;
+        let (_caller, _slot) = self.admit(&request, Budget::Touchpoints).await?;
         Ok(Response::new(
             crate::clicks::record(&self.state, request.into_inner())
                 .await
@@ -169,7 +198,7 @@ impl Conversions for ConversionsApi {
         &self,
         request: Request<pb::ClawbackRequest>,
     ) -> Result<Response<pb::ClawbackReply>, Status> {
-        let caller = self.principal(&request).await?;
+        let (caller, _slot) = self.admit(&request, Budget::Decisions).await?;
         let clawback = pb::AuthenticatedClawback {
             caller: Some(caller),
             clawback: Some(amba_proto::validate::clawback(&request.into_inner()).map_err(|e| status(&e))?),
@@ -190,8 +219,23 @@ impl ConversionsApi {
         let now = chrono::Utc::now();
         let mut outcomes: Vec<Option<pb::ReportOutcome>> = Vec::with_capacity(reports.len());
         let mut valid = Vec::with_capacity(reports.len());
-        for report in &reports {
-            match amba_proto::validate::report(report, now) {
+        let checked: Vec<_> = reports
+            .iter()
+            .map(|report| amba_proto::validate::report(report, now))
+            .collect();
+        // Every valid report counts against the org's budget; one past it is refused on its own.
+        let mut admitted = self
+            .state
+            .limits
+            .check_org_each(
+                Budget::Reports,
+                &caller.org_id,
+                checked.iter().filter(|c| c.is_ok()).count(),
+            )
+            .into_iter();
+        for checked in checked {
+            let admitted = checked.and_then(|report| admitted.next().unwrap_or(Ok(())).map(|()| report));
+            match admitted {
                 Ok(report) => {
                     outcomes.push(None);
                     valid.push(pb::AuthenticatedReport {
@@ -274,6 +318,17 @@ fn credentials<T>(request: &Request<T>) -> Result<(String, std::net::IpAddr), St
         .map(|a| a.ip())
         .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
     Ok((token.to_owned(), client))
+}
+
+/// The `retry_after_seconds` of an outcome refused by the org's budget.
+fn rate_limited_for(outcome: &pb::ReportOutcome) -> Option<u64> {
+    match &outcome.result {
+        Some(pb::report_outcome::Result::Error(err)) if err.code == ErrorCode::RateLimited.as_str() => {
+            let details: serde_json::Value = serde_json::from_str(&err.details_json).ok()?;
+            details.get("retry_after_seconds")?.as_u64()
+        }
+        _ => None,
+    }
 }
 
 /// Stream outcomes into `amba_conversion_reports_total`, one counter update per distinct outcome.

@@ -38,8 +38,9 @@ pub struct EdgeConfig {
     /// Stripe webhook signing secrets (`AMBA_STRIPE_WEBHOOK_SECRET`, comma-separated while a
     /// secret is rotated); empty: `POST /webhooks/stripe` answers 503.
     pub stripe_webhook_secrets: Vec<amba_core::secret::Secret>,
-    /// Per-org touchpoint budget, (burst, per second) (`AMBA_TOUCHPOINTS_PER_ORG`).
-    pub touchpoints_per_org: (u32, u32),
+    /// The per-org budgets and the per-org cap of calls in flight (`AMBA_<BUDGET>_PER_ORG`,
+    /// `AMBA_IN_FLIGHT_PER_ORG`; see [`rate_limit`]).
+    pub budgets: rate_limit::OrgBudgets,
 }
 
 /// Shared by every request handler.
@@ -79,7 +80,7 @@ impl Edge {
         let grpc_listener = tokio::net::TcpListener::bind(config.grpc_addr).await?;
         let public_url: Arc<str> = config.public_url.trim_end_matches('/').into();
         let rpc = RpcClient::new(bus.nats.clone(), bus.ns.clone());
-        let limits = Arc::new(rate_limit::RateLimits::with_touchpoints(config.touchpoints_per_org));
+        let limits = Arc::new(rate_limit::RateLimits::new(&config.budgets));
         let state = EdgeState {
             tokens: Arc::new(auth::TokenCache::new(rpc.clone(), limits.clone())),
             limits,

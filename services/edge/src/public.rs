@@ -105,6 +105,15 @@ pub async fn follow_link(
     if reply.landing_url.is_empty() {
         return error_response(&ApiError::not_found("landing page: the program has no landing_url"));
     }
+    // Defence in depth: a URL stored before the https / other-host rule, or one that got past
+    // it, is never redirected to (no plain-HTTP hop, no redirect back onto the platform).
+    let platform_host = amba_core::landing::host_of(&state.public_url);
+    if let Err(refused) = amba_core::landing::check(&reply.landing_url, platform_host.as_deref()) {
+        tracing::warn!(code = %code, reason = %refused.message, "not redirecting to a landing URL the rules refuse");
+        return error_response(&ApiError::not_found(
+            "landing page: the program's landing_url is not an https page of another site",
+        ));
+    }
     let separator = if reply.landing_url.contains('?') { '&' } else { '?' };
     let location = format!("{}{separator}amba_ref={code}&amba_sub={subject}", reply.landing_url);
     let cookie = format!("{SUBJECT_COOKIE}={subject}; Max-Age=2592000; Path=/; SameSite=Lax; HttpOnly");

@@ -23,11 +23,24 @@ pub async fn migrate(database_url: &str) -> Result<(), RunError> {
         .map(|_| ())
 }
 
+/// What enrollment needs to know about the deployment.
+#[derive(Debug, Clone, Default)]
+pub struct EnrollmentConfig {
+    /// The host of `AMBA_PUBLIC_URL`: a program's landing URL may not point back at the platform.
+    pub platform_host: Option<String>,
+}
+
 /// Serves requests until `shutdown`, then drains them and flushes the outbox.
-pub async fn run(database_url: &str, bus: Bus, shutdown: CancellationToken) -> Result<(), RunError> {
+pub async fn run(
+    database_url: &str,
+    bus: Bus,
+    config: EnrollmentConfig,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
     let pool = amba_bus::service::open_store(database_url, SCHEMA, &MIGRATIONS, 16).await?;
     let waker = RelayWaker::default();
-    let service = rpc::Enrollment::new(pool.clone(), bus.ns.clone(), waker.clone());
+    let service =
+        rpc::Enrollment::new(pool.clone(), bus.ns.clone(), waker.clone()).with_platform_host(config.platform_host);
     let server = rpc::server(service).serve(bus.nats.clone(), bus.ns.clone(), shutdown);
     amba_bus::service::with_relay(pool, &bus, waker, async { server.await.map_err(RunError::from) }).await
 }

@@ -43,6 +43,18 @@ pub async fn migrate(database_url: &str) -> Result<(), RunError> {
         .map(|_| ())
 }
 
+/// The durable consumers this service reads: declared by `amba migrate`, bound by [`run`].
+pub fn consumer_specs(ns: &amba_bus::Namespace) -> [ConsumerSpec; 4] {
+    // Only what leads to an e-mail: clicks and unapproved conversions never reach this service.
+    let sources = [
+        ("enrollment", String::new()),
+        ("attribution", ns.event("conversion", "approved")),
+        ("commission", ns.event("commission", "clawed_back")),
+        ("payout", String::new()),
+    ];
+    sources.map(|(stream, filter)| ConsumerSpec::new(ns.events_stream(stream), ns.consumer(SERVICE, stream), filter))
+}
+
 /// Consumes every stream that leads to an e-mail, sends, answers requests; until `shutdown`.
 pub async fn run(
     database_url: &str,
@@ -55,19 +67,12 @@ pub async fn run(
     let handler = Arc::new(consumers::Events {
         public_url: config.public_url.clone(),
     });
-    // Only what leads to an e-mail: clicks and unapproved conversions never reach this service.
-    let sources = [
-        ("enrollment", String::new()),
-        ("attribution", ns.event("conversion", "approved")),
-        ("commission", ns.event("commission", "clawed_back")),
-        ("payout", String::new()),
-    ];
     let mut consumers = Vec::new();
-    for (stream, filter) in sources {
+    for spec in consumer_specs(&ns) {
         consumers.push(Box::pin(consumer::run(
             bus.js.clone(),
             pool.clone(),
-            ConsumerSpec::new(ns.events_stream(stream), ns.consumer(SERVICE, stream), filter),
+            spec,
             handler.clone(),
             shutdown.clone(),
         )));

@@ -63,6 +63,20 @@ pub async fn migrate(database_url: &str) -> Result<(), RunError> {
         .map(|_| ())
 }
 
+/// The durable consumers this service reads: declared by `amba migrate`, bound by [`run`]. The
+/// edge stream's consumer reads only what it handles: Stripe webhooks and settlement ticks.
+pub fn consumer_specs(ns: &amba_bus::Namespace) -> [ConsumerSpec; 2] {
+    [
+        ConsumerSpec::new(
+            ns.events_stream("enrollment"),
+            ns.consumer(SERVICE, "programs"),
+            ns.event_domain("program"),
+        ),
+        ConsumerSpec::new(ns.events_stream("edge"), ns.consumer(SERVICE, "outside"), String::new())
+            .with_filters(vec![ns.event_domain("stripe"), ns.event("settlement", "tick")]),
+    ]
+}
+
 /// Runs until `shutdown`, then flushes the outbox.
 pub async fn run(
     database_url: &str,
@@ -93,23 +107,20 @@ pub async fn run(
         settler: settler.clone(),
         payouts_live: config.payouts_live,
     };
+    let [programs_spec, outside_spec] = consumer_specs(&ns);
     // Boxed: the consumers' and server's state machines are large; built inline they would sit
     // on the stack of whoever polls this service first.
     let programs = Box::pin(consumer::run(
         bus.js.clone(),
         pool.clone(),
-        ConsumerSpec::new(
-            ns.events_stream("enrollment"),
-            ns.consumer(SERVICE, "programs"),
-            ns.event_domain("program"),
-        ),
+        programs_spec,
         Arc::new(consumers::ProgramEvents),
         shutdown.clone(),
     ));
     let outside = Box::pin(consumer::run(
         bus.js.clone(),
         pool.clone(),
-        ConsumerSpec::new(ns.events_stream("edge"), ns.consumer(SERVICE, "outside"), String::new()),
+        outside_spec,
         Arc::new(consumers::OutsideEvents { payout: payout.clone() }),
         shutdown.clone(),
     ));

@@ -87,6 +87,11 @@ impl Cluster {
             ("AMBA_HTTP_ADDR".to_owned(), format!("127.0.0.1:{http}")),
             ("AMBA_GRPC_ADDR".to_owned(), format!("127.0.0.1:{grpc}")),
             ("RUST_LOG".to_owned(), "warn".to_owned()),
+            // The scenarios push one org's load far past a shop's budgets on purpose: faults,
+            // not budgets, are under test here (budgets have their own tests).
+            ("AMBA_REPORTS_PER_ORG".to_owned(), "100000000,10000000/s".to_owned()),
+            ("AMBA_CONFIGURATION_PER_ORG".to_owned(), "100000,100000/s".to_owned()),
+            ("AMBA_IN_FLIGHT_PER_ORG".to_owned(), "4096".to_owned()),
         ];
         let mut env = env;
         // A current nats-server (the scripts install one and name it) fsyncs every write, as

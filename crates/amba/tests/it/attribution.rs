@@ -708,13 +708,18 @@ async fn every_grpc_method_with_a_tonic_client() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn sixty_four_callers_racing_on_the_same_keys_record_each_once() -> anyhow::Result<()> {
+    // One org racing itself: 49,600 reports at once from 64 callers, far past a shop's budgets.
+    let budgets = [
+        ("AMBA_REPORTS_PER_ORG", "100000,10000/s"),
+        ("AMBA_IN_FLIGHT_PER_ORG", "1024"),
+    ];
     let Setup {
         sys,
         owner,
         program,
         ann_enrollment,
         ..
-    } = setup(json!({})).await?;
+    } = setup_with(json!({}), &budgets).await?;
     let code = text(&ann_enrollment["code"]).to_owned();
     let keys: Vec<String> = (0..1_000).map(|i| format!("race-{i}")).collect();
     let mut tasks = tokio::task::JoinSet::new();

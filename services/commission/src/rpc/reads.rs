@@ -6,7 +6,7 @@ use crate::domain::ledger::{self, Account};
 use crate::domain::stats;
 use crate::store;
 use amba_bus::rpc::{caller, db_error};
-use amba_core::ApiError;
+use amba_core::{ApiError, cursor};
 use amba_proto::wire as pb;
 use std::time::Duration;
 
@@ -22,6 +22,12 @@ fn parse_day(text: &str, field: &str) -> Result<Option<chrono::NaiveDate>, ApiEr
     chrono::DateTime::parse_from_rfc3339(text)
         .map(|t| Some(t.with_timezone(&chrono::Utc).date_naive()))
         .map_err(|_| ApiError::invalid(format!("{field} must be a date (2026-01-31) or an RFC 3339 timestamp")))
+}
+
+/// Where a balance sits in the pages: program id, then enrollment id (fixed-length ids, so the
+/// joined text orders as the pair does).
+fn balance_key(b: &pb::Balance) -> String {
+    format!("{} {}", b.program_id, b.enrollment_id)
 }
 
 /// (program, enrollment, program name, currency, account, balance): one row per account.
@@ -123,6 +129,12 @@ impl Commission {
                 }
             }
         }
+        // Totals cover every program; the reply carries one page of the per-program balances, so
+        // an org in thousands of programs never outgrows a NATS message. Keyset on (program,
+        // enrollment), compared bytewise in Rust rather than by the database's collation.
+        balances.sort_by_key(balance_key);
+        let after = cursor::decode(&request.cursor)?;
+        let limit = cursor::page_size(request.limit) as usize;
         let mut total = pb::Balance::default();
         let single_currency = balances.windows(2).all(|w| w[0].currency == w[1].currency);
         if single_currency {
@@ -140,9 +152,21 @@ impl Commission {
                 total.enrollment_id = only.enrollment_id.clone();
             }
         }
+        let mut page: Vec<pb::Balance> = balances
+            .into_iter()
+            .filter(|b| after.as_deref().is_none_or(|after| balance_key(b).as_str() > after))
+            .take(limit + 1)
+            .collect();
+        let next_cursor = if page.len() > limit {
+            page.truncate(limit);
+            page.last().map(|b| cursor::encode(&balance_key(b))).unwrap_or_default()
+        } else {
+            String::new()
+        };
         Ok(pb::BalanceReply {
-            balances,
+            balances: page,
             total: Some(total),
+            next_cursor,
         })
     }
 

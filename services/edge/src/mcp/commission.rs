@@ -55,6 +55,9 @@ pub struct MyStatsArgs {
 pub struct MyBalanceArgs {
     /// One program; default every program you are enrolled in.
     pub program_id: Option<String>,
+    pub cursor: Option<String>,
+    #[schemars(range(min = 1, max = 200))]
+    pub limit: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -170,8 +173,11 @@ pub struct MyBalanceOutput {
     pub debt_minor: i64,
     /// Empty when your programs use several currencies (see balances).
     pub currency: String,
-    /// One per program you are enrolled in.
+    /// One per program you are enrolled in, one page at a time (the sums above cover them all).
     pub balances: Vec<BalanceView>,
+    /// Pass as `cursor` for the next page of balances; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -330,7 +336,9 @@ impl McpServer {
     #[tool(
         name = "amba_affiliate_my_balance_get",
         description = "Your commission balance: held (refund window), payable, reserved (payout in flight), paid, \
-                       and carry-forward debt. Eventually consistent: the ledger books an approved conversion within about a second of the \
+                       and carry-forward debt, summed over all your programs, with the balance of each program \
+                       (balances: limit per page, default 50, max 200; pass next_cursor as cursor for more). \
+                       Eventually consistent: the ledger books an approved conversion within about a second of the \
                        report (longer under heavy load); if one you just approved is missing, wait a second and ask again.",
         annotations(
             read_only_hint = true,
@@ -348,6 +356,8 @@ impl McpServer {
         let request = pb::BalanceRequest {
             caller: Some(caller),
             program_id: args.program_id.unwrap_or_default(),
+            cursor: args.cursor.unwrap_or_default(),
+            limit: args.limit.unwrap_or_default(),
         };
         let reply: pb::BalanceReply = self.call_service(methods::SERVICE, methods::BALANCE, &request).await?;
         let total = reply.total.unwrap_or_default();
@@ -373,6 +383,7 @@ impl McpServer {
                     debt_minor: b.debt_minor,
                 })
                 .collect(),
+            next_cursor: (!reply.next_cursor.is_empty()).then_some(reply.next_cursor),
         }))
     }
 

@@ -93,7 +93,7 @@ pub fn prompt(name: &str, arguments: Option<&JsonObject>) -> Result<GetPromptRes
                 "Launch an affiliate program for {product} in {currency}.\n\
                  1. Call amba_affiliate_programs_create with name \"{product} Partners\", currency \"{currency}\", \
                  commission {{\"schema\":1,\"type\":\"percentage\",\"bps\":{bps}}} and an idempotency_key, plus \
-                 landing_url if the product has a page for visitors.\n\
+                 landing_url (an https page of the product's site) if it has one for visitors.\n\
                  2. Check the returned program, then call amba_affiliate_programs_update with its program_id and \
                  status \"active\".\n\
                  3. Report what was created: program_id, the rule, and how affiliates join (amba_affiliate_invite with \

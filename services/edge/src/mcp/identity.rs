@@ -17,23 +17,40 @@ pub struct SignupArgs {
     pub name: Option<String>,
 }
 
+/// The same answer whether or not the address already had an account (so signup tells nobody
+/// which addresses are registered): a new account's fields, or only the message when the address
+/// had one and that account was e-mailed instead.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct SignupOutput {
-    pub account_id: String,
-    pub org_id: String,
+    /// What happened and what to do next.
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub org_id: Option<String>,
     /// The personal access token. It is shown only this once; store it now.
-    pub token: String,
-    pub token_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_id: Option<String>,
     /// Ready to paste into an MCP client's configuration.
-    pub mcp_config: serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mcp_config: Option<serde_json::Value>,
 }
+
+const CREATED: &str = "Account created. Store the token now: it is shown only this once. Reconnect with it \
+                       (mcp_config) to use the other tools.";
+const CHECK_INBOX: &str = "Check your inbox: if this address already has an account, nothing was created and the \
+                           address was e-mailed instead. Use that account's access tokens.";
 
 #[tool_router(router = identity_tools, vis = "pub(super)")]
 impl McpServer {
     #[tool(
         name = "amba_affiliate_signup",
         description = "Create an account, its organization and a personal access token in one call. Public: no token needed. \
-                       Returns the token once, with an mcp_config to paste into an MCP client.",
+                       Returns the token once, with an mcp_config to paste into an MCP client. One account per e-mail \
+                       address: for an address that already has one, nothing is created, the reply carries only \
+                       message (check your inbox) and the address is e-mailed.",
         annotations(
             read_only_hint = false,
             destructive_hint = false,
@@ -53,6 +70,16 @@ impl McpServer {
             .call(methods::SERVICE, methods::SIGNUP, &request)
             .await
             .map_err(tool_error)?;
+        if reply.token.is_empty() {
+            return Ok(Json(SignupOutput {
+                message: CHECK_INBOX.to_owned(),
+                account_id: None,
+                org_id: None,
+                token: None,
+                token_id: None,
+                mcp_config: None,
+            }));
+        }
         let mcp_config = serde_json::json!({
             "mcpServers": {
                 "amba-affiliate": {
@@ -63,11 +90,12 @@ impl McpServer {
             }
         });
         Ok(Json(SignupOutput {
-            account_id: reply.account_id,
-            org_id: reply.org_id,
-            token: reply.token,
-            token_id: reply.token_id,
-            mcp_config,
+            message: CREATED.to_owned(),
+            account_id: Some(reply.account_id),
+            org_id: Some(reply.org_id),
+            token: Some(reply.token),
+            token_id: Some(reply.token_id),
+            mcp_config: Some(mcp_config),
         }))
     }
 }

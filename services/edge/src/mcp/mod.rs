@@ -19,7 +19,7 @@ mod schema;
 mod tokens;
 
 use crate::EdgeState;
-use crate::rate_limit::Budget;
+use crate::rate_limit::{self, Budget};
 use amba_core::ApiError;
 use amba_proto::wire::Principal;
 use rmcp::handler::server::router::tool::ToolRouter;
@@ -67,6 +67,19 @@ impl McpServer {
 }
 
 impl McpServer {
+    /// Takes one of the caller's org's in-flight slots and charges the tool's budget; a name
+    /// that is no tool spends nothing (the router refuses it).
+    fn admit(&self, caller: &Principal, tool: &str) -> Result<Option<rate_limit::Slots>, ApiError> {
+        if self.tool_router.get(tool).is_none() {
+            return Ok(None);
+        }
+        // A tool missing from the table gets the smallest budget (a unit test keeps it complete).
+        let budget = rate_limit::tool_budget(tool).unwrap_or(Budget::Configuration);
+        let slot = self.state.limits.enter(&caller.org_id, 1)?;
+        self.state.limits.check_org(budget, &caller.org_id)?;
+        Ok(Some(slot))
+    }
+
     /// One request to a service; its typed error becomes the tool's error result.
     async fn call_service<Req: prost::Message, Resp: prost::Message + Default>(
         &self,
@@ -184,19 +197,8 @@ impl ServerHandler for McpServer {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        if let Some(caller) = context_principal(&context) {
-            // Authenticated callers are limited per org where a call creates things or clicks.
-            let budget = match request.name.as_ref() {
-                "amba_affiliate_signup" | "amba_affiliate_tokens_create" => Some(Budget::Creations),
-                "amba_affiliate_touchpoint_record" => Some(Budget::Touchpoints),
-                _ => None,
-            };
-            if let Some(budget) = budget
-                && let Err(refusal) = self.state.limits.check_org(budget, &caller.org_id)
-            {
-                return Ok(tool_error(refusal).into());
-            }
-        } else {
+        let caller = context_principal(&context);
+        if caller.is_none() {
             if !PUBLIC_TOOLS.contains(&request.name.as_ref()) {
                 return Ok(tool_error(ApiError::unauthenticated("this tool needs a personal access token")).into());
             }
@@ -219,6 +221,16 @@ impl ServerHandler for McpServer {
             tracing::info!(tool = %request.name, error = %err.message, "tool arguments refused");
             return Ok(tool_error(err).into());
         }
+        // Authenticated callers, once the arguments passed (a mistake costs no budget): one of
+        // their org's in-flight slots, held until the tool has answered, and the tool's per-org
+        // budget (rate_limit.rs).
+        let _slot = match &caller {
+            Some(caller) => match self.admit(caller, &request.name) {
+                Ok(slot) => slot,
+                Err(refusal) => return Ok(tool_error(refusal).into()),
+            },
+            None => None,
+        };
         // The caller's trace: `_meta.traceparent` (MCP SEP-414), else the HTTP header.
         let traceparent = context.meta.get_traceparent().map(str::to_owned).or_else(|| {
             let parts = context.extensions.get::<http::request::Parts>()?;
@@ -257,4 +269,36 @@ fn in_envelope(result: CallToolResponse) -> CallToolResponse {
         "invalid arguments: {}",
         message.trim()
     ))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_tool_spends_a_budget_of_its_own_kind() {
+        let tools = McpServer::identity_tools()
+            + McpServer::program_tools()
+            + McpServer::enrollment_tools()
+            + McpServer::token_tools()
+            + McpServer::commission_tools()
+            + McpServer::attribution_tools()
+            + McpServer::payout_tools()
+            + McpServer::notification_tools();
+        let tools = tools.list_all();
+        assert!(tools.len() > 30);
+        for tool in tools {
+            let budget = rate_limit::tool_budget(&tool.name);
+            assert!(
+                budget.is_some(),
+                "{} has no budget in rate_limit::tool_budget",
+                tool.name
+            );
+            // Read-only tools never spend a write budget, and writes never the read budgets.
+            let read_only = tool.annotations.as_ref().and_then(|a| a.read_only_hint) == Some(true);
+            let reads = matches!(budget, Some(Budget::Reads | Budget::Analytics));
+            assert_eq!(read_only, reads, "{}: {budget:?}", tool.name);
+        }
+        assert_eq!(rate_limit::tool_budget("amba_affiliate_nope"), None);
+    }
 }

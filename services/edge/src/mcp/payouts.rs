@@ -96,7 +96,13 @@ pub struct FundingView {
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct PayoutsListArgs {
     pub program_id: String,
+    /// One run (`run_…`, a run's payout_run_id): list that run alone, and page its items with
+    /// cursor/limit instead of paging runs. Use it when a run's items_next_cursor is set.
+    pub payout_run_id: Option<String>,
+    /// Where the next page starts: the `next_cursor` of the previous page (of runs, or of the
+    /// run's items with payout_run_id). Omit for the first page.
     pub cursor: Option<String>,
+    /// Page size, 1-200 (default 50): runs, or with payout_run_id, that run's items.
     #[schemars(range(min = 1, max = 200))]
     pub limit: Option<u32>,
 }
@@ -184,7 +190,15 @@ pub struct PayoutRunOutput {
     pub currency: String,
     pub idempotency_key: String,
     pub created_at: String,
+    /// The run's items: in amba_affiliate_payout_run's reply the first 200 (a dry run's plan
+    /// too), in amba_affiliate_payouts_list the first 10 of each run (or, with payout_run_id, one
+    /// page); items_total says how many there are.
     pub items: Vec<PayoutItemView>,
+    pub items_total: u32,
+    /// Set when the run has more items than shown: call amba_affiliate_payouts_list with this
+    /// run's payout_run_id and this value as cursor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub items_next_cursor: Option<String>,
     /// What this run charges (dry run: would charge) your organization's saved payment method:
     /// the sum of the paid items' gross (fee included, nothing else).
     pub funding_required_minor: i64,
@@ -196,6 +210,8 @@ pub struct PayoutRunOutput {
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct PayoutsListOutput {
     pub runs: Vec<PayoutRunOutput>,
+    /// Pass as `cursor` for the next page (of runs; with payout_run_id, of that run's items);
+    /// empty on the last page.
     pub next_cursor: String,
 }
 
@@ -211,7 +227,11 @@ fn account_view(account: pb::PayoutAccount, created: bool) -> PayoutAccountOutpu
 }
 
 fn run_view(run: pb::PayoutRun, duplicate: bool) -> PayoutRunOutput {
+    // A run answered whole (payout_run) carries no count: all its items are there.
+    let items_total = run.items_total.max(u32::try_from(run.items.len()).unwrap_or(u32::MAX));
     PayoutRunOutput {
+        items_total,
+        items_next_cursor: (!run.items_next_cursor.is_empty()).then_some(run.items_next_cursor),
         payout_run_id: run.payout_run_id,
         program_id: run.program_id,
         dry_run: run.dry_run,
@@ -460,8 +480,11 @@ impl McpServer {
 
     #[tool(
         name = "amba_affiliate_payouts_list",
-        description = "Your program's payout runs, newest first, each with its items: amounts, status (paid, failed, \
-                       skipped with the reason, or still in flight) and the Stripe transfer id.",
+        description = "Your program's payout runs, newest first (limit runs per page, default 50, max 200; pass \
+                       next_cursor as cursor for more), each with its first 10 items: amounts, status (paid, failed, \
+                       skipped with the reason, or still in flight) and the Stripe transfer id; items_total counts \
+                       them all. For a run with more (items_next_cursor set), call again with its payout_run_id: the \
+                       reply holds that run alone with limit items from cursor, and next_cursor continues its items.",
         annotations(
             read_only_hint = true,
             destructive_hint = false,
@@ -479,6 +502,7 @@ impl McpServer {
             program_id: args.program_id,
             cursor: args.cursor.unwrap_or_default(),
             limit: args.limit.unwrap_or_default(),
+            payout_run_id: args.payout_run_id.unwrap_or_default(),
         };
         let reply: pb::PayoutRunsReply = self.call_service(methods::SERVICE, methods::RUNS, &request).await?;
         Ok(Json(PayoutsListOutput {

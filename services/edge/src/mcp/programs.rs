@@ -34,7 +34,8 @@ pub struct ProgramOptions {
     pub platform_fee_bps: Option<u32>,
     /// Upline overrides: {"enabled": true, "levels_bps": [500, 200]} (level 1 = direct sponsor).
     pub multi_level: Option<serde_json::Value>,
-    /// Where affiliate links send visitors (absolute http(s) URL).
+    /// Where affiliate links send visitors: an https page of your own site (never this platform's
+    /// host), e.g. https://acme.example/pricing. On update, "" removes it.
     pub landing_url: Option<String>,
 }
 
@@ -117,7 +118,8 @@ pub struct CommissionVersionView {
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct ProgramOutput {
     pub program: ProgramView,
-    /// Every commission rule version, oldest first (get only).
+    /// The latest 20 commission rule versions, oldest first (get only); an older one: pass
+    /// commission_version.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub commission_history: Vec<CommissionVersionView>,
     /// True when an idempotency key replayed an earlier create.
@@ -151,6 +153,7 @@ impl McpServer {
         Extension(parts): Extension<http::request::Parts>,
     ) -> Result<Json<ProgramOutput>, ToolError> {
         let caller = require_principal(&parts)?;
+        self.landing_precheck(&args.options)?;
         let mut settings = options_to_proto(args.options);
         settings.name = Some(args.name);
         settings.currency = Some(args.currency);
@@ -180,6 +183,7 @@ impl McpServer {
         Extension(parts): Extension<http::request::Parts>,
     ) -> Result<Json<ProgramOutput>, ToolError> {
         let caller = require_principal(&parts)?;
+        self.landing_precheck(&args.options)?;
         let mut settings = options_to_proto(args.options);
         settings.status = args.status;
         settings.name = args.name;
@@ -195,8 +199,8 @@ impl McpServer {
 
     #[tool(
         name = "amba_affiliate_programs_get",
-        description = "A program you own: its settings, status and current commission rule, plus the history of every \
-                       rule version (pass commission_version to see an older rule).",
+        description = "A program you own: its settings, status and current commission rule, plus the history of its \
+                       latest 20 rule versions (pass commission_version to see any older rule).",
         annotations(
             read_only_hint = true,
             destructive_hint = false,
@@ -253,6 +257,20 @@ impl McpServer {
 }
 
 impl McpServer {
+    /// Refuses a landing URL on this platform's own host here, where `AMBA_PUBLIC_URL` is always
+    /// known; enrollment checks it again (and the URL's shape) when it knows the host too.
+    fn landing_precheck(&self, options: &ProgramOptions) -> Result<(), ToolError> {
+        match options.landing_url.as_deref().map(str::trim) {
+            Some(url) if !url.is_empty() => {
+                let host = amba_core::landing::host_of(&self.state.public_url);
+                amba_core::landing::check(url, host.as_deref())
+                    .map(drop)
+                    .map_err(tool_error)
+            }
+            _ => Ok(()),
+        }
+    }
+
     async fn program_call<Req: prost::Message>(
         &self,
         method: &str,

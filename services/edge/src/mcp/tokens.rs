@@ -22,7 +22,11 @@ pub struct TokensRevokeArgs {
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
-pub struct NoArgs {}
+pub struct TokensListArgs {
+    pub cursor: Option<String>,
+    #[schemars(range(min = 1, max = 200))]
+    pub limit: Option<u32>,
+}
 
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct TokenView {
@@ -47,6 +51,9 @@ pub struct TokenCreated {
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct TokensOutput {
     pub tokens: Vec<TokenView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -58,7 +65,8 @@ pub struct TokenOutput {
 impl McpServer {
     #[tool(
         name = "amba_affiliate_tokens_list",
-        description = "Your organization's personal access tokens (never their secrets), revoked ones included.",
+        description = "Your organization's personal access tokens (never their secrets), revoked ones included, oldest \
+                       first: limit per page (default 50, max 200); pass next_cursor as cursor for the next page.",
         annotations(
             read_only_hint = true,
             destructive_hint = false,
@@ -68,11 +76,13 @@ impl McpServer {
     )]
     async fn tokens_list(
         &self,
-        Parameters(_): Parameters<NoArgs>,
+        Parameters(args): Parameters<TokensListArgs>,
         Extension(parts): Extension<http::request::Parts>,
     ) -> Result<Json<TokensOutput>, ToolError> {
         let request = pb::ListTokensRequest {
             caller: Some(require_principal(&parts)?),
+            cursor: args.cursor.unwrap_or_default(),
+            limit: args.limit.unwrap_or_default(),
         };
         let reply: pb::ListTokensResponse = self
             .state
@@ -82,6 +92,7 @@ impl McpServer {
             .map_err(tool_error)?;
         Ok(Json(TokensOutput {
             tokens: reply.tokens.into_iter().map(token_view).collect(),
+            next_cursor: non_empty(reply.next_cursor),
         }))
     }
 

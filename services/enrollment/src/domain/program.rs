@@ -12,7 +12,6 @@ pub const DEFAULT_ATTRIBUTION_WINDOW_DAYS: u32 = 30;
 pub const DEFAULT_HOLD_DAYS: u32 = 30;
 const MAX_DAYS: u32 = 365;
 const MAX_LEVELS: usize = 5;
-const MAX_URL_LEN: usize = 2048;
 
 macro_rules! string_enum {
     ($(#[$doc:meta])* $name:ident $noun:literal { $($variant:ident => $text:literal),+ $(,)? }) => {
@@ -247,20 +246,10 @@ fn days_in_range(field: &str, days: u32, min: u32) -> Result<u32, ApiError> {
     }
 }
 
-/// An absolute http(s) URL without whitespace: where affiliate links send visitors.
+/// An absolute https URL (see [`amba_core::landing`]): where affiliate links send visitors. The
+/// platform's own host is refused by the service, which knows it.
 pub fn validate_landing_url(url: &str) -> Result<String, ApiError> {
-    let url = url.trim();
-    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
-    let host_ok = rest.is_some_and(|r| {
-        let host = r.split(['/', '?', '#']).next().unwrap_or_default();
-        !host.is_empty() && !host.contains('@')
-    });
-    if !host_ok || url.len() > MAX_URL_LEN || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(ApiError::invalid(
-            "landing_url must be an absolute http(s) URL such as https://example.com/pricing",
-        ));
-    }
-    Ok(url.to_owned())
+    amba_core::landing::check(url, None)
 }
 
 #[cfg(test)]
@@ -347,6 +336,10 @@ mod tests {
             },
             SettingsInput {
                 landing_url: Some("https://".into()),
+                ..input()
+            },
+            SettingsInput {
+                landing_url: Some("http://acme.example/".into()),
                 ..input()
             },
         ];

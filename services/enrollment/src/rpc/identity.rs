@@ -1,12 +1,17 @@
 use super::{Enrollment, db_error};
 use crate::domain::identity::{hash_token, mint_token, normalize_email, normalize_name};
 use crate::store;
-use amba_core::ApiError;
 use amba_core::id::{AccountId, OrgId, TokenId};
+use amba_core::{ApiError, cursor};
 use amba_proto::wire::{self as pb, Principal, SignupRequest, SignupResponse, VerifyTokenRequest};
 
 impl Enrollment {
     /// Account + org + first token in one transaction. The token secret leaves only in the reply.
+    ///
+    /// An address that already has an account gets the same kind of answer (no error, no other
+    /// status, one transaction and commit like a new account's), only without the new account's
+    /// fields; the account is e-mailed instead (`identity.existing_account_signup`). So signup
+    /// cannot be used to learn whether an address is registered.
     #[tracing::instrument(skip_all, err(level = "info"))]
     pub async fn signup(&self, request: SignupRequest) -> Result<SignupResponse, ApiError> {
         let email = normalize_email(&request.email)?;
@@ -34,9 +39,25 @@ impl Enrollment {
             .await
             .map_err(db_error)?
         {
-            return Err(ApiError::conflict(format!(
-                "an account with e-mail {email} already exists"
-            )));
+            let existing = store::identity::account_by_email(&mut tx, &email)
+                .await
+                .map_err(db_error)?;
+            if let Some((account_id, org_id)) = existing {
+                let meta = amba_bus::events::new_meta();
+                let event = pb::ExistingAccountSignup {
+                    meta: Some(meta.clone()),
+                    account_id: account_id.clone(),
+                    email: email.clone(),
+                    org_id: org_id.unwrap_or_default(),
+                };
+                let subject = self.ns.event("identity", "existing_account_signup");
+                let outbox = amba_bus::events::OutboxEvent::new(subject, &meta, &event);
+                amba_bus::outbox::enqueue(&mut tx, &outbox).await.map_err(db_error)?;
+                tracing::info!(%account_id, "signup with an existing account's address: the account is e-mailed");
+            }
+            tx.commit().await.map_err(db_error)?;
+            self.waker.wake();
+            return Ok(SignupResponse::default());
         }
         tx.commit().await.map_err(db_error)?;
         tracing::info!(%account_id, %org_id, "signed up");
@@ -96,15 +117,24 @@ impl Enrollment {
         })
     }
 
-    /// The org's tokens, revoked ones included; never their secrets.
+    /// The org's tokens, revoked ones included, oldest first, keyset-paginated; never their secrets.
     pub async fn list_tokens(&self, request: pb::ListTokensRequest) -> Result<pb::ListTokensResponse, ApiError> {
         let me = super::caller(request.caller)?;
+        let after = cursor::decode(&request.cursor)?;
+        let limit = cursor::page_size(request.limit);
         let mut conn = self.pool.acquire().await.map_err(db_error)?;
-        let rows = store::identity::list_tokens(&mut conn, &me.org_id)
+        let mut rows = store::identity::list_tokens(&mut conn, &me.org_id, after.as_deref(), i64::from(limit) + 1)
             .await
             .map_err(db_error)?;
+        let next_cursor = if rows.len() > limit as usize {
+            rows.truncate(limit as usize);
+            rows.last().map(|r| cursor::encode(&r.token_id)).unwrap_or_default()
+        } else {
+            String::new()
+        };
         Ok(pb::ListTokensResponse {
             tokens: rows.iter().map(store::identity::TokenRow::to_proto).collect(),
+            next_cursor,
         })
     }
 

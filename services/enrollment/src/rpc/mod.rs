@@ -19,11 +19,23 @@ pub struct Enrollment {
     pool: PgPool,
     ns: Namespace,
     waker: RelayWaker,
+    /// The platform's own host (of `AMBA_PUBLIC_URL`), which landing URLs may not name.
+    platform_host: Option<String>,
 }
 
 impl Enrollment {
     pub fn new(pool: PgPool, ns: Namespace, waker: RelayWaker) -> Self {
-        Enrollment { pool, ns, waker }
+        Enrollment {
+            pool,
+            ns,
+            waker,
+            platform_host: None,
+        }
+    }
+
+    pub fn with_platform_host(mut self, host: Option<String>) -> Self {
+        self.platform_host = host;
+        self
     }
 }
 

@@ -16,6 +16,7 @@ impl Enrollment {
         let owner = caller(request.caller)?;
         let input = settings_input(request.settings.unwrap_or_default())?;
         let settings = ProgramSettings::create(input)?;
+        self.landing_allowed(settings.landing_url.as_deref())?;
         let fingerprint = fingerprint(&settings);
         let key = non_empty(&request.idempotency_key);
         if key.is_some_and(|k| k.len() > 200) {
@@ -74,6 +75,9 @@ impl Enrollment {
         let raw = request.settings.unwrap_or_default();
         let requested_status = raw.status.as_deref().map(str::parse::<ProgramStatus>).transpose()?;
         let input = settings_input(raw)?;
+        // Only a landing URL given now is judged: one stored before the rule blocks no other change
+        // (the edge refuses to redirect to it anyway).
+        let landing_given = input.landing_url.is_some();
 
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         let row = owned_program(&mut tx, program_id.as_str(), &owner.org_id, true).await?;
@@ -87,6 +91,9 @@ impl Enrollment {
             None => status,
         };
         let next = current.apply(input, status)?;
+        if landing_given {
+            self.landing_allowed(next.landing_url.as_deref())?;
+        }
         let commission_changed = next.commission != current.commission;
         if next == current && next_status == status {
             return Ok(pb::ProgramReply {
@@ -163,6 +170,14 @@ impl Enrollment {
             _ => String::new(),
         };
         Ok(pb::ListProgramsResponse { programs, next_cursor })
+    }
+
+    /// A landing URL may not send visitors back to the platform itself (its shape is the domain's).
+    fn landing_allowed(&self, landing_url: Option<&str>) -> Result<(), ApiError> {
+        match (landing_url, self.platform_host.as_deref()) {
+            (Some(url), Some(host)) => amba_core::landing::check(url, Some(host)).map(drop),
+            _ => Ok(()),
+        }
     }
 
     async fn announce_program(

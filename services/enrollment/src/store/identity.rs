@@ -47,6 +47,20 @@ pub async fn insert_signup(conn: &mut PgConnection, s: &NewSignup<'_>) -> Result
     Ok(true)
 }
 
+/// The account of an e-mail address and its first organization (the one its signup created).
+pub async fn account_by_email(
+    conn: &mut PgConnection,
+    email: &str,
+) -> Result<Option<(String, Option<String>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT a.account_id, m.org_id FROM accounts a LEFT JOIN memberships m ON m.account_id = a.account_id \
+         WHERE a.email = $1 ORDER BY m.created_at, m.org_id LIMIT 1",
+    )
+    .bind(email)
+    .fetch_optional(conn)
+    .await
+}
+
 /// The principal behind an unrevoked token hash.
 pub async fn principal_by_token_hash(
     conn: &mut PgConnection,
@@ -111,11 +125,22 @@ pub async fn insert_token(conn: &mut PgConnection, t: &NewToken<'_>) -> Result<T
     .await
 }
 
-pub async fn list_tokens(conn: &mut PgConnection, org_id: &str) -> Result<Vec<TokenRow>, sqlx::Error> {
-    sqlx::query_as("SELECT token_id, name, hint, account_id, created_at, revoked_at FROM tokens WHERE org_id = $1 ORDER BY token_id")
-        .bind(org_id)
-        .fetch_all(conn)
-        .await
+/// One page of an org's tokens after the keyset cursor `after` (token ids are time-ordered).
+pub async fn list_tokens(
+    conn: &mut PgConnection,
+    org_id: &str,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<TokenRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT token_id, name, hint, account_id, created_at, revoked_at FROM tokens \
+         WHERE org_id = $1 AND ($2::text IS NULL OR token_id > $2) ORDER BY token_id LIMIT $3",
+    )
+    .bind(org_id)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
 }
 
 /// Revokes an org's token (idempotent). None when the org has no such token.

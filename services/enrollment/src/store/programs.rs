@@ -242,18 +242,26 @@ pub async fn get_by_idempotency_key(
     .await
 }
 
-/// Every rule version of a program, oldest first.
+/// How many commission rule versions a program's history shows (the latest ones).
+pub const RULE_HISTORY_MAX: i64 = 20;
+
+/// A program's latest rule versions ([`RULE_HISTORY_MAX`]), oldest first.
 pub async fn rule_history(
     conn: &mut PgConnection,
     program_id: &str,
 ) -> Result<Vec<pb::CommissionVersion>, sqlx::Error> {
-    let rows: Vec<(i32, Json<serde_json::Value>, DateTime<Utc>)> =
-        sqlx::query_as("SELECT version, rule, created_at FROM commission_rules WHERE program_id = $1 ORDER BY version")
-            .bind(program_id)
-            .fetch_all(conn)
-            .await?;
+    // The latest versions only: a rule may be 10,000 characters, and a reply must stay far below
+    // NATS's 1 MiB however often the rule changed. Older ones are read one at a time.
+    let rows: Vec<(i32, Json<serde_json::Value>, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT version, rule, created_at FROM commission_rules WHERE program_id = $1 ORDER BY version DESC LIMIT $2",
+    )
+    .bind(program_id)
+    .bind(RULE_HISTORY_MAX)
+    .fetch_all(conn)
+    .await?;
     Ok(rows
         .into_iter()
+        .rev()
         .map(|(version, rule, created_at)| pb::CommissionVersion {
             version: u32::try_from(version).unwrap_or_default(),
             commission_json: rule.0.to_string(),

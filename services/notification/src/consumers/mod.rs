@@ -63,7 +63,7 @@ impl Handler for Events {
                 } else {
                     c.currency.clone()
                 };
-                let email = templates::approved(&program, c.commission_minor, &currency, &c.external_id);
+                let email = templates::approved(&program, c.commission_minor, &currency, &c.conversion_id);
                 queue(conn, delivery, &c.affiliate_org_id, email, true).await
             }
             ("commission", "clawed_back") => {
@@ -105,6 +105,18 @@ impl Handler for Events {
                     &funding.decline_code,
                 );
                 queue(conn, delivery, &e.owner_org_id, email, false).await
+            }
+            ("identity", "existing_account_signup") => {
+                let e = pb::ExistingAccountSignup::decode(payload)?;
+                if e.email.is_empty() {
+                    return Ok(());
+                }
+                let email = templates::existing_account_signup();
+                // Repeated signups with one address (anyone can make them) e-mail it once an hour.
+                if store::sent_recently(conn, &e.org_id, email.kind, &e.email, SIGNUP_NOTICE_EVERY).await? {
+                    return Ok(());
+                }
+                insert(conn, delivery, &e.org_id, &[e.email], email, "queued").await
             }
             ("payout", "account_ready") => {
                 let e = pb::PayoutAccountChanged::decode(payload)?;
@@ -158,6 +170,9 @@ impl Events {
     }
 }
 
+/// How often an address is told that someone tried to sign up with it.
+const SIGNUP_NOTICE_EVERY: std::time::Duration = std::time::Duration::from_secs(3_600);
+
 /// Queues `email` for `org` once for this event: suppressed if the org turned the kind off.
 /// An org whose address is not known yet is waited for (`wait_for_org`), else skipped.
 async fn queue(
@@ -177,6 +192,18 @@ async fn queue(
     } else {
         "suppressed"
     };
+    insert(conn, delivery, org_id, &recipients, email, status).await
+}
+
+/// Writes the e-mail row, once per (event, template).
+async fn insert(
+    conn: &mut PgConnection,
+    delivery: &Delivery,
+    org_id: &str,
+    recipients: &[String],
+    email: Email,
+    status: &str,
+) -> Result<(), HandlerError> {
     store::insert_email(
         conn,
         &NewEmail {
@@ -184,7 +211,7 @@ async fn queue(
             event_id: &delivery.event_id,
             template: email.kind,
             org_id,
-            recipients: &recipients,
+            recipients,
             subject: &email.subject,
             body: &email.body,
             status,

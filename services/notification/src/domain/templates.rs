@@ -49,13 +49,15 @@ pub fn activated(program: &str, code: &str, public_url: &str) -> Email {
     }
 }
 
-pub fn approved(program: &str, commission_minor: i64, currency: &str, external_id: &str) -> Email {
+/// The owner's own order reference (`external_id`) is not the affiliate's business: the e-mail
+/// names the conversion by its platform id, which `amba_affiliate_my_conversions_list` shows.
+pub fn approved(program: &str, commission_minor: i64, currency: &str, conversion_id: &str) -> Email {
     let amount = money::format(commission_minor, currency);
     Email {
         kind: "conversion_approved",
         subject: format!("You earned {amount} commission in {program}"),
         body: format!(
-            "Hello,\n\nA sale you referred in \"{program}\" was approved (order {external_id}).\n\n\
+            "Hello,\n\nA sale you referred in \"{program}\" was approved (conversion {conversion_id}).\n\n\
              Commission: {amount}\n\nIt becomes payable once the program's hold period ends; see \
              amba_affiliate_my_balance_get.\n{SIGNATURE}"
         ),
@@ -123,6 +125,21 @@ pub fn funding_failed(program: &str, amount_minor: i64, currency: &str, decline_
     }
 }
 
+/// To an address someone tried to sign up with although it has an account. Not in [`KINDS`]: it
+/// is about the account's security. Says nothing more than the signup's own answer did.
+pub fn existing_account_signup() -> Email {
+    Email {
+        kind: "existing_account_signup",
+        subject: "Someone tried to sign up with your e-mail address".to_owned(),
+        body: "Hello,\n\nSomeone asked to sign up for Amba Affiliate with this e-mail address, which already has an \
+               account. Nothing was created and no access token was issued.\n\nIf it was you: keep using your \
+               organization's access tokens, or create another one with the MCP tool amba_affiliate_tokens_create \
+               from a client that has one (ask the platform's operator if none is left). If it was not you, \
+               nothing needs doing: your account is unchanged.\n\n--\nAmba Affiliate.\n"
+            .to_owned(),
+    }
+}
+
 pub fn account_ready() -> Email {
     Email {
         kind: "payout_account_ready",
@@ -138,11 +155,11 @@ mod tests {
     #[test]
     fn subjects_say_what_happened_with_people_amounts() {
         assert_eq!(
-            approved("Acme", 2469, "USD", "o-1").subject,
+            approved("Acme", 2469, "USD", "cnv_1").subject,
             "You earned $24.69 commission in Acme"
         );
         assert_eq!(
-            approved("Acme", 500, "JPY", "o-1").subject,
+            approved("Acme", 500, "JPY", "cnv_1").subject,
             "You earned ¥500 commission in Acme"
         );
         let c = clawback("Acme", 2000, 2000, "USD", "refund");
@@ -158,6 +175,10 @@ mod tests {
                 .contains("https://amba.example/r/CODE1")
         );
         assert!(payout_sent("Acme", 1950, 50, "USD").subject.contains("$19.50"));
+        let approval = approved("Acme", 2469, "USD", "cnv_1");
+        assert!(approval.body.contains("conversion cnv_1") && !approval.body.contains("order"));
+        let attempt = existing_account_signup();
+        assert!(!KINDS.contains(&attempt.kind) && !attempt.body.contains("amba_pat_"));
         for email in [invited("A"), account_ready(), payout_failed("A", 1, "USD", "x")] {
             assert!(KINDS.contains(&email.kind) && email.body.contains("notifications_update"));
         }

@@ -123,6 +123,26 @@ pub async fn insert_email(conn: &mut PgConnection, e: &NewEmail<'_>) -> Result<b
     Ok(inserted.rows_affected() == 1)
 }
 
+/// Whether `recipient` got an e-mail of `template` (for `org_id`) less than `within` ago.
+pub async fn sent_recently(
+    conn: &mut PgConnection,
+    org_id: &str,
+    template: &str,
+    recipient: &str,
+    within: std::time::Duration,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM emails WHERE org_id = $1 AND template = $2 AND $3 = ANY(recipients) \
+         AND created_at > now() - make_interval(secs => $4))",
+    )
+    .bind(org_id)
+    .bind(template)
+    .bind(recipient)
+    .bind(within.as_secs_f64())
+    .fetch_one(conn)
+    .await
+}
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct EmailRow {
     pub email_id: String,

@@ -44,10 +44,19 @@ pub struct OutsideEvents {
 
 impl Handler for OutsideEvents {
     async fn handle(&self, conn: &mut PgConnection, delivery: &Delivery) -> Result<(), HandlerError> {
-        if delivery.subject.ends_with(".settlement.tick") {
+        let ns = &self.payout.settler.ns;
+        if delivery.subject == ns.event("settlement", "tick") {
             let tick = pb::SettlementTick::decode(delivery.payload.as_ref())?;
             let at = DateTime::from_timestamp_micros(tick.at_micros).unwrap_or_else(Utc::now);
             return self.settle_due(conn, at).await;
+        }
+        // Only the edge's verified webhooks are Stripe events: anything else is no one's to apply
+        // here (the consumer's filters keep it out; NATS 2.9 ignores them).
+        if !delivery.subject.starts_with(&ns.event("stripe", "")) {
+            return Err(HandlerError::Permanent(format!(
+                "{} is neither a Stripe event nor a settlement tick",
+                delivery.subject
+            )));
         }
         let event: Value = serde_json::from_slice(&delivery.payload)
             .map_err(|e| HandlerError::Permanent(format!("Stripe event is not JSON: {e}")))?;

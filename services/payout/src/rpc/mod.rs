@@ -143,23 +143,35 @@ impl Payout {
     #[tracing::instrument(skip_all, err(level = "info"))]
     pub async fn quote(&self, request: pb::PayoutQuoteRequest) -> Result<pb::PayoutQuoteReply, ApiError> {
         let who = caller(request.caller)?;
-        let balances: pb::BalanceReply = self
-            .settler
-            .rpc
-            .call(
-                ledger::SERVICE,
-                ledger::BALANCE,
-                &pb::BalanceRequest {
-                    caller: Some(who.clone()),
-                    program_id: request.program_id.trim().to_owned(),
-                },
-            )
-            .await?;
+        // The ledger answers balances a page at a time; the quote covers every program.
+        let mut balances = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let page: pb::BalanceReply = self
+                .settler
+                .rpc
+                .call(
+                    ledger::SERVICE,
+                    ledger::BALANCE,
+                    &pb::BalanceRequest {
+                        caller: Some(who.clone()),
+                        program_id: request.program_id.trim().to_owned(),
+                        cursor,
+                        limit: amba_core::cursor::MAX_PAGE,
+                    },
+                )
+                .await?;
+            balances.extend(page.balances);
+            if page.next_cursor.is_empty() {
+                break;
+            }
+            cursor = page.next_cursor;
+        }
         let mut conn = self.settler.pool.acquire().await.map_err(db_error)?;
         let account = store::account_of_org(&mut conn, &who.org_id).await.map_err(db_error)?;
         let account_state = account_state(account.as_ref());
         let mut quotes = Vec::new();
-        for balance in balances.balances {
+        for balance in balances {
             let quote: pb::PayableQuoteReply = self
                 .settler
                 .rpc
@@ -252,8 +264,11 @@ impl Payout {
                     trigger: "manual".into(),
                     currency: program.currency,
                     idempotency_key: key.unwrap_or_default(),
+                    // The plan's first items (the totals cover all): a reply stays under NATS's limit.
+                    items_total: u32::try_from(items.len()).unwrap_or(u32::MAX),
                     items: items
                         .iter()
+                        .take(ITEMS_PER_RUN_REPLY as usize)
                         .map(|i| {
                             let mut item = i.to_proto();
                             item.payout_item_id.clear();
@@ -299,22 +314,34 @@ impl Payout {
         }
     }
 
-    /// A program's runs with their items, newest first.
+    /// A program's runs, newest first, each with its first items; with `payout_run_id`, that run
+    /// alone with one page of its items. A run can have thousands of items: a reply must stay
+    /// well under NATS's message limit.
     #[tracing::instrument(skip_all, err(level = "info"))]
     pub async fn runs(&self, request: pb::PayoutRunsRequest) -> Result<pb::PayoutRunsReply, ApiError> {
         let who = caller(request.caller)?;
         let mut conn = self.settler.pool.acquire().await.map_err(db_error)?;
-        owned_program(&mut conn, &who.org_id, request.program_id.trim()).await?;
-        let before = amba_core::cursor::decode(&request.cursor)?;
+        let program_id = request.program_id.trim();
+        owned_program(&mut conn, &who.org_id, program_id).await?;
+        let after = amba_core::cursor::decode(&request.cursor)?;
         let limit = amba_core::cursor::page_size(request.limit);
-        let mut rows = store::runs_page(
-            &mut conn,
-            request.program_id.trim(),
-            before.as_deref(),
-            i64::from(limit) + 1,
-        )
-        .await
-        .map_err(db_error)?;
+        let run_id = request.payout_run_id.trim();
+        if !run_id.is_empty() {
+            let row = store::run(&mut conn, run_id)
+                .await
+                .map_err(db_error)?
+                .filter(|r| r.program_id == program_id)
+                .ok_or_else(|| ApiError::not_found(format!("payout run {run_id}")))?;
+            let run = run_with_items(&mut conn, &row, after.as_deref(), limit).await?;
+            let next_cursor = run.items_next_cursor.clone();
+            return Ok(pb::PayoutRunsReply {
+                runs: vec![run],
+                next_cursor,
+            });
+        }
+        let mut rows = store::runs_page(&mut conn, program_id, after.as_deref(), i64::from(limit) + 1)
+            .await
+            .map_err(db_error)?;
         let next_cursor = if rows.len() > limit as usize {
             rows.truncate(limit as usize);
             rows.last()
@@ -325,10 +352,7 @@ impl Payout {
         };
         let mut runs = Vec::with_capacity(rows.len());
         for row in rows {
-            let items = store::items_of_run(&mut conn, &row.payout_run_id)
-                .await
-                .map_err(db_error)?;
-            runs.push(run_proto(&row, &items));
+            runs.push(run_with_items(&mut conn, &row, None, ITEMS_PER_LISTED_RUN).await?);
         }
         Ok(pb::PayoutRunsReply { runs, next_cursor })
     }
@@ -470,11 +494,8 @@ impl Payout {
             .await
             .map_err(db_error)?
             .unwrap_or(run);
-        let items = store::items_of_run(&mut conn, &run.payout_run_id)
-            .await
-            .map_err(db_error)?;
         Ok(pb::PayoutRunReply {
-            run: Some(run_proto(&run, &items)),
+            run: Some(run_with_items(&mut conn, &run, None, ITEMS_PER_RUN_REPLY).await?),
             duplicate,
         })
     }
@@ -496,6 +517,35 @@ fn account_state(account: Option<&store::AccountRow>) -> Account {
         Some(a) if a.stripe_account_id.is_some() => Account::NotReady,
         _ => Account::Missing,
     }
+}
+
+/// Items shown with each run of a page of runs: 200 runs of 10 items stay far below 1 MiB.
+const ITEMS_PER_LISTED_RUN: u32 = 10;
+/// Items in a run's own reply (and a dry run's); the rest page with amba_affiliate_payouts_list.
+const ITEMS_PER_RUN_REPLY: u32 = 200;
+
+/// A run with `limit` of its items after `after`, their total, and where the next ones start.
+async fn run_with_items(
+    conn: &mut PgConnection,
+    row: &RunRow,
+    after: Option<&str>,
+    limit: u32,
+) -> Result<pb::PayoutRun, ApiError> {
+    let mut items = store::items_page(conn, &row.payout_run_id, after, i64::from(limit) + 1)
+        .await
+        .map_err(db_error)?;
+    let more = items.len() > limit as usize;
+    items.truncate(limit as usize);
+    let total = store::item_count(conn, &row.payout_run_id).await.map_err(db_error)?;
+    let mut run = run_proto(row, &items);
+    run.items_total = u32::try_from(total).unwrap_or(u32::MAX);
+    if more {
+        run.items_next_cursor = items
+            .last()
+            .map(|i| amba_core::cursor::encode(&i.payout_item_id))
+            .unwrap_or_default();
+    }
+    Ok(run)
 }
 
 /// The caller's own program; another org's is NOT_FOUND, exactly like a missing one.
@@ -606,5 +656,7 @@ pub fn run_proto(run: &RunRow, items: &[ItemRow]) -> pb::PayoutRun {
         created_at_micros: run.created_at.timestamp_micros(),
         funding: Some(run.funding.to_proto()),
         funding_required_minor: run.funding.funding_minor,
+        items_total: u32::try_from(items.len()).unwrap_or(u32::MAX),
+        items_next_cursor: String::new(),
     }
 }

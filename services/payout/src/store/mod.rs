@@ -365,6 +365,31 @@ pub async fn items_of_run(conn: &mut PgConnection, run_id: &str) -> Result<Vec<I
     .await
 }
 
+/// One page of a run's items after the keyset cursor `after`, in item id order.
+pub async fn items_page(
+    conn: &mut PgConnection,
+    run_id: &str,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<ItemRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{ITEM} WHERE payout_run_id = $1 AND ($2::text IS NULL OR payout_item_id > $2) ORDER BY payout_item_id LIMIT $3"
+    )))
+    .bind(run_id)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// How many items a run has.
+pub async fn item_count(conn: &mut PgConnection, run_id: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM payout_items WHERE payout_run_id = $1")
+        .bind(run_id)
+        .fetch_one(conn)
+        .await
+}
+
 pub async fn item(conn: &mut PgConnection, item_id: &str) -> Result<Option<ItemRow>, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!("{ITEM} WHERE payout_item_id = $1")))
         .bind(item_id)
