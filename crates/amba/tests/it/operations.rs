@@ -86,11 +86,17 @@ async fn a_service_serves_metrics_on_amba_metrics_addr() -> anyhow::Result<()> {
         reqwest::get(format!("http://127.0.0.1:{port}/livez")).await?.status(),
         200
     );
-    let metrics = reqwest::get(&url).await?.text().await?;
-    assert!(
-        metrics.contains("amba_outbox_pending{service=\"notification\"} 0"),
-        "{metrics}"
-    );
+    // The backlog reporter samples on its own clock: its first sample may follow readiness.
+    eventually(std::time::Duration::from_secs(30), "the outbox backlog gauge", || {
+        let url = url.clone();
+        async move {
+            let metrics = reqwest::get(&url).await?.text().await?;
+            Ok(metrics
+                .contains("amba_outbox_pending{service=\"notification\"} 0")
+                .then_some(()))
+        }
+    })
+    .await?;
 
     service.kill().await?;
     let nats = async_nats::connect(nats_url()).await?;
