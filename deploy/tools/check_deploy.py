@@ -219,6 +219,9 @@ def check_deployment(label, doc, configmaps, pdbs, cfg):
         else:
             if not isinstance(env.get("AMBA_DATABASE_URL"), dict):
                 problems.append(f"{cw}: AMBA_DATABASE_URL must come from a secretKeyRef")
+        if name == "notification" and not env.get("AMBA_LINK_SECRET"):
+            # Without it e-mails carry no one-click unsubscribe link.
+            problems.append(f"{cw}: AMBA_LINK_SECRET is not set")
         for var, value in expect.items():
             if env.get(var) != value:
                 problems.append(f"{cw}: {var} must be {value!r}, is {env.get(var)!r}")

@@ -631,9 +631,12 @@ pub fn notification_config(settings: &Settings) -> Result<amba_notification::Not
             from,
             host: amba_edge::host_of(&settings.public_url).unwrap_or_else(|| "localhost".into()),
             preferences_url: format!("{}/notifications", settings.public_url),
+            public_url: settings.public_url.clone(),
         },
         public_url: settings.public_url.clone(),
         send_interval: std::time::Duration::from_millis(250),
+        digest_interval: std::time::Duration::from_secs(30),
+        link_secret: settings.link_secret.clone(),
     })
 }
 

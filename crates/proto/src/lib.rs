@@ -104,5 +104,7 @@ pub mod methods {
         pub const SERVICE: &str = "notification";
         pub const PREFERENCES: &str = "preferences";
         pub const LIST: &str = "list";
+        /// One-click unsubscribe: no caller, a signed token (the edge's public POST).
+        pub const UNSUBSCRIBE: &str = "unsubscribe";
     }
 }

@@ -49,6 +49,10 @@ pub fn router(state: EdgeState, allowed_hosts: Vec<String>) -> Router {
         .merge(touchpoints)
         .route("/.well-known/oauth-protected-resource/mcp", get(protected_resource))
         .route("/notifications", get(notifications_page))
+        .route(
+            "/unsubscribe/{token}",
+            get(crate::public::unsubscribe_page).post(crate::public::unsubscribe),
+        )
         .route("/funding/done", get(funding_done))
         .route("/funding/cancelled", get(funding_cancelled))
         .route("/livez", get(|| async { "ok" }))
@@ -94,7 +98,8 @@ async fn notifications_page() -> impl IntoResponse {
         [(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         "Amba Affiliate e-mails\n\nYour organization chooses which e-mails it gets with the MCP tools \
          amba_affiliate_notifications_get and amba_affiliate_notifications_update, e.g. \
-         {\"conversion_approved\": false}. amba_affiliate_my_notifications_list shows what was sent.\n",
+         {\"conversion_approved\": false} or {\"conversion_approved_frequency\": \"weekly\"} (instant, daily, weekly \
+         or off). amba_affiliate_my_notifications_list shows what was sent.\n",
     )
 }
 

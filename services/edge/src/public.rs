@@ -159,6 +159,73 @@ pub fn user_agent(headers: &HeaderMap) -> String {
         .collect()
 }
 
+/// Longest unsubscribe token accepted (an org id, a kind and a 64-digit MAC fit easily).
+const MAX_UNSUBSCRIBE_TOKEN: usize = 400;
+
+/// A token that can be one: only the characters the notification service puts in one, so it
+/// can go into the page's form as it is.
+fn plausible_token(token: &str) -> bool {
+    token.len() <= MAX_UNSUBSCRIBE_TOKEN
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+}
+
+/// `GET /unsubscribe/<token>`: a page with one button that POSTs (link scanners follow GETs;
+/// only the POST turns anything off, RFC 8058).
+pub async fn unsubscribe_page(Path(token): Path<String>) -> Response {
+    if !plausible_token(&token) {
+        return error_response(&ApiError::not_found("unsubscribe link"));
+    }
+    let page = format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Unsubscribe</title></head><body>\n\
+         <h1>Amba Affiliate e-mails</h1>\n<p>Stop this kind of e-mail for your organization?</p>\n\
+         <form method=\"post\" action=\"/unsubscribe/{token}\">\
+         <input type=\"hidden\" name=\"List-Unsubscribe\" value=\"One-Click\">\
+         <button type=\"submit\">Unsubscribe</button></form>\n</body></html>\n"
+    );
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response()
+}
+
+/// `POST /unsubscribe/<token>` (RFC 8058 one-click, no login): the notification service checks
+/// the token's signature and turns that kind of e-mail off for its org; again is a no-op.
+pub async fn unsubscribe(
+    State(state): State<EdgeState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let client_ip = state.trusted_proxies.client_ip(peer.ip(), &headers);
+    if let Err(refusal) = state.limits.check_address(Budget::Public, client_ip) {
+        return error_response(&refusal);
+    }
+    if !plausible_token(&token) {
+        return error_response(&ApiError::not_found("unsubscribe link"));
+    }
+    let request = pb::UnsubscribeRequest { token };
+    let reply: pb::UnsubscribeReply = match state
+        .rpc
+        .call(
+            amba_proto::methods::notification::SERVICE,
+            amba_proto::methods::notification::UNSUBSCRIBE,
+            &request,
+        )
+        .await
+    {
+        Ok(reply) => reply,
+        Err(err) => return error_response(&err),
+    };
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!(
+            "Unsubscribed: your organization gets no more {} e-mails. Turn them on again with the MCP tool \
+             amba_affiliate_notifications_update.\n",
+            reply.kind
+        ),
+    )
+        .into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,8 +3,9 @@
 //!
 //! - `domain`: the templates and money formatting (pure);
 //! - `consumers`: events → e-mail rows, once per (event, template), honouring preferences;
-//! - `jobs`: the sender (retries with backoff, permanent failures recorded);
-//! - `mail`: SMTP (lettre) or `.eml` files; `rpc`: preferences and the org's e-mail log.
+//! - `jobs`: the sender (retries with backoff, permanent failures recorded) and the digest clock;
+//! - `mail`: SMTP (lettre) or `.eml` files; `rpc`: preferences, one-click unsubscribe and the
+//!   org's e-mail log; `unsubscribe`: the signed tokens of unsubscribe links.
 
 pub mod consumers;
 pub mod domain;
@@ -12,6 +13,7 @@ pub mod jobs;
 pub mod mail;
 pub mod rpc;
 pub mod store;
+pub mod unsubscribe;
 
 use amba_bus::consumer::{self, ConsumerSpec};
 use amba_bus::outbox::RelayWaker;
@@ -34,6 +36,11 @@ pub struct NotificationConfig {
     pub public_url: String,
     /// How often the sender looks for due e-mails.
     pub send_interval: Duration,
+    /// How often the digest clock looks for ended periods.
+    pub digest_interval: Duration,
+    /// `AMBA_LINK_SECRET`: signs one-click unsubscribe links (without it, e-mails link to the
+    /// preferences page only: a per-process key would break links on restart).
+    pub link_secret: Option<amba_core::secret::Secret>,
 }
 
 /// Applies this service's migrations (also done by [`run`]).
@@ -77,24 +84,31 @@ pub async fn run(
             shutdown.clone(),
         )));
     }
-    let server = Box::pin(rpc::server(rpc::Notification { pool: pool.clone() }).serve(
-        bus.nats.clone(),
-        ns.clone(),
-        shutdown.clone(),
-    ));
+    let server = Box::pin(
+        rpc::server(rpc::Notification {
+            pool: pool.clone(),
+            link_secret: config.link_secret.clone(),
+        })
+        .serve(bus.nats.clone(), ns.clone(), shutdown.clone()),
+    );
     let sender = Box::pin(jobs::deliver(
         pool.clone(),
         config.transport.clone(),
         config.envelope.clone(),
+        config.link_secret.clone(),
         config.send_interval,
         shutdown.clone(),
     ));
+    let digests = Box::pin(jobs::digests(pool.clone(), config.digest_interval, shutdown.clone()));
     amba_bus::service::with_relay(pool, &bus, RelayWaker::default(), async move {
         let consumers =
             futures::future::try_join_all(consumers.into_iter().map(|c| async { c.await.map_err(RunError::from) }));
-        tokio::try_join!(consumers, async { server.await.map_err(RunError::from) }, async {
-            sender.await.map_err(RunError::from)
-        },)
+        tokio::try_join!(
+            consumers,
+            async { server.await.map_err(RunError::from) },
+            async { sender.await.map_err(RunError::from) },
+            async { digests.await.map_err(RunError::from) }
+        )
         .map(drop)
     })
     .await

@@ -1,9 +1,11 @@
 //! Where e-mails go: an SMTP server (lettre, pooled; `smtp://` upgrades with STARTTLS when the
 //! server offers it, `smtps://` is TLS from the start; user and password from the URL), or
-//! `.eml` files in a folder (`amba dev` without `AMBA_SMTP_URL`).
+//! `.eml` files in a folder (`amba dev` without `AMBA_SMTP_URL`). Every message is
+//! multipart/alternative: the plain text, and an HTML rendering of it (minijinja, auto-escaped:
+//! program names and reasons are other people's text).
 
-use lettre::message::header::{ContentType, Header, HeaderName, HeaderValue};
-use lettre::message::{Mailbox, Message};
+use lettre::message::header::{Header, HeaderName, HeaderValue};
+use lettre::message::{Mailbox, Message, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
@@ -101,7 +103,7 @@ fn decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// `List-Unsubscribe: <url>`: where the preference tool is explained.
+/// `List-Unsubscribe: <url>`: the one-click URL, or where the preference tool is explained.
 #[derive(Debug, Clone)]
 struct ListUnsubscribe(String);
 
@@ -119,33 +121,59 @@ impl Header for ListUnsubscribe {
     }
 }
 
+/// `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058): a POST to the URL is enough.
+#[derive(Debug, Clone)]
+struct ListUnsubscribePost;
+
+impl Header for ListUnsubscribePost {
+    fn name() -> HeaderName {
+        HeaderName::new_from_ascii_str("List-Unsubscribe-Post")
+    }
+
+    fn parse(_: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(ListUnsubscribePost)
+    }
+
+    fn display(&self) -> HeaderValue {
+        HeaderValue::new(Self::name(), "List-Unsubscribe=One-Click".to_owned())
+    }
+}
+
 /// What every message carries besides its text.
 #[derive(Debug, Clone)]
 pub struct Envelope {
     pub from: Mailbox,
     /// The public URL's host: the right side of Message-IDs.
     pub host: String,
-    /// `List-Unsubscribe` target.
+    /// `List-Unsubscribe` target when a message has no one-click link.
     pub preferences_url: String,
+    /// `AMBA_PUBLIC_URL`: one-click links are `<public_url>/unsubscribe/<token>`.
+    pub public_url: String,
 }
 
-/// The message for one e-mail row: From, To, Subject, Date, Message-ID, List-Unsubscribe, and a
-/// plain-text body.
+/// The message for one e-mail row: From, To, Subject, Date, Message-ID, List-Unsubscribe (with
+/// `unsubscribe`, a signed token, the one-click URL and List-Unsubscribe-Post), and a plain-text
+/// body.
 pub fn build(
     envelope: &Envelope,
     email_id: &str,
     to: &[String],
     subject: &str,
     body: &str,
+    unsubscribe: Option<&str>,
 ) -> Result<(Message, String), SendError> {
     let message_id = format!("<{email_id}@{}>", envelope.host);
     let mut builder = Message::builder()
         .from(envelope.from.clone())
         .subject(subject)
         .date_now()
-        .message_id(Some(message_id.clone()))
-        .header(ListUnsubscribe(envelope.preferences_url.clone()))
-        .header(ContentType::TEXT_PLAIN);
+        .message_id(Some(message_id.clone()));
+    builder = match unsubscribe {
+        Some(token) => builder
+            .header(ListUnsubscribe(format!("{}/unsubscribe/{token}", envelope.public_url)))
+            .header(ListUnsubscribePost),
+        None => builder.header(ListUnsubscribe(envelope.preferences_url.clone())),
+    };
     for address in to {
         let mailbox: Mailbox = address
             .parse()
@@ -153,9 +181,25 @@ pub fn build(
         builder = builder.to(mailbox);
     }
     let message = builder
-        .body(body.to_owned())
+        .multipart(MultiPart::alternative_plain_html(body.to_owned(), html(subject, body)?))
         .map_err(|e| SendError::Permanent(format!("message: {e}")))?;
     Ok((message, message_id))
+}
+
+/// The HTML part: the subject as a heading, the text's paragraphs (blank-line separated) with
+/// their line breaks. The `.html` name turns on minijinja's HTML auto-escaping.
+pub fn html(subject: &str, body: &str) -> Result<String, SendError> {
+    let mut env = minijinja::Environment::new();
+    env.add_template("email.html", include_str!("../templates/email.html"))
+        .map_err(|e| SendError::Permanent(format!("template: {e}")))?;
+    let paragraphs: Vec<Vec<&str>> = body
+        .split("\n\n")
+        .map(|p| p.trim_matches('\n').lines().collect::<Vec<_>>())
+        .filter(|lines| !lines.is_empty())
+        .collect();
+    env.get_template("email.html")
+        .and_then(|t| t.render(minijinja::context! { subject, paragraphs }))
+        .map_err(|e| SendError::Permanent(format!("template: {e}")))
 }
 
 #[cfg(test)]
@@ -179,8 +223,9 @@ mod tests {
                 .map_err(|_| SendError::Permanent("from".into()))?,
             host: "amba.example".into(),
             preferences_url: "https://amba.example/notifications".into(),
+            public_url: "https://amba.example".into(),
         };
-        let (message, id) = build(&envelope, "eml_1", &["ann@aff.example".into()], "Hi", "Body")?;
+        let (message, id) = build(&envelope, "eml_1", &["ann@aff.example".into()], "Hi", "Body", None)?;
         let text = String::from_utf8_lossy(&message.formatted()).into_owned();
         assert_eq!(id, "<eml_1@amba.example>");
         for header in [
@@ -194,7 +239,36 @@ mod tests {
         ] {
             assert!(text.contains(header), "{header} in {text}");
         }
-        assert!(build(&envelope, "eml_2", &["not an address".into()], "Hi", "x").is_err());
+        assert!(!text.contains("List-Unsubscribe-Post"));
+        assert!(text.contains("multipart/alternative") && text.contains("Content-Type: text/html"));
+        let page = html("<script>alert(1)</script> & co", "Hello,\n\n\"<b>x</b>\"\nline two\n")?;
+        assert!(!page.contains("<script>") && !page.contains("<b>"), "{page}");
+        assert!(
+            page.contains("&lt;script&gt;alert(1)&lt;&#x2f;script&gt; &amp; co"),
+            "{page}"
+        );
+        assert!(
+            page.contains("<p>&quot;&lt;b&gt;x&lt;&#x2f;b&gt;&quot;<br>line two</p>"),
+            "{page}"
+        );
+        assert!(build(&envelope, "eml_2", &["not an address".into()], "Hi", "x", None).is_err());
+        let (message, _) = build(
+            &envelope,
+            "eml_3",
+            &["ann@aff.example".into()],
+            "Hi",
+            "x",
+            Some("org_1.k.ab"),
+        )?;
+        let text = String::from_utf8_lossy(&message.formatted()).into_owned();
+        assert!(
+            text.contains("List-Unsubscribe: <https://amba.example/unsubscribe/org_1.k.ab>"),
+            "{text}"
+        );
+        assert!(
+            text.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"),
+            "{text}"
+        );
         Ok(())
     }
 }

@@ -66,6 +66,11 @@ async fn invite_activation_approval_payout_and_clawback_each_send_one_email() ->
     let mail = mail_for(&sink, to, "invited to the Acme Partners").await?;
     assert!(mail.body().contains("amba_affiliate_my_invite_accept"), "{}", mail.data);
     assert!(
+        mail.body().contains("Hello MailAnn,"),
+        "greeted by the org's name: {}",
+        mail.body()
+    );
+    assert!(
         mail.header("From").is_some_and(|f| f.contains("no-reply@amba.example")),
         "{}",
         mail.data
@@ -96,7 +101,8 @@ async fn invite_activation_approval_payout_and_clawback_each_send_one_email() ->
 
     // 20 % of 123.45 is 24.69.
     report(&owner, &program, "o-1", 12_345, &code).await?;
-    mail_for(&sink, to, "You earned $24.69 commission in Acme Partners").await?;
+    let mail = mail_for(&sink, to, "You earned $24.69 commission in Acme Partners").await?;
+    assert!(mail.body().contains("It is payable now"), "{}", mail.body());
 
     onboard(&sys, &ann).await?;
     mail_for(&sink, to, "Your payout account is ready").await?;
@@ -290,5 +296,271 @@ async fn an_org_that_turned_approvals_off_gets_none() -> anyhow::Result<()> {
             .all(|m| !m.header("Subject").unwrap_or_default().contains("earned")),
         "no approval e-mail"
     );
+    sys.stop().await
+}
+
+/// A time after every period that holds commissions recorded now (a week and a day on).
+fn after_every_period() -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now() + chrono::Duration::days(8)
+}
+
+/// Commissions of `org` waiting for a digest, once `count` of them are recorded.
+async fn pending(sys: &TestSystem, org: &Org, count: i64) -> anyhow::Result<()> {
+    let pool = sys.service_pool("notification").await?;
+    eventually(WAIT, "the commissions recorded for the digest", || async {
+        let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM pending_commissions WHERE org_id = $1")
+            .bind(&org.id)
+            .fetch_one(&pool)
+            .await?;
+        Ok((recorded == count).then_some(()))
+    })
+    .await?;
+    pool.close().await;
+    Ok(())
+}
+
+/// Digests built for `org`.
+async fn digests(pool: &sqlx::PgPool, org: &Org) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar("SELECT count(*) FROM digests WHERE org_id = $1")
+        .bind(&org.id)
+        .fetch_one(pool)
+        .await?)
+}
+
+/// Mails to `to` whose subject contains `needle`.
+fn count(sink: &SmtpSink, to: &str, needle: &str) -> usize {
+    sink.received()
+        .iter()
+        .filter(|m| m.to.iter().any(|t| t == to) && m.header("Subject").is_some_and(|s| s.contains(needle)))
+        .count()
+}
+
+#[tokio::test]
+async fn the_first_commission_is_mailed_at_once_and_later_ones_in_one_exact_digest() -> anyhow::Result<()> {
+    let sink = SmtpSink::start().await?;
+    let sys = TestSystem::start_with(&[("AMBA_SMTP_URL", &sink.url())]).await?;
+    let owner = org(&sys, "DigestOwner").await?;
+    let ann = org(&sys, "DigestAnn").await?;
+    let to = "digestann@example.com";
+    let program = active_program(&owner, json!({"name": "Digest Partners", "hold_days": 0})).await?;
+    let code = text(&enroll(&owner, &ann, &program, None).await?["code"]).to_owned();
+    let got = ann.mcp.ok("amba_affiliate_notifications_get", json!({})).await?;
+    let approved = got["preferences"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["kind"] == "conversion_approved"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(approved["frequency"], "daily", "{got}");
+
+    report(&owner, &program, "d-0", 10_000, &code).await?;
+    mail_for(&sink, to, "You earned $20.00 commission in Digest Partners").await?;
+    // 40 more: 20 % of 10.05 … 12.00 is 2.01 … 2.40, 88.20 in all.
+    for i in 1..=40_i64 {
+        report(&owner, &program, &format!("d-{i}"), 1_000 + 5 * i, &code).await?;
+    }
+    pending(&sys, &ann, 40).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(count(&sink, to, "earned"), 1, "later commissions wait for the digest");
+    assert_eq!(count(&sink, to, "summary"), 0);
+
+    // Two digest jobs racing for the ended periods build one digest; a third run finds none.
+    let pool = sys.service_pool("notification").await?;
+    let at = after_every_period();
+    let (a, b) = tokio::join!(
+        amba_notification::jobs::build_digests(&pool, at),
+        amba_notification::jobs::build_digests(&pool, at)
+    );
+    // (The service's own clock may have built it first, across a midnight.)
+    assert!(a? + b? <= 1);
+    assert_eq!(amba_notification::jobs::build_digests(&pool, at).await?, 0);
+    assert_eq!(digests(&pool, &ann).await?, 1);
+    pool.close().await;
+    let mail = mail_for(&sink, to, "Your commission summary: 40 approved sales").await?;
+    let body = mail.body();
+    assert!(
+        body.contains("\"Digest Partners\": 40 approved sales, commission $88.20"),
+        "{body}"
+    );
+    assert!(body.contains("Largest sales: $12.00, $11.95, $11.90"), "{body}");
+    assert!(!mail.data.contains("d-4"), "no external_id: {}", mail.data);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(count(&sink, to, "summary"), 1);
+    sys.stop().await
+}
+
+#[tokio::test]
+async fn instant_coalesces_off_records_nothing_and_bad_frequencies_are_refused() -> anyhow::Result<()> {
+    let sink = SmtpSink::start().await?;
+    let sys = TestSystem::start_with(&[("AMBA_SMTP_URL", &sink.url())]).await?;
+    let owner = org(&sys, "FreqOwner").await?;
+    let ann = org(&sys, "FreqAnn").await?;
+    let to = "freqann@example.com";
+    let refused = ann
+        .mcp
+        .err(
+            "amba_affiliate_notifications_update",
+            json!({"conversion_approved_frequency": "hourly"}),
+        )
+        .await?;
+    assert!(
+        refused.to_string().contains("conversion_approved_frequency"),
+        "{refused}"
+    );
+    let set = ann
+        .mcp
+        .ok(
+            "amba_affiliate_notifications_update",
+            json!({"conversion_approved_frequency": "instant"}),
+        )
+        .await?;
+    assert!(
+        set["preferences"].as_array().is_some_and(|p| p
+            .iter()
+            .any(|p| p["kind"] == "conversion_approved" && p["frequency"] == "instant")),
+        "{set}"
+    );
+    let program = active_program(&owner, json!({"name": "Freq Partners", "hold_days": 0})).await?;
+    let code = text(&enroll(&owner, &ann, &program, None).await?["code"]).to_owned();
+    report(&owner, &program, "f-0", 10_000, &code).await?;
+    mail_for(&sink, to, "You earned $20.00").await?;
+    for i in 1..=3 {
+        report(&owner, &program, &format!("f-{i}"), 10_000, &code).await?;
+    }
+    pending(&sys, &ann, 3).await?;
+    // Instant: one 10-minute window (or two, when the reports straddle its end) for all three.
+    let pool = sys.service_pool("notification").await?;
+    amba_notification::jobs::build_digests(&pool, after_every_period()).await?;
+    let built = usize::try_from(digests(&pool, &ann).await?)?;
+    assert!((1..=2).contains(&built), "{built}");
+    eventually(WAIT, "the instant summaries", || async {
+        Ok((count(&sink, to, "summary") == built).then_some(()))
+    })
+    .await?;
+
+    // Off: later commissions are not even recorded, so no digest can come.
+    ann.mcp
+        .ok(
+            "amba_affiliate_notifications_update",
+            json!({"conversion_approved_frequency": "off"}),
+        )
+        .await?;
+    let got = ann.mcp.ok("amba_affiliate_notifications_get", json!({})).await?;
+    assert!(
+        got["preferences"].as_array().is_some_and(|p| p
+            .iter()
+            .any(|p| p["kind"] == "conversion_approved" && p["frequency"] == "off" && p["enabled"] == false)),
+        "{got}"
+    );
+    report(&owner, &program, "f-9", 10_000, &code).await?;
+    eventually(WAIT, "the commission booked", || async {
+        let balance = ann.mcp.ok("amba_affiliate_my_balance_get", json!({})).await?;
+        Ok((balance["payable_minor"] == 10_000).then_some(()))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    pending(&sys, &ann, 3).await?;
+    assert_eq!(
+        amba_notification::jobs::build_digests(&pool, after_every_period()).await?,
+        0
+    );
+    pool.close().await;
+    assert_eq!(count(&sink, to, "summary"), built);
+    sys.stop().await
+}
+
+#[tokio::test]
+async fn one_click_unsubscribe_turns_that_kind_off_without_a_login() -> anyhow::Result<()> {
+    let sink = SmtpSink::start().await?;
+    let sys = TestSystem::start_with(&[
+        ("AMBA_SMTP_URL", &sink.url()),
+        ("AMBA_LINK_SECRET", "an-unsubscribe-test-secret-of-32-chars"),
+    ])
+    .await?;
+    let owner = org(&sys, "UnsubOwner").await?;
+    let ann = org(&sys, "UnsubAnn").await?;
+    let program = active_program(&owner, json!({"name": "Unsub Partners"})).await?;
+    owner
+        .mcp
+        .ok(
+            "amba_affiliate_invite",
+            json!({"program_id": program, "affiliate_org_id": ann.id}),
+        )
+        .await?;
+    let mail = mail_for(&sink, "unsubann@example.com", "invited").await?;
+    let link = mail.header("List-Unsubscribe").unwrap_or_default();
+    let url = link.trim_matches(['<', '>']).to_owned();
+    assert!(
+        url.starts_with(&format!("{}/unsubscribe/{}.invited.", sys.settings.public_url, ann.id)),
+        "{link}"
+    );
+    assert_eq!(
+        mail.header("List-Unsubscribe-Post").as_deref(),
+        Some("List-Unsubscribe=One-Click")
+    );
+
+    let http = reqwest::Client::new();
+    // The page only offers a button that POSTs: a GET (a link scanner) turns nothing off.
+    let page = http.get(&url).send().await?;
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await?.contains("method=\"post\""));
+    let invited_enabled = || async {
+        let got = ann.mcp.ok("amba_affiliate_notifications_get", json!({})).await?;
+        anyhow::Ok(
+            got["preferences"]
+                .as_array()
+                .and_then(|p| p.iter().find(|p| p["kind"] == "invited"))
+                .map(|p| p["enabled"].clone())
+                .unwrap_or_default(),
+        )
+    };
+    assert_eq!(invited_enabled().await?, true);
+    // One click, no login, as a mail client sends it; the second is a no-op.
+    for _ in 0..2 {
+        let posted = http
+            .post(&url)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body("List-Unsubscribe=One-Click")
+            .send()
+            .await?;
+        assert_eq!(posted.status(), 200);
+        assert!(posted.text().await?.contains("invited"));
+    }
+    assert_eq!(invited_enabled().await?, false);
+    // Another kind or another org in an altered token: refused.
+    let forged = url.replace(".invited.", ".payout_sent.");
+    assert_eq!(http.post(&forged).send().await?.status(), 404);
+    let forged = url.replace(&ann.id, &owner.id);
+    assert_eq!(http.post(&forged).send().await?.status(), 404);
+    sys.stop().await
+}
+
+#[tokio::test]
+async fn the_html_part_escapes_what_others_wrote() -> anyhow::Result<()> {
+    let sink = SmtpSink::start().await?;
+    let sys = TestSystem::start_with(&[("AMBA_SMTP_URL", &sink.url())]).await?;
+    let owner = org(&sys, "HtmlOwner").await?;
+    let ann = org(&sys, "HtmlAnn").await?;
+    let program = active_program(&owner, json!({"name": "<script>alert(1)</script>"})).await?;
+    owner
+        .mcp
+        .ok(
+            "amba_affiliate_invite",
+            json!({"program_id": program, "affiliate_org_id": ann.id}),
+        )
+        .await?;
+    let mail = mail_for(&sink, "htmlann@example.com", "invited").await?;
+    let body = mail.body();
+    assert!(
+        mail.header("Content-Type")
+            .is_some_and(|t| t.starts_with("multipart/alternative")),
+        "{}",
+        mail.data
+    );
+    let (plain, html) = body
+        .split_once("Content-Type: text/html")
+        .ok_or_else(|| anyhow::anyhow!("no HTML part: {body}"))?;
+    assert!(plain.contains("Content-Type: text/plain") && plain.contains("\"<script>alert(1)</script>\""));
+    assert!(html.contains("&lt;script&gt;alert(1)&lt;&#x2f;script&gt;"), "{html}");
+    assert!(!html.contains("<script>"), "{html}");
     sys.stop().await
 }

@@ -230,6 +230,8 @@ async fn the_approval_email_does_not_show_the_owners_order_id() -> anyhow::Resul
     })
     .await?;
     assert!(!mail.data.contains("order-7731-secret"), "{}", mail.data);
+    // The program's default hold: the day it becomes payable, not "now".
+    assert!(mail.body().contains("becomes payable on "), "{}", mail.body());
     assert!(
         mail.body().contains(text(&reported["conversion_id"])),
         "{}",

@@ -22,6 +22,10 @@ pub struct NotificationsUpdateArgs {
     pub enrollment_activated: Option<bool>,
     /// A conversion you referred was approved (with its commission).
     pub conversion_approved: Option<bool>,
+    /// After your first commission in a program (e-mailed at once), how often later ones come as
+    /// one summary: instant (at most every 10 minutes), daily (the default), weekly, or off.
+    #[schemars(extend("enum" = ["instant", "daily", "weekly", "off"]))]
+    pub conversion_approved_frequency: Option<String>,
     /// A refund or chargeback reversed commission (with any carried-forward debt).
     pub clawback: Option<bool>,
     /// A payout was sent to you.
@@ -49,6 +53,9 @@ pub struct PreferencesOutput {
 pub struct PreferenceView {
     pub kind: String,
     pub enabled: bool,
+    /// conversion_approved only: instant | daily | weekly | off.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub frequency: String,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -78,6 +85,7 @@ fn preferences_view(reply: pb::PreferencesReply) -> PreferencesOutput {
             .map(|p| PreferenceView {
                 kind: p.kind,
                 enabled: p.enabled,
+                frequency: p.frequency,
             })
             .collect(),
     }
@@ -89,7 +97,9 @@ impl McpServer {
         name = "amba_affiliate_notifications_get",
         description = "Which e-mails your organization gets (to its members' addresses): invited, \
                        enrollment_activated, conversion_approved, clawback, payout_sent, payout_failed, \
-                       payout_account_ready. All are on until turned off with amba_affiliate_notifications_update.",
+                       payout_account_ready. All are on until turned off with amba_affiliate_notifications_update. \
+                       conversion_approved also has a frequency: the first commission in a program is \
+                       e-mailed at once, later ones as one summary (instant, daily by default, weekly, or off).",
         annotations(
             read_only_hint = true,
             destructive_hint = false,
@@ -115,7 +125,9 @@ impl McpServer {
     #[tool(
         name = "amba_affiliate_notifications_update",
         description = "Turn kinds of e-mail on (true) or off (false) for your organization, e.g. \
-                       {\"conversion_approved\": false}. Kinds you omit keep their setting. Returns every setting.",
+                       {\"conversion_approved\": false}, or how often approved commissions are summed into one e-mail: \
+                       {\"conversion_approved_frequency\": \"weekly\"} (instant | daily | weekly | off). Kinds you \
+                       omit keep their setting. Returns every setting.",
         annotations(
             read_only_hint = false,
             destructive_hint = false,
@@ -128,7 +140,7 @@ impl McpServer {
         Parameters(a): Parameters<NotificationsUpdateArgs>,
         Extension(parts): Extension<http::request::Parts>,
     ) -> Result<Json<PreferencesOutput>, ToolError> {
-        let changes = [
+        let mut changes: Vec<_> = [
             ("invited", a.invited),
             ("enrollment_activated", a.enrollment_activated),
             ("conversion_approved", a.conversion_approved),
@@ -142,9 +154,18 @@ impl McpServer {
             enabled.map(|enabled| pb::NotificationPreference {
                 kind: kind.to_owned(),
                 enabled,
+                frequency: String::new(),
             })
         })
         .collect();
+        // After the on/off switch, so a frequency given with it is what stays.
+        if let Some(frequency) = a.conversion_approved_frequency {
+            changes.push(pb::NotificationPreference {
+                kind: "conversion_approved".to_owned(),
+                enabled: frequency != "off",
+                frequency,
+            });
+        }
         let request = pb::PreferencesRequest {
             caller: Some(require_principal(&parts)?),
             changes,

@@ -452,6 +452,10 @@ impl Enrollment {
             owner_emails: store::org_emails(conn, &row.program_owner_org_id)
                 .await
                 .map_err(db_error)?,
+            affiliate_org_name: store::org_name(conn, &row.affiliate_org_id)
+                .await
+                .map_err(db_error)?
+                .unwrap_or_default(),
         };
         amba_bus::outbox::enqueue(
             conn,

@@ -3,7 +3,8 @@
 //! Sending happens later (jobs::deliver), so nothing about e-mail can block, delay or roll back
 //! the services that published the events.
 
-use crate::domain::templates::{self, Email};
+use crate::domain::digest::Frequency;
+use crate::domain::templates::{self, Email, Payable};
 use crate::store::{self, NewEmail};
 use amba_bus::consumer::{Delivery, Handler, HandlerError};
 use amba_proto::wire as pb;
@@ -41,6 +42,7 @@ impl Handler for Events {
                         &p.name,
                         &p.currency,
                         &p.owner_org_id,
+                        i32::try_from(p.hold_days).unwrap_or(i32::MAX),
                         (i64::try_from(p.version).unwrap_or(i64::MAX), p.updated_at_micros),
                     )
                     .await?;
@@ -63,8 +65,45 @@ impl Handler for Events {
                 } else {
                     c.currency.clone()
                 };
-                let email = templates::approved(&program, c.commission_minor, &currency, &c.conversion_id);
-                queue(conn, delivery, &c.affiliate_org_id, email, true).await
+                let org = &c.affiliate_org_id;
+                // The first commission in a program is news; later ones wait for the digest.
+                if store::claim_first_commission(conn, org, &c.program_id, &delivery.event_id).await? {
+                    let payable = match store::hold_days(conn, &c.program_id).await? {
+                        None => Payable::Unknown,
+                        Some(days) if days <= 0 => Payable::Now,
+                        Some(days) => chrono::DateTime::from_timestamp_micros(c.decided_at_micros)
+                            .filter(|_| c.decided_at_micros > 0)
+                            .map_or(Payable::Unknown, |decided| {
+                                Payable::On((decided + chrono::Duration::days(i64::from(days))).date_naive())
+                            }),
+                    };
+                    let email = templates::approved(&program, c.commission_minor, &currency, &c.conversion_id, payable);
+                    return queue(conn, delivery, org, email, true).await;
+                }
+                let (enabled, frequency) = store::approval_setting(conn, org).await?;
+                let frequency = match frequency.as_deref().and_then(Frequency::parse) {
+                    _ if !enabled => Frequency::Off,
+                    Some(chosen) => chosen,
+                    None => Frequency::Daily,
+                };
+                let Some((period, period_end)) = frequency.period(chrono::Utc::now()) else {
+                    return Ok(());
+                };
+                store::insert_pending(
+                    conn,
+                    &store::PendingCommission {
+                        event_id: &delivery.event_id,
+                        org_id: org,
+                        program_id: &c.program_id,
+                        currency: &currency,
+                        commission_minor: c.commission_minor,
+                        sale_minor: c.amount_minor,
+                        period: &period,
+                        period_end,
+                    },
+                )
+                .await?;
+                Ok(())
             }
             ("commission", "clawed_back") => {
                 let e = pb::CommissionClawedBack::decode(payload)?;
@@ -129,12 +168,17 @@ impl Handler for Events {
     }
 
     /// An enrollment event also writes its program owner's addresses: every event of one owner
-    /// goes to one worker, so workers never wait on each other for the owner's row.
+    /// goes to one worker, so workers never wait on each other for the owner's row. Likewise an
+    /// affiliate's approvals, which claim its `first_commissions` rows.
     fn partition_key(&self, delivery: &Delivery) -> Option<String> {
         match kind_of(&delivery.subject) {
             ("enrollment", _) => pb::EnrollmentChanged::decode(delivery.payload.as_ref())
                 .ok()
                 .map(|e| e.program_owner_org_id),
+            ("conversion", "approved") => pb::ConversionChanged::decode(delivery.payload.as_ref())
+                .ok()
+                .and_then(|e| e.conversion)
+                .map(|c| c.affiliate_org_id),
             _ => None,
         }
     }
@@ -150,8 +194,14 @@ impl Events {
         let Some(enrollment) = event.enrollment else {
             return Ok(());
         };
-        store::upsert_org_emails(conn, &enrollment.affiliate_org_id, &event.affiliate_emails).await?;
-        store::upsert_org_emails(conn, &event.program_owner_org_id, &event.owner_emails).await?;
+        store::upsert_org_emails(
+            conn,
+            &enrollment.affiliate_org_id,
+            &event.affiliate_emails,
+            Some(&event.affiliate_org_name),
+        )
+        .await?;
+        store::upsert_org_emails(conn, &event.program_owner_org_id, &event.owner_emails, None).await?;
         let org = &enrollment.affiliate_org_id;
         let email = match (event.previous_status.as_str(), enrollment.status.as_str()) {
             ("", "pending") if enrollment.origin == "invite" => templates::invited(&enrollment.program_name),
@@ -191,6 +241,11 @@ async fn queue(
         "queued"
     } else {
         "suppressed"
+    };
+    let name = store::org_name(conn, org_id).await?;
+    let email = Email {
+        body: templates::greet(&email.body, name.as_deref()),
+        ..email
     };
     insert(conn, delivery, org_id, &recipients, email, status).await
 }

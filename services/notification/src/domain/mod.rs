@@ -1,4 +1,5 @@
 //! Pure rules: which e-mails exist and what they say.
 
+pub mod digest;
 pub mod money;
 pub mod templates;

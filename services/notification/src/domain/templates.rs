@@ -49,18 +49,82 @@ pub fn activated(program: &str, code: &str, public_url: &str) -> Email {
     }
 }
 
+/// `Hello,` → `Hello <org name>,` when the org's name is known (templates stay pure of the
+/// read model; the name is looked up when the e-mail is queued).
+pub fn greet(body: &str, org_name: Option<&str>) -> String {
+    match (body.strip_prefix("Hello,"), org_name.map(str::trim)) {
+        (Some(rest), Some(name)) if !name.is_empty() => format!("Hello {name},{rest}"),
+        _ => body.to_owned(),
+    }
+}
+
+/// When a first commission becomes payable (the approval plus the program's hold).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Payable {
+    /// The program has no hold.
+    Now,
+    /// The UTC day the hold ends.
+    On(chrono::NaiveDate),
+    /// The program's hold is not known here yet.
+    Unknown,
+}
+
 /// The owner's own order reference (`external_id`) is not the affiliate's business: the e-mail
 /// names the conversion by its platform id, which `amba_affiliate_my_conversions_list` shows.
-pub fn approved(program: &str, commission_minor: i64, currency: &str, conversion_id: &str) -> Email {
+pub fn approved(program: &str, commission_minor: i64, currency: &str, conversion_id: &str, payable: Payable) -> Email {
     let amount = money::format(commission_minor, currency);
+    let when = match payable {
+        Payable::Now => "It is payable now (the program has no hold period)".to_owned(),
+        Payable::On(day) => format!(
+            "It becomes payable on {} (UTC), when the program's hold period ends",
+            day.format("%Y-%m-%d")
+        ),
+        Payable::Unknown => "It becomes payable once the program's hold period ends".to_owned(),
+    };
     Email {
         kind: "conversion_approved",
         subject: format!("You earned {amount} commission in {program}"),
         body: format!(
             "Hello,\n\nA sale you referred in \"{program}\" was approved (conversion {conversion_id}).\n\n\
-             Commission: {amount}\n\nIt becomes payable once the program's hold period ends; see \
-             amba_affiliate_my_balance_get.\n{SIGNATURE}"
+             Commission: {amount}\n\n{when}; see amba_affiliate_my_balance_get.\n\n\
+             Later commissions in this program come as one summary a day (choose instant, daily, weekly or off \
+             with amba_affiliate_notifications_update).\n{SIGNATURE}"
         ),
+    }
+}
+
+/// Later commissions, summed per program: count, commission and the largest sale amounts
+/// (never an `external_id`: the owner's order references are not the affiliate's business).
+pub fn digest(lines: &[crate::store::DigestLine]) -> Email {
+    let count: i64 = lines.iter().map(|l| l.count).sum();
+    let mut body = String::from("Hello,\n\nSales you referred were approved:\n");
+    for line in lines {
+        let largest = line
+            .largest_sales_minor
+            .iter()
+            .map(|sale| money::format(*sale, &line.currency))
+            .collect::<Vec<_>>()
+            .join(", ");
+        body.push_str(&format!(
+            "\n\"{}\": {} approved {}, commission {}\n  Largest sales: {largest}\n",
+            line.program,
+            line.count,
+            if line.count == 1 { "sale" } else { "sales" },
+            money::format(line.commission_minor, &line.currency),
+        ));
+    }
+    body.push_str(&format!(
+        "\nCommission becomes payable once each program's hold period ends; see amba_affiliate_my_balance_get.\n\
+         Choose how often these summaries come (instant, daily, weekly or off) with \
+         amba_affiliate_notifications_update.\n{SIGNATURE}"
+    ));
+    Email {
+        kind: "conversion_approved",
+        subject: format!(
+            "Your commission summary: {count} approved {}",
+            if count == 1 { "sale" } else { "sales" }
+        ),
+        body,
     }
 }
 
@@ -155,11 +219,11 @@ mod tests {
     #[test]
     fn subjects_say_what_happened_with_people_amounts() {
         assert_eq!(
-            approved("Acme", 2469, "USD", "cnv_1").subject,
+            approved("Acme", 2469, "USD", "cnv_1", Payable::Unknown).subject,
             "You earned $24.69 commission in Acme"
         );
         assert_eq!(
-            approved("Acme", 500, "JPY", "cnv_1").subject,
+            approved("Acme", 500, "JPY", "cnv_1", Payable::Now).subject,
             "You earned ¥500 commission in Acme"
         );
         let c = clawback("Acme", 2000, 2000, "USD", "refund");
@@ -175,8 +239,27 @@ mod tests {
                 .contains("https://amba.example/r/CODE1")
         );
         assert!(payout_sent("Acme", 1950, 50, "USD").subject.contains("$19.50"));
-        let approval = approved("Acme", 2469, "USD", "cnv_1");
+        let approval = approved("Acme", 2469, "USD", "cnv_1", Payable::Unknown);
         assert!(approval.body.contains("conversion cnv_1") && !approval.body.contains("order"));
+        assert!(approved("A", 1, "USD", "c", Payable::Now).body.contains("payable now"));
+        let day = chrono::NaiveDate::from_ymd_opt(2026, 3, 1).unwrap_or_default();
+        assert!(
+            approved("A", 1, "USD", "c", Payable::On(day))
+                .body
+                .contains("payable on 2026-03-01 (UTC)")
+        );
+        let summary = digest(&[crate::store::DigestLine {
+            program: "Acme".into(),
+            currency: "USD".into(),
+            count: 2,
+            commission_minor: 401,
+            largest_sales_minor: vec![1005, 1000],
+        }]);
+        assert_eq!(summary.subject, "Your commission summary: 2 approved sales");
+        assert!(summary.body.contains("\"Acme\": 2 approved sales, commission $4.01"));
+        assert!(summary.body.contains("Largest sales: $10.05, $10.00"));
+        assert!(greet(&invited("A").body, Some("Ann Co")).starts_with("Hello Ann Co,\n\n"));
+        assert!(greet(&invited("A").body, None).starts_with("Hello,\n\n"));
         let attempt = existing_account_signup();
         assert!(!KINDS.contains(&attempt.kind) && !attempt.body.contains("amba_pat_"));
         for email in [invited("A"), account_ready(), payout_failed("A", 1, "USD", "x")] {

@@ -5,9 +5,16 @@
 //! the SMTP boundary). A 4xx answer, a refused connection or a timeout is
 //! retried with backoff (1 s, 2 s, 4 s … up to 5 min, 10 attempts); a 5xx answer or an
 //! unbuildable message is a permanent failure recorded with its reason.
+//!
+//! The digest clock ([`digests`]): after a period ends, each org with commissions recorded in it
+//! gets one `conversion_approved` summary, claimed by its `digests (org_id, period)` row in the
+//! transaction that queues the e-mail, so a restart or a second replica sends none twice and,
+//! since every ended period without a row is picked up, skips none.
 
+use crate::domain::templates;
 use crate::mail::{self, Envelope, SendError, Transport};
 use crate::store;
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +31,7 @@ pub async fn deliver(
     pool: PgPool,
     transport: Transport,
     envelope: Envelope,
+    link_secret: Option<amba_core::secret::Secret>,
     every: Duration,
     shutdown: CancellationToken,
 ) -> Result<(), sqlx::Error> {
@@ -43,12 +51,17 @@ pub async fn deliver(
                 break;
             }
             for email in due {
+                let unsubscribe = link_secret
+                    .as_ref()
+                    .filter(|_| templates::KINDS.contains(&email.template.as_str()))
+                    .and_then(|key| crate::unsubscribe::sign(key.expose().as_bytes(), &email.org_id, &email.template));
                 let outcome = match mail::build(
                     &envelope,
                     &email.email_id,
                     &email.recipients,
                     &email.subject,
                     &email.body,
+                    unsubscribe.as_deref(),
                 ) {
                     Ok((message, message_id)) => transport.send(message).await.map(|()| message_id),
                     Err(err) => Err(err),
@@ -75,6 +88,76 @@ pub async fn deliver(
                 }
             }
             tx.commit().await?;
+        }
+    }
+}
+
+/// A period's digest is built this long after it ends: a consumer transaction that recorded a
+/// commission just before the end has committed by then.
+pub const DIGEST_GRACE: Duration = Duration::from_secs(60);
+/// Digests claimed per look for due ones.
+const DIGEST_BATCH: i64 = 100;
+
+/// Builds due digests every `every`, until `shutdown`.
+pub async fn digests(pool: PgPool, every: Duration, shutdown: CancellationToken) -> Result<(), sqlx::Error> {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = ticker.tick() => {}
+        }
+        let grace = chrono::Duration::from_std(DIGEST_GRACE).unwrap_or_default();
+        let built = build_digests(&pool, Utc::now() - grace).await?;
+        if built > 0 {
+            tracing::info!(built, "commission digests queued");
+        }
+    }
+}
+
+/// Queues the digest of every (org, period) that ended by `ended_by` and has none yet; returns
+/// how many this call built (another job racing it builds the rest, never the same ones).
+pub async fn build_digests(pool: &PgPool, ended_by: DateTime<Utc>) -> Result<usize, sqlx::Error> {
+    let mut built = 0;
+    loop {
+        let due = {
+            let mut conn = pool.acquire().await?;
+            store::due_digests(&mut conn, ended_by, DIGEST_BATCH).await?
+        };
+        if due.is_empty() {
+            return Ok(built);
+        }
+        for (org_id, period) in due {
+            let mut tx = pool.begin().await?;
+            // Another job's claim: it waits for that commit, then finds the row and skips.
+            if !store::claim_digest(&mut tx, &org_id, &period).await? {
+                continue;
+            }
+            let lines = store::digest_lines(&mut tx, &org_id, &period).await?;
+            let recipients = store::org_emails(&mut tx, &org_id).await?.unwrap_or_default();
+            if !lines.is_empty() && !recipients.is_empty() {
+                // Turned off after the commissions were recorded: logged, not sent.
+                let (enabled, _) = store::approval_setting(&mut tx, &org_id).await?;
+                let mut email = templates::digest(&lines);
+                let name = store::org_name(&mut tx, &org_id).await?;
+                email.body = templates::greet(&email.body, name.as_deref());
+                store::insert_email(
+                    &mut tx,
+                    &store::NewEmail {
+                        email_id: &format!("eml_{}", amba_core::id::time_ordered_suffix()),
+                        event_id: &format!("digest:{org_id}:{period}"),
+                        template: email.kind,
+                        org_id: &org_id,
+                        recipients: &recipients,
+                        subject: &email.subject,
+                        body: &email.body,
+                        status: if enabled { "queued" } else { "suppressed" },
+                    },
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            built += 1;
         }
     }
 }

@@ -1,5 +1,7 @@
-//! Request/reply: an org's e-mail preferences and the e-mails sent to it.
+//! Request/reply: an org's e-mail preferences (with the digest frequency of approvals), the
+//! e-mails sent to it, and one-click unsubscribe by a signed token (no caller).
 
+use crate::domain::digest::Frequency;
 use crate::domain::templates::KINDS;
 use crate::store;
 use amba_bus::rpc::{RpcServer, caller, db_error};
@@ -11,12 +13,15 @@ use sqlx::PgPool;
 #[derive(Clone)]
 pub struct Notification {
     pub pool: PgPool,
+    /// Checks one-click unsubscribe tokens (`AMBA_LINK_SECRET`).
+    pub link_secret: Option<amba_core::secret::Secret>,
 }
 
 pub fn server(service: Notification) -> RpcServer {
     amba_bus::routes!(RpcServer::new(crate::SERVICE), service, {
         methods::PREFERENCES => preferences,
         methods::LIST => list,
+        methods::UNSUBSCRIBE => unsubscribe,
     })
 }
 
@@ -34,7 +39,24 @@ impl Notification {
                     KINDS.join(", ")
                 )));
             }
-            store::set_preference(&mut tx, &who.org_id, &change.kind, change.enabled)
+            if change.frequency.is_empty() {
+                store::set_preference(&mut tx, &who.org_id, &change.kind, change.enabled)
+                    .await
+                    .map_err(db_error)?;
+                continue;
+            }
+            let frequency = match Frequency::parse(&change.frequency) {
+                Some(f) if change.kind == "conversion_approved" => f,
+                _ => {
+                    return Err(ApiError::invalid(format!(
+                        "conversion_approved_frequency: {:?} is not one of {} (conversion_approved only)",
+                        change.frequency,
+                        Frequency::NAMES.join(", ")
+                    )));
+                }
+            };
+            let stored = (frequency != Frequency::Off).then(|| frequency.name());
+            store::set_frequency(&mut tx, &who.org_id, stored)
                 .await
                 .map_err(db_error)?;
         }
@@ -43,12 +65,46 @@ impl Notification {
         Ok(pb::PreferencesReply {
             preferences: KINDS
                 .iter()
-                .map(|kind| pb::NotificationPreference {
-                    kind: (*kind).to_owned(),
-                    enabled: stored.iter().find(|(k, _)| k == kind).is_none_or(|(_, on)| *on),
+                .map(|kind| {
+                    let (enabled, frequency) = stored
+                        .iter()
+                        .find(|(k, _, _)| k == kind)
+                        .map_or((true, None), |(_, on, f)| (*on, f.as_deref()));
+                    let frequency = match (*kind, enabled, frequency) {
+                        ("conversion_approved", false, _) => Frequency::Off.name(),
+                        ("conversion_approved", true, f) => f.unwrap_or(Frequency::Daily.name()),
+                        _ => "",
+                    };
+                    pb::NotificationPreference {
+                        kind: (*kind).to_owned(),
+                        enabled,
+                        frequency: frequency.to_owned(),
+                    }
                 })
                 .collect(),
         })
+    }
+
+    /// Turns off the kind of e-mail a signed unsubscribe token names, for its org; again is a
+    /// no-op. No caller: the token is the authority (RFC 8058 one-click, no login).
+    #[tracing::instrument(skip_all, err(level = "info"))]
+    pub async fn unsubscribe(&self, request: pb::UnsubscribeRequest) -> Result<pb::UnsubscribeReply, ApiError> {
+        let (org_id, kind) = self
+            .link_secret
+            .as_ref()
+            .and_then(|key| crate::unsubscribe::verify(key.expose().as_bytes(), &request.token))
+            .filter(|(_, kind)| KINDS.contains(&kind.as_str()))
+            .ok_or_else(|| ApiError::not_found("unsubscribe link (altered or not issued here)"))?;
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        if kind == "conversion_approved" {
+            // Off, keeping the chosen frequency for when it is turned on again.
+            store::set_frequency(&mut conn, &org_id, None).await
+        } else {
+            store::set_preference(&mut conn, &org_id, &kind, false).await
+        }
+        .map_err(db_error)?;
+        tracing::info!(%org_id, %kind, "unsubscribed by link");
+        Ok(pb::UnsubscribeReply { kind })
     }
 
     /// The e-mails of the caller's org, newest first.

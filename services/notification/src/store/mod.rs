@@ -3,16 +3,24 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
-pub async fn upsert_org_emails(conn: &mut PgConnection, org_id: &str, emails: &[String]) -> Result<(), sqlx::Error> {
+/// The org's addresses, and its name when the event carries one (else the known one stays).
+pub async fn upsert_org_emails(
+    conn: &mut PgConnection,
+    org_id: &str,
+    emails: &[String],
+    name: Option<&str>,
+) -> Result<(), sqlx::Error> {
     if org_id.is_empty() || emails.is_empty() {
         return Ok(());
     }
     sqlx::query(
-        "INSERT INTO orgs_view (org_id, emails) VALUES ($1, $2) \
-         ON CONFLICT (org_id) DO UPDATE SET emails = EXCLUDED.emails, updated_at = now()",
+        "INSERT INTO orgs_view (org_id, emails, name) VALUES ($1, $2, $3) \
+         ON CONFLICT (org_id) DO UPDATE SET emails = EXCLUDED.emails, \
+         name = COALESCE(EXCLUDED.name, orgs_view.name), updated_at = now()",
     )
     .bind(org_id)
     .bind(emails)
+    .bind(name.filter(|n| !n.is_empty()))
     .execute(conn)
     .await?;
     Ok(())
@@ -25,19 +33,30 @@ pub async fn org_emails(conn: &mut PgConnection, org_id: &str) -> Result<Option<
         .await
 }
 
+/// The org's name, if known.
+pub async fn org_name(conn: &mut PgConnection, org_id: &str) -> Result<Option<String>, sqlx::Error> {
+    let name: Option<Option<String>> = sqlx::query_scalar("SELECT name FROM orgs_view WHERE org_id = $1")
+        .bind(org_id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(name.flatten())
+}
+
 pub async fn upsert_program(
     conn: &mut PgConnection,
     program_id: &str,
     name: &str,
     currency: &str,
     owner_org_id: &str,
+    hold_days: i32,
     (version, version_micros): (i64, i64),
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO programs_view (program_id, name, currency, owner_org_id, version_micros, version) \
-         VALUES ($1, $2, $3, $4, $5, $6) \
+        "INSERT INTO programs_view (program_id, name, currency, owner_org_id, version_micros, version, hold_days) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) \
          ON CONFLICT (program_id) DO UPDATE SET name = EXCLUDED.name, currency = EXCLUDED.currency, \
-         owner_org_id = EXCLUDED.owner_org_id, version_micros = EXCLUDED.version_micros, version = EXCLUDED.version \
+         owner_org_id = EXCLUDED.owner_org_id, version_micros = EXCLUDED.version_micros, version = EXCLUDED.version, \
+         hold_days = EXCLUDED.hold_days \
          WHERE (programs_view.version, programs_view.version_micros) <= (EXCLUDED.version, EXCLUDED.version_micros)",
     )
     .bind(program_id)
@@ -46,6 +65,7 @@ pub async fn upsert_program(
     .bind(owner_org_id)
     .bind(version_micros)
     .bind(version)
+    .bind(hold_days)
     .execute(conn)
     .await?;
     Ok(())
@@ -59,6 +79,15 @@ pub async fn program(conn: &mut PgConnection, program_id: &str) -> Result<Option
         .await
 }
 
+/// A program's hold in days, if known.
+pub async fn hold_days(conn: &mut PgConnection, program_id: &str) -> Result<Option<i32>, sqlx::Error> {
+    let hold: Option<Option<i32>> = sqlx::query_scalar("SELECT hold_days FROM programs_view WHERE program_id = $1")
+        .bind(program_id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(hold.flatten())
+}
+
 pub async fn enabled(conn: &mut PgConnection, org_id: &str, kind: &str) -> Result<bool, sqlx::Error> {
     let enabled: Option<bool> = sqlx::query_scalar("SELECT enabled FROM preferences WHERE org_id = $1 AND kind = $2")
         .bind(org_id)
@@ -68,8 +97,12 @@ pub async fn enabled(conn: &mut PgConnection, org_id: &str, kind: &str) -> Resul
     Ok(enabled.unwrap_or(true))
 }
 
-pub async fn preferences(conn: &mut PgConnection, org_id: &str) -> Result<Vec<(String, bool)>, sqlx::Error> {
-    sqlx::query_as("SELECT kind, enabled FROM preferences WHERE org_id = $1")
+/// (kind, enabled, frequency) of every kind the org set.
+pub async fn preferences(
+    conn: &mut PgConnection,
+    org_id: &str,
+) -> Result<Vec<(String, bool, Option<String>)>, sqlx::Error> {
+    sqlx::query_as("SELECT kind, enabled, frequency FROM preferences WHERE org_id = $1")
         .bind(org_id)
         .fetch_all(conn)
         .await
@@ -222,6 +255,142 @@ pub async fn page(
     .bind(org_id)
     .bind(before)
     .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// The org's `conversion_approved` setting: (enabled, frequency name if chosen).
+pub async fn approval_setting(conn: &mut PgConnection, org_id: &str) -> Result<(bool, Option<String>), sqlx::Error> {
+    let row: Option<(bool, Option<String>)> =
+        sqlx::query_as("SELECT enabled, frequency FROM preferences WHERE org_id = $1 AND kind = 'conversion_approved'")
+            .bind(org_id)
+            .fetch_optional(conn)
+            .await?;
+    Ok(row.unwrap_or((true, None)))
+}
+
+/// Sets the digest frequency (`None`: off) of `conversion_approved`.
+pub async fn set_frequency(conn: &mut PgConnection, org_id: &str, frequency: Option<&str>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO preferences (org_id, kind, enabled, frequency) VALUES ($1, 'conversion_approved', $2, $3) \
+         ON CONFLICT (org_id, kind) DO UPDATE SET enabled = EXCLUDED.enabled, \
+         frequency = COALESCE(EXCLUDED.frequency, preferences.frequency)",
+    )
+    .bind(org_id)
+    .bind(frequency.is_some())
+    .bind(frequency)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Whether `event_id` is (or now becomes) the org's first approved commission in the program.
+pub async fn claim_first_commission(
+    conn: &mut PgConnection,
+    org_id: &str,
+    program_id: &str,
+    event_id: &str,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO first_commissions (org_id, program_id, event_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+    )
+    .bind(org_id)
+    .bind(program_id)
+    .bind(event_id)
+    .execute(&mut *conn)
+    .await?;
+    let first: String =
+        sqlx::query_scalar("SELECT event_id FROM first_commissions WHERE org_id = $1 AND program_id = $2")
+            .bind(org_id)
+            .bind(program_id)
+            .fetch_one(conn)
+            .await?;
+    Ok(first == event_id)
+}
+
+pub struct PendingCommission<'a> {
+    pub event_id: &'a str,
+    pub org_id: &'a str,
+    pub program_id: &'a str,
+    pub currency: &'a str,
+    pub commission_minor: i64,
+    pub sale_minor: i64,
+    pub period: &'a str,
+    pub period_end: DateTime<Utc>,
+}
+
+/// Records a commission for its digest, once per event.
+pub async fn insert_pending(conn: &mut PgConnection, p: &PendingCommission<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO pending_commissions (event_id, org_id, program_id, currency, commission_minor, sale_minor, \
+         period, period_end) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(p.event_id)
+    .bind(p.org_id)
+    .bind(p.program_id)
+    .bind(p.currency)
+    .bind(p.commission_minor)
+    .bind(p.sale_minor)
+    .bind(p.period)
+    .bind(p.period_end)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// (org, period) pairs that ended by `before` and have no digest yet.
+pub async fn due_digests(
+    conn: &mut PgConnection,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<(String, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT DISTINCT p.org_id, p.period FROM pending_commissions p WHERE p.period_end <= $1 \
+         AND NOT EXISTS (SELECT 1 FROM digests d WHERE d.org_id = p.org_id AND d.period = p.period) LIMIT $2",
+    )
+    .bind(before)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Claims the digest of (org, period); false when another job already did (it waits for that
+/// job's commit first, so two jobs never both build one).
+pub async fn claim_digest(conn: &mut PgConnection, org_id: &str, period: &str) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO digests (org_id, period, commissions) \
+         SELECT $1, $2, count(*)::INTEGER FROM pending_commissions WHERE org_id = $1 AND period = $2 \
+         ON CONFLICT (org_id, period) DO NOTHING",
+    )
+    .bind(org_id)
+    .bind(period)
+    .execute(conn)
+    .await?;
+    Ok(inserted.rows_affected() == 1)
+}
+
+/// One program's share of a digest.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct DigestLine {
+    pub program: String,
+    pub currency: String,
+    pub count: i64,
+    pub commission_minor: i64,
+    /// The largest sale amounts, largest first.
+    pub largest_sales_minor: Vec<i64>,
+}
+
+/// The commissions of (org, period), per program and currency; sums exact (NUMERIC in SQL).
+pub async fn digest_lines(conn: &mut PgConnection, org_id: &str, period: &str) -> Result<Vec<DigestLine>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT COALESCE(v.name, p.program_id) AS program, p.currency, count(*) AS count, \
+         sum(p.commission_minor)::BIGINT AS commission_minor, \
+         (array_agg(p.sale_minor ORDER BY p.sale_minor DESC))[1:3] AS largest_sales_minor \
+         FROM pending_commissions p LEFT JOIN programs_view v ON v.program_id = p.program_id \
+         WHERE p.org_id = $1 AND p.period = $2 GROUP BY p.program_id, v.name, p.currency ORDER BY 1, 2",
+    )
+    .bind(org_id)
+    .bind(period)
     .fetch_all(conn)
     .await
 }
