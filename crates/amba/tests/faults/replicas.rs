@@ -49,9 +49,11 @@ async fn replicas_racing_the_same_keys_give_one_outcome_per_key() -> anyhow::Res
     }
     // key → (conversion id, status, how many callers were told it is new)
     let mut outcomes: HashMap<String, (String, String, usize)> = HashMap::new();
-    let mut calls = 0;
+    let (mut calls, mut retried) = (0, 0);
     while let Some(done) = callers.join_next().await {
-        for (key, conversion_id, status, duplicate) in done?? {
+        let (seen, retries) = done??;
+        retried += retries;
+        for (key, conversion_id, status, duplicate) in seen {
             calls += 1;
             let seen = outcomes
                 .entry(key.clone())
@@ -65,6 +67,13 @@ async fn replicas_racing_the_same_keys_give_one_outcome_per_key() -> anyhow::Res
         }
     }
     assert_eq!(calls, CALLERS * KEYS / KEY_CLASSES, "every call succeeded");
+    // A caller retries an UNAVAILABLE answer with the same key, as the answer asks; the race
+    // itself must not produce them (seen once in a CI run on a loaded machine: 1 of 8,000).
+    eprintln!("calls answered UNAVAILABLE and retried: {retried}");
+    assert!(
+        retried <= CALLERS * KEYS / KEY_CLASSES / 1_000,
+        "{retried} calls were UNAVAILABLE"
+    );
     assert_eq!(outcomes.len(), KEYS);
     for (key, (_, _, firsts)) in &outcomes {
         assert_eq!(*firsts, 1, "key {key}: exactly one caller told it is new");
@@ -93,28 +102,43 @@ async fn replicas_racing_the_same_keys_give_one_outcome_per_key() -> anyhow::Res
 }
 
 /// One caller: the keys of its class (`key % KEY_CLASSES == caller % KEY_CLASSES`), one unary
-/// call each, in an order of its own. Returns (key, conversion id, status, duplicate) per call;
-/// any failed call fails the caller.
+/// call each, in an order of its own. Returns (key, conversion id, status, duplicate) per call
+/// and how many answers were UNAVAILABLE (retried with the same key, at most 3 times); any other
+/// failure fails the caller.
 async fn report_class(
     program: Program,
     edge: String,
     caller: usize,
-) -> anyhow::Result<Vec<(String, String, String, bool)>> {
+) -> anyhow::Result<(Vec<(String, String, String, bool)>, usize)> {
     let mut client = ConversionsClient::connect(edge).await?;
     // The callers of a class go through the same keys in the same order, so a key's callers
     // arrive at both attribution replicas at about the same moment.
     let keys: Vec<usize> = (0..KEYS).filter(|k| k % KEY_CLASSES == caller % KEY_CLASSES).collect();
     let mut seen = Vec::with_capacity(keys.len());
+    let mut retried = 0;
     for key in keys {
         let external_id = format!("order-{key}");
-        let reply = tokio::time::timeout(
-            Duration::from_secs(30),
-            client.report_conversion(program.authed(program.report(external_id.clone()))?),
-        )
-        .await
-        .map_err(|_| anyhow::anyhow!("caller {caller}: {external_id} timed out"))?
-        .map_err(|status| anyhow::anyhow!("caller {caller}: {external_id} failed: {status}"))?
-        .into_inner();
+        let mut attempts = 0;
+        let reply = loop {
+            attempts += 1;
+            let answer = tokio::time::timeout(
+                Duration::from_secs(30),
+                client.report_conversion(program.authed(program.report(external_id.clone()))?),
+            )
+            .await
+            .map_err(|_| anyhow::anyhow!("caller {caller}: {external_id} timed out"))?;
+            match answer {
+                Err(status) if status.code() == tonic::Code::Unavailable && attempts < 3 => {
+                    retried += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => {
+                    break other
+                        .map_err(|status| anyhow::anyhow!("caller {caller}: {external_id} failed: {status}"))?
+                        .into_inner();
+                }
+            }
+        };
         let conversion = reply.conversion.unwrap_or_default();
         seen.push((
             external_id,
@@ -123,5 +147,5 @@ async fn report_class(
             reply.duplicate,
         ));
     }
-    Ok(seen)
+    Ok((seen, retried))
 }
