@@ -1,7 +1,7 @@
 //! Messaging for the services: subject names, the transactional outbox and its relay, the
 //! generic idempotent JetStream consumer, and protobuf request/reply with the typed error.
 //!
-//! The rules it implements (DESIGN.md §4): Postgres is the system of record; an event row is
+//! The rules it implements (docs/architecture.md, "Messaging"): Postgres is the system of record; an event row is
 //! written in the same transaction as the change it announces; the relay publishes with
 //! `Nats-Msg-Id = event_id` and marks rows sent only after the PubAck; consumers apply an event
 //! and record it in their inbox in one transaction, then ack.

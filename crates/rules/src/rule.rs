@@ -1,4 +1,5 @@
-//! The commission rule as written by an owner: a versioned JSON tagged union (DESIGN.md §5).
+//! The commission rule as written by an owner: a versioned JSON tagged union (the README
+//! shows each kind; docs/ledger.md, "Who decides the amount", how it is applied).
 //!
 //! ```json
 //! {"schema":1,"type":"percentage","bps":2000}

@@ -1,4 +1,4 @@
-//! Notification: affiliate e-mails from the other services' events (DESIGN §5 Notification).
+//! Notification: affiliate e-mails from the other services' events (docs/architecture.md, "Notifications").
 //! It only consumes events, so e-mail can never block, delay or roll back money.
 //!
 //! - `domain`: the templates and money formatting (pure);

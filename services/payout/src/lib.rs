@@ -1,5 +1,5 @@
 //! Payout: Stripe Connect payout accounts, payout runs and their items, the Stripe event log and
-//! schedules (DESIGN §5 Payout). Money moves through the commission ledger's two-phase API:
+//! schedules (docs/architecture.md, "Payouts"). Money moves through the commission ledger's two-phase API:
 //! reserve → transfer → post, or void on a definite refusal (docs/ledger.md).
 //!
 //! - `domain`: the plan of a run (threshold, fee, debt, who is skipped and why) and schedules;

@@ -1,6 +1,6 @@
 //! The MCP server: one tool per product operation, each a thin translation to a request.
 //!
-//! Tool names and argument names are the contract of DESIGN.md §6. Domain failures come back as
+//! Tool names and argument names are the contract listed in the README ("MCP tools"). Domain failures come back as
 //! `isError: true` results whose structured content is `{"error": {code, message, status}}`;
 //! only unknown tools and unparsable arguments are protocol errors.
 
