@@ -119,6 +119,10 @@ pub async fn digests(pool: PgPool, every: Duration, shutdown: CancellationToken)
 /// how many this call built (another job racing it builds the rest, never the same ones).
 pub async fn build_digests(pool: &PgPool, ended_by: DateTime<Utc>) -> Result<usize, sqlx::Error> {
     let mut built = 0;
+    {
+        let mut conn = pool.acquire().await?;
+        store::forget_old_pending(&mut conn).await?;
+    }
     loop {
         let due = {
             let mut conn = pool.acquire().await?;

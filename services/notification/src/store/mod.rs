@@ -369,6 +369,19 @@ pub async fn claim_digest(conn: &mut PgConnection, org_id: &str, period: &str) -
     Ok(inserted.rows_affected() == 1)
 }
 
+/// Drops the commissions of digests built more than a week ago: one row per approved sale must
+/// not outlive its digest for ever (100 k sales a day would be 100 k rows a day). The digest's
+/// own row stays and keeps the period from being built again.
+pub async fn forget_old_pending(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "DELETE FROM pending_commissions p USING digests d \
+         WHERE d.org_id = p.org_id AND d.period = p.period AND d.created_at < now() - interval '7 days'",
+    )
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
 /// One program's share of a digest.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct DigestLine {
