@@ -14,7 +14,11 @@
 //! outcome that is unknown (5xx, timeout) is looked up at Stripe before anything is sent again:
 //! a charge by the owner's PaymentIntents, a transfer by its run's `transfer_group`; a transfer
 //! still absent after the grace period has its reservation voided.
+//!
+//! Once every item is final the unused part of the charge is refunded and `payout.run_completed`
+//! tells the owner how the run ended (in the transaction that settles the funding: once per run).
 
+use crate::domain::summary;
 use crate::store::{self, ItemRow, RunFunding, RunRow};
 use crate::stripe::{ItemTransfer, RunCharge, Stripe, StripeError};
 use amba_bus::Namespace;
@@ -330,7 +334,64 @@ impl Settler {
         }
         funding.funding_settled = true;
         store::set_funding(&mut tx, run_id, &funding).await.map_err(db_error)?;
-        tx.commit().await.map_err(db_error)
+        self.run_completed(&mut tx, &run, &funding, &items).await?;
+        tx.commit().await.map_err(db_error)?;
+        self.waker.wake();
+        Ok(())
+    }
+
+    /// Tells the owner how the run ended (`payout.run_completed`), in the transaction that
+    /// settles its funding: once per run.
+    async fn run_completed(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        run: &RunRow,
+        funding: &RunFunding,
+        items: &[ItemRow],
+    ) -> Result<(), ApiError> {
+        let summary = summary::summarize(
+            items.iter().map(|i| summary::Item {
+                status: &i.status,
+                gross_minor: i.gross_minor,
+                fee_minor: i.fee_minor,
+                debt_minor: i.debt_minor,
+                net_minor: i.net_minor,
+                reason: i.reason.as_deref(),
+                transfer_attempted: i.transfer_attempted,
+            }),
+            funding.funding_minor,
+            funding.refunded_minor,
+        );
+        tracing::info!(payout_run_id = %run.payout_run_id, paid = summary.paid_count, failed = summary.failed_count, refunded_minor = summary.refunded_minor, "payout run completed");
+        let program = store::program(tx, &run.program_id).await.map_err(db_error)?;
+        let meta = new_meta();
+        let mut run_proto = crate::rpc::run_proto(run, &[]);
+        run_proto.funding = Some(funding.to_proto());
+        run_proto.items_total = u32::try_from(items.len()).unwrap_or(u32::MAX);
+        let body = pb::PayoutRunChanged {
+            meta: Some(meta.clone()),
+            program_id: run.program_id.clone(),
+            owner_org_id: funding.owner_org_id.clone().unwrap_or_default(),
+            program_name: program.map(|p| p.name).unwrap_or_default(),
+            run: Some(run_proto),
+            summary: Some(pb::PayoutRunSummary {
+                paid_count: summary.paid_count,
+                paid_net_minor: summary.paid_net_minor,
+                fee_minor: summary.fee_minor,
+                debt_minor: summary.debt_minor,
+                failed_count: summary.failed_count,
+                failed_gross_minor: summary.failed_gross_minor,
+                failure_reasons: summary.failure_reasons,
+                charged_minor: summary.charged_minor,
+                refunded_minor: summary.refunded_minor,
+            }),
+        };
+        amba_bus::outbox::enqueue(
+            tx,
+            &OutboxEvent::new(self.ns.event("payout", "run_completed"), &meta, &body),
+        )
+        .await
+        .map_err(db_error)
     }
 
     /// Records a failed charge and tells the owner (`payout.funding_failed`); the items are voided
@@ -355,6 +416,7 @@ impl Settler {
             owner_org_id: funding.owner_org_id.clone().unwrap_or_default(),
             program_name: program.map(|p| p.name).unwrap_or_default(),
             run: Some(run_proto),
+            summary: None,
         };
         amba_bus::outbox::enqueue(
             &mut tx,

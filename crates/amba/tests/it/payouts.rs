@@ -5,6 +5,7 @@
 //! signatures. `amba ledger verify` after each scenario.
 
 use crate::support::{Org, active_program, enroll, org, text};
+use amba_proto::wire as pb;
 use amba_stripe_fake::{FakeStripe, Fault, FaultKind};
 use amba_testkit::{TestSystem, eventually};
 use serde_json::{Value, json};
@@ -852,6 +853,30 @@ async fn what_a_run_charged_but_could_not_pay_is_refunded_once() -> anyhow::Resu
     assert_eq!(refunds[0]["amount"].as_i64(), Some(refused_gross));
     assert_eq!(refunds[0]["charge"], settled["funding"]["charge_id"]);
     assert_eq!(refunds[0]["metadata"]["payout_run_id"], settled["payout_run_id"]);
+    // The owner is told how the run ended, once: one paid, one refused and refunded.
+    let paid = items(&run)
+        .into_iter()
+        .find(|i| i["status"] != "failed")
+        .ok_or_else(|| anyhow::anyhow!("no paid item: {run}"))?;
+    let summary = run_summary(&sys, &p.owner, text(&settled["payout_run_id"])).await?;
+    assert_eq!(
+        (
+            (summary.paid_count, summary.paid_net_minor, summary.fee_minor),
+            (summary.failed_count, summary.failed_gross_minor),
+            (summary.charged_minor, summary.refunded_minor),
+        ),
+        (
+            (
+                1,
+                paid["net_minor"].as_i64().unwrap_or(-1),
+                paid["fee_minor"].as_i64().unwrap_or(-1)
+            ),
+            (1, refused_gross),
+            (2800, refused_gross),
+        ),
+        "{summary:?}"
+    );
+    assert_eq!(summary.failure_reasons, [text(&refused[0]["reason"])], "{summary:?}");
     let unpaid = if refused[0]["affiliate_org_id"] == p.ann.id.as_str() {
         &p.ann
     } else {
@@ -874,6 +899,18 @@ async fn what_a_run_charged_but_could_not_pay_is_refunded_once() -> anyhow::Resu
         "{again}"
     );
     assert!(items(&again).iter().all(|i| i["status"] != "failed"), "{again}");
+    let summary = run_summary(&sys, &p.owner, text(&again["payout_run_id"])).await?;
+    assert_eq!(
+        (
+            summary.paid_count,
+            summary.failed_count,
+            summary.charged_minor,
+            summary.refunded_minor
+        ),
+        (1, 0, refused_gross, 0),
+        "{summary:?}"
+    );
+    assert!(summary.failure_reasons.is_empty(), "{summary:?}");
     let charged: i64 = fake
         .payment_intents()
         .iter()
@@ -893,6 +930,7 @@ async fn what_a_run_charged_but_could_not_pay_is_refunded_once() -> anyhow::Resu
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(fake.refunds().len(), 1, "a settled run is refunded once");
+    assert_eq!(run_completed(&sys, text(&settled["payout_run_id"])).await?.len(), 1);
     verify_ledger(&sys)?;
     sys.stop().await
 }
@@ -1059,6 +1097,58 @@ async fn runs_of(p: &Program) -> anyhow::Result<Vec<Value>> {
         .ok("amba_affiliate_payouts_list", json!({"program_id": p.program}))
         .await?;
     Ok(listed["runs"].as_array().cloned().unwrap_or_default())
+}
+
+/// The `payout.run_completed` events of a run on JetStream.
+async fn run_completed(sys: &TestSystem, run_id: &str) -> anyhow::Result<Vec<pb::PayoutRunChanged>> {
+    use amba_proto::Message;
+    use futures::StreamExt;
+    let stream = sys.bus.js.get_stream(sys.bus.ns.events_stream("payout")).await?;
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            filter_subject: sys.bus.ns.event("payout", "run_completed"),
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer
+        .fetch()
+        .max_messages(100)
+        .expires(Duration::from_millis(500))
+        .messages()
+        .await?;
+    let mut found = Vec::new();
+    while let Some(message) = messages.next().await {
+        let message = message.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let event = pb::PayoutRunChanged::decode(message.payload.clone())?;
+        if event.run.as_ref().is_some_and(|r| r.payout_run_id == run_id) {
+            found.push(event);
+        }
+    }
+    Ok(found)
+}
+
+/// The summary of a run's one `payout.run_completed` event (to `owner`), once it is published.
+async fn run_summary(sys: &TestSystem, owner: &Org, run_id: &str) -> anyhow::Result<pb::PayoutRunSummary> {
+    let events = eventually(WAIT, "payout.run_completed", || async {
+        let events = run_completed(sys, run_id).await?;
+        Ok((!events.is_empty()).then_some(events))
+    })
+    .await?;
+    assert_eq!(events.len(), 1, "one payout.run_completed per run: {events:?}");
+    let event = &events[0];
+    let run = event.run.clone().unwrap_or_default();
+    assert!(
+        run.items.is_empty() && run.funding.is_some_and(|f| f.status == "succeeded"),
+        "{event:?}"
+    );
+    assert!(
+        event.owner_org_id == owner.id && !event.program_name.is_empty(),
+        "{event:?}"
+    );
+    event
+        .summary
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("no summary: {event:?}"))
 }
 
 #[tokio::test]

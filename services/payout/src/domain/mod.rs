@@ -1,4 +1,5 @@
-//! Pure payout rules: who is paid what in a run, and when schedules fall due.
+//! Pure payout rules: who is paid what in a run, when schedules fall due, and how a run ended.
 
 pub mod plan;
 pub mod schedule;
+pub mod summary;
