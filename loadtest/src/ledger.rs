@@ -52,6 +52,8 @@ pub async fn booked_lag(
 }
 
 pub struct CatchUp {
+    /// The program's approved conversions (attribution's count when ingest stopped).
+    pub approved: i64,
     /// Approved conversions the ledger still had to book when ingest stopped.
     pub backlog: i64,
     /// How long until every approved conversion was booked; `None`: not within the timeout.
@@ -125,6 +127,7 @@ pub async fn catch_up(
         settled.saturating_sub(from_seq) as f64 / from.elapsed().as_secs_f64().max(0.001)
     });
     Ok(CatchUp {
+        approved,
         backlog: approved - at_start,
         after: (last >= approved).then(|| phase_end.elapsed()),
         rate,

@@ -6,11 +6,17 @@
 //!     [--unary-callers 64] [--unary-seconds 20] [--mcp-callers 8] [--mcp-seconds 10] [--max-count 3000000]
 //!     [--http http://127.0.0.1:8080] [--grpc http://127.0.0.1:50051]
 //!     [--database-url postgres://postgres@127.0.0.1:5432/amba] [--nats nats://127.0.0.1:4222] [--namespace amba]
-//!     [--pid <system pid>] [--ledger-wait 600] [--affiliates 1]
+//!     [--pid <system pid>] [--service-pid NAME=PID ...] [--ledger-wait 600] [--affiliates 1]
 //! ```
 //! (`amba-loadtest --help` describes each flag; `--database-url`, `--nats` and `--namespace` also
 //! read AMBA_DATABASE_URL, AMBA_NATS_URL and AMBA_NAMESPACE.)
 //! `--affiliates N` enrolls N affiliates and skews the reports: half go to the hottest 1 %.
+//! `--service-pid NAME=PID` (repeatable, e.g. `--service-pid notification=1234 --service-pid
+//! edge=1240`) names the processes of services run apart (`amba serve <service>`): the summary
+//! prints each one's CPU time over the run and per phase, with the `--pid` process's, its share
+//! of the listed processes' CPU and of the machine's (cores × wall time). The summary also prints
+//! the e-mails the run made the notification service write (`notification.emails`): by status,
+//! by template, per 100 approved conversions and still queued at the end.
 //! Loopback only: every target must be 127.0.0.0/8 or localhost. Every phase is bounded by its
 //! time and by `--max-count`, so the tool always stops by itself.
 //!
@@ -18,9 +24,11 @@
 //! start the system with the budgets of docs/performance.md ([`BUDGETS_HINT`]). A call refused
 //! with `RATE_LIMITED` is counted apart, and a run that saw any fails after printing its figures.
 
+mod cpu;
 mod floor;
 mod lag;
 mod ledger;
+mod mails;
 mod memory;
 mod phases;
 mod setup;
@@ -44,6 +52,8 @@ pub struct Options {
     pub mcp_seconds: Duration,
     pub max_count: u64,
     pub pid: Option<u32>,
+    /// Processes of services run apart, whose CPU time to measure (`--service-pid NAME=PID`).
+    pub service_pids: Vec<(String, u32)>,
     /// How long to wait for the commission ledger to book every approved conversion after the
     /// streaming phase (`--ledger-wait`, seconds).
     pub ledger_wait: Duration,
@@ -113,9 +123,14 @@ struct Cli {
     /// At most this many reports in any phase
     #[arg(long, value_name = "COUNT", default_value_t = 3_000_000)]
     max_count: u64,
-    /// The system process whose memory to watch [default: a running `amba dev` or `amba serve`]
+    /// The system process whose memory and CPU time to watch [default: a running `amba dev` or
+    /// `amba serve`]
     #[arg(long)]
     pid: Option<u32>,
+    /// A service's process, whose CPU time to measure (services run apart: `amba serve
+    /// <service>`); repeatable: --service-pid notification=1234 --service-pid edge=1240
+    #[arg(long = "service-pid", value_name = "NAME=PID", value_parser = parse_service_pid)]
+    service_pid: Vec<(String, u32)>,
     /// Seconds to wait for the commission ledger to book every approved conversion after the
     /// streaming phase
     #[arg(long, value_name = "SECONDS", default_value_t = 600)]
@@ -142,6 +157,7 @@ impl Cli {
             mcp_seconds: Duration::from_secs(self.mcp_seconds),
             max_count: self.max_count,
             pid: self.pid,
+            service_pids: self.service_pid,
             ledger_wait: Duration::from_secs(self.ledger_wait),
             affiliates: self.affiliates,
         };
@@ -153,6 +169,36 @@ impl Cli {
         }
         Ok(options)
     }
+}
+
+/// `NAME=PID` of `--service-pid`.
+fn parse_service_pid(value: &str) -> Result<(String, u32), String> {
+    let (name, pid) = value
+        .split_once('=')
+        .ok_or_else(|| format!("{value:?} is not NAME=PID"))?;
+    let pid = pid.trim().parse().map_err(|_| format!("{pid:?} is not a process id"))?;
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(format!("{value:?} has no NAME"));
+    }
+    Ok((name.to_owned(), pid))
+}
+
+/// The processes whose CPU time to measure: the system process (`--pid` or the one found) and
+/// every `--service-pid`, each once.
+fn cpu_processes(pid: Option<u32>, service_pids: &[(String, u32)]) -> anyhow::Result<Vec<(String, u32)>> {
+    for (name, pid) in service_pids {
+        anyhow::ensure!(
+            cpu::ticks(*pid).is_some(),
+            "--service-pid {name}={pid}: no such process"
+        );
+    }
+    let mut processes = Vec::new();
+    if let Some(pid) = pid.filter(|p| !service_pids.iter().any(|(_, s)| s == p)) {
+        processes.push((cpu::describe(pid), pid));
+    }
+    processes.extend(service_pids.iter().cloned());
+    Ok(processes)
 }
 
 fn is_loopback(url: &str) -> bool {
@@ -207,12 +253,16 @@ async fn main() -> anyhow::Result<()> {
     let pid = options.pid.or_else(find_system_pid);
     let memory = pid.map(memory::Sampler::start);
     let rss_start = pid.and_then(memory::rss_mib);
+    let mut cpu = cpu::Watch::start(cpu_processes(pid, &options.service_pids)?, "setup");
+    let run_from = mails::database_now(&options.database_url).await?;
     println!(
         "amba-loadtest against {} / {} (system pid {pid:?})",
         options.http, options.grpc
     );
 
     let world = setup::prepare(&options).await?;
+    let load_from = mails::database_now(&options.database_url).await?;
+    cpu.mark("unary+MCP");
     println!(
         "program {} with {} affiliates' codes ready ({} hot); owner token obtained by signup over MCP",
         world.program_id,
@@ -233,7 +283,9 @@ async fn main() -> anyhow::Result<()> {
     let lag_calls = lag.take();
     let booked_before = ledger::booked_count(&options.database_url, &world.program_id).await?;
     let streaming_from = memory.as_ref().map(memory::Sampler::now);
+    cpu.mark("streaming");
     let streaming = phases::streaming(&options, &world).await?;
+    cpu.mark("catch-up");
     let streaming_to = memory.as_ref().map(memory::Sampler::now);
     let streaming_end = std::time::Instant::now();
     let booked_while_streaming = ledger::booked_count(&options.database_url, &world.program_id).await? - booked_before;
@@ -249,6 +301,8 @@ async fn main() -> anyhow::Result<()> {
         options.ledger_wait,
     )
     .await?;
+    cpu.mark("end");
+    let mails = mails::count(&options.database_url, run_from, load_from).await?;
     let booked_unary = ledger::booked_lag(&options.database_url, &world.program_id, unary_from, mcp_from).await?;
     let booked_mcp = ledger::booked_lag(&options.database_url, &world.program_id, mcp_from, mcp_to).await?;
     let floor = floor::measure(&options.database_url, streaming.ok.clamp(10_000, 1_000_000)).await?;
@@ -308,6 +362,12 @@ async fn main() -> anyhow::Result<()> {
         }
         _ => println!("system RSS: unknown (pass --pid)"),
     }
+    for line in cpu.summary() {
+        println!("{line}");
+    }
+    for line in mails::summary(mails.as_ref(), catch_up.approved) {
+        println!("{line}");
+    }
     let limited = streaming.limited + unary.limited + mcp.limited;
     if limited > 0 {
         println!("!! {limited} calls or reports were refused RATE_LIMITED: these figures measure the budgets");
@@ -357,11 +417,22 @@ mod tests {
             "1000",
             "--pid",
             "42",
+            "--service-pid",
+            "notification=1234",
+            "--service-pid",
+            "edge=1240",
         ])?;
         let options = cli.into_options()?;
         assert_eq!(options.database_url, "postgres://postgres@127.0.0.1:5432/amba_load");
         assert_eq!(options.unary_seconds, Duration::from_secs(20));
         assert_eq!((options.affiliates, options.pid, options.streams), (1000, Some(42), 8));
+        assert_eq!(
+            options.service_pids,
+            [("notification".to_owned(), 1234), ("edge".to_owned(), 1240)]
+        );
+        assert!(Cli::try_parse_from(["amba-loadtest", "--service-pid", "notification"]).is_err());
+        assert!(Cli::try_parse_from(["amba-loadtest", "--service-pid", "=12"]).is_err());
+        assert!(Cli::try_parse_from(["amba-loadtest", "--service-pid", "edge=x"]).is_err());
         assert!(
             Cli::try_parse_from(["amba-loadtest", "--http", "http://10.0.0.1:8080"])?
                 .into_options()
