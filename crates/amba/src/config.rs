@@ -57,6 +57,9 @@ pub struct Settings {
     pub smtp_url: Option<Secret>,
     /// `AMBA_MAIL_FROM`: the From of every e-mail; default `Amba Affiliate <no-reply@<public host>>`.
     pub mail_from: String,
+    /// E-mail send budgets: `AMBA_MAIL_INVITATIONS_PER_HOUR` (per program owner's org, default
+    /// 500) and `AMBA_MAIL_PER_RECIPIENT_PER_DAY` (e-mails outside summaries per org, default 100).
+    pub mail_budgets: amba_notification::consumers::Budgets,
     /// `AMBA_DATA_DIR` (default `.amba`): a PostgreSQL/NATS `amba dev` starts, and e-mails as
     /// `.eml` files under `mail/` when there is no `AMBA_SMTP_URL`.
     pub data_dir: std::path::PathBuf,
@@ -262,6 +265,10 @@ impl Settings {
             smtp_url: smtp_url.map(Secret::new),
             org_budgets: amba_edge::rate_limit::OrgBudgets::from_vars(get)
                 .map_err(|(variable, problem)| bad(variable, problem))?,
+            mail_budgets: amba_notification::consumers::Budgets {
+                invitations_per_org_per_hour: count(&get, "AMBA_MAIL_INVITATIONS_PER_HOUR", 500)?,
+                per_recipient_per_day: count(&get, "AMBA_MAIL_PER_RECIPIENT_PER_DAY", 100)?,
+            },
             data_dir: get("AMBA_DATA_DIR").map(Into::into).unwrap_or_else(|| ".amba".into()),
             mail_from: match get("AMBA_MAIL_FROM") {
                 Some(from) if from.contains('@') => from,
@@ -312,6 +319,18 @@ fn seconds(
             .filter(|s| *s > 0)
             .map(std::time::Duration::from_secs)
             .ok_or_else(|| bad(variable, format!("{v:?} is not a whole number of seconds (1 or more)"))),
+    }
+}
+
+fn count(get: &impl Fn(&str) -> Option<String>, variable: &'static str, default: u32) -> Result<u32, ConfigError> {
+    match get(variable) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| bad(variable, format!("{v:?} is not a whole number (1 or more)"))),
     }
 }
 

@@ -637,6 +637,7 @@ pub fn notification_config(settings: &Settings) -> Result<amba_notification::Not
         send_interval: std::time::Duration::from_millis(250),
         digest_interval: std::time::Duration::from_secs(30),
         link_secret: settings.link_secret.clone(),
+        budgets: settings.mail_budgets,
     })
 }
 

@@ -41,6 +41,8 @@ pub struct NotificationConfig {
     /// `AMBA_LINK_SECRET`: signs one-click unsubscribe links (without it, e-mails link to the
     /// preferences page only: a per-process key would break links on restart).
     pub link_secret: Option<amba_core::secret::Secret>,
+    /// Send budgets per sending and per receiving org.
+    pub budgets: consumers::Budgets,
 }
 
 /// Applies this service's migrations (also done by [`run`]).
@@ -52,10 +54,10 @@ pub async fn migrate(database_url: &str) -> Result<(), RunError> {
 
 /// The durable consumers this service reads: declared by `amba migrate`, bound by [`run`].
 pub fn consumer_specs(ns: &amba_bus::Namespace) -> [ConsumerSpec; 4] {
-    // Only what leads to an e-mail: clicks and unapproved conversions never reach this service.
+    // Only what leads to an e-mail: clicks never reach this service.
     let sources = [
         ("enrollment", String::new()),
-        ("attribution", ns.event("conversion", "approved")),
+        ("attribution", ns.event("conversion", "*")),
         ("commission", ns.event("commission", "clawed_back")),
         ("payout", String::new()),
     ];
@@ -73,6 +75,7 @@ pub async fn run(
     let ns = bus.ns.clone();
     let handler = Arc::new(consumers::Events {
         public_url: config.public_url.clone(),
+        budgets: config.budgets,
     });
     let mut consumers = Vec::new();
     for spec in consumer_specs(&ns) {

@@ -113,7 +113,12 @@ async fn invite_activation_approval_payout_and_clawback_each_send_one_email() ->
         .ok("amba_affiliate_payout_run", json!({"program_id": program}))
         .await?;
     assert_eq!(run["items"][0]["status"], "paid", "{run}");
-    mail_for(&sink, to, "Payout of $24.69 sent for Acme Partners").await?;
+    let mail = mail_for(&sink, to, "Payout of $24.69 sent for Acme Partners").await?;
+    assert!(
+        mail.body().contains("Commission earned: $24.69") && mail.body().contains("Sent to you: $24.69"),
+        "the payout mail says how its amount was reached: {}",
+        mail.body()
+    );
 
     // A refund after the payout: reversed, and carried forward as debt.
     let conversions = owner
@@ -144,7 +149,10 @@ async fn invite_activation_approval_payout_and_clawback_each_send_one_email() ->
     let log = notifications(&ann).await?;
     assert_eq!(log.len(), 6);
     assert!(log.iter().all(|n| n["status"] == "sent"), "{log:?}");
-    assert!(notifications(&owner).await?.is_empty(), "owners get none of these");
+    assert!(
+        notifications(&owner).await?.is_empty(),
+        "owners get none of these at once"
+    );
 
     // Replaying the event streams through the consumer queues and sends nothing new.
     let replayed = replay_streams(&sys).await?;
@@ -152,6 +160,16 @@ async fn invite_activation_approval_payout_and_clawback_each_send_one_email() ->
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(sink.received().len(), 6);
     assert_eq!(notifications(&ann).await?.len(), 6);
+
+    // The owner's summary of the run (instant by default: within 10 minutes).
+    let pool = sys.service_pool("notification").await?;
+    entries(&pool, &owner, "payout_run_summary", 1).await?;
+    amba_notification::jobs::build_digests(&pool, after_every_period()).await?;
+    pool.close().await;
+    let mail = mail_for(&sink, "mailowner@example.com", "payout run").await?;
+    let body = mail.body();
+    assert!(body.contains("1 affiliate paid $24.69"), "{body}");
+    assert!(body.contains("Charged to your payment method: $24.69"), "{body}");
     sys.stop().await
 }
 
@@ -165,6 +183,7 @@ async fn replay_streams(sys: &TestSystem) -> anyhow::Result<usize> {
     let pool = sys.service_pool("notification").await?;
     let handler = amba_notification::consumers::Events {
         public_url: sys.settings.public_url.clone(),
+        budgets: sys.settings.mail_budgets,
     };
     let mut replayed = 0;
     for stream in ["enrollment", "attribution", "commission", "payout"] {
@@ -307,16 +326,22 @@ fn after_every_period() -> chrono::DateTime<chrono::Utc> {
 /// Commissions of `org` waiting for a digest, once `count` of them are recorded.
 async fn pending(sys: &TestSystem, org: &Org, count: i64) -> anyhow::Result<()> {
     let pool = sys.service_pool("notification").await?;
-    eventually(WAIT, "the commissions recorded for the digest", || async {
-        let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM pending_commissions WHERE org_id = $1")
+    entries(&pool, org, "conversion_approved", count).await?;
+    pool.close().await;
+    Ok(())
+}
+
+/// Waits until `org` has `count` digest entries of `kind`.
+async fn entries(pool: &sqlx::PgPool, org: &Org, kind: &str, count: i64) -> anyhow::Result<()> {
+    eventually(WAIT, &format!("{count} {kind} entries for the digest"), || async {
+        let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM digest_entries WHERE org_id = $1 AND kind = $2")
             .bind(&org.id)
-            .fetch_one(&pool)
+            .bind(kind)
+            .fetch_one(pool)
             .await?;
         Ok((recorded == count).then_some(()))
     })
-    .await?;
-    pool.close().await;
-    Ok(())
+    .await
 }
 
 /// Digests built for `org`.
@@ -361,7 +386,7 @@ async fn the_first_commission_is_mailed_at_once_and_later_ones_in_one_exact_dige
     pending(&sys, &ann, 40).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(count(&sink, to, "earned"), 1, "later commissions wait for the digest");
-    assert_eq!(count(&sink, to, "summary"), 0);
+    assert_eq!(count(&sink, to, "Your summary"), 0);
 
     // Two digest jobs racing for the ended periods build one digest; a third run finds none.
     let pool = sys.service_pool("notification").await?;
@@ -375,7 +400,7 @@ async fn the_first_commission_is_mailed_at_once_and_later_ones_in_one_exact_dige
     assert_eq!(amba_notification::jobs::build_digests(&pool, at).await?, 0);
     assert_eq!(digests(&pool, &ann).await?, 1);
     pool.close().await;
-    let mail = mail_for(&sink, to, "Your commission summary: 40 approved sales").await?;
+    let mail = mail_for(&sink, to, ": 40 approved sales").await?;
     let body = mail.body();
     assert!(
         body.contains("\"Digest Partners\": 40 approved sales, commission $88.20"),
@@ -384,7 +409,7 @@ async fn the_first_commission_is_mailed_at_once_and_later_ones_in_one_exact_dige
     assert!(body.contains("Largest sales: $12.00, $11.95, $11.90"), "{body}");
     assert!(!mail.data.contains("d-4"), "no external_id: {}", mail.data);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(count(&sink, to, "summary"), 1);
+    assert_eq!(count(&sink, to, "Your summary"), 1);
     sys.stop().await
 }
 
@@ -433,7 +458,7 @@ async fn instant_coalesces_off_records_nothing_and_bad_frequencies_are_refused()
     let built = usize::try_from(digests(&pool, &ann).await?)?;
     assert!((1..=2).contains(&built), "{built}");
     eventually(WAIT, "the instant summaries", || async {
-        Ok((count(&sink, to, "summary") == built).then_some(()))
+        Ok((count(&sink, to, "Your summary") == built).then_some(()))
     })
     .await?;
 
@@ -464,7 +489,7 @@ async fn instant_coalesces_off_records_nothing_and_bad_frequencies_are_refused()
         0
     );
     pool.close().await;
-    assert_eq!(count(&sink, to, "summary"), built);
+    assert_eq!(count(&sink, to, "Your summary"), built);
     sys.stop().await
 }
 
@@ -562,5 +587,242 @@ async fn the_html_part_escapes_what_others_wrote() -> anyhow::Result<()> {
     assert!(plain.contains("Content-Type: text/plain") && plain.contains("\"<script>alert(1)</script>\""));
     assert!(html.contains("&lt;script&gt;alert(1)&lt;&#x2f;script&gt;"), "{html}");
     assert!(!html.contains("<script>"), "{html}");
+    sys.stop().await
+}
+
+/// (program_id, period) of `org`'s digest entries of `kind`.
+async fn periods(pool: &sqlx::PgPool, org: &Org, kind: &str) -> anyhow::Result<Vec<(String, String)>> {
+    Ok(sqlx::query_as(
+        "SELECT program_id, period FROM digest_entries WHERE org_id = $1 AND kind = $2 ORDER BY program_id, period",
+    )
+    .bind(&org.id)
+    .bind(kind)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// The setting of `kind` in a preferences reply.
+fn setting(reply: &Value, kind: &str) -> Value {
+    reply["preferences"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["kind"] == kind))
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_program_s_own_settings_win_over_the_org_s() -> anyhow::Result<()> {
+    let sink = SmtpSink::start().await?;
+    let sys = TestSystem::start_with(&[("AMBA_SMTP_URL", &sink.url())]).await?;
+    let owner = org(&sys, "ScopeOwner").await?;
+    let ann = org(&sys, "ScopeAnn").await?;
+    let quiet = active_program(&owner, json!({"name": "Quiet", "hold_days": 0})).await?;
+    let busy = active_program(&owner, json!({"name": "Busy", "hold_days": 0})).await?;
+    let quiet_code = text(&enroll(&owner, &ann, &quiet, None).await?["code"]).to_owned();
+    let busy_code = text(&enroll(&owner, &ann, &busy, None).await?["code"]).to_owned();
+
+    let set = ann
+        .mcp
+        .ok(
+            "amba_affiliate_notifications_update",
+            json!({"program_id": busy, "conversion_approved_frequency": "instant"}),
+        )
+        .await?;
+    assert_eq!(set["program_id"], json!(busy));
+    let approved = setting(&set, "conversion_approved");
+    assert_eq!(
+        (approved["frequency"].clone(), approved["scope"].clone()),
+        (json!("instant"), json!("program"))
+    );
+    assert_eq!(setting(&set, "clawback")["scope"], "default", "{set}");
+    let own = ann.mcp.ok("amba_affiliate_notifications_get", json!({})).await?;
+    let approved = setting(&own, "conversion_approved");
+    assert_eq!(
+        (approved["frequency"].clone(), approved["scope"].clone()),
+        (json!("daily"), json!("default"))
+    );
+    ann.mcp
+        .ok(
+            "amba_affiliate_notifications_update",
+            json!({"program_id": quiet, "conversion_approved": false}),
+        )
+        .await?;
+    let unknown = ann
+        .mcp
+        .err(
+            "amba_affiliate_notifications_update",
+            json!({"program_id": "prg_nope", "conversion_approved": false}),
+        )
+        .await?;
+    assert!(unknown.to_string().contains("NOT_FOUND"), "{unknown}");
+
+    // Quiet is off: its later commissions are not recorded; Busy's are, in 10-minute windows.
+    for (program, code, key) in [(&quiet, &quiet_code, "q"), (&busy, &busy_code, "b")] {
+        for i in 0..3 {
+            report(&owner, program, &format!("{key}-{i}"), 10_000, code).await?;
+        }
+    }
+    let pool = sys.service_pool("notification").await?;
+    entries(&pool, &ann, "conversion_approved", 2).await?;
+    eventually(WAIT, "every commission booked", || async {
+        let balance = ann.mcp.ok("amba_affiliate_my_balance_get", json!({})).await?;
+        Ok((balance["payable_minor"] == 12_000).then_some(()))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let recorded = periods(&pool, &ann, "conversion_approved").await?;
+    assert_eq!(recorded.len(), 2, "{recorded:?}");
+    assert!(
+        recorded
+            .iter()
+            .all(|(program, period)| *program == busy && period.starts_with("instant:")),
+        "{recorded:?}"
+    );
+    pool.close().await;
+    sys.stop().await
+}
+
+#[tokio::test]
+async fn owners_hear_of_applications_and_waiting_approvals_affiliates_of_rejections() -> anyhow::Result<()> {
+    let sink = SmtpSink::start().await?;
+    let sys = TestSystem::start_with(&[("AMBA_SMTP_URL", &sink.url())]).await?;
+    let owner = org(&sys, "DeskOwner").await?;
+    let cara = org(&sys, "DeskCara").await?;
+    let program = active_program(
+        &owner,
+        json!({"name": "Desk Partners", "approval_mode": "manual", "hold_days": 0}),
+    )
+    .await?;
+    for name in ["DeskAnn", "DeskBob"] {
+        let applicant = org(&sys, name).await?;
+        let applied = applicant
+            .mcp
+            .ok("amba_affiliate_my_program_apply", json!({"program_id": program}))
+            .await?;
+        assert_eq!(applied["status"], "pending", "{applied}");
+    }
+    let code = text(&enroll(&owner, &cara, &program, None).await?["code"]).to_owned();
+    let kept = report(&owner, &program, "w-1", 10_000, &code).await?;
+    let decided = report(&owner, &program, "w-2", 5_000, &code).await?;
+    let pool = sys.service_pool("notification").await?;
+    entries(&pool, &owner, "approvals_waiting", 2).await?;
+    owner
+        .mcp
+        .ok(
+            "amba_affiliate_conversion_reject",
+            json!({"conversion_id": decided["conversion_id"], "reason": "duplicate order"}),
+        )
+        .await?;
+    // Decided before its day was up: no longer waiting.
+    entries(&pool, &owner, "approvals_waiting", 1).await?;
+    entries(&pool, &cara, "conversion_rejected", 1).await?;
+    entries(&pool, &owner, "application_received", 2).await?;
+    let waiting = periods(&pool, &owner, "approvals_waiting").await?;
+    let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1)).date_naive();
+    assert!(
+        waiting
+            .iter()
+            .all(|(_, period)| *period == format!("daily:{tomorrow}") || *period > format!("daily:{tomorrow}")),
+        "a conversion waits a day before it is news: {waiting:?}"
+    );
+
+    amba_notification::jobs::build_digests(&pool, after_every_period()).await?;
+    pool.close().await;
+    let owner_mails: Vec<String> = eventually(WAIT, "the owner's summaries", || async {
+        let mails: Vec<String> = sink
+            .received()
+            .into_iter()
+            .filter(|m| m.to.iter().any(|t| t == "deskowner@example.com"))
+            .map(|m| m.body())
+            .collect();
+        let all = mails.join("\n");
+        Ok((all.contains("new application") && all.contains("waiting")).then_some(mails))
+    })
+    .await?;
+    let all = owner_mails.join("\n");
+    assert!(
+        all.contains("\"Desk Partners\": 2 new applications: DeskAnn, DeskBob"),
+        "{all}"
+    );
+    assert!(all.contains("\"Desk Partners\": 1 conversion waiting"), "{all}");
+    assert!(all.contains("amba_affiliate_affiliate_approve"), "{all}");
+    let mail = mail_for(&sink, "deskcara@example.com", "rejected").await?;
+    let body = mail.body();
+    assert!(body.contains("1 rejected sale worth $50.00"), "{body}");
+    assert!(body.contains("\"duplicate order\" (1)"), "{body}");
+    assert!(!mail.data.contains("w-2"), "no external_id: {}", mail.data);
+    // The kept one is still pending for the owner to decide.
+    let listed = owner
+        .mcp
+        .ok(
+            "amba_affiliate_conversions_list",
+            json!({"program_id": program, "status": "pending"}),
+        )
+        .await?;
+    assert_eq!(listed["conversions"][0]["conversion_id"], kept["conversion_id"]);
+    sys.stop().await
+}
+
+#[tokio::test]
+async fn send_budgets_refuse_floods_and_say_so() -> anyhow::Result<()> {
+    let sink = SmtpSink::start().await?;
+    let sys = TestSystem::start_with(&[
+        ("AMBA_SMTP_URL", &sink.url()),
+        ("AMBA_MAIL_INVITATIONS_PER_HOUR", "2"),
+        ("AMBA_MAIL_PER_RECIPIENT_PER_DAY", "2"),
+    ])
+    .await?;
+    let owner = org(&sys, "BudgetOwner").await?;
+    let program = active_program(&owner, json!({"name": "Budget Partners", "hold_days": 0})).await?;
+    let mut invited = Vec::new();
+    for name in ["BudgetAnn", "BudgetBob", "BudgetCid"] {
+        let affiliate = org(&sys, name).await?;
+        let invitation = owner
+            .mcp
+            .ok(
+                "amba_affiliate_invite",
+                json!({"program_id": program, "affiliate_org_id": affiliate.id}),
+            )
+            .await?;
+        invited.push((affiliate, invitation));
+    }
+    // The third invitation this hour is over the owner's budget: kept as refused, not sent.
+    let (cid, _) = &invited[2];
+    let refused = eventually(WAIT, "the third invitation refused", || async {
+        Ok(notifications(cid).await?.into_iter().find(|n| n["status"] == "refused"))
+    })
+    .await?;
+    assert_eq!(refused["kind"], "invited");
+    assert!(
+        text(&refused["last_error"]).contains("2 invitations per organization per hour"),
+        "{refused}"
+    );
+    mail_for(&sink, "budgetann@example.com", "invited").await?;
+    mail_for(&sink, "budgetbob@example.com", "invited").await?;
+
+    // Ann: the invitation and the activation fill her day; the first commission is refused.
+    let (ann, invitation) = &invited[0];
+    ann.mcp
+        .ok(
+            "amba_affiliate_my_invite_accept",
+            json!({"enrollment_id": invitation["enrollment_id"]}),
+        )
+        .await?;
+    mail_for(&sink, "budgetann@example.com", "You are now an affiliate").await?;
+    report(&owner, &program, "b-1", 10_000, text(&invitation["code"])).await?;
+    let refused = eventually(WAIT, "the commission e-mail refused", || async {
+        Ok(notifications(ann)
+            .await?
+            .into_iter()
+            .find(|n| n["kind"] == "conversion_approved" && n["status"] == "refused"))
+    })
+    .await?;
+    assert!(
+        text(&refused["last_error"]).contains("2 e-mails per organization per day"),
+        "{refused}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(count(&sink, "budgetcid@example.com", "invited"), 0);
+    assert_eq!(count(&sink, "budgetann@example.com", "earned"), 0);
     sys.stop().await
 }

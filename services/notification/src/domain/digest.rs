@@ -1,5 +1,6 @@
-//! How often later commissions are summed into one e-mail, and which period a commission
-//! recorded at a given time belongs to (pure: the consumer and the digest job share it).
+//! Digests: which kinds of e-mail are summed per period instead of sent one by one, how often
+//! (the period an entry recorded at a given time belongs to), and what one digest holds
+//! (pure: the consumer, the digest job and the templates share it).
 
 use chrono::{DateTime, Datelike, Duration, NaiveTime, TimeZone, Utc};
 
@@ -68,6 +69,113 @@ impl Frequency {
             }
         }
     }
+}
+
+/// Kinds summed into digests, with the frequency an org gets until it chooses one. The rest of
+/// [`super::templates::KINDS`] is sent at once.
+pub const DIGEST_KINDS: &[(&str, Frequency)] = &[
+    // After the first commission in a program, which is e-mailed at once.
+    ("conversion_approved", Frequency::Daily),
+    // A sale the owner rejected, with the owner's reason.
+    ("conversion_rejected", Frequency::Daily),
+    // Owners: applications to a program that approves enrollments by hand.
+    ("application_received", Frequency::Daily),
+    // Owners: conversions still pending a day after they were reported.
+    ("approvals_waiting", Frequency::Daily),
+    // Owners: a payout run's outcome once every item is final.
+    ("payout_run_summary", Frequency::Instant),
+];
+
+/// The frequency `kind` has when nobody chose one; `None` for kinds sent at once.
+pub fn default_frequency(kind: &str) -> Option<Frequency> {
+    DIGEST_KINDS.iter().find(|(k, _)| *k == kind).map(|(_, f)| *f)
+}
+
+/// One org's digest for one period: a section per kind, a line per program (sorted by program
+/// name). Empty sections are left out of the e-mail.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Digest {
+    pub approved: Vec<ApprovedLine>,
+    pub rejected: Vec<RejectedLine>,
+    pub applications: Vec<ApplicationsLine>,
+    pub waiting: Vec<WaitingLine>,
+    pub payout_runs: Vec<PayoutRunLine>,
+}
+
+impl Digest {
+    pub fn is_empty(&self) -> bool {
+        self.approved.is_empty()
+            && self.rejected.is_empty()
+            && self.applications.is_empty()
+            && self.waiting.is_empty()
+            && self.payout_runs.is_empty()
+    }
+}
+
+/// Approved commissions in one program and currency.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct ApprovedLine {
+    pub program: String,
+    pub currency: String,
+    pub count: i64,
+    pub commission_minor: i64,
+    /// The largest sale amounts, largest first (at most 3).
+    pub largest_sales_minor: Vec<i64>,
+}
+
+/// Sales the owner rejected in one program and currency, with why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RejectedLine {
+    pub program: String,
+    pub currency: String,
+    pub count: i64,
+    /// The rejected sales' amounts summed.
+    pub sales_minor: i64,
+    /// (the owner's reason, how many sales it was given for), most frequent first (at most 5);
+    /// an empty reason is a rejection without one.
+    pub reasons: Vec<(String, i64)>,
+}
+
+/// New applications to one program (owner's digest).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApplicationsLine {
+    pub program: String,
+    pub count: i64,
+    /// The applicants' organization names, oldest first (at most 5).
+    pub applicants: Vec<String>,
+}
+
+/// Conversions of one program pending for more than a day (owner's digest).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WaitingLine {
+    pub program: String,
+    pub count: i64,
+    /// When the oldest of them was reported.
+    pub oldest_reported_at: DateTime<Utc>,
+}
+
+/// A finished payout run (owner's digest).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PayoutRunLine {
+    pub program: String,
+    pub currency: String,
+    pub payout_run_id: String,
+    pub paid_count: i64,
+    /// What the paid affiliates received.
+    pub paid_net_minor: i64,
+    /// The platform's fees on the paid items.
+    pub fee_minor: i64,
+    /// Affiliates' debts netted from the paid items.
+    pub debt_minor: i64,
+    pub failed_count: i64,
+    /// What could not be paid, and stays payable for the next run.
+    pub failed_gross_minor: i64,
+    /// Why items failed, most frequent first (at most 5).
+    pub failure_reasons: Vec<String>,
+    /// Charged to the owner's payment method for the run.
+    pub charged_minor: i64,
+    /// Given back to the owner because it could not be paid out.
+    pub refunded_minor: i64,
 }
 
 #[cfg(test)]

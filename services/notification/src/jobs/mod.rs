@@ -11,6 +11,7 @@
 //! transaction that queues the e-mail, so a restart or a second replica sends none twice and,
 //! since every ended period without a row is picked up, skips none.
 
+use crate::domain::digest::{DIGEST_KINDS, Digest};
 use crate::domain::templates;
 use crate::mail::{self, Envelope, SendError, Transport};
 use crate::store;
@@ -53,7 +54,9 @@ pub async fn deliver(
             for email in due {
                 let unsubscribe = link_secret
                     .as_ref()
-                    .filter(|_| templates::KINDS.contains(&email.template.as_str()))
+                    .filter(|_| {
+                        email.template == templates::DIGEST || templates::KINDS.contains(&email.template.as_str())
+                    })
                     .and_then(|key| crate::unsubscribe::sign(key.expose().as_bytes(), &email.org_id, &email.template));
                 let outcome = match mail::build(
                     &envelope,
@@ -121,7 +124,7 @@ pub async fn build_digests(pool: &PgPool, ended_by: DateTime<Utc>) -> Result<usi
     let mut built = 0;
     {
         let mut conn = pool.acquire().await?;
-        store::forget_old_pending(&mut conn).await?;
+        store::forget_old_entries(&mut conn).await?;
     }
     loop {
         let due = {
@@ -137,14 +140,26 @@ pub async fn build_digests(pool: &PgPool, ended_by: DateTime<Utc>) -> Result<usi
             if !store::claim_digest(&mut tx, &org_id, &period).await? {
                 continue;
             }
-            let lines = store::digest_lines(&mut tx, &org_id, &period).await?;
+            let digest = store::digest(&mut tx, &org_id, &period).await?;
             let recipients = store::org_emails(&mut tx, &org_id).await?.unwrap_or_default();
-            if !lines.is_empty() && !recipients.is_empty() {
-                // Turned off after the commissions were recorded: logged, not sent.
-                let (enabled, _) = store::approval_setting(&mut tx, &org_id).await?;
-                let mut email = templates::digest(&lines);
+            if !digest.is_empty() && !recipients.is_empty() {
+                // Kinds turned off after their entries were recorded: left out; all off, logged
+                // as suppressed rather than sent.
+                let digest = without_turned_off(&mut tx, &org_id, digest).await?;
+                let (digest, status) = match digest {
+                    Ok(kept) => (kept, "queued"),
+                    Err(all) => (all, "suppressed"),
+                };
+                let email = match templates::digest(&digest, &period) {
+                    Ok(email) => email,
+                    Err(err) => {
+                        // Claimed, so not retried for ever: loud, and the period is skipped.
+                        tracing::error!(%org_id, %period, error = %err, "digest template failed");
+                        tx.commit().await?;
+                        continue;
+                    }
+                };
                 let name = store::org_name(&mut tx, &org_id).await?;
-                email.body = templates::greet(&email.body, name.as_deref());
                 store::insert_email(
                     &mut tx,
                     &store::NewEmail {
@@ -154,8 +169,10 @@ pub async fn build_digests(pool: &PgPool, ended_by: DateTime<Utc>) -> Result<usi
                         org_id: &org_id,
                         recipients: &recipients,
                         subject: &email.subject,
-                        body: &email.body,
-                        status: if enabled { "queued" } else { "suppressed" },
+                        body: &templates::greet(&email.body, name.as_deref()),
+                        status,
+                        sender_org_id: None,
+                        last_error: None,
                     },
                 )
                 .await?;
@@ -164,4 +181,39 @@ pub async fn build_digests(pool: &PgPool, ended_by: DateTime<Utc>) -> Result<usi
             built += 1;
         }
     }
+}
+
+/// `digest` without the sections whose kind the org has turned off since (its own setting; a
+/// program's was applied when the entry was recorded); `Err` with the whole digest when nothing
+/// is left.
+async fn without_turned_off(
+    conn: &mut sqlx::PgConnection,
+    org_id: &str,
+    mut digest: Digest,
+) -> Result<Result<Digest, Digest>, sqlx::Error> {
+    let kinds: Vec<&str> = DIGEST_KINDS.iter().map(|(kind, _)| *kind).collect();
+    let settings = store::settings(conn, org_id, &kinds, "").await?;
+    let off = |kind: &str| {
+        kinds
+            .iter()
+            .zip(&settings)
+            .any(|(k, setting)| *k == kind && !setting.enabled)
+    };
+    let all = digest.clone();
+    if off("conversion_approved") {
+        digest.approved.clear();
+    }
+    if off("conversion_rejected") {
+        digest.rejected.clear();
+    }
+    if off("application_received") {
+        digest.applications.clear();
+    }
+    if off("approvals_waiting") {
+        digest.waiting.clear();
+    }
+    if off("payout_run_summary") {
+        digest.payout_runs.clear();
+    }
+    Ok(if digest.is_empty() { Err(all) } else { Ok(digest) })
 }

@@ -1,8 +1,8 @@
 //! Request/reply: an org's e-mail preferences (with the digest frequency of approvals), the
 //! e-mails sent to it, and one-click unsubscribe by a signed token (no caller).
 
-use crate::domain::digest::Frequency;
-use crate::domain::templates::KINDS;
+use crate::domain::digest::{DIGEST_KINDS, Frequency, default_frequency};
+use crate::domain::templates::{DIGEST, KINDS};
 use crate::store;
 use amba_bus::rpc::{RpcServer, caller, db_error};
 use amba_core::ApiError;
@@ -26,11 +26,16 @@ pub fn server(service: Notification) -> RpcServer {
 }
 
 impl Notification {
-    /// Applies `changes` (if any) and returns every kind with its setting.
+    /// Applies `changes` (if any) in the request's program (or the org's own settings) and returns
+    /// every kind with its setting there.
     #[tracing::instrument(skip_all, err(level = "info"))]
     pub async fn preferences(&self, request: pb::PreferencesRequest) -> Result<pb::PreferencesReply, ApiError> {
         let who = caller(request.caller)?;
+        let program_id = request.program_id.trim();
         let mut tx = self.pool.begin().await.map_err(db_error)?;
+        if !program_id.is_empty() && !store::program_exists(&mut tx, program_id).await.map_err(db_error)? {
+            return Err(ApiError::not_found(format!("program {program_id:?}")));
+        }
         for change in &request.changes {
             if !KINDS.contains(&change.kind.as_str()) {
                 return Err(ApiError::invalid(format!(
@@ -39,70 +44,75 @@ impl Notification {
                     KINDS.join(", ")
                 )));
             }
-            if change.frequency.is_empty() {
-                store::set_preference(&mut tx, &who.org_id, &change.kind, change.enabled)
-                    .await
-                    .map_err(db_error)?;
-                continue;
-            }
-            let frequency = match Frequency::parse(&change.frequency) {
-                Some(f) if change.kind == "conversion_approved" => f,
-                _ => {
-                    return Err(ApiError::invalid(format!(
-                        "conversion_approved_frequency: {:?} is not one of {} (conversion_approved only)",
-                        change.frequency,
-                        Frequency::NAMES.join(", ")
-                    )));
-                }
+            let frequency = match change.frequency.as_str() {
+                "" => None,
+                name => match Frequency::parse(name) {
+                    Some(f) if default_frequency(&change.kind).is_some() => Some(f),
+                    _ => {
+                        return Err(ApiError::invalid(format!(
+                            "{}_frequency: {name:?} is not one of {} (kinds summed into digests only: {})",
+                            change.kind,
+                            Frequency::NAMES.join(", "),
+                            DIGEST_KINDS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
+                        )));
+                    }
+                },
             };
-            let stored = (frequency != Frequency::Off).then(|| frequency.name());
-            store::set_frequency(&mut tx, &who.org_id, stored)
+            // Off keeps the chosen frequency for when the kind is turned on again.
+            let enabled = frequency.map_or(change.enabled, |f| f != Frequency::Off);
+            let stored = frequency.filter(|f| *f != Frequency::Off).map(Frequency::name);
+            store::set_preference(&mut tx, &who.org_id, &change.kind, program_id, enabled, stored)
                 .await
                 .map_err(db_error)?;
         }
-        let stored = store::preferences(&mut tx, &who.org_id).await.map_err(db_error)?;
+        let settings = store::settings(&mut tx, &who.org_id, KINDS, program_id)
+            .await
+            .map_err(db_error)?;
         tx.commit().await.map_err(db_error)?;
         Ok(pb::PreferencesReply {
             preferences: KINDS
                 .iter()
-                .map(|kind| {
-                    let (enabled, frequency) = stored
-                        .iter()
-                        .find(|(k, _, _)| k == kind)
-                        .map_or((true, None), |(_, on, f)| (*on, f.as_deref()));
-                    let frequency = match (*kind, enabled, frequency) {
-                        ("conversion_approved", false, _) => Frequency::Off.name(),
-                        ("conversion_approved", true, f) => f.unwrap_or(Frequency::Daily.name()),
-                        _ => "",
+                .zip(settings)
+                .map(|(kind, setting)| {
+                    let frequency = match default_frequency(kind) {
+                        None => "",
+                        Some(_) if !setting.enabled => Frequency::Off.name(),
+                        Some(default) => setting
+                            .frequency
+                            .as_deref()
+                            .and_then(Frequency::parse)
+                            .unwrap_or(default)
+                            .name(),
                     };
                     pb::NotificationPreference {
                         kind: (*kind).to_owned(),
-                        enabled,
+                        enabled: setting.enabled,
                         frequency: frequency.to_owned(),
+                        scope: setting.scope.to_owned(),
                     }
                 })
                 .collect(),
         })
     }
 
-    /// Turns off the kind of e-mail a signed unsubscribe token names, for its org; again is a
-    /// no-op. No caller: the token is the authority (RFC 8058 one-click, no login).
+    /// Turns off the kind of e-mail a signed unsubscribe token names (a digest's: every kind
+    /// summed into digests), for its org, in every program; again is a no-op. No caller: the
+    /// token is the authority (RFC 8058 one-click, no login).
     #[tracing::instrument(skip_all, err(level = "info"))]
     pub async fn unsubscribe(&self, request: pb::UnsubscribeRequest) -> Result<pb::UnsubscribeReply, ApiError> {
         let (org_id, kind) = self
             .link_secret
             .as_ref()
             .and_then(|key| crate::unsubscribe::verify(key.expose().as_bytes(), &request.token))
-            .filter(|(_, kind)| KINDS.contains(&kind.as_str()))
+            .filter(|(_, kind)| kind == DIGEST || KINDS.contains(&kind.as_str()))
             .ok_or_else(|| ApiError::not_found("unsubscribe link (altered or not issued here)"))?;
-        let mut conn = self.pool.acquire().await.map_err(db_error)?;
-        if kind == "conversion_approved" {
-            // Off, keeping the chosen frequency for when it is turned on again.
-            store::set_frequency(&mut conn, &org_id, None).await
+        let kinds: Vec<&str> = if kind == DIGEST {
+            DIGEST_KINDS.iter().map(|(k, _)| *k).collect()
         } else {
-            store::set_preference(&mut conn, &org_id, &kind, false).await
-        }
-        .map_err(db_error)?;
+            vec![kind.as_str()]
+        };
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        store::turn_off(&mut conn, &org_id, &kinds).await.map_err(db_error)?;
         tracing::info!(%org_id, %kind, "unsubscribed by link");
         Ok(pb::UnsubscribeReply { kind })
     }

@@ -1,6 +1,9 @@
 //! The notification schema: read models (org e-mails, programs), preferences, and e-mails.
 
+use crate::domain::digest::{ApplicationsLine, ApprovedLine, Digest, PayoutRunLine, RejectedLine, WaitingLine};
+use amba_proto::wire as pb;
 use chrono::{DateTime, Utc};
+use prost::Message;
 use sqlx::PgConnection;
 
 /// The org's addresses, and its name when the event carries one (else the known one stays).
@@ -71,6 +74,14 @@ pub async fn upsert_program(
     Ok(())
 }
 
+/// The owner org of a program, if known.
+pub async fn program_owner(conn: &mut PgConnection, program_id: &str) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT owner_org_id FROM programs_view WHERE program_id = $1")
+        .bind(program_id)
+        .fetch_optional(conn)
+        .await
+}
+
 /// (name, currency) of a program.
 pub async fn program(conn: &mut PgConnection, program_id: &str) -> Result<Option<(String, String)>, sqlx::Error> {
     sqlx::query_as("SELECT name, currency FROM programs_view WHERE program_id = $1")
@@ -88,42 +99,135 @@ pub async fn hold_days(conn: &mut PgConnection, program_id: &str) -> Result<Opti
     Ok(hold.flatten())
 }
 
-pub async fn enabled(conn: &mut PgConnection, org_id: &str, kind: &str) -> Result<bool, sqlx::Error> {
-    let enabled: Option<bool> = sqlx::query_scalar("SELECT enabled FROM preferences WHERE org_id = $1 AND kind = $2")
-        .bind(org_id)
-        .bind(kind)
-        .fetch_optional(conn)
-        .await?;
-    Ok(enabled.unwrap_or(true))
+/// An org's setting of one kind in one program: the program's own row wins, then the org's
+/// (`program_id = ''`), then the default (on; a digest kind's default frequency).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Setting {
+    pub enabled: bool,
+    /// The chosen frequency's name (digest kinds), if any row chose one.
+    pub frequency: Option<String>,
+    /// Where `enabled` comes from: program | organization | default.
+    pub scope: &'static str,
 }
 
-/// (kind, enabled, frequency) of every kind the org set.
-pub async fn preferences(
+/// Resolves `rows` — (program_id, enabled, frequency) of one org and kind — for `program_id`.
+fn resolve(rows: &[(String, bool, Option<String>)], program_id: &str) -> Setting {
+    let program = rows.iter().find(|(p, _, _)| !program_id.is_empty() && p == program_id);
+    let org = rows.iter().find(|(p, _, _)| p.is_empty());
+    let (enabled, scope) = match (program, org) {
+        (Some((_, on, _)), _) => (*on, "program"),
+        (None, Some((_, on, _))) => (*on, "organization"),
+        (None, None) => (true, "default"),
+    };
+    let frequency = program
+        .and_then(|(_, _, f)| f.clone())
+        .or_else(|| org.and_then(|(_, _, f)| f.clone()));
+    Setting {
+        enabled,
+        frequency,
+        scope,
+    }
+}
+
+/// The org's setting of `kind` in `program_id` ('' for the org's own).
+pub async fn setting(
     conn: &mut PgConnection,
     org_id: &str,
-) -> Result<Vec<(String, bool, Option<String>)>, sqlx::Error> {
-    sqlx::query_as("SELECT kind, enabled, frequency FROM preferences WHERE org_id = $1")
-        .bind(org_id)
-        .fetch_all(conn)
-        .await
+    kind: &str,
+    program_id: &str,
+) -> Result<Setting, sqlx::Error> {
+    let rows: Vec<(String, bool, Option<String>)> = sqlx::query_as(
+        "SELECT program_id, enabled, frequency FROM preferences WHERE org_id = $1 AND kind = $2 \
+         AND program_id IN ('', $3)",
+    )
+    .bind(org_id)
+    .bind(kind)
+    .bind(program_id)
+    .fetch_all(conn)
+    .await?;
+    Ok(resolve(&rows, program_id))
 }
 
+pub async fn enabled(conn: &mut PgConnection, org_id: &str, kind: &str, program_id: &str) -> Result<bool, sqlx::Error> {
+    Ok(setting(conn, org_id, kind, program_id).await?.enabled)
+}
+
+/// The setting of every kind in `kinds` for `program_id` ('' for the org's own), in order.
+pub async fn settings(
+    conn: &mut PgConnection,
+    org_id: &str,
+    kinds: &[&str],
+    program_id: &str,
+) -> Result<Vec<Setting>, sqlx::Error> {
+    let rows: Vec<(String, String, bool, Option<String>)> = sqlx::query_as(
+        "SELECT kind, program_id, enabled, frequency FROM preferences WHERE org_id = $1 AND program_id IN ('', $2)",
+    )
+    .bind(org_id)
+    .bind(program_id)
+    .fetch_all(conn)
+    .await?;
+    Ok(kinds
+        .iter()
+        .map(|kind| {
+            let of_kind: Vec<_> = rows
+                .iter()
+                .filter(|(k, _, _, _)| k == kind)
+                .map(|(_, p, on, f)| (p.clone(), *on, f.clone()))
+                .collect();
+            resolve(&of_kind, program_id)
+        })
+        .collect())
+}
+
+/// Turns `kind` on or off in `program_id` ('' for the org's own), keeping its frequency; with a
+/// `frequency`, sets that too.
 pub async fn set_preference(
     conn: &mut PgConnection,
     org_id: &str,
     kind: &str,
+    program_id: &str,
     enabled: bool,
+    frequency: Option<&str>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO preferences (org_id, kind, enabled) VALUES ($1, $2, $3) \
-         ON CONFLICT (org_id, kind) DO UPDATE SET enabled = EXCLUDED.enabled",
+        "INSERT INTO preferences (org_id, kind, program_id, enabled, frequency) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (org_id, kind, program_id) DO UPDATE SET enabled = EXCLUDED.enabled, \
+         frequency = COALESCE(EXCLUDED.frequency, preferences.frequency)",
     )
     .bind(org_id)
     .bind(kind)
+    .bind(program_id)
     .bind(enabled)
+    .bind(frequency)
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// One-click unsubscribe: `kinds` off for the org and in every program it set them for.
+pub async fn turn_off(conn: &mut PgConnection, org_id: &str, kinds: &[&str]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO preferences (org_id, kind, program_id, enabled) SELECT $1, kind, '', false FROM unnest($2::text[]) kind \
+         ON CONFLICT (org_id, kind, program_id) DO UPDATE SET enabled = false",
+    )
+    .bind(org_id)
+    .bind(kinds)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE preferences SET enabled = false WHERE org_id = $1 AND kind = ANY($2) AND enabled")
+        .bind(org_id)
+        .bind(kinds)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Whether `program_id` is known here (settings per program name one).
+pub async fn program_exists(conn: &mut PgConnection, program_id: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM programs_view WHERE program_id = $1)")
+        .bind(program_id)
+        .fetch_one(conn)
+        .await
 }
 
 pub struct NewEmail<'a> {
@@ -135,13 +239,18 @@ pub struct NewEmail<'a> {
     pub subject: &'a str,
     pub body: &'a str,
     pub status: &'a str,
+    /// Who caused it, when that is another org (an invitation's program owner).
+    pub sender_org_id: Option<&'a str>,
+    /// Why it was not sent (a refused e-mail's budget).
+    pub last_error: Option<&'a str>,
 }
 
 /// Queues an e-mail once per (event, template); a second time is a no-op.
 pub async fn insert_email(conn: &mut PgConnection, e: &NewEmail<'_>) -> Result<bool, sqlx::Error> {
     let inserted = sqlx::query(
-        "INSERT INTO emails (email_id, event_id, template, org_id, recipients, subject, body, status) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (event_id, template) DO NOTHING",
+        "INSERT INTO emails (email_id, event_id, template, org_id, recipients, subject, body, status, \
+         sender_org_id, last_error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+         ON CONFLICT (event_id, template) DO NOTHING",
     )
     .bind(e.email_id)
     .bind(e.event_id)
@@ -151,6 +260,8 @@ pub async fn insert_email(conn: &mut PgConnection, e: &NewEmail<'_>) -> Result<b
     .bind(e.subject)
     .bind(e.body)
     .bind(e.status)
+    .bind(e.sender_org_id)
+    .bind(e.last_error)
     .execute(conn)
     .await?;
     Ok(inserted.rows_affected() == 1)
@@ -174,6 +285,32 @@ pub async fn sent_recently(
     .bind(within.as_secs_f64())
     .fetch_one(conn)
     .await
+}
+
+/// Invitations `sender_org_id` caused in the last hour that went or go out, counted up to `cap`.
+pub async fn invitations_last_hour(conn: &mut PgConnection, sender_org_id: &str, cap: u32) -> Result<u32, sqlx::Error> {
+    let count: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT 1 FROM emails WHERE sender_org_id = $1 AND template = 'invited' \
+         AND status IN ('queued', 'sent', 'failed') AND created_at > now() - interval '1 hour' LIMIT $2) capped",
+    )
+    .bind(sender_org_id)
+    .bind(i64::from(cap))
+    .fetch_one(conn)
+    .await?;
+    Ok(u32::try_from(count).unwrap_or(u32::MAX))
+}
+
+/// E-mails outside digests the org got in the last day that went or go out, counted up to `cap`.
+pub async fn immediate_last_day(conn: &mut PgConnection, org_id: &str, cap: u32) -> Result<u32, sqlx::Error> {
+    let count: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT 1 FROM emails WHERE org_id = $1 AND template <> 'digest' \
+         AND status IN ('queued', 'sent', 'failed') AND created_at > now() - interval '1 day' LIMIT $2) capped",
+    )
+    .bind(org_id)
+    .bind(i64::from(cap))
+    .fetch_one(conn)
+    .await?;
+    Ok(u32::try_from(count).unwrap_or(u32::MAX))
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -259,31 +396,6 @@ pub async fn page(
     .await
 }
 
-/// The org's `conversion_approved` setting: (enabled, frequency name if chosen).
-pub async fn approval_setting(conn: &mut PgConnection, org_id: &str) -> Result<(bool, Option<String>), sqlx::Error> {
-    let row: Option<(bool, Option<String>)> =
-        sqlx::query_as("SELECT enabled, frequency FROM preferences WHERE org_id = $1 AND kind = 'conversion_approved'")
-            .bind(org_id)
-            .fetch_optional(conn)
-            .await?;
-    Ok(row.unwrap_or((true, None)))
-}
-
-/// Sets the digest frequency (`None`: off) of `conversion_approved`.
-pub async fn set_frequency(conn: &mut PgConnection, org_id: &str, frequency: Option<&str>) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO preferences (org_id, kind, enabled, frequency) VALUES ($1, 'conversion_approved', $2, $3) \
-         ON CONFLICT (org_id, kind) DO UPDATE SET enabled = EXCLUDED.enabled, \
-         frequency = COALESCE(EXCLUDED.frequency, preferences.frequency)",
-    )
-    .bind(org_id)
-    .bind(frequency.is_some())
-    .bind(frequency)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 /// Whether `event_id` is (or now becomes) the org's first approved commission in the program.
 pub async fn claim_first_commission(
     conn: &mut PgConnection,
@@ -308,31 +420,59 @@ pub async fn claim_first_commission(
     Ok(first == event_id)
 }
 
-pub struct PendingCommission<'a> {
+/// Something summed into a digest, once per (event, kind).
+#[derive(Debug, Clone, Default)]
+pub struct DigestEntry<'a> {
     pub event_id: &'a str,
+    pub kind: &'a str,
     pub org_id: &'a str,
     pub program_id: &'a str,
     pub currency: &'a str,
     pub commission_minor: i64,
     pub sale_minor: i64,
+    pub reason: Option<&'a str>,
+    pub label: Option<&'a str>,
+    pub subject_ref: Option<&'a str>,
+    pub payload: Option<Vec<u8>>,
+    /// When it happened.
+    pub recorded_at: DateTime<Utc>,
     pub period: &'a str,
     pub period_end: DateTime<Utc>,
 }
 
-/// Records a commission for its digest, once per event.
-pub async fn insert_pending(conn: &mut PgConnection, p: &PendingCommission<'_>) -> Result<(), sqlx::Error> {
+/// Records an entry for its digest; a redelivered event adds nothing.
+pub async fn insert_entry(conn: &mut PgConnection, e: &DigestEntry<'_>) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO pending_commissions (event_id, org_id, program_id, currency, commission_minor, sale_minor, \
-         period, period_end) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (event_id) DO NOTHING",
+        "INSERT INTO digest_entries (event_id, kind, org_id, program_id, currency, commission_minor, sale_minor, \
+         reason, label, subject_ref, payload, recorded_at, period, period_end) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT (event_id, kind) DO NOTHING",
     )
-    .bind(p.event_id)
-    .bind(p.org_id)
-    .bind(p.program_id)
-    .bind(p.currency)
-    .bind(p.commission_minor)
-    .bind(p.sale_minor)
-    .bind(p.period)
-    .bind(p.period_end)
+    .bind(e.event_id)
+    .bind(e.kind)
+    .bind(e.org_id)
+    .bind(e.program_id)
+    .bind(e.currency)
+    .bind(e.commission_minor)
+    .bind(e.sale_minor)
+    .bind(e.reason)
+    .bind(e.label)
+    .bind(e.subject_ref)
+    .bind(e.payload.as_deref())
+    .bind(e.recorded_at)
+    .bind(e.period)
+    .bind(e.period_end)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A conversion was decided: it no longer waits, unless its digest is already built.
+pub async fn drop_waiting(conn: &mut PgConnection, conversion_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "DELETE FROM digest_entries e WHERE e.kind = 'approvals_waiting' AND e.subject_ref = $1 \
+         AND NOT EXISTS (SELECT 1 FROM digests d WHERE d.org_id = e.org_id AND d.period = e.period)",
+    )
+    .bind(conversion_id)
     .execute(conn)
     .await?;
     Ok(())
@@ -345,8 +485,8 @@ pub async fn due_digests(
     limit: i64,
 ) -> Result<Vec<(String, String)>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT DISTINCT p.org_id, p.period FROM pending_commissions p WHERE p.period_end <= $1 \
-         AND NOT EXISTS (SELECT 1 FROM digests d WHERE d.org_id = p.org_id AND d.period = p.period) LIMIT $2",
+        "SELECT DISTINCT e.org_id, e.period FROM digest_entries e WHERE e.period_end <= $1 \
+         AND NOT EXISTS (SELECT 1 FROM digests d WHERE d.org_id = e.org_id AND d.period = e.period) LIMIT $2",
     )
     .bind(before)
     .bind(limit)
@@ -359,7 +499,7 @@ pub async fn due_digests(
 pub async fn claim_digest(conn: &mut PgConnection, org_id: &str, period: &str) -> Result<bool, sqlx::Error> {
     let inserted = sqlx::query(
         "INSERT INTO digests (org_id, period, commissions) \
-         SELECT $1, $2, count(*)::INTEGER FROM pending_commissions WHERE org_id = $1 AND period = $2 \
+         SELECT $1, $2, count(*)::INTEGER FROM digest_entries WHERE org_id = $1 AND period = $2 \
          ON CONFLICT (org_id, period) DO NOTHING",
     )
     .bind(org_id)
@@ -369,41 +509,128 @@ pub async fn claim_digest(conn: &mut PgConnection, org_id: &str, period: &str) -
     Ok(inserted.rows_affected() == 1)
 }
 
-/// Drops the commissions of digests built more than a week ago: one row per approved sale must
-/// not outlive its digest for ever (100 k sales a day would be 100 k rows a day). The digest's
-/// own row stays and keeps the period from being built again.
-pub async fn forget_old_pending(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
+/// Drops the entries of digests built more than a week ago: one row per approved sale must not
+/// outlive its digest for ever (100 k sales a day would be 100 k rows a day). The digest's own
+/// row stays and keeps the period from being built again.
+pub async fn forget_old_entries(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(
-        "DELETE FROM pending_commissions p USING digests d \
-         WHERE d.org_id = p.org_id AND d.period = p.period AND d.created_at < now() - interval '7 days'",
+        "DELETE FROM digest_entries e USING digests d \
+         WHERE d.org_id = e.org_id AND d.period = e.period AND d.created_at < now() - interval '7 days'",
     )
     .execute(conn)
     .await?;
     Ok(done.rows_affected())
 }
 
-/// One program's share of a digest.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-pub struct DigestLine {
-    pub program: String,
-    pub currency: String,
-    pub count: i64,
-    pub commission_minor: i64,
-    /// The largest sale amounts, largest first.
-    pub largest_sales_minor: Vec<i64>,
-}
-
-/// The commissions of (org, period), per program and currency; sums exact (NUMERIC in SQL).
-pub async fn digest_lines(conn: &mut PgConnection, org_id: &str, period: &str) -> Result<Vec<DigestLine>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT COALESCE(v.name, p.program_id) AS program, p.currency, count(*) AS count, \
-         sum(p.commission_minor)::BIGINT AS commission_minor, \
-         (array_agg(p.sale_minor ORDER BY p.sale_minor DESC))[1:3] AS largest_sales_minor \
-         FROM pending_commissions p LEFT JOIN programs_view v ON v.program_id = p.program_id \
-         WHERE p.org_id = $1 AND p.period = $2 GROUP BY p.program_id, v.name, p.currency ORDER BY 1, 2",
-    )
+/// What (org, period) sums, per kind and program; money sums exact (NUMERIC in SQL).
+pub async fn digest(conn: &mut PgConnection, org_id: &str, period: &str) -> Result<Digest, sqlx::Error> {
+    const PROGRAM: &str = "COALESCE(v.name, e.program_id)";
+    const FROM: &str = "FROM digest_entries e LEFT JOIN programs_view v ON v.program_id = e.program_id \
+         WHERE e.org_id = $1 AND e.period = $2 AND e.kind = $3";
+    let approved: Vec<ApprovedLine> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {PROGRAM} AS program, e.currency, count(*) AS count, sum(e.commission_minor)::BIGINT AS commission_minor, \
+         (array_agg(e.sale_minor ORDER BY e.sale_minor DESC))[1:3] AS largest_sales_minor {FROM} \
+         GROUP BY e.program_id, v.name, e.currency ORDER BY 1, 2"
+    )))
     .bind(org_id)
     .bind(period)
-    .fetch_all(conn)
-    .await
+    .bind("conversion_approved")
+    .fetch_all(&mut *conn)
+    .await?;
+    let rejected_rows: Vec<(String, String, String, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {PROGRAM}, e.currency, COALESCE(e.reason, ''), count(*), sum(e.sale_minor)::BIGINT {FROM} \
+         GROUP BY e.program_id, v.name, e.currency, e.reason ORDER BY 1, 2, 4 DESC, 3"
+    )))
+    .bind(org_id)
+    .bind(period)
+    .bind("conversion_rejected")
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut rejected: Vec<RejectedLine> = Vec::new();
+    for (program, currency, reason, count, sales_minor) in rejected_rows {
+        match rejected.last_mut() {
+            Some(line) if line.program == program && line.currency == currency => {
+                line.count += count;
+                line.sales_minor += sales_minor;
+                if line.reasons.len() < 5 {
+                    line.reasons.push((reason, count));
+                }
+            }
+            _ => rejected.push(RejectedLine {
+                program,
+                currency,
+                count,
+                sales_minor,
+                reasons: vec![(reason, count)],
+            }),
+        }
+    }
+    let applications: Vec<(String, i64, Vec<String>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {PROGRAM}, count(*), (array_agg(COALESCE(e.label, '') ORDER BY e.recorded_at))[1:5] {FROM} \
+         GROUP BY e.program_id, v.name ORDER BY 1"
+    )))
+    .bind(org_id)
+    .bind(period)
+    .bind("application_received")
+    .fetch_all(&mut *conn)
+    .await?;
+    let waiting: Vec<(String, i64, DateTime<Utc>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {PROGRAM}, count(*), min(e.recorded_at) {FROM} GROUP BY e.program_id, v.name ORDER BY 1"
+    )))
+    .bind(org_id)
+    .bind(period)
+    .bind("approvals_waiting")
+    .fetch_all(&mut *conn)
+    .await?;
+    let runs: Vec<(String, String, String, Option<Vec<u8>>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {PROGRAM}, e.currency, COALESCE(e.subject_ref, ''), e.payload {FROM} ORDER BY 1, e.recorded_at"
+    )))
+    .bind(org_id)
+    .bind(period)
+    .bind("payout_run_summary")
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(Digest {
+        approved,
+        rejected,
+        applications: applications
+            .into_iter()
+            .map(|(program, count, applicants)| ApplicationsLine {
+                program,
+                count,
+                applicants,
+            })
+            .collect(),
+        waiting: waiting
+            .into_iter()
+            .map(|(program, count, oldest_reported_at)| WaitingLine {
+                program,
+                count,
+                oldest_reported_at,
+            })
+            .collect(),
+        payout_runs: runs
+            .into_iter()
+            .map(|(program, currency, payout_run_id, payload)| {
+                // Written by this service from the event's summary; an unreadable one counts as empty.
+                let s = payload
+                    .and_then(|bytes| pb::PayoutRunSummary::decode(bytes.as_slice()).ok())
+                    .unwrap_or_default();
+                PayoutRunLine {
+                    program,
+                    currency,
+                    payout_run_id,
+                    paid_count: i64::from(s.paid_count),
+                    paid_net_minor: s.paid_net_minor,
+                    fee_minor: s.fee_minor,
+                    debt_minor: s.debt_minor,
+                    failed_count: i64::from(s.failed_count),
+                    failed_gross_minor: s.failed_gross_minor,
+                    failure_reasons: s.failure_reasons,
+                    charged_minor: s.charged_minor,
+                    refunded_minor: s.refunded_minor,
+                }
+            })
+            .collect(),
+    })
 }
