@@ -6,8 +6,9 @@
 //!   clawbacks, clicks — applied by keyed workers (one conversion's events by one worker), each
 //!   worker booking what it has queued as one batch.
 //! - `jobs::sweep`: releases held commission once its hold ends (exactly once).
-//! - `rpc`: balances, stats, analytics, leaderboard, clawback outcomes, and the payout-facing
-//!   two-phase API (quote, reserve, post, void, transfer reversal).
+//! - `rpc`: balances (with held money's release dates), stats, analytics, leaderboard (figures
+//!   by sale day, gross and net of clawbacks), clawback outcomes, an owner's early release of held
+//!   commission, and the payout-facing two-phase API (quote, reserve, post, void, transfer reversal).
 //! - `jobs::verify`: `amba ledger verify`.
 
 pub mod consumers;

@@ -31,8 +31,8 @@ pub enum Bookable {
 /// Books `events` (in stream order) inside the caller's transaction.
 pub async fn book(conn: &mut PgConnection, events: &[Bookable], multi_level_enabled: bool) -> Result<(), HandlerError> {
     let mut stats = StatsBumps::default();
-    let first_approved = remember_conversions(conn, events, &mut stats).await?;
-    let postings = accrue_approvals(conn, events, first_approved, multi_level_enabled, &mut stats).await?;
+    let remembered = remember_conversions(conn, events, &mut stats).await?;
+    let postings = accrue_approvals(conn, events, remembered, multi_level_enabled, &mut stats).await?;
     for event in events {
         if let Bookable::Click(click) = event
             && !click.enrollment_id.is_empty()
@@ -72,20 +72,27 @@ fn day_micros(primary: i64, fallback: i64) -> i64 {
     if primary > 0 { primary } else { fallback }
 }
 
-/// Remembers every conversion named (one seen for the first time is counted on its sale day)
-/// and flags the approved ones: returns those approved for the first time.
+/// Remembers every conversion named (one seen for the first time is counted on its sale day, as
+/// is a change of whether it counts as a sale by a click) and flags the approved ones.
 async fn remember_conversions(
     conn: &mut PgConnection,
     events: &[Bookable],
     stats: &mut StatsBumps,
-) -> Result<HashSet<String>, HandlerError> {
+) -> Result<store::Remembered, HandlerError> {
     let mut seen: Vec<SeenConversion> = Vec::new();
     let mut index: HashMap<&str, usize> = HashMap::new();
     for (conversion, approved, event_micros) in conversions(events) {
         let approved = approved && !conversion.enrollment_id.is_empty();
         if let Some(&at) = index.get(conversion.conversion_id.as_str()) {
-            seen[at].status.clone_from(&conversion.status); // later events only update the status
-            seen[at].approved |= approved;
+            // Later events only update the status (and whether that makes it a click sale).
+            let latest = &mut seen[at];
+            latest.status.clone_from(&conversion.status);
+            latest.approved |= approved;
+            if !conversion.attribution.is_empty() {
+                latest.attribution.clone_from(&conversion.attribution);
+            }
+            latest.click_counted =
+                store::counts_as_click_sale(&latest.attribution, &latest.status, &latest.enrollment_id);
             continue;
         }
         index.insert(&conversion.conversion_id, seen.len());
@@ -98,6 +105,12 @@ async fn remember_conversions(
             status: conversion.status.clone(),
             counted_day: store::day_of(day_micros(conversion.occurred_at_micros, event_micros)),
             approved,
+            attribution: conversion.attribution.clone(),
+            click_counted: store::counts_as_click_sale(
+                &conversion.attribution,
+                &conversion.status,
+                &conversion.enrollment_id,
+            ),
         });
     }
     let remembered = store::remember_conversions(conn, &seen).await?;
@@ -105,15 +118,21 @@ async fn remember_conversions(
         conversions: 1,
         ..Default::default()
     };
-    for conversion in seen.iter().filter(|c| remembered.first_seen.contains(&c.conversion_id)) {
-        stats.add(
-            &conversion.program_id,
-            &conversion.enrollment_id,
-            conversion.counted_day,
-            &counted,
-        );
+    for id in &remembered.first_seen {
+        if let Some(sale) = remembered.sale_rows.get(id) {
+            stats.add(&sale.program_id, &sale.enrollment_id, sale.day, &counted);
+        }
     }
-    Ok(remembered.first_approved)
+    for (id, change) in &remembered.click_changes {
+        if let Some(sale) = remembered.sale_rows.get(id) {
+            let bump = StatsBump {
+                click_conversions: *change,
+                ..Default::default()
+            };
+            stats.add(&sale.program_id, &sale.enrollment_id, sale.day, &bump);
+        }
+    }
+    Ok(remembered)
 }
 
 /// Accrues each attributed conversion approved for the first time (`first_approved`): its
@@ -123,10 +142,15 @@ async fn remember_conversions(
 async fn accrue_approvals(
     conn: &mut PgConnection,
     events: &[Bookable],
-    mut first_approvals: HashSet<String>,
+    remembered: store::Remembered,
     multi_level_enabled: bool,
     stats: &mut StatsBumps,
 ) -> Result<Vec<PendingPosting>, HandlerError> {
+    let store::Remembered {
+        first_approved: mut first_approvals,
+        sale_rows,
+        ..
+    } = remembered;
     let approvals: Vec<(&pb::Conversion, i64)> = conversions(events)
         .filter(|(conversion, approved, _)| *approved && !conversion.enrollment_id.is_empty())
         .map(|(conversion, _, event_micros)| (conversion, event_micros))
@@ -156,17 +180,17 @@ async fn accrue_approvals(
             continue; // loaded above, or the batch failed already
         };
         let decided = day_micros(conversion.decided_at_micros, event_micros);
+        // Everything of a sale on the sale's day (the day it was counted on).
+        let sale_day = sale_rows.get(&conversion.conversion_id).map_or_else(
+            || store::day_of(day_micros(conversion.occurred_at_micros, event_micros)),
+            |sale| sale.day,
+        );
         let approved = StatsBump {
             approved: 1,
             revenue_minor: conversion.amount_minor,
             ..Default::default()
         };
-        stats.add(
-            &conversion.program_id,
-            &conversion.enrollment_id,
-            store::day_of(decided),
-            &approved,
-        );
+        stats.add(&conversion.program_id, &conversion.enrollment_id, sale_day, &approved);
         let direct = NewCommission {
             commission_id: commission_id(&conversion.conversion_id, 0),
             conversion_id: conversion.conversion_id.clone(),
@@ -214,6 +238,7 @@ async fn accrue_approvals(
             idem_key: format!("accrue:{}", row.commission_id),
             reference: row.commission_id.clone(),
             posting: accrual,
+            memo: None,
         });
         if commission.released {
             let mut state = CommissionState::accrued(row.amount_minor, row.sale_minor);
@@ -222,6 +247,7 @@ async fn accrue_approvals(
                 scope,
                 idem_key: format!("release:{}", row.commission_id),
                 reference: row.commission_id.clone(),
+                memo: None,
             });
         }
     }
@@ -234,12 +260,11 @@ async fn accrue_approvals(
             commission_minor: row.amount_minor,
             ..Default::default()
         };
-        stats.add(
-            &row.program_id,
-            &row.enrollment_id,
-            store::day_of(row.decided_at_micros),
-            &earned,
-        );
+        // To its earner, on the day of the sale it came from.
+        let day = sale_rows
+            .get(&row.conversion_id)
+            .map_or_else(|| store::day_of(row.decided_at_micros), |sale| sale.day);
+        stats.add(&row.program_id, &row.enrollment_id, day, &earned);
     }
     Ok(postings)
 }

@@ -37,7 +37,19 @@ pub async fn apply(
         )));
     }
     let refunded_total = conversion.clawed_back_minor;
-    store::set_refunded(conn, &conversion.conversion_id, refunded_total).await?;
+    let refunded = store::set_refunded(conn, &conversion.conversion_id, refunded_total).await?;
+    // Every figure of the sale on the sale's day, as its approval and commission were.
+    let sale_day = refunded.as_ref().map_or_else(
+        || {
+            store::day_of(if conversion.occurred_at_micros > 0 {
+                conversion.occurred_at_micros
+            } else {
+                event_micros
+            })
+        },
+        |r| r.counted_day,
+    );
+    let mut stats = store::StatsBumps::default();
     let mut reversed_total = 0i64;
     let mut carry_total = 0i64;
     for row in store::commissions_of(conn, &conversion.conversion_id).await? {
@@ -67,23 +79,27 @@ pub async fn apply(
                 clawed_back_minor: reversal.reversed_minor,
                 ..Default::default()
             };
-            store::bump_stats(conn, &row.program_id, &row.enrollment_id, event_micros, &bump).await?;
+            stats.add(&row.program_id, &row.enrollment_id, sale_day, &bump);
         }
         reversed_total += reversal.reversed_minor;
         carry_total += reversal.carry_forward_minor;
     }
-    let bump = store::StatsBump {
-        refunded_minor: event.refund_minor,
-        ..Default::default()
-    };
-    store::bump_stats(
-        conn,
-        &conversion.program_id,
-        &conversion.enrollment_id,
-        event_micros,
-        &bump,
-    )
-    .await?;
+    // Refunds count against revenue, which holds approved sales only: so do they. The refunded
+    // total only ever rises (a refund applied out of order adds nothing more).
+    if let Some(r) = refunded
+        .as_ref()
+        .filter(|r| r.approved && r.after_minor > r.before_minor)
+    {
+        let bump = store::StatsBump {
+            refunded_minor: r.after_minor - r.before_minor,
+            clawed_back: i64::from(r.before_minor == 0),
+            ..Default::default()
+        };
+        // The affiliate the conversion is credited to now (a sale assigned after it was
+        // recorded unattributed was first seen under nobody).
+        stats.add(&conversion.program_id, &conversion.enrollment_id, sale_day, &bump);
+    }
+    store::bump_all_stats(conn, &stats).await?;
     store::insert_clawback(
         conn,
         &store::ClawbackRow {

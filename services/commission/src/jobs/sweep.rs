@@ -15,8 +15,13 @@ use tokio_util::sync::CancellationToken;
 const BATCH: i64 = 1_000;
 
 /// Releases the commissions of `rows` (locked by the caller) that are still held: their
-/// postings recorded together, their rows marked in one statement. Returns the amount moved.
-pub async fn release_all(conn: &mut PgConnection, rows: &[CommissionRow]) -> Result<i64, sqlx::Error> {
+/// postings recorded together (with `memo` on their journal rows: who released them early and
+/// why), their rows marked in one statement. Returns the amount moved.
+pub async fn release_all(
+    conn: &mut PgConnection,
+    rows: &[CommissionRow],
+    memo: Option<&str>,
+) -> Result<i64, sqlx::Error> {
     let mut postings = Vec::with_capacity(rows.len());
     let mut released = Vec::with_capacity(rows.len());
     let mut moved = 0i64;
@@ -33,6 +38,7 @@ pub async fn release_all(conn: &mut PgConnection, rows: &[CommissionRow]) -> Res
             scope,
             idem_key: format!("release:{}", row.commission_id),
             reference: row.commission_id.clone(),
+            memo: memo.map(str::to_owned),
         });
         released.push(row.commission_id.as_str());
     }
@@ -51,7 +57,7 @@ pub async fn release_due(pool: &PgPool, now: chrono::DateTime<chrono::Utc>) -> R
         let locks: Vec<(&str, LedgerLock)> = programs.iter().map(|p| (p.as_str(), LedgerLock::Shared)).collect();
         store::lock_programs(&mut tx, &locks).await?;
         let due = store::due_commissions(&mut tx, &programs, now, BATCH).await?;
-        release_all(&mut tx, &due).await?;
+        release_all(&mut tx, &due, None).await?;
         tx.commit().await?;
         total += due.len();
         if i64::try_from(due.len()).unwrap_or(i64::MAX) < BATCH {

@@ -1,12 +1,13 @@
 //! The request/reply endpoints of `<ns>.rpc.commission.<method>`.
 //!
 //! Affiliate reads (balance, my stats) are scoped by the caller's org: they take no org id.
-//! Owner reads (analytics, leaderboard, clawback outcome) check the program's owner and answer
-//! NOT_FOUND for anyone else. The payout-facing methods (quote, reserve, post, void, transfer
+//! Owner reads (analytics, leaderboard, clawback outcome) and the owner's early release of held
+//! commission check the program's owner and answer NOT_FOUND for anyone else. The payout-facing methods (quote, reserve, post, void, transfer
 //! reversal) are for trusted internal callers and are idempotent per payout item / reversal id.
 
 mod payouts;
 mod reads;
+mod release;
 
 use crate::domain::ledger::LedgerError;
 use amba_bus::rpc::RpcServer;
@@ -32,6 +33,7 @@ pub fn server(service: Commission) -> RpcServer {
         methods::ANALYTICS => analytics,
         methods::LEADERBOARD => leaderboard,
         methods::CLAWBACK_OUTCOME => clawback_outcome,
+        methods::RELEASE_HELD => release_held,
         methods::PAYABLE_QUOTE => payable_quote,
         methods::PAYOUT_RESERVE => reserve,
         methods::PAYOUT_POST => post,

@@ -30,6 +30,9 @@ fn balance_key(b: &pb::Balance) -> String {
     format!("{} {}", b.program_id, b.enrollment_id)
 }
 
+/// Release days listed per balance: the held total is exact whatever their number.
+const RELEASE_DAYS: usize = 50;
+
 /// (program, enrollment, program name, currency, account, balance): one row per account.
 type BalanceRow = (String, String, String, String, Option<String>, Option<i64>);
 
@@ -37,7 +40,10 @@ type BalanceRow = (String, String, String, String, Option<String>, Option<i64>);
 struct Sums {
     clicks: i64,
     conversions: i64,
+    click_conversions: i64,
     approved: i64,
+    clawed_back: i64,
+    net_commission_minor: i64,
     revenue_minor: i64,
     commission_minor: i64,
     paid_minor: i64,
@@ -46,6 +52,9 @@ struct Sums {
 }
 
 const SUMS: &str = "COALESCE(sum(clicks),0)::bigint AS clicks, COALESCE(sum(conversions),0)::bigint AS conversions, \
+     COALESCE(sum(click_conversions),0)::bigint AS click_conversions, \
+     COALESCE(sum(clawed_back),0)::bigint AS clawed_back, \
+     COALESCE(sum(commission_minor - clawed_back_minor),0)::bigint AS net_commission_minor, \
      COALESCE(sum(approved),0)::bigint AS approved, COALESCE(sum(revenue_minor),0)::bigint AS revenue_minor, \
      COALESCE(sum(commission_minor),0)::bigint AS commission_minor, COALESCE(sum(paid_minor),0)::bigint AS paid_minor, \
      COALESCE(sum(clawed_back_minor),0)::bigint AS clawed_back_minor, \
@@ -55,15 +64,19 @@ fn stats_of(s: &Sums, currency: &str) -> pb::Stats {
     pb::Stats {
         clicks: s.clicks,
         conversions: s.conversions,
+        click_conversions: s.click_conversions,
         approved: s.approved,
+        clawed_back: s.clawed_back,
         revenue_minor: s.revenue_minor,
+        net_revenue_minor: s.revenue_minor - s.refunded_minor,
         commission_minor: s.commission_minor,
+        net_commission_minor: s.net_commission_minor,
         paid_minor: s.paid_minor,
         clawed_back_minor: s.clawed_back_minor,
         refunded_minor: s.refunded_minor,
-        epc_minor: stats::epc_minor(s.commission_minor, s.clicks),
-        conversion_rate: stats::conversion_rate(s.conversions, s.clicks),
-        conversion_rate_bps: stats::conversion_rate_bps(s.conversions, s.clicks),
+        epc_minor: stats::epc_minor(s.net_commission_minor, s.clicks),
+        conversion_rate: stats::conversion_rate(s.click_conversions, s.clicks),
+        conversion_rate_bps: stats::conversion_rate_bps(s.click_conversions, s.clicks),
         currency: currency.to_owned(),
     }
 }
@@ -79,7 +92,11 @@ struct BoardRow {
 
 impl Commission {
     /// The program, if `caller` owns it; NOT_FOUND otherwise (no hint that it exists).
-    async fn owned_program(&self, caller: &pb::Principal, program_id: &str) -> Result<store::ProgramRow, ApiError> {
+    pub(super) async fn owned_program(
+        &self,
+        caller: &pb::Principal,
+        program_id: &str,
+    ) -> Result<store::ProgramRow, ApiError> {
         let mut conn = self.pool.acquire().await.map_err(db_error)?;
         store::program(&mut conn, program_id)
             .await
@@ -163,11 +180,65 @@ impl Commission {
         } else {
             String::new()
         };
+        self.add_releases(&caller.org_id, &request.program_id, &mut page, &mut total)
+            .await?;
         Ok(pb::BalanceReply {
             balances: page,
             total: Some(total),
             next_cursor,
         })
+    }
+
+    /// When the held commission of each balance of `page` becomes payable, by UTC day (the
+    /// first [`RELEASE_DAYS`] days), and the earliest release of all the org's held commission.
+    async fn add_releases(
+        &self,
+        org_id: &str,
+        program_id: &str,
+        page: &mut [pb::Balance],
+        total: &mut pb::Balance,
+    ) -> Result<(), ApiError> {
+        let enrollments: Vec<&str> = page.iter().map(|b| b.enrollment_id.as_str()).collect();
+        let days: Vec<(
+            String,
+            chrono::DateTime<chrono::Utc>,
+            chrono::DateTime<chrono::Utc>,
+            i64,
+        )> = sqlx::query_as(
+            "SELECT enrollment_id, min(release_at), max(release_at), sum(held_minor)::bigint FROM commissions \
+             WHERE enrollment_id = ANY($1) AND released_at IS NULL AND held_minor > 0 \
+             GROUP BY enrollment_id, (release_at AT TIME ZONE 'UTC')::date ORDER BY 1, 2",
+        )
+        .bind(&enrollments)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        for (enrollment_id, first, last, amount) in days {
+            let Some(balance) = page.iter_mut().find(|b| b.enrollment_id == enrollment_id) else {
+                continue;
+            };
+            if balance.next_release_at_micros == 0 {
+                balance.next_release_at_micros = first.timestamp_micros();
+            }
+            if balance.releases.len() < RELEASE_DAYS {
+                balance.releases.push(pb::HeldRelease {
+                    at_micros: last.timestamp_micros(),
+                    amount_minor: amount,
+                });
+            }
+        }
+        let next: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+            "SELECT min(c.release_at) FROM commissions c JOIN enrollments e ON e.enrollment_id = c.enrollment_id \
+             WHERE e.affiliate_org_id = $1 AND ($2 = '' OR e.program_id = $2) \
+             AND c.released_at IS NULL AND c.held_minor > 0",
+        )
+        .bind(org_id)
+        .bind(program_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_error)?;
+        total.next_release_at_micros = next.map(|t| t.timestamp_micros()).unwrap_or(0);
+        Ok(())
     }
 
     pub async fn my_stats(&self, request: pb::StatsRequest) -> Result<pb::StatsReply, ApiError> {
@@ -248,14 +319,15 @@ impl Commission {
         request: &pb::StatsRequest,
     ) -> Result<Vec<pb::LeaderboardEntry>, ApiError> {
         let order = match request.by.as_str() {
-            "" | "commission" => "commission_minor",
+            "" | "net_commission" => "net_commission_minor",
+            "commission" => "commission_minor",
             "conversions" => "conversions",
             "revenue" => "revenue_minor",
             "clicks" => "clicks",
             "approved" => "approved",
             other => {
                 return Err(ApiError::invalid(format!(
-                    "by {other:?}: use commission, conversions, approved, revenue or clicks"
+                    "by {other:?}: use net_commission, commission, conversions, approved, revenue or clicks"
                 )));
             }
         };

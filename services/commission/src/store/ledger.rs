@@ -19,6 +19,9 @@ pub struct PendingPosting {
     pub idem_key: String,
     pub reference: String,
     pub posting: Posting,
+    /// Who and why, as JSON, for a posting a person asked for (an owner's early release); kept
+    /// on its journal row.
+    pub memo: Option<String>,
 }
 
 /// Records `posting` unless a posting with the same key exists. Returns whether it was recorded.
@@ -34,6 +37,7 @@ pub async fn record(
         idem_key: at.idem_key.to_owned(),
         reference: at.reference.to_owned(),
         posting: posting.clone(),
+        memo: None,
     };
     Ok(!record_all(conn, std::slice::from_ref(&pending)).await?.is_empty())
 }
@@ -73,9 +77,12 @@ pub async fn append(conn: &mut PgConnection, postings: &[PendingPosting]) -> Res
     for p in &postings {
         journal.push(&p.idem_key, p.posting.kind, &p.scope, &p.reference);
     }
+    let memos: Vec<Option<&str>> = postings.iter().map(|p| p.memo.as_deref()).collect();
     let recorded: HashMap<String, i64> = sqlx::query_as(
-        "INSERT INTO journal (idem_key, kind, program_id, enrollment_id, reference) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
+        "INSERT INTO journal (idem_key, kind, program_id, enrollment_id, reference, memo) \
+         SELECT key, kind, program, enrollment, reference, memo::jsonb \
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) \
+           AS t(key, kind, program, enrollment, reference, memo) \
          ON CONFLICT (idem_key) DO NOTHING RETURNING idem_key, journal_id",
     )
     .bind(&journal.keys)
@@ -83,6 +90,7 @@ pub async fn append(conn: &mut PgConnection, postings: &[PendingPosting]) -> Res
     .bind(&journal.programs)
     .bind(&journal.enrollments)
     .bind(&journal.references)
+    .bind(&memos)
     .fetch_all(&mut *conn)
     .await?
     .into_iter()

@@ -183,6 +183,24 @@ pub struct SeenConversion {
     pub counted_day: chrono::NaiveDate,
     /// An attributed approval of it is being booked.
     pub approved: bool,
+    /// How it was attributed: code | touchpoint | customer | none.
+    pub attribution: String,
+    /// A sale by a click as its latest status says (see [`counts_as_click_sale`]).
+    pub click_counted: bool,
+}
+
+/// Whether a conversion counts in the conversion rate's numerator: attributed by a click, and
+/// neither rejected nor unattributed.
+pub fn counts_as_click_sale(attribution: &str, status: &str, enrollment_id: &str) -> bool {
+    attribution == "touchpoint" && !enrollment_id.is_empty() && !matches!(status, "rejected" | "unattributed")
+}
+
+/// Where a conversion's figures go in `daily_stats`: its row of the sale's day.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaleRow {
+    pub program_id: String,
+    pub enrollment_id: String,
+    pub day: chrono::NaiveDate,
 }
 
 /// What [`remember_conversions`] found new.
@@ -192,6 +210,10 @@ pub struct Remembered {
     pub first_seen: HashSet<String>,
     /// Conversions approved now and never before: accrued (once).
     pub first_approved: HashSet<String>,
+    /// Every conversion of the batch: its stored row of the sale's day.
+    pub sale_rows: HashMap<String, SaleRow>,
+    /// Conversions whose click-sale count changed: +1 newly counted, −1 no longer (rejected).
+    pub click_changes: Vec<(String, i64)>,
 }
 
 /// Records each conversion the first time any event names it (later events only update its
@@ -204,21 +226,30 @@ pub async fn remember_conversions(conn: &mut PgConnection, seen: &[SeenConversio
     let amounts: Vec<i64> = seen.iter().map(|c| c.amount_minor).collect();
     let days: Vec<chrono::NaiveDate> = seen.iter().map(|c| c.counted_day).collect();
     let approved: Vec<bool> = seen.iter().map(|c| c.approved).collect();
+    let click_counted: Vec<bool> = seen.iter().map(|c| c.click_counted).collect();
     // Every part of one statement reads the same snapshot: `before` is the rows as they were.
-    let rows: Vec<(String, bool, bool)> = sqlx::query_as(
+    // A rejection is final: a rejected conversion never counts as a click sale again.
+    let rows: Vec<RememberedRow> = sqlx::query_as(
         "WITH input AS ( \
            SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], \
-                                $7::date[], $8::bool[]) \
-             AS t(conversion_id, program_id, enrollment_id, amount_minor, currency, status, counted_day, approved)), \
-         before AS (SELECT c.conversion_id, c.approved FROM conversions c JOIN input USING (conversion_id)), \
+                                $7::date[], $8::bool[], $9::text[], $10::bool[]) \
+             AS t(conversion_id, program_id, enrollment_id, amount_minor, currency, status, counted_day, approved, \
+                  attribution, click_counted)), \
+         before AS (SELECT c.conversion_id, c.approved, c.click_counted \
+                    FROM conversions c JOIN input USING (conversion_id)), \
          upsert AS ( \
            INSERT INTO conversions (conversion_id, program_id, enrollment_id, amount_minor, currency, status, \
-                                    counted_day, approved) \
+                                    counted_day, approved, attribution, click_counted) \
            SELECT * FROM input \
            ON CONFLICT (conversion_id) DO UPDATE \
-             SET status = EXCLUDED.status, approved = conversions.approved OR EXCLUDED.approved \
-           RETURNING conversion_id, (xmax = 0) AS inserted, approved) \
-         SELECT u.conversion_id, u.inserted, u.approved AND NOT coalesce(b.approved, false) \
+             SET status = EXCLUDED.status, approved = conversions.approved OR EXCLUDED.approved, \
+                 attribution = COALESCE(NULLIF(EXCLUDED.attribution, ''), conversions.attribution), \
+                 click_counted = EXCLUDED.click_counted AND conversions.status <> 'rejected' \
+           RETURNING conversion_id, (xmax = 0) AS inserted, approved, click_counted, program_id, enrollment_id, \
+                     counted_day) \
+         SELECT u.conversion_id, u.inserted, u.approved AND NOT coalesce(b.approved, false) AS first_approval, \
+                (u.click_counted::int - coalesce(b.click_counted, false)::int)::int8 AS click_change, \
+                u.program_id, u.enrollment_id, u.counted_day \
          FROM upsert u LEFT JOIN before b USING (conversion_id)",
     )
     .bind(column(|c| &c.conversion_id))
@@ -229,18 +260,44 @@ pub async fn remember_conversions(conn: &mut PgConnection, seen: &[SeenConversio
     .bind(column(|c| &c.status))
     .bind(&days)
     .bind(&approved)
+    .bind(column(|c| &c.attribution))
+    .bind(&click_counted)
     .fetch_all(conn)
     .await?;
     let mut remembered = Remembered::default();
-    for (id, inserted, first_approval) in rows {
-        if first_approval {
-            remembered.first_approved.insert(id.clone());
+    for row in rows {
+        if row.first_approval {
+            remembered.first_approved.insert(row.conversion_id.clone());
         }
-        if inserted {
-            remembered.first_seen.insert(id);
+        if row.inserted {
+            remembered.first_seen.insert(row.conversion_id.clone());
         }
+        if row.click_change != 0 {
+            remembered
+                .click_changes
+                .push((row.conversion_id.clone(), row.click_change));
+        }
+        remembered.sale_rows.insert(
+            row.conversion_id,
+            SaleRow {
+                program_id: row.program_id,
+                enrollment_id: row.enrollment_id,
+                day: row.counted_day,
+            },
+        );
     }
     Ok(remembered)
+}
+
+#[derive(sqlx::FromRow)]
+struct RememberedRow {
+    conversion_id: String,
+    inserted: bool,
+    first_approval: bool,
+    click_change: i64,
+    program_id: String,
+    enrollment_id: String,
+    counted_day: chrono::NaiveDate,
 }
 
 pub async fn conversion_approved(conn: &mut PgConnection, conversion_id: &str) -> Result<Option<bool>, sqlx::Error> {
@@ -251,13 +308,59 @@ pub async fn conversion_approved(conn: &mut PgConnection, conversion_id: &str) -
     Ok(row.map(|r| r.0))
 }
 
-pub async fn set_refunded(conn: &mut PgConnection, conversion_id: &str, total: i64) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE conversions SET refunded_minor = GREATEST(refunded_minor, $2) WHERE conversion_id = $1")
-        .bind(conversion_id)
-        .bind(total)
-        .execute(conn)
-        .await?;
-    Ok(())
+/// A refunded conversion as [`set_refunded`] found it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Refunded {
+    pub program_id: String,
+    pub enrollment_id: String,
+    pub counted_day: chrono::NaiveDate,
+    pub approved: bool,
+    /// The refunded total before this refund.
+    pub before_minor: i64,
+    /// The refunded total now (never lowered by a refund applied out of order).
+    pub after_minor: i64,
+}
+
+/// Raises the conversion's refunded total to `total`; `None` when the conversion was never seen.
+pub async fn set_refunded(
+    conn: &mut PgConnection,
+    conversion_id: &str,
+    total: i64,
+) -> Result<Option<Refunded>, sqlx::Error> {
+    sqlx::query_as(
+        "WITH before AS (SELECT conversion_id, refunded_minor FROM conversions WHERE conversion_id = $1 FOR UPDATE) \
+         UPDATE conversions c SET refunded_minor = GREATEST(c.refunded_minor, $2) FROM before b \
+         WHERE c.conversion_id = b.conversion_id \
+         RETURNING c.program_id, c.enrollment_id, c.counted_day, c.approved, b.refunded_minor AS before_minor, \
+                   c.refunded_minor AS after_minor",
+    )
+    .bind(conversion_id)
+    .bind(total)
+    .fetch_optional(conn)
+    .await
+}
+
+/// The row of the sale's day of each conversion of `ids` that was seen.
+pub async fn sale_rows(conn: &mut PgConnection, ids: &[&str]) -> Result<HashMap<String, SaleRow>, sqlx::Error> {
+    let rows: Vec<(String, String, String, chrono::NaiveDate)> = sqlx::query_as(
+        "SELECT conversion_id, program_id, enrollment_id, counted_day FROM conversions WHERE conversion_id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, program_id, enrollment_id, day)| {
+            (
+                id,
+                SaleRow {
+                    program_id,
+                    enrollment_id,
+                    day,
+                },
+            )
+        })
+        .collect())
 }
 
 // ---- commissions ----
@@ -364,7 +467,8 @@ impl CommissionRow {
     }
 }
 
-const COMMISSION_COLUMNS: &str = "commission_id, program_id, enrollment_id, level, currency, sale_minor, amount_minor, \
+/// The columns of [`CommissionRow`].
+pub const COMMISSION_COLUMNS: &str = "commission_id, program_id, enrollment_id, level, currency, sale_minor, amount_minor, \
      held_minor, released_at IS NOT NULL AS released, recovered_minor";
 
 /// A conversion's commissions (direct first, then overrides by level), locked.
@@ -544,7 +648,9 @@ pub async fn insert_clawback(conn: &mut PgConnection, c: &ClawbackRow) -> Result
 pub struct StatsBump {
     pub clicks: i64,
     pub conversions: i64,
+    pub click_conversions: i64,
     pub approved: i64,
+    pub clawed_back: i64,
     pub revenue_minor: i64,
     pub commission_minor: i64,
     pub paid_minor: i64,
@@ -556,7 +662,9 @@ impl std::ops::AddAssign<&StatsBump> for StatsBump {
     fn add_assign(&mut self, other: &StatsBump) {
         self.clicks += other.clicks;
         self.conversions += other.conversions;
+        self.click_conversions += other.click_conversions;
         self.approved += other.approved;
+        self.clawed_back += other.clawed_back;
         self.revenue_minor += other.revenue_minor;
         self.commission_minor += other.commission_minor;
         self.paid_minor += other.paid_minor;
@@ -603,11 +711,13 @@ pub async fn bump_all_stats(conn: &mut PgConnection, bumps: &StatsBumps) -> Resu
     let figure = |f: fn(&StatsBump) -> i64| rows.values().map(f).collect::<Vec<i64>>();
     sqlx::query(
         "INSERT INTO daily_stats AS s (program_id, enrollment_id, day, clicks, conversions, approved, revenue_minor, \
-         commission_minor, paid_minor, clawed_back_minor, refunded_minor) \
+         commission_minor, paid_minor, clawed_back_minor, refunded_minor, click_conversions, clawed_back) \
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::date[], $4::bigint[], $5::bigint[], $6::bigint[], \
-         $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[]) \
+         $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[]) \
          ON CONFLICT (program_id, enrollment_id, day) DO UPDATE SET clicks = s.clicks + EXCLUDED.clicks, \
          conversions = s.conversions + EXCLUDED.conversions, approved = s.approved + EXCLUDED.approved, \
+         click_conversions = s.click_conversions + EXCLUDED.click_conversions, \
+         clawed_back = s.clawed_back + EXCLUDED.clawed_back, \
          revenue_minor = s.revenue_minor + EXCLUDED.revenue_minor, \
          commission_minor = s.commission_minor + EXCLUDED.commission_minor, \
          paid_minor = s.paid_minor + EXCLUDED.paid_minor, \
@@ -625,6 +735,8 @@ pub async fn bump_all_stats(conn: &mut PgConnection, bumps: &StatsBumps) -> Resu
     .bind(figure(|b| b.paid_minor))
     .bind(figure(|b| b.clawed_back_minor))
     .bind(figure(|b| b.refunded_minor))
+    .bind(figure(|b| b.click_conversions))
+    .bind(figure(|b| b.clawed_back))
     .execute(conn)
     .await?;
     Ok(())

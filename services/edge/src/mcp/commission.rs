@@ -1,6 +1,8 @@
-//! Commission tools: balances, stats, analytics, leaderboard, and clawbacks. Figures come from
-//! the commission service's ledger and daily rollups; nothing is recomputed here.
+//! Commission tools: balances, stats, analytics, leaderboard, clawbacks and early releases.
+//! Figures come from the commission service's ledger and daily rollups; nothing is recomputed
+//! here.
 
+use super::programs::rfc3339;
 use super::{McpServer, ToolError, require_principal, tool_error};
 use amba_core::ApiError;
 use amba_proto::methods::{attribution, commission as methods};
@@ -18,8 +20,8 @@ pub struct AnalyticsArgs {
     pub from: Option<String>,
     /// Last day included, same format. Default: today.
     pub to: Option<String>,
-    /// Leaderboard order. Default commission.
-    #[schemars(extend("enum" = ["commission", "conversions", "approved", "revenue", "clicks"]))]
+    /// Leaderboard order. Default net_commission (commission less clawbacks).
+    #[schemars(extend("enum" = ["net_commission", "commission", "conversions", "approved", "revenue", "clicks"]))]
     pub by: Option<String>,
     /// Leaderboard size, 1-100 (default 10).
     #[schemars(range(min = 1, max = 100))]
@@ -29,8 +31,8 @@ pub struct AnalyticsArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct LeaderboardArgs {
     pub program_id: String,
-    /// Order. Default commission.
-    #[schemars(extend("enum" = ["commission", "conversions", "approved", "revenue", "clicks"]))]
+    /// Order. Default net_commission (commission less clawbacks).
+    #[schemars(extend("enum" = ["net_commission", "commission", "conversions", "approved", "revenue", "clicks"]))]
     pub by: Option<String>,
     /// Size, 1-100 (default 10).
     #[schemars(range(min = 1, max = 100))]
@@ -74,21 +76,81 @@ pub struct ClawbackArgs {
     pub idempotency_key: Option<String>,
 }
 
+/// The figures of a range (program totals, one affiliate, or a leaderboard row).
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ReleaseArgs {
+    /// The program (yours), e.g. prg_0190c8e2a1b27f3c9d4e5f6a7b8c9d0e.
+    pub program_id: String,
+    /// Release this sale's commissions (every level). Give this or enrollment_id, not both.
+    pub conversion_id: Option<String>,
+    /// Release all the commission this affiliate's enrollment holds in the program.
+    pub enrollment_id: Option<String>,
+    /// Why the hold ends early (e.g. "delivered and accepted; no refunds possible"): kept with the
+    /// release, its ledger postings, and who asked.
+    #[schemars(length(min = 1, max = 500))]
+    pub reason: String,
+    /// Makes a retry return the first release (duplicate true). Without one the request itself
+    /// (target and reason) is the key: give a later release of the same target its own key.
+    #[schemars(length(min = 1, max = 200))]
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ReleasedBy {
+    pub org_id: String,
+    pub account_id: String,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ReleaseOutput {
+    pub release_id: String,
+    pub program_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conversion_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enrollment_id: Option<String>,
+    /// Moved from held to payable (every earner of the sale together, for a conversion).
+    pub released_minor: i64,
+    /// Commissions released.
+    pub commissions: u32,
+    pub currency: String,
+    pub reason: String,
+    /// Who released it (the audit record).
+    pub released_by: ReleasedBy,
+    /// RFC 3339.
+    pub released_at: String,
+    /// True when this replayed an earlier release (same idempotency_key, or the same request):
+    /// nothing moved now.
+    pub duplicate: bool,
+}
+
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct Totals {
+    /// Clicks (on the click's day).
     pub clicks: i64,
+    /// Sales reported, however attributed or decided (rejected and unattributed ones included).
     pub conversions: i64,
-    pub approved: i64,
+    /// Sales attributed by a click (attribution touchpoint), neither rejected nor unattributed:
+    /// the conversion rate's numerator. Sales by code or customer are not among them.
+    pub click_conversions: i64,
     /// Approved sales.
+    pub approved: i64,
+    /// Approved sales with any clawback (counted in approved too).
+    pub clawed_back: i64,
+    /// Approved sales' amount, gross.
     pub revenue_minor: i64,
-    /// Commission accrued (overrides included).
-    pub commission_minor: i64,
-    /// Handed over to affiliates at payout, net of the platform fee.
-    pub paid_minor: i64,
-    /// Commission reversed by clawbacks and transfer reversals.
-    pub clawed_back_minor: i64,
-    /// Sales refunded.
+    /// Of that, refunded by clawbacks.
     pub refunded_minor: i64,
+    /// revenue_minor − refunded_minor.
+    pub net_revenue_minor: i64,
+    /// Commission accrued, gross (overrides to their earner).
+    pub commission_minor: i64,
+    /// Commission reversed by clawbacks (and by transfer reversals, on the reversal's day).
+    pub clawed_back_minor: i64,
+    /// commission_minor − clawed_back_minor: what the affiliates keep.
+    pub net_commission_minor: i64,
+    /// Handed over to affiliates at payout, net of the platform fee (on the payout's day).
+    pub paid_minor: i64,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -99,11 +161,21 @@ pub struct LeaderboardRow {
     pub affiliate_org_name: String,
     pub clicks: i64,
     pub conversions: i64,
+    pub click_conversions: i64,
     pub approved: i64,
+    pub clawed_back: i64,
     pub revenue_minor: i64,
+    pub refunded_minor: i64,
+    pub net_revenue_minor: i64,
     pub commission_minor: i64,
-    pub epc_minor: i64,
-    pub conversion_rate: String,
+    pub clawed_back_minor: i64,
+    pub net_commission_minor: i64,
+    pub paid_minor: i64,
+    /// Net commission per click; null without clicks.
+    pub epc_minor: Option<i64>,
+    /// click_conversions ÷ clicks, 4 places; null without clicks.
+    pub conversion_rate: Option<String>,
+    pub conversion_rate_bps: Option<i64>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -111,11 +183,12 @@ pub struct AnalyticsOutput {
     pub program_id: String,
     pub currency: String,
     pub totals: Totals,
-    /// Commission per click, minor units (rounded half-even).
-    pub epc_minor: i64,
-    /// Conversions per click, decimal string with 4 places ("0.2500").
-    pub conversion_rate: String,
-    pub conversion_rate_bps: i64,
+    /// Net commission per click, minor units (rounded half-even); null without clicks.
+    pub epc_minor: Option<i64>,
+    /// click_conversions ÷ clicks, decimal string with 4 places ("0.2500"); null without clicks.
+    pub conversion_rate: Option<String>,
+    /// The same rate in basis points; null without clicks.
+    pub conversion_rate_bps: Option<i64>,
     pub leaderboard: Vec<LeaderboardRow>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
@@ -132,17 +205,28 @@ pub struct LeaderboardOutput {
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct MyStatsOutput {
     pub clicks: i64,
+    /// Your sales, however attributed or decided.
     pub conversions: i64,
+    /// Your sales by a click (not rejected): the conversion rate's numerator.
+    pub click_conversions: i64,
     pub approved: i64,
-    /// Conversions per click, decimal string with 4 places.
-    pub conversion_rate: String,
-    pub conversion_rate_bps: i64,
-    /// Commission per click, minor units.
-    pub epc_minor: i64,
+    /// Approved sales with any clawback.
+    pub clawed_back: i64,
+    /// click_conversions ÷ clicks, decimal string with 4 places; null without clicks.
+    pub conversion_rate: Option<String>,
+    pub conversion_rate_bps: Option<i64>,
+    /// Net commission per click, minor units; null without clicks.
+    pub epc_minor: Option<i64>,
+    /// Commission accrued, gross.
     pub commission_minor: i64,
-    pub revenue_minor: i64,
-    pub paid_minor: i64,
+    /// Commission reversed by clawbacks.
     pub clawed_back_minor: i64,
+    /// commission_minor − clawed_back_minor: what you keep.
+    pub net_commission_minor: i64,
+    pub revenue_minor: i64,
+    pub refunded_minor: i64,
+    pub net_revenue_minor: i64,
+    pub paid_minor: i64,
     pub currency: String,
 }
 
@@ -157,6 +241,18 @@ pub struct BalanceView {
     pub reserved_minor: i64,
     pub paid_minor: i64,
     pub debt_minor: i64,
+    /// When held commission next becomes payable (RFC 3339); null when nothing is held.
+    pub next_release_at: Option<String>,
+    /// held_minor by the UTC day it becomes payable, earliest first (the first 50 days).
+    pub releases: Vec<ReleaseView>,
+}
+
+/// Held commission that becomes payable on one day: all of it by `at`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ReleaseView {
+    /// RFC 3339: the latest release time of that day's commissions.
+    pub at: String,
+    pub amount_minor: i64,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -173,6 +269,8 @@ pub struct MyBalanceOutput {
     pub debt_minor: i64,
     /// Empty when your programs use several currencies (see balances).
     pub currency: String,
+    /// When any of your held commission next becomes payable (RFC 3339); null when none is held.
+    pub next_release_at: Option<String>,
     /// One per program you are enrolled in, one page at a time (the sums above cover them all).
     pub balances: Vec<BalanceView>,
     /// Pass as `cursor` for the next page of balances; absent on the last page.
@@ -217,8 +315,16 @@ pub struct ClawbackOutput {
 impl McpServer {
     #[tool(
         name = "amba_affiliate_analytics_get",
-        description = "A program's totals (clicks, conversions, approved, revenue, commission, paid, clawed back), \
-                       EPC, conversion rate and leaderboard, optionally for a day range. Eventually consistent: the ledger books an approved conversion within about a second of the \
+        description = "A program's totals, EPC, conversion rate and leaderboard, optionally for a day range. \
+                       Money both gross and net of clawbacks: commission_minor, clawed_back_minor, \
+                       net_commission_minor (what affiliates keep); revenue_minor, refunded_minor, net_revenue_minor. \
+                       Counts apart: conversions (every sale reported), approved, clawed_back (approved sales with \
+                       any clawback), click_conversions. conversion_rate = click_conversions ÷ clicks (sales \
+                       attributed by a click, neither rejected nor unattributed; sales by code do not count); \
+                       epc_minor = net commission ÷ clicks; both null without clicks. Date basis (from/to, UTC \
+                       days): every figure of a sale counts on the day the sale happened (its occurred_at), \
+                       whenever it was approved or refunded; clicks on the click's day, paid on the payout's day. \
+                       Eventually consistent: the ledger books an approved conversion within about a second of the \
                        report (longer under heavy load); if one you just approved is missing, wait a second and ask again.",
         annotations(
             read_only_hint = true,
@@ -260,7 +366,12 @@ impl McpServer {
 
     #[tool(
         name = "amba_affiliate_leaderboard_get",
-        description = "A program's affiliates ranked by commission (or conversions, approved, revenue, clicks). Eventually consistent: the ledger books an approved conversion within about a second of the \
+        description = "A program's affiliates ranked by net commission (commission less clawbacks; or by \
+                       gross commission, conversions, approved, revenue, clicks), each row with the figures of \
+                       amba_affiliate_analytics_get: gross and net commission and revenue, clawed_back, \
+                       click_conversions, and conversion_rate/epc_minor (null without clicks). Date basis (from/to, \
+                       UTC days): a sale's figures count on the day the sale happened (its occurred_at). \
+                       Eventually consistent: the ledger books an approved conversion within about a second of the \
                        report (longer under heavy load); if one you just approved is missing, wait a second and ask again.",
         annotations(
             read_only_hint = true,
@@ -294,7 +405,12 @@ impl McpServer {
 
     #[tool(
         name = "amba_affiliate_my_stats_get",
-        description = "Your own clicks, conversions, conversion rate, EPC and commission (all your programs, or one). Eventually consistent: the ledger books an approved conversion within about a second of the \
+        description = "Your own figures (all your programs, or one): clicks, conversions, click_conversions, \
+                       approved, clawed_back; commission gross, clawed back and net (what you keep); revenue \
+                       gross, refunded and net; paid. conversion_rate = click_conversions ÷ clicks and epc_minor = \
+                       net commission ÷ clicks, both null without clicks. Date basis (from/to, UTC days): a sale's \
+                       figures count on the day the sale happened (its occurred_at); clicks on the click's day, paid \
+                       on the payout's day. Eventually consistent: the ledger books an approved conversion within about a second of the \
                        report (longer under heavy load); if one you just approved is missing, wait a second and ask again.",
         annotations(
             read_only_hint = true,
@@ -321,14 +437,19 @@ impl McpServer {
         Ok(Json(MyStatsOutput {
             clicks: s.clicks,
             conversions: s.conversions,
+            click_conversions: s.click_conversions,
             approved: s.approved,
+            clawed_back: s.clawed_back,
             conversion_rate: s.conversion_rate,
             conversion_rate_bps: s.conversion_rate_bps,
             epc_minor: s.epc_minor,
             commission_minor: s.commission_minor,
-            revenue_minor: s.revenue_minor,
-            paid_minor: s.paid_minor,
             clawed_back_minor: s.clawed_back_minor,
+            net_commission_minor: s.net_commission_minor,
+            revenue_minor: s.revenue_minor,
+            refunded_minor: s.refunded_minor,
+            net_revenue_minor: s.net_revenue_minor,
+            paid_minor: s.paid_minor,
             currency: s.currency,
         }))
     }
@@ -338,6 +459,10 @@ impl McpServer {
         description = "Your commission balance: held (refund window), payable, reserved (payout in flight), paid, \
                        and carry-forward debt, summed over all your programs, with the balance of each program \
                        (balances: limit per page, default 50, max 200; pass next_cursor as cursor for more). \
+                       Held money says when it becomes payable: next_release_at, and per program releases \
+                       [{at, amount_minor}] (held_minor by the UTC day its hold ends, earliest first, the first 50 \
+                       days); a commission's hold ends at its approval plus the program's hold_days as they were \
+                       then, or earlier if the owner releases it. \
                        Eventually consistent: the ledger books an approved conversion within about a second of the \
                        report (longer under heavy load); if one you just approved is missing, wait a second and ask again.",
         annotations(
@@ -368,6 +493,7 @@ impl McpServer {
             paid_minor: total.paid_minor,
             debt_minor: total.debt_minor,
             currency: total.currency,
+            next_release_at: time_or_null(total.next_release_at_micros),
             balances: reply
                 .balances
                 .into_iter()
@@ -381,6 +507,15 @@ impl McpServer {
                     reserved_minor: b.reserved_minor,
                     paid_minor: b.paid_minor,
                     debt_minor: b.debt_minor,
+                    next_release_at: time_or_null(b.next_release_at_micros),
+                    releases: b
+                        .releases
+                        .into_iter()
+                        .map(|r| ReleaseView {
+                            at: rfc3339(r.at_micros),
+                            amount_minor: r.amount_minor,
+                        })
+                        .collect(),
                 })
                 .collect(),
             next_cursor: (!reply.next_cursor.is_empty()).then_some(reply.next_cursor),
@@ -463,18 +598,83 @@ impl McpServer {
             },
         }))
     }
+
+    #[tool(
+        name = "amba_affiliate_commission_release",
+        description = "Release held commission before its hold ends, making it payable now: one sale's \
+                       commissions (conversion_id, every level) or all an affiliate holds in the program \
+                       (enrollment_id). reason is required; who released it and why are kept with the release \
+                       and its ledger postings. A released commission is never released again (the hold's own \
+                       release skips it), and a clawback afterwards reverses it out of payable (debt if already \
+                       paid). Errors: CONFLICT when nothing is held (already payable or clawed back), NOT_FOUND \
+                       for a program that is not yours or a conversion without a commission in it. Safe to \
+                       retry: the same idempotency_key (or, without one, the same request) returns the first \
+                       release with duplicate true.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn commission_release(
+        &self,
+        Parameters(args): Parameters<ReleaseArgs>,
+        Extension(parts): Extension<http::request::Parts>,
+    ) -> Result<Json<ReleaseOutput>, ToolError> {
+        let caller = require_principal(&parts)?;
+        let request = pb::ReleaseHeldRequest {
+            caller: Some(caller),
+            program_id: args.program_id,
+            conversion_id: args.conversion_id.unwrap_or_default(),
+            enrollment_id: args.enrollment_id.unwrap_or_default(),
+            reason: args.reason,
+            idempotency_key: args.idempotency_key.unwrap_or_default(),
+        };
+        let r: pb::ReleaseHeldReply = self
+            .call_service(methods::SERVICE, methods::RELEASE_HELD, &request)
+            .await?;
+        Ok(Json(ReleaseOutput {
+            release_id: r.release_id,
+            program_id: r.program_id,
+            conversion_id: non_empty(r.conversion_id),
+            enrollment_id: non_empty(r.enrollment_id),
+            released_minor: r.released_minor,
+            commissions: r.commissions,
+            currency: r.currency,
+            reason: r.reason,
+            released_by: ReleasedBy {
+                org_id: r.released_by_org_id,
+                account_id: r.released_by_account_id,
+            },
+            released_at: rfc3339(r.released_at_micros),
+            duplicate: r.duplicate,
+        }))
+    }
+}
+
+fn non_empty(text: String) -> Option<String> {
+    (!text.is_empty()).then_some(text)
+}
+
+fn time_or_null(micros: i64) -> Option<String> {
+    (micros > 0).then(|| rfc3339(micros))
 }
 
 fn totals(s: &pb::Stats) -> Totals {
     Totals {
         clicks: s.clicks,
         conversions: s.conversions,
+        click_conversions: s.click_conversions,
         approved: s.approved,
+        clawed_back: s.clawed_back,
         revenue_minor: s.revenue_minor,
-        commission_minor: s.commission_minor,
-        paid_minor: s.paid_minor,
-        clawed_back_minor: s.clawed_back_minor,
         refunded_minor: s.refunded_minor,
+        net_revenue_minor: s.net_revenue_minor,
+        commission_minor: s.commission_minor,
+        clawed_back_minor: s.clawed_back_minor,
+        net_commission_minor: s.net_commission_minor,
+        paid_minor: s.paid_minor,
     }
 }
 
@@ -487,10 +687,18 @@ fn leaderboard_row(entry: pb::LeaderboardEntry) -> LeaderboardRow {
         affiliate_org_name: entry.affiliate_org_name,
         clicks: s.clicks,
         conversions: s.conversions,
+        click_conversions: s.click_conversions,
         approved: s.approved,
+        clawed_back: s.clawed_back,
         revenue_minor: s.revenue_minor,
+        refunded_minor: s.refunded_minor,
+        net_revenue_minor: s.net_revenue_minor,
         commission_minor: s.commission_minor,
+        clawed_back_minor: s.clawed_back_minor,
+        net_commission_minor: s.net_commission_minor,
+        paid_minor: s.paid_minor,
         epc_minor: s.epc_minor,
         conversion_rate: s.conversion_rate,
+        conversion_rate_bps: s.conversion_rate_bps,
     }
 }
