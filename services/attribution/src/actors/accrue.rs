@@ -1,7 +1,7 @@
 //! Deciding commissions for approvals, in a transaction that holds the affiliates' volume
 //! counters (so tiers count every approval exactly once, in order).
 
-use crate::domain::accrual::{context, period_key};
+use crate::domain::accrual::{context, period_key, renewal_outside_window};
 use crate::store;
 use amba_rules::CommissionRule;
 use chrono::{DateTime, Utc};
@@ -59,11 +59,13 @@ pub struct Approval {
 }
 
 /// The commission decided for an approval.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Priced {
     pub commission_minor: i64,
     pub version: i32,
     pub tier: i32,
+    /// Why the rule gave nothing, when that needs saying (a renewal after the recurring window).
+    pub reason: Option<String>,
 }
 
 /// Prices approvals in order, counting each into its affiliate's tier volume.
@@ -107,6 +109,7 @@ pub async fn price(
             commission_minor: accrual.amount_minor,
             version: a.version,
             tier,
+            reason: renewal_outside_window(rule, a.renewal_since),
         });
     }
     store::conversions::write_counters(conn, &counters).await?;

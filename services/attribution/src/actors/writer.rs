@@ -339,6 +339,7 @@ async fn decide_and_write(deps: &WriterDeps, reports: &[Submission]) -> Result<V
         let report = &reports[*i].report;
         let approved = decision.status == Status::Approved;
         let priced = if approved { prices.next() } else { None };
+        let priced = priced.as_ref();
         let enrollment = decision.enrollment.as_ref();
         let row = ConversionRow {
             conversion_id: ConversionId::new().to_string(),
@@ -355,7 +356,10 @@ async fn decide_and_write(deps: &WriterDeps, reports: &[Submission]) -> Result<V
             touchpoint_id: decision.touchpoint_id.clone(),
             subject_ref: report.subject_ref.clone(),
             customer_ref: report.customer_ref.clone(),
-            reason: decision.reason.clone(),
+            reason: decision
+                .reason
+                .clone()
+                .or_else(|| priced.and_then(|p| p.reason.clone())),
             occurred_at: report.occurred_at,
             recorded_at: now,
             decided_at: approved.then_some(now),

@@ -1,5 +1,6 @@
-//! Pure rules of attribution: validating a report, deciding who gets the credit, and the
-//! commission a conversion accrues when approved. No I/O.
+//! Pure rules of attribution: validating a report, deciding who gets the credit, the
+//! commission a conversion accrues when approved, and the accounting export's CSV. No I/O.
 
 pub mod accrual;
+pub mod export;
 pub mod report;

@@ -41,6 +41,9 @@ pub fn server(service: Attribution) -> RpcServer {
         methods::REJECT => reject,
         methods::CLAWBACK => clawback,
         methods::LIST => list,
+        methods::ASSIGN => assign,
+        methods::DECIDE_MANY => decide_many,
+        methods::EXPORT => export,
         methods::RECORD_TOUCHPOINT => record_touchpoint,
     })
 }

@@ -269,6 +269,56 @@ pub async fn decide(conn: &mut PgConnection, row: &ConversionRow) -> Result<(), 
     Ok(())
 }
 
+/// Records an owner's assignment of an unattributed conversion (and the decision it led to).
+pub async fn assign(conn: &mut PgConnection, row: &ConversionRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE conversions SET status = $2, attribution = $3, enrollment_id = $4, affiliate_org_id = $5, code = $6, \
+         reason = $7, decided_at = $8, commission_minor = $9, commission_version = $10, commission_tier = $11, \
+         renewal = $12, customer_first_conversion_at = $13 WHERE conversion_id = $1 AND status = 'unattributed'",
+    )
+    .bind(&row.conversion_id)
+    .bind(&row.status)
+    .bind(&row.attribution)
+    .bind(&row.enrollment_id)
+    .bind(&row.affiliate_org_id)
+    .bind(&row.code)
+    .bind(&row.reason)
+    .bind(row.decided_at)
+    .bind(row.commission_minor)
+    .bind(row.commission_version)
+    .bind(row.commission_tier)
+    .bind(row.renewal)
+    .bind(row.customer_first_conversion_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A page of a program's conversions by sale time in `[from, to)`, after `after`
+/// (a previous page's last `(occurred_at, conversion_id)`).
+pub async fn export_page(
+    conn: &mut PgConnection,
+    program_id: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    after: Option<(DateTime<Utc>, &str)>,
+    limit: i64,
+) -> Result<Vec<ConversionRow>, sqlx::Error> {
+    sqlx::query_as(select_conversions!(
+        "WHERE program_id = $1 AND occurred_at >= $2 AND occurred_at < $3 \
+         AND ($4::timestamptz IS NULL OR (occurred_at, conversion_id) > ($4, $5)) \
+         ORDER BY occurred_at, conversion_id LIMIT $6"
+    ))
+    .bind(program_id)
+    .bind(from)
+    .bind(to)
+    .bind(after.map(|a| a.0))
+    .bind(after.map(|a| a.1).unwrap_or_default())
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
 pub struct ListFilter<'a> {
     pub program_id: Option<&'a str>,
     pub affiliate_org_id: Option<&'a str>,

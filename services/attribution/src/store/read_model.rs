@@ -35,12 +35,19 @@ pub async fn apply_program(conn: &mut PgConnection, p: &pb::Program) -> Result<(
     .execute(&mut *conn)
     .await?;
     let rule: serde_json::Value = serde_json::from_str(&p.commission_json).unwrap_or(serde_json::Value::Null);
-    sqlx::query("INSERT INTO rule_versions (program_id, version, rule) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-        .bind(&p.program_id)
-        .bind(i32::try_from(p.commission_version).unwrap_or(i32::MAX))
-        .bind(Json(rule))
-        .execute(conn)
-        .await?;
+    // A version takes effect with the earliest snapshot that carries it (events may arrive late).
+    sqlx::query(
+        "INSERT INTO rule_versions (program_id, version, rule, effective_at) VALUES ($1, $2, $3, \
+         CASE WHEN $4 > 0 THEN TIMESTAMPTZ 'epoch' + $4 * INTERVAL '1 microsecond' END) \
+         ON CONFLICT (program_id, version) DO UPDATE SET effective_at = LEAST(rule_versions.effective_at, EXCLUDED.effective_at) \
+         WHERE rule_versions.effective_at IS NOT NULL",
+    )
+    .bind(&p.program_id)
+    .bind(i32::try_from(p.commission_version).unwrap_or(i32::MAX))
+    .bind(Json(rule))
+    .bind(p.updated_at_micros)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -118,6 +125,29 @@ pub async fn programs(conn: &mut PgConnection, ids: &[String]) -> Result<HashMap
     .fetch_all(conn)
     .await?;
     Ok(rows.into_iter().map(|r| (r.program_id.clone(), r.into())).collect())
+}
+
+/// The rule version in force at `at`: the latest one that took effect by then (versions from
+/// before effective times were recorded count as in force); for a sale before the first
+/// version, the first; `current` when none is known.
+pub async fn version_at(
+    conn: &mut PgConnection,
+    program_id: &str,
+    at: DateTime<Utc>,
+    current: i32,
+) -> Result<i32, sqlx::Error> {
+    let version: Option<i32> = sqlx::query_scalar(
+        "SELECT COALESCE( \
+           (SELECT max(version) FROM rule_versions WHERE program_id = $1 AND version <= $3 \
+              AND (effective_at IS NULL OR effective_at <= $2)), \
+           (SELECT min(version) FROM rule_versions WHERE program_id = $1))",
+    )
+    .bind(program_id)
+    .bind(at)
+    .bind(current)
+    .fetch_optional(conn)
+    .await?;
+    Ok(version.unwrap_or(current))
 }
 
 pub async fn rule(

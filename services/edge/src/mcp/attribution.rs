@@ -63,6 +63,94 @@ pub struct DecideArgs {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+pub struct AssignArgs {
+    /// The unattributed conversion, `cnv_` + 32 hex digits (from _conversions_list with status
+    /// unattributed).
+    pub conversion_id: String,
+    /// The affiliate's enrollment in the same program, `enr_` + 32 hex digits (from
+    /// _affiliates_list). Give this or `code`, not both.
+    pub enrollment_id: Option<String>,
+    /// The affiliate's current referral code in the same program (the conversion then shows
+    /// it). Give this or `enrollment_id`, not both.
+    pub code: Option<String>,
+    /// Why you credit it (e.g. "customer named Ann's podcast at checkout"); kept with the
+    /// conversion and shown to the affiliate.
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct AssignOutput {
+    pub conversion: ConversionView,
+    /// True when it was already assigned to that enrollment: nothing changed.
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct BulkDecideArgs {
+    /// approve (commission accrues under the program's current rule) or reject (no commission).
+    #[schemars(extend("enum" = ["approve", "reject"]))]
+    pub decision: String,
+    /// The pending conversions to decide, 1-200 ids (`cnv_…`, from _conversions_list with status
+    /// pending).
+    #[schemars(length(min = 1, max = 200))]
+    pub conversion_ids: Vec<String>,
+    /// Why, in a sentence; kept with each conversion and shown to the affiliate.
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct DecisionOutcomeView {
+    pub conversion_id: String,
+    /// approved | rejected | already approved | already rejected | not found | conflict: <why> |
+    /// invalid: <why> | not applied, retry: <why>
+    pub outcome: String,
+    /// The conversion's status after the call (absent when not found or invalid).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// The commission decided (approved ones).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commission_minor: Option<i64>,
+    /// The error code when it was not applied: NOT_FOUND, CONFLICT, INVALID_ARGUMENT, UNAVAILABLE.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct BulkDecideOutput {
+    /// One per id given, in the same order.
+    pub outcomes: Vec<DecisionOutcomeView>,
+    /// How many this call approved or rejected.
+    pub applied: u32,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ExportArgs {
+    pub program_id: String,
+    /// Start of the sale-time range (inclusive): RFC 3339 (2026-01-01T00:00:00Z) or a UTC date
+    /// (2026-01-01).
+    pub from: String,
+    /// End of the sale-time range (exclusive), at most 366 days after `from`: RFC 3339 or a UTC
+    /// date.
+    pub to: String,
+    /// The previous page's `next_cursor`; omit for the first page.
+    pub cursor: Option<String>,
+    /// Rows per page, 1-5000 (default 5000; a page of very long rows may hold fewer).
+    #[schemars(range(min = 1, max = 5000))]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ExportOutput {
+    /// RFC 4180 CSV: a header row, then one row per conversion by sale time, CRLF line ends.
+    pub csv: String,
+    /// Conversion rows in this page (the header not counted).
+    pub rows: u32,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct ConversionsListArgs {
     pub program_id: String,
     #[schemars(extend("enum" = ["pending", "approved", "rejected", "unattributed", "clawed_back"]))]
@@ -92,7 +180,7 @@ pub struct ConversionView {
     pub currency: String,
     /// pending | approved | rejected | unattributed | clawed_back
     pub status: String,
-    /// code | touchpoint | customer | none
+    /// code | touchpoint | customer | none | assigned (credited by the owner)
     pub attribution: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enrollment_id: Option<String>,
@@ -104,7 +192,8 @@ pub struct ConversionView {
     pub subject_ref: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub customer_ref: Option<String>,
-    /// Why it is unattributed, held or rejected.
+    /// Why it is unattributed, held, rejected or assigned, or why an approved renewal earned
+    /// nothing (after the recurring window).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub occurred_at: String,
@@ -269,6 +358,135 @@ impl McpServer {
     }
 
     #[tool(
+        name = "amba_affiliate_conversion_assign",
+        description = "Credit an unattributed sale of your program to one of its active affiliates (by enrollment_id or \
+                       referral code). It then goes the way an attributed report would: approved at once with the \
+                       commission of the rule in force at the sale's time in auto-approving programs (the ledger books \
+                       it once, about a second later), else pending for your decision. Assigning it again to the same \
+                       affiliate returns it unchanged with duplicate=true; any other conversion that is not \
+                       unattributed is refused (CONFLICT naming its status).",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn conversion_assign(
+        &self,
+        Parameters(a): Parameters<AssignArgs>,
+        Extension(parts): Extension<http::request::Parts>,
+    ) -> Result<Json<AssignOutput>, ToolError> {
+        let request = pb::AssignConversionRequest {
+            caller: Some(require_principal(&parts)?),
+            conversion_id: a.conversion_id,
+            enrollment_id: a.enrollment_id.unwrap_or_default(),
+            code: a.code.unwrap_or_default(),
+            reason: a.reason.unwrap_or_default(),
+        };
+        let reply: pb::AssignConversionReply = self.call_service(methods::SERVICE, methods::ASSIGN, &request).await?;
+        let conversion = reply.conversion.ok_or_else(|| tool_error(ApiError::internal()))?;
+        Ok(Json(AssignOutput {
+            conversion: conversion_view(conversion, false),
+            duplicate: reply.duplicate,
+        }))
+    }
+
+    #[tool(
+        name = "amba_affiliate_conversions_decide",
+        description = "Approve or reject up to 200 pending conversions of your programs in one call. Each id is decided \
+                       on its own (all valid ones are applied; one conversion's commission is booked entirely or not at \
+                       all) and gets its outcome, in order: approved / rejected, `already approved` / `already \
+                       rejected` (nothing changed, safe to retry), `not found`, `conflict: <why>` (e.g. not pending), \
+                       `invalid: <why>`, or `not applied, retry: <why>`. Approvals accrue commission under the \
+                       program's current rule and e-mail the affiliate, as amba_affiliate_conversion_approve does.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn conversions_decide(
+        &self,
+        Parameters(a): Parameters<BulkDecideArgs>,
+        Extension(parts): Extension<http::request::Parts>,
+    ) -> Result<Json<BulkDecideOutput>, ToolError> {
+        let request = pb::DecideConversionsRequest {
+            caller: Some(require_principal(&parts)?),
+            decision: a.decision,
+            conversion_ids: a.conversion_ids,
+            reason: a.reason.unwrap_or_default(),
+        };
+        let reply: pb::DecideConversionsReply = self
+            .call_service(methods::SERVICE, methods::DECIDE_MANY, &request)
+            .await?;
+        let outcomes: Vec<DecisionOutcomeView> = reply
+            .outcomes
+            .into_iter()
+            .map(|o| {
+                let applied = o.error_code.is_empty();
+                DecisionOutcomeView {
+                    commission_minor: (applied && o.status != "rejected").then_some(o.commission_minor),
+                    status: non_empty(o.status),
+                    error_code: non_empty(o.error_code),
+                    conversion_id: o.conversion_id,
+                    outcome: o.outcome,
+                }
+            })
+            .collect();
+        let applied = outcomes
+            .iter()
+            .filter(|o| matches!(o.outcome.as_str(), "approved" | "rejected"))
+            .count();
+        Ok(Json(BulkDecideOutput {
+            outcomes,
+            applied: u32::try_from(applied).unwrap_or(u32::MAX),
+        }))
+    }
+
+    #[tool(
+        name = "amba_affiliate_conversions_export",
+        description = "Your program's conversions with a sale time in [from, to) (at most 366 days) as CSV for \
+                       accounting, oldest sale first, in pages of `limit` rows (default and most 5,000; fewer when rows \
+                       are long): pass next_cursor to continue. Columns: conversion_id, external_id, occurred_at, status, \
+                       affiliate_org_id, enrollment_id, code, amount_minor, currency, commission_minor, \
+                       clawed_back_minor, net_commission_minor, reason, decided_at, refunded_minor. Amounts are integer \
+                       minor units; times RFC 3339 UTC. The commission figures are the attribution service's: the direct \
+                       commission decided at approval (0 unless approved; upline overrides not included), the part of \
+                       it refunds took back (prorated to refunded_minor, the refunded part of the sale, as the ledger \
+                       reverses it), and what remains; the ledger's balances, holds and payouts are in \
+                       amba_affiliate_analytics_get and _payouts_list. Text cells starting with = + - or @ get a \
+                       leading ' so spreadsheets do not run them as formulas.",
+        annotations(
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn conversions_export(
+        &self,
+        Parameters(a): Parameters<ExportArgs>,
+        Extension(parts): Extension<http::request::Parts>,
+    ) -> Result<Json<ExportOutput>, ToolError> {
+        let request = pb::ExportConversionsRequest {
+            caller: Some(require_principal(&parts)?),
+            program_id: a.program_id,
+            from_micros: parse_instant("from", &a.from).map_err(tool_error)?,
+            to_micros: parse_instant("to", &a.to).map_err(tool_error)?,
+            cursor: a.cursor.unwrap_or_default(),
+            limit: a.limit.unwrap_or_default(),
+        };
+        let reply: pb::ExportConversionsReply = self.call_service(methods::SERVICE, methods::EXPORT, &request).await?;
+        Ok(Json(ExportOutput {
+            csv: reply.csv,
+            rows: reply.rows,
+            next_cursor: non_empty(reply.next_cursor),
+        }))
+    }
+
+    #[tool(
         name = "amba_affiliate_conversions_list",
         description = "Your program's conversions, oldest first; filter by status, page with cursor.",
         annotations(
@@ -380,6 +598,26 @@ pub fn parse_time(text: Option<&str>) -> Result<i64, ApiError> {
                 ))
             }),
     }
+}
+
+/// An RFC 3339 time or a UTC date (`2026-01-01`: its midnight) → unix microseconds.
+fn parse_instant(name: &str, text: &str) -> Result<i64, ApiError> {
+    let text = text.trim();
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.timestamp_micros())
+        .ok()
+        .or_else(|| {
+            chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+                .ok()
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+                .map(|t| t.and_utc().timestamp_micros())
+        })
+        .ok_or_else(|| {
+            ApiError::invalid(format!(
+                "{name} {text:?} is not an RFC 3339 time such as 2026-11-01T00:00:00Z or a date such as 2026-11-01"
+            ))
+            .with_details(serde_json::json!({ "argument": name }))
+        })
 }
 
 /// An affiliate sees its conversions without the owner's customer references.

@@ -1,0 +1,141 @@
+//! The accounting export: a program's conversions as CSV (RFC 4180: comma-separated, CRLF line
+//! ends, a cell quoted when it holds a comma, quote or line break, quotes doubled).
+//!
+//! Text cells are guarded against CSV injection: a spreadsheet would run a cell that starts
+//! with `=`, `+`, `-`, `@` (or a tab or carriage return) as a formula, so such a cell gets a
+//! leading `'`. Number cells are never negative and are written as they are.
+
+use amba_core::rounding::round_half_even;
+use chrono::{DateTime, SecondsFormat, Utc};
+
+/// The columns, in order (the header row).
+pub const COLUMNS: [&str; 15] = [
+    "conversion_id",
+    "external_id",
+    "occurred_at",
+    "status",
+    "affiliate_org_id",
+    "enrollment_id",
+    "code",
+    "amount_minor",
+    "currency",
+    "commission_minor",
+    "clawed_back_minor",
+    "net_commission_minor",
+    "reason",
+    "decided_at",
+    "refunded_minor",
+];
+
+/// One conversion as the export shows it.
+pub struct ExportRow<'a> {
+    pub conversion_id: &'a str,
+    pub external_id: &'a str,
+    pub occurred_at: DateTime<Utc>,
+    pub status: &'a str,
+    pub affiliate_org_id: Option<&'a str>,
+    pub enrollment_id: Option<&'a str>,
+    pub code: Option<&'a str>,
+    pub amount_minor: i64,
+    pub currency: &'a str,
+    pub commission_minor: i64,
+    /// The part of the sale refunded so far (clawbacks).
+    pub refunded_minor: i64,
+    pub reason: Option<&'a str>,
+    pub decided_at: Option<DateTime<Utc>>,
+}
+
+/// The header row, CRLF-terminated.
+pub fn header() -> String {
+    let mut line = COLUMNS.join(",");
+    line.push_str("\r\n");
+    line
+}
+
+/// One CRLF-terminated data row.
+pub fn line(row: &ExportRow<'_>) -> String {
+    let clawed_back = commission_clawed_back(row.commission_minor, row.refunded_minor, row.amount_minor);
+    let cells = [
+        text(row.conversion_id),
+        text(row.external_id),
+        time(row.occurred_at),
+        text(row.status),
+        text(row.affiliate_org_id.unwrap_or_default()),
+        text(row.enrollment_id.unwrap_or_default()),
+        text(row.code.unwrap_or_default()),
+        row.amount_minor.to_string(),
+        text(row.currency),
+        row.commission_minor.to_string(),
+        clawed_back.to_string(),
+        (row.commission_minor - clawed_back).to_string(),
+        text(row.reason.unwrap_or_default()),
+        row.decided_at.map(time).unwrap_or_default(),
+        row.refunded_minor.to_string(),
+    ];
+    let mut line = cells.join(",");
+    line.push_str("\r\n");
+    line
+}
+
+/// The commission a refund takes back, prorated exactly as the ledger reverses it:
+/// `round_half_even(commission × refunded / sale)`; all of it when a zero sale is refunded.
+pub fn commission_clawed_back(commission_minor: i64, refunded_minor: i64, sale_minor: i64) -> i64 {
+    if refunded_minor <= 0 || commission_minor <= 0 {
+        return 0;
+    }
+    if sale_minor <= 0 || refunded_minor >= sale_minor {
+        return commission_minor;
+    }
+    round_half_even(
+        i128::from(commission_minor) * i128::from(refunded_minor),
+        i128::from(sale_minor),
+    )
+    .unwrap_or(commission_minor)
+    .clamp(0, commission_minor)
+}
+
+fn time(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// A text cell: guarded against formula injection, then quoted when it must be.
+fn text(value: &str) -> String {
+    let guarded = if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{value}")
+    } else {
+        value.to_owned()
+    };
+    if guarded.contains([',', '"', '\r', '\n']) {
+        format!("\"{}\"", guarded.replace('"', "\"\""))
+    } else {
+        guarded
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_are_quoted_and_guarded() {
+        assert_eq!(text("plain"), "plain");
+        assert_eq!(text("a,b"), "\"a,b\"");
+        assert_eq!(text("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(text("two\nlines"), "\"two\nlines\"");
+        assert_eq!(text("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
+        assert_eq!(text("+1"), "'+1");
+        assert_eq!(text("-1"), "'-1");
+        assert_eq!(text("@sum"), "'@sum");
+        assert_eq!(text(""), "");
+    }
+
+    #[test]
+    fn clawbacks_prorate_like_the_ledger() {
+        assert_eq!(commission_clawed_back(2_000, 0, 10_000), 0);
+        assert_eq!(commission_clawed_back(2_000, 2_500, 10_000), 500);
+        assert_eq!(commission_clawed_back(3, 5_000, 10_000), 2); // 1.5 → 2 (half-even)
+        assert_eq!(commission_clawed_back(5, 5_000, 10_000), 2); // 2.5 → 2
+        assert_eq!(commission_clawed_back(2_000, 10_000, 10_000), 2_000);
+        assert_eq!(commission_clawed_back(0, 10_000, 10_000), 0);
+    }
+}
