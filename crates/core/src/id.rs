@@ -8,12 +8,21 @@ use std::fmt;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "{value:?} is not a {kind} id: expected `{prefix}_` followed by 32 hex digits, as returned by the tool that made it"
+    "{value:?} is not {} {kind} id: expected `{prefix}_` followed by 32 hex digits, as returned by the tool that made it",
+    article(kind)
 )]
 pub struct IdError {
     pub kind: &'static str,
     pub prefix: &'static str,
     pub value: String,
+}
+
+/// "an" before a vowel sound's letter, else "a" ("an enrollment", "a program").
+fn article(noun: &str) -> &'static str {
+    match noun.chars().next() {
+        Some('a' | 'e' | 'i' | 'o' | 'u') => "an",
+        _ => "a",
+    }
 }
 
 /// A fresh time-ordered suffix (UUIDv7, 32 lower-case hex digits).
@@ -113,6 +122,8 @@ define_id!(/// A payout run.
     PayoutRunId, "run", "payout run");
 define_id!(/// A Stripe payout account.
     PayoutAccountId, "pac", "payout account");
+define_id!(/// An invitation e-mailed to an address (claimed with its token).
+    InvitationId, "inv", "invitation");
 
 #[cfg(test)]
 mod tests {
@@ -146,6 +157,17 @@ mod tests {
         assert!(ProgramId::parse(&program.as_str().to_uppercase()).is_err());
         assert!(ProgramId::parse("").is_err());
         assert!(serde_json::from_str::<ProgramId>("\"nope\"").is_err());
+    }
+
+    #[test]
+    fn messages_use_the_right_article() {
+        let enrollment = EnrollmentId::parse("x")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(enrollment.starts_with("\"x\" is not an enrollment id"), "{enrollment}");
+        let program = ProgramId::parse("x").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(program.starts_with("\"x\" is not a program id"), "{program}");
     }
 
     #[test]

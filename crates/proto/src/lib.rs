@@ -51,6 +51,13 @@ pub mod methods {
         pub const PROGRAM_GET: &str = "program_get";
         pub const PROGRAM_LIST: &str = "program_list";
         pub const INVITE: &str = "invite";
+        pub const INVITE_BY_EMAIL: &str = "invite_by_email";
+        pub const CLAIM_INVITATION: &str = "claim_invitation";
+        /// Public: what an invitation token is for (the claim page).
+        pub const INVITATION_PREVIEW: &str = "invitation_preview";
+        /// Public: an active program's join page.
+        pub const PROGRAM_PUBLIC: &str = "program_public";
+        pub const SET_CODE: &str = "set_code";
         pub const APPLY: &str = "apply";
         pub const APPROVE: &str = "approve";
         pub const REJECT: &str = "reject";
@@ -74,6 +81,9 @@ pub mod methods {
         pub const CLAWBACK: &str = "clawback";
         pub const LIST: &str = "list";
         pub const RECORD_TOUCHPOINT: &str = "record_touchpoint";
+        pub const ASSIGN: &str = "assign";
+        pub const DECIDE_MANY: &str = "decide_many";
+        pub const EXPORT: &str = "export";
     }
 
     pub mod commission {
@@ -83,6 +93,7 @@ pub mod methods {
         pub const ANALYTICS: &str = "analytics";
         pub const LEADERBOARD: &str = "leaderboard";
         pub const CLAWBACK_OUTCOME: &str = "clawback_outcome";
+        pub const RELEASE_HELD: &str = "release_held";
         pub const PAYABLE_QUOTE: &str = "payable_quote";
         pub const PAYOUT_RESERVE: &str = "payout_reserve";
         pub const PAYOUT_POST: &str = "payout_post";
@@ -98,6 +109,8 @@ pub mod methods {
         pub const RUN: &str = "run";
         pub const RUNS: &str = "runs";
         pub const FUNDING_SETUP: &str = "funding_setup";
+        /// Payout-account readiness of a page of orgs (an owner's affiliates list).
+        pub const ACCOUNT_STATUSES: &str = "account_statuses";
     }
 
     pub mod notification {

@@ -42,6 +42,8 @@ pub fn router(state: EdgeState, allowed_hosts: Vec<String>) -> Router {
     Router::new()
         .route("/.well-known/oauth-protected-resource", get(protected_resource))
         .route("/r/{code}", get(crate::public::follow_link))
+        .route("/join/{program_id}", get(crate::public::join_page))
+        .route("/claim/{token}", get(crate::public::claim_page))
         .route(
             "/webhooks/stripe",
             post(crate::webhooks::stripe).layer(axum::extract::DefaultBodyLimit::max(crate::webhooks::MAX_BODY)),

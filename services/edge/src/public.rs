@@ -226,9 +226,160 @@ pub async fn unsubscribe(
         .into_response()
 }
 
+/// Text for an HTML page: `&`, `<`, `>`, `"` and `'` as entities, so a program's name shows
+/// as written and never as markup.
+fn html_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn html_page(status: StatusCode, title: &str, body: &str) -> Response {
+    let page = format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><meta name=\"viewport\" \
+         content=\"width=device-width\"><title>{title}</title></head><body>\n{body}\n</body></html>\n",
+        title = html_text(title)
+    );
+    let mut response = (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // Claim links carry a secret in the path: never hand it to another site.
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    response
+}
+
+/// `GET /join/<program_id>`: an active program's public join page, naming the program and how to
+/// apply. Drafts, paused, archived and unknown programs are 404 alike.
+pub async fn join_page(
+    State(state): State<EdgeState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(program_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let client_ip = state.trusted_proxies.client_ip(peer.ip(), &headers);
+    if let Err(refusal) = state.limits.check_address(Budget::Public, client_ip) {
+        return error_response(&refusal);
+    }
+    let request = pb::ProgramPublicRequest { program_id };
+    let program: pb::ProgramPublic = match state
+        .rpc
+        .call(
+            amba_proto::methods::enrollment::SERVICE,
+            amba_proto::methods::enrollment::PROGRAM_PUBLIC,
+            &request,
+        )
+        .await
+    {
+        Ok(program) => program,
+        Err(err) => return error_response(&err),
+    };
+    let decision = if program.affiliate_approval == "auto" {
+        "You are in at once, with your referral code and link."
+    } else {
+        "The program owner reviews applications; you are told when yours is approved."
+    };
+    let name = html_text(&program.name);
+    let id = html_text(&program.program_id);
+    let mcp = html_text(&format!("{}/mcp", state.public_url));
+    let body = format!(
+        "<h1>Join the {name} affiliate program</h1>\n\
+         <p>Earn a commission ({currency}) on the sales you refer. {decision}</p>\n\
+         <h2>How to apply</h2>\n<ol>\n\
+         <li>Connect your AI agent to Amba Affiliate's MCP server at <code>{mcp}</code>. No organization yet? \
+         Sign up with the tool <code>amba_affiliate_signup</code> (no token needed) and reconnect with the token \
+         it returns.</li>\n\
+         <li>Apply with the tool <code>amba_affiliate_my_program_apply</code> and \
+         <code>{{\"program_id\": \"{id}\"}}</code>.</li>\n</ol>\n",
+        currency = html_text(&program.currency),
+    );
+    html_page(StatusCode::OK, &format!("Join {}", program.name), &body)
+}
+
+/// `GET /claim/<token>`: the page an e-mailed invitation links to. Claiming needs the person's
+/// own organization, so it is done by their agent with their access token
+/// (amba_affiliate_invite_claim); this page names the program and explains the steps. An
+/// unknown token is 404; a claimed or expired one 410.
+pub async fn claim_page(
+    State(state): State<EdgeState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let client_ip = state.trusted_proxies.client_ip(peer.ip(), &headers);
+    if let Err(refusal) = state.limits.check_address(Budget::Public, client_ip) {
+        return error_response(&refusal);
+    }
+    if !plausible_token(&token) {
+        return error_response(&ApiError::not_found("invitation"));
+    }
+    let request = pb::InvitationPreviewRequest { token: token.clone() };
+    let preview: pb::InvitationPreview = match state
+        .rpc
+        .call(
+            amba_proto::methods::enrollment::SERVICE,
+            amba_proto::methods::enrollment::INVITATION_PREVIEW,
+            &request,
+        )
+        .await
+    {
+        Ok(preview) => preview,
+        Err(err) => return error_response(&err),
+    };
+    let name = html_text(&preview.program_name);
+    let (status, body) = match preview.status.as_str() {
+        "open" => (
+            StatusCode::OK,
+            format!(
+                "<h1>You are invited to the {name} affiliate program</h1>\n\
+                 <ol>\n<li>Connect your AI agent to Amba Affiliate's MCP server at <code>{mcp}</code>. No \
+                 organization yet? Sign up with the tool <code>amba_affiliate_signup</code> (no token needed) and \
+                 reconnect with the token it returns.</li>\n\
+                 <li>Claim the invitation with the tool <code>amba_affiliate_invite_claim</code> and \
+                 <code>{{\"token\": \"{token}\"}}</code>. Your organization joins the program at once and gets \
+                 its referral link.</li>\n</ol>\n<p>This link works once, until {expires}. Keep it to yourself: \
+                 whoever claims it first joins.</p>",
+                mcp = html_text(&format!("{}/mcp", state.public_url)),
+                token = html_text(&token),
+                expires = chrono::DateTime::from_timestamp_micros(preview.expires_at_micros)
+                    .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+                    .unwrap_or_default(),
+            ),
+        ),
+        "claimed" => (
+            StatusCode::GONE,
+            format!(
+                "<h1>{name}: this invitation was already claimed</h1>\n<p>An invitation link works once. Ask \
+                 the program owner for a new one if it was not you.</p>"
+            ),
+        ),
+        _ => (
+            StatusCode::GONE,
+            format!("<h1>{name}: this invitation expired</h1>\n<p>Ask the program owner to invite you again.</p>"),
+        ),
+    };
+    html_page(status, "Amba Affiliate invitation", &body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn page_text_is_never_markup() {
+        assert_eq!(
+            html_text("<b>\"A&B's\"</b>"),
+            "&lt;b&gt;&quot;A&amp;B&#39;s&quot;&lt;/b&gt;"
+        );
+    }
 
     #[test]
     fn subject_cookie_is_read_and_validated() {

@@ -144,6 +144,8 @@ pub fn tool_budget(tool: &str) -> Option<Budget> {
         "programs_create"
         | "programs_update"
         | "invite"
+        | "invite_claim"
+        | "affiliate_code_set"
         | "affiliate_approve"
         | "affiliate_reject"
         | "affiliate_remove"
@@ -156,8 +158,13 @@ pub fn tool_budget(tool: &str) -> Option<Budget> {
         | "notifications_update" => Budget::Configuration,
         "conversion_report" => Budget::Reports,
         "touchpoint_record" => Budget::Touchpoints,
-        "conversion_clawback" | "conversion_approve" | "conversion_reject" => Budget::Decisions,
-        "analytics_get" | "leaderboard_get" | "my_stats_get" => Budget::Analytics,
+        "conversion_clawback"
+        | "conversion_approve"
+        | "conversion_reject"
+        | "conversion_assign"
+        | "conversions_decide"
+        | "commission_release" => Budget::Decisions,
+        "analytics_get" | "leaderboard_get" | "my_stats_get" | "conversions_export" => Budget::Analytics,
         "payout_run" | "program_funding_setup" | "my_payout_create" | "my_payout_onboarding" => Budget::Payouts,
         "programs_get"
         | "programs_list"

@@ -630,3 +630,427 @@ async fn every_change_reaches_a_real_consumer_exactly_once() -> anyhow::Result<(
     pool.close().await;
     sys.stop().await
 }
+
+const MAIL_WAIT: Duration = Duration::from_secs(20);
+
+/// The claim token in the invitation e-mail the sink accepted for `to`.
+async fn claim_token_mailed_to(sink: &amba_testkit::smtp::SmtpSink, to: &str) -> anyhow::Result<String> {
+    eventually(MAIL_WAIT, "the invitation e-mail", || async {
+        Ok(sink
+            .received()
+            .into_iter()
+            .filter(|m| m.to.iter().any(|t| t == to))
+            .find(|m| {
+                m.header("Subject")
+                    .is_some_and(|s| s.contains("invited to the Partners"))
+            })
+            .and_then(|m| {
+                let body = m.body();
+                let (_, after) = body.split_once("/claim/")?;
+                let token: String = after
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+                    .collect();
+                Some(token)
+            }))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn invite_by_email_claim_binds_to_the_claiming_org() -> anyhow::Result<()> {
+    let sink = amba_testkit::smtp::SmtpSink::start().await?;
+    let sys = TestSystem::start_with(&[("AMBA_SMTP_URL", &sink.url())]).await?;
+    let base = sys.base_url();
+    let owner = org(&sys, "Owner").await?;
+    let ann = org(&sys, "Ann").await?; // ann@example.com has an account
+    let program = active_program(&owner, json!({})).await?;
+
+    // The same reply for an address with an account and one without: nothing tells them apart.
+    let known = owner
+        .mcp
+        .ok(
+            "amba_affiliate_invite",
+            json!({"program_id": program, "email": "Ann@Example.com", "idempotency_key": "ann-mail"}),
+        )
+        .await?;
+    let unknown = owner
+        .mcp
+        .ok(
+            "amba_affiliate_invite",
+            json!({"program_id": program, "email": "newbie@example.org"}),
+        )
+        .await?;
+    let keys = |v: &Value| {
+        v.as_object()
+            .map(|o| o.keys().cloned().collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    assert_eq!(keys(&known), keys(&unknown));
+    assert_eq!(
+        (
+            known["status"].as_str(),
+            known["email"].as_str(),
+            known["duplicate"].as_bool()
+        ),
+        (Some("invited"), Some("ann@example.com"), Some(false))
+    );
+    assert_eq!(
+        (unknown["status"].as_str(), unknown["email"].as_str()),
+        (Some("invited"), Some("newbie@example.org"))
+    );
+    assert!(text(&known["invitation_id"]).starts_with("inv_") && known.get("enrollment_id").is_none());
+
+    // A retry with the key returns the first invitation; the key with another address is refused.
+    let retried = owner
+        .mcp
+        .ok(
+            "amba_affiliate_invite",
+            json!({"program_id": program, "email": "ann@example.com", "idempotency_key": "ann-mail"}),
+        )
+        .await?;
+    assert_eq!(
+        (retried["invitation_id"].clone(), retried["duplicate"].as_bool()),
+        (known["invitation_id"].clone(), Some(true))
+    );
+    let mismatch = owner
+        .mcp
+        .err(
+            "amba_affiliate_invite",
+            json!({"program_id": program, "email": "other@example.org", "idempotency_key": "ann-mail"}),
+        )
+        .await?;
+    assert_eq!(mismatch["code"], "IDEMPOTENCY_MISMATCH");
+    // Exactly one of affiliate_org_id and email; `org_id` gets a did-you-mean.
+    for args in [
+        json!({"program_id": program}),
+        json!({"program_id": program, "email": "x@example.org", "affiliate_org_id": ann.id}),
+    ] {
+        let err = owner.mcp.err("amba_affiliate_invite", args).await?;
+        assert_eq!(err["code"], "INVALID_ARGUMENT");
+        assert!(
+            text(&err["message"]).contains("exactly one of `affiliate_org_id`"),
+            "{err}"
+        );
+    }
+    let err = owner
+        .mcp
+        .err(
+            "amba_affiliate_invite",
+            json!({"program_id": program, "org_id": ann.id}),
+        )
+        .await?;
+    assert_eq!(err["code"], "INVALID_ARGUMENT");
+    assert!(
+        text(&err["message"]).starts_with("unknown argument `org_id`; did you mean `affiliate_org_id`?"),
+        "{err}"
+    );
+    let bad_email = owner
+        .mcp
+        .err(
+            "amba_affiliate_invite",
+            json!({"program_id": program, "email": "not-an-address"}),
+        )
+        .await?;
+    assert_eq!(bad_email["code"], "INVALID_ARGUMENT");
+
+    // The new address's mail carries a claim link; its page names the program and the steps.
+    let newbie_token = claim_token_mailed_to(&sink, "newbie@example.org").await?;
+    assert!(
+        newbie_token.starts_with("amba_inv_") && newbie_token.len() == 52,
+        "{newbie_token}"
+    );
+    let http = reqwest::Client::new();
+    let page = http.get(format!("{base}/claim/{newbie_token}")).send().await?;
+    assert_eq!(page.status(), 200);
+    let page = page.text().await?;
+    assert!(page.contains("Partners") && page.contains("amba_affiliate_invite_claim") && page.contains(&newbie_token));
+
+    // The person signs up (any org name) and claims: the enrollment goes to the claiming org.
+    let newbie = org(&sys, "Newbie").await?;
+    let claimed = newbie
+        .mcp
+        .ok("amba_affiliate_invite_claim", json!({"token": newbie_token}))
+        .await?;
+    assert_eq!(
+        (
+            claimed["status"].as_str(),
+            claimed["enrollment"]["affiliate_org_id"].as_str()
+        ),
+        (Some("active"), Some(newbie.id.as_str()))
+    );
+    assert_eq!(claimed["enrollment"]["program_id"], json!(program));
+    assert_eq!(claimed["enrollment"]["origin"], "invite");
+    assert_eq!(claimed["link"], json!(format!("{base}/r/{}", text(&claimed["code"]))));
+    // Claiming again with the same org returns it; anyone else is refused; the page says used.
+    let again = newbie
+        .mcp
+        .ok(
+            "amba_affiliate_invite_claim",
+            json!({"token": format!("{base}/claim/{newbie_token}")}),
+        )
+        .await?;
+    assert_eq!(
+        (again["enrollment_id"].clone(), again["duplicate"].as_bool()),
+        (claimed["enrollment_id"].clone(), Some(true))
+    );
+    let used = ann
+        .mcp
+        .err("amba_affiliate_invite_claim", json!({"token": newbie_token}))
+        .await?;
+    assert_eq!(used["code"], "CONFLICT");
+    assert_eq!(
+        http.get(format!("{base}/claim/{newbie_token}")).send().await?.status(),
+        410
+    );
+
+    // A forged token is unknown, on the tool and the page.
+    let forged = format!("amba_inv_{}", "A".repeat(43));
+    let err = ann
+        .mcp
+        .err("amba_affiliate_invite_claim", json!({"token": forged}))
+        .await?;
+    assert_eq!(err["code"], "NOT_FOUND");
+    let err = ann
+        .mcp
+        .err("amba_affiliate_invite_claim", json!({"token": "nonsense"}))
+        .await?;
+    assert_eq!(err["code"], "NOT_FOUND");
+    assert_eq!(http.get(format!("{base}/claim/{forged}")).send().await?.status(), 404);
+
+    // The existing account got its own link; an expired one is refused and changes nothing.
+    let ann_token = claim_token_mailed_to(&sink, "ann@example.com").await?;
+    let pool = sys.service_pool("enrollment").await?;
+    sqlx::query("UPDATE invitations SET expires_at = now() - interval '1 minute' WHERE email = 'ann@example.com'")
+        .execute(&pool)
+        .await?;
+    let expired = ann
+        .mcp
+        .err("amba_affiliate_invite_claim", json!({"token": ann_token}))
+        .await?;
+    assert_eq!(expired["code"], "CONFLICT");
+    assert!(text(&expired["message"]).contains("expired"), "{expired}");
+    assert_eq!(
+        ann.mcp.ok("amba_affiliate_my_programs_list", json!({})).await?["enrollments"],
+        json!([])
+    );
+    sqlx::query("UPDATE invitations SET expires_at = now() + interval '1 day' WHERE email = 'ann@example.com'")
+        .execute(&pool)
+        .await?;
+    let ann_claimed = ann
+        .mcp
+        .ok("amba_affiliate_invite_claim", json!({"token": ann_token}))
+        .await?;
+    assert_eq!(ann_claimed["enrollment"]["affiliate_org_id"], json!(ann.id));
+    let listed = owner
+        .mcp
+        .ok(
+            "amba_affiliate_affiliates_list",
+            json!({"program_id": program, "status": "active"}),
+        )
+        .await?;
+    assert_eq!(listed["enrollments"].as_array().map(Vec::len), Some(2));
+    pool.close().await;
+    sys.stop().await
+}
+
+#[tokio::test]
+async fn join_links_vanity_codes_full_links_and_payout_readiness() -> anyhow::Result<()> {
+    let sys = TestSystem::with_stripe(&[]).await?;
+    let base = sys.base_url();
+    let owner = org(&sys, "Owner").await?;
+    let outsider = org(&sys, "Outsider").await?;
+    let ann = org(&sys, "Ann").await?;
+    let bob = org(&sys, "Bob").await?;
+    let program = active_program(&owner, json!({"affiliate_approval": "auto"})).await?;
+
+    // The join link: shown to the owner, a public page while active, 404 for a draft.
+    let got = owner
+        .mcp
+        .ok("amba_affiliate_programs_get", json!({"program_id": program}))
+        .await?;
+    let join_url = text(&got["program"]["join_url"]).to_owned();
+    assert_eq!(join_url, format!("{base}/join/{program}"));
+    let http = reqwest::Client::new();
+    let page = http.get(&join_url).send().await?;
+    assert_eq!(page.status(), 200);
+    let page = page.text().await?;
+    assert!(page.contains("Join the Partners affiliate program"), "{page}");
+    assert!(
+        page.contains(&format!(
+            "amba_affiliate_my_program_apply</code> and <code>{{\"program_id\": \"{program}\"}}"
+        )),
+        "{page}"
+    );
+    let draft = owner
+        .mcp
+        .ok(
+            "amba_affiliate_programs_create",
+            json!({"name": "Secret", "currency": "USD", "commission": {"schema":1,"type":"percentage","bps":1000}}),
+        )
+        .await?;
+    let draft_join = text(&draft["program"]["join_url"]).to_owned();
+    assert_eq!(http.get(&draft_join).send().await?.status(), 404);
+    assert_eq!(http.get(format!("{base}/join/nonsense")).send().await?.status(), 404);
+
+    // Applying with the join link itself; the reply carries the full link.
+    let applied = bob
+        .mcp
+        .ok("amba_affiliate_my_program_apply", json!({"program_id": join_url}))
+        .await?;
+    assert_eq!(applied["status"], "active");
+    let bob_code = text(&applied["code"]).to_owned();
+    assert_eq!(applied["link"], json!(format!("{base}/r/{bob_code}")));
+    let err = bob
+        .mcp
+        .err("amba_affiliate_my_program_apply", json!({"program_id": draft_join}))
+        .await?;
+    assert_eq!(err["code"], "NOT_FOUND");
+
+    // Invite and accept replies carry the link too, and so does my_programs_list.
+    let invited = owner
+        .mcp
+        .ok(
+            "amba_affiliate_invite",
+            json!({"program_id": program, "affiliate_org_id": ann.id}),
+        )
+        .await?;
+    assert_eq!(invited["link"], json!(format!("{base}/r/{}", text(&invited["code"]))));
+    let accepted = ann
+        .mcp
+        .ok(
+            "amba_affiliate_my_invite_accept",
+            json!({"enrollment_id": invited["enrollment_id"]}),
+        )
+        .await?;
+    assert_eq!(accepted["link"], invited["link"]);
+    let mine = ann.mcp.ok("amba_affiliate_my_programs_list", json!({})).await?;
+    assert_eq!(mine["enrollments"][0]["link"], invited["link"]);
+    let ann_enrollment = text(&invited["enrollment_id"]).to_owned();
+
+    // A vanity code: normalised, unique, validated.
+    let vanity = ann
+        .mcp
+        .ok(
+            "amba_affiliate_my_referral_generate",
+            json!({"enrollment_id": ann_enrollment, "code": "Ann-Blog"}),
+        )
+        .await?;
+    assert_eq!(
+        (
+            vanity["code"].as_str(),
+            vanity["link"].as_str(),
+            vanity["duplicate"].as_bool()
+        ),
+        (
+            Some("ann-blog"),
+            Some(format!("{base}/r/ann-blog").as_str()),
+            Some(false)
+        )
+    );
+    let same = ann
+        .mcp
+        .ok(
+            "amba_affiliate_my_referral_generate",
+            json!({"enrollment_id": ann_enrollment, "code": "ann-blog"}),
+        )
+        .await?;
+    assert_eq!(
+        (same["code"].as_str(), same["duplicate"].as_bool()),
+        (Some("ann-blog"), Some(true))
+    );
+    let taken = bob
+        .mcp
+        .err(
+            "amba_affiliate_my_referral_generate",
+            json!({"enrollment_id": applied["enrollment_id"], "code": "ANN-BLOG"}),
+        )
+        .await?;
+    assert_eq!(taken["code"], "CONFLICT");
+    for bad in ["a b", "x", "admin", "-lead"] {
+        let err = bob
+            .mcp
+            .err(
+                "amba_affiliate_my_referral_generate",
+                json!({"enrollment_id": applied["enrollment_id"], "code": bad}),
+            )
+            .await?;
+        assert_eq!(err["code"], "INVALID_ARGUMENT", "{bad}: {err}");
+    }
+    // The owner sets one for Bob; another org cannot.
+    let set = owner
+        .mcp
+        .ok(
+            "amba_affiliate_affiliate_code_set",
+            json!({"enrollment_id": applied["enrollment_id"], "code": "bob_tube"}),
+        )
+        .await?;
+    assert_eq!(
+        (set["code"].as_str(), set["link"].as_str()),
+        (Some("bob_tube"), Some(format!("{base}/r/bob_tube").as_str()))
+    );
+    let err = outsider
+        .mcp
+        .err(
+            "amba_affiliate_affiliate_code_set",
+            json!({"enrollment_id": applied["enrollment_id"], "code": "mine-now"}),
+        )
+        .await?;
+    assert_eq!(err["code"], "NOT_FOUND");
+    // Bob's old random code was retired and is refused as a vanity code (codes are never reused).
+    let reuse = ann
+        .mcp
+        .err(
+            "amba_affiliate_my_referral_generate",
+            json!({"enrollment_id": ann_enrollment, "code": bob_code}),
+        )
+        .await?;
+    assert_eq!(reuse["code"], "CONFLICT");
+
+    // A report with the vanity code is credited to Ann (attribution learned it from code.issued).
+    let reported = eventually(Duration::from_secs(15), "attribution knows ann-blog", || async {
+        Ok(owner
+            .mcp
+            .ok(
+                "amba_affiliate_conversion_report",
+                json!({"program_id": program, "project_id": "shop", "external_id": "o-1",
+                       "amount_minor": 10_000, "currency": "USD", "code": "ann-blog"}),
+            )
+            .await
+            .ok())
+    })
+    .await?;
+    assert_eq!(
+        (
+            reported["enrollment_id"].as_str(),
+            reported["commission_minor"].as_i64()
+        ),
+        (Some(ann_enrollment.as_str()), Some(2_000))
+    );
+
+    // Payout-account readiness in the owner's list: none, pending (created), ready (onboarded).
+    let readiness = || async {
+        let listed = owner
+            .mcp
+            .ok("amba_affiliate_affiliates_list", json!({"program_id": program}))
+            .await?;
+        let rows = listed["enrollments"].as_array().cloned().unwrap_or_default();
+        let of = |org: &str| {
+            rows.iter()
+                .find(|e| e["affiliate_org_id"] == org)
+                .map(|e| text(&e["payout_account"]).to_owned())
+                .unwrap_or_default()
+        };
+        anyhow::Ok((of(&ann.id), of(&bob.id)))
+    };
+    assert_eq!(readiness().await?, ("none".to_owned(), "none".to_owned()));
+    bob.mcp.ok("amba_affiliate_my_payout_create", json!({})).await?;
+    crate::payouts::onboard(&sys, &ann).await?;
+    let after = eventually(Duration::from_secs(15), "ann's account is ready", || async {
+        let now = readiness().await?;
+        Ok((now.0 == "ready").then_some(now))
+    })
+    .await?;
+    assert_eq!(after, ("ready".to_owned(), "pending".to_owned()));
+    sys.stop().await
+}

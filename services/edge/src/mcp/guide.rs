@@ -13,7 +13,8 @@ const GUIDE: &str = include_str!("../../../../docs/guide.md");
 /// The flow in a few lines, sent with `initialize` / `server/discover`.
 pub const INSTRUCTIONS: &str = "Amba Affiliate runs partner (affiliate) programs. Flow: 1) amba_affiliate_signup (no token) \
     returns a personal access token; reconnect with `Authorization: Bearer <token>`. 2) Owners: \
-    amba_affiliate_programs_create, then _programs_update status=active; _invite affiliates (orgs) by org_id. \
+    amba_affiliate_programs_create, then _programs_update status=active; _invite affiliates by \
+    affiliate_org_id (an org on Amba) or by email (they get a claim link), or share the program's join_url. \
     3) Report sales with amba_affiliate_conversion_report (idempotent on program_id+project_id+external_id); \
     approve pending ones. 4) Read amba_affiliate_analytics_get; affiliates read their own my_* tools. \
     Amounts are integer minor units of the program currency (USD 24.69 = 2469). Balances and analytics are \
@@ -96,8 +97,9 @@ pub fn prompt(name: &str, arguments: Option<&JsonObject>) -> Result<GetPromptRes
                  landing_url (an https page of the product's site) if it has one for visitors.\n\
                  2. Check the returned program, then call amba_affiliate_programs_update with its program_id and \
                  status \"active\".\n\
-                 3. Report what was created: program_id, the rule, and how affiliates join (amba_affiliate_invite with \
-                 their org_id, or they apply with amba_affiliate_my_program_apply).",
+                 3. Report what was created: program_id, its join_url, the rule, and how affiliates join \
+                 (amba_affiliate_invite with their affiliate_org_id or email, or they apply with \
+                 amba_affiliate_my_program_apply and the join_url).",
                 product = arg("product", "the product"),
                 currency = arg("currency", "USD"),
             )
@@ -107,7 +109,7 @@ pub fn prompt(name: &str, arguments: Option<&JsonObject>) -> Result<GetPromptRes
              1. Call amba_affiliate_invite with program_id {program} and affiliate_org_id {org}.\n\
              2. The affiliate accepts with amba_affiliate_my_invite_accept (or approve it yourself with \
              amba_affiliate_affiliate_approve once it is pending).\n\
-             3. Give the affiliate its referral code and link <server>/r/<code>; conversions reported with that code, \
+             3. Give the affiliate its referral code and link (the reply's `link`, <server>/r/<code>); conversions reported with that code, \
              or with the subject the link adds, are credited to it.",
             org = arg("affiliate_org_id", "<org_id>"),
             program = arg("program_id", "<program_id>"),

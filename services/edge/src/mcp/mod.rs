@@ -194,7 +194,7 @@ impl ServerHandler for McpServer {
     /// lock on the same door.
     async fn call_tool(
         &self,
-        request: CallToolRequestParams,
+        mut request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let caller = context_principal(&context);
@@ -212,6 +212,10 @@ impl ServerHandler for McpServer {
             {
                 return Ok(tool_error(refusal).into());
             }
+        }
+        // An integer argument sent as text holding exactly an integer ("2500") reads as one.
+        if let Some(tool) = self.tool_router.get(&request.name) {
+            schema::read_integer_text(tool, request.arguments.as_mut());
         }
         // The arguments against the schema the client was shown, then the text limits.
         if let Some(tool) = self.tool_router.get(&request.name)

@@ -21,6 +21,7 @@ pub struct ProgramOptions {
     #[schemars(range(min = 1, max = 365))]
     pub attribution_window_days: Option<u32>,
     /// Days commission is held (refund window) before it becomes payable (0-365). Default 30.
+    /// A change applies to commissions approved after it; held commission keeps its release date.
     #[schemars(range(min = 0, max = 365))]
     pub hold_days: Option<u32>,
     /// Smallest payable balance paid out, in minor units. Default 0.
@@ -104,6 +105,10 @@ pub struct ProgramView {
     pub landing_url: Option<String>,
     pub commission_version: u32,
     pub commission: serde_json::Value,
+    /// The public join link to share, `<server>/join/<program_id>`: a page naming the program and
+    /// how to apply (amba_affiliate_my_program_apply takes the link itself). It shows only while
+    /// the program is active; otherwise it answers 404.
+    pub join_url: String,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -250,7 +255,11 @@ impl McpServer {
             .await
             .map_err(tool_error)?;
         Ok(Json(ProgramsListOutput {
-            programs: reply.programs.into_iter().map(program_view).collect(),
+            programs: reply
+                .programs
+                .into_iter()
+                .map(|p| program_view(p, &self.state.public_url))
+                .collect(),
             next_cursor: (!reply.next_cursor.is_empty()).then_some(reply.next_cursor),
         }))
     }
@@ -284,7 +293,7 @@ impl McpServer {
             .map_err(tool_error)?;
         let program = reply.program.ok_or_else(|| tool_error(ApiError::internal()))?;
         Ok(Json(ProgramOutput {
-            program: program_view(program),
+            program: program_view(program, &self.state.public_url),
             commission_history: reply
                 .commission_history
                 .into_iter()
@@ -325,8 +334,9 @@ fn options_to_proto(o: ProgramOptions) -> pb::ProgramSettings {
     }
 }
 
-fn program_view(p: pb::Program) -> ProgramView {
+fn program_view(p: pb::Program, public_url: &str) -> ProgramView {
     ProgramView {
+        join_url: format!("{public_url}/join/{}", p.program_id),
         commission: json_or_null(&p.commission_json),
         multi_level: json_or_null(&p.multi_level_json),
         landing_url: (!p.landing_url.is_empty()).then_some(p.landing_url),

@@ -81,6 +81,51 @@ fn types(property: &Map<String, Value>) -> Vec<&str> {
     }
 }
 
+/// Reads an integer argument sent as JSON text holding exactly an integer (`"2500"`, `"-3"`) as
+/// that integer, for every tool alike: agents often quote numbers. Only plain decimal digits
+/// with an optional leading minus are read; anything else (`"25.00"`, `"2.5e3"`, `" 25"`, `""`,
+/// `"+25"`) stays text, so [`check`] refuses it as before. Arrays of integers are read item by
+/// item. The schema still says `integer`: this is leniency, not a second type.
+pub fn read_integer_text(tool: &Tool, arguments: Option<&mut Map<String, Value>>) {
+    let Some(Value::Object(properties)) = tool.input_schema.get("properties") else {
+        return;
+    };
+    for (name, value) in arguments.into_iter().flatten() {
+        if let Some(Value::Object(property)) = properties.get(name) {
+            read_integer_value(property, value);
+        }
+    }
+}
+
+fn read_integer_value(property: &Map<String, Value>, value: &mut Value) {
+    let allowed = types(property);
+    match value {
+        Value::String(text) if allowed.contains(&"integer") && !allowed.contains(&"string") => {
+            if let Some(number) = integer_text(text) {
+                *value = number;
+            }
+        }
+        Value::Array(items) if allowed.contains(&"array") => {
+            if let Some(Value::Object(item)) = property.get("items") {
+                items.iter_mut().for_each(|v| read_integer_value(item, v));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `Some(number)` when `text` is exactly a decimal integer that fits 64 bits.
+fn integer_text(text: &str) -> Option<Value> {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse::<i64>()
+        .map(Value::from)
+        .or_else(|_| text.parse::<u64>().map(Value::from))
+        .ok()
+}
+
 /// Checks a call's arguments against the tool's finished schema.
 pub fn check(tool: &Tool, arguments: Option<&Map<String, Value>>) -> Result<(), ApiError> {
     let empty = Map::new();
@@ -220,7 +265,14 @@ fn unknown_argument(tool: &Tool, given: &str, names: &[&str]) -> ApiError {
         .map(|n| (strsim::damerau_levenshtein(&given.to_lowercase(), n), *n))
         .min()
         .filter(|(distance, n)| *distance <= 3.max(n.len() / 3))
-        .map(|(_, n)| n);
+        .map(|(_, n)| n)
+        // A shortened name (`org_id` for `affiliate_org_id`) is far by edit distance but plain
+        // to a reader: the one argument that ends with it.
+        .or_else(|| {
+            let suffix = format!("_{}", given.to_lowercase());
+            let mut ends: Vec<&str> = names.iter().copied().filter(|n| n.ends_with(&suffix)).collect();
+            (ends.len() == 1).then(|| ends.remove(0))
+        });
     let hint = match nearest {
         Some(n) => format!("; did you mean `{n}`?"),
         None => ".".to_owned(),
@@ -280,6 +332,11 @@ mod tests {
              commission, hold_days, program_id, status"
         );
         assert!(message(json!({})).starts_with("`program_id` is required: The program's id"));
+        // A shortened name: the one argument ending with it.
+        assert!(
+            message(json!({"program_id": "p", "id": 1}))
+                .starts_with("unknown argument `id`; did you mean `program_id`?")
+        );
         assert_eq!(
             message(json!({"program_id": "p", "hold_days": "30"})),
             "`hold_days` must be a whole number, 0 or more (e.g. 30); got the text \"30\""
@@ -294,5 +351,46 @@ mod tests {
         );
         assert!(message(json!({"program_id": "p", "hold_days": null, "commission": "20%"})).is_empty());
         assert!(message(json!({"program_id": "p", "hold_days": 2.5})).contains("whole number"));
+    }
+
+    fn read(args: Value) -> Value {
+        let mut args = args.as_object().cloned().unwrap_or_default();
+        read_integer_text(&tool(), Some(&mut args));
+        Value::Object(args)
+    }
+
+    #[test]
+    fn integers_sent_as_exact_numeric_text_read_as_integers() {
+        assert_eq!(read(json!({"hold_days": "30"}))["hold_days"], json!(30));
+        assert_eq!(read(json!({"hold_days": "-3"}))["hold_days"], json!(-3));
+        assert_eq!(
+            read(json!({"hold_days": "18446744073709551615"}))["hold_days"],
+            json!(u64::MAX)
+        );
+        for kept in [
+            "25.00",
+            "2.5e3",
+            " 25",
+            "25 ",
+            "",
+            "+25",
+            "-",
+            "0x1F",
+            "١٢",
+            "99999999999999999999",
+        ] {
+            assert_eq!(read(json!({"hold_days": kept}))["hold_days"], json!(kept), "{kept:?}");
+        }
+        // Text arguments stay text, whatever they hold.
+        assert_eq!(read(json!({"program_id": "30"}))["program_id"], json!("30"));
+        assert!(message(read(json!({"program_id": "p", "hold_days": "30"}))).is_empty());
+        assert_eq!(
+            message(read(json!({"program_id": "p", "hold_days": "400"}))),
+            "`hold_days` is 400; it must be between 0 and 365"
+        );
+        assert_eq!(
+            message(read(json!({"program_id": "p", "hold_days": "25.00"}))),
+            "`hold_days` must be a whole number, 0 or more (e.g. 30); got the text \"25.00\""
+        );
     }
 }

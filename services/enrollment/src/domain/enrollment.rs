@@ -162,6 +162,60 @@ pub fn looks_like_code(code: &str) -> bool {
     code.len() == CODE_LEN && code.bytes().all(|b| CODE_ALPHABET.contains(&b))
 }
 
+/// Shortest and longest vanity code.
+pub const VANITY_MIN: usize = 3;
+pub const VANITY_MAX: usize = 32;
+/// Words a vanity code may not be: the platform's own paths and words that would mislead.
+const RESERVED_CODES: &[&str] = &[
+    "admin",
+    "amba",
+    "api",
+    "app",
+    "claim",
+    "funding",
+    "help",
+    "join",
+    "login",
+    "mcp",
+    "notifications",
+    "null",
+    "official",
+    "r",
+    "root",
+    "signup",
+    "staff",
+    "stripe",
+    "support",
+    "undefined",
+    "unsubscribe",
+    "webhooks",
+    "www",
+];
+
+/// A vanity referral code chosen by an affiliate or its program owner, normalised to lower case
+/// (codes are matched exactly, so `Ann-Blog` and `ann-blog` must be one code): 3-32 letters,
+/// digits, `_` or `-`, starting with a letter or digit, not a reserved word.
+pub fn vanity_code(text: &str) -> Result<String, ApiError> {
+    let code = text.trim().to_ascii_lowercase();
+    let shape = (VANITY_MIN..=VANITY_MAX).contains(&code.len())
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && code.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric());
+    if !shape {
+        let shown: String = text.chars().take(40).collect();
+        return Err(ApiError::invalid(format!(
+            "code {shown:?} is not a valid referral code: use {VANITY_MIN} to {VANITY_MAX} letters, digits, `_`              or `-`, starting with a letter or digit, e.g. \"ann-blog\""
+        ))
+        .with_details(serde_json::json!({"argument": "code"})));
+    }
+    if RESERVED_CODES.contains(&code.as_str()) {
+        return Err(ApiError::invalid(format!("code {code:?} is reserved; choose another"))
+            .with_details(serde_json::json!({"argument": "code"})));
+    }
+    Ok(code)
+}
+
 /// Checks placing `enrollment_id` (whose subtree is `subtree_height` levels tall, 1 for a leaf)
 /// under a sponsor whose ancestors, starting with the sponsor itself, are `sponsor_chain`.
 /// Returns the enrollment's new depth.
@@ -223,6 +277,19 @@ mod tests {
         assert!(!looks_like_code("short"));
         assert!(!looks_like_code("ABCDEFGHJKMN"));
         assert!(!looks_like_code("abc/../x?=12"));
+    }
+
+    #[test]
+    fn vanity_codes_are_normalised_and_bounded() {
+        assert_eq!(vanity_code(" Ann-Blog ").ok(), Some("ann-blog".to_owned()));
+        assert_eq!(vanity_code("a_1").ok(), Some("a_1".to_owned()));
+        assert_eq!(vanity_code(&"x".repeat(32)).ok().map(|c| c.len()), Some(32));
+        for bad in [
+            "ab", "", "-ann", "ann blog", "ann/../x", "ännä", "ann?x=1", "JOIN", "admin",
+        ] {
+            assert!(vanity_code(bad).is_err(), "{bad:?}");
+        }
+        assert!(vanity_code(&"x".repeat(33)).is_err());
     }
 
     #[test]

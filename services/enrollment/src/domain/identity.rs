@@ -31,6 +31,33 @@ pub fn mint_token() -> NewToken {
     NewToken { secret, hash, hint }
 }
 
+/// Prefix of an e-mailed invitation's claim token.
+pub const INVITATION_PREFIX: &str = "amba_inv_";
+/// How long an e-mailed invitation can be claimed.
+pub const INVITATION_TTL_DAYS: i64 = 14;
+
+/// A claim token for an e-mailed invitation: (secret for the e-mail, hash to store).
+pub fn mint_invitation_token() -> (String, String) {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let secret = format!(
+        "{INVITATION_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    );
+    let hash = hash_token(&secret);
+    (secret, hash)
+}
+
+/// Whether `token` has the shape of a claim token (cheap check before hashing and a lookup).
+pub fn looks_like_invitation_token(token: &str) -> bool {
+    token.strip_prefix(INVITATION_PREFIX).is_some_and(|rest| {
+        rest.len() == 43
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    })
+}
+
 pub fn hash_token(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
@@ -80,6 +107,15 @@ mod tests {
         assert_eq!(a.hash.len(), 64);
         assert!(!a.hash.contains(&a.secret));
         assert!(a.secret.starts_with(&a.hint));
+    }
+
+    #[test]
+    fn invitation_tokens_are_recognised() {
+        let (secret, hash) = mint_invitation_token();
+        assert!(looks_like_invitation_token(&secret));
+        assert_eq!(hash, hash_token(&secret));
+        assert!(!looks_like_invitation_token("amba_inv_short"));
+        assert!(!looks_like_invitation_token(&secret.replace("amba_inv_", "amba_pat_")));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 use super::programs::owned_program;
 use super::{Enrollment, caller, db_error};
-use crate::domain::enrollment::{Action, EnrollmentStatus, MAX_DEPTH, Origin, generate_code, place_under};
+use crate::domain::enrollment::{Action, EnrollmentStatus, MAX_DEPTH, Origin, generate_code, place_under, vanity_code};
 use crate::domain::program::{ApprovalMode, ProgramStatus};
 use crate::store::enrollments::{self as store, EnrollmentRow, NewEnrollment, OrgFilter};
 use amba_bus::events::{OutboxEvent, new_meta};
@@ -225,16 +225,44 @@ impl Enrollment {
         Ok(reply(&row, false))
     }
 
-    /// Affiliate rotates its referral code: the old one is retired, a fresh one issued.
+    /// Affiliate rotates its referral code: the old one is retired, and a fresh one (or the
+    /// vanity `code` asked for) issued.
     #[tracing::instrument(skip_all, fields(enrollment_id = %request.enrollment_id), err(level = "info"))]
     pub async fn rotate_code(&self, request: pb::EnrollmentActionRequest) -> Result<pb::EnrollmentReply, ApiError> {
+        self.change_code(request, false).await
+    }
+
+    /// Owner gives one of its program's affiliates a vanity code (or a fresh random one).
+    #[tracing::instrument(skip_all, fields(enrollment_id = %request.enrollment_id), err(level = "info"))]
+    pub async fn set_code(&self, request: pb::EnrollmentActionRequest) -> Result<pb::EnrollmentReply, ApiError> {
+        self.change_code(request, true).await
+    }
+
+    /// Retires the enrollment's code and issues the one asked for (validated, never used before
+    /// by anyone: codes are global, since `/r/<code>` names no program) or a random one. Asking
+    /// for the code it already has changes nothing (`duplicate`).
+    async fn change_code(
+        &self,
+        request: pb::EnrollmentActionRequest,
+        owner_side: bool,
+    ) -> Result<pb::EnrollmentReply, ApiError> {
         let who = caller(request.caller)?;
         let enrollment_id = EnrollmentId::parse(&request.enrollment_id)?;
+        let wanted = Some(request.code.trim())
+            .filter(|c| !c.is_empty())
+            .map(vanity_code)
+            .transpose()?;
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         let row = store::get(&mut tx, enrollment_id.as_str(), true)
             .await
             .map_err(db_error)?
-            .filter(|r| r.affiliate_org_id == who.org_id)
+            .filter(|r| {
+                if owner_side {
+                    r.program_owner_org_id == who.org_id
+                } else {
+                    r.affiliate_org_id == who.org_id
+                }
+            })
             .ok_or_else(|| ApiError::not_found(format!("enrollment {enrollment_id}")))?;
         if !matches!(row.status.as_str(), "pending" | "active") {
             return Err(ApiError::conflict(format!(
@@ -242,9 +270,39 @@ impl Enrollment {
                 row.status
             )));
         }
+        if let Some(code) = &wanted {
+            if row.code.as_deref() == Some(code.as_str()) {
+                return Ok(reply(&row, true));
+            }
+            if store::code_holder(&mut tx, code).await.map_err(db_error)?.is_some() {
+                return Err(code_taken(code));
+            }
+        }
         self.retire_code(&mut tx, &row).await?;
-        self.issue_code(&mut tx, &row.enrollment_id, &row.program_id, &row.affiliate_org_id)
-            .await?;
+        match &wanted {
+            Some(code) => {
+                if !store::insert_code(&mut tx, code, &row.enrollment_id, &row.program_id)
+                    .await
+                    .map_err(db_error)?
+                {
+                    return Err(code_taken(code));
+                }
+                self.announce_code(
+                    &mut tx,
+                    code,
+                    &row.enrollment_id,
+                    &row.program_id,
+                    &row.affiliate_org_id,
+                    "issued",
+                    "active",
+                )
+                .await?;
+            }
+            None => {
+                self.issue_code(&mut tx, &row.enrollment_id, &row.program_id, &row.affiliate_org_id)
+                    .await?;
+            }
+        }
         let row = store::get(&mut tx, enrollment_id.as_str(), false)
             .await
             .map_err(db_error)?
@@ -340,7 +398,7 @@ impl Enrollment {
 
     /// Depth of a new child of `parent`: the sponsor must be active in the same program, and the
     /// tree must stay acyclic and within the depth bound.
-    async fn sponsor_depth(
+    pub(super) async fn sponsor_depth(
         &self,
         conn: &mut PgConnection,
         program_id: &str,
@@ -364,7 +422,7 @@ impl Enrollment {
         place_under(child, &chain, child_height)
     }
 
-    async fn issue_code(
+    pub(super) async fn issue_code(
         &self,
         conn: &mut PgConnection,
         enrollment_id: &str,
@@ -431,7 +489,7 @@ impl Enrollment {
     }
 
     /// Writes `enrollment.<kind>` with the enrollment as it now is; returns that row.
-    async fn announce_enrollment(
+    pub(super) async fn announce_enrollment(
         &self,
         conn: &mut PgConnection,
         enrollment_id: &str,
@@ -467,7 +525,7 @@ impl Enrollment {
     }
 }
 
-fn reply(row: &EnrollmentRow, duplicate: bool) -> pb::EnrollmentReply {
+pub(super) fn reply(row: &EnrollmentRow, duplicate: bool) -> pb::EnrollmentReply {
     pb::EnrollmentReply {
         enrollment: Some(row.to_proto()),
         duplicate,
@@ -494,7 +552,14 @@ fn replay_invite(
     }
 }
 
-fn already_enrolled(existing: &EnrollmentRow) -> ApiError {
+fn code_taken(code: &str) -> ApiError {
+    ApiError::conflict(format!(
+        "code {code:?} is taken: a referral code (active or retired) belongs to one enrollment for good; choose another"
+    ))
+    .with_details(serde_json::json!({"argument": "code"}))
+}
+
+pub(super) fn already_enrolled(existing: &EnrollmentRow) -> ApiError {
     ApiError::conflict(format!(
         "this org already has an enrollment in the program ({})",
         existing.status
@@ -502,7 +567,7 @@ fn already_enrolled(existing: &EnrollmentRow) -> ApiError {
     .with_details(serde_json::json!({"enrollment_id": existing.enrollment_id, "status": existing.status}))
 }
 
-fn optional_id(text: &str) -> Result<Option<String>, ApiError> {
+pub(super) fn optional_id(text: &str) -> Result<Option<String>, ApiError> {
     let text = text.trim();
     if text.is_empty() {
         Ok(None)

@@ -5,6 +5,7 @@
 
 mod enrollments;
 mod identity;
+mod invitations;
 mod programs;
 
 use amba_bus::Namespace;
@@ -48,6 +49,11 @@ pub fn server(service: Enrollment) -> RpcServer {
         methods::PROGRAM_GET => get_program,
         methods::PROGRAM_LIST => list_programs,
         methods::INVITE => invite,
+        methods::INVITE_BY_EMAIL => invite_by_email,
+        methods::CLAIM_INVITATION => claim_invitation,
+        methods::INVITATION_PREVIEW => invitation_preview,
+        methods::PROGRAM_PUBLIC => program_public,
+        methods::SET_CODE => set_code,
         methods::APPLY => apply,
         methods::APPROVE => approve,
         methods::REJECT => reject,

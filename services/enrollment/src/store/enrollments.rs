@@ -258,6 +258,16 @@ pub async fn insert_code(
     Ok(done.rows_affected() == 1)
 }
 
+/// The enrollment a code was ever issued to (active or retired). Every stored code is lower
+/// case (generated ones by their alphabet, vanity ones normalised), so this is case-insensitive
+/// for a lower-case `code`.
+pub async fn code_holder(conn: &mut PgConnection, code: &str) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT enrollment_id FROM referral_codes WHERE code = $1")
+        .bind(code)
+        .fetch_optional(conn)
+        .await
+}
+
 /// Retires the enrollment's active code, returning it.
 pub async fn retire_active_code(conn: &mut PgConnection, enrollment_id: &str) -> Result<Option<String>, sqlx::Error> {
     sqlx::query_scalar(

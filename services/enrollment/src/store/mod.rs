@@ -2,6 +2,7 @@
 
 pub mod enrollments;
 pub mod identity;
+pub mod invitations;
 pub mod programs;
 
 /// Fault injection for the fault suite's scenario 8 (`AMBA_FAILPOINTS=

@@ -181,6 +181,10 @@ impl Handler for Events {
                 };
                 insert(conn, delivery, &to, &[e.email], email, Outcome::Queued).await
             }
+            ("identity", "invitation_sent") => {
+                self.invitation(conn, delivery, pb::InvitationSent::decode(payload)?)
+                    .await
+            }
             ("payout", "account_ready") => {
                 let e = pb::PayoutAccountChanged::decode(payload)?;
                 let Some(account) = e.account else { return Ok(()) };
@@ -263,6 +267,40 @@ impl Events {
             _ => return Ok(()),
         };
         self.queue(conn, delivery, To::org(org, program), email).await
+    }
+
+    /// An owner invited an address by e-mail: the claim link goes to that address alone (it may
+    /// have no account, so no org and no settings), within the owner's invitation budget.
+    async fn invitation(
+        &self,
+        conn: &mut PgConnection,
+        delivery: &Delivery,
+        e: pb::InvitationSent,
+    ) -> Result<(), HandlerError> {
+        if e.email.is_empty() || e.token.is_empty() {
+            return Ok(());
+        }
+        let expires = DateTime::from_timestamp_micros(e.expires_at_micros)
+            .unwrap_or_else(Utc::now)
+            .date_naive();
+        let claim_url = format!("{}/claim/{}", self.public_url.trim_end_matches('/'), e.token);
+        let email = templates::invitation_sent(&e.program_name, &e.owner_org_name, &claim_url, expires)
+            .map_err(unrenderable)?;
+        let invitations = self.budgets.invitations_per_org_per_hour;
+        let outcome = if store::invitations_last_hour(conn, &e.owner_org_id, invitations).await? >= invitations {
+            Outcome::refused(
+                "invitations_per_org",
+                format!("over the budget of {invitations} invitations per organization per hour"),
+            )
+        } else {
+            Outcome::Queued
+        };
+        let to = To {
+            sender_org_id: Some(&e.owner_org_id),
+            wait_for_org: false,
+            ..To::org("", &e.program_id)
+        };
+        insert(conn, delivery, &to, &[e.email], email, outcome).await
     }
 
     /// An approved commission: the org's first in the program is e-mailed at once, later ones wait

@@ -69,6 +69,10 @@ const TEXT: &[(&str, &str)] = &[
         "payout_account_ready",
         include_str!("../../templates/text/payout_account_ready.txt"),
     ),
+    (
+        "invitation_sent",
+        include_str!("../../templates/text/invitation_sent.txt"),
+    ),
     (DIGEST, include_str!("../../templates/text/digest.txt")),
 ];
 
@@ -132,6 +136,27 @@ pub fn invited(program: &str) -> Result<Email, Error> {
         "invited",
         format!("You are invited to the {} affiliate program", oneline(program)),
         context! { program },
+    )
+}
+
+/// To an address an owner invited by e-mail (it may have no account, hence no settings): the
+/// single-use claim link. Not in [`KINDS`]: there is no org yet that could turn it off; it counts
+/// toward the owner's invitation budget like [`invited`].
+pub fn invitation_sent(
+    program: &str,
+    owner: &str,
+    claim_url: &str,
+    expires: chrono::NaiveDate,
+) -> Result<Email, Error> {
+    let owner = if owner.trim().is_empty() {
+        "A program owner"
+    } else {
+        owner
+    };
+    render(
+        "invitation_sent",
+        format!("You are invited to the {} affiliate program", oneline(program)),
+        context! { program, owner, claim_url, expires => expires.format("%Y-%m-%d").to_string() },
     )
 }
 
@@ -464,6 +489,26 @@ mod tests {
                 "{email:?}"
             );
         }
+        Ok(())
+    }
+
+    #[test]
+    fn an_emailed_invitation_carries_its_claim_link() -> TestResult {
+        let expires = chrono::NaiveDate::from_ymd_opt(2026, 12, 1).unwrap_or_default();
+        let email = invitation_sent(
+            "Acme\nPartners",
+            "Acme",
+            "https://amba.example/claim/amba_inv_x",
+            expires,
+        )?;
+        assert_eq!(email.subject, "You are invited to the Acme Partners affiliate program");
+        assert!(
+            email.body.contains("\nhttps://amba.example/claim/amba_inv_x\n"),
+            "{}",
+            email.body
+        );
+        assert!(email.body.contains("until 2026-12-01") && email.body.contains("amba_affiliate_invite_claim"));
+        assert!(!KINDS.contains(&email.kind) && email.body.ends_with(SHORT_SIGNATURE));
         Ok(())
     }
 

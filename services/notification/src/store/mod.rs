@@ -290,7 +290,7 @@ pub async fn sent_recently(
 /// Invitations `sender_org_id` caused in the last hour that went or go out, counted up to `cap`.
 pub async fn invitations_last_hour(conn: &mut PgConnection, sender_org_id: &str, cap: u32) -> Result<u32, sqlx::Error> {
     let count: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT 1 FROM emails WHERE sender_org_id = $1 AND template = 'invited' \
+        "SELECT count(*) FROM (SELECT 1 FROM emails WHERE sender_org_id = $1 AND template IN ('invited', 'invitation_sent') \
          AND status IN ('queued', 'sent', 'failed') AND created_at > now() - interval '1 hour' LIMIT $2) capped",
     )
     .bind(sender_org_id)

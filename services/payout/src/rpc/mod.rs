@@ -29,6 +29,7 @@ pub fn server(service: Payout) -> RpcServer {
         methods::RUN => run,
         methods::RUNS => runs,
         methods::FUNDING_SETUP => funding_setup,
+        methods::ACCOUNT_STATUSES => account_statuses,
     })
 }
 
@@ -56,6 +57,28 @@ fn absolute_url(field: &str, url: &str) -> Result<String, ApiError> {
 impl Payout {
     fn stripe(&self) -> Result<&crate::stripe::Stripe, ApiError> {
         self.settler.stripe.as_ref().ok_or_else(stripe_missing)
+    }
+
+    /// Readiness of a page of orgs' payout accounts in one query (an owner's affiliates list;
+    /// the edge passes the org ids of the page enrollment gave it). Needs no Stripe.
+    pub async fn account_statuses(
+        &self,
+        request: pb::AccountStatusesRequest,
+    ) -> Result<pb::AccountStatusesReply, ApiError> {
+        caller(request.caller)?;
+        if request.org_ids.len() > 200 {
+            return Err(ApiError::invalid("at most 200 org ids at once"));
+        }
+        let mut conn = self.settler.pool.acquire().await.map_err(db_error)?;
+        let accounts = store::accounts_of_orgs(&mut conn, &request.org_ids)
+            .await
+            .map_err(db_error)?;
+        Ok(pb::AccountStatusesReply {
+            statuses: accounts
+                .into_iter()
+                .map(|(org, account)| (org, account.to_proto().status))
+                .collect(),
+        })
     }
 
     /// One Stripe connected account per affiliate org; calling again returns it.
