@@ -17,6 +17,10 @@
 //! of the listed processes' CPU and of the machine's (cores × wall time). The summary also prints
 //! the e-mails the run made the notification service write (`notification.emails`): by status,
 //! by template, per 100 approved conversions and still queued at the end.
+//! `--metrics URL` (repeatable, one per process serving `AMBA_METRICS_ADDR`) prints, per phase,
+//! where the time went: every `_seconds` histogram the system recorded during that phase
+//! (edge batch wait, NATS request, server queue and handler, writer queue and commit, relay lag,
+//! consumer groups, e-mail sends) with its count, mean, p50 and p99.
 //! Loopback only: every target must be 127.0.0.0/8 or localhost. Every phase is bounded by its
 //! time and by `--max-count`, so the tool always stops by itself.
 //!
@@ -32,6 +36,7 @@ mod mails;
 mod memory;
 mod phases;
 mod setup;
+mod stages;
 
 use clap::Parser;
 use std::time::Duration;
@@ -54,6 +59,8 @@ pub struct Options {
     pub pid: Option<u32>,
     /// Processes of services run apart, whose CPU time to measure (`--service-pid NAME=PID`).
     pub service_pids: Vec<(String, u32)>,
+    /// The system's Prometheus endpoints (`--metrics`), read at the bounds of each phase.
+    pub metrics: Vec<String>,
     /// How long to wait for the commission ledger to book every approved conversion after the
     /// streaming phase (`--ledger-wait`, seconds).
     pub ledger_wait: Duration,
@@ -131,6 +138,10 @@ struct Cli {
     /// <service>`); repeatable: --service-pid notification=1234 --service-pid edge=1240
     #[arg(long = "service-pid", value_name = "NAME=PID", value_parser = parse_service_pid)]
     service_pid: Vec<(String, u32)>,
+    /// A process's Prometheus endpoint (its AMBA_METRICS_ADDR), read at the bounds of each phase
+    /// to print where the phase's time went; repeatable, one per process
+    #[arg(long, value_name = "URL")]
+    metrics: Vec<String>,
     /// Seconds to wait for the commission ledger to book every approved conversion after the
     /// streaming phase
     #[arg(long, value_name = "SECONDS", default_value_t = 600)]
@@ -158,10 +169,12 @@ impl Cli {
             max_count: self.max_count,
             pid: self.pid,
             service_pids: self.service_pid,
+            metrics: self.metrics,
             ledger_wait: Duration::from_secs(self.ledger_wait),
             affiliates: self.affiliates,
         };
-        for url in [&options.http, &options.grpc, &options.database_url, &options.nats] {
+        let targets = [&options.http, &options.grpc, &options.database_url, &options.nats];
+        for url in targets.into_iter().chain(&options.metrics) {
             anyhow::ensure!(
                 is_loopback(url),
                 "{url} is not a loopback address: this tool only loads this machine"
@@ -270,22 +283,28 @@ async fn main() -> anyhow::Result<()> {
         world.hot
     );
     let lag = lag::Monitor::start(&options).await?;
+    let scraper = stages::Scraper::new(options.metrics.clone());
+    let at_unary = scraper.snapshot().await;
 
     // Unary and MCP first, on a quiet system; the streaming phase leaves a backlog for the
     // event consumers (commission) that would slow whatever ran after it.
     let unary_from = chrono::Utc::now();
     let unary = phases::unary(&options, &world).await?;
     let mcp_from = chrono::Utc::now();
+    let at_mcp = scraper.snapshot().await;
     let mcp = phases::mcp(&options, &world).await?;
     let mcp_to = chrono::Utc::now();
+    let after_mcp = scraper.snapshot().await;
     let rss_warm = pid.and_then(memory::rss_mib);
     lag.wait_for(unary.ok + mcp.ok, Duration::from_secs(60)).await;
     let lag_calls = lag.take();
     let booked_before = ledger::booked_count(&options.database_url, &world.program_id).await?;
     let streaming_from = memory.as_ref().map(memory::Sampler::now);
     cpu.mark("streaming");
+    let at_streaming = scraper.snapshot().await;
     let streaming = phases::streaming(&options, &world).await?;
     cpu.mark("catch-up");
+    let after_streaming = scraper.snapshot().await;
     let streaming_to = memory.as_ref().map(memory::Sampler::now);
     let streaming_end = std::time::Instant::now();
     let booked_while_streaming = ledger::booked_count(&options.database_url, &world.program_id).await? - booked_before;
@@ -302,6 +321,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     cpu.mark("end");
+    let at_end = scraper.snapshot().await;
     let mails = mails::count(&options.database_url, run_from, load_from).await?;
     let booked_unary = ledger::booked_lag(&options.database_url, &world.program_id, unary_from, mcp_from).await?;
     let booked_mcp = ledger::booked_lag(&options.database_url, &world.program_id, mcp_from, mcp_to).await?;
@@ -368,6 +388,21 @@ async fn main() -> anyhow::Result<()> {
     for line in mails::summary(mails.as_ref(), catch_up.approved) {
         println!("{line}");
     }
+    if options.metrics.is_empty() {
+        println!("where the time went: pass --metrics http://<AMBA_METRICS_ADDR>/metrics for each process");
+    }
+    for (phase, to, from) in [
+        ("gRPC unary", &at_mcp, &at_unary),
+        ("MCP", &after_mcp, &at_mcp),
+        ("gRPC streaming", &after_streaming, &at_streaming),
+        ("ledger catch-up after streaming", &at_end, &after_streaming),
+    ] {
+        let lines = to.since(from);
+        if !lines.is_empty() {
+            println!("where the time went, {phase} (count, mean, p50, p99 of each stage):");
+            lines.iter().for_each(|line| println!("{line}"));
+        }
+    }
     let limited = streaming.limited + unary.limited + mcp.limited;
     if limited > 0 {
         println!("!! {limited} calls or reports were refused RATE_LIMITED: these figures measure the budgets");
@@ -421,6 +456,8 @@ mod tests {
             "notification=1234",
             "--service-pid",
             "edge=1240",
+            "--metrics",
+            "http://127.0.0.1:9090/metrics",
         ])?;
         let options = cli.into_options()?;
         assert_eq!(options.database_url, "postgres://postgres@127.0.0.1:5432/amba_load");
@@ -435,6 +472,12 @@ mod tests {
         assert!(Cli::try_parse_from(["amba-loadtest", "--service-pid", "edge=x"]).is_err());
         assert!(
             Cli::try_parse_from(["amba-loadtest", "--http", "http://10.0.0.1:8080"])?
+                .into_options()
+                .is_err()
+        );
+        assert_eq!(options.metrics, ["http://127.0.0.1:9090/metrics"]);
+        assert!(
+            Cli::try_parse_from(["amba-loadtest", "--metrics", "http://10.0.0.1:9090/metrics"])?
                 .into_options()
                 .is_err()
         );

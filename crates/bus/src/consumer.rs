@@ -369,13 +369,14 @@ fn delivery_of(message: &jetstream::Message) -> Delivery {
     }
 }
 
-/// A consumer's metric handles, made once: `amba_events_consumed_total{consumer, result}` and
-/// `amba_event_consume_lag_seconds{consumer}`.
+/// A consumer's metric handles, made once: `amba_events_consumed_total{consumer, result}`,
+/// `amba_event_consume_lag_seconds{consumer}` and `amba_consumer_group_seconds{consumer}`.
 struct Meters {
     applied: amba_telemetry::metrics::Counter,
     retried: amba_telemetry::metrics::Counter,
     dead_lettered: amba_telemetry::metrics::Counter,
     lag: amba_telemetry::metrics::Histogram,
+    group: amba_telemetry::metrics::Histogram,
 }
 
 impl Meters {
@@ -386,6 +387,7 @@ impl Meters {
             retried: consumed("retried"),
             dead_lettered: consumed("dead_lettered"),
             lag: amba_telemetry::metrics::histogram!("amba_event_consume_lag_seconds", "consumer" => consumer.to_owned()),
+            group: amba_telemetry::metrics::histogram!("amba_consumer_group_seconds", "consumer" => consumer.to_owned()),
         }
     }
 }
@@ -400,7 +402,11 @@ async fn settle_group<H: Handler>(
     handler: &H,
     group: Vec<(jetstream::Message, Delivery)>,
 ) {
-    let outcomes = match apply_group(pool, &spec.durable_name, handler, &group).await {
+    let started = std::time::Instant::now();
+    let applied = apply_group(pool, &spec.durable_name, handler, &group).await;
+    // One group's transaction: its handlers and its commit.
+    meters.group.record(started.elapsed().as_secs_f64());
+    let outcomes = match applied {
         Ok(outcomes) => outcomes,
         Err(err) => {
             // Nothing of the group was committed; every message is tried again.

@@ -79,7 +79,12 @@ impl RpcClient {
         let send = self
             .nats
             .request_with_headers(subject, headers, request.encode_to_vec().into());
-        let message = match tokio::time::timeout(self.timeout, send).await {
+        let started = std::time::Instant::now();
+        let answered = tokio::time::timeout(self.timeout, send).await;
+        // The round trip as the caller sees it: NATS both ways, the server's queue and handler.
+        amba_telemetry::metrics::histogram!("amba_rpc_client_seconds", "service" => service.to_owned(), "method" => method.to_owned())
+            .record(started.elapsed().as_secs_f64());
+        let message = match answered {
             Err(_) => {
                 return Err(ApiError::unavailable(format!("{service} did not answer in time")));
             }
@@ -209,6 +214,7 @@ impl RpcServer {
         let permits = Arc::new(Semaphore::new(self.concurrency));
         let routes = Arc::new(self.routes);
         let service = self.service;
+        let queue_wait = amba_telemetry::metrics::histogram!("amba_rpc_server_queue_seconds", "service" => service);
         loop {
             let message = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -217,9 +223,11 @@ impl RpcServer {
             let Some(reply_to) = message.reply.clone() else {
                 continue;
             };
+            let received = std::time::Instant::now();
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 break;
             };
+            queue_wait.record(received.elapsed().as_secs_f64());
             let method = message
                 .subject
                 .as_str()
@@ -233,7 +241,13 @@ impl RpcServer {
             tokio::spawn(
                 async move {
                     let result = match route {
-                        Some(route) => route(message.payload).await,
+                        Some(route) => {
+                            let started = std::time::Instant::now();
+                            let result = route(message.payload).await;
+                            amba_telemetry::metrics::histogram!("amba_rpc_server_seconds", "service" => service, "method" => method.clone())
+                                .record(started.elapsed().as_secs_f64());
+                            result
+                        }
                         None => Err(ApiError::new(
                             ErrorCode::NotFound,
                             format!("unknown method {service}.{method}"),

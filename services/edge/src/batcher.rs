@@ -22,9 +22,12 @@ const IN_FLIGHT: usize = 4;
 
 type Reply = Result<pb::ReportConversionReply, ApiError>;
 
+/// A caller's report waiting for a batch, with when it was queued.
+type Queued = (pb::AuthenticatedReport, oneshot::Sender<Reply>, std::time::Instant);
+
 #[derive(Clone)]
 pub struct ReportBatcher {
-    queue: mpsc::Sender<(pb::AuthenticatedReport, oneshot::Sender<Reply>)>,
+    queue: mpsc::Sender<Queued>,
 }
 
 impl ReportBatcher {
@@ -61,7 +64,10 @@ impl ReportBatcher {
             report: Some(report),
             traceparent: amba_telemetry::current_traceparent(),
         };
-        self.queue.send((item, reply)).await.map_err(|_| closed())?;
+        self.queue
+            .send((item, reply, std::time::Instant::now()))
+            .await
+            .map_err(|_| closed())?;
         answer.await.map_err(|_| closed())?
     }
 }
@@ -81,8 +87,10 @@ pub fn count_reports(surface: &'static str, outcome: &'static str, n: u64) {
         .increment(n);
 }
 
-async fn run(mut receiver: mpsc::Receiver<(pb::AuthenticatedReport, oneshot::Sender<Reply>)>, rpc: RpcClient) {
+async fn run(mut receiver: mpsc::Receiver<Queued>, rpc: RpcClient) {
     let permits = Arc::new(Semaphore::new(IN_FLIGHT));
+    // From a caller's report queued to its batch leaving: the price of coalescing.
+    let batch_wait = amba_telemetry::metrics::histogram!("amba_edge_batch_wait_seconds");
     while let Some(first) = receiver.recv().await {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
@@ -100,8 +108,14 @@ async fn run(mut receiver: mpsc::Receiver<(pb::AuthenticatedReport, oneshot::Sen
             }
         }
         let rpc = rpc.clone();
+        let (reports, replies): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .map(|(report, reply, queued)| {
+                batch_wait.record(queued.elapsed().as_secs_f64());
+                (report, reply)
+            })
+            .unzip();
         tokio::spawn(async move {
-            let (reports, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
             let count = reports.len();
             let result: Result<pb::ReportConversionsReply, ApiError> = rpc
                 .call(

@@ -67,6 +67,13 @@ impl Transport {
     }
 
     pub async fn send(&self, message: Message) -> Result<(), SendError> {
+        let started = std::time::Instant::now();
+        let sent = self.deliver(message).await;
+        amba_telemetry::metrics::histogram!("amba_mail_send_seconds").record(started.elapsed().as_secs_f64());
+        sent
+    }
+
+    async fn deliver(&self, message: Message) -> Result<(), SendError> {
         match self {
             Transport::Smtp(smtp) => smtp.send(message).await.map(drop).map_err(|e| {
                 if e.is_permanent() {
