@@ -614,6 +614,8 @@ def check_nats(repo, nats_server):
                 ("edge", "PUB amba.rpc.commission.payout_post 0\r\n\r\n", False),
                 ("payout", "PUB amba.rpc.commission.payout_post 0\r\n\r\n", True),
                 ("edge", "PUB amba.rpc.attribution.report_batch 0\r\n\r\n", True),
+                # every method the edge calls is granted (crates/proto/src/nats_grants.rs checks all)
+                ("edge", "PUB amba.rpc.commission.release_held 0\r\n\r\n", True),
                 ("attribution", "PUB amba.evt.conversion.approved 0\r\n\r\n", True),
                 ("attribution", "PUB amba.evt.commission.accrued 0\r\n\r\n", False),
                 ("notification", "SUB amba.rpc.commission.* 1\r\n", False),

@@ -86,6 +86,9 @@ impl fmt::Display for ErrorCode {
     }
 }
 
+/// The message of [`ApiError::owner_only`].
+pub const OWNER_ONLY: &str = "this tool is for the program's owner";
+
 /// A domain or transport failure as clients see it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
 #[error("{code}: {message}")]
@@ -122,6 +125,31 @@ impl ApiError {
 
     pub fn forbidden(message: impl Into<String>) -> Self {
         ApiError::new(ErrorCode::Forbidden, message)
+    }
+
+    /// An owner-only tool called by an org that has an enrollment in the program (any status:
+    /// it learned of the program through that enrollment, so saying why leaks nothing).
+    /// `instead`: the affiliate's tool for the same need, when there is one.
+    pub fn owner_only(instead: Option<&str>) -> Self {
+        let error = ApiError::forbidden(match instead {
+            Some(tool) => format!("{OWNER_ONLY}; as an affiliate, use {tool}"),
+            None => OWNER_ONLY.to_owned(),
+        });
+        match instead {
+            Some(tool) => error.with_details(serde_json::json!({ "instead": tool })),
+            None => error,
+        }
+    }
+
+    /// What an org that does not own a program is told about `what` (the program, or something
+    /// in it): FORBIDDEN ([`ApiError::owner_only`]) when it is enrolled in the program, else
+    /// NOT_FOUND "`what` not found", exactly as for something that does not exist.
+    pub fn not_owner(what: impl fmt::Display, enrolled: bool, instead: Option<&str>) -> Self {
+        if enrolled {
+            ApiError::owner_only(instead)
+        } else {
+            ApiError::not_found(what)
+        }
     }
 
     pub fn conflict(message: impl Into<String>) -> Self {
@@ -182,5 +210,27 @@ mod tests {
         assert_eq!(body["error"]["status"], 400);
         assert_eq!(body["error"]["message"], "bad currency");
         assert!(body["error"].get("details").is_none());
+    }
+
+    #[test]
+    fn owner_only_tools_tell_affiliates_and_hide_from_outsiders() {
+        let affiliate = ApiError::not_owner("program prg_1", true, Some("amba_affiliate_my_stats_get"));
+        assert_eq!((affiliate.code, affiliate.status), (ErrorCode::Forbidden, 403));
+        assert_eq!(
+            affiliate.message,
+            "this tool is for the program's owner; as an affiliate, use amba_affiliate_my_stats_get"
+        );
+        assert_eq!(affiliate.details["instead"], "amba_affiliate_my_stats_get");
+        let plain = ApiError::owner_only(None);
+        assert_eq!(
+            (plain.message.as_str(), &plain.details),
+            (OWNER_ONLY, &serde_json::Value::Null)
+        );
+        let outsider = ApiError::not_owner("program prg_1", false, Some("amba_affiliate_my_stats_get"));
+        assert_eq!(
+            (outsider.code, outsider.message.as_str()),
+            (ErrorCode::NotFound, "program prg_1 not found")
+        );
+        assert!(outsider.details.is_null());
     }
 }

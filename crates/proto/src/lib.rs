@@ -39,85 +39,113 @@ pub use prost::Message;
 
 pub mod validate;
 
+#[cfg(test)]
+mod nats_grants;
+
+/// A service's method names (`NAME = "method";`, each with its docs), and `ALL`, the table of
+/// them that the NATS grants are checked against (`nats_grants.rs`).
+macro_rules! methods {
+    ($($(#[$doc:meta])* $name:ident = $method:literal;)+) => {
+        $($(#[$doc])* pub const $name: &str = $method;)+
+        /// Every method the service answers, but `ping` (every server answers that).
+        pub const ALL: &[&str] = &[$($name),+];
+        /// Each method with its constant's name: how code names the methods it calls.
+        #[cfg(test)]
+        pub(crate) const NAMED: &[(&str, &str)] = &[$((stringify!($name), $name)),+];
+    };
+}
+
 /// Request/reply method names: the last token of `<ns>.rpc.<service>.<method>`. Part of the
 /// wire contract, so callers and services share one spelling.
 pub mod methods {
     pub mod enrollment {
         pub const SERVICE: &str = "enrollment";
-        pub const SIGNUP: &str = "signup";
-        pub const VERIFY_TOKEN: &str = "verify_token";
-        pub const PROGRAM_CREATE: &str = "program_create";
-        pub const PROGRAM_UPDATE: &str = "program_update";
-        pub const PROGRAM_GET: &str = "program_get";
-        pub const PROGRAM_LIST: &str = "program_list";
-        pub const INVITE: &str = "invite";
-        pub const INVITE_BY_EMAIL: &str = "invite_by_email";
-        pub const CLAIM_INVITATION: &str = "claim_invitation";
-        /// Public: what an invitation token is for (the claim page).
-        pub const INVITATION_PREVIEW: &str = "invitation_preview";
-        /// Public: an active program's join page.
-        pub const PROGRAM_PUBLIC: &str = "program_public";
-        pub const SET_CODE: &str = "set_code";
-        pub const APPLY: &str = "apply";
-        pub const APPROVE: &str = "approve";
-        pub const REJECT: &str = "reject";
-        pub const REMOVE: &str = "remove";
-        pub const ACCEPT: &str = "accept";
-        pub const DECLINE: &str = "decline";
-        pub const SET_PARENT: &str = "set_parent";
-        pub const ROTATE_CODE: &str = "rotate_code";
-        pub const LIST_PROGRAM_ENROLLMENTS: &str = "list_program_enrollments";
-        pub const LIST_MY_ENROLLMENTS: &str = "list_my_enrollments";
-        pub const TOKEN_CREATE: &str = "token_create";
-        pub const TOKEN_LIST: &str = "token_list";
-        pub const TOKEN_REVOKE: &str = "token_revoke";
+        methods! {
+            SIGNUP = "signup";
+            VERIFY_TOKEN = "verify_token";
+            PROGRAM_CREATE = "program_create";
+            PROGRAM_UPDATE = "program_update";
+            PROGRAM_GET = "program_get";
+            PROGRAM_LIST = "program_list";
+            INVITE = "invite";
+            INVITE_BY_EMAIL = "invite_by_email";
+            CLAIM_INVITATION = "claim_invitation";
+            /// Public: what an invitation token is for (the claim page).
+            INVITATION_PREVIEW = "invitation_preview";
+            /// Public: an active program's join page.
+            PROGRAM_PUBLIC = "program_public";
+            SET_CODE = "set_code";
+            APPLY = "apply";
+            APPROVE = "approve";
+            REJECT = "reject";
+            REMOVE = "remove";
+            ACCEPT = "accept";
+            DECLINE = "decline";
+            SET_PARENT = "set_parent";
+            ROTATE_CODE = "rotate_code";
+            LIST_PROGRAM_ENROLLMENTS = "list_program_enrollments";
+            LIST_MY_ENROLLMENTS = "list_my_enrollments";
+            TOKEN_CREATE = "token_create";
+            TOKEN_LIST = "token_list";
+            TOKEN_REVOKE = "token_revoke";
+        }
     }
 
     pub mod attribution {
         pub const SERVICE: &str = "attribution";
-        pub const REPORT_BATCH: &str = "report_batch";
-        pub const APPROVE: &str = "approve";
-        pub const REJECT: &str = "reject";
-        pub const CLAWBACK: &str = "clawback";
-        pub const LIST: &str = "list";
-        pub const RECORD_TOUCHPOINT: &str = "record_touchpoint";
-        pub const ASSIGN: &str = "assign";
-        pub const DECIDE_MANY: &str = "decide_many";
-        pub const EXPORT: &str = "export";
+        methods! {
+            REPORT_BATCH = "report_batch";
+            APPROVE = "approve";
+            REJECT = "reject";
+            CLAWBACK = "clawback";
+            LIST = "list";
+            RECORD_TOUCHPOINT = "record_touchpoint";
+            ASSIGN = "assign";
+            DECIDE_MANY = "decide_many";
+            EXPORT = "export";
+        }
     }
 
     pub mod commission {
         pub const SERVICE: &str = "commission";
-        pub const BALANCE: &str = "balance";
-        pub const MY_STATS: &str = "my_stats";
-        pub const ANALYTICS: &str = "analytics";
-        pub const LEADERBOARD: &str = "leaderboard";
-        pub const CLAWBACK_OUTCOME: &str = "clawback_outcome";
-        pub const RELEASE_HELD: &str = "release_held";
-        pub const PAYABLE_QUOTE: &str = "payable_quote";
-        pub const PAYOUT_RESERVE: &str = "payout_reserve";
-        pub const PAYOUT_POST: &str = "payout_post";
-        pub const PAYOUT_VOID: &str = "payout_void";
-        pub const TRANSFER_REVERSAL: &str = "transfer_reversal";
+        methods! {
+            BALANCE = "balance";
+            MY_STATS = "my_stats";
+            ANALYTICS = "analytics";
+            LEADERBOARD = "leaderboard";
+            CLAWBACK_OUTCOME = "clawback_outcome";
+            RELEASE_HELD = "release_held";
+            /// An owner's CSV export of a program's ledger postings.
+            COMMISSIONS_EXPORT = "commissions_export";
+            PAYABLE_QUOTE = "payable_quote";
+            PAYOUT_RESERVE = "payout_reserve";
+            PAYOUT_POST = "payout_post";
+            PAYOUT_VOID = "payout_void";
+            TRANSFER_REVERSAL = "transfer_reversal";
+        }
     }
 
     pub mod payout {
         pub const SERVICE: &str = "payout";
-        pub const ACCOUNT_CREATE: &str = "account_create";
-        pub const ONBOARDING: &str = "onboarding";
-        pub const QUOTE: &str = "quote";
-        pub const RUN: &str = "run";
-        pub const RUNS: &str = "runs";
-        pub const FUNDING_SETUP: &str = "funding_setup";
-        /// Payout-account readiness of a page of orgs (an owner's affiliates list).
-        pub const ACCOUNT_STATUSES: &str = "account_statuses";
+        methods! {
+            ACCOUNT_CREATE = "account_create";
+            ONBOARDING = "onboarding";
+            QUOTE = "quote";
+            RUN = "run";
+            RUNS = "runs";
+            FUNDING_SETUP = "funding_setup";
+            /// Payout-account readiness of a page of orgs (an owner's affiliates list).
+            ACCOUNT_STATUSES = "account_statuses";
+        }
     }
 
     pub mod notification {
         pub const SERVICE: &str = "notification";
-        pub const PREFERENCES: &str = "preferences";
-        pub const LIST: &str = "list";
-        /// One-click unsubscribe: no caller, a signed token (the edge's public POST).
-        pub const UNSUBSCRIBE: &str = "unsubscribe";
+        methods! {
+            PREFERENCES = "preferences";
+            LIST = "list";
+            /// One-click unsubscribe: no caller, a signed token (the edge's public POST).
+            UNSUBSCRIBE = "unsubscribe";
+        }
     }
 }

@@ -164,7 +164,9 @@ pub fn tool_budget(tool: &str) -> Option<Budget> {
         | "conversion_assign"
         | "conversions_decide"
         | "commission_release" => Budget::Decisions,
-        "analytics_get" | "leaderboard_get" | "my_stats_get" | "conversions_export" => Budget::Analytics,
+        "analytics_get" | "leaderboard_get" | "my_stats_get" | "conversions_export" | "commissions_export" => {
+            Budget::Analytics
+        }
         "payout_run" | "program_funding_setup" | "my_payout_create" | "my_payout_onboarding" => Budget::Payouts,
         "programs_get"
         | "programs_list"

@@ -540,7 +540,7 @@ async fn manual_approval_renewals_and_self_referral() -> anyhow::Result<()> {
             .is_some_and(|r| r.contains("self-referral"))
     );
 
-    // Affiliates cannot decide; other owners cannot see.
+    // Affiliates cannot decide (they are told it is the owner's tool); other owners cannot see.
     assert_eq!(
         ann.mcp
             .err(
@@ -548,7 +548,7 @@ async fn manual_approval_renewals_and_self_referral() -> anyhow::Result<()> {
                 json!({"conversion_id": own["conversion_id"]})
             )
             .await?["code"],
-        "NOT_FOUND"
+        "FORBIDDEN"
     );
     let pending = owner
         .mcp
@@ -1406,8 +1406,8 @@ async fn owners_assign_unattributed_sales_once_under_the_rule_of_the_sale_time()
         (
             &ann,
             assign(lost_id, to_ann.clone()),
-            "NOT_FOUND",
-            format!("conversion {lost_id} not found"),
+            "FORBIDDEN",
+            "this tool is for the program's owner".to_owned(),
         ),
         (
             &owner,
@@ -1889,9 +1889,9 @@ async fn conversions_export_as_csv_quoted_guarded_and_paged() -> anyhow::Result<
     // Refusals: other owners, affiliates, too long a range, bad times and cursors.
     let other = org(&sys, "Other").await?;
     let range = json!({"program_id": program, "from": "2026-01-01", "to": "2026-02-01"});
-    for who in [&other, &ann] {
+    for (who, code) in [(&other, "NOT_FOUND"), (&ann, "FORBIDDEN")] {
         let err = who.mcp.err("amba_affiliate_conversions_export", range.clone()).await?;
-        assert_eq!(err["code"], "NOT_FOUND");
+        assert_eq!(err["code"], code);
     }
     for (args, message) in [
         (

@@ -391,12 +391,15 @@ async fn accrual_clawbacks_payout_and_debt_are_exact() -> anyhow::Result<()> {
         (&t["clawed_back_minor"], &t["paid_minor"], &t["refunded_minor"]),
         (&json!(2_000), &json!(1_350), &json!(10_000))
     );
-    // Affiliates cannot read the owner's analytics.
+    // Affiliates cannot read the owner's analytics (and are told where their own figures are).
     let err = ann
         .mcp
         .err("amba_affiliate_analytics_get", json!({"program_id": program}))
         .await?;
-    assert_eq!(err["code"], "NOT_FOUND");
+    assert_eq!(
+        (err["code"].as_str(), err["details"]["instead"].as_str()),
+        (Some("FORBIDDEN"), Some("amba_affiliate_my_stats_get"))
+    );
 
     // The ledger is append-only: the database refuses edits and deletions of entries.
     let pool = sys.service_pool("commission").await?;
@@ -987,7 +990,7 @@ async fn clawback_through_mcp_before_and_after_a_payout() -> anyhow::Result<()> 
             json!({"conversion_id": conversion_id, "reason": "mine"}),
         )
         .await?;
-    assert_eq!(err["code"], "NOT_FOUND");
+    assert_eq!(err["code"], "FORBIDDEN");
 
     // The next sale (50.00 → 10.00) nets against the debt.
     report(&owner, &program, "order-2", 5_000, json!({"code": code})).await?;
@@ -1787,12 +1790,12 @@ async fn analytics_by_sale_day_net_of_clawbacks_equal_the_ledger_and_held_money_
         (
             &ann,
             json!({"program_id": program, "enrollment_id": ann_enr, "reason": "mine"}),
-            "NOT_FOUND",
+            "FORBIDDEN",
         ),
         (
             &bob,
             json!({"program_id": program, "conversion_id": id(&click_new), "reason": "x"}),
-            "NOT_FOUND",
+            "FORBIDDEN",
         ),
     ] {
         let err = caller
@@ -1855,6 +1858,387 @@ async fn analytics_by_sale_day_net_of_clawbacks_equal_the_ledger_and_held_money_
     let b = balance_when(&ann, &program, |_| true).await?;
     assert_eq!(figures(&b), [0, 5_000, 0, 0, 0]);
     pool.close().await;
+    assert_verifies(&sys).await?;
+    sys.stop().await
+}
+
+/// A CSV text (RFC 4180, CRLF) as rows of cells, quotes undone.
+fn parse_csv(text: &str) -> Vec<Vec<String>> {
+    let (mut rows, mut row, mut cell) = (Vec::new(), Vec::new(), String::new());
+    let mut chars = text.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                cell.push('"');
+            }
+            (true, '"') => quoted = false,
+            (true, c) => cell.push(c),
+            (false, '"') => quoted = true,
+            (false, ',') => row.push(std::mem::take(&mut cell)),
+            (false, '\r') if chars.peek() == Some(&'\n') => {
+                chars.next();
+                row.push(std::mem::take(&mut cell));
+                rows.push(std::mem::take(&mut row));
+            }
+            (false, c) => cell.push(c),
+        }
+    }
+    rows
+}
+
+/// The export's data rows as column → cell, after checking the header.
+fn movements(csv: &str) -> Vec<std::collections::HashMap<String, String>> {
+    let mut rows = parse_csv(csv).into_iter();
+    let header = rows.next().unwrap_or_default();
+    assert_eq!(
+        header.join(","),
+        "posted_at,movement_id,kind,level,conversion_id,commission_id,affiliate_org_id,enrollment_id,amount_minor,\
+         currency,commission_minor,held_minor,payable_minor,reserved_minor,paid_minor,fee_minor,status,payable_at,\
+         payout_item_id,reason"
+    );
+    rows.map(|row| header.iter().cloned().zip(row).collect()).collect()
+}
+
+fn minor(row: &std::collections::HashMap<String, String>, column: &str) -> i64 {
+    row.get(column).and_then(|v| v.parse().ok()).unwrap_or(i64::MIN)
+}
+
+#[tokio::test]
+async fn commissions_export_is_the_ledger_movement_by_movement_exact_to_the_minor_unit() -> anyhow::Result<()> {
+    use std::collections::HashMap;
+    let sys = TestSystem::start().await?;
+    let (owner, ann, program, ann_enr, ann_code) = setup_with_code(&sys, json!({"hold_days": 30})).await?;
+    let bob = org(&sys, "Bob").await?;
+    let bob_in = enroll(&owner, &bob, &program, None).await?;
+    let bob_enr = text(&bob_in["enrollment_id"]).to_owned();
+    known(&sys, &bob_enr).await?;
+
+    // Two sales by code, approved at once and held for 30 days: 20.00 for Ann, 6.67 for Bob.
+    let a = report(&owner, &program, "o-1", 10_000, json!({"code": ann_code})).await?;
+    let b = report(&owner, &program, "o-2", 3_333, json!({"code": bob_in["code"]})).await?;
+    let (a_id, b_id) = (
+        text(&a["conversion_id"]).to_owned(),
+        text(&b["conversion_id"]).to_owned(),
+    );
+    let b_commission = b["commission_minor"].as_i64().unwrap_or_default();
+    assert_eq!((&a["commission_minor"], b_commission), (&json!(2_000), 667));
+    balance_when(&ann, &program, |b| b["held_minor"] == 2_000).await?;
+    balance_when(&bob, &program, |b| b["held_minor"] == 667).await?;
+    // The owner ends Ann's hold early, with a reason a spreadsheet must not run.
+    let reason = "=cleared, \"ok\"";
+    owner
+        .mcp
+        .ok(
+            "amba_affiliate_commission_release",
+            json!({"program_id": program, "conversion_id": a_id, "reason": reason}),
+        )
+        .await?;
+    // Refunds: a third of Bob's sale (held), a quarter of Ann's (released).
+    let claw = |conversion: &str, amount: i64| {
+        owner.mcp.ok(
+            "amba_affiliate_conversion_clawback",
+            json!({"conversion_id": conversion, "reason": "refund, partial", "amount_minor": amount}),
+        )
+    };
+    let b_claw = claw(&b_id, 1_111).await?;
+    let a_claw = claw(&a_id, 2_500).await?;
+    assert_eq!(
+        (&b_claw["reversed_minor"], &a_claw["reversed_minor"]),
+        (&json!(222), &json!(500))
+    );
+    // A payout of 10.00 (1.00 fee), one of 5.00 that fails, and 3.00 of the paid transfer
+    // coming back (with its share of the fee, 0.33).
+    let r = rpc(&sys);
+    for (item, amount) in [("pit_x1", 1_000), ("pit_x2", 500)] {
+        let _: pb::PayoutItemReply = r
+            .call(
+                methods::SERVICE,
+                methods::PAYOUT_RESERVE,
+                &pb::ReservePayoutRequest {
+                    payout_item_id: item.into(),
+                    program_id: program.clone(),
+                    enrollment_id: ann_enr.clone(),
+                    amount_minor: amount,
+                },
+            )
+            .await?;
+    }
+    let _: pb::PayoutItemReply = r
+        .call(
+            methods::SERVICE,
+            methods::PAYOUT_POST,
+            &pb::PostPayoutRequest {
+                payout_item_id: "pit_x1".into(),
+                fee_minor: 100,
+            },
+        )
+        .await?;
+    let _: pb::PayoutItemReply = r
+        .call(
+            methods::SERVICE,
+            methods::PAYOUT_VOID,
+            &pb::VoidPayoutRequest {
+                payout_item_id: "pit_x2".into(),
+            },
+        )
+        .await?;
+    let reversed: pb::TransferReversalReply = r
+        .call(
+            methods::SERVICE,
+            methods::TRANSFER_REVERSAL,
+            &pb::TransferReversalRequest {
+                reversal_id: "trr_x1".into(),
+                payout_item_id: "pit_x1".into(),
+                amount_minor: 300,
+                conversion_ids: vec![a_id.clone()],
+            },
+        )
+        .await?;
+    assert_eq!((reversed.settled_debt_minor, reversed.recovered_minor), (0, 333));
+    let ann_balance = balance_when(&ann, &program, |b| b["paid_minor"] == 600).await?;
+    assert_eq!(figures(&ann_balance), [0, 500, 0, 600, 0]);
+    let bob_balance = balance_when(&bob, &program, |b| b["held_minor"] == 445).await?;
+    assert_eq!(figures(&bob_balance), [445, 0, 0, 0, 0]);
+
+    let today = chrono::Utc::now().date_naive();
+    let range = json!({"program_id": program, "from": (today - chrono::Days::new(1)).to_string(),
+        "to": (today + chrono::Days::new(2)).to_string()});
+    let whole = owner.mcp.ok("amba_affiliate_commissions_export", range.clone()).await?;
+    assert!(whole.get("next_cursor").is_none());
+    let csv = text(&whole["csv"]);
+    assert!(csv.ends_with("\r\n") && !csv.contains("\n\n"));
+    // Text is guarded and quoted; the owner's reason reads back as written after the guard.
+    assert!(csv.contains(",\"'=cleared, \"\"ok\"\"\"\r\n"), "{csv}");
+    let rows = movements(csv);
+    assert_eq!(whole["rows"], json!(rows.len()));
+    let what: Vec<(&str, &str, i64, &str, &str)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["kind"].as_str(),
+                r["enrollment_id"].as_str(),
+                minor(r, "amount_minor"),
+                r["status"].as_str(),
+                r["payout_item_id"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        what,
+        vec![
+            ("accrual", ann_enr.as_str(), 2_000, "released", ""),
+            ("accrual", bob_enr.as_str(), 667, "held", ""),
+            ("early_release", ann_enr.as_str(), 2_000, "released", ""),
+            ("clawback", bob_enr.as_str(), 222, "held", ""),
+            ("clawback", ann_enr.as_str(), 500, "released", ""),
+            ("payout_reserved", ann_enr.as_str(), 1_000, "posted", "pit_x1"),
+            ("payout_reserved", ann_enr.as_str(), 500, "voided", "pit_x2"),
+            ("payout_paid", ann_enr.as_str(), 1_000, "posted", "pit_x1"),
+            ("payout_voided", ann_enr.as_str(), 500, "voided", "pit_x2"),
+            ("transfer_reversal", ann_enr.as_str(), 300, "posted", "pit_x1"),
+        ]
+    );
+    let signed = |r: &HashMap<String, String>| {
+        [
+            "commission_minor",
+            "held_minor",
+            "payable_minor",
+            "reserved_minor",
+            "paid_minor",
+            "fee_minor",
+        ]
+        .map(|c| minor(r, c))
+    };
+    assert_eq!(signed(&rows[7]), [0, 0, 0, -1_000, 900, 100], "the payment");
+    assert_eq!(signed(&rows[9]), [-333, 0, 0, 0, -300, -33], "the transfer reversal");
+    for row in &rows {
+        let [commission, held, payable, reserved, paid, fee] = signed(row);
+        assert_eq!(
+            held + payable + reserved + paid + fee,
+            commission,
+            "postings balance: {row:?}"
+        );
+        assert_eq!(row["currency"], "USD");
+        let org = if row["enrollment_id"] == ann_enr {
+            &ann.id
+        } else {
+            &bob.id
+        };
+        assert_eq!(&row["affiliate_org_id"], org);
+    }
+    // Ann's sale: its accrual, early release and clawback are one direct commission's.
+    let a_rows: Vec<&HashMap<String, String>> = rows.iter().filter(|r| r["conversion_id"] == a_id).collect();
+    assert_eq!(a_rows.len(), 3);
+    assert!(!a_rows[0]["commission_id"].is_empty());
+    assert!(
+        a_rows
+            .iter()
+            .all(|r| r["level"] == "0" && r["commission_id"] == a_rows[0]["commission_id"])
+    );
+    assert_eq!(
+        (rows[2]["reason"].clone(), rows[3]["reason"].as_str()),
+        (format!("'{reason}"), "refund, partial")
+    );
+    assert!(!rows[1]["payable_at"].is_empty() && rows[1]["payable_at"] > rows[1]["posted_at"]);
+
+    // The columns sum to what the ledger reports: each affiliate's balances, and the program's
+    // commission, clawbacks and payments in analytics.
+    let sum = |column: &str, enrollment: Option<&str>| -> i64 {
+        rows.iter()
+            .filter(|r| enrollment.is_none_or(|e| r["enrollment_id"] == e))
+            .map(|r| minor(r, column))
+            .sum()
+    };
+    for (enrollment, balance) in [(&ann_enr, &ann_balance), (&bob_enr, &bob_balance)] {
+        let b = &balance["balances"][0];
+        assert_eq!(
+            [
+                sum("held_minor", Some(enrollment)),
+                sum("payable_minor", Some(enrollment)),
+                sum("reserved_minor", Some(enrollment)),
+                sum("paid_minor", Some(enrollment)),
+            ],
+            [
+                b["held_minor"].as_i64().unwrap_or(-1),
+                b["payable_minor"].as_i64().unwrap_or(-1) - b["debt_minor"].as_i64().unwrap_or(-1),
+                b["reserved_minor"].as_i64().unwrap_or(-1),
+                b["paid_minor"].as_i64().unwrap_or(-1),
+            ]
+        );
+    }
+    let analytics = owner
+        .mcp
+        .ok("amba_affiliate_analytics_get", json!({"program_id": program}))
+        .await?;
+    let t = &analytics["totals"];
+    let of_kind = |kinds: &[&str], column: &str| -> i64 {
+        rows.iter()
+            .filter(|r| kinds.contains(&r["kind"].as_str()))
+            .map(|r| minor(r, column))
+            .sum()
+    };
+    assert_eq!(
+        (
+            of_kind(&["accrual", "override"], "amount_minor"),
+            -of_kind(&["clawback", "transfer_reversal"], "commission_minor"),
+            sum("commission_minor", None),
+            sum("paid_minor", None),
+        ),
+        (
+            t["commission_minor"].as_i64().unwrap_or(-1),
+            t["clawed_back_minor"].as_i64().unwrap_or(-1),
+            t["net_commission_minor"].as_i64().unwrap_or(-1),
+            t["paid_minor"].as_i64().unwrap_or(-1),
+        )
+    );
+    assert_eq!((sum("commission_minor", None), sum("fee_minor", None)), (1_612, 67));
+
+    // Page by page (limit as numeric text), nothing lost or repeated.
+    let mut paged = Vec::new();
+    let mut pages = 0;
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut args = range.clone();
+        args["limit"] = json!("4");
+        if let Some(cursor) = &cursor {
+            args["cursor"] = json!(cursor);
+        }
+        let page = owner.mcp.ok("amba_affiliate_commissions_export", args).await?;
+        let page_rows = movements(text(&page["csv"]));
+        assert_eq!(page["rows"], json!(page_rows.len()));
+        paged.extend(page_rows);
+        pages += 1;
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!((pages, &paged), (3, &rows));
+    // A range without movements is the header alone.
+    let empty = owner
+        .mcp
+        .ok(
+            "amba_affiliate_commissions_export",
+            json!({"program_id": program, "from": (today - chrono::Days::new(30)).to_string(),
+                "to": (today - chrono::Days::new(29)).to_string()}),
+        )
+        .await?;
+    assert_eq!((&empty["rows"], movements(text(&empty["csv"])).len()), (&json!(0), 0));
+
+    // Refusals change nothing: the affiliates are pointed to their own balance, another org
+    // learns nothing, bad ranges, cursors and limits are named.
+    for who in [&ann, &bob] {
+        let err = who.mcp.err("amba_affiliate_commissions_export", range.clone()).await?;
+        assert_eq!(
+            (err["code"].as_str(), err["status"].as_u64(), err["message"].as_str()),
+            (
+                Some("FORBIDDEN"),
+                Some(403),
+                Some("this tool is for the program's owner; as an affiliate, use amba_affiliate_my_balance_get")
+            )
+        );
+    }
+    let other = org(&sys, "Other").await?;
+    let err = other
+        .mcp
+        .err("amba_affiliate_commissions_export", range.clone())
+        .await?;
+    assert_eq!(
+        (err["code"].as_str(), err["message"].as_str()),
+        (Some("NOT_FOUND"), Some(format!("program {program} not found").as_str()))
+    );
+    let with = |extra: Value| {
+        let mut args = range.clone();
+        if let (Some(args), Some(extra)) = (args.as_object_mut(), extra.as_object()) {
+            args.extend(extra.clone());
+        }
+        args
+    };
+    for (args, message) in [
+        (
+            with(json!({"cursor": "bm9wZQ"})),
+            "cursor is not one this server issued".to_owned(),
+        ),
+        (
+            with(json!({"cursor": "%%%"})),
+            "cursor is not one this server issued".to_owned(),
+        ),
+        (
+            with(json!({"from": "2025-01-01", "to": "2026-01-03"})),
+            "from and to are 367 days apart; export at most 366 days per call".to_owned(),
+        ),
+        (
+            with(json!({"from": "2026-02-01", "to": "2026-01-01"})),
+            "from must be before to".to_owned(),
+        ),
+        (
+            with(json!({"from": "January"})),
+            "from \"January\" is not an RFC 3339 time such as 2026-11-01T00:00:00Z or a date such as 2026-11-01"
+                .to_owned(),
+        ),
+    ] {
+        let err = owner.mcp.err("amba_affiliate_commissions_export", args.clone()).await?;
+        assert_eq!(
+            (err["code"].as_str(), err["message"].as_str()),
+            (Some("INVALID_ARGUMENT"), Some(message.as_str())),
+            "{args}"
+        );
+    }
+    for limit in [json!(0), json!(5_001), json!("ten")] {
+        let err = owner
+            .mcp
+            .err("amba_affiliate_commissions_export", with(json!({"limit": limit})))
+            .await?;
+        assert_eq!(
+            (err["code"].as_str(), err["details"]["argument"].as_str()),
+            (Some("INVALID_ARGUMENT"), Some("limit")),
+            "{err}"
+        );
+    }
+    let again = owner.mcp.ok("amba_affiliate_commissions_export", range).await?;
+    assert_eq!(again, whole);
     assert_verifies(&sys).await?;
     sys.stop().await
 }

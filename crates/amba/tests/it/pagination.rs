@@ -3,7 +3,7 @@
 //! run's items are bounded too: a page of runs shows each run's first 10 items, and one run's
 //! items page on their own.
 
-use crate::payouts::enable_payouts;
+use crate::payouts::{enable_payouts, fund, onboard};
 use crate::support::{Org, active_program, enroll, org, text};
 use amba_testkit::{McpClient, TestSystem, eventually};
 use serde_json::{Value, json};
@@ -155,7 +155,8 @@ async fn every_list_tool_states_its_bounds_and_refuses_larger_pages() -> anyhow:
 
 #[tokio::test]
 async fn paging_through_every_list_loses_and_repeats_nothing() -> anyhow::Result<()> {
-    let sys = TestSystem::with_stripe(&[("ORG_PAYOUTS_LIVE", "true")]).await?;
+    // The payout runs below wait on dry runs, which spend the payouts budget (20, then 6/min).
+    let sys = TestSystem::with_stripe(&[("ORG_PAYOUTS_LIVE", "true"), ("AMBA_PAYOUTS_PER_ORG", "10000,100/s")]).await?;
     let owner = org(&sys, "PageOwner").await?;
     let aff = org(&sys, "PageAff").await?;
 
@@ -321,22 +322,54 @@ async fn paging_through_every_list_loses_and_repeats_nothing() -> anyhow::Result
     )
     .await?;
 
-    // Payout runs: three live runs of the first program, each of eleven items (skipped: nobody has
-    // a payout account, so nothing is charged either).
+    // Payout runs: three live runs of the first program, each of eleven items. A run that would pay
+    // nobody stores no run, so each run pays the affiliate (the only one with a payout account) a
+    // new sale's commission; the ten others are skipped (no payout account).
     enable_payouts(&sys, &owner, &[])?;
-    eventually(WAIT, "eleven payable affiliates", || async {
-        let dry = owner
-            .mcp
-            .ok(
-                "amba_affiliate_payout_run",
-                json!({"program_id": programs[0], "dry_run": true}),
-            )
-            .await?;
-        Ok((dry["items"].as_array().map(Vec::len) == Some(11)).then_some(()))
-    })
-    .await?;
+    onboard(&sys, &aff).await?;
+    fund(&sys, &owner, &programs[0], "visa", "4242").await?;
+    let dry_run = |paying: bool| {
+        let owner = &owner;
+        let program = &programs[0];
+        let aff_id = aff.id.clone();
+        async move {
+            let dry = owner
+                .mcp
+                .ok(
+                    "amba_affiliate_payout_run",
+                    json!({"program_id": program, "dry_run": true}),
+                )
+                .await?;
+            let items = dry["items"].as_array().cloned().unwrap_or_default();
+            let planned: Vec<&Value> = items.iter().filter(|i| i["status"] == "planned").collect();
+            // Paying: all eleven listed, only the affiliate planned. Paid: nothing payable of the
+            // affiliate's (then not listed), nobody to pay.
+            let done = if paying {
+                dry["outcome"] == "planned"
+                    && items.len() == 11
+                    && planned.len() == 1
+                    && planned[0]["affiliate_org_id"] == aff_id.as_str()
+                    && planned[0]["gross_minor"] == 2_000
+            } else {
+                dry["outcome"] == "nothing_to_pay"
+                    && planned.is_empty()
+                    && items
+                        .iter()
+                        .all(|i| i["affiliate_org_id"] != aff_id.as_str() || i["payable_minor"] == 0)
+            };
+            Ok::<_, anyhow::Error>(done.then_some(()))
+        }
+    };
     let mut runs = Vec::new();
-    for key in ["run-1", "run-2", "run-3"] {
+    for (n, key) in ["run-1", "run-2", "run-3"].into_iter().enumerate() {
+        if n > 0 {
+            eventually(WAIT, "the affiliate was paid: nothing to pay", || dry_run(false)).await?;
+            sale(&owner, &programs[0], &format!("aff-0-{key}"), &codes[0]).await?;
+        }
+        eventually(WAIT, "eleven affiliates, the affiliate's new sale to pay", || {
+            dry_run(true)
+        })
+        .await?;
         let run = owner
             .mcp
             .ok(
@@ -345,10 +378,25 @@ async fn paging_through_every_list_loses_and_repeats_nothing() -> anyhow::Result
             )
             .await?;
         assert_eq!(
-            (run["items"].as_array().map(Vec::len), &run["items_total"]),
-            (Some(11), &json!(11)),
+            (
+                text(&run["outcome"]),
+                run["items"].as_array().map(Vec::len),
+                &run["items_total"]
+            ),
+            ("recorded", Some(11), &json!(11)),
             "{run}"
         );
+        let items = run["items"].as_array().cloned().unwrap_or_default();
+        for item in &items {
+            let expected = if item["affiliate_org_id"] == aff.id.as_str() {
+                "paid"
+            } else {
+                "skipped"
+            };
+            assert_eq!(item["status"], expected, "{run}");
+        }
+        assert_eq!(items.iter().filter(|i| i["status"] == "paid").count(), 1, "{run}");
+        assert!(!text(&run["payout_run_id"]).is_empty(), "a stored run: {run}");
         runs.push(text(&run["payout_run_id"]).to_owned());
     }
     let listed = pages_hold_exactly(

@@ -679,7 +679,7 @@ async fn nothing_moves_unless_the_owner_is_enabled_funded_and_charged() -> anyho
         .mcp
         .err("amba_affiliate_program_funding_setup", json!({"program_id": p.program}))
         .await?;
-    assert_eq!(err["code"], "NOT_FOUND");
+    assert_eq!(err["code"], "FORBIDDEN");
     let err = p
         .owner
         .mcp
@@ -1079,7 +1079,7 @@ async fn the_preview_gate_moves_nothing_and_dry_runs_still_work() -> anyhow::Res
             json!({"program_id": p.program, "dry_run": true}),
         )
         .await?;
-    assert_eq!(err["code"], "NOT_FOUND");
+    assert_eq!(err["code"], "FORBIDDEN");
     verify_ledger(&sys)?;
     sys.stop().await
 }
@@ -1258,5 +1258,276 @@ async fn bad_stale_and_unsigned_webhooks_are_refused_and_change_nothing() -> any
     })
     .await?;
     pool.close().await;
+    sys.stop().await
+}
+
+/// An RFC 3339 time about `days` from now (within a day: commission is held from its approval).
+fn about_days_ahead(value: &Value, days: i64) -> bool {
+    let Ok(at) = chrono::DateTime::parse_from_rfc3339(text(value)) else {
+        return false;
+    };
+    let ahead = at.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    (ahead - chrono::Duration::days(days)).num_hours().abs() < 24
+}
+
+#[tokio::test]
+async fn held_money_says_when_and_a_run_with_nothing_to_pay_records_nothing() -> anyhow::Result<()> {
+    let sys = TestSystem::with_stripe(&[("ORG_PAYOUTS_LIVE", "true")]).await?;
+    let p = program_of(
+        &sys,
+        "Held",
+        json!({"hold_days": 30, "platform_fee_bps": 250, "payout_threshold_minor": 1000}),
+    )
+    .await?;
+    onboard(&sys, &p.ann).await?;
+    // Ann earns 980 and 2,000, Bob 1,000 (no payout account): all held for 30 days. The owner
+    // releases Ann's 980 early: payable, but below the threshold of 1,000.
+    let small = report_when_ready(&p.owner, &p.program, "h-1", 4_900, &p.ann_code).await?;
+    let big = report(&p.owner, &p.program, "h-2", 10_000, &p.ann_code).await?;
+    report_when_ready(&p.owner, &p.program, "h-3", 5_000, &p.bob_code).await?;
+    quote_when(&p.ann, &p.program, |q| q["held_minor"] == 2980).await?;
+    quote_when(&p.bob, &p.program, |q| q["held_minor"] == 1000).await?;
+    let release = |conversion: &Value, key: &str| {
+        p.owner.mcp.ok(
+            "amba_affiliate_commission_release",
+            json!({"program_id": p.program, "conversion_id": conversion["conversion_id"],
+                   "reason": "delivered", "idempotency_key": key}),
+        )
+    };
+    release(&small, "rel-small").await?;
+
+    // The affiliate is told the threshold, what is missing, and when (and how much) held money
+    // becomes payable; the next run would send nothing.
+    let ann = quote_when(&p.ann, &p.program, |q| q["payable_minor"] == 980).await?;
+    let ann_program = &ann["programs"][0];
+    assert_eq!(
+        (
+            text(&ann_program["reason_code"]),
+            ann_program["net_minor"].as_i64(),
+            ann_program["fee_minor"].as_i64(),
+            ann_program["missing_minor"].as_i64(),
+            ann_program["next_release_minor"].as_i64(),
+            ann["net_minor"].as_i64(),
+        ),
+        ("below_threshold", Some(0), Some(0), Some(20), Some(2000), Some(0)),
+        "{ann}"
+    );
+    let blocked = text(&ann_program["blocked_reason"]);
+    assert!(
+        blocked.contains("below the program's payout threshold of 1000: 20 more needed"),
+        "{ann}"
+    );
+    assert!(about_days_ahead(&ann_program["next_release_at"], 30), "{ann}");
+    assert!(about_days_ahead(&ann_program["payable_at"], 30), "{ann}");
+    assert!(
+        blocked.contains(&text(&ann_program["payable_at"])[..10]),
+        "the date is in the text: {ann}"
+    );
+    assert_eq!(ann["payable_at"], ann_program["payable_at"]);
+    assert_eq!(ann["next_release_at"], ann_program["next_release_at"]);
+    let bob = quote_when(&p.bob, &p.program, |q| q["held_minor"] == 1000).await?;
+    let bob_program = &bob["programs"][0];
+    assert_eq!(
+        (
+            text(&bob_program["reason_code"]),
+            bob_program["net_minor"].as_i64(),
+            bob_program["next_release_minor"].as_i64()
+        ),
+        ("held", Some(0), Some(1000)),
+        "{bob}"
+    );
+    let blocked = text(&bob_program["blocked_reason"]);
+    assert!(
+        blocked.contains("held") && blocked.contains(&text(&bob_program["next_release_at"])[..10]),
+        "held until a date: {bob}"
+    );
+    assert!(about_days_ahead(&bob_program["payable_at"], 30), "{bob}");
+
+    // The dry run lists both, why neither is paid, from when, and that it would pay nothing.
+    let plan = |dry_run: bool, key: &str| {
+        p.owner.mcp.ok(
+            "amba_affiliate_payout_run",
+            json!({"program_id": p.program, "dry_run": dry_run, "idempotency_key": key}),
+        )
+    };
+    let dry = plan(true, "dry").await?;
+    assert_eq!(
+        (
+            text(&dry["outcome"]),
+            dry["threshold_minor"].as_i64(),
+            dry["funding_required_minor"].as_i64(),
+            dry["items_total"].as_i64()
+        ),
+        ("nothing_to_pay", Some(1000), Some(0), Some(2)),
+        "{dry}"
+    );
+    let dry_items = items(&dry);
+    let ann_plan = item_of(&dry_items, &p.ann)?;
+    assert_eq!(
+        (
+            text(&ann_plan["status"]),
+            text(&ann_plan["reason_code"]),
+            ann_plan["gross_minor"].as_i64(),
+            ann_plan["net_minor"].as_i64(),
+            ann_plan["payable_minor"].as_i64(),
+            ann_plan["held_minor"].as_i64(),
+        ),
+        ("skipped", "below_threshold", Some(0), Some(0), Some(980), Some(2000)),
+        "net_minor is what the run would pay: {dry}"
+    );
+    assert!(text(&ann_plan["reason"]).contains("threshold of 1000"), "{dry}");
+    assert_eq!(ann_plan["payable_at"], ann_program["payable_at"]);
+    let bob_plan = item_of(&dry_items, &p.bob)?;
+    assert_eq!(
+        (
+            text(&bob_plan["reason_code"]),
+            bob_plan["net_minor"].as_i64(),
+            bob_plan["held_minor"].as_i64(),
+            bob_plan["payable_minor"].as_i64()
+        ),
+        ("held", Some(0), Some(1000), Some(0)),
+        "an affiliate whose money is all held is listed: {dry}"
+    );
+    assert!(text(&bob_plan["reason"]).contains("no payout account yet"), "{dry}");
+    assert!(about_days_ahead(&bob_plan["payable_at"], 30), "{dry}");
+    let earliest = [&ann_plan["payable_at"], &bob_plan["payable_at"]]
+        .into_iter()
+        .map(|v| text(v).to_owned())
+        .min();
+    assert_eq!(Some(text(&dry["next_payable_at"]).to_owned()), earliest, "{dry}");
+
+    // A live run with nothing to pay: an answer, not an error; no run is stored, nothing charged.
+    enable_payouts(&sys, &p.owner, &[])?;
+    let live = plan(false, "nothing-yet").await?;
+    assert_eq!(
+        (
+            text(&live["outcome"]),
+            live["dry_run"].as_bool(),
+            text(&live["payout_run_id"]),
+            text(&live["funding"]["status"]),
+            live["funding_required_minor"].as_i64()
+        ),
+        ("nothing_to_pay", Some(false), "", "not_needed", Some(0)),
+        "{live}"
+    );
+    assert_eq!(
+        item_of(&items(&live), &p.bob)?["reason_code"],
+        "held",
+        "the reasons come with it: {live}"
+    );
+    assert!(runs_of(&p).await?.is_empty(), "no empty run is recorded");
+    assert!(stripe(&sys)?.payment_intents().is_empty());
+
+    // Once Ann's 2,000 is released too she would be paid; Bob still waits.
+    release(&big, "rel-big").await?;
+    quote_when(&p.ann, &p.program, |q| q["payable_minor"] == 2980).await?;
+    let dry = plan(true, "dry-2").await?;
+    assert_eq!(text(&dry["outcome"]), "planned", "{dry}");
+    let ann_plan = item_of(&items(&dry), &p.ann)?.clone();
+    // 2.5 % of 2,980 = 74.5, half-even 74.
+    assert_eq!(
+        (
+            text(&ann_plan["status"]),
+            text(&ann_plan["reason_code"]),
+            text(&ann_plan["reason"]),
+            ann_plan["gross_minor"].as_i64(),
+            ann_plan["fee_minor"].as_i64(),
+            ann_plan["net_minor"].as_i64(),
+        ),
+        (
+            "planned",
+            "will_be_paid",
+            "will be paid",
+            Some(2980),
+            Some(74),
+            Some(2906)
+        ),
+        "{dry}"
+    );
+    assert_eq!(ann_plan["payable_at"], Value::Null, "payable now: {dry}");
+    assert_eq!(item_of(&items(&dry), &p.bob)?["reason_code"], "held");
+    assert_eq!(dry["funding_required_minor"], 2980);
+
+    // The live run pays exactly that, and is recorded with Bob's skipped item and its reason.
+    fund(&sys, &p.owner, &p.program, "visa", "4242").await?;
+    let run = plan(false, "paid").await?;
+    assert_eq!(text(&run["outcome"]), "recorded", "{run}");
+    let run_items = items(&run);
+    let ann_paid = item_of(&run_items, &p.ann)?;
+    assert_eq!(ann_paid["status"], "paid", "{run}");
+    for field in ["gross_minor", "fee_minor", "net_minor", "debt_minor"] {
+        assert_eq!(
+            ann_paid[field], ann_plan[field],
+            "{field}: the dry run equals the live run"
+        );
+    }
+    let bob_item = item_of(&run_items, &p.bob)?;
+    assert_eq!(
+        (
+            text(&bob_item["status"]),
+            bob_item["gross_minor"].as_i64(),
+            bob_item["net_minor"].as_i64()
+        ),
+        ("skipped", Some(0), Some(0)),
+        "{run}"
+    );
+    assert!(text(&bob_item["reason"]).contains("held"), "{run}");
+    assert!(
+        bob_item.get("reason_code").is_none() && run.get("threshold_minor").is_none(),
+        "a recorded run shows what was stored, not a plan: {run}"
+    );
+    assert_eq!(stripe(&sys)?.transfers().len(), 1);
+    assert_eq!(runs_of(&p).await?.len(), 1);
+    verify_ledger(&sys)?;
+    sys.stop().await
+}
+
+#[tokio::test]
+async fn hold_days_is_described_as_applying_to_new_commissions_only() -> anyhow::Result<()> {
+    let sys = TestSystem::start().await?;
+    let owner = org(&sys, "HoldDocs").await?;
+    let tools = owner.mcp.tools().await?;
+    for name in ["amba_affiliate_programs_create", "amba_affiliate_programs_update"] {
+        let tool = tools
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| anyhow::anyhow!("no {name}"))?;
+        let hold = tool.input_schema.get("properties").and_then(|p| p.get("hold_days"));
+        let hold = hold
+            .and_then(|h| h.get("description"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            hold.contains("new commissions only") && hold.contains("keeps its release date"),
+            "{name}: {hold}"
+        );
+        assert!(
+            tool.description
+                .as_deref()
+                .unwrap_or_default()
+                .contains("new commissions only"),
+            "{name}"
+        );
+    }
+    let run = tools
+        .iter()
+        .find(|t| t.name == "amba_affiliate_payout_run")
+        .and_then(|t| t.output_schema.clone())
+        .ok_or_else(|| anyhow::anyhow!("no output schema"))?;
+    let props = run.get("properties").cloned().unwrap_or_default();
+    for field in ["outcome", "threshold_minor", "next_payable_at"] {
+        assert!(props.get(field).is_some(), "{field} in {props}");
+    }
+    // A recorded run has no plan fields: they must not be required.
+    let required = run.get("required").cloned().unwrap_or_default();
+    assert!(
+        required.as_array().is_some_and(|r| r.contains(&json!("outcome"))
+            && !r.contains(&json!("threshold_minor"))
+            && !r.contains(&json!("next_payable_at"))),
+        "{required}"
+    );
     sys.stop().await
 }

@@ -46,6 +46,7 @@ pub struct Submission {
 struct Job {
     submission: Submission,
     reply: oneshot::Sender<Reply>,
+    queued: std::time::Instant,
 }
 
 /// Handle to the writer actors. Cheap to clone.
@@ -89,7 +90,11 @@ impl Writers {
         let shard = usize::try_from(hasher.finish() % self.shards.len() as u64).unwrap_or(0);
         let (reply, answer) = oneshot::channel();
         self.shards[shard]
-            .send(Job { submission, reply })
+            .send(Job {
+                submission,
+                reply,
+                queued: std::time::Instant::now(),
+            })
             .await
             .map_err(|_| ApiError::unavailable("attribution is shutting down"))?;
         answer
@@ -99,6 +104,8 @@ impl Writers {
 }
 
 async fn run(mut receiver: mpsc::Receiver<Job>, deps: Arc<WriterDeps>) {
+    // From a report handed to its writer to its batch starting: time spent behind earlier commits.
+    let queue_wait = amba_telemetry::metrics::histogram!("amba_writer_queue_seconds");
     while let Some(first) = receiver.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -106,6 +113,9 @@ async fn run(mut receiver: mpsc::Receiver<Job>, deps: Arc<WriterDeps>) {
                 Ok(job) => batch.push(job),
                 Err(_) => break,
             }
+        }
+        for job in &batch {
+            queue_wait.record(job.queued.elapsed().as_secs_f64());
         }
         write_batch(&deps, batch).await;
     }
@@ -261,16 +271,22 @@ async fn decide_and_write(deps: &WriterDeps, reports: &[Submission]) -> Result<V
     let mut outcomes: Vec<Option<Reply>> = vec![None; reports.len()];
     let mut fresh: Vec<(usize, Decision)> = Vec::new();
     let mut seen: HashMap<Key, usize> = HashMap::new();
+    // Reports on a known program by an org that does not own it: told why below if enrolled.
+    let mut not_owned: Vec<usize> = Vec::new();
     for (i, submission) in reports.iter().enumerate() {
         let (report, caller) = (&submission.report, &submission.caller_org_id);
         let key = &keys[i];
         // Ownership first: another owner learns nothing about this program's conversions.
-        if programs
-            .get(report.program_id.as_str())
-            .is_none_or(|p| &p.owner_org_id != caller)
-        {
-            outcomes[i] = Some(Err(ApiError::not_found(format!("program {}", report.program_id))));
-            continue;
+        match programs.get(report.program_id.as_str()) {
+            Some(program) if &program.owner_org_id == caller => {}
+            Some(_) => {
+                not_owned.push(i);
+                continue;
+            }
+            None => {
+                outcomes[i] = Some(Err(ApiError::not_found(format!("program {}", report.program_id))));
+                continue;
+            }
         }
         if let Some(row) = existing.get(key) {
             outcomes[i] = Some(replay(row, report));
@@ -306,6 +322,28 @@ async fn decide_and_write(deps: &WriterDeps, reports: &[Submission]) -> Result<V
                 fresh.push((i, decision));
             }
             Err(err) => outcomes[i] = Some(Err(err)),
+        }
+    }
+    // Only refused batches pay for this: one bulk lookup, never one per report.
+    if !not_owned.is_empty() {
+        let pairs: Vec<(String, String)> = not_owned
+            .iter()
+            .map(|&i| {
+                let s = &reports[i];
+                (s.report.program_id.to_string(), s.caller_org_id.clone())
+            })
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let enrolled = store::read_model::enrolled(&mut tx, &pairs).await?;
+        for i in not_owned {
+            let s = &reports[i];
+            let pair = (s.report.program_id.to_string(), s.caller_org_id.clone());
+            outcomes[i] = Some(Err(ApiError::not_owner(
+                format!("program {}", s.report.program_id),
+                enrolled.contains(&pair),
+                None,
+            )));
         }
     }
 

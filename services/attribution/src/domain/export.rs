@@ -1,12 +1,9 @@
-//! The accounting export: a program's conversions as CSV (RFC 4180: comma-separated, CRLF line
-//! ends, a cell quoted when it holds a comma, quote or line break, quotes doubled).
-//!
-//! Text cells are guarded against CSV injection: a spreadsheet would run a cell that starts
-//! with `=`, `+`, `-`, `@` (or a tab or carriage return) as a formula, so such a cell gets a
-//! leading `'`. Number cells are never negative and are written as they are.
+//! The accounting export: a program's conversions as CSV, quoted and guarded against formula
+//! injection by [`amba_core::csv`]. Number cells are never negative.
 
+use amba_core::csv::{text, time};
 use amba_core::rounding::round_half_even;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 
 /// The columns, in order (the header row).
 pub const COLUMNS: [&str; 15] = [
@@ -47,9 +44,7 @@ pub struct ExportRow<'a> {
 
 /// The header row, CRLF-terminated.
 pub fn header() -> String {
-    let mut line = COLUMNS.join(",");
-    line.push_str("\r\n");
-    line
+    amba_core::csv::row(&COLUMNS)
 }
 
 /// One CRLF-terminated data row.
@@ -72,9 +67,7 @@ pub fn line(row: &ExportRow<'_>) -> String {
         row.decided_at.map(time).unwrap_or_default(),
         row.refunded_minor.to_string(),
     ];
-    let mut line = cells.join(",");
-    line.push_str("\r\n");
-    line
+    amba_core::csv::row(&cells)
 }
 
 /// The commission a refund takes back, prorated exactly as the ledger reverses it:
@@ -94,40 +87,9 @@ pub fn commission_clawed_back(commission_minor: i64, refunded_minor: i64, sale_m
     .clamp(0, commission_minor)
 }
 
-fn time(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-/// A text cell: guarded against formula injection, then quoted when it must be.
-fn text(value: &str) -> String {
-    let guarded = if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        format!("'{value}")
-    } else {
-        value.to_owned()
-    };
-    if guarded.contains([',', '"', '\r', '\n']) {
-        format!("\"{}\"", guarded.replace('"', "\"\""))
-    } else {
-        guarded
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cells_are_quoted_and_guarded() {
-        assert_eq!(text("plain"), "plain");
-        assert_eq!(text("a,b"), "\"a,b\"");
-        assert_eq!(text("say \"hi\""), "\"say \"\"hi\"\"\"");
-        assert_eq!(text("two\nlines"), "\"two\nlines\"");
-        assert_eq!(text("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
-        assert_eq!(text("+1"), "'+1");
-        assert_eq!(text("-1"), "'-1");
-        assert_eq!(text("@sum"), "'@sum");
-        assert_eq!(text(""), "");
-    }
 
     #[test]
     fn clawbacks_prorate_like_the_ledger() {

@@ -277,15 +277,7 @@ impl Attribution {
             n => n.min(EXPORT_PAGE_ROWS),
         };
         let mut conn = self.pool.acquire().await.map_err(db_error)?;
-        let programs = store::read_model::programs(&mut conn, &[program_id.to_string()])
-            .await
-            .map_err(db_error)?;
-        if programs
-            .get(program_id.as_str())
-            .is_none_or(|p| p.owner_org_id != who.org_id)
-        {
-            return Err(ApiError::not_found(format!("program {program_id}")));
-        }
+        owned_program(&mut conn, program_id.as_str(), &who.org_id, MY_CONVERSIONS_TOOL).await?;
         let rows = store::conversions::export_page(
             &mut conn,
             program_id.as_str(),
@@ -460,15 +452,7 @@ impl Attribution {
             let program_id = program_id
                 .as_ref()
                 .ok_or_else(|| ApiError::invalid("program_id is required"))?;
-            let programs = store::read_model::programs(&mut conn, &[program_id.to_string()])
-                .await
-                .map_err(db_error)?;
-            if programs
-                .get(program_id.as_str())
-                .is_none_or(|p| p.owner_org_id != who.org_id)
-            {
-                return Err(ApiError::not_found(format!("program {program_id}")));
-            }
+            owned_program(&mut conn, program_id.as_str(), &who.org_id, MY_CONVERSIONS_TOOL).await?;
             store::conversions::ListFilter {
                 program_id: Some(program_id.as_str()),
                 affiliate_org_id: None,
@@ -490,7 +474,8 @@ impl Attribution {
         })
     }
 
-    /// The conversion, if the caller owns its program (else NOT_FOUND), with the program.
+    /// The conversion, if the caller owns its program, with the program. An org enrolled in
+    /// that program gets FORBIDDEN, anyone else NOT_FOUND (as for an unknown id).
     async fn owned(
         &self,
         conn: &mut PgConnection,
@@ -506,12 +491,18 @@ impl Attribution {
         let programs = store::read_model::programs(conn, std::slice::from_ref(&row.program_id))
             .await
             .map_err(db_error)?;
-        let program = programs
-            .get(&row.program_id)
-            .filter(|p| p.owner_org_id == org_id)
-            .cloned()
-            .ok_or_else(not_found)?;
-        Ok((row, program))
+        match programs.get(&row.program_id) {
+            Some(program) if program.owner_org_id == org_id => Ok((row, program.clone())),
+            Some(_) => {
+                let enrolled = enrolled(conn, &row.program_id, org_id).await?;
+                Err(ApiError::not_owner(
+                    format!("conversion {conversion_id}"),
+                    enrolled,
+                    None,
+                ))
+            }
+            None => Err(not_found()),
+        }
     }
 
     /// Decides one pending conversion in its own transaction; returns it and whether this call
@@ -599,6 +590,40 @@ impl Attribution {
     }
 }
 
+/// What an affiliate lists instead of a program's conversions.
+const MY_CONVERSIONS_TOOL: &str = "amba_affiliate_my_conversions_list";
+
+/// Checks that the caller's org owns the program: FORBIDDEN (naming `instead`) for an org
+/// enrolled in it, NOT_FOUND for anyone else and for an unknown program.
+async fn owned_program(conn: &mut PgConnection, program_id: &str, org_id: &str, instead: &str) -> Result<(), ApiError> {
+    let programs = store::read_model::programs(conn, &[program_id.to_owned()])
+        .await
+        .map_err(db_error)?;
+    match programs.get(program_id) {
+        Some(program) if program.owner_org_id == org_id => Ok(()),
+        Some(_) => {
+            let enrolled = enrolled(conn, program_id, org_id).await?;
+            Err(ApiError::not_owner(
+                format!("program {program_id}"),
+                enrolled,
+                Some(instead),
+            ))
+        }
+        None => Err(ApiError::not_found(format!("program {program_id}"))),
+    }
+}
+
+/// Whether the org has an enrollment in the program, whatever its status: it learned of the
+/// program through it, so an owner-only refusal may say why.
+async fn enrolled(conn: &mut PgConnection, program_id: &str, org_id: &str) -> Result<bool, ApiError> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM enrollments_view WHERE program_id = $1 AND affiliate_org_id = $2)")
+        .bind(program_id)
+        .bind(org_id)
+        .fetch_one(conn)
+        .await
+        .map_err(db_error)
+}
+
 /// What one id of a bulk decision came to.
 fn decision_outcome(
     conversion_id: &str,
@@ -620,6 +645,7 @@ fn decision_outcome(
             conversion_id: conversion_id.to_owned(),
             outcome: match err.code {
                 ErrorCode::NotFound => "not found".to_owned(),
+                ErrorCode::Forbidden => format!("forbidden: {}", err.message),
                 ErrorCode::Conflict => format!("conflict: {}", err.message),
                 ErrorCode::InvalidArgument => format!("invalid: {}", err.message),
                 _ => format!("not applied, retry: {}", err.message),

@@ -6,7 +6,7 @@ use amba_proto::wire as pb;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use sqlx::types::Json;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Upserts a program snapshot unless a newer one (by version, then time) is already stored;
 /// records its rule version.
@@ -193,6 +193,23 @@ pub async fn enrollment(conn: &mut PgConnection, enrollment_id: &str) -> Result<
     .fetch_optional(conn)
     .await?;
     Ok(row.map(Into::into))
+}
+
+/// Which of the `(program_id, org_id)` pairs have an enrollment (any status), in one query.
+pub async fn enrolled(
+    conn: &mut PgConnection,
+    pairs: &[(String, String)],
+) -> Result<HashSet<(String, String)>, sqlx::Error> {
+    let (programs, orgs): (Vec<&str>, Vec<&str>) = pairs.iter().map(|(p, o)| (p.as_str(), o.as_str())).unzip();
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT DISTINCT e.program_id, e.affiliate_org_id FROM UNNEST($1::text[], $2::text[]) AS k(program_id, org_id) \
+         JOIN enrollments_view e ON e.program_id = k.program_id AND e.affiliate_org_id = k.org_id",
+    )
+    .bind(programs)
+    .bind(orgs)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().collect())
 }
 
 /// A code and, when known, its enrollment.

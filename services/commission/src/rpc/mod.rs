@@ -1,10 +1,13 @@
 //! The request/reply endpoints of `<ns>.rpc.commission.<method>`.
 //!
 //! Affiliate reads (balance, my stats) are scoped by the caller's org: they take no org id.
-//! Owner reads (analytics, leaderboard, clawback outcome) and the owner's early release of held
-//! commission check the program's owner and answer NOT_FOUND for anyone else. The payout-facing methods (quote, reserve, post, void, transfer
-//! reversal) are for trusted internal callers and are idempotent per payout item / reversal id.
+//! Owner reads (analytics, leaderboard, ledger export, clawback outcome) and the owner's early
+//! release of held commission check the program's owner: an org enrolled in the program gets
+//! FORBIDDEN, anyone else NOT_FOUND. The payout-facing methods (quote, reserve, post, void,
+//! transfer reversal) are for trusted internal callers and are idempotent per payout item /
+//! reversal id.
 
+mod export;
 mod payouts;
 mod reads;
 mod release;
@@ -34,6 +37,7 @@ pub fn server(service: Commission) -> RpcServer {
         methods::LEADERBOARD => leaderboard,
         methods::CLAWBACK_OUTCOME => clawback_outcome,
         methods::RELEASE_HELD => release_held,
+        methods::COMMISSIONS_EXPORT => commissions_export,
         methods::PAYABLE_QUOTE => payable_quote,
         methods::PAYOUT_RESERVE => reserve,
         methods::PAYOUT_POST => post,

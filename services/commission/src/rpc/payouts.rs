@@ -49,8 +49,10 @@ impl Commission {
                 paid_minor: b.paid,
                 debt_minor: ledger::debt(b.payable),
                 available_minor: b.payable.max(0),
+                releases: Vec::new(),
             });
         }
+        add_releases(&mut conn, &program, &mut quotes).await?;
         Ok(pb::PayableQuoteReply {
             quotes,
             platform_fee_bps: u32::try_from(program.platform_fee_bps).unwrap_or(0),
@@ -354,6 +356,49 @@ impl Commission {
             duplicate: false,
         })
     }
+}
+
+/// Release days listed per quote, as in balances: a payout plan names when held money is paid.
+const RELEASE_DAYS: usize = 50;
+
+/// When the held commission of each quote becomes payable, by UTC day (all of a day's by its
+/// latest release time), earliest first: a payout plan says when held money could be paid.
+async fn add_releases(
+    conn: &mut PgConnection,
+    program: &store::ProgramRow,
+    quotes: &mut [pb::PayableQuote],
+) -> Result<(), ApiError> {
+    let held: Vec<&str> = quotes
+        .iter()
+        .filter(|q| q.held_minor > 0)
+        .map(|q| q.enrollment_id.as_str())
+        .collect();
+    if held.is_empty() {
+        return Ok(());
+    }
+    let days: Vec<(String, chrono::DateTime<chrono::Utc>, i64)> = sqlx::query_as(
+        "SELECT enrollment_id, max(release_at), sum(held_minor)::bigint FROM commissions \
+         WHERE enrollment_id = ANY($1) AND program_id = $2 AND currency = $3 \
+         AND released_at IS NULL AND held_minor > 0 \
+         GROUP BY enrollment_id, (release_at AT TIME ZONE 'UTC')::date ORDER BY 1, 2",
+    )
+    .bind(&held)
+    .bind(&program.program_id)
+    .bind(&program.currency)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db_error)?;
+    for (enrollment_id, at, amount) in days {
+        if let Some(quote) = quotes.iter_mut().find(|q| q.enrollment_id == enrollment_id)
+            && quote.releases.len() < RELEASE_DAYS
+        {
+            quote.releases.push(pb::HeldRelease {
+                at_micros: at.timestamp_micros(),
+                amount_minor: amount,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The program's ledger lock, alone: taken before any balance row.

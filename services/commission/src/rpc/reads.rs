@@ -1,5 +1,6 @@
 //! Reads: an affiliate's balance and stats (scoped by the caller's org), an owner's analytics,
-//! leaderboard and clawback outcomes (NOT_FOUND for anyone but the program's owner).
+//! leaderboard and clawback outcomes (FORBIDDEN for an org enrolled in the program, NOT_FOUND for
+//! anyone else).
 
 use super::Commission;
 use crate::domain::ledger::{self, Account};
@@ -29,6 +30,9 @@ fn parse_day(text: &str, field: &str) -> Result<Option<chrono::NaiveDate>, ApiEr
 fn balance_key(b: &pb::Balance) -> String {
     format!("{} {}", b.program_id, b.enrollment_id)
 }
+
+/// What an affiliate reads instead of an owner's analytics or leaderboard.
+const MY_STATS_TOOL: &str = "amba_affiliate_my_stats_get";
 
 /// Release days listed per balance: the held total is exact whatever their number.
 const RELEASE_DAYS: usize = 50;
@@ -91,18 +95,25 @@ struct BoardRow {
 }
 
 impl Commission {
-    /// The program, if `caller` owns it; NOT_FOUND otherwise (no hint that it exists).
+    /// The program, if `caller` owns it. An org enrolled in it gets FORBIDDEN (naming
+    /// `instead`, the affiliate's tool), anyone else NOT_FOUND: no hint that it exists.
     pub(super) async fn owned_program(
         &self,
         caller: &pb::Principal,
         program_id: &str,
+        instead: Option<&str>,
     ) -> Result<store::ProgramRow, ApiError> {
         let mut conn = self.pool.acquire().await.map_err(db_error)?;
-        store::program(&mut conn, program_id)
-            .await
-            .map_err(db_error)?
-            .filter(|p| p.owner_org_id == caller.org_id)
-            .ok_or_else(|| ApiError::not_found(format!("program {program_id}")))
+        match store::program(&mut conn, program_id).await.map_err(db_error)? {
+            Some(program) if program.owner_org_id == caller.org_id => Ok(program),
+            Some(_) => {
+                let enrolled = store::enrolled(&mut conn, program_id, &caller.org_id)
+                    .await
+                    .map_err(db_error)?;
+                Err(ApiError::not_owner(format!("program {program_id}"), enrolled, instead))
+            }
+            None => Err(ApiError::not_found(format!("program {program_id}"))),
+        }
     }
 
     pub async fn balance(&self, request: pb::BalanceRequest) -> Result<pb::BalanceReply, ApiError> {
@@ -283,7 +294,9 @@ impl Commission {
 
     pub async fn analytics(&self, request: pb::StatsRequest) -> Result<pb::StatsReply, ApiError> {
         let caller = caller(request.caller.clone())?;
-        let program = self.owned_program(&caller, &request.program_id).await?;
+        let program = self
+            .owned_program(&caller, &request.program_id, Some(MY_STATS_TOOL))
+            .await?;
         let from = parse_day(&request.from_day, "from")?;
         let to = parse_day(&request.to_day, "to")?;
         let sums: Sums = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -305,7 +318,9 @@ impl Commission {
 
     pub async fn leaderboard(&self, request: pb::StatsRequest) -> Result<pb::StatsReply, ApiError> {
         let caller = caller(request.caller.clone())?;
-        let program = self.owned_program(&caller, &request.program_id).await?;
+        let program = self
+            .owned_program(&caller, &request.program_id, Some(MY_STATS_TOOL))
+            .await?;
         let leaderboard = self.board(&program, &request).await?;
         Ok(pb::StatsReply {
             stats: None,

@@ -70,7 +70,7 @@ impl Commission {
                  affiliate's held commission)",
             ));
         }
-        let program = self.owned_program(&caller, &request.program_id).await?;
+        let program = self.owned_program(&caller, &request.program_id, None).await?;
         // Without a key the request itself is the key: a retry never answers "nothing held".
         let key = match request.idempotency_key.trim() {
             "" => format!(

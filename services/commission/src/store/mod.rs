@@ -1,6 +1,7 @@
 //! SQL of the commission service: read models, the commission sub-ledger, clawbacks, stats.
 //! Ledger postings themselves are written by [`ledger`].
 
+pub mod export;
 pub mod ledger;
 
 use crate::domain::ledger::CommissionState;
@@ -111,6 +112,16 @@ pub async fn programs(conn: &mut PgConnection, ids: &[&str]) -> Result<HashMap<S
     .fetch_all(conn)
     .await?;
     Ok(rows.into_iter().map(|p| (p.program_id.clone(), p)).collect())
+}
+
+/// Whether `org_id` has an enrollment in the program, whatever its status (an owner-only read
+/// then answers FORBIDDEN rather than NOT_FOUND).
+pub async fn enrolled(conn: &mut PgConnection, program_id: &str, org_id: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM enrollments WHERE program_id = $1 AND affiliate_org_id = $2)")
+        .bind(program_id)
+        .bind(org_id)
+        .fetch_one(conn)
+        .await
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]

@@ -397,7 +397,8 @@ impl McpServer {
         description = "Approve or reject up to 200 pending conversions of your programs in one call. Each id is decided \
                        on its own (all valid ones are applied; one conversion's commission is booked entirely or not at \
                        all) and gets its outcome, in order: approved / rejected, `already approved` / `already \
-                       rejected` (nothing changed, safe to retry), `not found`, `conflict: <why>` (e.g. not pending), \
+                       rejected` (nothing changed, safe to retry), `not found`, `forbidden: <why>` (the program's \
+                       affiliates may not decide), `conflict: <why>` (e.g. not pending), \
                        `invalid: <why>`, or `not applied, retry: <why>`. Approvals accrue commission under the \
                        program's current rule and e-mail the affiliate, as amba_affiliate_conversion_approve does.",
         annotations(
@@ -600,8 +601,9 @@ pub fn parse_time(text: Option<&str>) -> Result<i64, ApiError> {
     }
 }
 
-/// An RFC 3339 time or a UTC date (`2026-01-01`: its midnight) → unix microseconds.
-fn parse_instant(name: &str, text: &str) -> Result<i64, ApiError> {
+/// An RFC 3339 time or a UTC date (`2026-01-01`: its midnight) → unix microseconds (the
+/// accounting exports' ranges).
+pub(super) fn parse_instant(name: &str, text: &str) -> Result<i64, ApiError> {
     let text = text.trim();
     chrono::DateTime::parse_from_rfc3339(text)
         .map(|t| t.timestamp_micros())

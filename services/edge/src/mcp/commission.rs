@@ -1,7 +1,9 @@
-//! Commission tools: balances, stats, analytics, leaderboard, clawbacks and early releases.
+//! Commission tools: balances, stats, analytics, leaderboard, clawbacks, early releases and the
+//! ledger export.
 //! Figures come from the commission service's ledger and daily rollups; nothing is recomputed
 //! here.
 
+use super::attribution::parse_instant;
 use super::programs::rfc3339;
 use super::{McpServer, ToolError, require_principal, tool_error};
 use amba_core::ApiError;
@@ -74,6 +76,35 @@ pub struct ClawbackArgs {
     /// one the request itself is the key (amount, or all that remains, and reason): give two
     /// equal partial refunds of one conversion their own keys.
     pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct CommissionsExportArgs {
+    /// The program (yours), e.g. prg_0190c8e2a1b27f3c9d4e5f6a7b8c9d0e.
+    pub program_id: String,
+    /// Start of the booking-time range (inclusive): RFC 3339 (2026-01-01T00:00:00Z) or a UTC
+    /// date (2026-01-01).
+    pub from: String,
+    /// End of the booking-time range (exclusive), at most 366 days after `from`: RFC 3339 or a
+    /// UTC date.
+    pub to: String,
+    /// The previous page's `next_cursor`; omit for the first page.
+    pub cursor: Option<String>,
+    /// Rows per page, 1-5000 (default 5000; a page of very long rows may hold fewer).
+    #[schemars(range(min = 1, max = 5000))]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct CommissionsExportOutput {
+    /// RFC 4180 CSV: a header row, then one row per ledger movement by booking time, CRLF line
+    /// ends.
+    pub csv: String,
+    /// Movement rows in this page (the header not counted).
+    pub rows: u32,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// The figures of a range (program totals, one affiliate, or a leaderboard row).
@@ -606,8 +637,9 @@ impl McpServer {
                        (enrollment_id). reason is required; who released it and why are kept with the release \
                        and its ledger postings. A released commission is never released again (the hold's own \
                        release skips it), and a clawback afterwards reverses it out of payable (debt if already \
-                       paid). Errors: CONFLICT when nothing is held (already payable or clawed back), NOT_FOUND \
-                       for a program that is not yours or a conversion without a commission in it. Safe to \
+                       paid). Errors: CONFLICT when nothing is held (already payable or clawed back), FORBIDDEN \
+                       for an affiliate of the program, NOT_FOUND for another program or a conversion without a \
+                       commission in it. Safe to \
                        retry: the same idempotency_key (or, without one, the same request) returns the first \
                        release with duplicate true.",
         annotations(
@@ -649,6 +681,58 @@ impl McpServer {
             },
             released_at: rfc3339(r.released_at_micros),
             duplicate: r.duplicate,
+        }))
+    }
+
+    #[tool(
+        name = "amba_affiliate_commissions_export",
+        description = "Your program's commission ledger as CSV for accounting: one row per ledger movement booked in \
+                       [from, to) (booking time, at most 366 days), oldest first, in pages of `limit` rows (default \
+                       and most 5,000; fewer when rows are long): pass next_cursor to continue. kind: accrual (a \
+                       sale's commission), override (an upline's share of it), release (its hold ended), \
+                       early_release (you released it; reason says why), clawback (a refund reversed it; reason is \
+                       yours), payout_reserved, payout_paid (sent, net of the platform fee), payout_voided (the \
+                       transfer failed; back to payable), transfer_reversal (a sent transfer came back). Columns: \
+                       posted_at, movement_id, kind, level (0 direct, 1+ override level), conversion_id, \
+                       commission_id, affiliate_org_id, enrollment_id, amount_minor (the movement's size, never \
+                       negative), currency, commission_minor (its signed change to the commission the program owes: \
+                       + accrual or override, − clawback or recovery; the column sums to the net commission), \
+                       held_minor, payable_minor, reserved_minor, paid_minor, fee_minor (signed changes of the \
+                       affiliate's accounts and of the platform fee: each column sums to that balance, a negative \
+                       payable being debt; on every row the five add up to commission_minor), status (a \
+                       commission's now: held, released or recovered; a payout item's: reserved, posted or voided), \
+                       payable_at (when the commission's hold ends or ended), payout_item_id, reason. Amounts are \
+                       exact integer minor units; times RFC 3339 UTC. Text cells starting with = + - or @ get a \
+                       leading ' so spreadsheets do not run them as formulas. The ledger books an approval about a \
+                       second after it: export a period once it has ended. Sales themselves (external ids, amounts) \
+                       are in amba_affiliate_conversions_export.",
+        annotations(
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn commissions_export(
+        &self,
+        Parameters(a): Parameters<CommissionsExportArgs>,
+        Extension(parts): Extension<http::request::Parts>,
+    ) -> Result<Json<CommissionsExportOutput>, ToolError> {
+        let request = pb::ExportCommissionsRequest {
+            caller: Some(require_principal(&parts)?),
+            program_id: a.program_id,
+            from_micros: parse_instant("from", &a.from).map_err(tool_error)?,
+            to_micros: parse_instant("to", &a.to).map_err(tool_error)?,
+            cursor: a.cursor.unwrap_or_default(),
+            limit: a.limit.unwrap_or_default(),
+        };
+        let reply: pb::ExportCommissionsReply = self
+            .call_service(methods::SERVICE, methods::COMMISSIONS_EXPORT, &request)
+            .await?;
+        Ok(Json(CommissionsExportOutput {
+            csv: reply.csv,
+            rows: reply.rows,
+            next_cursor: non_empty(reply.next_cursor),
         }))
     }
 }

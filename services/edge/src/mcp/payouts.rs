@@ -135,17 +135,31 @@ pub struct PayoutQuoteView {
     pub held_minor: i64,
     pub payable_minor: i64,
     pub debt_minor: i64,
-    /// What the next run would take from payable (payable net of debt).
+    /// What the next run would take from payable (payable net of debt); 0 when it would not pay.
     pub gross_minor: i64,
     pub fee_minor: i64,
-    /// What the next run would transfer to you: gross − fee.
+    /// What the next run would transfer to you: gross − fee; 0 when blocked_reason says why not.
     pub net_minor: i64,
     pub threshold_minor: i64,
     pub payout_schedule: String,
     /// Start of the next scheduled settlement (RFC 3339); empty for manual programs.
     pub next_scheduled_at: String,
-    /// Why the next run would not pay this; empty when it would.
+    /// Why the next run would not pay this, with the amounts and dates; empty when it would.
     pub blocked_reason: String,
+    /// will_be_paid | held | below_threshold | in_debt | no_payout_account |
+    /// payout_account_not_ready | nothing_payable
+    pub reason_code: String,
+    /// When released held commission brings your payable (net of debt) to the threshold (RFC
+    /// 3339); the first run after it pays you, once your payout account is ready. null when
+    /// payable now, or when no held release gets there.
+    pub payable_at: Option<String>,
+    /// The next release of held commission (RFC 3339, the end of the refund window); null when
+    /// nothing is held.
+    pub next_release_at: Option<String>,
+    /// What that release makes payable.
+    pub next_release_minor: i64,
+    /// Payable still missing to reach the threshold.
+    pub missing_minor: i64,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -158,6 +172,11 @@ pub struct PayoutRequestOutput {
     pub net_minor: i64,
     pub threshold_minor: i64,
     pub next_scheduled_at: String,
+    /// The earliest next release of held commission over `programs` (RFC 3339); null when
+    /// nothing is held.
+    pub next_release_at: Option<String>,
+    /// The earliest `payable_at` over `programs`; null when none is known.
+    pub payable_at: Option<String>,
     pub account_ready: bool,
     /// Whether the platform moves real money (ORG_PAYOUTS_LIVE); off, runs answer PAYOUTS_NOT_ENABLED.
     pub payouts_enabled: bool,
@@ -173,15 +192,48 @@ pub struct PayoutItemView {
     pub fee_minor: i64,
     pub debt_minor: i64,
     pub net_minor: i64,
-    /// planned | skipped (dry run); skipped | pending | reserved | paid | failed | unknown.
+    /// planned | skipped (a plan: dry run or nothing_to_pay); skipped | pending | reserved | paid |
+    /// failed | unknown | voided (a recorded run). A skipped item's gross, fee and net are 0.
     pub status: String,
+    /// Why: "will be paid", or why not with the amounts and dates (held until…, below the
+    /// threshold of…, in debt, payout account not ready), or a failure.
     pub reason: String,
     pub stripe_transfer_id: String,
+    /// Present in a plan only (dry run or nothing_to_pay).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<ItemPlanView>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ItemPlanView {
+    /// will_be_paid | held | below_threshold | in_debt | no_payout_account |
+    /// payout_account_not_ready
+    pub reason_code: String,
+    pub held_minor: i64,
+    /// The affiliate's payable balance (negative: debt).
+    pub payable_minor: i64,
+    /// When released held commission brings the affiliate's payable (net of debt) to the
+    /// threshold (RFC 3339): the first run after it pays them, once their payout account is
+    /// ready. null when paid now, or when that is not known (payout account, future sales).
+    pub payable_at: Option<String>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RunPlanView {
+    /// The program's payout threshold: a payable below it is not paid (net_minor 0).
+    pub threshold_minor: i64,
+    /// The earliest payable_at of the items (RFC 3339); null when none is known.
+    pub next_payable_at: Option<String>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct PayoutRunOutput {
-    /// Empty for a dry run.
+    /// planned: a dry run that would pay someone; recorded: a stored run (items and funding say
+    /// how far it got); nothing_to_pay: nobody would be paid now — a live run then stores no run
+    /// and charges nothing (not an error), and items say why each affiliate is not paid and
+    /// from when (payable_at).
+    pub outcome: String,
+    /// Empty for a dry run and for nothing_to_pay.
     pub payout_run_id: String,
     pub program_id: String,
     pub dry_run: bool,
@@ -205,6 +257,9 @@ pub struct PayoutRunOutput {
     pub funding: FundingView,
     /// true when this idempotency key's earlier run was returned.
     pub duplicate: bool,
+    /// Present in a plan only (dry run or nothing_to_pay).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<RunPlanView>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -226,10 +281,21 @@ fn account_view(account: pb::PayoutAccount, created: bool) -> PayoutAccountOutpu
     }
 }
 
+/// RFC 3339, or null for 0 (not known, or now).
+fn at(micros: i64) -> Option<String> {
+    (micros > 0).then(|| rfc3339(micros))
+}
+
 fn run_view(run: pb::PayoutRun, duplicate: bool) -> PayoutRunOutput {
     // A run answered whole (payout_run) carries no count: all its items are there.
     let items_total = run.items_total.max(u32::try_from(run.items.len()).unwrap_or(u32::MAX));
+    let is_plan = run.dry_run || run.outcome == "nothing_to_pay";
     PayoutRunOutput {
+        plan: is_plan.then(|| RunPlanView {
+            threshold_minor: run.threshold_minor,
+            next_payable_at: at(run.next_payable_at_micros),
+        }),
+        outcome: run.outcome,
         items_total,
         items_next_cursor: (!run.items_next_cursor.is_empty()).then_some(run.items_next_cursor),
         payout_run_id: run.payout_run_id,
@@ -244,6 +310,12 @@ fn run_view(run: pb::PayoutRun, duplicate: bool) -> PayoutRunOutput {
             .items
             .into_iter()
             .map(|i| PayoutItemView {
+                plan: is_plan.then(|| ItemPlanView {
+                    reason_code: i.reason_code.clone(),
+                    held_minor: i.held_minor,
+                    payable_minor: i.payable_minor,
+                    payable_at: at(i.payable_at_micros),
+                }),
                 payout_item_id: i.payout_item_id,
                 enrollment_id: i.enrollment_id,
                 affiliate_org_id: i.affiliate_org_id,
@@ -342,9 +414,12 @@ impl McpServer {
     #[tool(
         name = "amba_affiliate_my_payout_request",
         description = "Exactly what you are owed and what the next payout run would send you: held (refund window), \
-                       payable, debt, the platform fee, net, the program's threshold, the next scheduled date, whether \
-                       your payout account is ready and whether payouts are enabled. Eventually consistent: a just \
-                       approved conversion shows up about a second later.",
+                       payable, debt, the platform fee, net (0 when it would not pay you), the program's threshold, \
+                       the next scheduled date, whether your payout account is ready and whether payouts are enabled. \
+                       When nothing would be paid, blocked_reason and reason_code say why, next_release_at and \
+                       next_release_minor when held commission becomes payable and how much, missing_minor what is \
+                       missing to the threshold, and payable_at when released commission reaches it. Eventually \
+                       consistent: a just approved conversion shows up about a second later.",
         annotations(
             read_only_hint = true,
             destructive_hint = false,
@@ -370,7 +445,11 @@ impl McpServer {
             .filter(|t| *t > 0)
             .min()
             .unwrap_or(0);
+        let earliest =
+            |f: fn(&pb::PayoutQuote) -> i64| at(reply.quotes.iter().map(f).filter(|t| *t > 0).min().unwrap_or(0));
         Ok(Json(PayoutRequestOutput {
+            next_release_at: earliest(|q| q.next_release_at_micros),
+            payable_at: earliest(|q| q.payable_at_micros),
             held_minor: sum(|q| q.held_minor),
             payable_minor: sum(|q| q.payable_minor),
             debt_minor: sum(|q| q.debt_minor),
@@ -401,6 +480,11 @@ impl McpServer {
                     threshold_minor: q.threshold_minor,
                     payout_schedule: q.payout_schedule,
                     blocked_reason: q.blocked_reason,
+                    reason_code: q.reason_code,
+                    payable_at: at(q.payable_at_micros),
+                    next_release_at: at(q.next_release_at_micros),
+                    next_release_minor: q.next_release_minor,
+                    missing_minor: q.missing_minor,
                 })
                 .collect(),
         }))
@@ -452,10 +536,15 @@ impl McpServer {
                        (funding_required_minor), then transfers each net through Stripe Connect from that charge; a \
                        declined charge moves nothing (funding.status failed, FUNDING_FAILED with Stripe's \
                        decline_code; commissions stay payable). Without a saved payment method it answers \
-                       FUNDING_REQUIRED: call amba_affiliate_program_funding_setup. Items not paid say why. \
-                       dry_run: true returns the exact plan and charge and moves nothing. While payouts are off for \
-                       the platform or your organization, a real run answers PAYOUTS_NOT_ENABLED (503). Safe to retry \
-                       with the same idempotency_key.",
+                       FUNDING_REQUIRED: call amba_affiliate_program_funding_setup. dry_run: true returns the exact \
+                       plan and charge and moves nothing: every affiliate with a balance (held or payable), each with \
+                       reason_code and reason (will be paid, held until a date, below the threshold, in debt, payout \
+                       account not ready), payable_at (when held commission makes it payable; null when now or not \
+                       known) and net_minor = what the run would really send (0 when not paid), plus threshold_minor. \
+                       When nobody would be paid, the reply's outcome is nothing_to_pay (not an error): a real run \
+                       then records no run and charges nothing, and its items say why and from when. While payouts \
+                       are off for the platform or your organization, a real run answers PAYOUTS_NOT_ENABLED (503). \
+                       Safe to retry with the same idempotency_key.",
         annotations(
             read_only_hint = false,
             destructive_hint = false,

@@ -21,7 +21,8 @@ pub struct ProgramOptions {
     #[schemars(range(min = 1, max = 365))]
     pub attribution_window_days: Option<u32>,
     /// Days commission is held (refund window) before it becomes payable (0-365). Default 30.
-    /// A change applies to commissions approved after it; held commission keeps its release date.
+    /// Applies to new commissions only (approved after the change): commission already held keeps
+    /// its release date (amba_affiliate_commission_release releases it early).
     #[schemars(range(min = 0, max = 365))]
     pub hold_days: Option<u32>,
     /// Smallest payable balance paid out, in minor units. Default 0.
@@ -144,7 +145,8 @@ impl McpServer {
     #[tool(
         name = "amba_affiliate_programs_create",
         description = "Create an affiliate program (status draft) with a commission rule. Launch it with \
-                       amba_affiliate_programs_update {program_id, status: \"active\"}.",
+                       amba_affiliate_programs_update {program_id, status: \"active\"}. hold_days applies to each \
+                       commission as it is approved; changing it later affects new commissions only.",
         annotations(
             read_only_hint = false,
             destructive_hint = false,
@@ -174,7 +176,9 @@ impl McpServer {
     #[tool(
         name = "amba_affiliate_programs_update",
         description = "Change a program's settings or status (draft → active ⇄ paused → archived). A new commission \
-                       rule becomes a new version; commissions already computed keep their version.",
+                       rule becomes a new version; commissions already computed keep their version. A new hold_days \
+                       applies to new commissions only: held commission keeps its release date (release it early \
+                       with amba_affiliate_commission_release).",
         annotations(
             read_only_hint = false,
             destructive_hint = true,

@@ -181,7 +181,8 @@ impl Enrollment {
     }
 
     /// One state change, authorized for the side that may take it. An enrollment outside the
-    /// caller's reach is NOT_FOUND, so ids cannot be probed.
+    /// caller's reach is NOT_FOUND, so ids cannot be probed; but its own affiliate trying an
+    /// owner's action is told why (FORBIDDEN).
     #[tracing::instrument(skip_all, fields(enrollment_id = %request.enrollment_id, ?action), err(level = "info"))]
     async fn act(&self, request: pb::EnrollmentActionRequest, action: Action) -> Result<pb::EnrollmentReply, ApiError> {
         let who = caller(request.caller)?;
@@ -195,15 +196,12 @@ impl Enrollment {
             .await
             .map_err(db_error)?;
         let owner_side = matches!(action, Action::Approve | Action::Reject | Action::Remove);
-        let row = row
-            .filter(|r| {
-                if owner_side {
-                    r.program_owner_org_id == who.org_id
-                } else {
-                    r.affiliate_org_id == who.org_id
-                }
-            })
-            .ok_or_else(|| ApiError::not_found(format!("enrollment {enrollment_id}")))?;
+        let row = if owner_side {
+            owned_enrollment(row, &who.org_id, &enrollment_id, |r| affiliate_instead(action, r))?
+        } else {
+            row.filter(|r| r.affiliate_org_id == who.org_id)
+                .ok_or_else(|| ApiError::not_found(format!("enrollment {enrollment_id}")))?
+        };
         let status: EnrollmentStatus = row.status.parse()?;
         let next = action.apply(status, row.origin.parse()?)?;
         store::set_status(&mut tx, enrollment_id.as_str(), next.as_str(), reason)
@@ -255,15 +253,13 @@ impl Enrollment {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         let row = store::get(&mut tx, enrollment_id.as_str(), true)
             .await
-            .map_err(db_error)?
-            .filter(|r| {
-                if owner_side {
-                    r.program_owner_org_id == who.org_id
-                } else {
-                    r.affiliate_org_id == who.org_id
-                }
-            })
-            .ok_or_else(|| ApiError::not_found(format!("enrollment {enrollment_id}")))?;
+            .map_err(db_error)?;
+        let row = if owner_side {
+            owned_enrollment(row, &who.org_id, &enrollment_id, |_| Some(MY_REFERRAL_TOOL))?
+        } else {
+            row.filter(|r| r.affiliate_org_id == who.org_id)
+                .ok_or_else(|| ApiError::not_found(format!("enrollment {enrollment_id}")))?
+        };
         if !matches!(row.status.as_str(), "pending" | "active") {
             return Err(ApiError::conflict(format!(
                 "an enrollment that is {} has no referral code",
@@ -321,9 +317,8 @@ impl Enrollment {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         let row = store::get(&mut tx, enrollment_id.as_str(), true)
             .await
-            .map_err(db_error)?
-            .filter(|r| r.program_owner_org_id == owner.org_id)
-            .ok_or_else(|| ApiError::not_found(format!("enrollment {enrollment_id}")))?;
+            .map_err(db_error)?;
+        let row = owned_enrollment(row, &owner.org_id, &enrollment_id, |_| None)?;
         if !matches!(row.status.as_str(), "pending" | "active") {
             return Err(ApiError::conflict(format!(
                 "an enrollment that is {} cannot be moved",
@@ -522,6 +517,37 @@ impl Enrollment {
         .await
         .map_err(db_error)?;
         Ok(row)
+    }
+}
+
+/// The affiliate's own tool for a new referral code.
+const MY_REFERRAL_TOOL: &str = "amba_affiliate_my_referral_generate";
+
+/// The enrollment, for an owner-side tool, if the caller's org owns its program. The
+/// enrollment's own affiliate (it knows the id) is told the tool is the owner's, pointed to
+/// `instead(row)` when it has its own tool for the need; anyone else gets NOT_FOUND, exactly as
+/// for an unknown id, so ids cannot be probed.
+fn owned_enrollment(
+    row: Option<EnrollmentRow>,
+    org_id: &str,
+    enrollment_id: &EnrollmentId,
+    instead: impl FnOnce(&EnrollmentRow) -> Option<&'static str>,
+) -> Result<EnrollmentRow, ApiError> {
+    match row {
+        Some(row) if row.program_owner_org_id == org_id => Ok(row),
+        Some(row) if row.affiliate_org_id == org_id => Err(ApiError::owner_only(instead(&row))),
+        _ => Err(ApiError::not_found(format!("enrollment {enrollment_id}"))),
+    }
+}
+
+/// What the affiliate of `row` answers its own pending invitation with, in place of the owner's
+/// approve or reject; nothing for an application (the owner decides it) or any other action.
+fn affiliate_instead(action: Action, row: &EnrollmentRow) -> Option<&'static str> {
+    let pending_invite = row.status == EnrollmentStatus::Pending.as_str() && row.origin == Origin::Invite.as_str();
+    match action {
+        Action::Approve if pending_invite => Some("amba_affiliate_my_invite_accept"),
+        Action::Reject if pending_invite => Some("amba_affiliate_my_invite_decline"),
+        _ => None,
     }
 }
 

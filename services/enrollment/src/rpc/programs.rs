@@ -198,19 +198,26 @@ impl Enrollment {
     }
 }
 
-/// A program the caller's org owns. Another org's program is reported as not found, so ids
-/// cannot be probed for existence.
+/// A program the caller's org owns. An org with an enrollment in it (any status: it knows the
+/// program) is told the tool is the owner's (FORBIDDEN); to anyone else another org's program is
+/// not found, so ids cannot be probed for existence.
 pub(super) async fn owned_program(
     conn: &mut PgConnection,
     program_id: &str,
     org_id: &str,
     lock: bool,
 ) -> Result<ProgramRow, ApiError> {
-    store::programs::get(conn, program_id, lock)
-        .await
-        .map_err(db_error)?
-        .filter(|row| row.owner_org_id == org_id)
-        .ok_or_else(|| ApiError::not_found(format!("program {program_id}")))
+    match store::programs::get(conn, program_id, lock).await.map_err(db_error)? {
+        Some(row) if row.owner_org_id == org_id => Ok(row),
+        Some(_) => {
+            let enrolled = store::enrollments::get_by_program_and_org(conn, program_id, org_id)
+                .await
+                .map_err(db_error)?
+                .is_some();
+            Err(ApiError::not_owner(format!("program {program_id}"), enrolled, None))
+        }
+        None => Err(ApiError::not_found(format!("program {program_id}"))),
+    }
 }
 
 fn settings_input(s: pb::ProgramSettings) -> Result<SettingsInput, ApiError> {

@@ -330,7 +330,7 @@ impl OutsideEvents {
     ) -> Result<Vec<store::ItemRow>, amba_core::ApiError> {
         let owner = program.owner_org_id.as_str();
         crate::rpc::org_enabled(conn, owner).await?;
-        let items = self.payout.plan_items(conn, program, &run.payout_run_id).await?;
+        let items = self.payout.plan_items(conn, program, &run.payout_run_id).await?.items;
         let funding = store::funding_of_org(conn, owner)
             .await
             .map_err(amba_bus::rpc::db_error)?

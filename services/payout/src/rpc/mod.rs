@@ -1,7 +1,7 @@
 //! Request/reply endpoints: payout accounts and onboarding (affiliates), the payout quote
 //! (affiliates), payout runs and their history (owners).
 
-use crate::domain::plan::{self, Account, Balance};
+use crate::domain::plan::{self, Account, Balance, Release};
 use crate::domain::schedule;
 use crate::settle::{Settler, stripe_missing};
 use crate::store::{self, ItemRow, RunRow};
@@ -213,13 +213,23 @@ impl Payout {
                 .map(|p| p.payout_schedule.clone())
                 .unwrap_or_else(|| "manual".into());
             for q in quote.quotes {
+                let balance = balance_of(&q);
                 let line = plan::plan(
-                    &[balance_of(&q)],
+                    std::slice::from_ref(&balance),
                     |_| account_state,
                     quote.payout_threshold_minor,
                     quote.platform_fee_bps,
                 )
                 .remove(0);
+                let outlook = plan::outlook(
+                    &line,
+                    &balance,
+                    &releases_of(&q),
+                    quote.payout_threshold_minor,
+                    account_state,
+                );
+                // What the next run would really send: nothing while it is blocked.
+                let paid = line.skip.is_none();
                 quotes.push(pb::PayoutQuote {
                     program_id: q.program_id.clone(),
                     enrollment_id: q.enrollment_id.clone(),
@@ -227,15 +237,20 @@ impl Payout {
                     held_minor: q.held_minor,
                     payable_minor: q.payable_minor.max(0),
                     debt_minor: q.debt_minor,
-                    gross_minor: line.gross_minor,
-                    fee_minor: line.fee_minor,
-                    net_minor: line.net_minor,
+                    gross_minor: if paid { line.gross_minor } else { 0 },
+                    fee_minor: if paid { line.fee_minor } else { 0 },
+                    net_minor: if paid { line.net_minor } else { 0 },
                     threshold_minor: quote.payout_threshold_minor,
                     payout_schedule: schedule_name.clone(),
                     next_scheduled_at_micros: schedule::next_run(&schedule_name, Utc::now())
                         .map(|t| t.timestamp_micros())
                         .unwrap_or(0),
-                    blocked_reason: line.skip.map(|s| s.as_str().to_owned()).unwrap_or_default(),
+                    blocked_reason: if paid { String::new() } else { outlook.reason },
+                    reason_code: outlook.code.into(),
+                    payable_at_micros: micros(outlook.payable_at),
+                    next_release_at_micros: micros(outlook.next_release.map(|r| r.at)),
+                    next_release_minor: outlook.next_release.map(|r| r.amount_minor).unwrap_or(0),
+                    missing_minor: outlook.missing_minor,
                 });
             }
         }
@@ -252,7 +267,14 @@ impl Payout {
         let who = caller(request.caller)?;
         let program_id = request.program_id.trim().to_owned();
         let mut conn = self.settler.pool.acquire().await.map_err(db_error)?;
-        let program = owned_program(&mut conn, &who.org_id, &program_id).await?;
+        let program = owned_program(
+            &self.settler.rpc,
+            &mut conn,
+            &who.org_id,
+            &program_id,
+            Some(MY_PAYOUT_TOOL),
+        )
+        .await?;
         if !request.dry_run {
             if !self.payouts_live {
                 return Err(ApiError::new(
@@ -273,40 +295,33 @@ impl Payout {
             return self.reply(existing, true).await;
         }
         let run_id = PayoutRunId::new().to_string();
-        let items = self.plan_items(&mut conn, &program, &run_id).await?;
-        let total = charge_total(&items);
+        let planned = self.plan_items(&mut conn, &program, &run_id).await?;
+        let total = charge_total(&planned.items);
         let funding = store::funding_of_org(&mut conn, &who.org_id)
             .await
             .map_err(db_error)?
             .unwrap_or_default();
-        if request.dry_run {
+        let nothing_to_pay = planned.items.iter().all(|i| i.status == "skipped");
+        // A dry run is the plan; so is a live run that would pay nobody: it stores no (empty)
+        // run and charges nothing, and says why each affiliate is not paid and from when.
+        if request.dry_run || nothing_to_pay {
+            let mut funding = planned_funding(&funding, total);
+            if !request.dry_run {
+                funding.status = "not_needed".into();
+            }
             return Ok(pb::PayoutRunReply {
-                run: Some(pb::PayoutRun {
-                    program_id,
-                    dry_run: true,
-                    trigger: "manual".into(),
-                    currency: program.currency,
-                    idempotency_key: key.unwrap_or_default(),
-                    // The plan's first items (the totals cover all): a reply stays under NATS's limit.
-                    items_total: u32::try_from(items.len()).unwrap_or(u32::MAX),
-                    items: items
-                        .iter()
-                        .take(ITEMS_PER_RUN_REPLY as usize)
-                        .map(|i| {
-                            let mut item = i.to_proto();
-                            item.payout_item_id.clear();
-                            item.status = if i.status == "skipped" { "skipped" } else { "planned" }.into();
-                            item
-                        })
-                        .collect(),
-                    created_at_micros: Utc::now().timestamp_micros(),
-                    funding: Some(planned_funding(&funding, total)),
-                    funding_required_minor: total,
-                    ..Default::default()
-                }),
+                run: Some(plan_proto(
+                    planned,
+                    &program,
+                    request.dry_run,
+                    nothing_to_pay,
+                    key,
+                    funding,
+                )),
                 duplicate: false,
             });
         }
+        let items = planned.items;
         check_fundable(&mut conn, &who.org_id, &program.currency, &funding, total).await?;
         let run = RunRow {
             funding: store::RunFunding::new(&who.org_id, &funding, &run_id),
@@ -345,7 +360,14 @@ impl Payout {
         let who = caller(request.caller)?;
         let mut conn = self.settler.pool.acquire().await.map_err(db_error)?;
         let program_id = request.program_id.trim();
-        owned_program(&mut conn, &who.org_id, program_id).await?;
+        owned_program(
+            &self.settler.rpc,
+            &mut conn,
+            &who.org_id,
+            program_id,
+            Some(MY_PAYOUT_TOOL),
+        )
+        .await?;
         let after = amba_core::cursor::decode(&request.cursor)?;
         let limit = amba_core::cursor::page_size(request.limit);
         let run_id = request.payout_run_id.trim();
@@ -386,7 +408,7 @@ impl Payout {
         conn: &mut PgConnection,
         program: &store::ProgramRow,
         run_id: &str,
-    ) -> Result<Vec<ItemRow>, ApiError> {
+    ) -> Result<Plan, ApiError> {
         let quote: pb::PayableQuoteReply = self
             .settler
             .rpc
@@ -402,17 +424,34 @@ impl Payout {
         let orgs: Vec<String> = quote.quotes.iter().map(|q| q.affiliate_org_id.clone()).collect();
         let accounts = store::accounts_of_orgs(conn, &orgs).await.map_err(db_error)?;
         let balances: Vec<Balance> = quote.quotes.iter().map(balance_of).collect();
+        let threshold = quote.payout_threshold_minor;
         let lines = plan::plan(
             &balances,
             |org| account_state(accounts.get(org)),
-            quote.payout_threshold_minor,
+            threshold,
             quote.platform_fee_bps,
         );
-        Ok(lines
-            .into_iter()
+        let mut planned = Plan {
+            items: Vec::new(),
+            details: Vec::new(),
+            threshold_minor: threshold,
+        };
+        for ((line, balance), q) in lines.into_iter().zip(&balances).zip(&quote.quotes) {
             // Affiliates with nothing at all (no balance ever) are not listed.
-            .filter(|l| l.gross_minor > 0 || l.debt_minor > 0)
-            .map(|line| ItemRow {
+            if line.gross_minor == 0 && line.debt_minor == 0 && balance.held_minor <= 0 {
+                continue;
+            }
+            let account = account_state(accounts.get(&line.affiliate_org_id));
+            let outlook = plan::outlook(&line, balance, &releases_of(q), threshold, account);
+            // A skipped item takes, charges and sends nothing; its reason says what it holds.
+            let paid = line.skip.is_none();
+            planned.details.push(ItemPlan {
+                reason_code: outlook.code,
+                held_minor: balance.held_minor,
+                payable_minor: balance.payable_minor,
+                payable_at: outlook.payable_at,
+            });
+            planned.items.push(ItemRow {
                 payout_item_id: format!("pit_{}", amba_core::id::time_ordered_suffix()),
                 payout_run_id: run_id.to_owned(),
                 program_id: program.program_id.clone(),
@@ -422,18 +461,19 @@ impl Payout {
                 enrollment_id: line.enrollment_id,
                 affiliate_org_id: line.affiliate_org_id,
                 currency: quote.currency.clone(),
-                gross_minor: line.gross_minor,
-                fee_minor: line.fee_minor,
+                gross_minor: if paid { line.gross_minor } else { 0 },
+                fee_minor: if paid { line.fee_minor } else { 0 },
                 debt_minor: line.debt_minor,
-                net_minor: line.net_minor,
-                status: if line.skip.is_some() { "skipped" } else { "pending" }.into(),
-                reason: line.skip.map(|s| s.as_str().to_owned()),
+                net_minor: if paid { line.net_minor } else { 0 },
+                status: if paid { "pending" } else { "skipped" }.into(),
+                reason: (!paid).then_some(outlook.reason),
                 stripe_transfer_id: None,
                 transfer_attempted: false,
                 // The run's charge and its transfers share the run's group.
                 transfer_group: Some(run_id.to_owned()),
-            })
-            .collect())
+            });
+        }
+        Ok(planned)
     }
 
     /// Stores a run and its items (before any money moves); `None` when the key or period was
@@ -469,7 +509,7 @@ impl Payout {
         let success_url = absolute_url("success_url", &request.success_url)?;
         let cancel_url = absolute_url("cancel_url", &request.cancel_url)?;
         let mut conn = self.settler.pool.acquire().await.map_err(db_error)?;
-        let program = owned_program(&mut conn, &who.org_id, &program_id).await?;
+        let program = owned_program(&self.settler.rpc, &mut conn, &who.org_id, &program_id, None).await?;
         drop(conn);
         let stripe = self.stripe()?;
         let mut tx = self.settler.pool.begin().await.map_err(db_error)?;
@@ -524,6 +564,87 @@ impl Payout {
     }
 }
 
+/// The items a run would have now, with what only a plan shows (stored runs keep the items).
+pub struct Plan {
+    pub items: Vec<ItemRow>,
+    /// One per item, in the same order.
+    pub details: Vec<ItemPlan>,
+    pub threshold_minor: i64,
+}
+
+/// Why an item is (not) paid and from when, as of planning.
+pub struct ItemPlan {
+    pub reason_code: &'static str,
+    pub held_minor: i64,
+    /// Signed: negative is debt.
+    pub payable_minor: i64,
+    pub payable_at: Option<chrono::DateTime<Utc>>,
+}
+
+/// A plan as a run that is not stored: a dry run's, or a live run's that would pay nobody.
+fn plan_proto(
+    planned: Plan,
+    program: &store::ProgramRow,
+    dry_run: bool,
+    nothing_to_pay: bool,
+    key: Option<String>,
+    funding: pb::PayoutFunding,
+) -> pb::PayoutRun {
+    let total = charge_total(&planned.items);
+    let next_payable = planned.details.iter().filter_map(|d| d.payable_at).min();
+    pb::PayoutRun {
+        program_id: program.program_id.clone(),
+        dry_run,
+        trigger: "manual".into(),
+        currency: program.currency.clone(),
+        idempotency_key: key.unwrap_or_default(),
+        // The plan's first items (the totals cover all): a reply stays under NATS's limit.
+        items_total: u32::try_from(planned.items.len()).unwrap_or(u32::MAX),
+        items: planned
+            .items
+            .iter()
+            .zip(&planned.details)
+            .take(ITEMS_PER_RUN_REPLY as usize)
+            .map(|(i, d)| {
+                let mut item = i.to_proto();
+                item.payout_item_id.clear();
+                item.status = if i.status == "skipped" { "skipped" } else { "planned" }.into();
+                if item.reason.is_empty() {
+                    item.reason = "will be paid".into();
+                }
+                item.reason_code = d.reason_code.into();
+                item.held_minor = d.held_minor;
+                item.payable_minor = d.payable_minor;
+                item.payable_at_micros = micros(d.payable_at);
+                item
+            })
+            .collect(),
+        created_at_micros: Utc::now().timestamp_micros(),
+        funding: Some(funding),
+        funding_required_minor: total,
+        outcome: if nothing_to_pay { "nothing_to_pay" } else { "planned" }.into(),
+        threshold_minor: planned.threshold_minor,
+        next_payable_at_micros: micros(next_payable),
+        ..Default::default()
+    }
+}
+
+fn micros(at: Option<chrono::DateTime<Utc>>) -> i64 {
+    at.map(|t| t.timestamp_micros()).unwrap_or(0)
+}
+
+fn releases_of(q: &pb::PayableQuote) -> Vec<Release> {
+    q.releases
+        .iter()
+        .filter_map(|r| {
+            chrono::DateTime::from_timestamp_micros(r.at_micros).map(|at| Release {
+                at,
+                amount_minor: r.amount_minor,
+            })
+        })
+        .collect()
+}
+
 fn balance_of(q: &pb::PayableQuote) -> Balance {
     Balance {
         enrollment_id: q.enrollment_id.clone(),
@@ -571,14 +692,55 @@ async fn run_with_items(
     Ok(run)
 }
 
-/// The caller's own program; another org's is NOT_FOUND, exactly like a missing one.
-async fn owned_program(conn: &mut PgConnection, org_id: &str, program_id: &str) -> Result<store::ProgramRow, ApiError> {
-    store::program(conn, program_id)
-        .await
-        .map_err(db_error)?
-        .filter(|p| p.owner_org_id == org_id)
-        .ok_or_else(|| ApiError::not_found(format!("program {program_id}")))
+/// The caller's own program. An org enrolled in it is told the tool is the owner's (FORBIDDEN,
+/// naming `instead`); to anyone else another org's program is NOT_FOUND, exactly like a missing
+/// one. Payout keeps no enrollments: the ledger's read model answers (the caller's balances in
+/// the program, one per enrollment whatever its status).
+async fn owned_program(
+    rpc: &amba_bus::rpc::RpcClient,
+    conn: &mut PgConnection,
+    org_id: &str,
+    program_id: &str,
+    instead: Option<&str>,
+) -> Result<store::ProgramRow, ApiError> {
+    let not_found = || ApiError::not_found(format!("program {program_id}"));
+    match store::program(conn, program_id).await.map_err(db_error)? {
+        Some(program) if program.owner_org_id == org_id => Ok(program),
+        Some(_) => {
+            let request = pb::BalanceRequest {
+                caller: Some(pb::Principal {
+                    org_id: org_id.to_owned(),
+                    ..Default::default()
+                }),
+                program_id: program_id.to_owned(),
+                cursor: String::new(),
+                limit: 1,
+            };
+            match rpc
+                .call::<_, pb::BalanceReply>(ledger::SERVICE, ledger::BALANCE, &request)
+                .await
+            {
+                Ok(mine) => Err(ApiError::not_owner(
+                    format!("program {program_id}"),
+                    !mine.balances.is_empty(),
+                    instead,
+                )),
+                // Not enrolled; or the ledger did not answer, and a refusal never says more
+                // than NOT_FOUND unless it knows.
+                Err(err) => {
+                    if err.code != ErrorCode::NotFound {
+                        tracing::warn!(error = %err, "enrollment lookup for an owner-only refusal failed");
+                    }
+                    Err(not_found())
+                }
+            }
+        }
+        None => Err(not_found()),
+    }
 }
+
+/// What an affiliate asks instead of an owner's payout runs.
+const MY_PAYOUT_TOOL: &str = "amba_affiliate_my_payout_request";
 
 /// The charge of a run: the gross of every item it pays.
 pub fn charge_total(items: &[ItemRow]) -> i64 {
@@ -681,5 +843,7 @@ pub fn run_proto(run: &RunRow, items: &[ItemRow]) -> pb::PayoutRun {
         funding_required_minor: run.funding.funding_minor,
         items_total: u32::try_from(items.len()).unwrap_or(u32::MAX),
         items_next_cursor: String::new(),
+        outcome: "recorded".into(),
+        ..Default::default()
     }
 }

@@ -284,6 +284,7 @@ impl ItemRow {
             status: self.status.clone(),
             reason: self.reason.clone().unwrap_or_default(),
             stripe_transfer_id: self.stripe_transfer_id.clone().unwrap_or_default(),
+            ..Default::default()
         }
     }
 }
