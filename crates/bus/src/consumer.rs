@@ -109,6 +109,10 @@ pub struct ConsumerSpec {
     pub concurrency: usize,
     /// Most messages one worker applies in one transaction (and queues ahead).
     pub max_batch: usize,
+    /// How long a worker holding fewer than `max_batch` messages waits for more before applying
+    /// them (zero: at once). Background consumers linger so that, under load, they commit a
+    /// few large groups instead of many small ones and leave the cores to ingest.
+    pub linger: Duration,
 }
 
 impl ConsumerSpec {
@@ -125,7 +129,14 @@ impl ConsumerSpec {
             ack_wait: Duration::from_secs(30),
             concurrency: 16,
             max_batch: 64,
+            linger: Duration::ZERO,
         }
+    }
+
+    /// Lets each worker wait up to `linger` for its group to fill before applying it.
+    pub fn with_linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
     }
 
     /// Lets each worker apply up to `max_batch` messages per transaction (for handlers that book
@@ -275,13 +286,7 @@ pub async fn run<H: Handler>(
         let (pool, spec, handler, meters) = (pool.clone(), spec.clone(), handler.clone(), meters.clone());
         workers.spawn(async move {
             while let Some(first) = inbox.recv().await {
-                let mut group = vec![first];
-                while group.len() < spec.max_batch {
-                    match inbox.try_recv() {
-                        Ok(next) => group.push(next),
-                        Err(_) => break,
-                    }
-                }
+                let group = gather(first, &mut inbox, spec.max_batch, spec.linger).await;
                 settle_group(&pool, &spec, &meters, handler.as_ref(), group).await;
             }
         });
@@ -342,6 +347,26 @@ pub async fn run<H: Handler>(
         Some(reason) => Err(format!("consumer {} stopped: {reason}", spec.durable_name).into()),
         None => Ok(()),
     }
+}
+
+/// `first` and what follows it in `inbox`, up to `max_batch`: what is queued now, then what
+/// arrives within `linger` of `first`.
+async fn gather<T>(first: T, inbox: &mut mpsc::Receiver<T>, max_batch: usize, linger: Duration) -> Vec<T> {
+    let deadline = tokio::time::Instant::now() + linger;
+    let mut group = vec![first];
+    while group.len() < max_batch {
+        match inbox.try_recv() {
+            Ok(next) => group.push(next),
+            Err(mpsc::error::TryRecvError::Empty) if !linger.is_zero() => {
+                match tokio::time::timeout_at(deadline, inbox.recv()).await {
+                    Ok(Some(next)) => group.push(next),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    group
 }
 
 /// The header a replayed dead letter carries its original event id in (its `Nats-Msg-Id` is new,
@@ -594,5 +619,30 @@ mod tests {
         assert_eq!(retry_delay(4), Duration::from_millis(800));
         assert_eq!(retry_delay(50), Duration::from_secs(30));
         assert_eq!(retry_delay(0), Duration::from_millis(100));
+    }
+
+    #[tokio::test]
+    async fn a_group_takes_what_is_queued_and_lingers_only_when_asked() -> anyhow::Result<()> {
+        let (queue, mut inbox) = mpsc::channel(16);
+        for i in 1..=3 {
+            queue.send(i).await?;
+        }
+        assert_eq!(gather(0, &mut inbox, 10, Duration::ZERO).await, vec![0, 1, 2, 3]);
+
+        // Within the linger, late arrivals join the group; the group stops at max_batch.
+        let late = queue.clone();
+        tokio::spawn(async move {
+            for i in 1..=5 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                let _ = late.send(i).await;
+            }
+        });
+        assert_eq!(gather(0, &mut inbox, 4, Duration::from_secs(5)).await, vec![0, 1, 2, 3]);
+        // The linger ends the wait for a group that does not fill.
+        let started = std::time::Instant::now();
+        let rest = gather(0, &mut inbox, 100, Duration::from_millis(200)).await;
+        assert_eq!(rest, vec![0, 4, 5]);
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        Ok(())
     }
 }

@@ -38,6 +38,11 @@ pub const ATTRIBUTION_BATCH: usize = 512;
 /// 2-core machine, 4 booked 7,900/s and 8 booked 10,100/s).
 pub const ATTRIBUTION_WORKERS: usize = 8;
 
+/// How long a worker waits for its group to fill: under ingest load the ledger commits a few
+/// large groups instead of hundreds of small ones a second, leaving the cores to ingest; a
+/// backlog fills groups at once, so catching up is not slowed.
+pub const ATTRIBUTION_LINGER: Duration = Duration::from_millis(100);
+
 /// How often the hold-release sweep looks for commissions whose hold has ended.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -64,7 +69,8 @@ pub fn consumer_specs(ns: &Namespace) -> [ConsumerSpec; 2] {
             String::new(),
         )
         .with_max_batch(ATTRIBUTION_BATCH)
-        .with_concurrency(ATTRIBUTION_WORKERS),
+        .with_concurrency(ATTRIBUTION_WORKERS)
+        .with_linger(ATTRIBUTION_LINGER),
     ]
 }
 

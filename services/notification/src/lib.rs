@@ -61,8 +61,27 @@ pub fn consumer_specs(ns: &amba_bus::Namespace) -> [ConsumerSpec; 4] {
         ("commission", ns.event("commission", "clawed_back")),
         ("payout", String::new()),
     ];
-    sources.map(|(stream, filter)| ConsumerSpec::new(ns.events_stream(stream), ns.consumer(SERVICE, stream), filter))
+    sources.map(|(stream, filter)| {
+        let spec = ConsumerSpec::new(ns.events_stream(stream), ns.consumer(SERVICE, stream), filter);
+        if stream == "attribution" {
+            // One event per sale: a few workers taking large groups record them for the digests
+            // with a few commits a second instead of one per sale, beside ingest on the same cores.
+            spec.with_concurrency(CONVERSION_WORKERS)
+                .with_max_batch(CONVERSION_BATCH)
+                .with_linger(CONVERSION_LINGER)
+        } else {
+            spec
+        }
+    })
 }
+
+/// Workers recording conversion events for e-mails and digests.
+const CONVERSION_WORKERS: usize = 4;
+/// Most conversion events a worker records in one transaction.
+const CONVERSION_BATCH: usize = 256;
+/// How long a worker waits for its group to fill (an affiliate's first commission is e-mailed
+/// this much later at most).
+const CONVERSION_LINGER: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Consumes every stream that leads to an e-mail, sends, answers requests; until `shutdown`.
 pub async fn run(

@@ -376,6 +376,15 @@ async fn owner_only_tools_tell_an_affiliate_why_and_an_outsider_nothing() -> any
         })
         .await?;
     }
+    // The sale is in the analytics too (the ledger books it in its own time).
+    eventually(WAIT, "the sale in the analytics", || async {
+        let analytics = owner
+            .mcp
+            .ok("amba_affiliate_analytics_get", json!({"program_id": program}))
+            .await?;
+        Ok((analytics["totals"]["conversions"] == json!(1)).then_some(()))
+    })
+    .await?;
     let before = owner_view(&owner.mcp, &program).await?;
 
     for (tool, args, instead) in &tools {

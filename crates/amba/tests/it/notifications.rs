@@ -413,6 +413,53 @@ async fn the_first_commission_is_mailed_at_once_and_later_ones_in_one_exact_dige
     sys.stop().await
 }
 
+/// Sales reported all at once reach the notification service as groups applied together: an
+/// affiliate's first commission inside such a group is still mailed once, at once, and every
+/// later one is in the digest exactly once.
+#[tokio::test]
+async fn a_burst_of_sales_mails_each_affiliate_s_first_commission_once_and_digests_the_rest() -> anyhow::Result<()> {
+    let sink = SmtpSink::start().await?;
+    let sys = TestSystem::start_with(&[("AMBA_SMTP_URL", &sink.url())]).await?;
+    let owner = org(&sys, "BurstOwner").await?;
+    let program = active_program(&owner, json!({"name": "Burst Partners", "hold_days": 0})).await?;
+    let mut affiliates = Vec::new();
+    for name in ["BurstAnn", "BurstBob"] {
+        let affiliate = org(&sys, name).await?;
+        let code = text(&enroll(&owner, &affiliate, &program, None).await?["code"]).to_owned();
+        affiliates.push((affiliate, code, format!("{}@example.com", name.to_lowercase())));
+    }
+    // 25 sales of $50.00 (20 %: $10.00 commission) per affiliate, reported concurrently.
+    let (owner, program) = (&owner, program.as_str());
+    let reports = affiliates.iter().flat_map(|(_, code, _)| {
+        (0..25).map(move |i| async move { report(owner, program, &format!("{code}-{i}"), 5_000, code).await })
+    });
+    for reported in futures::future::join_all(reports).await {
+        reported?;
+    }
+    let pool = sys.service_pool("notification").await?;
+    for (affiliate, _, to) in &affiliates {
+        mail_for(&sink, to, "You earned $10.00 commission in Burst Partners").await?;
+        entries(&pool, affiliate, "conversion_approved", 24).await?;
+        let sum: i64 = sqlx::query_scalar(
+            "SELECT sum(commission_minor)::int8 FROM digest_entries WHERE org_id = $1 AND kind = 'conversion_approved'",
+        )
+        .bind(&affiliate.id)
+        .fetch_one(&pool)
+        .await?;
+        assert_eq!(sum, 24 * 1_000, "every later commission once, exactly");
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (_, _, to) in &affiliates {
+        assert_eq!(
+            count(&sink, to, "earned"),
+            1,
+            "one e-mail for the first commission of {to}"
+        );
+    }
+    pool.close().await;
+    sys.stop().await
+}
+
 #[tokio::test]
 async fn instant_coalesces_off_records_nothing_and_bad_frequencies_are_refused() -> anyhow::Result<()> {
     let sink = SmtpSink::start().await?;

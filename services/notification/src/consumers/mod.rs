@@ -200,6 +200,20 @@ impl Handler for Events {
         }
     }
 
+    /// Under load nearly every event is a later commission of an affiliate already told about
+    /// its first: those are recorded for the digests with a handful of statements for the whole
+    /// group ([`Events::later_commissions`]); every other event is handled on its own, in order.
+    async fn handle_batch(&self, conn: &mut PgConnection, deliveries: &[&Delivery]) -> Result<(), HandlerError> {
+        let mut approvals = Vec::new();
+        for delivery in deliveries {
+            match new_approval(delivery)? {
+                Some(conversion) => approvals.push((*delivery, conversion)),
+                None => self.handle(&mut *conn, delivery).await?,
+            }
+        }
+        self.later_commissions(conn, approvals).await
+    }
+
     /// An enrollment event also writes its program owner's addresses: every event of one owner
     /// goes to one worker, so workers never wait on each other for the owner's row. Likewise an
     /// affiliate's conversions: approvals claim its `first_commissions` rows, and a conversion's
@@ -346,6 +360,72 @@ impl Events {
             ..DigestEntry::default()
         };
         record(conn, entry, Utc::now()).await
+    }
+
+    /// New approvals (see [`new_approval`]) of a group as one unit: the program, first-commission
+    /// and preference lookups and the digest rows are one statement each for the group. An
+    /// affiliate's first commission in a program still gets its own e-mail at once, as
+    /// [`Events::approved`] sends it.
+    async fn later_commissions(
+        &self,
+        conn: &mut PgConnection,
+        approvals: Vec<(&Delivery, pb::Conversion)>,
+    ) -> Result<(), HandlerError> {
+        let approvals: Vec<_> = approvals
+            .into_iter()
+            .filter(|(_, c)| !c.affiliate_org_id.is_empty() && c.commission_minor > 0)
+            .collect();
+        if approvals.is_empty() {
+            return Ok(());
+        }
+        let program_ids: Vec<&str> = unique(approvals.iter().map(|(_, c)| c.program_id.as_str()));
+        let programs = store::programs(conn, &program_ids).await?;
+        if let Some(missing) = program_ids.iter().find(|p| !programs.contains_key(**p)) {
+            return Err(retry(format!("program {missing} not in the read model yet")));
+        }
+        // The first event of each (org, program) in the group claims it, if no earlier one did.
+        let mut claims: Vec<(&str, &str, &str)> = Vec::new();
+        for (delivery, c) in &approvals {
+            let pair = (c.affiliate_org_id.as_str(), c.program_id.as_str());
+            if !claims.iter().any(|(org, program, _)| (*org, *program) == pair) {
+                claims.push((pair.0, pair.1, delivery.event_id.as_str()));
+            }
+        }
+        let firsts = store::claim_first_commissions(conn, &claims).await?;
+        let orgs: Vec<&str> = unique(claims.iter().map(|(org, _, _)| *org));
+        let settings = store::settings_of_orgs(conn, APPROVED, &orgs).await?;
+        let now = Utc::now();
+        let mut entries = Vec::with_capacity(approvals.len());
+        for (delivery, c) in &approvals {
+            let (org, program_id) = (c.affiliate_org_id.as_str(), c.program_id.as_str());
+            if firsts.get(&(org.to_owned(), program_id.to_owned())) == Some(&delivery.event_id) {
+                self.approved(conn, delivery, c.clone()).await?;
+                continue;
+            }
+            let setting = store::resolve_for(&settings, org, program_id);
+            let Some((period, period_end)) = frequency(&setting, APPROVED).period(now) else {
+                continue;
+            };
+            let program_currency = programs.get(program_id).map(|(_, currency)| currency.as_str());
+            entries.push(store::OwnedDigestEntry {
+                event_id: delivery.event_id.clone(),
+                kind: APPROVED,
+                org_id: org.to_owned(),
+                program_id: program_id.to_owned(),
+                currency: if c.currency.is_empty() {
+                    program_currency.unwrap_or_default().to_owned()
+                } else {
+                    c.currency.clone()
+                },
+                commission_minor: c.commission_minor,
+                sale_minor: c.amount_minor,
+                recorded_at: now,
+                period,
+                period_end,
+            });
+        }
+        store::insert_approved_entries(conn, &entries).await?;
+        Ok(())
     }
 
     /// A sale the owner rejected: the affiliate's digest says so, with the owner's reason.
@@ -524,16 +604,43 @@ impl Outcome {
 /// How often an address is told that someone tried to sign up with it.
 const SIGNUP_NOTICE_EVERY: std::time::Duration = std::time::Duration::from_secs(3_600);
 
+/// The kind of an approved commission's digest line.
+const APPROVED: &str = "conversion_approved";
+
+/// How often `kind` is summed for an org with `setting`: off when turned off, else its chosen
+/// frequency, else the kind's default.
+fn frequency(setting: &store::Setting, kind: &str) -> Frequency {
+    match setting.frequency.as_deref().and_then(Frequency::parse) {
+        _ if !setting.enabled => Frequency::Off,
+        Some(chosen) => chosen,
+        None => digest::default_frequency(kind).unwrap_or(Frequency::Daily),
+    }
+}
+
+/// A newly approved conversion (`conversion.approved` not decided from pending, which also
+/// takes it off the owner's waiting list): what [`Events::later_commissions`] takes as a group.
+fn new_approval(delivery: &Delivery) -> Result<Option<pb::Conversion>, HandlerError> {
+    if kind_of(&delivery.subject) != ("conversion", "approved") {
+        return Ok(None);
+    }
+    let event = pb::ConversionChanged::decode(delivery.payload.as_ref())?;
+    if event.previous_status == "pending" {
+        return Ok(None);
+    }
+    Ok(event.conversion)
+}
+
+/// `items` without repeats, in first-seen order.
+fn unique<'a>(items: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut seen = std::collections::HashSet::new();
+    items.filter(|item| seen.insert(*item)).collect()
+}
+
 /// Records `entry` for the digest of the period `at` falls in, by the org's frequency for the
 /// kind in the program; nothing when the org turned the kind off.
 async fn record(conn: &mut PgConnection, entry: DigestEntry<'_>, at: DateTime<Utc>) -> Result<(), HandlerError> {
     let setting = store::setting(conn, entry.org_id, entry.kind, entry.program_id).await?;
-    let frequency = match setting.frequency.as_deref().and_then(Frequency::parse) {
-        _ if !setting.enabled => Frequency::Off,
-        Some(chosen) => chosen,
-        None => digest::default_frequency(entry.kind).unwrap_or(Frequency::Daily),
-    };
-    let Some((period, period_end)) = frequency.period(at) else {
+    let Some((period, period_end)) = frequency(&setting, entry.kind).period(at) else {
         return Ok(());
     };
     let recorded_at = if entry.recorded_at == DateTime::<Utc>::default() {

@@ -420,6 +420,122 @@ pub async fn claim_first_commission(
     Ok(first == event_id)
 }
 
+/// Each program's name and currency, of those in `program_ids` known.
+pub async fn programs(
+    conn: &mut PgConnection,
+    program_ids: &[&str],
+) -> Result<std::collections::HashMap<String, (String, String)>, sqlx::Error> {
+    let rows: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT program_id, name, currency FROM programs_view WHERE program_id = ANY($1)")
+            .bind(program_ids)
+            .fetch_all(conn)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, name, currency)| (id, (name, currency)))
+        .collect())
+}
+
+/// [`claim_first_commission`] for many (org, program, event) at once, one claim per pair:
+/// the event holding each pair's claim, by (org, program).
+pub async fn claim_first_commissions(
+    conn: &mut PgConnection,
+    claims: &[(&str, &str, &str)],
+) -> Result<std::collections::HashMap<(String, String), String>, sqlx::Error> {
+    let orgs: Vec<&str> = claims.iter().map(|c| c.0).collect();
+    let programs: Vec<&str> = claims.iter().map(|c| c.1).collect();
+    let events: Vec<&str> = claims.iter().map(|c| c.2).collect();
+    sqlx::query(
+        "INSERT INTO first_commissions (org_id, program_id, event_id) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING",
+    )
+    .bind(&orgs)
+    .bind(&programs)
+    .bind(&events)
+    .execute(&mut *conn)
+    .await?;
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT f.org_id, f.program_id, f.event_id FROM first_commissions f \
+         JOIN UNNEST($1::text[], $2::text[]) AS c(org_id, program_id) USING (org_id, program_id)",
+    )
+    .bind(&orgs)
+    .bind(&programs)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(org, program, event)| ((org, program), event))
+        .collect())
+}
+
+/// Every preference row of `kind` of the `org_ids`: (org_id, program_id, enabled, frequency).
+pub async fn settings_of_orgs(
+    conn: &mut PgConnection,
+    kind: &str,
+    org_ids: &[&str],
+) -> Result<Vec<(String, String, bool, Option<String>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT org_id, program_id, enabled, frequency FROM preferences WHERE kind = $1 AND org_id = ANY($2)",
+    )
+    .bind(kind)
+    .bind(org_ids)
+    .fetch_all(conn)
+    .await
+}
+
+/// The setting of `org_id` in `program_id` among rows read by [`settings_of_orgs`] (as
+/// [`setting`] resolves it).
+pub fn resolve_for(rows: &[(String, String, bool, Option<String>)], org_id: &str, program_id: &str) -> Setting {
+    let of_org: Vec<(String, bool, Option<String>)> = rows
+        .iter()
+        .filter(|(org, _, _, _)| org == org_id)
+        .map(|(_, program, on, frequency)| (program.clone(), *on, frequency.clone()))
+        .collect();
+    resolve(&of_org, program_id)
+}
+
+/// An approved commission's digest line, as [`insert_approved_entries`] writes it.
+#[derive(Debug, Clone)]
+pub struct OwnedDigestEntry {
+    pub event_id: String,
+    pub kind: &'static str,
+    pub org_id: String,
+    pub program_id: String,
+    pub currency: String,
+    pub commission_minor: i64,
+    pub sale_minor: i64,
+    pub recorded_at: DateTime<Utc>,
+    pub period: String,
+    pub period_end: DateTime<Utc>,
+}
+
+/// [`insert_entry`] for many commission lines in one statement; a redelivered event adds nothing.
+pub async fn insert_approved_entries(conn: &mut PgConnection, entries: &[OwnedDigestEntry]) -> Result<(), sqlx::Error> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let column = |f: fn(&OwnedDigestEntry) -> &str| entries.iter().map(f).collect::<Vec<_>>();
+    sqlx::query(
+        "INSERT INTO digest_entries (event_id, kind, org_id, program_id, currency, commission_minor, sale_minor, \
+         recorded_at, period, period_end) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int8[], \
+         $8::timestamptz[], $9::text[], $10::timestamptz[]) ON CONFLICT (event_id, kind) DO NOTHING",
+    )
+    .bind(column(|e| &e.event_id))
+    .bind(column(|e| e.kind))
+    .bind(column(|e| &e.org_id))
+    .bind(column(|e| &e.program_id))
+    .bind(column(|e| &e.currency))
+    .bind(entries.iter().map(|e| e.commission_minor).collect::<Vec<_>>())
+    .bind(entries.iter().map(|e| e.sale_minor).collect::<Vec<_>>())
+    .bind(entries.iter().map(|e| e.recorded_at).collect::<Vec<_>>())
+    .bind(column(|e| &e.period))
+    .bind(entries.iter().map(|e| e.period_end).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Something summed into a digest, once per (event, kind).
 #[derive(Debug, Clone, Default)]
 pub struct DigestEntry<'a> {
