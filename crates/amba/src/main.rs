@@ -23,6 +23,11 @@ use clap::parser::ValueSource;
 use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use std::process::ExitCode;
 
+/// Large batch buffers grown and freed all the time under load: glibc malloc spent a quarter of
+/// the process's CPU on them (docs/performance.md, issue 27); mimalloc does not.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Amba Affiliate: one binary for every role.
 #[derive(Debug, Parser)]
 #[command(
