@@ -42,6 +42,19 @@ impl ServiceName {
             ServiceName::Edge => "edge",
         }
     }
+
+    /// On the report path: callers wait for it.
+    fn takes_reports(self) -> bool {
+        matches!(self, ServiceName::Edge | ServiceName::Attribution)
+    }
+
+    /// Works off events in its own time (the ledger, e-mail, payouts): nobody's report waits for it.
+    fn works_off_events(self) -> bool {
+        matches!(
+            self,
+            ServiceName::Commission | ServiceName::Notification | ServiceName::Payout
+        )
+    }
 }
 
 impl fmt::Display for ServiceName {
@@ -101,7 +114,46 @@ pub struct Running {
     tasks: JoinSet<()>,
     /// Why services stopped on their own (errors, panics): any makes the whole process stop.
     failures: Failures,
-    nats: async_nats::Client,
+    /// The process's NATS connections (one per service), flushed at the end.
+    connections: Vec<async_nats::Client>,
+    /// Where the services that work off events run, beside ingest in the same process.
+    background: Option<Background>,
+}
+
+/// A runtime of its own, with one worker thread, for the services that work off events (the
+/// ledger, e-mail, payouts) when the process also takes reports (`amba dev`): they catch up
+/// from JetStream whenever there is room, but can never take the cores' worth of threads that
+/// the edge and the report writer need to answer callers (docs/performance.md, issue 27).
+struct Background(Option<tokio::runtime::Runtime>);
+
+impl Background {
+    /// One, if `services` mixes ingest (edge, attribution) with event-driven services.
+    fn for_services(services: &[ServiceName]) -> std::io::Result<Option<Background>> {
+        let ingest = services.iter().any(|s| s.takes_reports());
+        if !ingest || !services.iter().any(|s| s.works_off_events()) {
+            return Ok(None);
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("amba-background")
+            .enable_all()
+            .build()?;
+        Ok(Some(Background(Some(runtime))))
+    }
+
+    fn handle(&self) -> Option<&tokio::runtime::Handle> {
+        self.0.as_ref().map(tokio::runtime::Runtime::handle)
+    }
+}
+
+impl Drop for Background {
+    /// Its tasks have ended by now (or are abandoned on a failed start): dropping a runtime
+    /// where the process may be inside another one must not block.
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// What went wrong in the services of a process, shared with their tasks.
@@ -152,8 +204,11 @@ impl Running {
                 self.failures.stop_all(&self.shutdown, format!("a task failed: {err}"));
             }
         }
-        if let Err(err) = self.nats.flush().await {
-            tracing::warn!(error = %err, "final NATS flush failed");
+        drop(self.background.take());
+        for nats in &self.connections {
+            if let Err(err) = nats.flush().await {
+                tracing::warn!(error = %err, "final NATS flush failed");
+            }
         }
         let failures = self.failures.take();
         if failures.is_empty() {
@@ -403,6 +458,11 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
         Some(addr) => Some(serve_ops(addr, health.clone(), &shutdown, &mut tasks).await?),
         None => None,
     };
+    let mut connections = vec![nats.clone()];
+    let background = Background::for_services(services).map_err(|source| StartError::Service {
+        service: ServiceName::Commission,
+        source: RunError::Setup(format!("cannot start the background runtime: {source}")),
+    })?;
     let url = settings.database_url.expose().to_owned();
     let multi_level_enabled = settings.multi_level_enabled;
     let enrollment_config = amba_enrollment::EnrollmentConfig {
@@ -425,34 +485,44 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
         migrate_one(service, &url)
             .await
             .map_err(|source| StartError::Service { service, source })?;
-        let (bus, url, stop, payout_config) = (bus.clone(), url.clone(), shutdown.clone(), payout_config.clone());
+        let runtime = background
+            .as_ref()
+            .and_then(Background::handle)
+            .filter(|_| service.works_off_events())
+            .cloned()
+            .unwrap_or_else(tokio::runtime::Handle::current);
+        let bus = service_bus(settings, service, &runtime, &mut connections).await?;
+        let (url, stop, payout_config) = (url.clone(), shutdown.clone(), payout_config.clone());
         let notification_config = notification_config.clone();
         let enrollment_config = enrollment_config.clone();
         let (service_shutdown, failures) = (shutdown.clone(), failures.clone());
-        tasks.spawn(async move {
-            // Each service's future is boxed: their state machines are large, and a task holding
-            // all five inline would be built on the stack before being moved to the heap.
-            let run: Pin<Box<dyn Future<Output = Result<(), RunError>> + Send>> = match service {
-                ServiceName::Enrollment => Box::pin(amba_enrollment::run(&url, bus, enrollment_config, stop)),
-                ServiceName::Attribution => Box::pin(amba_attribution::run(&url, bus, stop)),
-                ServiceName::Commission => Box::pin(amba_commission::run(&url, bus, multi_level_enabled, stop)),
-                ServiceName::Payout => Box::pin(amba_payout::run(&url, bus, payout_config.clone(), stop)),
-                ServiceName::Notification => match notification_config.clone() {
-                    Some(config) => Box::pin(amba_notification::run(&url, bus, config, stop)),
-                    None => {
-                        Box::pin(async { Err(RunError::Setup("the notification transport is not configured".into())) })
+        tasks.spawn_on(
+            async move {
+                // Each service's future is boxed: their state machines are large, and a task holding
+                // all five inline would be built on the stack before being moved to the heap.
+                let run: Pin<Box<dyn Future<Output = Result<(), RunError>> + Send>> = match service {
+                    ServiceName::Enrollment => Box::pin(amba_enrollment::run(&url, bus, enrollment_config, stop)),
+                    ServiceName::Attribution => Box::pin(amba_attribution::run(&url, bus, stop)),
+                    ServiceName::Commission => Box::pin(amba_commission::run(&url, bus, multi_level_enabled, stop)),
+                    ServiceName::Payout => Box::pin(amba_payout::run(&url, bus, payout_config.clone(), stop)),
+                    ServiceName::Notification => match notification_config.clone() {
+                        Some(config) => Box::pin(amba_notification::run(&url, bus, config, stop)),
+                        None => Box::pin(async {
+                            Err(RunError::Setup("the notification transport is not configured".into()))
+                        }),
+                    },
+                    ServiceName::Edge => Box::pin(async { Ok(()) }),
+                };
+                match run.await {
+                    Err(err) => failures.stop_all(&service_shutdown, format!("{service}: {err}")),
+                    Ok(()) if !service_shutdown.is_cancelled() => {
+                        failures.stop_all(&service_shutdown, format!("{service} stopped by itself"))
                     }
-                },
-                ServiceName::Edge => Box::pin(async { Ok(()) }),
-            };
-            match run.await {
-                Err(err) => failures.stop_all(&service_shutdown, format!("{service}: {err}")),
-                Ok(()) if !service_shutdown.is_cancelled() => {
-                    failures.stop_all(&service_shutdown, format!("{service} stopped by itself"))
+                    Ok(()) => {}
                 }
-                Ok(()) => {}
-            }
-        });
+            },
+            &runtime,
+        );
     }
     for service in [ServiceName::Enrollment, ServiceName::Attribution] {
         if services.contains(&service) {
@@ -473,7 +543,14 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
             stripe_webhook_secrets: settings.stripe_webhook_secrets.clone(),
             budgets: settings.org_budgets.clone(),
         };
-        let edge = amba_edge::Edge::bind(config, &bus)
+        let edge_bus = service_bus(
+            settings,
+            ServiceName::Edge,
+            &tokio::runtime::Handle::current(),
+            &mut connections,
+        )
+        .await?;
+        let edge = amba_edge::Edge::bind(config, &edge_bus)
             .await
             .map_err(|source| StartError::Bind {
                 addr: settings.http_addr,
@@ -496,8 +573,32 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
         shutdown,
         tasks,
         failures,
-        nats,
+        connections,
+        background,
     })
+}
+
+/// A connection of `service`'s own, as it has when it runs alone: in one process, one service's
+/// traffic (a consumer pulling hundreds of events, a relay publishing a thousand) never queues
+/// ahead of another's request or reply on a shared socket (docs/performance.md, issue 27).
+/// The connection is made on `runtime`, the one the service runs on, so that its reading and
+/// writing tasks run there too.
+async fn service_bus(
+    settings: &Settings,
+    service: ServiceName,
+    runtime: &tokio::runtime::Handle,
+    connections: &mut Vec<async_nats::Client>,
+) -> Result<Bus, StartError> {
+    let (settings_copy, name) = (settings.clone(), format!("amba-{}-{service}", settings.namespace));
+    let nats = runtime
+        .spawn(async move { connect_nats(&settings_copy, &name).await })
+        .await
+        .map_err(|err| StartError::Service {
+            service,
+            source: RunError::Setup(format!("connecting to NATS failed: {err}")),
+        })??;
+    connections.push(nats.clone());
+    Ok(Bus::new(nats, settings.namespace.clone()))
 }
 
 /// Runs a JetStream declaration until it succeeds, for up to a minute: a NATS cluster that is
