@@ -44,6 +44,7 @@ pub struct RpcClient {
     nats: async_nats::Client,
     ns: Namespace,
     timeout: Duration,
+    local: bool,
 }
 
 impl RpcClient {
@@ -52,7 +53,21 @@ impl RpcClient {
             nats,
             ns,
             timeout: Duration::from_secs(10),
+            local: false,
         }
+    }
+
+    /// Calls a service served by this very process directly, without NATS: the same encoded
+    /// request, handler, concurrency bound and reply, minus two trips through the NATS server
+    /// (`amba dev`, or `amba serve` of several services). Services elsewhere are called over NATS.
+    pub fn preferring_local(mut self) -> Self {
+        self.local = true;
+        self
+    }
+
+    /// Whether calls to `service` stay in this process (see [`RpcClient::preferring_local`]).
+    pub fn calls_locally(&self, service: &str) -> bool {
+        self.local && local_server(&self.ns.rpc(service, "")).is_some()
     }
 
     pub fn namespace(&self) -> &Namespace {
@@ -73,6 +88,11 @@ impl RpcClient {
         method: &str,
         request: &Req,
     ) -> Result<Resp, ApiError> {
+        if self.local
+            && let Some(server) = local_server(&self.ns.rpc(service, ""))
+        {
+            return self.call_local(server, service, method, request).await;
+        }
         let subject = self.ns.rpc(service, method);
         let mut headers = async_nats::HeaderMap::new();
         amba_telemetry::inject_nats_headers(&mut headers);
@@ -107,6 +127,120 @@ impl RpcClient {
             }),
             Some(reply::Result::Error(err)) => Err(error_from_proto(err)),
             None => Err(ApiError::internal()),
+        }
+    }
+}
+
+impl RpcClient {
+    async fn call_local<Req: Message, Resp: Message + Default>(
+        &self,
+        server: LocalServer,
+        service: &str,
+        method: &str,
+        request: &Req,
+    ) -> Result<Resp, ApiError> {
+        let started = std::time::Instant::now();
+        let payload = Bytes::from(request.encode_to_vec());
+        let method_name = method.to_owned();
+        // A task of its own, as over NATS: a handler that panicked fails this call, not the caller.
+        let handled = tokio::spawn(
+            async move {
+                let Ok(_permit) = server.permits.acquire().await else {
+                    return Err(ApiError::unavailable("the service is shutting down"));
+                };
+                server.handle(&method_name, payload).await
+            }
+            .in_current_span(),
+        );
+        let answered = tokio::time::timeout(self.timeout, handled).await;
+        amba_telemetry::metrics::histogram!("amba_rpc_client_seconds", "service" => service.to_owned(), "method" => method.to_owned())
+            .record(started.elapsed().as_secs_f64());
+        let bytes = match answered {
+            Err(_) => return Err(ApiError::unavailable(format!("{service} did not answer in time"))),
+            Ok(Err(err)) => {
+                tracing::error!(%service, %method, error = %err, "request handler failed");
+                return Err(ApiError::internal());
+            }
+            Ok(Ok(result)) => result?,
+        };
+        Resp::decode(bytes.as_slice()).map_err(|err| {
+            tracing::error!(%service, %method, error = %err, "undecodable response");
+            ApiError::internal()
+        })
+    }
+}
+
+/// The servers running in this process, by subject prefix (`<ns>.rpc.<service>.`), for
+/// [`RpcClient::preferring_local`]; several of one prefix (test systems sharing a namespace)
+/// are kept apart by their registration id.
+static LOCAL_SERVERS: std::sync::LazyLock<std::sync::RwLock<LocalServers>> = std::sync::LazyLock::new(Default::default);
+
+/// Registration id and server, by subject prefix.
+type LocalServers = HashMap<String, Vec<(u64, LocalServer)>>;
+
+/// A server's routes and in-flight bound, shared by its NATS subscription and local callers.
+#[derive(Clone)]
+struct LocalServer {
+    service: &'static str,
+    routes: Arc<HashMap<&'static str, Route>>,
+    permits: Arc<Semaphore>,
+}
+
+impl LocalServer {
+    /// Runs `method`'s handler on `payload`, with the server's metrics and span.
+    async fn handle(&self, method: &str, payload: Bytes) -> Result<Vec<u8>, ApiError> {
+        let service = self.service;
+        let Some(route) = self.routes.get(method).cloned() else {
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!("unknown method {service}.{method}"),
+            ));
+        };
+        let span = tracing::info_span!("rpc", %service, %method);
+        let started = std::time::Instant::now();
+        let result = route(payload).instrument(span).await;
+        amba_telemetry::metrics::histogram!("amba_rpc_server_seconds", "service" => service, "method" => method.to_owned())
+            .record(started.elapsed().as_secs_f64());
+        if let Err(err) = &result
+            && err.code == ErrorCode::Internal
+        {
+            tracing::error!(error = %err, "request failed");
+        }
+        result
+    }
+}
+
+fn local_server(prefix: &str) -> Option<LocalServer> {
+    let servers = LOCAL_SERVERS.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+    servers
+        .get(prefix)
+        .and_then(|all| all.first())
+        .map(|(_, server)| server.clone())
+}
+
+/// Registers `server` under `prefix` until the returned guard is dropped.
+fn register_local(prefix: String, server: LocalServer) -> LocalRegistration {
+    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut servers = LOCAL_SERVERS.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+    servers.entry(prefix.clone()).or_default().push((id, server));
+    LocalRegistration { prefix, id }
+}
+
+/// Takes a server out of [`LOCAL_SERVERS`] when its `serve` ends.
+struct LocalRegistration {
+    prefix: String,
+    id: u64,
+}
+
+impl Drop for LocalRegistration {
+    fn drop(&mut self) {
+        let mut servers = LOCAL_SERVERS.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(all) = servers.get_mut(&self.prefix) {
+            all.retain(|(id, _)| *id != self.id);
+            if all.is_empty() {
+                servers.remove(&self.prefix);
+            }
         }
     }
 }
@@ -212,7 +346,12 @@ impl RpcServer {
             .queue_subscribe(ns.rpc_wildcard(self.service), ns.rpc_queue(self.service))
             .await?;
         let permits = Arc::new(Semaphore::new(self.concurrency));
-        let routes = Arc::new(self.routes);
+        let local = LocalServer {
+            service: self.service,
+            routes: Arc::new(self.routes),
+            permits: permits.clone(),
+        };
+        let registration = register_local(prefix.clone(), local.clone());
         let service = self.service;
         let queue_wait = amba_telemetry::metrics::histogram!("amba_rpc_server_queue_seconds", "service" => service);
         loop {
@@ -234,30 +373,12 @@ impl RpcServer {
                 .strip_prefix(&prefix)
                 .unwrap_or_default()
                 .to_owned();
-            let route = routes.get(method.as_str()).cloned();
-            let nats = nats.clone();
-            let span = tracing::info_span!("rpc", %service, %method);
+            let (local, nats) = (local.clone(), nats.clone());
+            let span = tracing::info_span!("request", %service);
             amba_telemetry::set_remote_parent(&span, &amba_telemetry::traceparent_from_nats(message.headers.as_ref()));
             tokio::spawn(
                 async move {
-                    let result = match route {
-                        Some(route) => {
-                            let started = std::time::Instant::now();
-                            let result = route(message.payload).await;
-                            amba_telemetry::metrics::histogram!("amba_rpc_server_seconds", "service" => service, "method" => method.clone())
-                                .record(started.elapsed().as_secs_f64());
-                            result
-                        }
-                        None => Err(ApiError::new(
-                            ErrorCode::NotFound,
-                            format!("unknown method {service}.{method}"),
-                        )),
-                    };
-                    if let Err(err) = &result
-                        && err.code == ErrorCode::Internal
-                    {
-                        tracing::error!(error = %err, "request failed");
-                    }
+                    let result = local.handle(&method, message.payload).await;
                     let reply = pb::Reply {
                         result: Some(match result {
                             Ok(bytes) => reply::Result::Ok(bytes),
@@ -273,6 +394,7 @@ impl RpcServer {
             );
         }
         let _ = subscription.unsubscribe().await;
+        drop(registration);
         // Every permit back means every in-flight request has been answered.
         let all = u32::try_from(self.concurrency).unwrap_or(u32::MAX);
         let _ = permits.acquire_many(all).await;

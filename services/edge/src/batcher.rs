@@ -17,7 +17,8 @@ const MAX_BATCH: usize = 256;
 /// Encoded bytes per batch request: well inside NATS's default 1 MiB `max_payload`, whatever
 /// mix of callers' reports is queued.
 const MAX_BATCH_BYTES: usize = 512 * 1024;
-/// Batch requests in flight at once.
+/// Batch requests in flight at once over NATS (in one process with attribution, a batch costs
+/// no round trip and is sent at once: the writer coalesces what waits for it).
 const IN_FLIGHT: usize = 4;
 
 type Reply = Result<pb::ReportConversionReply, ApiError>;
@@ -92,8 +93,13 @@ async fn run(mut receiver: mpsc::Receiver<Queued>, rpc: RpcClient) {
     // From a caller's report queued to its batch leaving: the price of coalescing.
     let batch_wait = amba_telemetry::metrics::histogram!("amba_edge_batch_wait_seconds");
     while let Some(first) = receiver.recv().await {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            break;
+        let permit = if rpc.calls_locally(methods::SERVICE) {
+            None
+        } else {
+            match permits.clone().acquire_owned().await {
+                Ok(permit) => Some(permit),
+                Err(_) => break,
+            }
         };
         // Taken after the permit: while all batches are in flight, reports keep queueing.
         let mut bytes = first.0.encoded_len();

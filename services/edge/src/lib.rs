@@ -79,7 +79,7 @@ impl Edge {
         let listener = tokio::net::TcpListener::bind(config.http_addr).await?;
         let grpc_listener = tokio::net::TcpListener::bind(config.grpc_addr).await?;
         let public_url: Arc<str> = config.public_url.trim_end_matches('/').into();
-        let rpc = RpcClient::new(bus.nats.clone(), bus.ns.clone());
+        let rpc = RpcClient::new(bus.nats.clone(), bus.ns.clone()).preferring_local();
         let limits = Arc::new(rate_limit::RateLimits::new(&config.budgets));
         let state = EdgeState {
             tokens: Arc::new(auth::TokenCache::new(rpc.clone(), limits.clone())),

@@ -74,3 +74,66 @@ async fn replies_carry_results_and_typed_errors() -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
 }
+
+/// A client preferring local calls reaches a server of its own process without NATS, with the
+/// same replies and typed errors; once that server stops it goes over NATS again.
+#[tokio::test]
+async fn calls_to_a_server_of_this_process_stay_in_it() -> anyhow::Result<()> {
+    let bus = test_bus().await?;
+    let server = RpcServer::new("local-probe").route("verify", |request: VerifyTokenRequest| async move {
+        match request.token.as_str() {
+            "good" => Ok(Principal {
+                org_id: "org_local".into(),
+                ..Principal::default()
+            }),
+            _ => Err(ApiError::conflict("that token is busy")),
+        }
+    });
+    let local = RpcClient::new(bus.nats.clone(), bus.ns.clone()).preferring_local();
+    assert!(!local.calls_locally("local-probe"), "nothing serves it yet");
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn(server.serve(bus.nats.clone(), bus.ns.clone(), stop.clone()));
+    amba_testkit::eventually(std::time::Duration::from_secs(5), "server to register", || {
+        let local = local.clone();
+        async move { Ok(local.calls_locally("local-probe").then_some(())) }
+    })
+    .await?;
+    // A client not preferring local calls never calls locally.
+    assert!(!RpcClient::new(bus.nats.clone(), bus.ns.clone()).calls_locally("local-probe"));
+
+    let ok: Principal = local
+        .call("local-probe", "verify", &VerifyTokenRequest { token: "good".into() })
+        .await?;
+    assert_eq!(ok.org_id, "org_local");
+    let err = local
+        .call::<_, Principal>("local-probe", "verify", &VerifyTokenRequest { token: "bad".into() })
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("expected an error"))?;
+    assert_eq!(
+        (err.code, err.status, err.message.as_str()),
+        (ErrorCode::Conflict, 409, "that token is busy")
+    );
+    let unknown = local
+        .call::<_, Principal>("local-probe", "nope", &VerifyTokenRequest::default())
+        .await
+        .err();
+    assert_eq!(unknown.map(|e| e.code), Some(ErrorCode::NotFound));
+
+    stop.cancel();
+    serving.await?.map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert!(!local.calls_locally("local-probe"), "a stopped server is unregistered");
+    let gone = local
+        .call::<_, Principal>("local-probe", "verify", &VerifyTokenRequest { token: "good".into() })
+        .await
+        .err();
+    assert_eq!(
+        gone.map(|e| e.code),
+        Some(ErrorCode::Unavailable),
+        "over NATS: nobody answers"
+    );
+    amba_bus::streams::delete_event_streams(&bus.js, &bus.ns)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
