@@ -23,8 +23,9 @@ use clap::parser::ValueSource;
 use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use std::process::ExitCode;
 
-/// Large batch buffers grown and freed all the time under load: glibc malloc spent a quarter of
-/// the process's CPU on them (docs/performance.md, issue 27); mimalloc does not.
+/// Large batch buffers are grown and freed all the time under load: glibc malloc spent a quarter
+/// of the process's CPU consolidating and splitting them and kept the memory after a load run;
+/// mimalloc gives it back (docs/performance.md, issue 27).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
