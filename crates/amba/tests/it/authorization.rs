@@ -185,7 +185,8 @@ async fn snapshot(mcp: &amba_testkit::McpClient, program_id: &str) -> anyhow::Re
 /// Owner-only tools that take a program_id, with valid arguments for `program`, and the tool an
 /// affiliate is pointed to instead (if any).
 fn program_tools(program: &str, enrollment: &str, outsider: &str) -> Vec<(&'static str, Value, Option<&'static str>)> {
-    let range = json!({"program_id": program, "from": "2026-01-01", "to": "2026-12-31"});
+    let (from, to) = around_today();
+    let range = json!({"program_id": program, "from": from, "to": to});
     vec![
         ("amba_affiliate_programs_get", json!({"program_id": program}), None),
         (
@@ -277,6 +278,13 @@ async fn tools_requiring_program_id(mcp: &McpClient) -> anyhow::Result<Vec<Strin
     Ok(names)
 }
 
+/// An export range holding everything a test books today: half a year back to tomorrow.
+fn around_today() -> (String, String) {
+    let today = chrono::Utc::now().date_naive();
+    let day = |d: chrono::NaiveDate| d.format("%Y-%m-%d").to_string();
+    (day(today - chrono::Days::new(180)), day(today + chrono::Days::new(1)))
+}
+
 /// Everything the owner can see of its program, to prove refused calls changed nothing.
 async fn owner_view(owner: &McpClient, program: &str) -> anyhow::Result<Vec<Value>> {
     let mut view = Vec::new();
@@ -286,10 +294,10 @@ async fn owner_view(owner: &McpClient, program: &str) -> anyhow::Result<Vec<Valu
         ("amba_affiliate_conversions_list", json!({"program_id": program})),
         ("amba_affiliate_analytics_get", json!({"program_id": program})),
         ("amba_affiliate_payouts_list", json!({"program_id": program})),
-        (
-            "amba_affiliate_commissions_export",
-            json!({"program_id": program, "from": "2026-01-01", "to": "2026-12-31"}),
-        ),
+        ("amba_affiliate_commissions_export", {
+            let (from, to) = around_today();
+            json!({"program_id": program, "from": from, "to": to})
+        }),
     ] {
         view.push(owner.ok(tool, args).await?);
     }
