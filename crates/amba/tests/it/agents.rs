@@ -4,6 +4,7 @@
 use crate::support::{active_program, org, text};
 use amba_testkit::TestSystem;
 use serde_json::{Value, json};
+use std::time::Duration;
 
 /// A value that passes the schema for an argument not under test.
 fn plausible(property: &Value) -> Value {
@@ -212,7 +213,16 @@ async fn every_kind_of_mistake_is_a_tool_error_an_agent_can_correct_from() -> an
     let mut unknown_code = report.clone();
     unknown_code["amount_minor"] = json!(100);
     unknown_code["code"] = json!("NOSUCHCODE1");
-    let err = refusal(mcp, "amba_affiliate_conversion_report", unknown_code).await?;
+    // Attribution learns of the activation from enrollment's event: until then the program is a draft there.
+    let err = amba_testkit::eventually(
+        Duration::from_secs(10),
+        "attribution to see the program active",
+        || async {
+            let err = refusal(mcp, "amba_affiliate_conversion_report", unknown_code.clone()).await?;
+            Ok((err["code"] != "CONFLICT").then_some(err))
+        },
+    )
+    .await?;
     assert!(text(&err["message"]).contains("\"NOSUCHCODE1\""), "{err}");
     let err = refusal(
         mcp,
