@@ -7,6 +7,33 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
+/// An export's `[from, to)` (microseconds since the epoch, as the request carries them): both
+/// given, in order, and at most `max_days` apart.
+pub fn export_range(
+    from_micros: i64,
+    to_micros: i64,
+    max_days: i64,
+) -> Result<(DateTime<Utc>, DateTime<Utc>), crate::ApiError> {
+    let time = |micros: i64, name: &str| {
+        DateTime::from_timestamp_micros(micros)
+            .filter(|_| micros != 0)
+            .ok_or_else(|| {
+                crate::ApiError::invalid(format!("{name} is required (RFC 3339, e.g. 2026-11-01T00:00:00Z)"))
+            })
+    };
+    let (from, to) = (time(from_micros, "from")?, time(to_micros, "to")?);
+    if from >= to {
+        return Err(crate::ApiError::invalid("from must be before to"));
+    }
+    if to - from > chrono::Duration::days(max_days) {
+        return Err(crate::ApiError::invalid(format!(
+            "from and to are {} days apart; export at most {max_days} days per call",
+            (to - from).num_days()
+        )));
+    }
+    Ok((from, to))
+}
+
 /// A text cell: guarded against formula injection, then quoted when it must be.
 pub fn text(value: &str) -> String {
     let guarded = if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {

@@ -26,21 +26,7 @@ impl Commission {
     ) -> Result<pb::ExportCommissionsReply, ApiError> {
         let caller = caller(request.caller)?;
         let program_id = ProgramId::parse(request.program_id.trim())?;
-        let time = |micros: i64, name: &str| {
-            DateTime::from_timestamp_micros(micros)
-                .filter(|_| micros != 0)
-                .ok_or_else(|| ApiError::invalid(format!("{name} is required (RFC 3339, e.g. 2026-11-01T00:00:00Z)")))
-        };
-        let (from, to) = (time(request.from_micros, "from")?, time(request.to_micros, "to")?);
-        if from >= to {
-            return Err(ApiError::invalid("from must be before to"));
-        }
-        if to - from > chrono::Duration::days(MAX_DAYS) {
-            return Err(ApiError::invalid(format!(
-                "from and to are {} days apart; export at most {MAX_DAYS} days per call",
-                (to - from).num_days()
-            )));
-        }
+        let (from, to) = amba_core::csv::export_range(request.from_micros, request.to_micros, MAX_DAYS)?;
         let after = match cursor::decode(&request.cursor)? {
             None => None,
             Some(key) => Some(page_key(&key).ok_or_else(|| ApiError::invalid("cursor is not one this server issued"))?),
