@@ -31,9 +31,9 @@ const PROCESSES: &[(&str, &str)] = &[
     ("payout", "services/payout/src"),
     ("notification", "services/notification/src"),
     ("edge", "services/edge/src"),
-    ("tick", "crates/amba/src"),
-    ("ops", "crates/amba/src"),
-    ("migrate", "crates/amba/src"),
+    ("tick", "app/src"),
+    ("ops", "app/src"),
+    ("migrate", "app/src"),
 ];
 
 fn repo() -> PathBuf {

@@ -1,5 +1,6 @@
-//! Test kit: a fresh database per test, a unique NATS namespace per test, the whole system
-//! started in-process on free ports, and an MCP client that talks to it over real HTTP.
+//! Test kit: a fresh database per test, a unique NATS namespace per test, an MCP client that
+//! talks over real HTTP, an SMTP sink. It starts no service: the system's own tests (in `app/`)
+//! start the services, so a kit crate's tests build only that crate and this kit.
 //!
 //! Tests run against a real PostgreSQL and a real NATS JetStream server (`scripts/test` starts
 //! them when needed). `AMBA_TEST_DATABASE_URL` names a database on the server used to create
@@ -12,13 +13,10 @@ pub mod smtp;
 pub use mcp::McpClient;
 pub use smtp::SmtpSink;
 
-use amba::{Running, ServiceName, Settings};
 use amba_bus::{Bus, Namespace};
 use anyhow::Context;
 use sqlx::Connection;
-use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 pub fn admin_database_url() -> String {
@@ -82,143 +80,6 @@ pub async fn test_bus() -> anyhow::Result<Bus> {
         .await
         .map_err(|e| anyhow::anyhow!("creating streams: {e}"))?;
     Ok(bus)
-}
-
-/// Every service and the edge, in this process, on a fresh database and namespace.
-pub struct TestSystem {
-    pub db: TestDatabase,
-    pub bus: Bus,
-    pub settings: Settings,
-    running: Running,
-    /// The in-project fake Stripe this system talks to (started by [`TestSystem::with_stripe`]).
-    pub stripe: Option<amba_stripe_fake::FakeStripe>,
-    http_addr: SocketAddr,
-    grpc_addr: SocketAddr,
-}
-
-impl TestSystem {
-    pub async fn start() -> anyhow::Result<TestSystem> {
-        Self::start_with(&[]).await
-    }
-
-    /// Starts with extra configuration variables (e.g. `("MULTI_LEVEL_ENABLED", "true")`).
-    pub async fn start_with(vars: &[(&str, &str)]) -> anyhow::Result<TestSystem> {
-        // Boxed: the whole system's start-up future is too large for a test thread's stack.
-        Box::pin(Self::start_on(free_port()?, vars, None)).await
-    }
-
-    /// Starts against a fresh fake Stripe whose webhooks reach this system's edge.
-    pub async fn with_stripe(vars: &[(&str, &str)]) -> anyhow::Result<TestSystem> {
-        let port = free_port()?;
-        let secret_key = format!("sk_test_{}", uuid::Uuid::now_v7().simple());
-        let webhook_secret = format!("whsec_{}", uuid::Uuid::now_v7().simple());
-        let stripe = amba_stripe_fake::FakeStripe::start(amba_stripe_fake::FakeConfig {
-            secret_key: secret_key.clone(),
-            webhook_secret: webhook_secret.clone(),
-            webhook_url: Some(format!("http://127.0.0.1:{port}/webhooks/stripe")),
-        })
-        .await?;
-        let base = stripe.base_url();
-        let mut all: Vec<(&str, &str)> = vec![
-            ("AMBA_STRIPE_API_BASE", &base),
-            ("AMBA_STRIPE_SECRET_KEY", &secret_key),
-            ("AMBA_STRIPE_WEBHOOK_SECRET", &webhook_secret),
-        ];
-        all.extend_from_slice(vars);
-        Box::pin(Self::start_on(port, &all, Some(stripe))).await
-    }
-
-    async fn start_on(
-        port: u16,
-        vars: &[(&str, &str)],
-        stripe: Option<amba_stripe_fake::FakeStripe>,
-    ) -> anyhow::Result<TestSystem> {
-        let db = TestDatabase::create().await?;
-        let ns = unique_namespace();
-        let mut map: HashMap<String, String> = [
-            ("AMBA_DATABASE_URL", db.url.clone()),
-            ("AMBA_NATS_URL", nats_url()),
-            ("AMBA_NAMESPACE", ns.to_string()),
-            ("AMBA_HTTP_ADDR", format!("127.0.0.1:{port}")),
-            ("AMBA_GRPC_ADDR", "127.0.0.1:0".to_owned()),
-            ("AMBA_METRICS_ADDR", "127.0.0.1:0".to_owned()),
-            // E-mails (no SMTP server unless a test gives one) go to this test's own folder.
-            (
-                "AMBA_DATA_DIR",
-                std::env::temp_dir()
-                    .join(format!("amba-test-{ns}"))
-                    .display()
-                    .to_string(),
-            ),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        map.extend(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-        let settings = Settings::from_map(&map)?;
-        let running = amba::system::start(&settings, &ServiceName::ALL).await?;
-        let http_addr = running.http_addr().context("the edge did not start")?;
-        let grpc_addr = running.grpc_addr().context("the edge's gRPC did not start")?;
-        let nats = async_nats::connect(nats_url()).await?;
-        Ok(TestSystem {
-            db,
-            bus: Bus::new(nats, ns),
-            settings,
-            running,
-            stripe,
-            http_addr,
-            grpc_addr,
-        })
-    }
-
-    pub fn http_addr(&self) -> SocketAddr {
-        self.http_addr
-    }
-
-    /// `http://127.0.0.1:<port>` of the edge's gRPC server.
-    pub fn grpc_url(&self) -> String {
-        format!("http://{}", self.grpc_addr)
-    }
-
-    /// Prometheus `/metrics` of this system (its `AMBA_METRICS_ADDR` listener).
-    pub fn metrics_url(&self) -> Option<String> {
-        Some(format!("http://{}/metrics", self.running.metrics_addr()?))
-    }
-
-    pub fn base_url(&self) -> String {
-        format!("http://{}", self.http_addr)
-    }
-
-    pub fn mcp_url(&self) -> String {
-        format!("{}/mcp", self.base_url())
-    }
-
-    /// An MCP client over streamable HTTP, with `token` as its bearer token.
-    pub async fn mcp(&self, token: Option<&str>) -> anyhow::Result<McpClient> {
-        McpClient::connect(&self.mcp_url(), token).await
-    }
-
-    /// A direct connection to one service's schema, for assertions on stored state.
-    pub async fn service_pool(&self, schema: &'static str) -> anyhow::Result<sqlx::PgPool> {
-        Ok(amba_bus::store::connect(&self.db.url, schema, 2).await?)
-    }
-
-    /// Stops the services, removes the namespace's streams and drops the database. Fails if a
-    /// service had stopped on its own (an error or a panic) before.
-    pub async fn stop(self) -> anyhow::Result<()> {
-        let stopped = self.running.stop().await;
-        amba_bus::streams::delete_event_streams(&self.bus.js, &self.bus.ns)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        // The test's own data folder (e-mails written as files when no SMTP server was given).
-        let _ = std::fs::remove_dir_all(&self.settings.data_dir);
-        self.db.drop_now().await?;
-        stopped.map_err(|failures| anyhow::anyhow!("a service had failed: {failures}"))
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// Polls `check` until it returns `Some`, or fails after `timeout`. Never sleep-and-hope.

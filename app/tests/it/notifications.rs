@@ -4,8 +4,9 @@
 
 use crate::payouts::{enable_payouts, fund, onboard};
 use crate::support::{Org, active_program, enroll, org, text};
+use crate::system::TestSystem;
+use amba_testkit::eventually;
 use amba_testkit::smtp::{ReceivedMail, SmtpSink};
-use amba_testkit::{TestSystem, eventually};
 use serde_json::{Value, json};
 use std::time::Duration;
 

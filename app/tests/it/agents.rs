@@ -2,7 +2,7 @@
 //! mistake comes back as a tool error it can correct itself from.
 
 use crate::support::{active_program, org, text};
-use amba_testkit::TestSystem;
+use crate::system::TestSystem;
 use serde_json::{Value, json};
 use std::time::Duration;
 

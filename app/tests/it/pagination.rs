@@ -5,7 +5,8 @@
 
 use crate::payouts::{enable_payouts, fund, onboard};
 use crate::support::{Org, active_program, enroll, org, text};
-use amba_testkit::{McpClient, TestSystem, eventually};
+use crate::system::TestSystem;
+use amba_testkit::{McpClient, eventually};
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::time::Duration;

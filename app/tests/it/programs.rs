@@ -1,9 +1,10 @@
 //! Identity and programs over MCP, driven by rmcp's client over streamable HTTP.
 
 use crate::support::signup;
+use crate::system::TestSystem;
 use amba_proto::Message;
 use amba_proto::wire::ProgramChanged;
-use amba_testkit::{TestSystem, eventually};
+use amba_testkit::eventually;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use std::time::Duration;

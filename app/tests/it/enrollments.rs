@@ -1,9 +1,10 @@
 //! Invites, applications, approvals, codes and the sponsor tree, through MCP.
 
 use crate::support::{active_program, enroll, org, text};
+use crate::system::TestSystem;
 use amba_proto::Message;
 use amba_proto::wire::{CodeChanged, EnrollmentChanged};
-use amba_testkit::{TestSystem, eventually};
+use amba_testkit::eventually;
 use serde_json::{Value, json};
 use std::time::Duration;
 

@@ -3,11 +3,12 @@
 //! over NATS; `amba ledger verify` logic after every test. Figures are worked out by hand.
 
 use crate::support::{Org, active_program, enroll, org, text};
+use crate::system::TestSystem;
 use amba_bus::rpc::RpcClient;
 use amba_proto::Message;
 use amba_proto::methods::commission as methods;
 use amba_proto::wire as pb;
-use amba_testkit::{TestSystem, eventually};
+use amba_testkit::eventually;
 use async_nats::jetstream::message::PublishMessage;
 use serde_json::{Value, json};
 use std::time::Duration;

@@ -4,8 +4,9 @@
 
 use crate::attribution::{authed, grpc};
 use crate::support::{Org, active_program, enroll, org, text};
+use crate::system::TestSystem;
 use amba_proto::wire as pb;
-use amba_testkit::{TestSystem, eventually};
+use amba_testkit::eventually;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;

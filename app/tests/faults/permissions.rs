@@ -7,7 +7,7 @@ use super::{Cluster, ledger_complete, program};
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
 
-const ACCOUNTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/nats/test-accounts.conf");
+const ACCOUNTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/nats/test-accounts.conf");
 
 /// A client logged in as `user` with its own inbox prefix (as `amba` connects), and the events
 /// it sees (the server's refusals among them).

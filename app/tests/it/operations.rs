@@ -158,7 +158,7 @@ async fn infra_down_stops_exactly_what_infra_up_started() -> anyhow::Result<()> 
 #[tokio::test]
 async fn dead_letters_are_listed_and_replayed_by_the_operator() -> anyhow::Result<()> {
     use amba_proto::Message;
-    let sys = amba_testkit::TestSystem::start().await?;
+    let sys = crate::system::TestSystem::start().await?;
     let namespace = sys.bus.ns.as_str().to_owned();
     let run = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_amba"))

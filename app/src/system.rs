@@ -464,7 +464,9 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
         source: RunError::Setup(format!("cannot start the background runtime: {source}")),
     })?;
     let url = settings.database_url.expose().to_owned();
-    let multi_level_enabled = settings.multi_level_enabled;
+    let commission_config = amba_commission::CommissionConfig {
+        multi_level_enabled: settings.multi_level_enabled,
+    };
     let enrollment_config = amba_enrollment::EnrollmentConfig {
         platform_host: amba_core::landing::host_of(&settings.public_url),
     };
@@ -503,7 +505,7 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
                 let run: Pin<Box<dyn Future<Output = Result<(), RunError>> + Send>> = match service {
                     ServiceName::Enrollment => Box::pin(amba_enrollment::run(&url, bus, enrollment_config, stop)),
                     ServiceName::Attribution => Box::pin(amba_attribution::run(&url, bus, stop)),
-                    ServiceName::Commission => Box::pin(amba_commission::run(&url, bus, multi_level_enabled, stop)),
+                    ServiceName::Commission => Box::pin(amba_commission::run(&url, bus, commission_config, stop)),
                     ServiceName::Payout => Box::pin(amba_payout::run(&url, bus, payout_config.clone(), stop)),
                     ServiceName::Notification => match notification_config.clone() {
                         Some(config) => Box::pin(amba_notification::run(&url, bus, config, stop)),

@@ -8,8 +8,9 @@
 
 use crate::attribution::{authed, grpc, sample, scrape};
 use crate::support::{Org, active_program, enroll, org, text};
+use crate::system::TestSystem;
 use amba_proto::wire as pb;
-use amba_testkit::{TestSystem, eventually};
+use amba_testkit::eventually;
 use serde_json::{Value, json};
 use std::time::Duration;
 

@@ -3,10 +3,11 @@
 //! affiliate links redirect only to https pages of other sites.
 
 use crate::support::{active_program, enroll, org, text};
+use crate::system::TestSystem;
 use amba_proto::methods::enrollment as methods;
 use amba_proto::wire as pb;
+use amba_testkit::eventually;
 use amba_testkit::smtp::SmtpSink;
-use amba_testkit::{TestSystem, eventually};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 

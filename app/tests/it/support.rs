@@ -1,6 +1,7 @@
 //! Steps many tests share, each done through MCP as a client would.
 
-use amba_testkit::{McpClient, TestSystem};
+use crate::system::TestSystem;
+use amba_testkit::McpClient;
 use serde_json::{Value, json};
 
 /// Signs an org up and returns (signup output, a client using its token).

@@ -3,8 +3,9 @@
 
 use crate::attribution::{authed, grpc};
 use crate::support::{Org, active_program, enroll, org, text};
+use crate::system::TestSystem;
 use amba_proto::wire as pb;
-use amba_testkit::{McpClient, TestSystem, eventually};
+use amba_testkit::{McpClient, eventually};
 use serde_json::{Value, json};
 use std::time::Duration;
 

@@ -1,7 +1,8 @@
 //! Who may do what at the door: bearer PATs, public tools, 401 challenges, discovery, probes.
 
 use crate::support::signup;
-use amba_testkit::{McpClient, TestSystem};
+use crate::system::TestSystem;
+use amba_testkit::McpClient;
 use serde_json::json;
 
 const OWNER_TOOLS: &[&str] = &[

@@ -2,9 +2,10 @@
 //! HTTP for clicks and affiliate links.
 
 use crate::support::{Org, active_program, enroll, org, text};
+use crate::system::TestSystem;
 use amba_proto::v1::conversions_client::ConversionsClient;
 use amba_proto::wire as pb;
-use amba_testkit::{TestSystem, eventually};
+use amba_testkit::eventually;
 use anyhow::Context;
 use chrono::{Duration, Utc};
 use serde_json::{Value, json};

@@ -5,9 +5,10 @@
 //! signatures. `amba ledger verify` after each scenario.
 
 use crate::support::{Org, active_program, enroll, org, text};
+use crate::system::TestSystem;
 use amba_proto::wire as pb;
 use amba_stripe_fake::{FakeStripe, Fault, FaultKind};
-use amba_testkit::{TestSystem, eventually};
+use amba_testkit::eventually;
 use serde_json::{Value, json};
 use std::time::Duration;
 

@@ -1,9 +1,10 @@
 //! Personal access tokens: an org lists, creates and revokes its own; a revoked token is refused.
 
 use crate::support::{org, text};
+use crate::system::TestSystem;
 use amba_proto::methods::enrollment as methods;
 use amba_proto::wire::{Principal, RevokeTokenRequest, TokenReply};
-use amba_testkit::{McpClient, TestSystem, eventually};
+use amba_testkit::{McpClient, eventually};
 use serde_json::json;
 use std::time::Duration;
 
