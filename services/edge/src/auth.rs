@@ -8,9 +8,9 @@
 //!   client learns to authenticate from the status code rather than from a tool result.
 
 use crate::EdgeState;
-use crate::http::error_response;
 use crate::mcp::PUBLIC_TOOLS;
 use crate::rate_limit::{Budget, RateLimits};
+use crate::request::error_response;
 use amba_bus::rpc::RpcClient;
 use amba_core::{ApiError, ErrorCode};
 use amba_proto::methods::enrollment as methods;
@@ -245,7 +245,7 @@ pub async fn require_token(State(state): State<EdgeState>, mut request: Request,
             };
             match state
                 .tokens
-                .verify(token, crate::mcp::request_client_ip(&state, &request))
+                .verify(token, crate::request::request_client_ip(&state, &request))
                 .await
             {
                 Ok(principal) => {

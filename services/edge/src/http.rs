@@ -82,18 +82,6 @@ async fn protected_resource(State(state): State<EdgeState>) -> impl IntoResponse
     }))
 }
 
-/// The typed error as an HTTP response; a rate-limit refusal also carries `Retry-After`.
-pub fn error_response(err: &amba_core::ApiError) -> axum::response::Response {
-    let status = StatusCode::from_u16(err.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = (status, Json(err.to_body())).into_response();
-    if let Some(seconds) = crate::rate_limit::retry_after(err)
-        && let Ok(value) = axum::http::HeaderValue::from_str(&seconds.to_string())
-    {
-        response.headers_mut().insert(axum::http::header::RETRY_AFTER, value);
-    }
-    response
-}
-
 /// Where e-mails' `List-Unsubscribe` points: how to turn them off.
 async fn notifications_page() -> impl IntoResponse {
     (

@@ -11,6 +11,7 @@ pub mod http;
 pub mod mcp;
 pub mod public;
 pub mod rate_limit;
+pub mod request;
 pub mod webhooks;
 
 use amba_bus::Bus;

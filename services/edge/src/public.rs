@@ -2,8 +2,8 @@
 //! link `GET /r/{code}`. Both are unauthenticated, so both are rate-limited per client address.
 
 use crate::EdgeState;
-use crate::http::error_response;
 use crate::rate_limit::Budget;
+use crate::request::error_response;
 use amba_core::{ApiError, ErrorCode};
 use amba_proto::wire as pb;
 use axum::Json;
@@ -40,7 +40,7 @@ pub async fn record_touchpoint(
         Ok(body) => body,
         Err(err) => return error_response(&ApiError::invalid(format!("invalid JSON body: {}", err.body_text()))),
     };
-    let occurred_at_micros = match crate::mcp::parse_time(body.occurred_at.as_deref()) {
+    let occurred_at_micros = match crate::request::parse_time(body.occurred_at.as_deref()) {
         Ok(micros) => micros,
         Err(err) => return error_response(&err),
     };

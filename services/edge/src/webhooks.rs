@@ -5,7 +5,7 @@
 //! Stripe saw acknowledged is stored; a redelivered one is deduplicated.
 
 use crate::EdgeState;
-use crate::http::error_response;
+use crate::request::error_response;
 use amba_core::ApiError;
 use amba_core::secret::Secret;
 use async_nats::jetstream::message::PublishMessage;

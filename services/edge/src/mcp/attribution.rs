@@ -1,6 +1,5 @@
-use super::enrollments::non_empty;
-use super::programs::rfc3339;
 use super::{McpServer, ToolError, require_principal, tool_error};
+use crate::request::{non_empty, parse_instant, parse_time, rfc3339};
 use amba_core::ApiError;
 use amba_proto::methods::attribution as methods;
 use amba_proto::wire as pb;
@@ -260,7 +259,7 @@ impl McpServer {
             subject_ref: a.subject_ref,
             occurred_at_micros: parse_time(a.occurred_at.as_deref()).map_err(tool_error)?,
             landing_url: a.landing_url.unwrap_or_default(),
-            client_ip: super::client_ip(&self.state, &parts)
+            client_ip: crate::request::client_ip(&self.state, &parts)
                 .map(|ip| ip.to_string())
                 .unwrap_or_default(),
             user_agent: crate::public::user_agent(&parts.headers),
@@ -585,41 +584,6 @@ impl McpServer {
             next_cursor: non_empty(reply.next_cursor),
         }))
     }
-}
-
-/// RFC 3339 → unix microseconds (0 when absent: the service uses "now").
-pub fn parse_time(text: Option<&str>) -> Result<i64, ApiError> {
-    match text.map(str::trim).filter(|t| !t.is_empty()) {
-        None => Ok(0),
-        Some(t) => chrono::DateTime::parse_from_rfc3339(t)
-            .map(|d| d.timestamp_micros())
-            .map_err(|_| {
-                ApiError::invalid(format!(
-                    "occurred_at {t:?} is not an RFC 3339 time such as 2026-11-24T10:00:00Z"
-                ))
-            }),
-    }
-}
-
-/// An RFC 3339 time or a UTC date (`2026-01-01`: its midnight) → unix microseconds (the
-/// accounting exports' ranges).
-pub(super) fn parse_instant(name: &str, text: &str) -> Result<i64, ApiError> {
-    let text = text.trim();
-    chrono::DateTime::parse_from_rfc3339(text)
-        .map(|t| t.timestamp_micros())
-        .ok()
-        .or_else(|| {
-            chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
-                .ok()
-                .and_then(|d| d.and_hms_opt(0, 0, 0))
-                .map(|t| t.and_utc().timestamp_micros())
-        })
-        .ok_or_else(|| {
-            ApiError::invalid(format!(
-                "{name} {text:?} is not an RFC 3339 time such as 2026-11-01T00:00:00Z or a date such as 2026-11-01"
-            ))
-            .with_details(serde_json::json!({ "argument": name }))
-        })
 }
 
 /// An affiliate sees its conversions without the owner's customer references.

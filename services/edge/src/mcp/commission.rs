@@ -3,9 +3,8 @@
 //! Figures come from the commission service's ledger and daily rollups; nothing is recomputed
 //! here.
 
-use super::attribution::parse_instant;
-use super::programs::rfc3339;
 use super::{McpServer, ToolError, require_principal, tool_error};
+use crate::request::{non_empty, parse_instant, rfc3339, rfc3339_or_null};
 use amba_core::ApiError;
 use amba_proto::methods::{attribution, commission as methods};
 use amba_proto::wire as pb;
@@ -524,7 +523,7 @@ impl McpServer {
             paid_minor: total.paid_minor,
             debt_minor: total.debt_minor,
             currency: total.currency,
-            next_release_at: time_or_null(total.next_release_at_micros),
+            next_release_at: rfc3339_or_null(total.next_release_at_micros),
             balances: reply
                 .balances
                 .into_iter()
@@ -538,7 +537,7 @@ impl McpServer {
                     reserved_minor: b.reserved_minor,
                     paid_minor: b.paid_minor,
                     debt_minor: b.debt_minor,
-                    next_release_at: time_or_null(b.next_release_at_micros),
+                    next_release_at: rfc3339_or_null(b.next_release_at_micros),
                     releases: b
                         .releases
                         .into_iter()
@@ -735,14 +734,6 @@ impl McpServer {
             next_cursor: non_empty(reply.next_cursor),
         }))
     }
-}
-
-fn non_empty(text: String) -> Option<String> {
-    (!text.is_empty()).then_some(text)
-}
-
-fn time_or_null(micros: i64) -> Option<String> {
-    (micros > 0).then(|| rfc3339(micros))
 }
 
 fn totals(s: &pb::Stats) -> Totals {

@@ -1,5 +1,5 @@
-use super::programs::rfc3339;
 use super::{McpServer, ToolError, require_principal, tool_error};
+use crate::request::{non_empty, rfc3339};
 use amba_core::ApiError;
 use amba_proto::methods::enrollment as methods;
 use amba_proto::methods::payout;
@@ -775,10 +775,6 @@ fn program_of_join_link(given: &str) -> String {
         Some((_, rest)) => rest.split(['/', '?', '#']).next().unwrap_or_default().to_owned(),
         None => given.to_owned(),
     }
-}
-
-pub fn non_empty(text: String) -> Option<String> {
-    (!text.is_empty()).then_some(text)
 }
 
 #[cfg(test)]

@@ -8,7 +8,6 @@ mod arguments;
 mod attribution;
 mod commission;
 
-pub use attribution::parse_time;
 mod enrollments;
 mod guide;
 mod identity;
@@ -101,29 +100,6 @@ pub fn require_principal(parts: &http::request::Parts) -> Result<Principal, Tool
     principal_of(parts).ok_or_else(|| tool_error(ApiError::unauthenticated("this tool needs a personal access token")))
 }
 
-/// The client address of an MCP request (behind trusted proxies, the forwarded one).
-pub fn client_ip(state: &EdgeState, parts: &http::request::Parts) -> Option<std::net::IpAddr> {
-    client_ip_of(state, &parts.extensions, &parts.headers)
-}
-
-/// The client address of an HTTP request (unspecified when the server gave no peer address).
-pub fn request_client_ip<B>(state: &EdgeState, request: &http::Request<B>) -> std::net::IpAddr {
-    client_ip_of(state, request.extensions(), request.headers())
-        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
-}
-
-fn client_ip_of(
-    state: &EdgeState,
-    extensions: &http::Extensions,
-    headers: &http::HeaderMap,
-) -> Option<std::net::IpAddr> {
-    let peer = extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()?
-        .0
-        .ip();
-    Some(state.trusted_proxies.client_ip(peer, headers))
-}
-
 fn context_principal(context: &RequestContext<RoleServer>) -> Option<Principal> {
     context.extensions.get::<http::request::Parts>().and_then(principal_of)
 }
@@ -206,7 +182,7 @@ impl ServerHandler for McpServer {
             let client = context
                 .extensions
                 .get::<http::request::Parts>()
-                .and_then(|parts| client_ip(&self.state, parts));
+                .and_then(|parts| crate::request::client_ip(&self.state, parts));
             if let Some(client) = client
                 && let Err(refusal) = self.state.limits.check_address(Budget::Public, client)
             {

@@ -1,7 +1,7 @@
 //! Notification tools: which e-mails an org gets, and what was sent to it.
 
-use super::programs::rfc3339;
 use super::{McpServer, ToolError, require_principal};
+use crate::request::rfc3339;
 use amba_proto::methods::notification as methods;
 use amba_proto::wire as pb;
 use rmcp::handler::server::tool::Extension;

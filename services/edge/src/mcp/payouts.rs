@@ -1,8 +1,8 @@
 //! Payout tools: an affiliate's payout account and onboarding, what it is owed, and the owner's
 //! payout runs. Money moves only through the payout service (Stripe Connect) and the ledger.
 
-use super::programs::rfc3339;
 use super::{McpServer, ToolError, require_principal};
+use crate::request::{rfc3339, rfc3339_or_null};
 use amba_proto::methods::payout as methods;
 use amba_proto::wire as pb;
 use rmcp::handler::server::tool::Extension;
@@ -281,11 +281,6 @@ fn account_view(account: pb::PayoutAccount, created: bool) -> PayoutAccountOutpu
     }
 }
 
-/// RFC 3339, or null for 0 (not known, or now).
-fn at(micros: i64) -> Option<String> {
-    (micros > 0).then(|| rfc3339(micros))
-}
-
 fn run_view(run: pb::PayoutRun, duplicate: bool) -> PayoutRunOutput {
     // A run answered whole (payout_run) carries no count: all its items are there.
     let items_total = run.items_total.max(u32::try_from(run.items.len()).unwrap_or(u32::MAX));
@@ -293,7 +288,7 @@ fn run_view(run: pb::PayoutRun, duplicate: bool) -> PayoutRunOutput {
     PayoutRunOutput {
         plan: is_plan.then(|| RunPlanView {
             threshold_minor: run.threshold_minor,
-            next_payable_at: at(run.next_payable_at_micros),
+            next_payable_at: rfc3339_or_null(run.next_payable_at_micros),
         }),
         outcome: run.outcome,
         items_total,
@@ -314,7 +309,7 @@ fn run_view(run: pb::PayoutRun, duplicate: bool) -> PayoutRunOutput {
                     reason_code: i.reason_code.clone(),
                     held_minor: i.held_minor,
                     payable_minor: i.payable_minor,
-                    payable_at: at(i.payable_at_micros),
+                    payable_at: rfc3339_or_null(i.payable_at_micros),
                 }),
                 payout_item_id: i.payout_item_id,
                 enrollment_id: i.enrollment_id,
@@ -445,8 +440,9 @@ impl McpServer {
             .filter(|t| *t > 0)
             .min()
             .unwrap_or(0);
-        let earliest =
-            |f: fn(&pb::PayoutQuote) -> i64| at(reply.quotes.iter().map(f).filter(|t| *t > 0).min().unwrap_or(0));
+        let earliest = |f: fn(&pb::PayoutQuote) -> i64| {
+            rfc3339_or_null(reply.quotes.iter().map(f).filter(|t| *t > 0).min().unwrap_or(0))
+        };
         Ok(Json(PayoutRequestOutput {
             next_release_at: earliest(|q| q.next_release_at_micros),
             payable_at: earliest(|q| q.payable_at_micros),
@@ -481,8 +477,8 @@ impl McpServer {
                     payout_schedule: q.payout_schedule,
                     blocked_reason: q.blocked_reason,
                     reason_code: q.reason_code,
-                    payable_at: at(q.payable_at_micros),
-                    next_release_at: at(q.next_release_at_micros),
+                    payable_at: rfc3339_or_null(q.payable_at_micros),
+                    next_release_at: rfc3339_or_null(q.next_release_at_micros),
                     next_release_minor: q.next_release_minor,
                     missing_minor: q.missing_minor,
                 })

@@ -1,4 +1,5 @@
 use super::{McpServer, ToolError, require_principal, tool_error};
+use crate::request::rfc3339;
 use amba_core::ApiError;
 use amba_proto::methods::enrollment as methods;
 use amba_proto::wire as pb;
@@ -364,10 +365,4 @@ fn program_view(p: pb::Program, public_url: &str) -> ProgramView {
 
 fn json_or_null(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or(serde_json::Value::Null)
-}
-
-pub fn rfc3339(micros: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(micros)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
 }

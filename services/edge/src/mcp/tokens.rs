@@ -1,6 +1,5 @@
-use super::enrollments::non_empty;
-use super::programs::rfc3339;
 use super::{McpServer, ToolError, require_principal, tool_error};
+use crate::request::{non_empty, rfc3339};
 use amba_core::ApiError;
 use amba_proto::methods::enrollment as methods;
 use amba_proto::wire as pb;
