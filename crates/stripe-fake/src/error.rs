@@ -6,7 +6,17 @@ use axum::http::StatusCode;
 use serde_json::{Map, Value, json};
 
 use crate::cards;
-use crate::payments::CheckoutRefusal;
+
+/// Why a hosted checkout page could not complete its session.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum CheckoutRefusal {
+    /// Never created, or already completed.
+    Unknown,
+    /// Past `expires_at`; the customer goes back to the session's `cancel_url`, if any.
+    Expired { cancel_url: Option<String> },
+    /// `?card=` names no test card.
+    UnknownCard(String),
+}
 
 /// An error of the fake's Rust API (`complete_onboarding`, `reverse_transfer`, ...).
 #[derive(Debug, thiserror::Error)]

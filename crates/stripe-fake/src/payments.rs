@@ -5,7 +5,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::cards::{self, Outcome, TestCard};
-use crate::error::ApiError;
+use crate::error::{ApiError, CheckoutRefusal};
 use crate::form::Form;
 use crate::state::{LIST_PARAMS, State, currency, matches, metadata, metadata_in, new_id, page, positive_amount};
 
@@ -15,17 +15,6 @@ pub(crate) const CHECKOUT_TTL: i64 = 86_400;
 const CHECKOUT_MIN_TTL: i64 = 1_800;
 /// Stripe's largest charge amount (eight digits).
 const MAX_AMOUNT: i64 = 99_999_999;
-
-/// Why a hosted checkout page could not complete its session.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum CheckoutRefusal {
-    /// Never created, or already completed.
-    Unknown,
-    /// Past `expires_at`; the customer goes back to the session's `cancel_url`, if any.
-    Expired { cancel_url: Option<String> },
-    /// `?card=` names no test card.
-    UnknownCard(String),
-}
 
 /// The payment method a payment intent is confirmed with, checked but not yet made.
 enum Chosen {
