@@ -40,6 +40,14 @@ pub struct Delivery {
     pub attempt: i64,
 }
 
+impl Delivery {
+    /// The event's domain and type from its subject (`("conversion", "approved")`); empty
+    /// strings for a subject that is not an event's.
+    pub fn event(&self) -> (&str, &str) {
+        crate::Namespace::parse_event(&self.subject).unwrap_or_default()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
     /// Worth retrying later (database or downstream briefly unavailable).

@@ -252,20 +252,6 @@ pub fn caller(principal: Option<pb::Principal>) -> Result<pb::Principal, ApiErro
         .ok_or_else(|| ApiError::unauthenticated("this operation needs a personal access token"))
 }
 
-/// A database failure as clients see it (the cause is logged, not shown).
-pub fn db_error(err: sqlx::Error) -> ApiError {
-    // Data exceptions (class 22: a NUL byte, a value out of range) are the caller's input that
-    // slipped past validation: a client error, never a 500.
-    if let sqlx::Error::Database(db) = &err
-        && db.code().is_some_and(|code| code.starts_with("22"))
-    {
-        tracing::warn!(error = %err, "input refused by the database");
-        return ApiError::invalid("a value is malformed or out of range");
-    }
-    tracing::error!(error = %err, "database error");
-    ApiError::internal()
-}
-
 /// Registers a service's methods: `routes!(RpcServer::new("x"), service, { "m" => handler, .. })`
 /// makes each `method` call `service.handler(request)` on a clone of `service`.
 #[macro_export]

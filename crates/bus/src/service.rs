@@ -1,12 +1,114 @@
-//! What every service's `run` needs: the NATS handles, its store, and one error type for start-up.
+//! One shape for every service: [`Service`] opens the service's store (migrating it when its
+//! role may), then runs its parts — consumers, the request/reply server, jobs — beside the outbox
+//! relays until shutdown. Also the NATS handles and the one error type for start-up.
 
 use crate::Namespace;
+use crate::consumer::{self, ConsumerSpec, Handler};
 use crate::outbox::{Relay, RelayWaker};
+use crate::rpc::RpcServer;
 use async_nats::jetstream;
+use futures::future::BoxFuture;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+/// A service being assembled: its store is open; [`Service::run`] starts every part added and
+/// the outbox relays, and any part failing stops the whole service (the process supervisor
+/// restarts it). Parts are boxed: built inline, their large state machines would sit on the
+/// stack of whoever polls the service first.
+pub struct Service {
+    pub bus: Bus,
+    pub pool: PgPool,
+    pub shutdown: CancellationToken,
+    /// Wakes the relays when a request commits events, so they go out without waiting for a poll.
+    pub waker: RelayWaker,
+    relays: usize,
+    parts: Vec<BoxFuture<'static, Result<(), RunError>>>,
+}
+
+impl Service {
+    /// Opens the service's schema-pinned pool of `max_connections` (see [`open_store`]).
+    pub async fn open(
+        database_url: &str,
+        schema: &'static str,
+        migrations: &Migrator,
+        max_connections: u32,
+        bus: Bus,
+        shutdown: CancellationToken,
+    ) -> Result<Service, RunError> {
+        let pool = open_store(database_url, schema, migrations, max_connections).await?;
+        Ok(Service {
+            bus,
+            pool,
+            shutdown,
+            waker: RelayWaker::default(),
+            relays: 1,
+            parts: Vec::new(),
+        })
+    }
+
+    pub fn ns(&self) -> &Namespace {
+        &self.bus.ns
+    }
+
+    /// Relays sharing the outbox, for services that publish a lot (default 1).
+    pub fn relays(mut self, relays: usize) -> Self {
+        self.relays = relays.max(1);
+        self
+    }
+
+    /// Applies the durable consumer `spec`'s messages with `handler` until shutdown.
+    pub fn consume<H: Handler>(self, spec: ConsumerSpec, handler: H) -> Self {
+        let run = consumer::run(
+            self.bus.js.clone(),
+            self.pool.clone(),
+            spec,
+            Arc::new(handler),
+            self.shutdown.clone(),
+        );
+        self.part(async move { run.await.map_err(RunError::from) })
+    }
+
+    /// Answers the server's methods until shutdown.
+    pub fn serve(self, server: RpcServer) -> Self {
+        let serve = server.serve(self.bus.nats.clone(), self.bus.ns.clone(), self.shutdown.clone());
+        self.part(async move { serve.await.map_err(RunError::from) })
+    }
+
+    /// Any other part (a job, a loop): it should end when [`Service::shutdown`] is cancelled.
+    pub fn part<E>(mut self, part: impl Future<Output = Result<(), E>> + Send + 'static) -> Self
+    where
+        RunError: From<E>,
+    {
+        self.parts
+            .push(Box::pin(async move { part.await.map_err(RunError::from) }));
+        self
+    }
+
+    /// Runs every part beside the relays until all have ended (after shutdown) or one fails.
+    pub async fn run(self) -> Result<(), RunError> {
+        let Service {
+            bus,
+            pool,
+            waker,
+            relays,
+            parts,
+            ..
+        } = self;
+        with_relays(pool, &bus, waker, relays, async move {
+            futures::future::try_join_all(parts).await.map(drop)
+        })
+        .await
+    }
+}
+
+impl From<std::convert::Infallible> for RunError {
+    fn from(never: std::convert::Infallible) -> Self {
+        match never {}
+    }
+}
 
 /// Connections to NATS, shared by the services of one process. Cheap to clone.
 #[derive(Clone)]

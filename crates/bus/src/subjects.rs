@@ -1,9 +1,8 @@
 //! Every subject, stream and consumer name, built here and nowhere else.
 //!
 //! A namespace prefix comes first so tenants and tests sharing one NATS server never see each
-//! other's traffic: `<ns>.rpc.<service>.<method>`, `<ns>.evt.<domain>.<type>`,
-//! `<ns>.ingest.<kind>.<shard>`. Stream and consumer names cannot contain dots, so they use
-//! `_` and upper case: `<NS>_EVT_ENROLLMENT`.
+//! other's traffic: `<ns>.rpc.<service>.<method>`, `<ns>.evt.<domain>.<type>`. Stream and
+//! consumer names cannot contain dots, so they use `_` and upper case: `<NS>_EVT_ENROLLMENT`.
 
 use std::fmt;
 
@@ -58,9 +57,12 @@ impl Namespace {
         format!("{}.evt.{domain}.>", self.0)
     }
 
-    /// `<ns>.ingest.<kind>.<shard>`
-    pub fn ingest(&self, kind: &str, shard: u32) -> String {
-        format!("{}.ingest.{kind}.{shard}", self.0)
+    /// An event subject's domain and type, read back: `<ns>.evt.conversion.approved` →
+    /// `("conversion", "approved")`. A type may hold dots (Stripe's `account.updated`); a
+    /// namespace never does. `None` for any other subject.
+    pub fn parse_event(subject: &str) -> Option<(&str, &str)> {
+        let (_namespace, rest) = subject.split_once('.')?;
+        rest.strip_prefix("evt.")?.split_once('.')
     }
 
     /// `<NS>_<NAME>` for streams: `events_stream("enrollment")` is `AMBA_EVT_ENROLLMENT`.
@@ -97,12 +99,29 @@ mod tests {
         assert_eq!(ns.rpc_wildcard("enrollment"), "amba.rpc.enrollment.*");
         assert_eq!(ns.event("program", "created"), "amba.evt.program.created");
         assert_eq!(ns.event_domain("program"), "amba.evt.program.>");
-        assert_eq!(ns.ingest("conversion", 3), "amba.ingest.conversion.3");
         assert_eq!(ns.events_stream("enrollment"), "AMBA_EVT_ENROLLMENT");
         assert_eq!(
             Namespace::new("t-1a")?.consumer("commission", "programs"),
             "T_1A_COMMISSION_PROGRAMS"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn event_subjects_read_back() -> Result<(), NamespaceError> {
+        let ns = Namespace::new("t-1a")?;
+        let subject = ns.event("conversion", "approved");
+        assert_eq!(Namespace::parse_event(&subject), Some(("conversion", "approved")));
+        let stripe = ns.event("stripe", "account.updated");
+        assert_eq!(Namespace::parse_event(&stripe), Some(("stripe", "account.updated")));
+        for other in [
+            ns.rpc("payout", "run"),
+            "amba.evt".to_owned(),
+            "amba.evt.x".to_owned(),
+            String::new(),
+        ] {
+            assert_eq!(Namespace::parse_event(&other), None, "{other}");
+        }
         Ok(())
     }
 

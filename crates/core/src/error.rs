@@ -175,6 +175,25 @@ impl ApiError {
     }
 }
 
+/// A database failure as clients see it, so `?` on a query answers with the typed error. The
+/// cause is logged with where the `?` stands (`at`), never shown: clients get INTERNAL. Data
+/// exceptions (class 22: a NUL byte, a value out of range) are the caller's input that slipped
+/// past validation: a client error, never a 500.
+impl From<sqlx::Error> for ApiError {
+    #[track_caller]
+    fn from(err: sqlx::Error) -> Self {
+        let at = std::panic::Location::caller();
+        if let sqlx::Error::Database(db) = &err
+            && db.code().is_some_and(|code| code.starts_with("22"))
+        {
+            tracing::warn!(error = %err, %at, "input refused by the database");
+            return ApiError::invalid("a value is malformed or out of range");
+        }
+        tracing::error!(error = %err, %at, "database error");
+        ApiError::internal()
+    }
+}
+
 impl From<crate::money::MoneyError> for ApiError {
     fn from(err: crate::money::MoneyError) -> Self {
         ApiError::invalid(err.to_string())
@@ -201,6 +220,15 @@ mod tests {
         assert_eq!(ErrorCode::PayoutsNotEnabled.status(), 503);
         assert_eq!(ErrorCode::IdempotencyMismatch.status(), 409);
         assert_eq!(ErrorCode::FundingRequired.status(), 402);
+    }
+
+    #[test]
+    fn database_errors_are_internal_unless_the_input_was_refused() {
+        let lost = ApiError::from(sqlx::Error::PoolTimedOut);
+        assert_eq!((lost.code, lost.status), (ErrorCode::Internal, 500));
+        assert_eq!(lost.message, "internal error; it has been logged");
+        let missing = ApiError::from(sqlx::Error::RowNotFound);
+        assert_eq!(missing.code, ErrorCode::Internal);
     }
 
     #[test]

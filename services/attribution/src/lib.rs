@@ -12,8 +12,8 @@ pub mod domain;
 pub mod rpc;
 pub mod store;
 
-use amba_bus::consumer::{self, ConsumerSpec};
-use amba_bus::outbox::RelayWaker;
+use amba_bus::consumer::ConsumerSpec;
+use amba_bus::service::Service;
 use amba_bus::{Bus, Namespace, RunError};
 use sqlx::migrate::Migrator;
 use std::sync::Arc;
@@ -47,42 +47,37 @@ pub fn consumer_specs(ns: &Namespace) -> [ConsumerSpec; 1] {
 
 /// Serves until `shutdown`; then drains requests and writers, and flushes the outbox.
 pub async fn run(database_url: &str, bus: Bus, shutdown: CancellationToken) -> Result<(), RunError> {
-    let pool = amba_bus::service::open_store(database_url, SCHEMA, &MIGRATIONS, 24).await?;
-    let waker = RelayWaker::default();
+    let service = Service::open(database_url, SCHEMA, &MIGRATIONS, 24, bus, shutdown)
+        .await?
+        .relays(RELAYS);
     let rules = Arc::new(actors::accrue::RuleCache::default());
     let deps = actors::writer::WriterDeps {
-        pool: pool.clone(),
-        ns: bus.ns.clone(),
-        waker: waker.clone(),
+        pool: service.pool.clone(),
+        ns: service.ns().clone(),
+        waker: service.waker.clone(),
         rules: rules.clone(),
     };
     let (writers, mut writer_tasks) = actors::writer::Writers::start(deps, WRITER_SHARDS);
-
-    let [facts] = consumer_specs(&bus.ns);
-    let consumer = tokio::spawn(consumer::run(
-        bus.js.clone(),
-        pool.clone(),
-        facts,
-        Arc::new(consumers::read_model::EnrollmentFacts),
-        shutdown.clone(),
-    ));
-    let service = rpc::Attribution::new(pool.clone(), bus.ns.clone(), waker.clone(), writers, rules);
-    let server = rpc::server(service).serve(bus.nats.clone(), bus.ns.clone(), shutdown);
-    amba_bus::service::with_relays(pool, &bus, waker, RELAYS, async {
-        let serving = async {
-            let served = server.await;
-            // The last `Writers` handle went with the server: writers finish their queues and stop.
-            while writer_tasks.join_next().await.is_some() {}
-            served.map_err(RunError::from)
-        };
-        // A read model that stopped following fails the service (and so the process) at once.
-        let following = async {
-            match consumer.await {
-                Ok(result) => result.map_err(RunError::from),
-                Err(err) => Err(RunError::Setup(format!("the read model consumer failed: {err}"))),
-            }
-        };
-        tokio::try_join!(serving, following).map(drop)
-    })
-    .await
+    let [facts] = consumer_specs(service.ns());
+    let attribution = rpc::Attribution::new(
+        service.pool.clone(),
+        service.ns().clone(),
+        service.waker.clone(),
+        writers,
+        rules,
+    );
+    let server =
+        rpc::server(attribution).serve(service.bus.nats.clone(), service.ns().clone(), service.shutdown.clone());
+    let serving = async move {
+        let served = server.await;
+        // The last `Writers` handle went with the server: writers finish their queues and stop.
+        while writer_tasks.join_next().await.is_some() {}
+        served
+    };
+    // A read model that stopped following fails the service (and so the process) at once.
+    service
+        .consume(facts, consumers::read_model::EnrollmentFacts)
+        .part(serving)
+        .run()
+        .await
 }

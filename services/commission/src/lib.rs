@@ -19,11 +19,10 @@ pub mod store;
 
 pub use jobs::sweep;
 
-use amba_bus::consumer::{self, ConsumerSpec};
-use amba_bus::outbox::RelayWaker;
+use amba_bus::consumer::ConsumerSpec;
+use amba_bus::service::Service;
 use amba_bus::{Bus, Namespace, RunError};
 use sqlx::migrate::Migrator;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -74,48 +73,36 @@ pub fn consumer_specs(ns: &Namespace) -> [ConsumerSpec; 2] {
     ]
 }
 
+/// What the platform decides for the commission service.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CommissionConfig {
+    /// Overrides paid upline to sponsors (`MULTI_LEVEL_ENABLED`).
+    pub multi_level_enabled: bool,
+}
+
 /// Consumes events, answers requests and releases holds until `shutdown`, then drains.
-/// `multi_level_enabled` is the platform flag `MULTI_LEVEL_ENABLED`.
 pub async fn run(
     database_url: &str,
     bus: Bus,
-    multi_level_enabled: bool,
+    config: CommissionConfig,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    let pool = amba_bus::service::open_store(database_url, SCHEMA, &MIGRATIONS, 24).await?;
-    let ns = bus.ns.clone();
-    let [enrollment_spec, attribution_spec] = consumer_specs(&ns);
-    let enrollment_events = consumer::run(
-        bus.js.clone(),
-        pool.clone(),
-        enrollment_spec,
-        Arc::new(consumers::EnrollmentEvents),
-        shutdown.clone(),
-    );
-    let attribution_events = consumer::run(
-        bus.js.clone(),
-        pool.clone(),
-        attribution_spec,
-        Arc::new(consumers::AttributionEvents {
-            multi_level_enabled,
-            ns: ns.clone(),
-        }),
-        shutdown.clone(),
-    );
-    let server = rpc::server(rpc::Commission::new(pool.clone())).serve(bus.nats.clone(), ns.clone(), shutdown.clone());
-    let sweep = sweep::run(pool.clone(), SWEEP_INTERVAL, shutdown.clone());
-    amba_bus::service::with_relay(pool, &bus, RelayWaker::default(), async move {
-        // Any part failing stops the service (the process supervisor restarts it).
-        tokio::try_join!(
-            async { enrollment_events.await.map_err(RunError::from) },
-            async { attribution_events.await.map_err(RunError::from) },
-            async { server.await.map_err(RunError::from) },
-            async {
-                sweep.await;
-                Ok(())
-            },
-        )
-        .map(|_| ())
-    })
-    .await
+    let service = Service::open(database_url, SCHEMA, &MIGRATIONS, 24, bus, shutdown).await?;
+    let [enrollment_spec, attribution_spec] = consumer_specs(service.ns());
+    let attribution_events = consumers::AttributionEvents {
+        multi_level_enabled: config.multi_level_enabled,
+        ns: service.ns().clone(),
+    };
+    let server = rpc::server(rpc::Commission::new(service.pool.clone()));
+    let sweep = sweep::run(service.pool.clone(), SWEEP_INTERVAL, service.shutdown.clone());
+    service
+        .consume(enrollment_spec, consumers::EnrollmentEvents)
+        .consume(attribution_spec, attribution_events)
+        .serve(server)
+        .part(async {
+            sweep.await;
+            Ok::<_, RunError>(())
+        })
+        .run()
+        .await
 }

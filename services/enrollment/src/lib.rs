@@ -1,13 +1,13 @@
 //! Enrollment: identity (accounts, orgs, personal access tokens) and programs with their
 //! versioned commission rules. It answers request/reply on `<ns>.rpc.enrollment.*` and
-//! announces every change as `program.*` (later `enrollment.*`, `code.*`) events through its
-//! outbox.
+//! announces every change as `identity.*`, `program.*`, `enrollment.*` and `code.*` events
+//! through its outbox.
 
 pub mod domain;
 pub mod rpc;
 pub mod store;
 
-use amba_bus::outbox::RelayWaker;
+use amba_bus::service::Service;
 use amba_bus::{Bus, RunError};
 use sqlx::migrate::Migrator;
 use tokio_util::sync::CancellationToken;
@@ -37,10 +37,8 @@ pub async fn run(
     config: EnrollmentConfig,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    let pool = amba_bus::service::open_store(database_url, SCHEMA, &MIGRATIONS, 16).await?;
-    let waker = RelayWaker::default();
-    let service =
-        rpc::Enrollment::new(pool.clone(), bus.ns.clone(), waker.clone()).with_platform_host(config.platform_host);
-    let server = rpc::server(service).serve(bus.nats.clone(), bus.ns.clone(), shutdown);
-    amba_bus::service::with_relay(pool, &bus, waker, async { server.await.map_err(RunError::from) }).await
+    let service = Service::open(database_url, SCHEMA, &MIGRATIONS, 16, bus, shutdown).await?;
+    let enrollment = rpc::Enrollment::new(service.pool.clone(), service.ns().clone(), service.waker.clone())
+        .with_platform_host(config.platform_host);
+    service.serve(rpc::server(enrollment)).run().await
 }

@@ -41,15 +41,8 @@ impl Default for Budgets {
     }
 }
 
-/// `<ns>.evt.<domain>.<kind>` → (domain, kind).
-fn kind_of(subject: &str) -> (&str, &str) {
-    let mut parts = subject.rsplitn(3, '.');
-    let kind = parts.next().unwrap_or_default();
-    let domain = parts.next().unwrap_or_default();
-    (domain, kind)
-}
-
 /// Every stream's events (one consumer per stream, the same handler).
+#[derive(Clone)]
 pub struct Events {
     /// What affiliate links in e-mails point to (`AMBA_PUBLIC_URL`).
     pub public_url: String,
@@ -59,7 +52,7 @@ pub struct Events {
 impl Handler for Events {
     async fn handle(&self, conn: &mut PgConnection, delivery: &Delivery) -> Result<(), HandlerError> {
         let payload = delivery.payload.as_ref();
-        match kind_of(&delivery.subject) {
+        match delivery.event() {
             ("program", _) => {
                 let event = pb::ProgramChanged::decode(payload)?;
                 if let Some(p) = event.program {
@@ -219,7 +212,7 @@ impl Handler for Events {
     /// affiliate's conversions: approvals claim its `first_commissions` rows, and a conversion's
     /// decision must follow its report (which it takes off the owner's waiting list).
     fn partition_key(&self, delivery: &Delivery) -> Option<String> {
-        match kind_of(&delivery.subject) {
+        match delivery.event() {
             ("enrollment", _) => pb::EnrollmentChanged::decode(delivery.payload.as_ref())
                 .ok()
                 .map(|e| e.program_owner_org_id),
@@ -620,7 +613,7 @@ fn frequency(setting: &store::Setting, kind: &str) -> Frequency {
 /// A newly approved conversion (`conversion.approved` not decided from pending, which also
 /// takes it off the owner's waiting list): what [`Events::later_commissions`] takes as a group.
 fn new_approval(delivery: &Delivery) -> Result<Option<pb::Conversion>, HandlerError> {
-    if kind_of(&delivery.subject) != ("conversion", "approved") {
+    if delivery.event() != ("conversion", "approved") {
         return Ok(None);
     }
     let event = pb::ConversionChanged::decode(delivery.payload.as_ref())?;

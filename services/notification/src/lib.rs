@@ -15,11 +15,10 @@ pub mod rpc;
 pub mod store;
 pub mod unsubscribe;
 
-use amba_bus::consumer::{self, ConsumerSpec};
-use amba_bus::outbox::RelayWaker;
+use amba_bus::consumer::ConsumerSpec;
+use amba_bus::service::Service;
 use amba_bus::{Bus, RunError};
 use sqlx::migrate::Migrator;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -90,48 +89,27 @@ pub async fn run(
     config: NotificationConfig,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    let pool = amba_bus::service::open_store(database_url, SCHEMA, &MIGRATIONS, 8).await?;
-    let ns = bus.ns.clone();
-    let handler = Arc::new(consumers::Events {
+    let mut service = Service::open(database_url, SCHEMA, &MIGRATIONS, 8, bus, shutdown).await?;
+    let handler = consumers::Events {
         public_url: config.public_url.clone(),
         budgets: config.budgets,
-    });
-    let mut consumers = Vec::new();
-    for spec in consumer_specs(&ns) {
-        consumers.push(Box::pin(consumer::run(
-            bus.js.clone(),
-            pool.clone(),
-            spec,
-            handler.clone(),
-            shutdown.clone(),
-        )));
+    };
+    for spec in consumer_specs(service.ns()) {
+        service = service.consume(spec, handler.clone());
     }
-    let server = Box::pin(
-        rpc::server(rpc::Notification {
-            pool: pool.clone(),
-            link_secret: config.link_secret.clone(),
-        })
-        .serve(bus.nats.clone(), ns.clone(), shutdown.clone()),
-    );
-    let sender = Box::pin(jobs::deliver(
+    let pool = service.pool.clone();
+    let server = rpc::server(rpc::Notification {
+        pool: pool.clone(),
+        link_secret: config.link_secret.clone(),
+    });
+    let sender = jobs::deliver(
         pool.clone(),
         config.transport.clone(),
         config.envelope.clone(),
         config.link_secret.clone(),
         config.send_interval,
-        shutdown.clone(),
-    ));
-    let digests = Box::pin(jobs::digests(pool.clone(), config.digest_interval, shutdown.clone()));
-    amba_bus::service::with_relay(pool, &bus, RelayWaker::default(), async move {
-        let consumers =
-            futures::future::try_join_all(consumers.into_iter().map(|c| async { c.await.map_err(RunError::from) }));
-        tokio::try_join!(
-            consumers,
-            async { server.await.map_err(RunError::from) },
-            async { sender.await.map_err(RunError::from) },
-            async { digests.await.map_err(RunError::from) }
-        )
-        .map(drop)
-    })
-    .await
+        service.shutdown.clone(),
+    );
+    let digests = jobs::digests(pool, config.digest_interval, service.shutdown.clone());
+    service.serve(server).part(sender).part(digests).run().await
 }

@@ -4,7 +4,7 @@
 use crate::domain::digest::{DIGEST_KINDS, Frequency, default_frequency};
 use crate::domain::templates::{DIGEST, KINDS};
 use crate::store;
-use amba_bus::rpc::{RpcServer, caller, db_error};
+use amba_bus::rpc::{RpcServer, caller};
 use amba_core::ApiError;
 use amba_proto::methods::notification as methods;
 use amba_proto::wire as pb;
@@ -32,8 +32,8 @@ impl Notification {
     pub async fn preferences(&self, request: pb::PreferencesRequest) -> Result<pb::PreferencesReply, ApiError> {
         let who = caller(request.caller)?;
         let program_id = request.program_id.trim();
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
-        if !program_id.is_empty() && !store::program_exists(&mut tx, program_id).await.map_err(db_error)? {
+        let mut tx = self.pool.begin().await?;
+        if !program_id.is_empty() && !store::program_exists(&mut tx, program_id).await? {
             return Err(ApiError::not_found(format!("program {program_id:?}")));
         }
         for change in &request.changes {
@@ -61,14 +61,10 @@ impl Notification {
             // Off keeps the chosen frequency for when the kind is turned on again.
             let enabled = frequency.map_or(change.enabled, |f| f != Frequency::Off);
             let stored = frequency.filter(|f| *f != Frequency::Off).map(Frequency::name);
-            store::set_preference(&mut tx, &who.org_id, &change.kind, program_id, enabled, stored)
-                .await
-                .map_err(db_error)?;
+            store::set_preference(&mut tx, &who.org_id, &change.kind, program_id, enabled, stored).await?;
         }
-        let settings = store::settings(&mut tx, &who.org_id, KINDS, program_id)
-            .await
-            .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
+        let settings = store::settings(&mut tx, &who.org_id, KINDS, program_id).await?;
+        tx.commit().await?;
         Ok(pb::PreferencesReply {
             preferences: KINDS
                 .iter()
@@ -111,8 +107,8 @@ impl Notification {
         } else {
             vec![kind.as_str()]
         };
-        let mut conn = self.pool.acquire().await.map_err(db_error)?;
-        store::turn_off(&mut conn, &org_id, &kinds).await.map_err(db_error)?;
+        let mut conn = self.pool.acquire().await?;
+        store::turn_off(&mut conn, &org_id, &kinds).await?;
         tracing::info!(%org_id, %kind, "unsubscribed by link");
         Ok(pb::UnsubscribeReply { kind })
     }
@@ -123,10 +119,8 @@ impl Notification {
         let who = caller(request.caller)?;
         let before = amba_core::cursor::decode(&request.cursor)?;
         let limit = amba_core::cursor::page_size(request.limit);
-        let mut conn = self.pool.acquire().await.map_err(db_error)?;
-        let mut rows = store::page(&mut conn, &who.org_id, before.as_deref(), i64::from(limit) + 1)
-            .await
-            .map_err(db_error)?;
+        let mut conn = self.pool.acquire().await?;
+        let mut rows = store::page(&mut conn, &who.org_id, before.as_deref(), i64::from(limit) + 1).await?;
         let next_cursor = if rows.len() > limit as usize {
             rows.truncate(limit as usize);
             rows.last()

@@ -44,19 +44,21 @@ pub struct OutsideEvents {
 
 impl Handler for OutsideEvents {
     async fn handle(&self, conn: &mut PgConnection, delivery: &Delivery) -> Result<(), HandlerError> {
-        let ns = &self.payout.settler.ns;
-        if delivery.subject == ns.event("settlement", "tick") {
-            let tick = pb::SettlementTick::decode(delivery.payload.as_ref())?;
-            let at = DateTime::from_timestamp_micros(tick.at_micros).unwrap_or_else(Utc::now);
-            return self.settle_due(conn, at).await;
-        }
-        // Only the edge's verified webhooks are Stripe events: anything else is no one's to apply
-        // here (the consumer's filters keep it out; NATS 2.9 ignores them).
-        if !delivery.subject.starts_with(&ns.event("stripe", "")) {
-            return Err(HandlerError::Permanent(format!(
-                "{} is neither a Stripe event nor a settlement tick",
-                delivery.subject
-            )));
+        match delivery.event() {
+            ("settlement", "tick") => {
+                let tick = pb::SettlementTick::decode(delivery.payload.as_ref())?;
+                let at = DateTime::from_timestamp_micros(tick.at_micros).unwrap_or_else(Utc::now);
+                return self.settle_due(conn, at).await;
+            }
+            // The edge's verified webhooks.
+            ("stripe", _) => {}
+            // No one's to apply here (the consumer's filters keep it out; NATS 2.9 ignores them).
+            _ => {
+                return Err(HandlerError::Permanent(format!(
+                    "{} is neither a Stripe event nor a settlement tick",
+                    delivery.subject
+                )));
+            }
         }
         let event: Value = serde_json::from_slice(&delivery.payload)
             .map_err(|e| HandlerError::Permanent(format!("Stripe event is not JSON: {e}")))?;
@@ -331,10 +333,7 @@ impl OutsideEvents {
         let owner = program.owner_org_id.as_str();
         crate::rpc::org_enabled(conn, owner).await?;
         let items = self.payout.plan_items(conn, program, &run.payout_run_id).await?.items;
-        let funding = store::funding_of_org(conn, owner)
-            .await
-            .map_err(amba_bus::rpc::db_error)?
-            .unwrap_or_default();
+        let funding = store::funding_of_org(conn, owner).await?.unwrap_or_default();
         let total = crate::rpc::charge_total(&items);
         crate::rpc::check_fundable(conn, owner, &program.currency, &funding, total).await?;
         run.funding = store::RunFunding::new(owner, &funding, &run.payout_run_id);

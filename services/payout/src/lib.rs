@@ -16,12 +16,11 @@ pub mod settle;
 pub mod store;
 pub mod stripe;
 
-use amba_bus::consumer::{self, ConsumerSpec};
-use amba_bus::outbox::RelayWaker;
+use amba_bus::consumer::ConsumerSpec;
 use amba_bus::rpc::RpcClient;
+use amba_bus::service::Service;
 use amba_bus::{Bus, RunError};
 use sqlx::migrate::Migrator;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -84,8 +83,8 @@ pub async fn run(
     config: PayoutConfig,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    let pool = amba_bus::service::open_store(database_url, SCHEMA, &MIGRATIONS, 8).await?;
-    let ns = bus.ns.clone();
+    let service = Service::open(database_url, SCHEMA, &MIGRATIONS, 8, bus, shutdown).await?;
+    let ns = service.ns().clone();
     let stripe = match &config.stripe {
         Some((base, key)) => Some(
             stripe::Stripe::new(base, key.expose(), config.stripe_timeout)
@@ -93,13 +92,12 @@ pub async fn run(
         ),
         None => None,
     };
-    let waker = RelayWaker::default();
     let settler = settle::Settler {
-        pool: pool.clone(),
-        rpc: RpcClient::new(bus.nats.clone(), ns.clone()),
+        pool: service.pool.clone(),
+        rpc: RpcClient::new(service.bus.nats.clone(), ns.clone()),
         stripe,
         ns: ns.clone(),
-        waker: waker.clone(),
+        waker: service.waker.clone(),
         unknown_grace: config.unknown_grace,
         payouts_live: config.payouts_live,
     };
@@ -108,34 +106,14 @@ pub async fn run(
         payouts_live: config.payouts_live,
     };
     let [programs_spec, outside_spec] = consumer_specs(&ns);
-    // Boxed: the consumers' and server's state machines are large; built inline they would sit
-    // on the stack of whoever polls this service first.
-    let programs = Box::pin(consumer::run(
-        bus.js.clone(),
-        pool.clone(),
-        programs_spec,
-        Arc::new(consumers::ProgramEvents),
-        shutdown.clone(),
-    ));
-    let outside = Box::pin(consumer::run(
-        bus.js.clone(),
-        pool.clone(),
-        outside_spec,
-        Arc::new(consumers::OutsideEvents { payout: payout.clone() }),
-        shutdown.clone(),
-    ));
-    let server = Box::pin(rpc::server(payout).serve(bus.nats.clone(), ns.clone(), shutdown.clone()));
-    let job = Box::pin(jobs::run(settler, config.job_interval, shutdown.clone()));
-    amba_bus::service::with_relay(pool, &bus, waker, async move {
-        tokio::try_join!(
-            async { programs.await.map_err(RunError::from) },
-            async { outside.await.map_err(RunError::from) },
-            async { server.await.map_err(RunError::from) },
-            async { job.await.map_err(RunError::from) },
-        )
-        .map(drop)
-    })
-    .await
+    let job = jobs::run(settler, config.job_interval, service.shutdown.clone());
+    service
+        .consume(programs_spec, consumers::ProgramEvents)
+        .consume(outside_spec, consumers::OutsideEvents { payout: payout.clone() })
+        .serve(rpc::server(payout))
+        .part(job)
+        .run()
+        .await
 }
 
 /// Publishes a settlement tick for `at` (`amba tick`, a CronJob, or `amba dev`'s clock). Every
@@ -184,7 +162,7 @@ pub async fn reconcile(
         rpc: RpcClient::new(bus.nats.clone(), bus.ns.clone()),
         stripe,
         ns: bus.ns.clone(),
-        waker: RelayWaker::default(),
+        waker: amba_bus::outbox::RelayWaker::default(),
         unknown_grace: config.unknown_grace,
         payouts_live: config.payouts_live,
     };

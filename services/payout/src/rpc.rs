@@ -3,10 +3,11 @@
 
 use crate::domain::plan::{self, Account, Balance, Release};
 use crate::domain::schedule;
+use crate::domain::status::ItemStatus;
 use crate::settle::{Settler, stripe_missing};
 use crate::store::{self, ItemRow, RunRow};
 use crate::stripe::StripeError;
-use amba_bus::rpc::{RpcServer, caller, db_error};
+use amba_bus::rpc::{RpcServer, caller};
 use amba_core::id::{PayoutAccountId, PayoutRunId};
 use amba_core::{ApiError, ErrorCode};
 use amba_proto::methods::{commission as ledger, payout as methods};
@@ -69,10 +70,8 @@ impl Payout {
         if request.org_ids.len() > 200 {
             return Err(ApiError::invalid("at most 200 org ids at once"));
         }
-        let mut conn = self.settler.pool.acquire().await.map_err(db_error)?;
-        let accounts = store::accounts_of_orgs(&mut conn, &request.org_ids)
-            .await
-            .map_err(db_error)?;
+        let mut conn = self.settler.pool.acquire().await?;
+        let accounts = store::accounts_of_orgs(&mut conn, &request.org_ids).await?;
         Ok(pb::AccountStatusesReply {
             statuses: accounts
                 .into_iter()
@@ -98,10 +97,8 @@ impl Payout {
             }
         };
         let stripe = self.stripe()?;
-        let mut tx = self.settler.pool.begin().await.map_err(db_error)?;
-        let account = store::lock_account(&mut tx, PayoutAccountId::new().as_str(), &who.org_id, &country)
-            .await
-            .map_err(db_error)?;
+        let mut tx = self.settler.pool.begin().await?;
+        let account = store::lock_account(&mut tx, PayoutAccountId::new().as_str(), &who.org_id, &country).await?;
         if account.stripe_account_id.is_some() {
             return Ok(pb::PayoutAccountReply {
                 account: Some(account.to_proto()),
@@ -124,9 +121,8 @@ impl Payout {
             created.transfers_active(),
             created.payouts_enabled,
         )
-        .await
-        .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
+        .await?;
+        tx.commit().await?;
         Ok(pb::PayoutAccountReply {
             account: Some(account.to_proto()),
             created: true,
@@ -141,10 +137,9 @@ impl Payout {
         let return_url = absolute_url("return_url", &request.return_url)?;
         let refresh_url = absolute_url("refresh_url", &request.refresh_url)?;
         let stripe = self.stripe()?;
-        let mut conn = self.settler.pool.acquire().await.map_err(db_error)?;
+        let mut conn = self.settler.pool.acquire().await?;
         let account = store::account_of_org(&mut conn, &who.org_id)
-            .await
-            .map_err(db_error)?
+            .await?
             .filter(|a| a.stripe_account_id.is_some())
             .ok_or_else(|| {
                 ApiError::not_found("payout account (create it first with amba_affiliate_my_payout_create)")
@@ -190,8 +185,8 @@ impl Payout {
             }
             cursor = page.next_cursor;
         }
-        let mut conn = self.settler.pool.acquire().await.map_err(db_error)?;
-        let account = store::account_of_org(&mut conn, &who.org_id).await.map_err(db_error)?;
+        let mut conn = self.settler.pool.acquire().await?;
+        let account = store::account_of_org(&mut conn, &who.org_id).await?;
         let account_state = account_state(account.as_ref());
         let mut quotes = Vec::new();
         for balance in balances {
@@ -207,7 +202,7 @@ impl Payout {
                     },
                 )
                 .await?;
-            let program = store::program(&mut conn, &balance.program_id).await.map_err(db_error)?;
+            let program = store::program(&mut conn, &balance.program_id).await?;
             let schedule_name = program
                 .as_ref()
                 .map(|p| p.payout_schedule.clone())
@@ -266,7 +261,7 @@ impl Payout {
     pub async fn run(&self, request: pb::PayoutRunRequest) -> Result<pb::PayoutRunReply, ApiError> {
         let who = caller(request.caller)?;
         let program_id = request.program_id.trim().to_owned();
-        let mut conn = self.settler.pool.acquire().await.map_err(db_error)?;
+        let mut conn = self.settler.pool.acquire().await?;
         let program = owned_program(
             &self.settler.rpc,
             &mut conn,
@@ -289,7 +284,7 @@ impl Payout {
         let key = amba_core::limits::key("idempotency_key", &request.idempotency_key)?;
         if !request.dry_run
             && let Some(key) = &key
-            && let Some(existing) = store::run_by_key(&mut conn, &program_id, key).await.map_err(db_error)?
+            && let Some(existing) = store::run_by_key(&mut conn, &program_id, key).await?
         {
             drop(conn);
             return self.reply(existing, true).await;
@@ -297,11 +292,8 @@ impl Payout {
         let run_id = PayoutRunId::new().to_string();
         let planned = self.plan_items(&mut conn, &program, &run_id).await?;
         let total = charge_total(&planned.items);
-        let funding = store::funding_of_org(&mut conn, &who.org_id)
-            .await
-            .map_err(db_error)?
-            .unwrap_or_default();
-        let nothing_to_pay = planned.items.iter().all(|i| i.status == "skipped");
+        let funding = store::funding_of_org(&mut conn, &who.org_id).await?.unwrap_or_default();
+        let nothing_to_pay = planned.items.iter().all(|i| i.status == ItemStatus::Skipped);
         // A dry run is the plan; so is a live run that would pay nobody: it stores no (empty)
         // run and charges nothing, and says why each affiliate is not paid and from when.
         if request.dry_run || nothing_to_pay {
@@ -341,10 +333,9 @@ impl Payout {
             }
             None => {
                 // A concurrent call with the same key won the insert.
-                let mut conn = self.settler.pool.acquire().await.map_err(db_error)?;
+                let mut conn = self.settler.pool.acquire().await?;
                 let existing = store::run_by_key(&mut conn, &program_id, &run.idempotency_key)
-                    .await
-                    .map_err(db_error)?
+                    .await?
                     .ok_or_else(ApiError::internal)?;
                 drop(conn);
                 self.reply(existing, true).await
@@ -358,7 +349,7 @@ impl Payout {
     #[tracing::instrument(skip_all, err(level = "info"))]
     pub async fn runs(&self, request: pb::PayoutRunsRequest) -> Result<pb::PayoutRunsReply, ApiError> {
         let who = caller(request.caller)?;
-        let mut conn = self.settler.pool.acquire().await.map_err(db_error)?;
+        let mut conn = self.settler.pool.acquire().await?;
         let program_id = request.program_id.trim();
         owned_program(
             &self.settler.rpc,
@@ -373,8 +364,7 @@ impl Payout {
         let run_id = request.payout_run_id.trim();
         if !run_id.is_empty() {
             let row = store::run(&mut conn, run_id)
-                .await
-                .map_err(db_error)?
+                .await?
                 .filter(|r| r.program_id == program_id)
                 .ok_or_else(|| ApiError::not_found(format!("payout run {run_id}")))?;
             let run = run_with_items(&mut conn, &row, after.as_deref(), limit).await?;
@@ -384,9 +374,7 @@ impl Payout {
                 next_cursor,
             });
         }
-        let mut rows = store::runs_page(&mut conn, program_id, after.as_deref(), i64::from(limit) + 1)
-            .await
-            .map_err(db_error)?;
+        let mut rows = store::runs_page(&mut conn, program_id, after.as_deref(), i64::from(limit) + 1).await?;
         let next_cursor = if rows.len() > limit as usize {
             rows.truncate(limit as usize);
             rows.last()
@@ -422,7 +410,7 @@ impl Payout {
             )
             .await?;
         let orgs: Vec<String> = quote.quotes.iter().map(|q| q.affiliate_org_id.clone()).collect();
-        let accounts = store::accounts_of_orgs(conn, &orgs).await.map_err(db_error)?;
+        let accounts = store::accounts_of_orgs(conn, &orgs).await?;
         let balances: Vec<Balance> = quote.quotes.iter().map(balance_of).collect();
         let threshold = quote.payout_threshold_minor;
         let lines = plan::plan(
@@ -465,7 +453,7 @@ impl Payout {
                 fee_minor: if paid { line.fee_minor } else { 0 },
                 debt_minor: line.debt_minor,
                 net_minor: if paid { line.net_minor } else { 0 },
-                status: if paid { "pending" } else { "skipped" }.into(),
+                status: if paid { ItemStatus::Pending } else { ItemStatus::Skipped },
                 reason: (!paid).then_some(outlook.reason),
                 stripe_transfer_id: None,
                 transfer_attempted: false,
@@ -479,15 +467,15 @@ impl Payout {
     /// Stores a run and its items (before any money moves); `None` when the key or period was
     /// already taken.
     pub async fn create(&self, run: &RunRow, mut items: Vec<ItemRow>) -> Result<Option<RunRow>, ApiError> {
-        let mut tx = self.settler.pool.begin().await.map_err(db_error)?;
-        if !store::insert_run(&mut tx, run).await.map_err(db_error)? {
+        let mut tx = self.settler.pool.begin().await?;
+        if !store::insert_run(&mut tx, run).await? {
             return Ok(None);
         }
         for item in &mut items {
             item.payout_run_id = run.payout_run_id.clone();
         }
-        store::insert_items(&mut tx, &items).await.map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
+        store::insert_items(&mut tx, &items).await?;
+        tx.commit().await?;
         Ok(Some(run.clone()))
     }
 
@@ -508,12 +496,12 @@ impl Payout {
         let program_id = request.program_id.trim().to_owned();
         let success_url = absolute_url("success_url", &request.success_url)?;
         let cancel_url = absolute_url("cancel_url", &request.cancel_url)?;
-        let mut conn = self.settler.pool.acquire().await.map_err(db_error)?;
+        let mut conn = self.settler.pool.acquire().await?;
         let program = owned_program(&self.settler.rpc, &mut conn, &who.org_id, &program_id, None).await?;
         drop(conn);
         let stripe = self.stripe()?;
-        let mut tx = self.settler.pool.begin().await.map_err(db_error)?;
-        let funding = store::lock_funding(&mut tx, &who.org_id).await.map_err(db_error)?;
+        let mut tx = self.settler.pool.begin().await?;
+        let funding = store::lock_funding(&mut tx, &who.org_id).await?;
         let customer = match funding.stripe_customer_id.clone() {
             Some(customer) => customer,
             None => {
@@ -522,13 +510,11 @@ impl Payout {
                     .create_customer(&who.org_id, &format!("funding_customer:{}", who.org_id))
                     .await
                     .map_err(stripe_error)?;
-                store::set_customer(&mut tx, &who.org_id, &created.id)
-                    .await
-                    .map_err(db_error)?;
+                store::set_customer(&mut tx, &who.org_id, &created.id).await?;
                 created.id
             }
         };
-        tx.commit().await.map_err(db_error)?;
+        tx.commit().await?;
         let key = format!("funding_setup:{}", amba_core::id::time_ordered_suffix());
         let session = stripe
             .setup_session(
@@ -552,11 +538,8 @@ impl Payout {
 
     /// The run as stored now (its funding moved on since it was created), with its items.
     async fn reply(&self, run: RunRow, duplicate: bool) -> Result<pb::PayoutRunReply, ApiError> {
-        let mut conn = self.settler.pool.acquire().await.map_err(db_error)?;
-        let run = store::run(&mut conn, &run.payout_run_id)
-            .await
-            .map_err(db_error)?
-            .unwrap_or(run);
+        let mut conn = self.settler.pool.acquire().await?;
+        let run = store::run(&mut conn, &run.payout_run_id).await?.unwrap_or(run);
         Ok(pb::PayoutRunReply {
             run: Some(run_with_items(&mut conn, &run, None, ITEMS_PER_RUN_REPLY).await?),
             duplicate,
@@ -608,7 +591,12 @@ fn plan_proto(
             .map(|(i, d)| {
                 let mut item = i.to_proto();
                 item.payout_item_id.clear();
-                item.status = if i.status == "skipped" { "skipped" } else { "planned" }.into();
+                item.status = if i.status == ItemStatus::Skipped {
+                    "skipped"
+                } else {
+                    "planned"
+                }
+                .into();
                 if item.reason.is_empty() {
                     item.reason = "will be paid".into();
                 }
@@ -675,13 +663,11 @@ async fn run_with_items(
     after: Option<&str>,
     limit: u32,
 ) -> Result<pb::PayoutRun, ApiError> {
-    let mut items = store::items_page(conn, &row.payout_run_id, after, i64::from(limit) + 1)
-        .await
-        .map_err(db_error)?;
+    let mut items = store::items_page(conn, &row.payout_run_id, after, i64::from(limit) + 1).await?;
     let more = items.len() > limit as usize;
     items.truncate(limit as usize);
-    let total = store::item_count(conn, &row.payout_run_id).await.map_err(db_error)?;
-    let mut run = run_proto(row, &items);
+    let total = store::item_count(conn, &row.payout_run_id).await?;
+    let mut run = row.to_proto(&items);
     run.items_total = u32::try_from(total).unwrap_or(u32::MAX);
     if more {
         run.items_next_cursor = items
@@ -704,7 +690,7 @@ async fn owned_program(
     instead: Option<&str>,
 ) -> Result<store::ProgramRow, ApiError> {
     let not_found = || ApiError::not_found(format!("program {program_id}"));
-    match store::program(conn, program_id).await.map_err(db_error)? {
+    match store::program(conn, program_id).await? {
         Some(program) if program.owner_org_id == org_id => Ok(program),
         Some(_) => {
             let request = pb::BalanceRequest {
@@ -746,7 +732,7 @@ const MY_PAYOUT_TOOL: &str = "amba_affiliate_my_payout_request";
 pub fn charge_total(items: &[ItemRow]) -> i64 {
     items
         .iter()
-        .filter(|i| i.status != "skipped")
+        .filter(|i| i.status != ItemStatus::Skipped)
         .map(|i| i.gross_minor)
         .sum()
 }
@@ -764,7 +750,7 @@ fn planned_funding(funding: &store::FundingRow, total: i64) -> pb::PayoutFunding
 
 /// The operator's per-org switch (on top of ORG_PAYOUTS_LIVE): 503 PAYOUTS_NOT_ENABLED when off.
 pub async fn org_enabled(conn: &mut PgConnection, org_id: &str) -> Result<Option<store::OrgPayouts>, ApiError> {
-    match store::org_payouts(conn, org_id).await.map_err(db_error)? {
+    match store::org_payouts(conn, org_id).await? {
         Some(settings) if settings.enabled => Ok(Some(settings)),
         _ => Err(ApiError::new(
             ErrorCode::PayoutsNotEnabled,
@@ -796,7 +782,7 @@ pub async fn check_fundable(
             "tool": "amba_affiliate_program_funding_setup",
         })));
     }
-    let Some(settings) = store::org_payouts(conn, org_id).await.map_err(db_error)? else {
+    let Some(settings) = store::org_payouts(conn, org_id).await? else {
         return Ok(());
     };
     if let Some(cap) = settings.cap_per_run_minor
@@ -809,7 +795,7 @@ pub async fn check_fundable(
         .with_details(serde_json::json!({"funding_required_minor": total, "cap_per_run_minor": cap})));
     }
     if let Some(cap) = settings.cap_per_day_minor {
-        let today = store::charged_today(conn, org_id, currency).await.map_err(db_error)?;
+        let today = store::charged_today(conn, org_id, currency).await?;
         if today.saturating_add(total) > cap {
             return Err(ApiError::new(
                 ErrorCode::PayoutCapExceeded,
@@ -826,24 +812,4 @@ pub async fn check_fundable(
         }
     }
     Ok(())
-}
-
-pub fn run_proto(run: &RunRow, items: &[ItemRow]) -> pb::PayoutRun {
-    pb::PayoutRun {
-        payout_run_id: run.payout_run_id.clone(),
-        program_id: run.program_id.clone(),
-        dry_run: false,
-        trigger: run.trigger.clone(),
-        period: run.period.clone().unwrap_or_default(),
-        currency: run.currency.clone(),
-        idempotency_key: run.idempotency_key.clone(),
-        items: items.iter().map(ItemRow::to_proto).collect(),
-        created_at_micros: run.created_at.timestamp_micros(),
-        funding: Some(run.funding.to_proto()),
-        funding_required_minor: run.funding.funding_minor,
-        items_total: u32::try_from(items.len()).unwrap_or(u32::MAX),
-        items_next_cursor: String::new(),
-        outcome: "recorded".into(),
-        ..Default::default()
-    }
 }

@@ -18,13 +18,14 @@
 //! Once every item is final the unused part of the charge is refunded and `payout.run_completed`
 //! tells the owner how the run ended (in the transaction that settles the funding: once per run).
 
+use crate::domain::status::{FundingStatus, ItemStatus};
 use crate::domain::summary;
 use crate::store::{self, ItemRow, RunFunding, RunRow};
 use crate::stripe::{ItemTransfer, RunCharge, Stripe, StripeError};
 use amba_bus::Namespace;
 use amba_bus::events::{OutboxEvent, new_meta};
 use amba_bus::outbox::RelayWaker;
-use amba_bus::rpc::{RpcClient, db_error};
+use amba_bus::rpc::RpcClient;
 use amba_core::{ApiError, ErrorCode};
 use amba_proto::methods::commission as ledger;
 use amba_proto::wire as pb;
@@ -61,40 +62,35 @@ impl Settler {
     pub async fn advance_run(&self, run_id: &str) -> Result<(), ApiError> {
         let stripe = self.stripe.as_ref().ok_or_else(stripe_missing)?;
         for _ in 0..4 {
-            let mut conn = self.pool.acquire().await.map_err(db_error)?;
+            let mut conn = self.pool.acquire().await?;
             let run = store::run(&mut conn, run_id)
-                .await
-                .map_err(db_error)?
+                .await?
                 .ok_or_else(|| ApiError::not_found(format!("payout run {run_id}")))?;
-            let items = store::items_of_run(&mut conn, run_id).await.map_err(db_error)?;
+            let items = store::items_of_run(&mut conn, run_id).await?;
             drop(conn);
-            let before = run.funding.funding_status.clone();
-            let stage = match before.as_str() {
-                "reserving" | "charging" => Stage::Reserve,
-                "succeeded" => Stage::Transfer(run.funding.charge_id.clone()),
-                "unfunded" => Stage::Transfer(None),
-                "failed" => Stage::Void(funding_failure_reason(&run.funding)),
-                _ => return Ok(()), // not_needed: nothing was reserved
+            let before = run.funding.funding_status;
+            let stage = match before {
+                FundingStatus::Reserving | FundingStatus::Charging => Stage::Reserve,
+                FundingStatus::Succeeded => Stage::Transfer(run.funding.charge_id.clone()),
+                FundingStatus::Unfunded => Stage::Transfer(None),
+                FundingStatus::Failed => Stage::Void(funding_failure_reason(&run.funding)),
+                FundingStatus::NotNeeded => return Ok(()), // nothing was reserved
             };
             let mut first_error = None;
-            for item in items
-                .iter()
-                .filter(|i| matches!(i.status.as_str(), "pending" | "reserved" | "unknown"))
-            {
+            for item in items.iter().filter(|i| i.status.in_flight()) {
                 if let Err(err) = self.advance_item(&item.payout_item_id, &stage).await {
                     tracing::warn!(payout_item_id = %item.payout_item_id, error = %err, "payout item not settled yet; the in-flight job retries");
                     first_error.get_or_insert(err);
                 }
             }
-            match before.as_str() {
-                "reserving" | "charging" => self.fund(stripe, &run).await?,
-                "succeeded" if first_error.is_none() => self.settle_funding(stripe, run_id).await?,
+            match before {
+                FundingStatus::Reserving | FundingStatus::Charging => self.fund(stripe, &run).await?,
+                FundingStatus::Succeeded if first_error.is_none() => self.settle_funding(stripe, run_id).await?,
                 _ => {}
             }
-            let mut conn = self.pool.acquire().await.map_err(db_error)?;
+            let mut conn = self.pool.acquire().await?;
             let after = store::run(&mut conn, run_id)
-                .await
-                .map_err(db_error)?
+                .await?
                 .map(|r| r.funding.funding_status)
                 .unwrap_or_default();
             if after == before {
@@ -111,32 +107,32 @@ impl Settler {
         let mut last = None;
         // pending → reserved → paid/failed/unknown, one committed step at a time.
         for _ in 0..4 {
-            let mut tx = self.pool.begin().await.map_err(db_error)?;
+            let mut tx = self.pool.begin().await?;
             let Some(mut item) = lock_free(&mut tx, item_id).await? else {
                 drop(tx);
-                let mut conn = self.pool.acquire().await.map_err(db_error)?;
+                let mut conn = self.pool.acquire().await?;
                 return store::item(&mut conn, item_id)
-                    .await
-                    .map_err(db_error)?
+                    .await?
                     .ok_or_else(|| ApiError::not_found(format!("payout item {item_id}")));
             };
-            let before = (item.status.clone(), item.transfer_attempted);
-            match (item.status.as_str(), stage) {
-                ("pending", Stage::Void(reason)) => {
-                    self.set(&mut tx, &mut item, "failed", Some(reason), None).await?;
+            let before = (item.status, item.transfer_attempted);
+            match (item.status, stage) {
+                (ItemStatus::Pending, Stage::Void(reason)) => {
+                    self.set(&mut tx, &mut item, ItemStatus::Failed, Some(reason), None)
+                        .await?;
                 }
-                ("pending", _) => self.reserve_step(&mut tx, &mut item).await?,
-                ("reserved", Stage::Transfer(charge)) => {
+                (ItemStatus::Pending, _) => self.reserve_step(&mut tx, &mut item).await?,
+                (ItemStatus::Reserved, Stage::Transfer(charge)) => {
                     self.transfer_step(&mut tx, stripe, &mut item, charge.as_deref())
                         .await?;
                 }
-                ("reserved", Stage::Void(reason)) => self.void(&mut tx, &mut item, reason, false).await?,
-                ("unknown", _) => self.lookup_step(&mut tx, stripe, &mut item).await?,
+                (ItemStatus::Reserved, Stage::Void(reason)) => self.void(&mut tx, &mut item, reason, false).await?,
+                (ItemStatus::Unknown, _) => self.lookup_step(&mut tx, stripe, &mut item).await?,
                 _ => {}
             }
-            tx.commit().await.map_err(db_error)?;
+            tx.commit().await?;
             self.waker.wake();
-            let moved = (item.status.clone(), item.transfer_attempted) != before;
+            let moved = (item.status, item.transfer_attempted) != before;
             last = Some(item);
             if !moved {
                 break;
@@ -149,46 +145,40 @@ impl Settler {
     /// to the owner (the key and amount committed first); an answer that was lost is looked up
     /// among the owner's PaymentIntents before the same request is sent again.
     async fn fund(&self, stripe: &Stripe, run: &RunRow) -> Result<(), ApiError> {
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
-        let Some(run) = store::lock_run_free(&mut tx, &run.payout_run_id)
-            .await
-            .map_err(db_error)?
-        else {
+        let mut tx = self.pool.begin().await?;
+        let Some(run) = store::lock_run_free(&mut tx, &run.payout_run_id).await? else {
             return Ok(()); // another settler is on it
         };
         let mut funding = run.funding.clone();
-        if funding.funding_status == "reserving" {
-            let items = store::items_of_run(&mut tx, &run.payout_run_id)
-                .await
-                .map_err(db_error)?;
-            if items.iter().any(|i| i.status == "pending") {
+        if funding.funding_status == FundingStatus::Reserving {
+            let items = store::items_of_run(&mut tx, &run.payout_run_id).await?;
+            if items.iter().any(|i| i.status == ItemStatus::Pending) {
                 return Ok(()); // a reservation is still to be made
             }
             let total: i64 = items
                 .iter()
-                .filter(|i| i.status == "reserved")
+                .filter(|i| i.status == ItemStatus::Reserved)
                 .map(|i| i.gross_minor)
                 .sum();
             funding.funding_minor = total;
-            funding.funding_status = if total > 0 { "charging" } else { "not_needed" }.into();
-            store::set_funding(&mut tx, &run.payout_run_id, &funding)
-                .await
-                .map_err(db_error)?;
-            tx.commit().await.map_err(db_error)?;
+            let next = if total > 0 {
+                FundingStatus::Charging
+            } else {
+                FundingStatus::NotNeeded
+            };
+            step(&run, &mut funding, next)?;
+            store::set_funding(&mut tx, &run.payout_run_id, &funding).await?;
+            tx.commit().await?;
             if total == 0 {
                 return Ok(());
             }
             // The charge's key and amount are stored: now the call may be made.
-            tx = self.pool.begin().await.map_err(db_error)?;
-            if store::lock_run_free(&mut tx, &run.payout_run_id)
-                .await
-                .map_err(db_error)?
-                .is_none()
-            {
+            tx = self.pool.begin().await?;
+            if store::lock_run_free(&mut tx, &run.payout_run_id).await?.is_none() {
                 return Ok(());
             }
         }
-        if funding.funding_status != "charging" {
+        if funding.funding_status != FundingStatus::Charging {
             return Ok(());
         }
         amba_bus::faults::pause_at("payout-before-charge").await;
@@ -198,7 +188,7 @@ impl Settler {
             funding.funding_key.clone(),
         ) else {
             // Runs are created only for funded owners; a row without these was damaged by hand.
-            funding.funding_status = "failed".into();
+            step(&run, &mut funding, FundingStatus::Failed)?;
             funding.funding_code = Some("FUNDING_FAILED".into());
             funding.decline_code = Some("no_payment_method".into());
             funding.funding_message = Some("the run has no saved payment method to charge".into());
@@ -235,19 +225,17 @@ impl Settler {
                 if intent.amount != funding.funding_minor {
                     tracing::error!(payout_run_id = %run.payout_run_id, charged = intent.amount, expected = funding.funding_minor, "the run's charge has another amount");
                 }
-                funding.funding_status = "succeeded".into();
+                step(&run, &mut funding, FundingStatus::Succeeded)?;
                 funding.payment_intent_id = Some(intent.id.clone());
                 funding.charge_id = intent.latest_charge.clone();
-                store::set_funding(&mut tx, &run.payout_run_id, &funding)
-                    .await
-                    .map_err(db_error)?;
-                tx.commit().await.map_err(db_error)?;
+                store::set_funding(&mut tx, &run.payout_run_id, &funding).await?;
+                tx.commit().await?;
                 Ok(())
             }
             // Still being processed (e.g. a bank debit): asked again later.
             Ok(intent) if intent.status == "processing" => self.touch_run(tx, &run, &funding).await,
             Ok(intent) => {
-                funding.funding_status = "failed".into();
+                step(&run, &mut funding, FundingStatus::Failed)?;
                 funding.payment_intent_id = Some(intent.id.clone());
                 funding.funding_code = Some("FUNDING_FAILED".into());
                 funding.decline_code = Some(intent.failure_code());
@@ -261,7 +249,7 @@ impl Settler {
                 message,
                 ..
             }) => {
-                funding.funding_status = "failed".into();
+                step(&run, &mut funding, FundingStatus::Failed)?;
                 funding.funding_code = Some("FUNDING_FAILED".into());
                 funding.decline_code = Some(
                     [decline_code, code, kind]
@@ -284,22 +272,23 @@ impl Settler {
     /// keyed by the run and looked up before it is sent again. Their commission is payable again,
     /// so a later run charges it again — and only once overall.
     async fn settle_funding(&self, stripe: &Stripe, run_id: &str) -> Result<(), ApiError> {
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
-        let Some(run) = store::lock_run_free(&mut tx, run_id).await.map_err(db_error)? else {
+        let mut tx = self.pool.begin().await?;
+        let Some(run) = store::lock_run_free(&mut tx, run_id).await? else {
             return Ok(());
         };
         let mut funding = run.funding.clone();
-        if funding.funding_status != "succeeded" || funding.funding_settled {
+        if funding.funding_status != FundingStatus::Succeeded || funding.funding_settled {
             return Ok(());
         }
-        let items = store::items_of_run(&mut tx, run_id).await.map_err(db_error)?;
-        if items
+        let items = store::items_of_run(&mut tx, run_id).await?;
+        if items.iter().any(|i| i.status.in_flight()) {
+            return Ok(());
+        }
+        let paid: i64 = items
             .iter()
-            .any(|i| matches!(i.status.as_str(), "pending" | "reserved" | "unknown"))
-        {
-            return Ok(());
-        }
-        let paid: i64 = items.iter().filter(|i| i.status == "paid").map(|i| i.gross_minor).sum();
+            .filter(|i| i.status == ItemStatus::Paid)
+            .map(|i| i.gross_minor)
+            .sum();
         let unused = funding.funding_minor - paid;
         if unused > 0 {
             let Some(charge) = funding.charge_id.clone() else {
@@ -333,9 +322,9 @@ impl Settler {
             }
         }
         funding.funding_settled = true;
-        store::set_funding(&mut tx, run_id, &funding).await.map_err(db_error)?;
+        store::set_funding(&mut tx, run_id, &funding).await?;
         self.run_completed(&mut tx, &run, &funding, &items).await?;
-        tx.commit().await.map_err(db_error)?;
+        tx.commit().await?;
         self.waker.wake();
         Ok(())
     }
@@ -351,7 +340,7 @@ impl Settler {
     ) -> Result<(), ApiError> {
         let summary = summary::summarize(
             items.iter().map(|i| summary::Item {
-                status: &i.status,
+                status: i.status,
                 gross_minor: i.gross_minor,
                 fee_minor: i.fee_minor,
                 debt_minor: i.debt_minor,
@@ -363,9 +352,9 @@ impl Settler {
             funding.refunded_minor,
         );
         tracing::info!(payout_run_id = %run.payout_run_id, paid = summary.paid_count, failed = summary.failed_count, refunded_minor = summary.refunded_minor, "payout run completed");
-        let program = store::program(tx, &run.program_id).await.map_err(db_error)?;
+        let program = store::program(tx, &run.program_id).await?;
         let meta = new_meta();
-        let mut run_proto = crate::rpc::run_proto(run, &[]);
+        let mut run_proto = run.to_proto(&[]);
         run_proto.funding = Some(funding.to_proto());
         run_proto.items_total = u32::try_from(items.len()).unwrap_or(u32::MAX);
         let body = pb::PayoutRunChanged {
@@ -386,12 +375,11 @@ impl Settler {
                 refunded_minor: summary.refunded_minor,
             }),
         };
-        amba_bus::outbox::enqueue(
+        Ok(amba_bus::outbox::enqueue(
             tx,
             &OutboxEvent::new(self.ns.event("payout", "run_completed"), &meta, &body),
         )
-        .await
-        .map_err(db_error)
+        .await?)
     }
 
     /// Records a failed charge and tells the owner (`payout.funding_failed`); the items are voided
@@ -403,12 +391,10 @@ impl Settler {
         funding: &RunFunding,
     ) -> Result<(), ApiError> {
         tracing::info!(payout_run_id = %run.payout_run_id, decline_code = ?funding.decline_code, "payout run not funded: nothing moves");
-        store::set_funding(&mut tx, &run.payout_run_id, funding)
-            .await
-            .map_err(db_error)?;
-        let program = store::program(&mut tx, &run.program_id).await.map_err(db_error)?;
+        store::set_funding(&mut tx, &run.payout_run_id, funding).await?;
+        let program = store::program(&mut tx, &run.program_id).await?;
         let meta = new_meta();
-        let mut run_proto = crate::rpc::run_proto(run, &[]);
+        let mut run_proto = run.to_proto(&[]);
         run_proto.funding = Some(funding.to_proto());
         let body = pb::PayoutRunChanged {
             meta: Some(meta.clone()),
@@ -422,9 +408,8 @@ impl Settler {
             &mut tx,
             &OutboxEvent::new(self.ns.event("payout", "funding_failed"), &meta, &body),
         )
-        .await
-        .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
+        .await?;
+        tx.commit().await?;
         self.waker.wake();
         Ok(())
     }
@@ -436,10 +421,8 @@ impl Settler {
         run: &RunRow,
         funding: &RunFunding,
     ) -> Result<(), ApiError> {
-        store::set_funding(&mut tx, &run.payout_run_id, funding)
-            .await
-            .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)
+        store::set_funding(&mut tx, &run.payout_run_id, funding).await?;
+        Ok(tx.commit().await?)
     }
 
     async fn reserve_step(&self, tx: &mut sqlx::PgConnection, item: &mut ItemRow) -> Result<(), ApiError> {
@@ -450,11 +433,11 @@ impl Settler {
             other => other,
         };
         match reserved {
-            Ok(()) => self.set(tx, item, "reserved", None, None).await,
+            Ok(()) => self.set(tx, item, ItemStatus::Reserved, None, None).await,
             Err(err) if err.code == ErrorCode::Conflict => {
                 // The payable balance changed since the plan (e.g. a clawback): nothing reserved.
                 let reason = format!("not paid: {}", err.message);
-                self.set(tx, item, "failed", Some(&reason), None).await?;
+                self.set(tx, item, ItemStatus::Failed, Some(&reason), None).await?;
                 self.announce(tx, item, "failed").await
             }
             Err(err) => Err(err),
@@ -475,8 +458,7 @@ impl Settler {
             sqlx::query("UPDATE payout_items SET transfer_attempted = true WHERE payout_item_id = $1")
                 .bind(&item.payout_item_id)
                 .execute(&mut *tx)
-                .await
-                .map_err(db_error)?;
+                .await?;
             item.transfer_attempted = true;
             return Ok(()); // committed by the caller; the next step sends
         }
@@ -554,7 +536,7 @@ impl Settler {
         self.set(
             tx,
             item,
-            "unknown",
+            ItemStatus::Unknown,
             Some("the transfer's outcome is not known yet"),
             None,
         )
@@ -566,8 +548,7 @@ impl Settler {
         sqlx::query("UPDATE payout_items SET updated_at = now() WHERE payout_item_id = $1")
             .bind(&item.payout_item_id)
             .execute(tx)
-            .await
-            .map_err(db_error)?;
+            .await?;
         Ok(())
     }
 
@@ -578,10 +559,10 @@ impl Settler {
         item_id: &str,
         transfer_id: &str,
     ) -> Result<bool, ApiError> {
-        let Some(mut item) = store::lock_item(conn, item_id).await.map_err(db_error)? else {
+        let Some(mut item) = store::lock_item(conn, item_id).await? else {
             return Ok(false); // not one of ours
         };
-        if matches!(item.status.as_str(), "reserved" | "unknown") {
+        if matches!(item.status, ItemStatus::Reserved | ItemStatus::Unknown) {
             self.paid(conn, &mut item, transfer_id).await?;
             return Ok(true);
         }
@@ -617,13 +598,12 @@ impl Settler {
                 },
             )
             .await?;
-        self.set(conn, item, "paid", None, Some(transfer_id)).await?;
+        self.set(conn, item, ItemStatus::Paid, None, Some(transfer_id)).await?;
         item.reason = None;
         sqlx::query("UPDATE payout_items SET reason = NULL WHERE payout_item_id = $1")
             .bind(&item.payout_item_id)
             .execute(&mut *conn)
-            .await
-            .map_err(db_error)?;
+            .await?;
         self.announce(conn, item, "sent").await
     }
 
@@ -646,7 +626,7 @@ impl Settler {
                 },
             )
             .await?;
-        self.set(conn, item, "failed", Some(reason), None).await?;
+        self.set(conn, item, ItemStatus::Failed, Some(reason), None).await?;
         if tell {
             self.announce(conn, item, "failed").await?;
         }
@@ -657,14 +637,16 @@ impl Settler {
         &self,
         conn: &mut sqlx::PgConnection,
         item: &mut ItemRow,
-        status: &str,
+        status: ItemStatus,
         reason: Option<&str>,
         transfer_id: Option<&str>,
     ) -> Result<(), ApiError> {
-        store::set_item(conn, &item.payout_item_id, status, reason, transfer_id)
-            .await
-            .map_err(db_error)?;
-        item.status = status.to_owned();
+        if !item.status.can_become(status) {
+            tracing::error!(payout_item_id = %item.payout_item_id, from = %item.status, to = %status, "payout item step refused");
+            return Err(ApiError::internal());
+        }
+        store::set_item(conn, &item.payout_item_id, status, reason, transfer_id).await?;
+        item.status = status;
         if let Some(reason) = reason {
             item.reason = Some(reason.to_owned());
         }
@@ -680,8 +662,7 @@ impl Settler {
         )
         .bind(&item.payout_item_id)
         .fetch_optional(conn)
-        .await
-        .map_err(db_error)?;
+        .await?;
         Ok(since.is_some_and(|s| s >= self.unknown_grace.as_secs_f64()))
     }
 
@@ -695,10 +676,18 @@ impl Settler {
             currency: item.currency.clone(),
             item: Some(item.to_proto()),
         };
-        amba_bus::outbox::enqueue(conn, &OutboxEvent::new(self.ns.event("payout", kind), &meta, &body))
-            .await
-            .map_err(db_error)
+        Ok(amba_bus::outbox::enqueue(conn, &OutboxEvent::new(self.ns.event("payout", kind), &meta, &body)).await?)
     }
+}
+
+/// Moves a run's charge to `next`, if that is a step of [`FundingStatus::can_become`].
+fn step(run: &RunRow, funding: &mut RunFunding, next: FundingStatus) -> Result<(), ApiError> {
+    if !funding.funding_status.can_become(next) {
+        tracing::error!(payout_run_id = %run.payout_run_id, from = %funding.funding_status, to = %next, "payout run charge step refused");
+        return Err(ApiError::internal());
+    }
+    funding.funding_status = next;
+    Ok(())
 }
 
 pub fn stripe_missing() -> ApiError {
@@ -709,14 +698,13 @@ pub fn stripe_missing() -> ApiError {
 
 /// Locks an item unless another settler holds it.
 async fn lock_free(tx: &mut sqlx::PgConnection, item_id: &str) -> Result<Option<ItemRow>, ApiError> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "{} WHERE payout_item_id = $1 FOR UPDATE SKIP LOCKED",
         store::ITEM
     )))
     .bind(item_id)
     .fetch_optional(tx)
-    .await
-    .map_err(db_error)
+    .await?)
 }
 
 /// What a failed charge leaves on each of the run's items.

@@ -1,5 +1,6 @@
 //! The payout schema: the programs read model, payout accounts, runs, items and Stripe events.
 
+use crate::domain::status::{FundingStatus, ItemStatus};
 use amba_proto::wire as pb;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
@@ -195,11 +196,35 @@ pub struct RunRow {
     pub funding: RunFunding,
 }
 
+impl RunRow {
+    /// The run as recorded, with `items` (all of them, or none when the caller pages them).
+    pub fn to_proto(&self, items: &[ItemRow]) -> pb::PayoutRun {
+        pb::PayoutRun {
+            payout_run_id: self.payout_run_id.clone(),
+            program_id: self.program_id.clone(),
+            dry_run: false,
+            trigger: self.trigger.clone(),
+            period: self.period.clone().unwrap_or_default(),
+            currency: self.currency.clone(),
+            idempotency_key: self.idempotency_key.clone(),
+            items: items.iter().map(ItemRow::to_proto).collect(),
+            created_at_micros: self.created_at.timestamp_micros(),
+            funding: Some(self.funding.to_proto()),
+            funding_required_minor: self.funding.funding_minor,
+            items_total: u32::try_from(items.len()).unwrap_or(u32::MAX),
+            items_next_cursor: String::new(),
+            outcome: "recorded".into(),
+            ..Default::default()
+        }
+    }
+}
+
 /// A run's charge (see migrations/0003_funding.sql for the states).
 #[derive(Debug, Clone, Default, sqlx::FromRow)]
 pub struct RunFunding {
     pub owner_org_id: Option<String>,
-    pub funding_status: String,
+    #[sqlx(try_from = "String")]
+    pub funding_status: FundingStatus,
     pub funding_minor: i64,
     pub funding_key: Option<String>,
     pub stripe_customer_id: Option<String>,
@@ -221,7 +246,7 @@ impl RunFunding {
     pub fn new(owner_org_id: &str, funding: &FundingRow, run_id: &str) -> RunFunding {
         RunFunding {
             owner_org_id: Some(owner_org_id.to_owned()),
-            funding_status: "reserving".into(),
+            funding_status: FundingStatus::Reserving,
             funding_key: Some(format!("payout_run:{run_id}:charge")),
             stripe_customer_id: funding.stripe_customer_id.clone(),
             payment_method_id: funding.payment_method_id.clone(),
@@ -231,7 +256,7 @@ impl RunFunding {
 
     pub fn to_proto(&self) -> pb::PayoutFunding {
         pb::PayoutFunding {
-            status: self.funding_status.clone(),
+            status: self.funding_status.as_str().to_owned(),
             amount_minor: self.funding_minor,
             payment_intent_id: self.payment_intent_id.clone().unwrap_or_default(),
             charge_id: self.charge_id.clone().unwrap_or_default(),
@@ -256,7 +281,8 @@ pub struct ItemRow {
     pub fee_minor: i64,
     pub debt_minor: i64,
     pub net_minor: i64,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: ItemStatus,
     pub reason: Option<String>,
     pub stripe_account_id: Option<String>,
     pub stripe_transfer_id: Option<String>,
@@ -281,7 +307,7 @@ impl ItemRow {
             fee_minor: self.fee_minor,
             debt_minor: self.debt_minor,
             net_minor: self.net_minor,
-            status: self.status.clone(),
+            status: self.status.as_str().to_owned(),
             reason: self.reason.clone().unwrap_or_default(),
             stripe_transfer_id: self.stripe_transfer_id.clone().unwrap_or_default(),
             ..Default::default()
@@ -321,7 +347,7 @@ pub async fn insert_run(conn: &mut PgConnection, run: &RunRow) -> Result<bool, s
     .bind(&run.idempotency_key)
     .bind(run.created_at)
     .bind(&run.funding.owner_org_id)
-    .bind(&run.funding.funding_status)
+    .bind(run.funding.funding_status.as_str())
     .bind(&run.funding.funding_key)
     .bind(&run.funding.stripe_customer_id)
     .bind(&run.funding.payment_method_id)
@@ -347,7 +373,7 @@ pub async fn insert_items(conn: &mut PgConnection, items: &[ItemRow]) -> Result<
         .bind(item.fee_minor)
         .bind(item.debt_minor)
         .bind(item.net_minor)
-        .bind(&item.status)
+        .bind(item.status.as_str())
         .bind(&item.reason)
         .bind(&item.stripe_account_id)
         .bind(&item.transfer_group)
@@ -411,7 +437,7 @@ pub async fn lock_item(conn: &mut PgConnection, item_id: &str) -> Result<Option<
 pub async fn set_item(
     conn: &mut PgConnection,
     item_id: &str,
-    status: &str,
+    status: ItemStatus,
     reason: Option<&str>,
     transfer_id: Option<&str>,
 ) -> Result<(), sqlx::Error> {
@@ -420,7 +446,7 @@ pub async fn set_item(
          stripe_transfer_id = COALESCE($4, stripe_transfer_id), updated_at = now() WHERE payout_item_id = $1",
     )
     .bind(item_id)
-    .bind(status)
+    .bind(status.as_str())
     .bind(reason)
     .bind(transfer_id)
     .execute(conn)
@@ -488,7 +514,7 @@ pub async fn set_funding(conn: &mut PgConnection, run_id: &str, f: &RunFunding) 
          funding_settled = $11, funding_updated_at = now() WHERE payout_run_id = $1",
     )
     .bind(run_id)
-    .bind(&f.funding_status)
+    .bind(f.funding_status.as_str())
     .bind(f.funding_minor)
     .bind(&f.payment_intent_id)
     .bind(&f.charge_id)

@@ -10,9 +10,7 @@ pub struct EnrollmentFacts;
 
 impl Handler for EnrollmentFacts {
     async fn handle(&self, conn: &mut PgConnection, delivery: &Delivery) -> Result<(), HandlerError> {
-        // Subjects are `<ns>.evt.<domain>.<type>`.
-        let domain = delivery.subject.rsplit('.').nth(1).unwrap_or_default();
-        match domain {
+        match delivery.event().0 {
             "program" => {
                 let event = pb::ProgramChanged::decode(delivery.payload.clone())?;
                 let program = event

@@ -1,4 +1,4 @@
-use super::{Attribution, caller, db_error};
+use super::{Attribution, caller};
 use crate::actors::accrue::{self, Approval};
 use crate::actors::writer::{Submission, event};
 use crate::domain::export;
@@ -153,7 +153,7 @@ impl Attribution {
                 ));
             }
         };
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = self.pool.begin().await?;
         let (mut row, program) = self.owned(&mut tx, conversion_id.as_str(), &who.org_id, true).await?;
         let enrollment = resolve_target(&mut tx, &target, &row.program_id).await?;
         if row.status != "unattributed" {
@@ -183,8 +183,7 @@ impl Attribution {
         // or the first conversion that binds the customer (an existing binding is kept).
         let binding = match &row.customer_ref {
             Some(customer) => store::read_model::bindings(&mut tx, &[(row.program_id.clone(), customer.clone())])
-                .await
-                .map_err(db_error)?
+                .await?
                 .remove(&(row.program_id.clone(), customer.clone())),
             None => None,
         };
@@ -203,8 +202,7 @@ impl Attribution {
                     row.occurred_at,
                 )],
             )
-            .await
-            .map_err(db_error)?;
+            .await?;
         }
         row.attribution = "assigned".into();
         row.enrollment_id = Some(enrollment.enrollment_id.clone());
@@ -218,8 +216,7 @@ impl Attribution {
             let now = Utc::now();
             let version =
                 store::read_model::version_at(&mut tx, &row.program_id, row.occurred_at, program.commission_version)
-                    .await
-                    .map_err(db_error)?;
+                    .await?;
             let priced = self.price_one(&mut tx, &row, version, now).await?;
             row.status = "approved".into();
             row.decided_at = Some(now);
@@ -232,11 +229,9 @@ impl Attribution {
             row.status = "pending".into();
             "recorded"
         };
-        store::conversions::assign(&mut tx, &row).await.map_err(db_error)?;
-        amba_bus::outbox::enqueue(&mut tx, &event(&self.ns, kind, &row.to_proto(), "unattributed"))
-            .await
-            .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
+        store::conversions::assign(&mut tx, &row).await?;
+        amba_bus::outbox::enqueue(&mut tx, &event(&self.ns, kind, &row.to_proto(), "unattributed")).await?;
+        tx.commit().await?;
         self.waker.wake();
         Ok(pb::AssignConversionReply {
             conversion: Some(row.to_proto()),
@@ -262,7 +257,7 @@ impl Attribution {
             0 => EXPORT_PAGE_ROWS,
             n => n.min(EXPORT_PAGE_ROWS),
         };
-        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        let mut conn = self.pool.acquire().await?;
         owned_program(&mut conn, program_id.as_str(), &who.org_id, MY_CONVERSIONS_TOOL).await?;
         let rows = store::conversions::export_page(
             &mut conn,
@@ -272,8 +267,7 @@ impl Attribution {
             after.as_ref().map(|(at, id)| (*at, id.as_str())),
             i64::from(page_rows) + 1,
         )
-        .await
-        .map_err(db_error)?;
+        .await?;
         let mut csv = export::header();
         let mut count: u32 = 0;
         let mut last: Option<&ConversionRow> = None;
@@ -328,13 +322,11 @@ impl Attribution {
         let conversion_id = ConversionId::parse(&request.conversion_id)?;
         let reason = request.reason.clone();
         let key = Some(non_empty(&request.idempotency_key).unwrap_or_else(|| natural_clawback_key(&request)));
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = self.pool.begin().await?;
         let row = self.owned(&mut tx, conversion_id.as_str(), &who.org_id, true).await?.0;
         if let Some(key) = &key
             && let Some((clawback_id, refund, _)) =
-                store::conversions::clawback_by_key(&mut tx, conversion_id.as_str(), key)
-                    .await
-                    .map_err(db_error)?
+                store::conversions::clawback_by_key(&mut tx, conversion_id.as_str(), key).await?
         {
             if request.amount_minor != 0 && request.amount_minor != refund {
                 return Err(ApiError::new(
@@ -381,11 +373,9 @@ impl Attribution {
             &reason,
             key.as_deref(),
         )
-        .await
-        .map_err(db_error)?;
+        .await?;
         let after = store::conversions::get(&mut tx, conversion_id.as_str(), false)
-            .await
-            .map_err(db_error)?
+            .await?
             .ok_or_else(ApiError::internal)?;
         let meta = new_meta();
         let body = pb::ConversionClawedBack {
@@ -399,9 +389,8 @@ impl Attribution {
             &mut tx,
             &OutboxEvent::new(self.ns.event("conversion", "clawed_back"), &meta, &body),
         )
-        .await
-        .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
+        .await?;
+        tx.commit().await?;
         self.waker.wake();
         Ok(pb::ClawbackReply {
             conversion: Some(after.to_proto()),
@@ -427,7 +416,7 @@ impl Attribution {
         }
         let after = cursor::decode(&request.cursor)?;
         let limit = cursor::page_size(request.limit);
-        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        let mut conn = self.pool.acquire().await?;
         let filter = if request.mine {
             store::conversions::ListFilter {
                 program_id: program_id.as_ref().map(|p| p.as_str()),
@@ -445,9 +434,7 @@ impl Attribution {
                 status: status.as_deref(),
             }
         };
-        let rows = store::conversions::list(&mut conn, &filter, after.as_deref(), limit + 1)
-            .await
-            .map_err(db_error)?;
+        let rows = store::conversions::list(&mut conn, &filter, after.as_deref(), limit + 1).await?;
         let more = rows.len() > limit as usize;
         let conversions: Vec<pb::Conversion> = rows.iter().take(limit as usize).map(ConversionRow::to_proto).collect();
         let next_cursor = match conversions.last() {
@@ -471,12 +458,9 @@ impl Attribution {
     ) -> Result<(ConversionRow, crate::domain::report::ProgramFacts), ApiError> {
         let not_found = || ApiError::not_found(format!("conversion {conversion_id}"));
         let row = store::conversions::get(conn, conversion_id, lock)
-            .await
-            .map_err(db_error)?
+            .await?
             .ok_or_else(not_found)?;
-        let programs = store::read_model::programs(conn, std::slice::from_ref(&row.program_id))
-            .await
-            .map_err(db_error)?;
+        let programs = store::read_model::programs(conn, std::slice::from_ref(&row.program_id)).await?;
         match programs.get(&row.program_id) {
             Some(program) if program.owner_org_id == org_id => Ok((row, program.clone())),
             Some(_) => {
@@ -503,7 +487,7 @@ impl Attribution {
         repeat_ok: bool,
     ) -> Result<(ConversionRow, bool), ApiError> {
         let conversion_id = ConversionId::parse(conversion_id.trim())?;
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = self.pool.begin().await?;
         let (mut row, program) = self.owned(&mut tx, conversion_id.as_str(), org_id, true).await?;
         if repeat_ok && row.status == verdict.status() {
             return Ok((row, false));
@@ -518,9 +502,7 @@ impl Attribution {
         match verdict {
             Verdict::Approve => {
                 let enrollment_id = row.enrollment_id.clone().ok_or_else(ApiError::internal)?;
-                let enrollment = store::read_model::enrollment(&mut tx, &enrollment_id)
-                    .await
-                    .map_err(db_error)?;
+                let enrollment = store::read_model::enrollment(&mut tx, &enrollment_id).await?;
                 if enrollment.as_ref().is_none_or(|e| e.status != "active") {
                     return Err(ApiError::conflict(
                         "the affiliate's enrollment is no longer active; reject the conversion instead",
@@ -539,11 +521,9 @@ impl Attribution {
         }
         row.status = verdict.status().into();
         row.decided_at = Some(now);
-        store::conversions::decide(&mut tx, &row).await.map_err(db_error)?;
-        amba_bus::outbox::enqueue(&mut tx, &event(&self.ns, verdict.status(), &row.to_proto(), "pending"))
-            .await
-            .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
+        store::conversions::decide(&mut tx, &row).await?;
+        amba_bus::outbox::enqueue(&mut tx, &event(&self.ns, verdict.status(), &row.to_proto(), "pending")).await?;
+        tx.commit().await?;
         self.waker.wake();
         Ok((row, true))
     }
@@ -582,9 +562,7 @@ const MY_CONVERSIONS_TOOL: &str = "amba_affiliate_my_conversions_list";
 /// Checks that the caller's org owns the program: FORBIDDEN (naming `instead`) for an org
 /// enrolled in it, NOT_FOUND for anyone else and for an unknown program.
 async fn owned_program(conn: &mut PgConnection, program_id: &str, org_id: &str, instead: &str) -> Result<(), ApiError> {
-    let programs = store::read_model::programs(conn, &[program_id.to_owned()])
-        .await
-        .map_err(db_error)?;
+    let programs = store::read_model::programs(conn, &[program_id.to_owned()]).await?;
     match programs.get(program_id) {
         Some(program) if program.owner_org_id == org_id => Ok(()),
         Some(_) => {
@@ -602,12 +580,13 @@ async fn owned_program(conn: &mut PgConnection, program_id: &str, org_id: &str, 
 /// Whether the org has an enrollment in the program, whatever its status: it learned of the
 /// program through it, so an owner-only refusal may say why.
 async fn enrolled(conn: &mut PgConnection, program_id: &str, org_id: &str) -> Result<bool, ApiError> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM enrollments_view WHERE program_id = $1 AND affiliate_org_id = $2)")
-        .bind(program_id)
-        .bind(org_id)
-        .fetch_one(conn)
-        .await
-        .map_err(db_error)
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM enrollments_view WHERE program_id = $1 AND affiliate_org_id = $2)",
+    )
+    .bind(program_id)
+    .bind(org_id)
+    .fetch_one(conn)
+    .await?)
 }
 
 /// What one id of a bulk decision came to.
@@ -683,7 +662,7 @@ async fn resolve_target(
     match target {
         Target::Enrollment(enrollment_id) => store::read_model::enrollment(conn, enrollment_id.as_str())
             .await
-            .map_err(db_error)?
+            ?
             .filter(|e| e.program_id == program_id)
             .ok_or_else(|| {
                 ApiError::invalid(format!(
@@ -693,7 +672,7 @@ async fn resolve_target(
         Target::Code(code) => {
             let mut codes = store::read_model::codes(conn, std::slice::from_ref(code))
                 .await
-                .map_err(db_error)?;
+                ?;
             let row = codes
                 .remove(code)
                 .filter(|c| c.program_id == program_id)

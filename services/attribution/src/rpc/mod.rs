@@ -8,7 +8,7 @@ use crate::actors::writer::Writers;
 use amba_bus::Namespace;
 use amba_bus::outbox::RelayWaker;
 use amba_bus::rpc::RpcServer;
-pub(crate) use amba_bus::rpc::{caller, db_error};
+pub(crate) use amba_bus::rpc::caller;
 use amba_proto::methods::attribution as methods;
 use sqlx::PgPool;
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-use super::{Attribution, db_error};
+use super::Attribution;
 use crate::store::{self, touchpoints::NewTouchpoint};
 use amba_bus::events::{OutboxEvent, new_meta};
 use amba_core::ApiError;
@@ -23,10 +23,8 @@ impl Attribution {
         let occurred_at = DateTime::from_timestamp_micros(r.occurred_at_micros).unwrap_or(now);
         let landing_url = Some(r.landing_url.as_str()).filter(|u| !u.is_empty());
 
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
-        let codes = store::read_model::codes(&mut tx, &[code.to_owned()])
-            .await
-            .map_err(db_error)?;
+        let mut tx = self.pool.begin().await?;
+        let codes = store::read_model::codes(&mut tx, &[code.to_owned()]).await?;
         let unknown = || ApiError::not_found("referral code");
         let code_row = codes.get(code).ok_or_else(unknown)?;
         if !r.program_id.is_empty() && r.program_id != code_row.program_id {
@@ -40,9 +38,7 @@ impl Attribution {
             .as_ref()
             .filter(|e| e.status == "active")
             .ok_or_else(|| ApiError::conflict("that affiliate is not active in the program"))?;
-        let programs = store::read_model::programs(&mut tx, std::slice::from_ref(&code_row.program_id))
-            .await
-            .map_err(db_error)?;
+        let programs = store::read_model::programs(&mut tx, std::slice::from_ref(&code_row.program_id)).await?;
         let program = programs.get(&code_row.program_id).ok_or_else(unknown)?;
         if program.status != "active" {
             return Err(ApiError::conflict(format!("the program is {}", program.status)));
@@ -54,9 +50,8 @@ impl Attribution {
             enrollment_id: enrollment.enrollment_id.clone(),
             landing_url: program.landing_url.clone().unwrap_or_default(),
         };
-        if let Some(existing) = store::touchpoints::recent(&mut tx, code, subject_ref, occurred_at - DEDUPE_WINDOW)
-            .await
-            .map_err(db_error)?
+        if let Some(existing) =
+            store::touchpoints::recent(&mut tx, code, subject_ref, occurred_at - DEDUPE_WINDOW).await?
         {
             return Ok(reply(existing, true));
         }
@@ -77,8 +72,7 @@ impl Attribution {
                 user_agent: Some(user_agent).filter(|s| !s.is_empty()),
             },
         )
-        .await
-        .map_err(db_error)?;
+        .await?;
         let meta = new_meta();
         let event = pb::TouchpointRecorded {
             meta: Some(meta.clone()),
@@ -93,9 +87,8 @@ impl Attribution {
             &mut tx,
             &OutboxEvent::new(self.ns.event("touchpoint", "recorded"), &meta, &event),
         )
-        .await
-        .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
+        .await?;
+        tx.commit().await?;
         self.waker.wake();
         Ok(reply(touchpoint_id, false))
     }

@@ -29,20 +29,12 @@ fn retry(message: String) -> HandlerError {
     HandlerError::Retry(anyhow::anyhow!(message))
 }
 
-fn kind_of(subject: &str) -> (&str, &str) {
-    // <ns>.evt.<domain>.<type>
-    let mut parts = subject.rsplitn(3, '.');
-    let kind = parts.next().unwrap_or_default();
-    let domain = parts.next().unwrap_or_default();
-    (domain, kind)
-}
-
 /// Program and enrollment read models.
 pub struct EnrollmentEvents;
 
 impl Handler for EnrollmentEvents {
     async fn handle(&self, conn: &mut PgConnection, delivery: &Delivery) -> Result<(), HandlerError> {
-        match kind_of(&delivery.subject) {
+        match delivery.event() {
             ("program", _) => {
                 let event = pb::ProgramChanged::decode(delivery.payload.as_ref())?;
                 let program = event
@@ -63,7 +55,7 @@ impl Handler for EnrollmentEvents {
     }
 
     fn partition_key(&self, delivery: &Delivery) -> Option<String> {
-        match kind_of(&delivery.subject) {
+        match delivery.event() {
             ("program", _) => pb::ProgramChanged::decode(delivery.payload.as_ref())
                 .ok()
                 .and_then(|e| e.program)
@@ -94,7 +86,7 @@ enum AttributionEvent {
 
 fn decode(delivery: &Delivery) -> Result<AttributionEvent, HandlerError> {
     let payload = delivery.payload.as_ref();
-    Ok(match kind_of(&delivery.subject) {
+    Ok(match delivery.event() {
         ("conversion", "clawed_back") => {
             AttributionEvent::ClawedBack(Box::new(pb::ConversionClawedBack::decode(payload)?))
         }
@@ -155,7 +147,7 @@ impl Handler for AttributionEvents {
     /// not hold up the others. Clicks go anywhere.
     fn partition_key(&self, delivery: &Delivery) -> Option<String> {
         let payload = delivery.payload.as_ref();
-        match kind_of(&delivery.subject) {
+        match delivery.event() {
             ("conversion", "clawed_back") => pb::ConversionClawedBack::decode(payload)
                 .ok()
                 .and_then(|e| e.conversion)

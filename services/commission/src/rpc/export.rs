@@ -4,7 +4,7 @@
 use super::Commission;
 use crate::domain::export::{self, Movement};
 use crate::store;
-use amba_bus::rpc::{caller, db_error};
+use amba_bus::rpc::caller;
 use amba_core::id::ProgramId;
 use amba_core::{ApiError, cursor};
 use amba_proto::wire as pb;
@@ -38,7 +38,7 @@ impl Commission {
         let program = self
             .owned_program(&caller, program_id.as_str(), Some(MY_BALANCE_TOOL))
             .await?;
-        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        let mut conn = self.pool.acquire().await?;
         let rows = store::export::movements(
             &mut conn,
             &program.program_id,
@@ -47,8 +47,7 @@ impl Commission {
             after,
             i64::from(page_rows) + 1,
         )
-        .await
-        .map_err(db_error)?;
+        .await?;
         let mut csv = export::header();
         let mut count: u32 = 0;
         let mut last: Option<&Movement> = None;

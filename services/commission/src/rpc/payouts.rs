@@ -5,17 +5,15 @@
 use super::{Commission, ledger_error};
 use crate::domain::ledger::{self, Account, Scope};
 use crate::store::{self, LedgerLock, ledger::PostingRef};
-use amba_bus::rpc::db_error;
 use amba_core::{ApiError, ErrorCode};
 use amba_proto::wire as pb;
 use sqlx::PgConnection;
 
 impl Commission {
     pub async fn payable_quote(&self, request: pb::PayableQuoteRequest) -> Result<pb::PayableQuoteReply, ApiError> {
-        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        let mut conn = self.pool.acquire().await?;
         let program = store::program(&mut conn, &request.program_id)
-            .await
-            .map_err(db_error)?
+            .await?
             .ok_or_else(|| ApiError::not_found(format!("program {}", request.program_id)))?;
         let enrollments: Vec<(String, String)> = sqlx::query_as(
             "SELECT enrollment_id, affiliate_org_id FROM enrollments WHERE program_id = $1 \
@@ -24,16 +22,13 @@ impl Commission {
         .bind(&program.program_id)
         .bind(&request.enrollment_id)
         .fetch_all(&mut *conn)
-        .await
-        .map_err(db_error)?;
+        .await?;
         if enrollments.is_empty() && !request.enrollment_id.is_empty() {
             return Err(ApiError::not_found(format!("enrollment {}", request.enrollment_id)));
         }
         let mut quotes = Vec::new();
         for (enrollment_id, org) in enrollments {
-            let balances = store::ledger::enrollment_balances(&mut conn, &program.program_id, &enrollment_id)
-                .await
-                .map_err(db_error)?;
+            let balances = store::ledger::enrollment_balances(&mut conn, &program.program_id, &enrollment_id).await?;
             let b = balances
                 .into_iter()
                 .find(|b| b.currency == program.currency)
@@ -65,7 +60,7 @@ impl Commission {
         if request.payout_item_id.is_empty() {
             return Err(ApiError::invalid("payout_item_id is required"));
         }
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = self.pool.begin().await?;
         lock_program(&mut tx, &request.program_id).await?;
         if let Some(item) = payout_item(&mut tx, &request.payout_item_id).await? {
             let same = item.program_id == request.program_id
@@ -83,22 +78,18 @@ impl Commission {
             });
         }
         let enrollment = store::enrollment(&mut tx, &request.enrollment_id)
-            .await
-            .map_err(db_error)?
+            .await?
             .filter(|e| e.program_id == request.program_id)
             .ok_or_else(|| ApiError::not_found(format!("enrollment {}", request.enrollment_id)))?;
         let program = store::program(&mut tx, &enrollment.program_id)
-            .await
-            .map_err(db_error)?
+            .await?
             .ok_or_else(|| ApiError::not_found(format!("program {}", request.program_id)))?;
         let scope = Scope {
             program_id: program.program_id.clone(),
             enrollment_id: enrollment.enrollment_id.clone(),
             currency: program.currency.clone(),
         };
-        let payable = store::ledger::balance_for_update(&mut tx, &scope, Account::Payable)
-            .await
-            .map_err(db_error)?;
+        let payable = store::ledger::balance_for_update(&mut tx, &scope, Account::Payable).await?;
         let posting = ledger::reserve(&scope, payable, request.amount_minor).map_err(ledger_error)?;
         let idem = format!("reserve:{}", request.payout_item_id);
         let inserted = sqlx::query(
@@ -111,8 +102,7 @@ impl Commission {
         .bind(&scope.currency)
         .bind(request.amount_minor)
         .execute(&mut *tx)
-        .await
-        .map_err(db_error)?;
+        .await?;
         if inserted.rows_affected() == 0 {
             return Err(ApiError::conflict(
                 "a concurrent request reserved this payout item; retry",
@@ -127,12 +117,11 @@ impl Commission {
             },
             &posting,
         )
-        .await
-        .map_err(db_error)?;
+        .await?;
         let item = payout_item(&mut tx, &request.payout_item_id)
             .await?
             .ok_or_else(ApiError::internal)?;
-        tx.commit().await.map_err(db_error)?;
+        tx.commit().await?;
         Ok(pb::PayoutItemReply {
             item: Some(item),
             duplicate: false,
@@ -140,7 +129,7 @@ impl Commission {
     }
 
     pub async fn post(&self, request: pb::PostPayoutRequest) -> Result<pb::PayoutItemReply, ApiError> {
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = self.pool.begin().await?;
         let item = locked_item(&mut tx, &request.payout_item_id).await?;
         match item.status.as_str() {
             "posted" if item.fee_minor == request.fee_minor => {
@@ -170,18 +159,15 @@ impl Commission {
             },
             &posting,
         )
-        .await
-        .map_err(db_error)?;
+        .await?;
         settle_item(&mut tx, &item.payout_item_id, "posted", request.fee_minor).await?;
         let bump = store::StatsBump {
             paid_minor: item.gross_minor - request.fee_minor,
             ..Default::default()
         };
-        store::bump_stats(&mut tx, &scope.program_id, &scope.enrollment_id, 0, &bump)
-            .await
-            .map_err(db_error)?;
+        store::bump_stats(&mut tx, &scope.program_id, &scope.enrollment_id, 0, &bump).await?;
         let item = locked_item(&mut tx, &item.payout_item_id).await?;
-        tx.commit().await.map_err(db_error)?;
+        tx.commit().await?;
         Ok(pb::PayoutItemReply {
             item: Some(item),
             duplicate: false,
@@ -189,7 +175,7 @@ impl Commission {
     }
 
     pub async fn void(&self, request: pb::VoidPayoutRequest) -> Result<pb::PayoutItemReply, ApiError> {
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = self.pool.begin().await?;
         let item = locked_item(&mut tx, &request.payout_item_id).await?;
         match item.status.as_str() {
             "voided" => {
@@ -217,11 +203,10 @@ impl Commission {
             },
             &posting,
         )
-        .await
-        .map_err(db_error)?;
+        .await?;
         settle_item(&mut tx, &item.payout_item_id, "voided", 0).await?;
         let item = locked_item(&mut tx, &item.payout_item_id).await?;
-        tx.commit().await.map_err(db_error)?;
+        tx.commit().await?;
         Ok(pb::PayoutItemReply {
             item: Some(item),
             duplicate: false,
@@ -235,7 +220,7 @@ impl Commission {
         if request.reversal_id.is_empty() {
             return Err(ApiError::invalid("reversal_id is required"));
         }
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = self.pool.begin().await?;
         let item = locked_item(&mut tx, &request.payout_item_id).await?;
         let existing: Option<(String, i64, i64, i64)> = sqlx::query_as(
             "SELECT payout_item_id, amount_minor, settled_debt_minor, recovered_minor FROM transfer_reversals \
@@ -243,8 +228,7 @@ impl Commission {
         )
         .bind(&request.reversal_id)
         .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_error)?;
+        .await?;
         if let Some((item_id, amount, settled, recovered)) = existing {
             if item_id != request.payout_item_id || amount != request.amount_minor {
                 return Err(ApiError::new(
@@ -268,16 +252,13 @@ impl Commission {
             )));
         }
         let scope = item_scope(&item);
-        let payable = store::ledger::balance_for_update(&mut tx, &scope, Account::Payable)
-            .await
-            .map_err(db_error)?;
+        let payable = store::ledger::balance_for_update(&mut tx, &scope, Account::Payable).await?;
         // The item row is locked (`locked_item`): the fee returned so far cannot move under us.
         let fee_returned: i64 =
             sqlx::query_scalar("SELECT fee_returned_minor FROM payout_items WHERE payout_item_id = $1")
                 .bind(&item.payout_item_id)
                 .fetch_one(&mut *tx)
-                .await
-                .map_err(db_error)?;
+                .await?;
         let posted = ledger::PostedItem {
             gross_minor: item.gross_minor,
             fee_minor: item.fee_minor,
@@ -292,15 +273,12 @@ impl Commission {
             &scope.enrollment_id,
             &request.conversion_ids,
         )
-        .await
-        .map_err(db_error)?;
+        .await?;
         let mut states: Vec<_> = rows.iter().map(|r| r.state()).collect();
         ledger::allocate_recovery(&mut states, reversal.recovered_minor);
         for (row, state) in rows.iter().zip(&states) {
             if state.recovered_minor != row.recovered_minor {
-                store::save_commission_state(&mut tx, &row.commission_id, state)
-                    .await
-                    .map_err(db_error)?;
+                store::save_commission_state(&mut tx, &row.commission_id, state).await?;
             }
         }
         let idem = format!("transfer_reversal:{}", request.reversal_id);
@@ -313,8 +291,7 @@ impl Commission {
             },
             &reversal.posting,
         )
-        .await
-        .map_err(db_error)?;
+        .await?;
         sqlx::query(
             "UPDATE payout_items SET returned_minor = returned_minor + $2, \
              fee_returned_minor = fee_returned_minor + $3 WHERE payout_item_id = $1",
@@ -323,8 +300,7 @@ impl Commission {
         .bind(request.amount_minor)
         .bind(reversal.fee_returned_minor)
         .execute(&mut *tx)
-        .await
-        .map_err(db_error)?;
+        .await?;
         sqlx::query(
             "INSERT INTO transfer_reversals (reversal_id, payout_item_id, amount_minor, fee_returned_minor, \
              settled_debt_minor, recovered_minor) VALUES ($1, $2, $3, $4, $5, $6)",
@@ -336,17 +312,14 @@ impl Commission {
         .bind(reversal.settled_debt_minor)
         .bind(reversal.recovered_minor)
         .execute(&mut *tx)
-        .await
-        .map_err(db_error)?;
+        .await?;
         let bump = store::StatsBump {
             paid_minor: -request.amount_minor,
             clawed_back_minor: reversal.recovered_minor,
             ..Default::default()
         };
-        store::bump_stats(&mut tx, &scope.program_id, &scope.enrollment_id, 0, &bump)
-            .await
-            .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
+        store::bump_stats(&mut tx, &scope.program_id, &scope.enrollment_id, 0, &bump).await?;
+        tx.commit().await?;
         Ok(pb::TransferReversalReply {
             reversal_id: request.reversal_id,
             payout_item_id: item.payout_item_id,
@@ -386,8 +359,7 @@ async fn add_releases(
     .bind(&program.program_id)
     .bind(&program.currency)
     .fetch_all(&mut *conn)
-    .await
-    .map_err(db_error)?;
+    .await?;
     for (enrollment_id, at, amount) in days {
         if let Some(quote) = quotes.iter_mut().find(|q| q.enrollment_id == enrollment_id)
             && quote.releases.len() < RELEASE_DAYS
@@ -403,9 +375,7 @@ async fn add_releases(
 
 /// The program's ledger lock, alone: taken before any balance row.
 async fn lock_program(conn: &mut PgConnection, program_id: &str) -> Result<(), ApiError> {
-    store::lock_programs(conn, &[(program_id, LedgerLock::Exclusive)])
-        .await
-        .map_err(db_error)
+    Ok(store::lock_programs(conn, &[(program_id, LedgerLock::Exclusive)]).await?)
 }
 
 fn item_scope(item: &pb::PayoutItem) -> Scope {
@@ -450,8 +420,7 @@ async fn payout_item(conn: &mut PgConnection, id: &str) -> Result<Option<pb::Pay
     )
     .bind(id)
     .fetch_optional(conn)
-    .await
-    .map_err(db_error)?;
+    .await?;
     Ok(row.map(Into::into))
 }
 
@@ -470,7 +439,6 @@ async fn settle_item(conn: &mut PgConnection, id: &str, status: &str, fee: i64) 
         .bind(status)
         .bind(fee)
         .execute(conn)
-        .await
-        .map_err(db_error)?;
+        .await?;
     Ok(())
 }

@@ -6,7 +6,7 @@ use super::Commission;
 use crate::domain::ledger::{self, Account};
 use crate::domain::stats;
 use crate::store;
-use amba_bus::rpc::{caller, db_error};
+use amba_bus::rpc::caller;
 use amba_core::{ApiError, cursor};
 use amba_proto::wire as pb;
 use std::time::Duration;
@@ -103,13 +103,11 @@ impl Commission {
         program_id: &str,
         instead: Option<&str>,
     ) -> Result<store::ProgramRow, ApiError> {
-        let mut conn = self.pool.acquire().await.map_err(db_error)?;
-        match store::program(&mut conn, program_id).await.map_err(db_error)? {
+        let mut conn = self.pool.acquire().await?;
+        match store::program(&mut conn, program_id).await? {
             Some(program) if program.owner_org_id == caller.org_id => Ok(program),
             Some(_) => {
-                let enrolled = store::enrolled(&mut conn, program_id, &caller.org_id)
-                    .await
-                    .map_err(db_error)?;
+                let enrolled = store::enrolled(&mut conn, program_id, &caller.org_id).await?;
                 Err(ApiError::not_owner(format!("program {program_id}"), enrolled, instead))
             }
             None => Err(ApiError::not_found(format!("program {program_id}"))),
@@ -129,7 +127,7 @@ impl Commission {
         .bind(&request.program_id)
         .fetch_all(&self.pool)
         .await
-        .map_err(db_error)?;
+        ?;
         if rows.is_empty() && !request.program_id.is_empty() {
             return Err(ApiError::not_found(format!("program {}", request.program_id)));
         }
@@ -222,8 +220,7 @@ impl Commission {
         )
         .bind(&enrollments)
         .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)?;
+        .await?;
         for (enrollment_id, first, last, amount) in days {
             let Some(balance) = page.iter_mut().find(|b| b.enrollment_id == enrollment_id) else {
                 continue;
@@ -246,8 +243,7 @@ impl Commission {
         .bind(org_id)
         .bind(program_id)
         .fetch_one(&self.pool)
-        .await
-        .map_err(db_error)?;
+        .await?;
         total.next_release_at_micros = next.map(|t| t.timestamp_micros()).unwrap_or(0);
         Ok(())
     }
@@ -263,8 +259,7 @@ impl Commission {
         .bind(&caller.org_id)
         .bind(&request.program_id)
         .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)?;
+        .await?;
         if currencies.is_empty() && !request.program_id.is_empty() {
             return Err(ApiError::not_found(format!("program {}", request.program_id)));
         }
@@ -283,8 +278,7 @@ impl Commission {
         .bind(from)
         .bind(to)
         .fetch_one(&self.pool)
-        .await
-        .map_err(db_error)?;
+        .await?;
         let currency = currencies.first().map(|c| c.0.as_str()).unwrap_or_default();
         Ok(pb::StatsReply {
             stats: Some(stats_of(&sums, currency)),
@@ -307,8 +301,7 @@ impl Commission {
         .bind(from)
         .bind(to)
         .fetch_one(&self.pool)
-        .await
-        .map_err(db_error)?;
+        .await?;
         let leaderboard = self.board(&program, &request).await?;
         Ok(pb::StatsReply {
             stats: Some(stats_of(&sums, &program.currency)),
@@ -364,8 +357,7 @@ impl Commission {
         .bind(to)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)?;
+        .await?;
         Ok(rows
             .into_iter()
             .enumerate()
@@ -388,12 +380,9 @@ impl Commission {
         }));
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let mut conn = self.pool.acquire().await.map_err(db_error)?;
-            if let Some(row) = store::clawback(&mut conn, &request.clawback_id)
-                .await
-                .map_err(db_error)?
-            {
-                let owner = store::program(&mut conn, &row.program_id).await.map_err(db_error)?;
+            let mut conn = self.pool.acquire().await?;
+            if let Some(row) = store::clawback(&mut conn, &request.clawback_id).await? {
+                let owner = store::program(&mut conn, &row.program_id).await?;
                 if owner.is_none_or(|p| p.owner_org_id != caller.org_id) {
                     return Err(ApiError::not_found(format!("clawback {}", request.clawback_id)));
                 }

@@ -6,7 +6,7 @@
 use super::Commission;
 use crate::jobs::sweep;
 use crate::store::{self, CommissionRow, LedgerLock};
-use amba_bus::rpc::{caller, db_error};
+use amba_bus::rpc::caller;
 use amba_core::ApiError;
 use amba_proto::wire as pb;
 use sqlx::PgConnection;
@@ -80,14 +80,13 @@ impl Commission {
             key => format!("key:{key}"),
         };
 
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = self.pool.begin().await?;
         // One release per key at a time (1_937: this lock's class among advisory locks).
         sqlx::query("SELECT pg_advisory_xact_lock(1937, hashtext($1 || ' ' || $2))")
             .bind(&caller.org_id)
             .bind(&key)
             .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
+            .await?;
         if let Some(done) = release_by_key(&mut tx, &caller.org_id, &key).await? {
             let same = done.program_id == program.program_id
                 && done.conversion_id == conversion_id
@@ -102,13 +101,10 @@ impl Commission {
             return Ok(done.reply(true));
         }
         // The ledger lock as every ledger writer takes it, before any row lock.
-        store::lock_programs(&mut tx, &[(program.program_id.as_str(), LedgerLock::Shared)])
-            .await
-            .map_err(db_error)?;
+        store::lock_programs(&mut tx, &[(program.program_id.as_str(), LedgerLock::Shared)]).await?;
         let rows = if conversion_id.is_empty() {
             let known = store::enrollment(&mut tx, enrollment_id)
-                .await
-                .map_err(db_error)?
+                .await?
                 .filter(|e| e.program_id == program.program_id);
             if known.is_none() {
                 return Err(ApiError::not_found(format!(
@@ -147,9 +143,7 @@ impl Commission {
             "by_account_id": caller.account_id,
         })
         .to_string();
-        let moved = sweep::release_all(&mut tx, &held, Some(&memo))
-            .await
-            .map_err(db_error)?;
+        let moved = sweep::release_all(&mut tx, &held, Some(&memo)).await?;
         let row: ReleaseRow = sqlx::query_as(
             "INSERT INTO early_releases (release_id, owner_org_id, idempotency_key, program_id, conversion_id, \
              enrollment_id, currency, released_minor, commissions, reason, released_by_org_id, \
@@ -170,9 +164,8 @@ impl Commission {
         .bind(&caller.org_id)
         .bind(&caller.account_id)
         .fetch_one(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
+        .await?;
+        tx.commit().await?;
         tracing::info!(
             release_id = %row.release_id,
             program_id = %row.program_id,
@@ -188,7 +181,7 @@ async fn release_by_key(
     owner_org_id: &str,
     key: &str,
 ) -> Result<Option<ReleaseRow>, ApiError> {
-    sqlx::query_as(
+    Ok(sqlx::query_as(
         "SELECT release_id, program_id, conversion_id, enrollment_id, currency, released_minor, commissions, reason, \
          released_by_org_id, released_by_account_id, released_at FROM early_releases \
          WHERE owner_org_id = $1 AND idempotency_key = $2",
@@ -196,8 +189,7 @@ async fn release_by_key(
     .bind(owner_org_id)
     .bind(key)
     .fetch_optional(conn)
-    .await
-    .map_err(db_error)
+    .await?)
 }
 
 /// A conversion's commissions in the program (every level), locked.
@@ -206,7 +198,7 @@ async fn commissions_of_conversion(
     program_id: &str,
     conversion_id: &str,
 ) -> Result<Vec<CommissionRow>, ApiError> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {} FROM commissions WHERE conversion_id = $1 AND program_id = $2 \
          ORDER BY commission_id FOR UPDATE",
         store::COMMISSION_COLUMNS
@@ -214,8 +206,7 @@ async fn commissions_of_conversion(
     .bind(conversion_id)
     .bind(program_id)
     .fetch_all(conn)
-    .await
-    .map_err(db_error)
+    .await?)
 }
 
 /// The commissions an enrollment still holds in the program, locked.
@@ -224,7 +215,7 @@ async fn held_of_enrollment(
     program_id: &str,
     enrollment_id: &str,
 ) -> Result<Vec<CommissionRow>, ApiError> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {} FROM commissions WHERE enrollment_id = $1 AND program_id = $2 \
          AND released_at IS NULL AND held_minor > 0 ORDER BY commission_id FOR UPDATE",
         store::COMMISSION_COLUMNS
@@ -232,6 +223,5 @@ async fn held_of_enrollment(
     .bind(enrollment_id)
     .bind(program_id)
     .fetch_all(conn)
-    .await
-    .map_err(db_error)
+    .await?)
 }

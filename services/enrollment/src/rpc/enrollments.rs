@@ -1,6 +1,6 @@
 use super::programs::owned_program;
-use super::{Enrollment, caller, db_error};
-use crate::domain::enrollment::{Action, EnrollmentStatus, MAX_DEPTH, Origin, generate_code, place_under, vanity_code};
+use super::{Enrollment, caller};
+use crate::domain::enrollment::{Action, EnrollmentStatus, Origin};
 use crate::domain::program::{ApprovalMode, ProgramStatus};
 use crate::store::enrollments::{self as store, EnrollmentRow, NewEnrollment, OrgFilter};
 use amba_bus::events::{OutboxEvent, new_meta};
@@ -24,7 +24,7 @@ impl Enrollment {
             return Err(ApiError::invalid("idempotency_key must be at most 200 characters"));
         }
 
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = self.pool.begin().await?;
         let program = owned_program(&mut tx, program_id.as_str(), &owner.org_id, false).await?;
         if program.status()? == ProgramStatus::Archived {
             return Err(ApiError::conflict("an archived program takes no new affiliates"));
@@ -32,17 +32,10 @@ impl Enrollment {
         if affiliate.as_str() == owner.org_id {
             return Err(ApiError::invalid("an org cannot be an affiliate of its own program"));
         }
-        if store::org_name(&mut tx, affiliate.as_str())
-            .await
-            .map_err(db_error)?
-            .is_none()
-        {
+        if store::org_name(&mut tx, affiliate.as_str()).await?.is_none() {
             return Err(ApiError::not_found(format!("org {affiliate}")));
         }
-        if let Some(existing) = store::get_by_program_and_org(&mut tx, program_id.as_str(), affiliate.as_str())
-            .await
-            .map_err(db_error)?
-        {
+        if let Some(existing) = store::get_by_program_and_org(&mut tx, program_id.as_str(), affiliate.as_str()).await? {
             return replay_invite(existing, key, parent.as_deref());
         }
         let enrollment_id = EnrollmentId::new();
@@ -63,11 +56,9 @@ impl Enrollment {
             depth,
             idempotency_key: key,
         };
-        if !store::insert(&mut tx, &new).await.map_err(db_error)? {
+        if !store::insert(&mut tx, &new).await? {
             // A concurrent invite of the same org won; answer as if we had come second.
-            let existing = store::get_by_program_and_org(&mut tx, program_id.as_str(), affiliate.as_str())
-                .await
-                .map_err(db_error)?;
+            let existing = store::get_by_program_and_org(&mut tx, program_id.as_str(), affiliate.as_str()).await?;
             return replay_invite(existing.ok_or_else(ApiError::internal)?, key, parent.as_deref());
         }
         self.issue_code(&mut tx, enrollment_id.as_str(), program_id.as_str(), affiliate.as_str())
@@ -75,7 +66,7 @@ impl Enrollment {
         let row = self
             .announce_enrollment(&mut tx, enrollment_id.as_str(), "invited", "")
             .await?;
-        tx.commit().await.map_err(db_error)?;
+        tx.commit().await?;
         self.waker.wake();
         tracing::info!(%enrollment_id, affiliate = %affiliate, "affiliate invited");
         Ok(reply(&row, false))
@@ -88,10 +79,8 @@ impl Enrollment {
         let applicant = caller(request.caller)?;
         let program_id = ProgramId::parse(&request.program_id)?;
         let parent = optional_id(&request.parent_enrollment_id)?;
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
-        let program = crate::store::programs::get(&mut tx, program_id.as_str(), false)
-            .await
-            .map_err(db_error)?;
+        let mut tx = self.pool.begin().await?;
+        let program = crate::store::programs::get(&mut tx, program_id.as_str(), false).await?;
         let program = program
             .filter(|p| p.status != ProgramStatus::Draft.as_str() || p.owner_org_id == applicant.org_id)
             .ok_or_else(|| ApiError::not_found(format!("program {program_id}")))?;
@@ -104,10 +93,7 @@ impl Enrollment {
                 program.status
             )));
         }
-        if let Some(existing) = store::get_by_program_and_org(&mut tx, program_id.as_str(), &applicant.org_id)
-            .await
-            .map_err(db_error)?
-        {
+        if let Some(existing) = store::get_by_program_and_org(&mut tx, program_id.as_str(), &applicant.org_id).await? {
             let same = existing.origin == Origin::Application.as_str()
                 && matches!(existing.status.as_str(), "pending" | "active");
             return if same {
@@ -140,7 +126,7 @@ impl Enrollment {
             depth,
             idempotency_key: None,
         };
-        if !store::insert(&mut tx, &new).await.map_err(db_error)? {
+        if !store::insert(&mut tx, &new).await? {
             return Err(ApiError::conflict(
                 "an enrollment for this org was created at the same moment; list your programs",
             ));
@@ -155,7 +141,7 @@ impl Enrollment {
                 "",
             )
             .await?;
-        tx.commit().await.map_err(db_error)?;
+        tx.commit().await?;
         self.waker.wake();
         Ok(reply(&row, false))
     }
@@ -191,10 +177,8 @@ impl Enrollment {
         if reason.is_some_and(|r| r.chars().count() > 500) {
             return Err(ApiError::invalid("reason must be at most 500 characters"));
         }
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
-        let row = store::get(&mut tx, enrollment_id.as_str(), true)
-            .await
-            .map_err(db_error)?;
+        let mut tx = self.pool.begin().await?;
+        let row = store::get(&mut tx, enrollment_id.as_str(), true).await?;
         let owner_side = matches!(action, Action::Approve | Action::Reject | Action::Remove);
         let row = if owner_side {
             owned_enrollment(row, &who.org_id, &enrollment_id, |r| affiliate_instead(action, r))?
@@ -204,9 +188,7 @@ impl Enrollment {
         };
         let status: EnrollmentStatus = row.status.parse()?;
         let next = action.apply(status, row.origin.parse()?)?;
-        store::set_status(&mut tx, enrollment_id.as_str(), next.as_str(), reason)
-            .await
-            .map_err(db_error)?;
+        store::set_status(&mut tx, enrollment_id.as_str(), next.as_str(), reason).await?;
         if matches!(
             next,
             EnrollmentStatus::Rejected | EnrollmentStatus::Declined | EnrollmentStatus::Removed
@@ -217,136 +199,9 @@ impl Enrollment {
         let row = self
             .announce_enrollment(&mut tx, enrollment_id.as_str(), action.event_type(), status.as_str())
             .await?;
-        tx.commit().await.map_err(db_error)?;
+        tx.commit().await?;
         self.waker.wake();
         tracing::info!(status = %next, "enrollment changed");
-        Ok(reply(&row, false))
-    }
-
-    /// Affiliate rotates its referral code: the old one is retired, and a fresh one (or the
-    /// vanity `code` asked for) issued.
-    #[tracing::instrument(skip_all, fields(enrollment_id = %request.enrollment_id), err(level = "info"))]
-    pub async fn rotate_code(&self, request: pb::EnrollmentActionRequest) -> Result<pb::EnrollmentReply, ApiError> {
-        self.change_code(request, false).await
-    }
-
-    /// Owner gives one of its program's affiliates a vanity code (or a fresh random one).
-    #[tracing::instrument(skip_all, fields(enrollment_id = %request.enrollment_id), err(level = "info"))]
-    pub async fn set_code(&self, request: pb::EnrollmentActionRequest) -> Result<pb::EnrollmentReply, ApiError> {
-        self.change_code(request, true).await
-    }
-
-    /// Retires the enrollment's code and issues the one asked for (validated, never used before
-    /// by anyone: codes are global, since `/r/<code>` names no program) or a random one. Asking
-    /// for the code it already has changes nothing (`duplicate`).
-    async fn change_code(
-        &self,
-        request: pb::EnrollmentActionRequest,
-        owner_side: bool,
-    ) -> Result<pb::EnrollmentReply, ApiError> {
-        let who = caller(request.caller)?;
-        let enrollment_id = EnrollmentId::parse(&request.enrollment_id)?;
-        let wanted = Some(request.code.trim())
-            .filter(|c| !c.is_empty())
-            .map(vanity_code)
-            .transpose()?;
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
-        let row = store::get(&mut tx, enrollment_id.as_str(), true)
-            .await
-            .map_err(db_error)?;
-        let row = if owner_side {
-            owned_enrollment(row, &who.org_id, &enrollment_id, |_| Some(MY_REFERRAL_TOOL))?
-        } else {
-            row.filter(|r| r.affiliate_org_id == who.org_id)
-                .ok_or_else(|| ApiError::not_found(format!("enrollment {enrollment_id}")))?
-        };
-        if !matches!(row.status.as_str(), "pending" | "active") {
-            return Err(ApiError::conflict(format!(
-                "an enrollment that is {} has no referral code",
-                row.status
-            )));
-        }
-        if let Some(code) = &wanted {
-            if row.code.as_deref() == Some(code.as_str()) {
-                return Ok(reply(&row, true));
-            }
-            if store::code_holder(&mut tx, code).await.map_err(db_error)?.is_some() {
-                return Err(code_taken(code));
-            }
-        }
-        self.retire_code(&mut tx, &row).await?;
-        match &wanted {
-            Some(code) => {
-                if !store::insert_code(&mut tx, code, &row.enrollment_id, &row.program_id)
-                    .await
-                    .map_err(db_error)?
-                {
-                    return Err(code_taken(code));
-                }
-                self.announce_code(
-                    &mut tx,
-                    code,
-                    &row.enrollment_id,
-                    &row.program_id,
-                    &row.affiliate_org_id,
-                    "issued",
-                    "active",
-                )
-                .await?;
-            }
-            None => {
-                self.issue_code(&mut tx, &row.enrollment_id, &row.program_id, &row.affiliate_org_id)
-                    .await?;
-            }
-        }
-        let row = store::get(&mut tx, enrollment_id.as_str(), false)
-            .await
-            .map_err(db_error)?
-            .ok_or_else(ApiError::internal)?;
-        tx.commit().await.map_err(db_error)?;
-        self.waker.wake();
-        Ok(reply(&row, false))
-    }
-
-    /// Owner places an affiliate under a sponsor (or detaches it); its downline moves with it.
-    #[tracing::instrument(skip_all, fields(enrollment_id = %request.enrollment_id), err(level = "info"))]
-    pub async fn set_parent(&self, request: pb::SetParentRequest) -> Result<pb::EnrollmentReply, ApiError> {
-        let owner = caller(request.caller)?;
-        let enrollment_id = EnrollmentId::parse(&request.enrollment_id)?;
-        let parent = optional_id(&request.parent_enrollment_id)?;
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
-        let row = store::get(&mut tx, enrollment_id.as_str(), true)
-            .await
-            .map_err(db_error)?;
-        let row = owned_enrollment(row, &owner.org_id, &enrollment_id, |_| None)?;
-        if !matches!(row.status.as_str(), "pending" | "active") {
-            return Err(ApiError::conflict(format!(
-                "an enrollment that is {} cannot be moved",
-                row.status
-            )));
-        }
-        if row.parent_enrollment_id == parent {
-            return Ok(reply(&row, true));
-        }
-        let height = store::subtree_height(&mut tx, enrollment_id.as_str())
-            .await
-            .map_err(db_error)?;
-        let depth = match &parent {
-            Some(parent) => {
-                self.sponsor_depth(&mut tx, &row.program_id, parent, enrollment_id.as_str(), height)
-                    .await?
-            }
-            None if height > MAX_DEPTH => return Err(ApiError::conflict("this downline is too deep to stand alone")),
-            None => 1,
-        };
-        store::set_parent(&mut tx, enrollment_id.as_str(), parent.as_deref(), depth)
-            .await
-            .map_err(db_error)?;
-        let row = self
-            .announce_enrollment(&mut tx, enrollment_id.as_str(), "moved", &row.status)
-            .await?;
-        tx.commit().await.map_err(db_error)?;
-        self.waker.wake();
         Ok(reply(&row, false))
     }
 
@@ -360,11 +215,9 @@ impl Enrollment {
         let status = status_filter(&request.status)?;
         let after = cursor::decode(&request.cursor)?;
         let limit = cursor::page_size(request.limit);
-        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        let mut conn = self.pool.acquire().await?;
         owned_program(&mut conn, program_id.as_str(), &owner.org_id, false).await?;
-        let rows = store::list_by_program(&mut conn, program_id.as_str(), status, after.as_deref(), limit + 1)
-            .await
-            .map_err(db_error)?;
+        let rows = store::list_by_program(&mut conn, program_id.as_str(), status, after.as_deref(), limit + 1).await?;
         Ok(page(rows, limit))
     }
 
@@ -384,103 +237,9 @@ impl Enrollment {
             status,
             invites_only: request.invites_only,
         };
-        let mut conn = self.pool.acquire().await.map_err(db_error)?;
-        let rows = store::list_by_org(&mut conn, &filter, after.as_deref(), limit + 1)
-            .await
-            .map_err(db_error)?;
+        let mut conn = self.pool.acquire().await?;
+        let rows = store::list_by_org(&mut conn, &filter, after.as_deref(), limit + 1).await?;
         Ok(page(rows, limit))
-    }
-
-    /// Depth of a new child of `parent`: the sponsor must be active in the same program, and the
-    /// tree must stay acyclic and within the depth bound.
-    pub(super) async fn sponsor_depth(
-        &self,
-        conn: &mut PgConnection,
-        program_id: &str,
-        parent: &str,
-        child: &str,
-        child_height: i32,
-    ) -> Result<i32, ApiError> {
-        let sponsor = store::get(conn, parent, false).await.map_err(db_error)?;
-        let sponsor = sponsor.filter(|s| s.program_id == program_id).ok_or_else(|| {
-            ApiError::invalid(format!(
-                "parent_enrollment_id {parent} is not an enrollment of this program"
-            ))
-        })?;
-        if sponsor.status != EnrollmentStatus::Active.as_str() {
-            return Err(ApiError::conflict(format!(
-                "the sponsor enrollment is {}; only active affiliates can sponsor",
-                sponsor.status
-            )));
-        }
-        let chain = store::chain_up(conn, parent).await.map_err(db_error)?;
-        place_under(child, &chain, child_height)
-    }
-
-    pub(super) async fn issue_code(
-        &self,
-        conn: &mut PgConnection,
-        enrollment_id: &str,
-        program_id: &str,
-        org_id: &str,
-    ) -> Result<String, ApiError> {
-        for _ in 0..5 {
-            let code = generate_code();
-            if store::insert_code(conn, &code, enrollment_id, program_id)
-                .await
-                .map_err(db_error)?
-            {
-                self.announce_code(conn, &code, enrollment_id, program_id, org_id, "issued", "active")
-                    .await?;
-                return Ok(code);
-            }
-        }
-        tracing::error!("five referral code collisions in a row");
-        Err(ApiError::internal())
-    }
-
-    async fn retire_code(&self, conn: &mut PgConnection, row: &EnrollmentRow) -> Result<(), ApiError> {
-        if let Some(code) = store::retire_active_code(conn, &row.enrollment_id)
-            .await
-            .map_err(db_error)?
-        {
-            self.announce_code(
-                conn,
-                &code,
-                &row.enrollment_id,
-                &row.program_id,
-                &row.affiliate_org_id,
-                "retired",
-                "retired",
-            )
-            .await?;
-        }
-        Ok(())
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn announce_code(
-        &self,
-        conn: &mut PgConnection,
-        code: &str,
-        enrollment_id: &str,
-        program_id: &str,
-        org_id: &str,
-        kind: &str,
-        status: &str,
-    ) -> Result<(), ApiError> {
-        let meta = new_meta();
-        let event = pb::CodeChanged {
-            meta: Some(meta.clone()),
-            code: code.to_owned(),
-            enrollment_id: enrollment_id.to_owned(),
-            program_id: program_id.to_owned(),
-            affiliate_org_id: org_id.to_owned(),
-            status: status.to_owned(),
-        };
-        amba_bus::outbox::enqueue(conn, &OutboxEvent::new(self.ns.event("code", kind), &meta, &event))
-            .await
-            .map_err(db_error)
     }
 
     /// Writes `enrollment.<kind>` with the enrollment as it now is; returns that row.
@@ -492,8 +251,7 @@ impl Enrollment {
         previous_status: &str,
     ) -> Result<EnrollmentRow, ApiError> {
         let row = store::get(conn, enrollment_id, false)
-            .await
-            .map_err(db_error)?
+            .await?
             .ok_or_else(ApiError::internal)?;
         let meta = new_meta();
         let event = pb::EnrollmentChanged {
@@ -501,33 +259,27 @@ impl Enrollment {
             enrollment: Some(row.to_proto()),
             previous_status: previous_status.to_owned(),
             program_owner_org_id: row.program_owner_org_id.clone(),
-            affiliate_emails: store::org_emails(conn, &row.affiliate_org_id).await.map_err(db_error)?,
-            owner_emails: store::org_emails(conn, &row.program_owner_org_id)
-                .await
-                .map_err(db_error)?,
-            affiliate_org_name: store::org_name(conn, &row.affiliate_org_id)
-                .await
-                .map_err(db_error)?
-                .unwrap_or_default(),
+            affiliate_emails: store::org_emails(conn, &row.affiliate_org_id).await?,
+            owner_emails: store::org_emails(conn, &row.program_owner_org_id).await?,
+            affiliate_org_name: store::org_name(conn, &row.affiliate_org_id).await?.unwrap_or_default(),
         };
         amba_bus::outbox::enqueue(
             conn,
             &OutboxEvent::new(self.ns.event("enrollment", kind), &meta, &event),
         )
-        .await
-        .map_err(db_error)?;
+        .await?;
         Ok(row)
     }
 }
 
 /// The affiliate's own tool for a new referral code.
-const MY_REFERRAL_TOOL: &str = "amba_affiliate_my_referral_generate";
+pub(super) const MY_REFERRAL_TOOL: &str = "amba_affiliate_my_referral_generate";
 
 /// The enrollment, for an owner-side tool, if the caller's org owns its program. The
 /// enrollment's own affiliate (it knows the id) is told the tool is the owner's, pointed to
 /// `instead(row)` when it has its own tool for the need; anyone else gets NOT_FOUND, exactly as
 /// for an unknown id, so ids cannot be probed.
-fn owned_enrollment(
+pub(super) fn owned_enrollment(
     row: Option<EnrollmentRow>,
     org_id: &str,
     enrollment_id: &EnrollmentId,
@@ -576,13 +328,6 @@ fn replay_invite(
     } else {
         Err(already_enrolled(&existing))
     }
-}
-
-fn code_taken(code: &str) -> ApiError {
-    ApiError::conflict(format!(
-        "code {code:?} is taken: a referral code (active or retired) belongs to one enrollment for good; choose another"
-    ))
-    .with_details(serde_json::json!({"argument": "code"}))
 }
 
 pub(super) fn already_enrolled(existing: &EnrollmentRow) -> ApiError {

@@ -1,4 +1,4 @@
-use super::{Enrollment, db_error};
+use super::Enrollment;
 use crate::domain::identity::{hash_token, mint_token, normalize_email, normalize_name};
 use crate::store;
 use amba_core::id::{AccountId, OrgId, TokenId};
@@ -24,7 +24,7 @@ impl Enrollment {
         let token = mint_token();
         let (account_id, org_id, token_id) = (AccountId::new(), OrgId::new(), TokenId::new());
 
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = self.pool.begin().await?;
         let signup = store::identity::NewSignup {
             account_id: account_id.as_str(),
             org_id: org_id.as_str(),
@@ -35,13 +35,8 @@ impl Enrollment {
             token_hash: &token.hash,
             token_hint: &token.hint,
         };
-        if !store::identity::insert_signup(&mut tx, &signup)
-            .await
-            .map_err(db_error)?
-        {
-            let existing = store::identity::account_by_email(&mut tx, &email)
-                .await
-                .map_err(db_error)?;
+        if !store::identity::insert_signup(&mut tx, &signup).await? {
+            let existing = store::identity::account_by_email(&mut tx, &email).await?;
             if let Some((account_id, org_id)) = existing {
                 let meta = amba_bus::events::new_meta();
                 let event = pb::ExistingAccountSignup {
@@ -52,14 +47,14 @@ impl Enrollment {
                 };
                 let subject = self.ns.event("identity", "existing_account_signup");
                 let outbox = amba_bus::events::OutboxEvent::new(subject, &meta, &event);
-                amba_bus::outbox::enqueue(&mut tx, &outbox).await.map_err(db_error)?;
+                amba_bus::outbox::enqueue(&mut tx, &outbox).await?;
                 tracing::info!(%account_id, "signup with an existing account's address: the account is e-mailed");
             }
-            tx.commit().await.map_err(db_error)?;
+            tx.commit().await?;
             self.waker.wake();
             return Ok(SignupResponse::default());
         }
-        tx.commit().await.map_err(db_error)?;
+        tx.commit().await?;
         tracing::info!(%account_id, %org_id, "signed up");
         Ok(SignupResponse {
             account_id: account_id.into(),
@@ -75,10 +70,9 @@ impl Enrollment {
         if request.token.is_empty() || request.token.len() > 256 {
             return Err(invalid());
         }
-        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        let mut conn = self.pool.acquire().await?;
         store::identity::principal_by_token_hash(&mut conn, &hash_token(&request.token))
-            .await
-            .map_err(db_error)?
+            .await?
             .ok_or_else(invalid)
     }
 }
@@ -101,7 +95,7 @@ impl Enrollment {
         }
         let minted = mint_token();
         let token_id = TokenId::new();
-        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        let mut conn = self.pool.acquire().await?;
         let new = store::identity::NewToken {
             token_id: token_id.as_str(),
             org_id: &me.org_id,
@@ -110,7 +104,7 @@ impl Enrollment {
             hash: &minted.hash,
             hint: &minted.hint,
         };
-        let row = store::identity::insert_token(&mut conn, &new).await.map_err(db_error)?;
+        let row = store::identity::insert_token(&mut conn, &new).await?;
         Ok(pb::CreateTokenResponse {
             token: Some(row.to_proto()),
             secret: minted.secret,
@@ -122,10 +116,9 @@ impl Enrollment {
         let me = super::caller(request.caller)?;
         let after = cursor::decode(&request.cursor)?;
         let limit = cursor::page_size(request.limit);
-        let mut conn = self.pool.acquire().await.map_err(db_error)?;
-        let mut rows = store::identity::list_tokens(&mut conn, &me.org_id, after.as_deref(), i64::from(limit) + 1)
-            .await
-            .map_err(db_error)?;
+        let mut conn = self.pool.acquire().await?;
+        let mut rows =
+            store::identity::list_tokens(&mut conn, &me.org_id, after.as_deref(), i64::from(limit) + 1).await?;
         let next_cursor = if rows.len() > limit as usize {
             rows.truncate(limit as usize);
             rows.last().map(|r| cursor::encode(&r.token_id)).unwrap_or_default()
@@ -143,10 +136,9 @@ impl Enrollment {
     pub async fn revoke_token(&self, request: pb::RevokeTokenRequest) -> Result<pb::TokenReply, ApiError> {
         let me = super::caller(request.caller)?;
         let token_id = TokenId::parse(&request.token_id)?;
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = self.pool.begin().await?;
         let (row, newly) = store::identity::revoke_token(&mut tx, &me.org_id, token_id.as_str())
-            .await
-            .map_err(db_error)?
+            .await?
             .ok_or_else(|| ApiError::not_found(format!("token {token_id}")))?;
         if newly {
             let meta = amba_bus::events::new_meta();
@@ -156,9 +148,9 @@ impl Enrollment {
                 org_id: me.org_id.clone(),
             };
             let outbox = amba_bus::events::OutboxEvent::new(self.ns.event("identity", "token_revoked"), &meta, &event);
-            amba_bus::outbox::enqueue(&mut tx, &outbox).await.map_err(db_error)?;
+            amba_bus::outbox::enqueue(&mut tx, &outbox).await?;
         }
-        tx.commit().await.map_err(db_error)?;
+        tx.commit().await?;
         self.waker.wake();
         Ok(pb::TokenReply {
             token: Some(row.to_proto()),

@@ -9,7 +9,7 @@
 
 use super::enrollments::{already_enrolled, optional_id, reply};
 use super::programs::owned_program;
-use super::{Enrollment, caller, db_error};
+use super::{Enrollment, caller};
 use crate::domain::enrollment::{EnrollmentStatus, Origin};
 use crate::domain::identity::{
     INVITATION_TTL_DAYS, hash_token, looks_like_invitation_token, mint_invitation_token, normalize_email,
@@ -37,15 +37,13 @@ impl Enrollment {
         if key.is_some_and(|k| k.len() > 200) {
             return Err(ApiError::invalid("idempotency_key must be at most 200 characters"));
         }
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = self.pool.begin().await?;
         let program = owned_program(&mut tx, program_id.as_str(), &owner.org_id, false).await?;
         if program.status()? == ProgramStatus::Archived {
             return Err(ApiError::conflict("an archived program takes no new affiliates"));
         }
         if let Some(key) = key
-            && let Some(existing) = store::by_idempotency_key(&mut tx, program_id.as_str(), key)
-                .await
-                .map_err(db_error)?
+            && let Some(existing) = store::by_idempotency_key(&mut tx, program_id.as_str(), key).await?
         {
             return replay_invitation(&existing, &email, parent.as_deref());
         }
@@ -67,12 +65,10 @@ impl Enrollment {
             idempotency_key: key,
             expires_at,
         };
-        if !store::insert(&mut tx, &new).await.map_err(db_error)? {
+        if !store::insert(&mut tx, &new).await? {
             // A concurrent invitation with the same key won; answer as if we had come second.
             let existing = match key {
-                Some(key) => store::by_idempotency_key(&mut tx, program_id.as_str(), key)
-                    .await
-                    .map_err(db_error)?,
+                Some(key) => store::by_idempotency_key(&mut tx, program_id.as_str(), key).await?,
                 None => None,
             };
             return replay_invitation(&existing.ok_or_else(ApiError::internal)?, &email, parent.as_deref());
@@ -86,19 +82,15 @@ impl Enrollment {
             program_id: program_id.to_string(),
             program_name: program.name.clone(),
             owner_org_id: owner.org_id.clone(),
-            owner_org_name: enrollments::org_name(&mut tx, &owner.org_id)
-                .await
-                .map_err(db_error)?
-                .unwrap_or_default(),
+            owner_org_name: enrollments::org_name(&mut tx, &owner.org_id).await?.unwrap_or_default(),
             expires_at_micros: expires_at.timestamp_micros(),
         };
         amba_bus::outbox::enqueue(
             &mut tx,
             &OutboxEvent::new(self.ns.event("identity", "invitation_sent"), &meta, &event),
         )
-        .await
-        .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
+        .await?;
+        tx.commit().await?;
         self.waker.wake();
         tracing::info!(%invitation_id, "invitation e-mailed");
         Ok(pb::InvitationReply {
@@ -119,17 +111,15 @@ impl Enrollment {
         if !looks_like_invitation_token(token) {
             return Err(unknown_invitation());
         }
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = self.pool.begin().await?;
         let invitation = store::by_token_hash(&mut tx, &hash_token(token), true)
-            .await
-            .map_err(db_error)?
+            .await?
             .ok_or_else(unknown_invitation)?;
         if invitation.claimed_at.is_some() {
             let mine = invitation.claimed_by_org_id.as_deref() == Some(who.org_id.as_str());
             if let (true, Some(enrollment_id)) = (mine, &invitation.enrollment_id) {
                 let row = enrollments::get(&mut tx, enrollment_id, false)
-                    .await
-                    .map_err(db_error)?
+                    .await?
                     .ok_or_else(ApiError::internal)?;
                 return Ok(reply(&row, true));
             }
@@ -145,8 +135,7 @@ impl Enrollment {
             )));
         }
         let program = crate::store::programs::get(&mut tx, &invitation.program_id, false)
-            .await
-            .map_err(db_error)?
+            .await?
             .ok_or_else(ApiError::internal)?;
         if program.owner_org_id == who.org_id {
             return Err(ApiError::invalid("an org cannot be an affiliate of its own program"));
@@ -156,10 +145,7 @@ impl Enrollment {
                 "the program was archived and takes no new affiliates",
             ));
         }
-        if let Some(existing) = enrollments::get_by_program_and_org(&mut tx, &program.program_id, &who.org_id)
-            .await
-            .map_err(db_error)?
-        {
+        if let Some(existing) = enrollments::get_by_program_and_org(&mut tx, &program.program_id, &who.org_id).await? {
             return Err(already_enrolled(&existing));
         }
         let enrollment_id = EnrollmentId::new();
@@ -180,20 +166,18 @@ impl Enrollment {
             depth,
             idempotency_key: None,
         };
-        if !enrollments::insert(&mut tx, &new).await.map_err(db_error)? {
+        if !enrollments::insert(&mut tx, &new).await? {
             return Err(ApiError::conflict(
                 "an enrollment for this org was created at the same moment; list your programs",
             ));
         }
         self.issue_code(&mut tx, enrollment_id.as_str(), &program.program_id, &who.org_id)
             .await?;
-        store::mark_claimed(&mut tx, &invitation.invitation_id, &who.org_id, enrollment_id.as_str())
-            .await
-            .map_err(db_error)?;
+        store::mark_claimed(&mut tx, &invitation.invitation_id, &who.org_id, enrollment_id.as_str()).await?;
         let row = self
             .announce_enrollment(&mut tx, enrollment_id.as_str(), "activated", "")
             .await?;
-        tx.commit().await.map_err(db_error)?;
+        tx.commit().await?;
         self.waker.wake();
         tracing::info!(%enrollment_id, invitation_id = %invitation.invitation_id, "invitation claimed");
         Ok(reply(&row, false))
@@ -208,14 +192,12 @@ impl Enrollment {
         if !looks_like_invitation_token(token) {
             return Err(unknown_invitation());
         }
-        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        let mut conn = self.pool.acquire().await?;
         let invitation = store::by_token_hash(&mut conn, &hash_token(token), false)
-            .await
-            .map_err(db_error)?
+            .await?
             .ok_or_else(unknown_invitation)?;
         let program = crate::store::programs::get(&mut conn, &invitation.program_id, false)
-            .await
-            .map_err(db_error)?
+            .await?
             .ok_or_else(ApiError::internal)?;
         let status = if invitation.claimed_at.is_some() {
             "claimed"
@@ -237,10 +219,9 @@ impl Enrollment {
     pub async fn program_public(&self, request: pb::ProgramPublicRequest) -> Result<pb::ProgramPublic, ApiError> {
         let not_found = || ApiError::not_found("program (or it takes no applications)");
         let program_id = ProgramId::parse(request.program_id.trim()).map_err(|_| not_found())?;
-        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        let mut conn = self.pool.acquire().await?;
         let program = crate::store::programs::get(&mut conn, program_id.as_str(), false)
-            .await
-            .map_err(db_error)?
+            .await?
             .filter(|p| p.status == ProgramStatus::Active.as_str())
             .ok_or_else(not_found)?;
         Ok(pb::ProgramPublic {

@@ -3,15 +3,17 @@
 //! Callers are trusted internal services (the edge) that pass the verified `Principal` of the
 //! token; every owner operation checks that principal's org against the program's owner.
 
+mod codes;
 mod enrollments;
 mod identity;
 mod invitations;
 mod programs;
+mod sponsors;
 
 use amba_bus::Namespace;
 use amba_bus::outbox::RelayWaker;
 use amba_bus::rpc::RpcServer;
-pub(crate) use amba_bus::rpc::{caller, db_error};
+pub(crate) use amba_bus::rpc::caller;
 use amba_proto::methods::enrollment as methods;
 use sqlx::PgPool;
 

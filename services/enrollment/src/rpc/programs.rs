@@ -1,4 +1,4 @@
-use super::{Enrollment, caller, db_error};
+use super::{Enrollment, caller};
 use crate::domain::program::{ProgramSettings, ProgramStatus, SettingsInput};
 use crate::store::{self, programs::ProgramRow};
 use amba_bus::events::{OutboxEvent, new_meta};
@@ -23,7 +23,7 @@ impl Enrollment {
             return Err(ApiError::invalid("idempotency_key must be at most 200 characters"));
         }
 
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = self.pool.begin().await?;
         let program_id = ProgramId::new();
         let new = store::programs::NewProgram {
             program_id: program_id.as_str(),
@@ -32,12 +32,10 @@ impl Enrollment {
             idempotency_key: key,
             request_fingerprint: &fingerprint,
         };
-        if !store::programs::insert(&mut tx, &new).await.map_err(db_error)? {
+        if !store::programs::insert(&mut tx, &new).await? {
             // The key was used before: replay the original outcome, or refuse a different request.
             let key = key.unwrap_or_default();
-            let existing = store::programs::get_by_idempotency_key(&mut tx, &owner.org_id, key)
-                .await
-                .map_err(db_error)?;
+            let existing = store::programs::get_by_idempotency_key(&mut tx, &owner.org_id, key).await?;
             let existing = existing.ok_or_else(ApiError::internal)?;
             if existing.request_fingerprint.as_deref() != Some(fingerprint.as_str()) {
                 return Err(ApiError::new(
@@ -52,11 +50,10 @@ impl Enrollment {
             });
         }
         let row = store::programs::get(&mut tx, program_id.as_str(), false)
-            .await
-            .map_err(db_error)?
+            .await?
             .ok_or_else(ApiError::internal)?;
         self.announce_program(&mut tx, "created", &row, true).await?;
-        tx.commit().await.map_err(db_error)?;
+        tx.commit().await?;
         self.waker.wake();
         tracing::info!(%program_id, owner = %owner.org_id, "program created");
         Ok(pb::ProgramReply {
@@ -79,7 +76,7 @@ impl Enrollment {
         // (the edge refuses to redirect to it anyway).
         let landing_given = input.landing_url.is_some();
 
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = self.pool.begin().await?;
         let row = owned_program(&mut tx, program_id.as_str(), &owner.org_id, true).await?;
         let status = row.status()?;
         if status == ProgramStatus::Archived {
@@ -104,23 +101,18 @@ impl Enrollment {
         }
         let version = if commission_changed {
             let version = row.commission_version + 1;
-            store::programs::insert_rule(&mut tx, program_id.as_str(), version, &next.commission)
-                .await
-                .map_err(db_error)?;
+            store::programs::insert_rule(&mut tx, program_id.as_str(), version, &next.commission).await?;
             version
         } else {
             row.commission_version
         };
-        store::programs::update(&mut tx, program_id.as_str(), &next, next_status, version)
-            .await
-            .map_err(db_error)?;
+        store::programs::update(&mut tx, program_id.as_str(), &next, next_status, version).await?;
         let updated = store::programs::get(&mut tx, program_id.as_str(), false)
-            .await
-            .map_err(db_error)?
+            .await?
             .ok_or_else(ApiError::internal)?;
         self.announce_program(&mut tx, "updated", &updated, commission_changed)
             .await?;
-        tx.commit().await.map_err(db_error)?;
+        tx.commit().await?;
         self.waker.wake();
         tracing::info!(status = %next_status, commission_version = version, "program updated");
         Ok(pb::ProgramReply {
@@ -134,19 +126,16 @@ impl Enrollment {
     pub async fn get_program(&self, request: pb::GetProgramRequest) -> Result<pb::ProgramReply, ApiError> {
         let owner = caller(request.caller)?;
         let program_id = ProgramId::parse(&request.program_id)?;
-        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        let mut conn = self.pool.acquire().await?;
         let mut row = owned_program(&mut conn, program_id.as_str(), &owner.org_id, false).await?;
         if let Some(version) = request.commission_version {
             let version =
                 i32::try_from(version).map_err(|_| ApiError::invalid("commission_version is out of range"))?;
             row = store::programs::get_with_version(&mut conn, program_id.as_str(), version)
-                .await
-                .map_err(db_error)?
+                .await?
                 .ok_or_else(|| ApiError::not_found(format!("commission version {version} of program {program_id}")))?;
         }
-        let history = store::programs::rule_history(&mut conn, program_id.as_str())
-            .await
-            .map_err(db_error)?;
+        let history = store::programs::rule_history(&mut conn, program_id.as_str()).await?;
         Ok(pb::ProgramReply {
             program: Some(row.to_proto()),
             commission_history: history,
@@ -159,10 +148,8 @@ impl Enrollment {
         let owner = caller(request.caller)?;
         let after = cursor::decode(&request.cursor)?;
         let limit = cursor::page_size(request.limit);
-        let mut conn = self.pool.acquire().await.map_err(db_error)?;
-        let rows = store::programs::list(&mut conn, &owner.org_id, after.as_deref(), limit + 1)
-            .await
-            .map_err(db_error)?;
+        let mut conn = self.pool.acquire().await?;
+        let rows = store::programs::list(&mut conn, &owner.org_id, after.as_deref(), limit + 1).await?;
         let more = rows.len() > limit as usize;
         let programs: Vec<pb::Program> = rows.iter().take(limit as usize).map(ProgramRow::to_proto).collect();
         let next_cursor = match programs.last() {
@@ -194,7 +181,7 @@ impl Enrollment {
             commission_changed,
         };
         let outbox = OutboxEvent::new(self.ns.event("program", kind), &meta, &event);
-        amba_bus::outbox::enqueue(conn, &outbox).await.map_err(db_error)
+        Ok(amba_bus::outbox::enqueue(conn, &outbox).await?)
     }
 }
 
@@ -207,12 +194,11 @@ pub(super) async fn owned_program(
     org_id: &str,
     lock: bool,
 ) -> Result<ProgramRow, ApiError> {
-    match store::programs::get(conn, program_id, lock).await.map_err(db_error)? {
+    match store::programs::get(conn, program_id, lock).await? {
         Some(row) if row.owner_org_id == org_id => Ok(row),
         Some(_) => {
             let enrolled = store::enrollments::get_by_program_and_org(conn, program_id, org_id)
-                .await
-                .map_err(db_error)?
+                .await?
                 .is_some();
             Err(ApiError::not_owner(format!("program {program_id}"), enrolled, None))
         }

@@ -2,4 +2,5 @@
 
 pub mod plan;
 pub mod schedule;
+pub mod status;
 pub mod summary;

@@ -1,6 +1,7 @@
 //! The summary of a finished run (`payout.run_completed`): what was paid, what failed and why,
 //! what the owner was charged and what went back to the owner.
 
+use super::status::ItemStatus;
 use std::collections::HashMap;
 
 /// How many distinct failure reasons a summary names.
@@ -9,8 +10,7 @@ pub const MAX_REASONS: usize = 5;
 /// One item of the run, as far as its summary cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Item<'a> {
-    /// planned | skipped | pending | reserved | paid | failed | unknown | voided
-    pub status: &'a str,
+    pub status: ItemStatus,
     pub gross_minor: i64,
     pub fee_minor: i64,
     pub debt_minor: i64,
@@ -48,13 +48,13 @@ pub fn summarize<'a>(items: impl IntoIterator<Item = Item<'a>>, charged_minor: i
     let mut reasons: HashMap<&str, u32> = HashMap::new();
     for item in items {
         match item.status {
-            "paid" => {
+            ItemStatus::Paid => {
                 summary.paid_count = summary.paid_count.saturating_add(1);
                 summary.paid_net_minor += item.net_minor;
                 summary.fee_minor += item.fee_minor;
                 summary.debt_minor += item.debt_minor;
             }
-            "failed" | "voided" if item.transfer_attempted => {
+            ItemStatus::Failed | ItemStatus::Voided if item.transfer_attempted => {
                 summary.failed_count = summary.failed_count.saturating_add(1);
                 summary.failed_gross_minor += item.gross_minor;
                 if let Some(reason) = item.reason.map(str::trim).filter(|r| !r.is_empty()) {
@@ -78,7 +78,7 @@ pub fn summarize<'a>(items: impl IntoIterator<Item = Item<'a>>, charged_minor: i
 mod tests {
     use super::*;
 
-    fn item(status: &'static str, gross: i64, reason: Option<&'static str>) -> Item<'static> {
+    fn item(status: ItemStatus, gross: i64, reason: Option<&'static str>) -> Item<'static> {
         Item {
             status,
             gross_minor: gross,
@@ -93,20 +93,23 @@ mod tests {
     #[test]
     fn counts_and_sums_paid_and_failed_items() {
         let items = [
-            item("paid", 2_000, None),
-            item("paid", 1_000, None),
-            item("failed", 800, Some("Stripe refused the transfer: no")),
-            item("voided", 500, Some("Stripe has no transfer for this item")),
+            item(ItemStatus::Paid, 2_000, None),
+            item(ItemStatus::Paid, 1_000, None),
+            item(ItemStatus::Failed, 800, Some("Stripe refused the transfer: no")),
+            item(ItemStatus::Voided, 500, Some("Stripe has no transfer for this item")),
             // Not part of the run's outcome: skipped, never charged, or not final.
-            item("skipped", 300, Some("payable is below the program's payout threshold")),
+            item(
+                ItemStatus::Skipped,
+                300,
+                Some("payable is below the program's payout threshold"),
+            ),
             Item {
                 transfer_attempted: false,
-                ..item("failed", 700, Some("not paid: the payable balance changed"))
+                ..item(ItemStatus::Failed, 700, Some("not paid: the payable balance changed"))
             },
-            item("planned", 1, None),
-            item("pending", 1, None),
-            item("reserved", 1, None),
-            item("unknown", 1, None),
+            item(ItemStatus::Pending, 1, None),
+            item(ItemStatus::Reserved, 1, None),
+            item(ItemStatus::Unknown, 1, None),
         ];
         let s = summarize(items, 4_300, 1_300);
         assert_eq!(
@@ -132,8 +135,11 @@ mod tests {
     #[test]
     fn reasons_are_distinct_most_frequent_first_and_at_most_five() {
         let reasons = ["f", "a", "c", "c", "b", "e", "c", "d", "b", "g", " ", "e"];
-        let mut items: Vec<Item> = reasons.into_iter().map(|r| item("failed", 1, Some(r))).collect();
-        items.push(item("failed", 1, None));
+        let mut items: Vec<Item> = reasons
+            .into_iter()
+            .map(|r| item(ItemStatus::Failed, 1, Some(r)))
+            .collect();
+        items.push(item(ItemStatus::Failed, 1, None));
         let s = summarize(items, 13, 13);
         assert_eq!(s.failed_count, 13);
         assert_eq!(s.failed_gross_minor, 13);

@@ -5,9 +5,9 @@
 //! safely: an item still in flight whose transfer exists is posted (paid); nothing else is
 //! changed automatically.
 
+use crate::domain::status::ItemStatus;
 use crate::settle::Settler;
 use crate::stripe::Transfer;
-use amba_bus::rpc::db_error;
 use amba_core::ApiError;
 use std::collections::HashMap;
 
@@ -26,8 +26,7 @@ pub async fn reconcile(settler: &Settler, program_id: &str, repair: bool) -> Res
     )))
     .bind(program_id)
     .fetch_all(&settler.pool)
-    .await
-    .map_err(db_error)?;
+    .await?;
     let mut report = Reconciliation {
         items: items.len(),
         ..Default::default()
@@ -50,27 +49,27 @@ pub async fn reconcile(settler: &Settler, program_id: &str, repair: bool) -> Res
             .filter(|t| t.payout_item_id() == Some(id.as_str()))
             .cloned()
             .collect();
-        match (item.status.as_str(), transfers.as_slice()) {
-            ("paid", [t])
+        match (item.status, transfers.as_slice()) {
+            (ItemStatus::Paid, [t])
                 if t.amount == item.net_minor && item.stripe_transfer_id.as_deref() == Some(t.id.as_str()) => {}
-            ("paid", [t]) => report.problems.push(format!(
+            (ItemStatus::Paid, [t]) => report.problems.push(format!(
                 "{id}: paid {} by {:?}, but Stripe's transfer {} is {}",
                 item.net_minor, item.stripe_transfer_id, t.id, t.amount
             )),
-            ("paid", []) => report
+            (ItemStatus::Paid, []) => report
                 .problems
                 .push(format!("{id}: paid in the ledger, but Stripe has no transfer for it")),
-            ("failed" | "voided", []) => {}
-            ("failed" | "voided", found) => report.problems.push(format!(
+            (ItemStatus::Failed | ItemStatus::Voided, []) => {}
+            (ItemStatus::Failed | ItemStatus::Voided, found) => report.problems.push(format!(
                 "{id}: {} (reservation returned), but Stripe shows {} transfer(s): money moved without a ledger post",
                 item.status,
                 found.len()
             )),
-            ("pending", []) => {}
-            ("reserved" | "unknown", [t]) if repair => {
-                let mut conn = settler.pool.begin().await.map_err(db_error)?;
+            (ItemStatus::Pending, []) => {}
+            (ItemStatus::Reserved | ItemStatus::Unknown, [t]) if repair => {
+                let mut conn = settler.pool.begin().await?;
                 let posted = settler.transfer_seen(&mut conn, id, &t.id).await?;
-                conn.commit().await.map_err(db_error)?;
+                conn.commit().await?;
                 if posted {
                     report
                         .repaired
