@@ -566,6 +566,7 @@ async fn a_forged_click_cannot_take_a_signed_subjects_credit() -> anyhow::Result
     let mallory_code = text(&enroll(&owner, &mallory, &program, None).await?["code"]).to_owned();
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
         .build()?;
     // A visitor follows Ann's link: the edge mints a subject signed for Ann's code.
     let link = format!("{}/r/{ann_code}", sys.base_url());

@@ -13,8 +13,13 @@ pub struct McpClient {
 }
 
 impl McpClient {
+    /// Each HTTP request gives up after a minute: a call that never answers fails the caller with
+    /// a timeout instead of hanging it.
     pub async fn connect(url: &str, token: Option<&str>) -> anyhow::Result<McpClient> {
-        McpClient::connect_with(reqwest::Client::new(), url, token).await
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(60))
+            .build()?;
+        McpClient::connect_with(http, url, token).await
     }
 
     /// Like [`McpClient::connect`] over a given HTTP client (default headers, say).
