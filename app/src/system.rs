@@ -126,6 +126,9 @@ pub struct Running {
 /// the edge and the report writer need to answer callers (docs/performance.md, issue 27).
 struct Background(Option<tokio::runtime::Runtime>);
 
+/// How long a stopping process waits for NATS to confirm what it published last.
+const FINAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Background {
     /// One, if `services` mixes ingest (edge, attribution) with event-driven services.
     fn for_services(services: &[ServiceName]) -> std::io::Result<Option<Background>> {
@@ -204,12 +207,16 @@ impl Running {
                 self.failures.stop_all(&self.shutdown, format!("a task failed: {err}"));
             }
         }
-        drop(self.background.take());
+        // Flushed while the background runtime still runs: the connections of the services on it
+        // are driven by tasks of that runtime, and a flush with no one to answer it never ends.
         for nats in &self.connections {
-            if let Err(err) = nats.flush().await {
-                tracing::warn!(error = %err, "final NATS flush failed");
+            match tokio::time::timeout(FINAL_FLUSH, nats.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => tracing::warn!(error = %err, "final NATS flush failed"),
+                Err(_) => tracing::warn!("final NATS flush timed out"),
             }
         }
+        drop(self.background.take());
         let failures = self.failures.take();
         if failures.is_empty() {
             Ok(())
