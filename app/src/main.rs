@@ -14,6 +14,7 @@
 //! `amba --help` and `amba <command> --help` describe every command. Exit status: 0 done, 1 the
 //! command failed, 2 a bad command line or configuration.
 
+mod operator;
 mod orgs;
 
 use amba::{ServiceName, Settings, local, system};
@@ -324,124 +325,20 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
     match command {
         Command::Dev => dev(settings).await,
         Command::Serve { service } => serve(settings, &[service], service.as_str()).await,
-        Command::Migrate => {
-            let _telemetry = amba_telemetry::init("amba-migrate", None, settings.log_json)?;
-            // JetStream first: a service that finds its schema migrated finds its consumers too.
-            system::declare_jetstream(&settings).await?;
-            println!("JetStream streams and consumers declared");
-            system::migrate_all(&settings).await?;
-            println!("migrations applied");
-            Ok(())
-        }
-        Command::Ledger(LedgerCommand::Verify) => {
-            let report = amba_commission::verify_database(settings.database_url.expose()).await?;
-            for problem in &report.problems {
-                eprintln!("ledger: {problem}");
-            }
-            println!(
-                "ledger: {} postings, {} entries, {} accounts checked; {} problem(s)",
-                report.journals,
-                report.entries,
-                report.accounts,
-                report.problems.len()
-            );
-            anyhow::ensure!(report.is_ok(), "the ledger does not verify");
-            Ok(())
-        }
+        Command::Migrate => operator::migrate(&settings).await,
+        Command::Ledger(LedgerCommand::Verify) => operator::ledger_verify(&settings).await,
         Command::Streams(StreamsCommand::Delete { confirm: confirmed }) => {
-            anyhow::ensure!(
-                confirmed == settings.namespace.as_str(),
-                "--confirm {confirmed:?} does not name AMBA_NAMESPACE {:?}; nothing was deleted",
-                settings.namespace.as_str()
-            );
-            let nats = system::connect_nats(&settings, "amba-streams").await?;
-            let js = async_nats::jetstream::new(nats);
-            amba_bus::streams::delete_event_streams(&js, &settings.namespace)
-                .await
-                .map_err(|e| anyhow::anyhow!("deleting streams: {e}"))?;
-            println!("event streams of namespace {confirmed} deleted");
-            Ok(())
+            operator::streams_delete(&settings, confirmed).await
         }
         Command::DeadLetters(DeadLettersCommand::List { consumer }) => {
-            let consumer = consumer.as_deref();
-            let mut count = 0;
-            for (schema, pool) in service_stores(&settings).await? {
-                for letter in amba_bus::dead_letters::list(&pool, consumer).await? {
-                    count += 1;
-                    println!(
-                        "{schema}\t{}\t{}\t{}\t{} deliveries\t{}\t{}",
-                        letter.consumer,
-                        letter.event_id,
-                        letter.subject,
-                        letter.deliveries,
-                        letter.recorded_at.to_rfc3339(),
-                        letter.error
-                    );
-                }
-                pool.close().await;
-            }
-            eprintln!("{count} dead letter(s) waiting");
-            Ok(())
+            operator::dead_letters_list(&settings, consumer).await
         }
-        Command::Outbox(OutboxCommand::Status) => {
-            let mut waiting = 0;
-            for (_, pool) in service_stores(&settings).await? {
-                let status = amba_bus::outbox::status(&pool).await?;
-                waiting += status.pending;
-                println!(
-                    "{}\t{} pending\toldest {}\t{} rejected",
-                    status.schema,
-                    status.pending,
-                    status
-                        .oldest_age_seconds
-                        .map(|s| format!("{s:.1}s ago"))
-                        .unwrap_or_else(|| "-".to_owned()),
-                    status.rejected
-                );
-                pool.close().await;
-            }
-            eprintln!("{waiting} event(s) waiting to be published");
-            Ok(())
-        }
+        Command::Outbox(OutboxCommand::Status) => operator::outbox_status(&settings).await,
         Command::DeadLetters(DeadLettersCommand::Replay { consumer, event_id }) => {
-            let nats = system::connect_nats(&settings, "amba-dead-letters").await?;
-            let js = async_nats::jetstream::new(nats.clone());
-            let mut replayed = Vec::new();
-            for (_, pool) in service_stores(&settings).await? {
-                replayed.extend(amba_bus::dead_letters::replay(&pool, &js, &consumer, event_id.as_deref()).await?);
-                pool.close().await;
-            }
-            nats.flush().await?;
-            for event_id in &replayed {
-                println!("replayed {event_id}");
-            }
-            anyhow::ensure!(
-                !replayed.is_empty(),
-                "no dead letter of consumer {consumer}{} is waiting",
-                event_id.map(|id| format!(" with event id {id}")).unwrap_or_default()
-            );
-            Ok(())
+            operator::dead_letters_replay(&settings, consumer, event_id).await
         }
         Command::Payouts(PayoutsCommand::Reconcile { program_id, repair }) => {
-            let nats = system::connect_nats(&settings, "amba-reconcile").await?;
-            let bus = amba_bus::Bus::new(nats, settings.namespace.clone());
-            let config = system::payout_config(&settings);
-            let report =
-                amba_payout::reconcile(settings.database_url.expose(), &bus, &config, &program_id, repair).await?;
-            for line in &report.repaired {
-                println!("repaired: {line}");
-            }
-            for problem in &report.problems {
-                eprintln!("difference: {problem}");
-            }
-            println!(
-                "payouts of {program_id}: {} item(s) compared with Stripe; {} difference(s), {} repaired",
-                report.items,
-                report.problems.len(),
-                report.repaired.len()
-            );
-            anyhow::ensure!(report.problems.is_empty(), "Stripe and the ledger differ");
-            Ok(())
+            operator::payouts_reconcile(&settings, program_id, repair).await
         }
         Command::Orgs(OrgsCommand::List) => orgs::list(&settings).await,
         Command::Orgs(OrgsCommand::Payouts(change)) => {
@@ -454,50 +351,9 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
                 } => (org_id, true, (cap_per_run, cap_per_day), by),
                 OrgPayoutsCommand::Disable { org_id, by } => (org_id, false, (None, None), by),
             };
-            let names = orgs::names(&settings).await?;
-            anyhow::ensure!(names.contains_key(&org_id), "no organization {org_id}");
-            let by = by
-                .or_else(|| std::env::var("USER").ok())
-                .unwrap_or_else(|| "operator".into());
-            let done =
-                amba_payout::set_org_payouts(settings.database_url.expose(), &org_id, enabled, caps, &by).await?;
-            println!(
-                "live payouts of {org_id} ({}) {} by {} at {}{}",
-                names.get(&org_id).map(String::as_str).unwrap_or_default(),
-                if done.enabled { "enabled" } else { "disabled" },
-                done.changed_by,
-                done.changed_at.to_rfc3339(),
-                orgs::caps_text(&done)
-            );
-            Ok(())
+            orgs::set_payouts(&settings, &org_id, enabled, caps, by).await
         }
-        Command::Tick => {
-            let nats = system::connect_nats(&settings, "amba-tick").await?;
-            let js = async_nats::jetstream::new(nats);
-            // Only the stream it publishes to, and only if missing or different (its NATS user
-            // may only look it up).
-            amba_bus::streams::ensure_streams(&js, &settings.namespace, &["edge"], settings.stream_replicas)
-                .await
-                .map_err(|e| anyhow::anyhow!("declaring the edge stream: {e}"))?;
-            let now = chrono::Utc::now();
-            let new = amba_payout::publish_tick(&js, &settings.namespace, now)
-                .await
-                .map_err(|e| anyhow::anyhow!("publishing the tick: {e}"))?;
-            if new {
-                println!(
-                    "settlement tick {} published: the payout service now creates the run of every scheduled \
-                     program that is due this period, has no run for it yet, and whose owner is enabled and funded \
-                     (amba_affiliate_payouts_list shows them)",
-                    now.to_rfc3339()
-                );
-            } else {
-                println!(
-                    "settlement tick {} was already published (nothing new)",
-                    now.to_rfc3339()
-                );
-            }
-            Ok(())
-        }
+        Command::Tick => operator::tick(&settings).await,
         Command::Infra(InfraCommand::Up) => {
             infra_up(&settings).await?;
             println!("PostgreSQL and NATS are answering (`amba infra down` stops the ones amba started)");
@@ -584,19 +440,6 @@ async fn dev(mut settings: Settings) -> anyhow::Result<()> {
         running.grpc_addr().map(|a| a.to_string()).unwrap_or_default()
     );
     run_until_signal(running).await
-}
-
-/// A connection to each service's schema (each holds its consumers' dead letters).
-async fn service_stores(settings: &Settings) -> anyhow::Result<Vec<(&'static str, sqlx::PgPool)>> {
-    let mut stores = Vec::new();
-    for service in ServiceName::ALL.into_iter().filter(|s| *s != ServiceName::Edge) {
-        let schema = service.as_str();
-        stores.push((
-            schema,
-            amba_bus::store::connect(settings.database_url.expose(), schema, 1).await?,
-        ));
-    }
-    Ok(stores)
 }
 
 async fn serve(settings: Settings, services: &[ServiceName], name: &str) -> anyhow::Result<()> {

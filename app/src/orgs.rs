@@ -47,3 +47,28 @@ pub async fn list(settings: &Settings) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `amba orgs payouts enable|disable`: an org's live-payout switch and caps, with who changed it.
+pub async fn set_payouts(
+    settings: &Settings,
+    org_id: &str,
+    enabled: bool,
+    caps: (Option<i64>, Option<i64>),
+    by: Option<String>,
+) -> anyhow::Result<()> {
+    let names = names(settings).await?;
+    anyhow::ensure!(names.contains_key(org_id), "no organization {org_id}");
+    let by = by
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "operator".into());
+    let done = amba_payout::set_org_payouts(settings.database_url.expose(), org_id, enabled, caps, &by).await?;
+    println!(
+        "live payouts of {org_id} ({}) {} by {} at {}{}",
+        names.get(org_id).map(String::as_str).unwrap_or_default(),
+        if done.enabled { "enabled" } else { "disabled" },
+        done.changed_by,
+        done.changed_at.to_rfc3339(),
+        caps_text(&done)
+    );
+    Ok(())
+}
