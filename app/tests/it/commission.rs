@@ -250,7 +250,6 @@ async fn accrual_clawbacks_payout_and_debt_are_exact() -> anyhow::Result<()> {
     };
     let outcome: pb::ClawbackOutcome = rpc(&sys)
         .call(
-            methods::SERVICE,
             methods::CLAWBACK_OUTCOME,
             &pb::ClawbackOutcomeRequest {
                 caller: Some(caller.clone()),
@@ -266,8 +265,7 @@ async fn accrual_clawbacks_payout_and_debt_are_exact() -> anyhow::Result<()> {
         ..Default::default()
     };
     let err = rpc(&sys)
-        .call::<_, pb::ClawbackOutcome>(
-            methods::SERVICE,
+        .call(
             methods::CLAWBACK_OUTCOME,
             &pb::ClawbackOutcomeRequest {
                 caller: Some(stranger),
@@ -283,7 +281,6 @@ async fn accrual_clawbacks_payout_and_debt_are_exact() -> anyhow::Result<()> {
     // Ledger-level payout: reserve all 15.00, post with a 1.50 fee.
     let quote: pb::PayableQuoteReply = rpc(&sys)
         .call(
-            methods::SERVICE,
             methods::PAYABLE_QUOTE,
             &pb::PayableQuoteRequest {
                 program_id: program.clone(),
@@ -298,13 +295,9 @@ async fn accrual_clawbacks_payout_and_debt_are_exact() -> anyhow::Result<()> {
         enrollment_id: enrollment.clone(),
         amount_minor: 1_500,
     };
-    let reserved: pb::PayoutItemReply = rpc(&sys)
-        .call(methods::SERVICE, methods::PAYOUT_RESERVE, &reserve)
-        .await?;
+    let reserved: pb::PayoutItemReply = rpc(&sys).call(methods::PAYOUT_RESERVE, &reserve).await?;
     assert!(!reserved.duplicate);
-    let replay: pb::PayoutItemReply = rpc(&sys)
-        .call(methods::SERVICE, methods::PAYOUT_RESERVE, &reserve)
-        .await?;
+    let replay: pb::PayoutItemReply = rpc(&sys).call(methods::PAYOUT_RESERVE, &reserve).await?;
     assert!(replay.duplicate);
     let mismatch = pb::ReservePayoutRequest {
         amount_minor: 1_000,
@@ -312,11 +305,7 @@ async fn accrual_clawbacks_payout_and_debt_are_exact() -> anyhow::Result<()> {
     };
     let code = |r: Result<pb::PayoutItemReply, amba_core::ApiError>| r.err().map(|e| e.code.as_str());
     assert_eq!(
-        code(
-            rpc(&sys)
-                .call(methods::SERVICE, methods::PAYOUT_RESERVE, &mismatch)
-                .await
-        ),
+        code(rpc(&sys).call(methods::PAYOUT_RESERVE, &mismatch).await),
         Some("IDEMPOTENCY_MISMATCH")
     );
     // Nothing left to reserve: a second item is refused, payable never goes below zero.
@@ -326,7 +315,7 @@ async fn accrual_clawbacks_payout_and_debt_are_exact() -> anyhow::Result<()> {
         ..reserve.clone()
     };
     assert_eq!(
-        code(rpc(&sys).call(methods::SERVICE, methods::PAYOUT_RESERVE, &more).await),
+        code(rpc(&sys).call(methods::PAYOUT_RESERVE, &more).await),
         Some("CONFLICT")
     );
     let b = balance_when(&ann, &program, |b| b["reserved_minor"] == 1_500).await?;
@@ -335,15 +324,15 @@ async fn accrual_clawbacks_payout_and_debt_are_exact() -> anyhow::Result<()> {
         payout_item_id: "poi_1".into(),
         fee_minor: 150,
     };
-    let posted: pb::PayoutItemReply = rpc(&sys).call(methods::SERVICE, methods::PAYOUT_POST, &post).await?;
+    let posted: pb::PayoutItemReply = rpc(&sys).call(methods::PAYOUT_POST, &post).await?;
     assert_eq!(posted.item.map(|i| i.status), Some("posted".to_owned()));
-    let replay: pb::PayoutItemReply = rpc(&sys).call(methods::SERVICE, methods::PAYOUT_POST, &post).await?;
+    let replay: pb::PayoutItemReply = rpc(&sys).call(methods::PAYOUT_POST, &post).await?;
     assert!(replay.duplicate);
     let void = pb::VoidPayoutRequest {
         payout_item_id: "poi_1".into(),
     };
     assert_eq!(
-        code(rpc(&sys).call(methods::SERVICE, methods::PAYOUT_VOID, &void).await),
+        code(rpc(&sys).call(methods::PAYOUT_VOID, &void).await),
         Some("CONFLICT")
     );
     let b = balance_when(&ann, &program, |b| b["paid_minor"] == 1_350).await?;
@@ -355,7 +344,6 @@ async fn accrual_clawbacks_payout_and_debt_are_exact() -> anyhow::Result<()> {
     assert_eq!(figures(&b), [0, 0, 0, 1_350, 1_500]);
     let outcome: pb::ClawbackOutcome = rpc(&sys)
         .call(
-            methods::SERVICE,
             methods::CLAWBACK_OUTCOME,
             &pb::ClawbackOutcomeRequest {
                 caller: Some(caller),
@@ -503,12 +491,9 @@ async fn transfer_reversal_recovers_once_whichever_comes_first() -> anyhow::Resu
         enrollment_id: enrollment.clone(),
         amount_minor: amount,
     };
-    let _: pb::PayoutItemReply = r
-        .call(methods::SERVICE, methods::PAYOUT_RESERVE, &reserve("poi_1", 3_000))
-        .await?;
-    let _: pb::PayoutItemReply = r
+    let _ = r.call(methods::PAYOUT_RESERVE, &reserve("poi_1", 3_000)).await?;
+    let _ = r
         .call(
-            methods::SERVICE,
             methods::PAYOUT_POST,
             &pb::PostPayoutRequest {
                 payout_item_id: "poi_1".into(),
@@ -523,9 +508,9 @@ async fn transfer_reversal_recovers_once_whichever_comes_first() -> anyhow::Resu
         amount_minor: 2_000,
         conversion_ids: vec!["cnv_a".into()],
     };
-    let out: pb::TransferReversalReply = r.call(methods::SERVICE, methods::TRANSFER_REVERSAL, &reversal).await?;
+    let out: pb::TransferReversalReply = r.call(methods::TRANSFER_REVERSAL, &reversal).await?;
     assert_eq!((out.settled_debt_minor, out.recovered_minor), (0, 2_000));
-    let again: pb::TransferReversalReply = r.call(methods::SERVICE, methods::TRANSFER_REVERSAL, &reversal).await?;
+    let again: pb::TransferReversalReply = r.call(methods::TRANSFER_REVERSAL, &reversal).await?;
     assert!(again.duplicate);
     let bal = balance_when(&ann, &program, |b| b["paid_minor"] == 1_000).await?;
     assert_eq!(figures(&bal), [0, 0, 0, 1_000, 0]);
@@ -560,7 +545,7 @@ async fn transfer_reversal_recovers_once_whichever_comes_first() -> anyhow::Resu
         amount_minor: 1_000,
         conversion_ids: vec!["cnv_b".into()],
     };
-    let out: pb::TransferReversalReply = r.call(methods::SERVICE, methods::TRANSFER_REVERSAL, &reversal).await?;
+    let out: pb::TransferReversalReply = r.call(methods::TRANSFER_REVERSAL, &reversal).await?;
     assert_eq!((out.settled_debt_minor, out.recovered_minor), (1_000, 0));
     let bal = balance_when(&ann, &program, |b| b["paid_minor"] == 0).await?;
     assert_eq!(figures(&bal), [0, 0, 0, 0, 0]);
@@ -571,7 +556,7 @@ async fn transfer_reversal_recovers_once_whichever_comes_first() -> anyhow::Resu
         ..reversal
     };
     let err = r
-        .call::<_, pb::TransferReversalReply>(methods::SERVICE, methods::TRANSFER_REVERSAL, &too_much)
+        .call(methods::TRANSFER_REVERSAL, &too_much)
         .await
         .err()
         .map(|e| e.code.as_str());
@@ -938,9 +923,8 @@ async fn clawback_through_mcp_before_and_after_a_payout() -> anyhow::Result<()> 
     assert_eq!(again["conversion"]["clawed_back_minor"], 2_500);
 
     // A ledger-level payout of the 15.00.
-    let _: pb::PayoutItemReply = rpc(&sys)
+    let _ = rpc(&sys)
         .call(
-            methods::SERVICE,
             methods::PAYOUT_RESERVE,
             &pb::ReservePayoutRequest {
                 payout_item_id: "poi_1".into(),
@@ -950,9 +934,8 @@ async fn clawback_through_mcp_before_and_after_a_payout() -> anyhow::Result<()> 
             },
         )
         .await?;
-    let _: pb::PayoutItemReply = rpc(&sys)
+    let _ = rpc(&sys)
         .call(
-            methods::SERVICE,
             methods::PAYOUT_POST,
             &pb::PostPayoutRequest {
                 payout_item_id: "poi_1".into(),
@@ -1953,9 +1936,8 @@ async fn commissions_export_is_the_ledger_movement_by_movement_exact_to_the_mino
     // coming back (with its share of the fee, 0.33).
     let r = rpc(&sys);
     for (item, amount) in [("pit_x1", 1_000), ("pit_x2", 500)] {
-        let _: pb::PayoutItemReply = r
+        let _ = r
             .call(
-                methods::SERVICE,
                 methods::PAYOUT_RESERVE,
                 &pb::ReservePayoutRequest {
                     payout_item_id: item.into(),
@@ -1966,9 +1948,8 @@ async fn commissions_export_is_the_ledger_movement_by_movement_exact_to_the_mino
             )
             .await?;
     }
-    let _: pb::PayoutItemReply = r
+    let _ = r
         .call(
-            methods::SERVICE,
             methods::PAYOUT_POST,
             &pb::PostPayoutRequest {
                 payout_item_id: "pit_x1".into(),
@@ -1976,9 +1957,8 @@ async fn commissions_export_is_the_ledger_movement_by_movement_exact_to_the_mino
             },
         )
         .await?;
-    let _: pb::PayoutItemReply = r
+    let _ = r
         .call(
-            methods::SERVICE,
             methods::PAYOUT_VOID,
             &pb::VoidPayoutRequest {
                 payout_item_id: "pit_x2".into(),
@@ -1987,7 +1967,6 @@ async fn commissions_export_is_the_ledger_movement_by_movement_exact_to_the_mino
         .await?;
     let reversed: pb::TransferReversalReply = r
         .call(
-            methods::SERVICE,
             methods::TRANSFER_REVERSAL,
             &pb::TransferReversalRequest {
                 reversal_id: "trr_x1".into(),

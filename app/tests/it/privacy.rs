@@ -292,10 +292,7 @@ async fn affiliate_links_lead_only_to_https_pages_of_other_sites() -> anyhow::Re
             }),
             idempotency_key: String::new(),
         };
-        let refused = rpc
-            .call::<_, pb::ProgramReply>(methods::SERVICE, methods::PROGRAM_CREATE, &request)
-            .await
-            .err();
+        let refused = rpc.call(methods::PROGRAM_CREATE, &request).await.err();
         assert!(
             refused.is_some_and(|e| e.message.starts_with("landing_url")),
             "{landing} accepted by enrollment"

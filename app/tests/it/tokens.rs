@@ -104,7 +104,7 @@ async fn revocation_reaches_edges_that_did_not_revoke() -> anyhow::Result<()> {
         caller: Some(principal),
         token_id: text(&created["token_id"]).to_owned(),
     };
-    let _: TokenReply = rpc.call(methods::SERVICE, methods::TOKEN_REVOKE, &request).await?;
+    let _: TokenReply = rpc.call(methods::TOKEN_REVOKE, &request).await?;
 
     eventually(Duration::from_secs(5), "the cached token to be refused", || {
         let client = &client;

@@ -6,6 +6,7 @@
 
 use crate::Namespace;
 use amba_core::{ApiError, ErrorCode};
+use amba_proto::Method;
 use amba_proto::wire::{self as pb, reply};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -76,13 +77,23 @@ impl RpcClient {
 
     /// Whether `service` answers at all (every [`RpcServer`] serves `ping`).
     pub async fn ping(&self, service: &str) -> Result<(), ApiError> {
-        self.call::<pb::Ping, pb::Ping>(service, PING, &pb::Ping {})
+        self.call_named::<pb::Ping, pb::Ping>(service, PING, &pb::Ping {})
             .await
             .map(|_| ())
     }
 
-    /// Sends `request` to `<ns>.rpc.<service>.<method>` and decodes the reply.
+    /// Calls `method` (`amba_proto::methods::<service>::<NAME>`) with `request`; the reply is the
+    /// method's own reply type.
     pub async fn call<Req: Message, Resp: Message + Default>(
+        &self,
+        method: Method<Req, Resp>,
+        request: &Req,
+    ) -> Result<Resp, ApiError> {
+        self.call_named(method.service, method.name, request).await
+    }
+
+    /// Sends `request` to `<ns>.rpc.<service>.<method>` and decodes the reply.
+    async fn call_named<Req: Message, Resp: Message + Default>(
         &self,
         service: &str,
         method: &str,
@@ -290,7 +301,7 @@ impl RpcServer {
             routes: HashMap::new(),
             concurrency: 256,
         }
-        .route(PING, |ping: pb::Ping| async move { Ok(ping) })
+        .route(Method::new(service, PING), |ping: pb::Ping| async move { Ok(ping) })
     }
 
     /// How many requests may be in flight at once (default 256).
@@ -301,7 +312,7 @@ impl RpcServer {
 
     /// Registers `method`: the request is decoded (a bad payload is INVALID_ARGUMENT) and the
     /// handler's response or error becomes the reply.
-    pub fn route<Req, Resp, F, Fut>(mut self, method: &'static str, handler: F) -> Self
+    pub fn route<Req, Resp, F, Fut>(mut self, method: Method<Req, Resp>, handler: F) -> Self
     where
         Req: Message + Default + 'static,
         Resp: Message + 'static,
@@ -316,7 +327,7 @@ impl RpcServer {
                 handler(request).await.map(|resp| resp.encode_to_vec())
             })
         });
-        self.routes.insert(method, route);
+        self.routes.insert(method.name, route);
         self
     }
 

@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 
 use crate::cards;
 use crate::error::ApiError;
-use crate::form::Form;
 use crate::error::CheckoutRefusal;
+use crate::form::Form;
 use crate::payments::success_redirect;
 use crate::state::{Saved, State as Data, Visit, new_id};
 use crate::{FaultKind, Shared, now};

@@ -140,7 +140,6 @@ impl TokenCache {
         let verified: Result<Principal, ApiError> = self
             .rpc
             .call(
-                methods::SERVICE,
                 methods::VERIFY_TOKEN,
                 &VerifyTokenRequest {
                     token: token.to_owned(),

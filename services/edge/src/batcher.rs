@@ -124,11 +124,7 @@ async fn run(mut receiver: mpsc::Receiver<Queued>, rpc: RpcClient) {
         tokio::spawn(async move {
             let count = reports.len();
             let result: Result<pb::ReportConversionsReply, ApiError> = rpc
-                .call(
-                    methods::SERVICE,
-                    methods::REPORT_BATCH,
-                    &pb::ReportBatchRequest { reports },
-                )
+                .call(methods::REPORT_BATCH, &pb::ReportBatchRequest { reports })
                 .await;
             match result {
                 Ok(reply) if reply.outcomes.len() == count => {

@@ -86,10 +86,7 @@ pub async fn record(
 ) -> Result<pb::RecordTouchpointReply, ApiError> {
     let request = amba_proto::validate::touchpoint(&request, chrono::Utc::now())?;
     state.subjects.check(&request.code, &request.subject_ref)?;
-    state
-        .rpc
-        .call(methods::SERVICE, methods::RECORD_TOUCHPOINT, &request)
-        .await
+    state.rpc.call(methods::RECORD_TOUCHPOINT, &request).await
 }
 
 #[cfg(test)]

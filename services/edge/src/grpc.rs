@@ -101,14 +101,10 @@ impl ConversionsApi {
 
     async fn call<Req: prost::Message, Resp: prost::Message + Default>(
         &self,
-        method: &str,
+        method: amba_proto::Method<Req, Resp>,
         request: &Req,
     ) -> Result<Resp, Status> {
-        self.state
-            .rpc
-            .call(methods::SERVICE, method, request)
-            .await
-            .map_err(|e| status(&e))
+        self.state.rpc.call(method, request).await.map_err(|e| status(&e))
     }
 }
 
@@ -268,11 +264,7 @@ impl ConversionsApi {
             let reply: Result<pb::ReportConversionsReply, ApiError> = self
                 .state
                 .rpc
-                .call(
-                    methods::SERVICE,
-                    methods::REPORT_BATCH,
-                    &pb::ReportBatchRequest { reports },
-                )
+                .call(methods::REPORT_BATCH, &pb::ReportBatchRequest { reports })
                 .await;
             let reply = reply.map_err(|err| {
                 // The whole request failed (e.g. UNAVAILABLE): exactly what an operator alerts on.

@@ -205,11 +205,7 @@ pub async fn unsubscribe(
     let request = pb::UnsubscribeRequest { token };
     let reply: pb::UnsubscribeReply = match state
         .rpc
-        .call(
-            amba_proto::methods::notification::SERVICE,
-            amba_proto::methods::notification::UNSUBSCRIBE,
-            &request,
-        )
+        .call(amba_proto::methods::notification::UNSUBSCRIBE, &request)
         .await
     {
         Ok(reply) => reply,
@@ -272,11 +268,7 @@ pub async fn join_page(
     let request = pb::ProgramPublicRequest { program_id };
     let program: pb::ProgramPublic = match state
         .rpc
-        .call(
-            amba_proto::methods::enrollment::SERVICE,
-            amba_proto::methods::enrollment::PROGRAM_PUBLIC,
-            &request,
-        )
+        .call(amba_proto::methods::enrollment::PROGRAM_PUBLIC, &request)
         .await
     {
         Ok(program) => program,
@@ -324,11 +316,7 @@ pub async fn claim_page(
     let request = pb::InvitationPreviewRequest { token: token.clone() };
     let preview: pb::InvitationPreview = match state
         .rpc
-        .call(
-            amba_proto::methods::enrollment::SERVICE,
-            amba_proto::methods::enrollment::INVITATION_PREVIEW,
-            &request,
-        )
+        .call(amba_proto::methods::enrollment::INVITATION_PREVIEW, &request)
         .await
     {
         Ok(preview) => preview,

@@ -204,12 +204,11 @@ impl OutsideEvents {
             let (Some(id), Some(amount)) = (reversal["id"].as_str(), reversal["amount"].as_i64()) else {
                 continue;
             };
-            let _: pb::TransferReversalReply = self
+            let _ = self
                 .payout
                 .settler
                 .rpc
                 .call(
-                    ledger::SERVICE,
                     ledger::TRANSFER_REVERSAL,
                     &pb::TransferReversalRequest {
                         reversal_id: id.to_owned(),

@@ -169,7 +169,6 @@ impl Payout {
                 .settler
                 .rpc
                 .call(
-                    ledger::SERVICE,
                     ledger::BALANCE,
                     &pb::BalanceRequest {
                         caller: Some(who.clone()),
@@ -194,7 +193,6 @@ impl Payout {
                 .settler
                 .rpc
                 .call(
-                    ledger::SERVICE,
                     ledger::PAYABLE_QUOTE,
                     &pb::PayableQuoteRequest {
                         program_id: balance.program_id.clone(),
@@ -401,7 +399,6 @@ impl Payout {
             .settler
             .rpc
             .call(
-                ledger::SERVICE,
                 ledger::PAYABLE_QUOTE,
                 &pb::PayableQuoteRequest {
                     program_id: program.program_id.clone(),
@@ -702,10 +699,7 @@ async fn owned_program(
                 cursor: String::new(),
                 limit: 1,
             };
-            match rpc
-                .call::<_, pb::BalanceReply>(ledger::SERVICE, ledger::BALANCE, &request)
-                .await
-            {
+            match rpc.call(ledger::BALANCE, &request).await {
                 Ok(mine) => Err(ApiError::not_owner(
                     format!("program {program_id}"),
                     !mine.balances.is_empty(),

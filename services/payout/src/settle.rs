@@ -570,10 +570,9 @@ impl Settler {
     }
 
     async fn reserve(&self, item: &ItemRow) -> Result<(), ApiError> {
-        let _: pb::PayoutItemReply = self
+        let _ = self
             .rpc
             .call(
-                ledger::SERVICE,
                 ledger::PAYOUT_RESERVE,
                 &pb::ReservePayoutRequest {
                     payout_item_id: item.payout_item_id.clone(),
@@ -587,10 +586,9 @@ impl Settler {
     }
 
     async fn paid(&self, conn: &mut sqlx::PgConnection, item: &mut ItemRow, transfer_id: &str) -> Result<(), ApiError> {
-        let _: pb::PayoutItemReply = self
+        let _ = self
             .rpc
             .call(
-                ledger::SERVICE,
                 ledger::PAYOUT_POST,
                 &pb::PostPayoutRequest {
                     payout_item_id: item.payout_item_id.clone(),
@@ -616,10 +614,9 @@ impl Settler {
         reason: &str,
         tell: bool,
     ) -> Result<(), ApiError> {
-        let _: pb::PayoutItemReply = self
+        let _ = self
             .rpc
             .call(
-                ledger::SERVICE,
                 ledger::PAYOUT_VOID,
                 &pb::VoidPayoutRequest {
                     payout_item_id: item.payout_item_id.clone(),

@@ -1,13 +1,17 @@
 use amba_bus::rpc::{RpcClient, RpcServer};
 use amba_core::{ApiError, ErrorCode};
+use amba_proto::Method;
 use amba_proto::wire::{Principal, VerifyTokenRequest};
+
+const VERIFY: Method<VerifyTokenRequest, Principal> = Method::new("probe", "verify");
+const LOCAL_VERIFY: Method<VerifyTokenRequest, Principal> = Method::new("local-probe", "verify");
 use amba_testkit::test_bus;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test]
 async fn replies_carry_results_and_typed_errors() -> anyhow::Result<()> {
     let bus = test_bus().await?;
-    let server = RpcServer::new("probe").route("verify", |request: VerifyTokenRequest| async move {
+    let server = RpcServer::new("probe").route(VERIFY, |request: VerifyTokenRequest| async move {
         match request.token.as_str() {
             "good" => Ok(Principal {
                 org_id: "org_1".into(),
@@ -28,12 +32,12 @@ async fn replies_carry_results_and_typed_errors() -> anyhow::Result<()> {
     .await?;
 
     let ok: Principal = client
-        .call("probe", "verify", &VerifyTokenRequest { token: "good".into() })
+        .call(VERIFY, &VerifyTokenRequest { token: "good".into() })
         .await?;
     assert_eq!(ok.org_id, "org_1");
 
     let err = client
-        .call::<_, Principal>("probe", "verify", &VerifyTokenRequest { token: "bad".into() })
+        .call(VERIFY, &VerifyTokenRequest { token: "bad".into() })
         .await
         .err();
     let err = err.ok_or_else(|| anyhow::anyhow!("expected an error"))?;
@@ -44,7 +48,10 @@ async fn replies_carry_results_and_typed_errors() -> anyhow::Result<()> {
     assert_eq!(err.details, serde_json::json!({"retry": false}));
 
     let unknown = client
-        .call::<_, Principal>("probe", "nope", &VerifyTokenRequest::default())
+        .call(
+            Method::<_, Principal>::new("probe", "nope"),
+            &VerifyTokenRequest::default(),
+        )
         .await
         .err();
     assert_eq!(unknown.map(|e| e.code), Some(ErrorCode::NotFound));
@@ -62,7 +69,10 @@ async fn replies_carry_results_and_typed_errors() -> anyhow::Result<()> {
     assert_eq!(code, "INVALID_ARGUMENT");
 
     let absent = client
-        .call::<_, Principal>("nobody", "verify", &VerifyTokenRequest::default())
+        .call(
+            Method::<_, Principal>::new("nobody", "verify"),
+            &VerifyTokenRequest::default(),
+        )
         .await
         .err();
     assert_eq!(absent.map(|e| e.code), Some(ErrorCode::Unavailable));
@@ -80,7 +90,7 @@ async fn replies_carry_results_and_typed_errors() -> anyhow::Result<()> {
 #[tokio::test]
 async fn calls_to_a_server_of_this_process_stay_in_it() -> anyhow::Result<()> {
     let bus = test_bus().await?;
-    let server = RpcServer::new("local-probe").route("verify", |request: VerifyTokenRequest| async move {
+    let server = RpcServer::new("local-probe").route(LOCAL_VERIFY, |request: VerifyTokenRequest| async move {
         match request.token.as_str() {
             "good" => Ok(Principal {
                 org_id: "org_local".into(),
@@ -102,11 +112,11 @@ async fn calls_to_a_server_of_this_process_stay_in_it() -> anyhow::Result<()> {
     assert!(!RpcClient::new(bus.nats.clone(), bus.ns.clone()).calls_locally("local-probe"));
 
     let ok: Principal = local
-        .call("local-probe", "verify", &VerifyTokenRequest { token: "good".into() })
+        .call(LOCAL_VERIFY, &VerifyTokenRequest { token: "good".into() })
         .await?;
     assert_eq!(ok.org_id, "org_local");
     let err = local
-        .call::<_, Principal>("local-probe", "verify", &VerifyTokenRequest { token: "bad".into() })
+        .call(LOCAL_VERIFY, &VerifyTokenRequest { token: "bad".into() })
         .await
         .err()
         .ok_or_else(|| anyhow::anyhow!("expected an error"))?;
@@ -115,7 +125,10 @@ async fn calls_to_a_server_of_this_process_stay_in_it() -> anyhow::Result<()> {
         (ErrorCode::Conflict, 409, "that token is busy")
     );
     let unknown = local
-        .call::<_, Principal>("local-probe", "nope", &VerifyTokenRequest::default())
+        .call(
+            Method::<_, Principal>::new("local-probe", "nope"),
+            &VerifyTokenRequest::default(),
+        )
         .await
         .err();
     assert_eq!(unknown.map(|e| e.code), Some(ErrorCode::NotFound));
@@ -124,7 +137,7 @@ async fn calls_to_a_server_of_this_process_stay_in_it() -> anyhow::Result<()> {
     serving.await?.map_err(|e| anyhow::anyhow!("{e}"))?;
     assert!(!local.calls_locally("local-probe"), "a stopped server is unregistered");
     let gone = local
-        .call::<_, Principal>("local-probe", "verify", &VerifyTokenRequest { token: "good".into() })
+        .call(LOCAL_VERIFY, &VerifyTokenRequest { token: "good".into() })
         .await
         .err();
     assert_eq!(

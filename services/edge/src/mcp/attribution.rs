@@ -1,6 +1,7 @@
 use super::{McpServer, ToolError, require_principal, tool_error};
 use crate::request::{non_empty, parse_instant, parse_time, rfc3339};
 use amba_core::ApiError;
+use amba_proto::Method;
 use amba_proto::methods::attribution as methods;
 use amba_proto::wire as pb;
 use rmcp::handler::server::tool::Extension;
@@ -383,7 +384,7 @@ impl McpServer {
             code: a.code.unwrap_or_default(),
             reason: a.reason.unwrap_or_default(),
         };
-        let reply: pb::AssignConversionReply = self.call_service(methods::SERVICE, methods::ASSIGN, &request).await?;
+        let reply: pb::AssignConversionReply = self.call_service(methods::ASSIGN, &request).await?;
         let conversion = reply.conversion.ok_or_else(|| tool_error(ApiError::internal()))?;
         Ok(Json(AssignOutput {
             conversion: conversion_view(conversion, false),
@@ -418,9 +419,7 @@ impl McpServer {
             conversion_ids: a.conversion_ids,
             reason: a.reason.unwrap_or_default(),
         };
-        let reply: pb::DecideConversionsReply = self
-            .call_service(methods::SERVICE, methods::DECIDE_MANY, &request)
-            .await?;
+        let reply: pb::DecideConversionsReply = self.call_service(methods::DECIDE_MANY, &request).await?;
         let outcomes: Vec<DecisionOutcomeView> = reply
             .outcomes
             .into_iter()
@@ -478,7 +477,7 @@ impl McpServer {
             cursor: a.cursor.unwrap_or_default(),
             limit: a.limit.unwrap_or_default(),
         };
-        let reply: pb::ExportConversionsReply = self.call_service(methods::SERVICE, methods::EXPORT, &request).await?;
+        let reply: pb::ExportConversionsReply = self.call_service(methods::EXPORT, &request).await?;
         Ok(Json(ExportOutput {
             csv: reply.csv,
             rows: reply.rows,
@@ -543,7 +542,7 @@ impl McpServer {
     /// Approve or reject, as the caller.
     async fn decide(
         &self,
-        method: &str,
+        method: Method<pb::DecideConversionRequest, pb::ConversionReply>,
         args: DecideArgs,
         parts: &http::request::Parts,
     ) -> Result<Json<ConversionOutput>, ToolError> {
@@ -552,12 +551,7 @@ impl McpServer {
             conversion_id: args.conversion_id,
             reason: args.reason.unwrap_or_default(),
         };
-        let reply: pb::ConversionReply = self
-            .state
-            .rpc
-            .call(methods::SERVICE, method, &request)
-            .await
-            .map_err(tool_error)?;
+        let reply: pb::ConversionReply = self.state.rpc.call(method, &request).await.map_err(tool_error)?;
         let conversion = reply.conversion.ok_or_else(|| tool_error(ApiError::internal()))?;
         Ok(Json(ConversionOutput {
             conversion: conversion_view(conversion, false),
@@ -569,12 +563,8 @@ impl McpServer {
         request: &pb::ListConversionsRequest,
         affiliate_view: bool,
     ) -> Result<Json<ConversionsOutput>, ToolError> {
-        let reply: pb::ListConversionsResponse = self
-            .state
-            .rpc
-            .call(methods::SERVICE, methods::LIST, request)
-            .await
-            .map_err(tool_error)?;
+        let reply: pb::ListConversionsResponse =
+            self.state.rpc.call(methods::LIST, request).await.map_err(tool_error)?;
         Ok(Json(ConversionsOutput {
             conversions: reply
                 .conversions

@@ -377,9 +377,7 @@ impl McpServer {
             by: args.by.unwrap_or_default(),
             limit: args.limit.unwrap_or_default(),
         };
-        let reply: pb::StatsReply = self
-            .call_service(methods::SERVICE, methods::ANALYTICS, &request)
-            .await?;
+        let reply: pb::StatsReply = self.call_service(methods::ANALYTICS, &request).await?;
         let stats = reply.stats.unwrap_or_default();
         Ok(Json(AnalyticsOutput {
             program_id: args.program_id,
@@ -424,9 +422,7 @@ impl McpServer {
             by: args.by.unwrap_or_default(),
             limit: args.limit.unwrap_or_default(),
         };
-        let reply: pb::StatsReply = self
-            .call_service(methods::SERVICE, methods::LEADERBOARD, &request)
-            .await?;
+        let reply: pb::StatsReply = self.call_service(methods::LEADERBOARD, &request).await?;
         Ok(Json(LeaderboardOutput {
             program_id: args.program_id,
             leaderboard: reply.leaderboard.into_iter().map(leaderboard_row).collect(),
@@ -462,7 +458,7 @@ impl McpServer {
             to_day: args.to.unwrap_or_default(),
             ..Default::default()
         };
-        let reply: pb::StatsReply = self.call_service(methods::SERVICE, methods::MY_STATS, &request).await?;
+        let reply: pb::StatsReply = self.call_service(methods::MY_STATS, &request).await?;
         let s = reply.stats.unwrap_or_default();
         Ok(Json(MyStatsOutput {
             clicks: s.clicks,
@@ -514,7 +510,7 @@ impl McpServer {
             cursor: args.cursor.unwrap_or_default(),
             limit: args.limit.unwrap_or_default(),
         };
-        let reply: pb::BalanceReply = self.call_service(methods::SERVICE, methods::BALANCE, &request).await?;
+        let reply: pb::BalanceReply = self.call_service(methods::BALANCE, &request).await?;
         let total = reply.total.unwrap_or_default();
         Ok(Json(MyBalanceOutput {
             held_minor: total.held_minor,
@@ -589,14 +585,13 @@ impl McpServer {
         let clawed: pb::ClawbackReply = self
             .state
             .rpc
-            .call(attribution::SERVICE, attribution::CLAWBACK, &request)
+            .call(attribution::CLAWBACK, &request)
             .await
             .map_err(tool_error)?;
         // The clawback is committed: from here on the reply never claims failure. The ledger's
         // figures are added when it has applied the clawback in time.
         let outcome: Option<pb::ClawbackOutcome> = self
             .call_service(
-                methods::SERVICE,
                 methods::CLAWBACK_OUTCOME,
                 &pb::ClawbackOutcomeRequest {
                     caller: Some(caller),
@@ -662,9 +657,7 @@ impl McpServer {
             reason: args.reason,
             idempotency_key: args.idempotency_key.unwrap_or_default(),
         };
-        let r: pb::ReleaseHeldReply = self
-            .call_service(methods::SERVICE, methods::RELEASE_HELD, &request)
-            .await?;
+        let r: pb::ReleaseHeldReply = self.call_service(methods::RELEASE_HELD, &request).await?;
         Ok(Json(ReleaseOutput {
             release_id: r.release_id,
             program_id: r.program_id,
@@ -725,9 +718,7 @@ impl McpServer {
             cursor: a.cursor.unwrap_or_default(),
             limit: a.limit.unwrap_or_default(),
         };
-        let reply: pb::ExportCommissionsReply = self
-            .call_service(methods::SERVICE, methods::COMMISSIONS_EXPORT, &request)
-            .await?;
+        let reply: pb::ExportCommissionsReply = self.call_service(methods::COMMISSIONS_EXPORT, &request).await?;
         Ok(Json(CommissionsExportOutput {
             csv: reply.csv,
             rows: reply.rows,

@@ -1,6 +1,7 @@
 use super::{McpServer, ToolError, require_principal, tool_error};
 use crate::request::{non_empty, rfc3339};
 use amba_core::ApiError;
+use amba_proto::Method;
 use amba_proto::methods::enrollment as methods;
 use amba_proto::methods::payout;
 use amba_proto::wire as pb;
@@ -260,7 +261,7 @@ impl McpServer {
             let reply: pb::InvitationReply = self
                 .state
                 .rpc
-                .call(methods::SERVICE, methods::INVITE_BY_EMAIL, &request)
+                .call(methods::INVITE_BY_EMAIL, &request)
                 .await
                 .map_err(tool_error)?;
             return Ok(Json(InviteOutput {
@@ -490,7 +491,7 @@ impl McpServer {
         let reply: pb::ListEnrollmentsResponse = self
             .state
             .rpc
-            .call(methods::SERVICE, methods::LIST_MY_ENROLLMENTS, &request)
+            .call(methods::LIST_MY_ENROLLMENTS, &request)
             .await
             .map_err(tool_error)?;
         Ok(Json(InvitesOutput {
@@ -602,7 +603,7 @@ impl McpServer {
         let reply: pb::EnrollmentReply = self
             .state
             .rpc
-            .call(methods::SERVICE, methods::ROTATE_CODE, &request)
+            .call(methods::ROTATE_CODE, &request)
             .await
             .map_err(tool_error)?;
         let e = reply.enrollment.ok_or_else(|| tool_error(ApiError::internal()))?;
@@ -645,7 +646,7 @@ impl McpServer {
     /// An approve/reject/remove/accept/decline on one enrollment, for the token's org.
     async fn enrollment_action(
         &self,
-        method: &str,
+        method: Method<pb::EnrollmentActionRequest, pb::EnrollmentReply>,
         parts: &http::request::Parts,
         enrollment_id: String,
         reason: String,
@@ -681,12 +682,7 @@ impl McpServer {
             caller: Some(require_principal(parts)?),
             org_ids,
         };
-        let reply: pb::AccountStatusesReply = match self
-            .state
-            .rpc
-            .call(payout::SERVICE, payout::ACCOUNT_STATUSES, &request)
-            .await
-        {
+        let reply: pb::AccountStatusesReply = match self.state.rpc.call(payout::ACCOUNT_STATUSES, &request).await {
             Ok(reply) => reply,
             Err(err) => {
                 tracing::warn!(error = %err.message, "payout readiness unavailable for the affiliates list");
@@ -706,15 +702,10 @@ impl McpServer {
 
     async fn enrollment_call<Req: prost::Message>(
         &self,
-        method: &str,
+        method: Method<Req, pb::EnrollmentReply>,
         request: &Req,
     ) -> Result<Json<EnrollmentOutput>, ToolError> {
-        let reply: pb::EnrollmentReply = self
-            .state
-            .rpc
-            .call(methods::SERVICE, method, request)
-            .await
-            .map_err(tool_error)?;
+        let reply: pb::EnrollmentReply = self.state.rpc.call(method, request).await.map_err(tool_error)?;
         let enrollment = self.enrollment_view(reply.enrollment.ok_or_else(|| tool_error(ApiError::internal()))?);
         Ok(Json(EnrollmentOutput {
             enrollment_id: enrollment.enrollment_id.clone(),
@@ -728,15 +719,10 @@ impl McpServer {
 
     async fn enrollments_call(
         &self,
-        method: &str,
+        method: Method<pb::ListEnrollmentsRequest, pb::ListEnrollmentsResponse>,
         request: &pb::ListEnrollmentsRequest,
     ) -> Result<Json<EnrollmentsOutput>, ToolError> {
-        let reply: pb::ListEnrollmentsResponse = self
-            .state
-            .rpc
-            .call(methods::SERVICE, method, request)
-            .await
-            .map_err(tool_error)?;
+        let reply: pb::ListEnrollmentsResponse = self.state.rpc.call(method, request).await.map_err(tool_error)?;
         Ok(Json(EnrollmentsOutput {
             enrollments: reply.enrollments.into_iter().map(|e| self.enrollment_view(e)).collect(),
             next_cursor: non_empty(reply.next_cursor),

@@ -67,7 +67,7 @@ impl McpServer {
         let reply: SignupResponse = self
             .state
             .rpc
-            .call(methods::SERVICE, methods::SIGNUP, &request)
+            .call(methods::SIGNUP, &request)
             .await
             .map_err(tool_error)?;
         if reply.token.is_empty() {

@@ -20,6 +20,7 @@ mod tokens;
 use crate::EdgeState;
 use crate::rate_limit::{self, Budget};
 use amba_core::ApiError;
+use amba_proto::Method;
 use amba_proto::wire::Principal;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::ToolCallContext;
@@ -82,11 +83,10 @@ impl McpServer {
     /// One request to a service; its typed error becomes the tool's error result.
     async fn call_service<Req: prost::Message, Resp: prost::Message + Default>(
         &self,
-        service: &str,
-        method: &str,
+        method: Method<Req, Resp>,
         request: &Req,
     ) -> Result<Resp, ToolError> {
-        self.state.rpc.call(service, method, request).await.map_err(tool_error)
+        self.state.rpc.call(method, request).await.map_err(tool_error)
     }
 }
 

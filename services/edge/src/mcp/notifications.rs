@@ -158,8 +158,7 @@ impl McpServer {
         };
         Ok(Json(preferences_view(
             program_id,
-            self.call_service(methods::SERVICE, methods::PREFERENCES, &request)
-                .await?,
+            self.call_service(methods::PREFERENCES, &request).await?,
         )))
     }
 
@@ -228,8 +227,7 @@ impl McpServer {
         };
         Ok(Json(preferences_view(
             program_id,
-            self.call_service(methods::SERVICE, methods::PREFERENCES, &request)
-                .await?,
+            self.call_service(methods::PREFERENCES, &request).await?,
         )))
     }
 
@@ -254,7 +252,7 @@ impl McpServer {
             cursor: a.cursor.unwrap_or_default(),
             limit: a.limit.unwrap_or_default(),
         };
-        let reply: pb::NotificationsListReply = self.call_service(methods::SERVICE, methods::LIST, &request).await?;
+        let reply: pb::NotificationsListReply = self.call_service(methods::LIST, &request).await?;
         Ok(Json(NotificationsOutput {
             notifications: reply
                 .notifications

@@ -367,9 +367,7 @@ impl McpServer {
             caller: Some(require_principal(&parts)?),
             country: args.country.unwrap_or_default(),
         };
-        let reply: pb::PayoutAccountReply = self
-            .call_service(methods::SERVICE, methods::ACCOUNT_CREATE, &request)
-            .await?;
+        let reply: pb::PayoutAccountReply = self.call_service(methods::ACCOUNT_CREATE, &request).await?;
         Ok(Json(account_view(reply.account.unwrap_or_default(), reply.created)))
     }
 
@@ -396,9 +394,7 @@ impl McpServer {
             return_url: args.return_url,
             refresh_url: args.refresh_url,
         };
-        let reply: pb::OnboardingReply = self
-            .call_service(methods::SERVICE, methods::ONBOARDING, &request)
-            .await?;
+        let reply: pb::OnboardingReply = self.call_service(methods::ONBOARDING, &request).await?;
         Ok(Json(OnboardingOutput {
             url: reply.url,
             expires_at: rfc3339(reply.expires_at_micros),
@@ -431,7 +427,7 @@ impl McpServer {
             caller: Some(require_principal(&parts)?),
             program_id: args.program_id.unwrap_or_default(),
         };
-        let reply: pb::PayoutQuoteReply = self.call_service(methods::SERVICE, methods::QUOTE, &request).await?;
+        let reply: pb::PayoutQuoteReply = self.call_service(methods::QUOTE, &request).await?;
         let sum = |f: fn(&pb::PayoutQuote) -> i64| reply.quotes.iter().map(f).sum::<i64>();
         let next = reply
             .quotes
@@ -512,9 +508,7 @@ impl McpServer {
             success_url: args.success_url.unwrap_or_else(|| format!("{public}/funding/done")),
             cancel_url: args.cancel_url.unwrap_or_else(|| format!("{public}/funding/cancelled")),
         };
-        let reply: pb::FundingSetupReply = self
-            .call_service(methods::SERVICE, methods::FUNDING_SETUP, &request)
-            .await?;
+        let reply: pb::FundingSetupReply = self.call_service(methods::FUNDING_SETUP, &request).await?;
         Ok(Json(FundingSetupOutput {
             url: reply.url,
             expires_at: rfc3339(reply.expires_at_micros),
@@ -559,7 +553,7 @@ impl McpServer {
             dry_run: args.dry_run.unwrap_or(false),
             idempotency_key: args.idempotency_key.unwrap_or_default(),
         };
-        let reply: pb::PayoutRunReply = self.call_service(methods::SERVICE, methods::RUN, &request).await?;
+        let reply: pb::PayoutRunReply = self.call_service(methods::RUN, &request).await?;
         Ok(Json(run_view(reply.run.unwrap_or_default(), reply.duplicate)))
     }
 
@@ -589,7 +583,7 @@ impl McpServer {
             limit: args.limit.unwrap_or_default(),
             payout_run_id: args.payout_run_id.unwrap_or_default(),
         };
-        let reply: pb::PayoutRunsReply = self.call_service(methods::SERVICE, methods::RUNS, &request).await?;
+        let reply: pb::PayoutRunsReply = self.call_service(methods::RUNS, &request).await?;
         Ok(Json(PayoutsListOutput {
             runs: reply.runs.into_iter().map(|r| run_view(r, false)).collect(),
             next_cursor: reply.next_cursor,

@@ -1,6 +1,7 @@
 use super::{McpServer, ToolError, require_principal, tool_error};
 use crate::request::rfc3339;
 use amba_core::ApiError;
+use amba_proto::Method;
 use amba_proto::methods::enrollment as methods;
 use amba_proto::wire as pb;
 use rmcp::handler::server::tool::Extension;
@@ -256,7 +257,7 @@ impl McpServer {
         let reply: pb::ListProgramsResponse = self
             .state
             .rpc
-            .call(methods::SERVICE, methods::PROGRAM_LIST, &request)
+            .call(methods::PROGRAM_LIST, &request)
             .await
             .map_err(tool_error)?;
         Ok(Json(ProgramsListOutput {
@@ -287,15 +288,10 @@ impl McpServer {
 
     async fn program_call<Req: prost::Message>(
         &self,
-        method: &str,
+        method: Method<Req, pb::ProgramReply>,
         request: &Req,
     ) -> Result<Json<ProgramOutput>, ToolError> {
-        let reply: pb::ProgramReply = self
-            .state
-            .rpc
-            .call(methods::SERVICE, method, request)
-            .await
-            .map_err(tool_error)?;
+        let reply: pb::ProgramReply = self.state.rpc.call(method, request).await.map_err(tool_error)?;
         let program = reply.program.ok_or_else(|| tool_error(ApiError::internal()))?;
         Ok(Json(ProgramOutput {
             program: program_view(program, &self.state.public_url),

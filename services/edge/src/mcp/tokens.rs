@@ -86,7 +86,7 @@ impl McpServer {
         let reply: pb::ListTokensResponse = self
             .state
             .rpc
-            .call(methods::SERVICE, methods::TOKEN_LIST, &request)
+            .call(methods::TOKEN_LIST, &request)
             .await
             .map_err(tool_error)?;
         Ok(Json(TokensOutput {
@@ -118,7 +118,7 @@ impl McpServer {
         let reply: pb::CreateTokenResponse = self
             .state
             .rpc
-            .call(methods::SERVICE, methods::TOKEN_CREATE, &request)
+            .call(methods::TOKEN_CREATE, &request)
             .await
             .map_err(tool_error)?;
         let details = token_view(reply.token.ok_or_else(|| tool_error(ApiError::internal()))?);
@@ -151,7 +151,7 @@ impl McpServer {
         let reply: pb::TokenReply = self
             .state
             .rpc
-            .call(methods::SERVICE, methods::TOKEN_REVOKE, &request)
+            .call(methods::TOKEN_REVOKE, &request)
             .await
             .map_err(tool_error)?;
         let token = token_view(reply.token.ok_or_else(|| tool_error(ApiError::internal()))?);
