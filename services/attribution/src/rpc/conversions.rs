@@ -661,8 +661,7 @@ async fn resolve_target(
 ) -> Result<EnrollmentFacts, ApiError> {
     match target {
         Target::Enrollment(enrollment_id) => store::read_model::enrollment(conn, enrollment_id.as_str())
-            .await
-            ?
+            .await?
             .filter(|e| e.program_id == program_id)
             .ok_or_else(|| {
                 ApiError::invalid(format!(
@@ -670,9 +669,7 @@ async fn resolve_target(
                 ))
             }),
         Target::Code(code) => {
-            let mut codes = store::read_model::codes(conn, std::slice::from_ref(code))
-                .await
-                ?;
+            let mut codes = store::read_model::codes(conn, std::slice::from_ref(code)).await?;
             let row = codes
                 .remove(code)
                 .filter(|c| c.program_id == program_id)

@@ -126,8 +126,7 @@ impl Commission {
         .bind(&caller.org_id)
         .bind(&request.program_id)
         .fetch_all(&self.pool)
-        .await
-        ?;
+        .await?;
         if rows.is_empty() && !request.program_id.is_empty() {
             return Err(ApiError::not_found(format!("program {}", request.program_id)));
         }
