@@ -22,15 +22,7 @@ use std::time::Duration;
 /// clients retrying it must not be handed its port as their own source port (a TCP self-connect
 /// would then keep the server from binding it again).
 fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let start = 20_000 + u16::try_from(std::process::id() % 5_000).unwrap_or(0) * 2;
-    // Held until all are chosen, so the same port is not handed out twice.
-    let held: Vec<std::net::TcpListener> = (start..32_000)
-        .chain(20_000..start)
-        .filter_map(|port| std::net::TcpListener::bind(("127.0.0.1", port)).ok())
-        .take(n)
-        .collect();
-    anyhow::ensure!(held.len() == n, "not {n} free ports below 32,000");
-    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+    amba_testkit::free_ports(20_000..32_000, n)
 }
 
 /// Ports a cluster keeps for ops ports and replicas' listeners.

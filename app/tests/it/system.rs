@@ -137,18 +137,9 @@ impl TestSystem {
     }
 }
 
-/// A free port for the edge, chosen below the kernel's ephemeral range (32768 and up) and the
-/// fault suite's ports (20000 and up): a port picked from the ephemeral range may be taken as
-/// the source port of any outgoing connection before the edge binds it.
+/// A free port for the edge, below the fault suite's ports (20000 and up).
 fn free_port() -> anyhow::Result<u16> {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let start = std::process::id().wrapping_mul(7919);
-    for _ in 0..1_000 {
-        let offset = start.wrapping_add(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) % 10_000;
-        let port = u16::try_from(10_000 + offset)?;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    anyhow::bail!("no free port between 10000 and 19999")
+    amba_testkit::free_ports(10_000..20_000, 1)?
+        .pop()
+        .ok_or_else(|| anyhow::anyhow!("no free port"))
 }

@@ -104,12 +104,6 @@ impl Service {
     }
 }
 
-impl From<std::convert::Infallible> for RunError {
-    fn from(never: std::convert::Infallible) -> Self {
-        match never {}
-    }
-}
-
 /// Connections to NATS, shared by the services of one process. Cheap to clone.
 #[derive(Clone)]
 pub struct Bus {

@@ -70,12 +70,6 @@ impl<Req, Reply> Clone for Method<Req, Reply> {
 
 impl<Req, Reply> Copy for Method<Req, Reply> {}
 
-impl<Req, Reply> std::fmt::Debug for Method<Req, Reply> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}", self.service, self.name)
-    }
-}
-
 /// A service's methods (`NAME = "method" (Request => Reply);`, each with its docs), and `ALL`,
 /// the table of their names that the NATS grants are checked against (`nats_grants.rs`).
 macro_rules! methods {

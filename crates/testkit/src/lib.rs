@@ -82,6 +82,29 @@ pub async fn test_bus() -> anyhow::Result<Bus> {
     Ok(bus)
 }
 
+/// `n` distinct free ports of `range`, which should lie below the kernel's ephemeral range (32768
+/// and up): a port picked there may be taken as the source port of an outgoing connection before
+/// its server binds it. Each process starts at its own place in the range, and each call of a
+/// process further on, so tests running side by side rarely pick the same port.
+pub fn free_ports(range: std::ops::Range<u16>, n: usize) -> anyhow::Result<Vec<u16>> {
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let len = u32::from(range.end.saturating_sub(range.start)).max(1);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let offset = std::process::id()
+        .wrapping_mul(7919)
+        .wrapping_add(call.wrapping_mul(64))
+        % len;
+    let start = range.start.saturating_add(u16::try_from(offset)?);
+    // Held until all are chosen, so the same port is not handed out twice.
+    let held: Vec<std::net::TcpListener> = (start..range.end)
+        .chain(range.start..start)
+        .filter_map(|port| std::net::TcpListener::bind(("127.0.0.1", port)).ok())
+        .take(n)
+        .collect();
+    anyhow::ensure!(held.len() == n, "not {n} free ports in {range:?}");
+    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+}
+
 /// Polls `check` until it returns `Some`, or fails after `timeout`. Never sleep-and-hope.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
 where
