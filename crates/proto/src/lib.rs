@@ -132,6 +132,8 @@ pub mod methods {
             ASSIGN = "assign" (AssignConversionRequest => AssignConversionReply);
             DECIDE_MANY = "decide_many" (DecideConversionsRequest => DecideConversionsReply);
             EXPORT = "export" (ExportConversionsRequest => ExportConversionsReply);
+            /// Why a conversion went to whom, as recorded when it was decided.
+            EXPLAIN = "explain" (ExplainConversionRequest => ConversionExplanation);
         }
     }
 
@@ -151,6 +153,8 @@ pub mod methods {
             PAYOUT_POST = "payout_post" (PostPayoutRequest => PayoutItemReply);
             PAYOUT_VOID = "payout_void" (VoidPayoutRequest => PayoutItemReply);
             TRANSFER_REVERSAL = "transfer_reversal" (TransferReversalRequest => TransferReversalReply);
+            /// A conversion's commissions and the ledger postings that resulted.
+            CONVERSION_LEDGER = "conversion_ledger" (ConversionLedgerRequest => ConversionLedgerReply);
         }
     }
 

@@ -1,7 +1,8 @@
 //! Deciding commissions for approvals, in a transaction that holds the affiliates' volume
 //! counters (so tiers count every approval exactly once, in order).
 
-use crate::domain::accrual::{context, period_key, renewal_outside_window};
+use crate::domain::accrual::{self, context, period_key, renewal_outside_window};
+use crate::domain::trail::CommissionTrail;
 use crate::store;
 use amba_rules::CommissionRule;
 use chrono::{DateTime, Utc};
@@ -53,19 +54,22 @@ pub struct Approval {
     pub version: i32,
     pub enrollment_id: String,
     pub amount_minor: i64,
+    pub currency: String,
     /// (customer's first conversion, this conversion) for renewals.
     pub renewal_since: Option<(DateTime<Utc>, DateTime<Utc>)>,
     pub decided_at: DateTime<Utc>,
 }
 
 /// The commission decided for an approval.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Priced {
     pub commission_minor: i64,
     pub version: i32,
     pub tier: i32,
     /// Why the rule gave nothing, when that needs saying (a renewal after the recurring window).
     pub reason: Option<String>,
+    /// The computation step by step, for explain.
+    pub trail: CommissionTrail,
 }
 
 /// Prices approvals in order, counting each into its affiliate's tier volume.
@@ -96,20 +100,31 @@ pub async fn price(
             .as_ref()
             .and_then(|k| counters.get(k).copied())
             .unwrap_or((0, 0));
-        let accrual = rule
-            .evaluate(&context(a.amount_minor, a.renewal_since, prior))
-            .map_err(|_| AccrueError::Overflow)?;
+        let ctx = context(a.amount_minor, a.renewal_since, prior);
+        let accrual = rule.evaluate(&ctx).map_err(|_| AccrueError::Overflow)?;
         if let Some(key) = counter_key {
             let entry = counters.entry(key).or_insert((0, 0));
             entry.0 = entry.0.saturating_add(1);
             entry.1 = entry.1.saturating_add(a.amount_minor);
         }
         let tier = accrual.tier.and_then(|t| i32::try_from(t).ok()).unwrap_or(-1);
+        let reason = renewal_outside_window(rule, a.renewal_since);
+        let trail = accrual::trail(accrual::Priced {
+            rule,
+            version: a.version,
+            context: &ctx,
+            accrual: &accrual,
+            period: period.as_deref(),
+            currency: &a.currency,
+            note: reason.clone(),
+            at: a.decided_at,
+        });
         priced.push(Priced {
             commission_minor: accrual.amount_minor,
             version: a.version,
             tier,
-            reason: renewal_outside_window(rule, a.renewal_since),
+            reason,
+            trail,
         });
     }
     store::conversions::write_counters(conn, &counters).await?;

@@ -13,6 +13,7 @@
 
 use super::accrue::{self, Approval, RuleCache};
 use crate::domain::report::{self, Binding, CodeState, Decision, Facts, Report, Status};
+use crate::domain::trail::Trail;
 use crate::store::conversions::{ConversionRow, Key};
 use crate::store::{self, read_model::TouchpointQuery};
 use amba_bus::Namespace;
@@ -249,10 +250,11 @@ async fn decide_and_write(deps: &WriterDeps, reports: &[Submission]) -> Result<V
         .into_iter()
         .collect();
     let bindings: HashMap<(String, String), Binding> = store::read_model::bindings(&mut tx, &binding_keys).await?;
+    // Every report with a tracked subject weighs its touchpoints: they may win (no code, or
+    // touch_wins), and the trail shows them either way.
     let touch_queries: Vec<TouchpointQuery> = reports
         .iter()
         .enumerate()
-        .filter(|(_, s)| s.report.code.is_none())
         .filter_map(|(i, s)| {
             let r = &s.report;
             let program = programs.get(r.program_id.as_str())?;
@@ -261,11 +263,11 @@ async fn decide_and_write(deps: &WriterDeps, reports: &[Submission]) -> Result<V
                 program_id: r.program_id.to_string(),
                 subject_ref: r.subject_ref.clone()?,
                 at: r.occurred_at,
-                window_days: program.attribution_window_days,
+                policy: program.policy,
             })
         })
         .collect();
-    let touches = store::read_model::latest_touchpoints(&mut tx, &touch_queries).await?;
+    let touches = store::read_model::touchpoints(&mut tx, &touch_queries).await?;
 
     // Decide each report in order; a key repeated inside the batch answers like a stored one.
     let mut outcomes: Vec<Option<Reply>> = vec![None; reports.len()];
@@ -314,7 +316,12 @@ async fn decide_and_write(deps: &WriterDeps, reports: &[Submission]) -> Result<V
                 .customer_ref
                 .as_ref()
                 .and_then(|c| bindings.get(&(report.program_id.to_string(), c.clone()))),
-            touchpoint: i32::try_from(i).ok().and_then(|i| touches.get(&i)),
+            touchpoints: i32::try_from(i)
+                .ok()
+                .and_then(|i| touches.get(&i))
+                .map(Vec::as_slice)
+                .unwrap_or_default(),
+            now,
         };
         match report::decide(report, facts) {
             Ok(decision) => {
@@ -359,6 +366,7 @@ async fn decide_and_write(deps: &WriterDeps, reports: &[Submission]) -> Result<V
                 version: program.commission_version,
                 enrollment_id: d.enrollment.as_ref()?.enrollment_id.clone(),
                 amount_minor: report.amount.amount_minor,
+                currency: report.amount.currency.code().to_owned(),
                 renewal_since: d
                     .renewal
                     .then_some(())
@@ -371,6 +379,7 @@ async fn decide_and_write(deps: &WriterDeps, reports: &[Submission]) -> Result<V
     let mut prices = accrue::price(&mut tx, &deps.rules, &approvals).await?.into_iter();
 
     let mut rows = Vec::with_capacity(fresh.len());
+    let mut trails = Vec::with_capacity(fresh.len());
     let mut new_bindings = Vec::new();
     let mut events = Vec::with_capacity(fresh.len() * 2);
     for (i, decision) in &fresh {
@@ -409,7 +418,15 @@ async fn decide_and_write(deps: &WriterDeps, reports: &[Submission]) -> Result<V
             clawed_back_minor: 0,
             held_for_review: decision.held_for_review,
             fingerprint: report.fingerprint(),
+            attribution_model: decision.policy.model.as_str().to_owned(),
+            attribution_precedence: decision.policy.precedence.as_str().to_owned(),
+            attribution_version: decision.policy.version,
         };
+        trails.push(Trail {
+            attribution: Some(decision.trail.clone()),
+            assignment: None,
+            commission: priced.map(|p| p.trail.clone()),
+        });
         if let (Some(customer), Some(e), false) = (&report.customer_ref, enrollment, decision.renewal) {
             new_bindings.push((
                 row.program_id.clone(),
@@ -424,7 +441,7 @@ async fn decide_and_write(deps: &WriterDeps, reports: &[Submission]) -> Result<V
         events.push(event_with_meta(&deps.ns, meta, kind, &row.to_proto(), ""));
         rows.push(row);
     }
-    if store::conversions::insert_many(&mut tx, &rows).await? < rows.len() as u64 {
+    if store::conversions::insert_many(&mut tx, &rows, &trails).await? < rows.len() as u64 {
         // Another replica's writer committed one of these keys after our lookup: start over
         // (rolled back on drop); the next lookup sees its row and answers `duplicate` from it.
         return Err(BatchError::Raced);

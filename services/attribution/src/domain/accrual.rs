@@ -4,7 +4,8 @@
 //! that. Tier volume is the affiliate's approved conversions (count or revenue) before this one
 //! in the tier period: the calendar month (UTC) of the approval, or lifetime.
 
-use amba_rules::{CommissionRule, Context, TierPeriod};
+use super::trail::{CommissionTrail, TierHit};
+use amba_rules::{Accrual, CommissionRule, Context, TierBasis, TierPeriod};
 use chrono::{DateTime, Datelike, Months, Utc};
 
 /// The counter key of a tier period for an approval at `at`.
@@ -57,6 +58,74 @@ pub fn context(amount_minor: i64, renewal_since: Option<(DateTime<Utc>, DateTime
         prior_conversions: prior.0,
         prior_revenue_minor: prior.1,
     }
+}
+
+/// What one pricing was given and gave, for its trail.
+pub struct Priced<'a> {
+    pub rule: &'a CommissionRule,
+    pub version: i32,
+    pub context: &'a Context,
+    pub accrual: &'a Accrual,
+    pub period: Option<&'a str>,
+    pub currency: &'a str,
+    pub note: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// The commission's computation step by step: base, rate or tier hit, the exact product, its
+/// rounding and the result.
+pub fn trail(p: Priced<'_>) -> CommissionTrail {
+    let tier = match (p.rule, p.accrual.tier) {
+        (CommissionRule::Tiered { basis, tiers, .. }, Some(index)) => tiers.get(index).map(|t| TierHit {
+            period: p.period.unwrap_or("lifetime").to_owned(),
+            basis: match basis {
+                TierBasis::Conversions => "conversions",
+                TierBasis::Revenue => "revenue",
+            }
+            .to_owned(),
+            prior_conversions: p.context.prior_conversions,
+            prior_revenue_minor: p.context.prior_revenue_minor,
+            index,
+            from: t.from,
+            bps: t.bps,
+        }),
+        _ => None,
+    };
+    let outside_window = p.note.is_some() && p.accrual.amount_minor == 0;
+    let (exact_minor, rounding) = match (p.rule, p.accrual.bps) {
+        (CommissionRule::Flat { .. }, _) => (None, "none: a flat amount per conversion".to_owned()),
+        (_, Some(_)) if outside_window => (None, "none: nothing is due".to_owned()),
+        (_, Some(bps)) => (
+            Some(exact_share(p.context.amount_minor, bps)),
+            "half-even to the minor unit, once".to_owned(),
+        ),
+        (_, None) => (None, "none".to_owned()),
+    };
+    CommissionTrail {
+        priced_at: p.at,
+        rule_version: p.version,
+        rule: p.rule.to_json(),
+        base_minor: p.context.amount_minor,
+        currency: p.currency.to_owned(),
+        renewal_months_since_first: p.context.renewal_months_since_first,
+        tier,
+        rate_bps: p.accrual.bps,
+        exact_minor,
+        rounding,
+        commission_minor: p.accrual.amount_minor,
+        note: p.note,
+    }
+}
+
+/// `amount × bps / 10 000` as an exact decimal (four places at most, trailing zeros dropped).
+fn exact_share(amount_minor: i64, bps: u32) -> String {
+    let product = i128::from(amount_minor) * i128::from(bps);
+    let (whole, part) = (product / 10_000, product % 10_000);
+    if part == 0 {
+        return whole.to_string();
+    }
+    let digits = format!("{part:04}");
+    format!("{whole}.{}", digits.trim_end_matches('0'))
 }
 
 #[cfg(test)]
@@ -118,6 +187,34 @@ mod tests {
             renewal_outside_window(&percentage, Some((first, at("2030-01-01T00:00:00Z")))),
             None
         );
+    }
+
+    #[test]
+    fn trails_show_each_step() {
+        let at = at("2026-11-24T03:00:00Z");
+        let tiered = CommissionRule::Tiered {
+            basis: TierBasis::Conversions,
+            period: TierPeriod::Month,
+            tiers: vec![amba_rules::Tier { from: 0, bps: 1000 }, amba_rules::Tier { from: 2, bps: 1550 }],
+        };
+        let ctx = context(12_345, None, (2, 20_000));
+        let accrual = tiered.evaluate(&ctx).unwrap_or_else(|_| unreachable!());
+        let t = trail(Priced {
+            rule: &tiered,
+            version: 3,
+            context: &ctx,
+            accrual: &accrual,
+            period: Some("2026-11"),
+            currency: "USD",
+            note: None,
+            at,
+        });
+        assert_eq!(t.exact_minor.as_deref(), Some("1913.475"));
+        assert_eq!(t.commission_minor, 1913);
+        let hit = t.tier.unwrap_or_else(|| unreachable!());
+        assert_eq!((hit.index, hit.from, hit.bps, hit.prior_conversions), (1, 2, 1550, 2));
+        assert_eq!(exact_share(10_000, 2000), "2000");
+        assert_eq!(exact_share(5, 2500), "1.25");
     }
 
     #[test]

@@ -3,4 +3,6 @@
 
 pub mod accrual;
 pub mod export;
+pub mod policy;
 pub mod report;
+pub mod trail;

@@ -2,14 +2,21 @@
 //!
 //! Who gets the credit, in order:
 //! 1. `code` given — that code's enrollment (the code must be active and its enrollment active);
-//! 2. `customer_ref` already bound to an enrollment — that enrollment (a renewal);
+//!    under the program's `touch_wins` precedence a winning touchpoint (3.) comes first, unless
+//!    the customer is bound (2.);
+//! 2. `customer_ref` already bound to an enrollment — that enrollment (a renewal), whatever the
+//!    attribution model;
 //! 3. `subject_ref` with a touchpoint of an active enrollment inside the attribution window —
-//!    the latest such touchpoint (found by the store);
+//!    the latest (`last_touch`) or earliest (`first_touch`) such touchpoint;
 //! 4. otherwise nobody: recorded as `unattributed`, and the reply says why.
+//!
+//! Every decision also yields its trail ([`super::trail`]): what was weighed and why it won.
 //!
 //! A customer e-mail that belongs to the affiliate's own org holds the conversion for review
 //! (pending, with the reason) even in auto-approving programs.
 
+use super::policy::{self, Policy, Precedence, Touch};
+use super::trail::{AttributionTrail, CodeCheck, CustomerCheck, TouchWeighed};
 use amba_core::id::ProgramId;
 use amba_core::{ApiError, Currency, ErrorCode, Money};
 use amba_proto::wire as pb;
@@ -79,7 +86,7 @@ pub struct ProgramFacts {
     pub currency: String,
     pub status: String,
     pub auto_approve: bool,
-    pub attribution_window_days: i32,
+    pub policy: Policy,
     pub commission_version: i32,
     pub landing_url: Option<String>,
 }
@@ -109,14 +116,6 @@ pub enum CodeState {
 pub struct Binding {
     pub enrollment: EnrollmentFacts,
     pub first_conversion_at: DateTime<Utc>,
-}
-
-/// The latest touchpoint of an active enrollment inside the window.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TouchpointHit {
-    pub touchpoint_id: String,
-    pub code: String,
-    pub enrollment: EnrollmentFacts,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,6 +167,9 @@ pub struct Decision {
     pub customer_first_conversion_at: Option<DateTime<Utc>>,
     pub reason: Option<String>,
     pub held_for_review: bool,
+    /// The policy it was decided under (pinned on the conversion).
+    pub policy: Policy,
+    pub trail: AttributionTrail,
 }
 
 pub struct Facts<'a> {
@@ -175,7 +177,10 @@ pub struct Facts<'a> {
     pub program: Option<&'a ProgramFacts>,
     pub code: CodeState,
     pub binding: Option<&'a Binding>,
-    pub touchpoint: Option<&'a TouchpointHit>,
+    /// The touchpoints on the report's subject (any order, any enrollment status).
+    pub touchpoints: &'a [Touch],
+    /// When the decision is made.
+    pub now: DateTime<Utc>,
 }
 
 /// Decides a new report, or refuses it with a typed error (then nothing is recorded).
@@ -197,46 +202,124 @@ pub fn decide(report: &Report, facts: Facts<'_>) -> Result<Decision, ApiError> {
         )));
     }
     let active = |e: &EnrollmentFacts| e.status == "active";
-    let (attribution, enrollment, code, touchpoint_id) = match facts.code {
-        CodeState::Unknown => {
-            return Err(ApiError::invalid(format!(
-                "unknown referral code {:?}: no affiliate in any program has it (codes come from amba_affiliate_invite or _my_referral_generate)",
-                report.code.as_deref().unwrap_or_default()
-            )));
-        }
-        CodeState::Retired => {
-            return Err(ApiError::conflict(
-                "that referral code was retired (rotated); it no longer attributes conversions",
-            ));
-        }
-        CodeState::Active { program_id, .. } if program_id != program.program_id => {
-            return Err(ApiError::invalid("that referral code belongs to another program"));
-        }
-        CodeState::Active { enrollment, .. } => {
-            let enrollment = enrollment
-                .ok_or_else(|| ApiError::conflict("that referral code's enrollment is not known yet; retry shortly"))?;
-            if !active(&enrollment) {
-                return Err(ApiError::conflict(format!(
-                    "the affiliate's enrollment is {}; it earns no new commission",
-                    enrollment.status
+    let policy = program.policy;
+    let (winner, weighed) = policy::weigh(&policy, report.occurred_at, facts.touchpoints);
+    let touch = winner.map(|i| &facts.touchpoints[i]);
+    let bound = facts.binding.filter(|b| active(&b.enrollment));
+    let code_check = report.code.as_ref().map(|code| code_check(code, &facts.code, &program.program_id));
+    // touch_wins: a winning touchpoint beats the code; a bound customer still beats a touchpoint.
+    let touch_first = policy.precedence == Precedence::TouchWins && report.code.is_some() && bound.is_none();
+    let (attribution, enrollment, code, touchpoint_id, why) = match (touch_first, touch) {
+        (true, Some(hit)) => (
+            Attribution::Touchpoint,
+            Some(hit.enrollment.clone()),
+            Some(hit.code.clone()),
+            Some(hit.touchpoint_id.clone()),
+            format!(
+                "touch_wins: the {} touchpoint inside the {}-day window beats the report's code",
+                touch_word(&policy),
+                policy.window_days
+            ),
+        ),
+        _ => match facts.code {
+            CodeState::Unknown => {
+                return Err(ApiError::invalid(format!(
+                    "unknown referral code {:?}: no affiliate in any program has it (codes come from amba_affiliate_invite or _my_referral_generate)",
+                    report.code.as_deref().unwrap_or_default()
                 )));
             }
-            (Attribution::Code, Some(enrollment), report.code.clone(), None)
-        }
-        CodeState::NotGiven => match (facts.binding, facts.touchpoint) {
-            (Some(binding), _) if active(&binding.enrollment) => {
-                (Attribution::Customer, Some(binding.enrollment.clone()), None, None)
+            CodeState::Retired => {
+                return Err(ApiError::conflict(
+                    "that referral code was retired (rotated); it no longer attributes conversions",
+                ));
             }
-            (_, Some(hit)) => (
-                Attribution::Touchpoint,
-                Some(hit.enrollment.clone()),
-                Some(hit.code.clone()),
-                Some(hit.touchpoint_id.clone()),
-            ),
-            _ => (Attribution::None, None, None, None),
+            CodeState::Active { program_id, .. } if program_id != program.program_id => {
+                return Err(ApiError::invalid("that referral code belongs to another program"));
+            }
+            CodeState::Active { enrollment, .. } => {
+                let enrollment = enrollment
+                    .ok_or_else(|| ApiError::conflict("that referral code's enrollment is not known yet; retry shortly"))?;
+                if !active(&enrollment) {
+                    return Err(ApiError::conflict(format!(
+                        "the affiliate's enrollment is {}; it earns no new commission",
+                        enrollment.status
+                    )));
+                }
+                let why = match (policy.precedence, touch) {
+                    (Precedence::CodeWins, Some(_)) => {
+                        "code_wins: the report's code beats the tracked touchpoints".to_owned()
+                    }
+                    _ => "the report's code belongs to this affiliate's active enrollment".to_owned(),
+                };
+                (Attribution::Code, Some(enrollment), report.code.clone(), None, why)
+            }
+            CodeState::NotGiven => match (bound, touch) {
+                (Some(binding), _) => (
+                    Attribution::Customer,
+                    Some(binding.enrollment.clone()),
+                    None,
+                    None,
+                    format!(
+                        "the customer has been bound to this enrollment since {}: a renewal stays with its affiliate whatever the attribution model",
+                        binding.first_conversion_at.format("%Y-%m-%d")
+                    ),
+                ),
+                (None, Some(hit)) => (
+                    Attribution::Touchpoint,
+                    Some(hit.enrollment.clone()),
+                    Some(hit.code.clone()),
+                    Some(hit.touchpoint_id.clone()),
+                    format!(
+                        "{}: the {} touchpoint of an active enrollment inside the {}-day window",
+                        policy.model.as_str(),
+                        touch_word(&policy),
+                        policy.window_days
+                    ),
+                ),
+                (None, None) => (
+                    Attribution::None,
+                    None,
+                    None,
+                    None,
+                    "no referral code, bound customer or touchpoint inside the attribution window".to_owned(),
+                ),
+            },
         },
     };
+    let mut trail = AttributionTrail {
+        decided_at: facts.now,
+        policy,
+        code: code_check,
+        customer: report.customer_ref.as_ref().map(|customer_ref| CustomerCheck {
+            customer_ref: customer_ref.clone(),
+            bound_enrollment_id: facts.binding.map(|b| b.enrollment.enrollment_id.clone()),
+            bound_affiliate_org_id: facts.binding.map(|b| b.enrollment.affiliate_org_id.clone()),
+            bound_since: facts.binding.map(|b| b.first_conversion_at),
+            renewal: false,
+        }),
+        subject_ref: report.subject_ref.clone(),
+        touchpoints: weighed
+            .iter()
+            .map(|w| {
+                let t = &facts.touchpoints[w.index];
+                TouchWeighed {
+                    touchpoint_id: Some(t.touchpoint_id.clone()),
+                    enrollment_id: Some(t.enrollment.enrollment_id.clone()),
+                    affiliate_org_id: Some(t.enrollment.affiliate_org_id.clone()),
+                    occurred_at: t.occurred_at,
+                    inside_window: w.inside_window,
+                    enrollment_status: t.enrollment.status.clone(),
+                    verdict: w.verdict,
+                }
+            })
+            .collect(),
+        winner: attribution.as_str().to_owned(),
+        why,
+        status: String::new(),
+        held: None,
+    };
     let Some(enrollment) = enrollment else {
+        trail.status = Status::Unattributed.as_str().to_owned();
         return Ok(Decision {
             status: Status::Unattributed,
             attribution,
@@ -245,8 +328,10 @@ pub fn decide(report: &Report, facts: Facts<'_>) -> Result<Decision, ApiError> {
             touchpoint_id: None,
             renewal: false,
             customer_first_conversion_at: None,
-            reason: Some("no referral code, bound customer or touchpoint inside the attribution window".into()),
+            reason: Some(trail.why.clone()),
             held_for_review: false,
+            policy,
+            trail,
         });
     };
     let bound_here = facts
@@ -272,6 +357,15 @@ pub fn decide(report: &Report, facts: Facts<'_>) -> Result<Decision, ApiError> {
     } else {
         (Status::Pending, None)
     };
+    if let Some(customer) = trail.customer.as_mut() {
+        customer.renewal = renewal;
+    }
+    trail.status = status.as_str().to_owned();
+    trail.held = match (&reason, status) {
+        (Some(reason), _) => Some(reason.clone()),
+        (None, Status::Pending) => Some("the program approves conversions by hand (approval_mode manual)".to_owned()),
+        _ => None,
+    };
     Ok(Decision {
         status,
         attribution,
@@ -282,7 +376,38 @@ pub fn decide(report: &Report, facts: Facts<'_>) -> Result<Decision, ApiError> {
         customer_first_conversion_at,
         reason,
         held_for_review: self_referral,
+        policy,
+        trail,
     })
+}
+
+fn touch_word(policy: &Policy) -> &'static str {
+    match policy.model {
+        policy::Model::FirstTouch => "earliest",
+        policy::Model::LastTouch => "latest",
+    }
+}
+
+/// What the report's code turned out to be, for the trail.
+fn code_check(code: &str, state: &CodeState, program_id: &str) -> CodeCheck {
+    let (state, enrollment) = match state {
+        CodeState::NotGiven | CodeState::Unknown => ("unknown", None),
+        CodeState::Retired => ("retired", None),
+        CodeState::Active { program_id: other, .. } if other != program_id => ("other_program", None),
+        CodeState::Active { enrollment: None, .. } => ("enrollment_unknown", None),
+        CodeState::Active {
+            enrollment: Some(e), ..
+        } if e.status != "active" => ("enrollment_not_active", Some(e)),
+        CodeState::Active {
+            enrollment: Some(e), ..
+        } => ("active", Some(e)),
+    };
+    CodeCheck {
+        code: code.to_owned(),
+        state: state.to_owned(),
+        enrollment_id: enrollment.map(|e| e.enrollment_id.clone()),
+        affiliate_org_id: enrollment.map(|e| e.affiliate_org_id.clone()),
+    }
 }
 
 #[cfg(test)]
@@ -312,7 +437,7 @@ mod tests {
             currency: "USD".into(),
             status: "active".into(),
             auto_approve: true,
-            attribution_window_days: 30,
+            policy: Policy::default(),
             commission_version: 1,
             landing_url: None,
         }
@@ -334,7 +459,8 @@ mod tests {
             program: Some(program),
             code,
             binding: None,
-            touchpoint: None,
+            touchpoints: &[],
+            now: now(),
         }
     }
 
@@ -461,16 +587,17 @@ mod tests {
             enrollment: enrollment("enr_b", "active"),
             first_conversion_at: now() - Duration::days(40),
         };
-        let hit = TouchpointHit {
+        let hit = [Touch {
             touchpoint_id: "tch_1".into(),
             code: "abc".into(),
+            occurred_at: now() - Duration::days(1),
             enrollment: enrollment("enr_t", "active"),
-        };
+        }];
         let both = decide(
             &r,
             Facts {
                 binding: Some(&binding),
-                touchpoint: Some(&hit),
+                touchpoints: &hit,
                 ..facts(&p, CodeState::NotGiven)
             },
         )?;
@@ -481,7 +608,7 @@ mod tests {
         let touch = decide(
             &r,
             Facts {
-                touchpoint: Some(&hit),
+                touchpoints: &hit,
                 ..facts(&p, CodeState::NotGiven)
             },
         )?;
@@ -505,7 +632,7 @@ mod tests {
             decide(
                 &r,
                 Facts {
-                    touchpoint: Some(&hit),
+                    touchpoints: &hit,
                     ..facts(&manual, CodeState::NotGiven)
                 }
             )?
@@ -517,7 +644,7 @@ mod tests {
         let selfish = decide(
             &r,
             Facts {
-                touchpoint: Some(&hit),
+                touchpoints: &hit,
                 ..facts(&p, CodeState::NotGiven)
             },
         )?;

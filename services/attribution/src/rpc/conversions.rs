@@ -3,6 +3,7 @@ use crate::actors::accrue::{self, Approval};
 use crate::actors::writer::{Submission, event};
 use crate::domain::export;
 use crate::domain::report::{EnrollmentFacts, Report};
+use crate::domain::trail::{AssignmentTrail, Trail};
 use crate::store::{self, conversions::ConversionRow};
 use amba_bus::events::{OutboxEvent, new_meta};
 use amba_core::id::{ConversionId, EnrollmentId, ProgramId};
@@ -212,6 +213,16 @@ impl Attribution {
             Target::Enrollment(_) => None,
         };
         row.reason = non_empty(&reason);
+        let mut trail = Trail {
+            assignment: Some(AssignmentTrail {
+                assigned_at: Utc::now(),
+                enrollment_id: enrollment.enrollment_id.clone(),
+                affiliate_org_id: enrollment.affiliate_org_id.clone(),
+                code: row.code.clone(),
+                reason: row.reason.clone(),
+            }),
+            ..Trail::default()
+        };
         let kind = if program.auto_approve {
             let now = Utc::now();
             let version =
@@ -224,12 +235,14 @@ impl Attribution {
             row.commission_version = priced.version;
             row.commission_tier = priced.tier;
             row.reason = joined(row.reason.take(), priced.reason);
+            trail.commission = Some(priced.trail);
             "approved"
         } else {
             row.status = "pending".into();
             "recorded"
         };
         store::conversions::assign(&mut tx, &row).await?;
+        store::conversions::extend_trail(&mut tx, &row.conversion_id, &trail).await?;
         amba_bus::outbox::enqueue(&mut tx, &event(&self.ns, kind, &row.to_proto(), "unattributed")).await?;
         tx.commit().await?;
         self.waker.wake();
@@ -516,6 +529,11 @@ impl Attribution {
                     (None, None) => row.reason,
                     (given, explained) => joined(given, explained),
                 };
+                let trail = Trail {
+                    commission: Some(priced.trail),
+                    ..Trail::default()
+                };
+                store::conversions::extend_trail(&mut tx, &row.conversion_id, &trail).await?;
             }
             Verdict::Reject => row.reason = non_empty(reason).or(row.reason),
         }
@@ -541,6 +559,7 @@ impl Attribution {
             version,
             enrollment_id: row.enrollment_id.clone().ok_or_else(ApiError::internal)?,
             amount_minor: row.amount_minor,
+            currency: row.currency.clone(),
             renewal_since: row
                 .renewal
                 .then_some(())

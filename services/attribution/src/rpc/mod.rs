@@ -1,6 +1,7 @@
 //! The request/reply endpoints of `<ns>.rpc.attribution.<method>`.
 
 mod conversions;
+mod explain;
 mod touchpoints;
 
 use crate::actors::accrue::RuleCache;
@@ -45,5 +46,6 @@ pub fn server(service: Attribution) -> RpcServer {
         methods::DECIDE_MANY => decide_many,
         methods::EXPORT => export,
         methods::RECORD_TOUCHPOINT => record_touchpoint,
+        methods::EXPLAIN => explain,
     })
 }

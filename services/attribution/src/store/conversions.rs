@@ -1,8 +1,10 @@
 //! Conversions, customer bindings, volume counters and clawbacks.
 
+use crate::domain::trail::Trail;
 use amba_proto::wire as pb;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
+use sqlx::types::Json;
 use std::collections::HashMap;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -33,6 +35,9 @@ pub struct ConversionRow {
     pub clawed_back_minor: i64,
     pub held_for_review: bool,
     pub fingerprint: String,
+    pub attribution_model: String,
+    pub attribution_precedence: String,
+    pub attribution_version: i32,
 }
 
 impl ConversionRow {
@@ -66,6 +71,9 @@ impl ConversionRow {
                 .unwrap_or_default(),
             clawed_back_minor: self.clawed_back_minor,
             held_for_review: self.held_for_review,
+            attribution_model: self.attribution_model.clone(),
+            attribution_precedence: self.attribution_precedence.clone(),
+            attribution_version: u32::try_from(self.attribution_version).unwrap_or_default(),
         }
     }
 }
@@ -73,7 +81,7 @@ impl ConversionRow {
 const COLUMNS: &str = "conversion_id, program_id, project_id, external_id, amount_minor, currency, status, attribution, \
     enrollment_id, affiliate_org_id, code, touchpoint_id, subject_ref, customer_ref, reason, occurred_at, recorded_at, \
     decided_at, commission_minor, commission_version, commission_tier, renewal, customer_first_conversion_at, \
-    clawed_back_minor, held_for_review, fingerprint";
+    clawed_back_minor, held_for_review, fingerprint, attribution_model, attribution_precedence, attribution_version";
 
 macro_rules! select_conversions {
     ($tail:literal) => {
@@ -81,7 +89,8 @@ macro_rules! select_conversions {
             "SELECT conversion_id, program_id, project_id, external_id, amount_minor, currency, status, attribution, \
              enrollment_id, affiliate_org_id, code, touchpoint_id, subject_ref, customer_ref, reason, occurred_at, recorded_at, \
              decided_at, commission_minor, commission_version, commission_tier, renewal, customer_first_conversion_at, \
-             clawed_back_minor, held_for_review, fingerprint FROM conversions ",
+             clawed_back_minor, held_for_review, fingerprint, attribution_model, attribution_precedence, attribution_version \
+             FROM conversions ",
             $tail
         )
     };
@@ -96,11 +105,12 @@ pub async fn existing(conn: &mut PgConnection, keys: &[Key]) -> Result<HashMap<K
     let projects: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
     let externals: Vec<&str> = keys.iter().map(|k| k.2.as_str()).collect();
     // One unique-index probe per key (a plain IN (...) may hash-join against the whole table).
-    let rows: Vec<ConversionRow> = sqlx::query_as(
+    // The statement is assembled from the constant column list only (the trail stays behind).
+    let rows: Vec<ConversionRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT c.* FROM UNNEST($1::text[], $2::text[], $3::text[]) AS k(program_id, project_id, external_id) \
-         CROSS JOIN LATERAL (SELECT * FROM conversions x WHERE x.program_id = k.program_id \
-           AND x.project_id = k.project_id AND x.external_id = k.external_id) c",
-    )
+         CROSS JOIN LATERAL (SELECT {COLUMNS} FROM conversions x WHERE x.program_id = k.program_id \
+           AND x.project_id = k.project_id AND x.external_id = k.external_id) c"
+    )))
     .bind(&programs)
     .bind(&projects)
     .bind(&externals)
@@ -112,10 +122,10 @@ pub async fn existing(conn: &mut PgConnection, keys: &[Key]) -> Result<HashMap<K
         .collect())
 }
 
-/// Inserts new conversions in one statement. Keys must be new (callers hold the key's shard).
-/// Inserts new conversions; returns how many were inserted. A key another writer (a replica)
-/// committed meanwhile is skipped, not an error: fewer rows than given means a race was lost.
-pub async fn insert_many(conn: &mut PgConnection, rows: &[ConversionRow]) -> Result<u64, sqlx::Error> {
+/// Inserts new conversions, each with its decision trail (`trails[i]` is `rows[i]`'s), in one
+/// statement; returns how many were inserted. A key another writer (a replica) committed
+/// meanwhile is skipped, not an error: fewer rows than given means a race was lost.
+pub async fn insert_many(conn: &mut PgConnection, rows: &[ConversionRow], trails: &[Trail]) -> Result<u64, sqlx::Error> {
     if rows.is_empty() {
         return Ok(0);
     }
@@ -124,11 +134,13 @@ pub async fn insert_many(conn: &mut PgConnection, rows: &[ConversionRow]) -> Res
             rows.iter().map(|r| r.$field.clone()).collect::<Vec<_>>()
         };
     }
+    let trails: Vec<Json<&Trail>> = trails.iter().map(Json).collect();
     let sql = format!(
-        "INSERT INTO conversions ({COLUMNS}) SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], \
-         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], \
-         $15::text[], $16::timestamptz[], $17::timestamptz[], $18::timestamptz[], $19::bigint[], $20::int[], $21::int[], \
-         $22::bool[], $23::timestamptz[], $24::bigint[], $25::bool[], $26::text[]) \
+        "INSERT INTO conversions ({COLUMNS}, trail) SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], \
+         $5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], \
+         $14::text[], $15::text[], $16::timestamptz[], $17::timestamptz[], $18::timestamptz[], $19::bigint[], $20::int[], \
+         $21::int[], $22::bool[], $23::timestamptz[], $24::bigint[], $25::bool[], $26::text[], $27::text[], $28::text[], \
+         $29::int[], $30::jsonb[]) \
          ON CONFLICT (program_id, project_id, external_id) DO NOTHING"
     );
     // The statement is assembled from the constant column list only.
@@ -159,6 +171,10 @@ pub async fn insert_many(conn: &mut PgConnection, rows: &[ConversionRow]) -> Res
         .bind(col!(clawed_back_minor))
         .bind(col!(held_for_review))
         .bind(col!(fingerprint))
+        .bind(col!(attribution_model))
+        .bind(col!(attribution_precedence))
+        .bind(col!(attribution_version))
+        .bind(&trails)
         .execute(conn)
         .await
         .map(|done| done.rows_affected())
@@ -248,6 +264,26 @@ pub async fn get(
         sqlx::query_as(select_conversions!("WHERE conversion_id = $1"))
     };
     query.bind(conversion_id).fetch_optional(conn).await
+}
+
+/// Adds the parts `trail` holds to a conversion's stored trail (a later decision's part, such
+/// as the commission priced at an owner's approval, next to the attribution recorded on arrival).
+pub async fn extend_trail(conn: &mut PgConnection, conversion_id: &str, trail: &Trail) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE conversions SET trail = COALESCE(trail, '{}'::jsonb) || $2 WHERE conversion_id = $1")
+        .bind(conversion_id)
+        .bind(Json(trail))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// A conversion's stored trail; `None` for conversions recorded before trails were kept.
+pub async fn trail(conn: &mut PgConnection, conversion_id: &str) -> Result<Option<Trail>, sqlx::Error> {
+    let trail: Option<Option<Json<Trail>>> = sqlx::query_scalar("SELECT trail FROM conversions WHERE conversion_id = $1")
+        .bind(conversion_id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(trail.flatten().map(|t| t.0))
 }
 
 /// Records an owner's decision (and, for an approval, the commission decided).

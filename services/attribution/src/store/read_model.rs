@@ -1,7 +1,8 @@
 //! The read model of programs, rule versions, enrollments and codes, kept from enrollment's
 //! events; and the bulk lookups the report path makes against it.
 
-use crate::domain::report::{Binding, EnrollmentFacts, ProgramFacts, TouchpointHit};
+use crate::domain::policy::{Model, Policy, Precedence, Touch};
+use crate::domain::report::{Binding, EnrollmentFacts, ProgramFacts};
 use amba_proto::wire as pb;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
@@ -13,13 +14,15 @@ use std::collections::{HashMap, HashSet};
 pub async fn apply_program(conn: &mut PgConnection, p: &pb::Program) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO programs_view (program_id, owner_org_id, currency, status, approval_mode, attribution_window_days, \
-         landing_url, commission_version, version_micros, version) \
-         VALUES ($1, $2, $3, $4, $5, $6, NULLIF($7, ''), $8, $9, $10) \
+         landing_url, commission_version, version_micros, version, attribution_model, attribution_precedence, \
+         attribution_version) \
+         VALUES ($1, $2, $3, $4, $5, $6, NULLIF($7, ''), $8, $9, $10, $11, $12, $13) \
          ON CONFLICT (program_id) DO UPDATE SET owner_org_id = EXCLUDED.owner_org_id, currency = EXCLUDED.currency, \
          status = EXCLUDED.status, approval_mode = EXCLUDED.approval_mode, \
          attribution_window_days = EXCLUDED.attribution_window_days, landing_url = EXCLUDED.landing_url, \
          commission_version = EXCLUDED.commission_version, version_micros = EXCLUDED.version_micros, \
-         version = EXCLUDED.version \
+         version = EXCLUDED.version, attribution_model = EXCLUDED.attribution_model, \
+         attribution_precedence = EXCLUDED.attribution_precedence, attribution_version = EXCLUDED.attribution_version \
          WHERE (programs_view.version, programs_view.version_micros) <= (EXCLUDED.version, EXCLUDED.version_micros)",
     )
     .bind(&p.program_id)
@@ -32,6 +35,10 @@ pub async fn apply_program(conn: &mut PgConnection, p: &pb::Program) -> Result<(
     .bind(i32::try_from(p.commission_version).unwrap_or(i32::MAX))
     .bind(p.updated_at_micros)
     .bind(i64::try_from(p.version).unwrap_or(i64::MAX))
+    // Snapshots from before attribution policies existed carry none: the default policy.
+    .bind(Model::parse(&p.attribution_model).as_str())
+    .bind(Precedence::parse(&p.attribution_precedence).as_str())
+    .bind(i32::try_from(p.attribution_version.max(1)).unwrap_or(i32::MAX))
     .execute(&mut *conn)
     .await?;
     let rule: serde_json::Value = serde_json::from_str(&p.commission_json).unwrap_or(serde_json::Value::Null);
@@ -97,6 +104,9 @@ struct ProgramRow {
     status: String,
     approval_mode: String,
     attribution_window_days: i32,
+    attribution_model: String,
+    attribution_precedence: String,
+    attribution_version: i32,
     commission_version: i32,
     landing_url: Option<String>,
 }
@@ -109,7 +119,12 @@ impl From<ProgramRow> for ProgramFacts {
             currency: r.currency,
             status: r.status,
             auto_approve: r.approval_mode == "auto",
-            attribution_window_days: r.attribution_window_days,
+            policy: Policy {
+                model: Model::parse(&r.attribution_model),
+                precedence: Precedence::parse(&r.attribution_precedence),
+                window_days: r.attribution_window_days,
+                version: r.attribution_version,
+            },
             commission_version: r.commission_version,
             landing_url: r.landing_url,
         }
@@ -118,7 +133,8 @@ impl From<ProgramRow> for ProgramFacts {
 
 pub async fn programs(conn: &mut PgConnection, ids: &[String]) -> Result<HashMap<String, ProgramFacts>, sqlx::Error> {
     let rows: Vec<ProgramRow> = sqlx::query_as(
-        "SELECT program_id, owner_org_id, currency, status, approval_mode, attribution_window_days, commission_version, landing_url \
+        "SELECT program_id, owner_org_id, currency, status, approval_mode, attribution_window_days, attribution_model, \
+         attribution_precedence, attribution_version, commission_version, landing_url \
          FROM programs_view WHERE program_id = ANY($1)",
     )
     .bind(ids)
@@ -303,20 +319,26 @@ pub async fn bindings(
         .collect())
 }
 
-/// One touchpoint query: the report's index, program, subject, time and window.
+/// How many touchpoints of one subject a decision weighs (and its trail shows).
+pub const TOUCHPOINTS_WEIGHED: i64 = 20;
+
+/// One touchpoint query: the report's index, program, subject, time and policy.
 pub struct TouchpointQuery {
     pub index: i32,
     pub program_id: String,
     pub subject_ref: String,
     pub at: DateTime<Utc>,
-    pub window_days: i32,
+    pub policy: Policy,
 }
 
-/// For each query, the latest touchpoint of an active enrollment in `[at - window, at]`.
-pub async fn latest_touchpoints(
+/// For each query, the touchpoints on its subject up to the sale that the policy weighs: those
+/// of active enrollments inside the window first, earliest first for first touch and latest first
+/// for last touch (so the winner is always among them), then the rest, latest first; at most
+/// [`TOUCHPOINTS_WEIGHED`]. The domain picks the winner ([`crate::domain::policy::weigh`]).
+pub async fn touchpoints(
     conn: &mut PgConnection,
     queries: &[TouchpointQuery],
-) -> Result<HashMap<i32, TouchpointHit>, sqlx::Error> {
+) -> Result<HashMap<i32, Vec<Touch>>, sqlx::Error> {
     if queries.is_empty() {
         return Ok(HashMap::new());
     }
@@ -325,37 +347,41 @@ pub async fn latest_touchpoints(
         idx: i32,
         touchpoint_id: String,
         code: String,
+        occurred_at: DateTime<Utc>,
         #[sqlx(flatten)]
         enrollment: EnrollmentRow,
     }
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT q.idx, t.touchpoint_id, t.code, t.enrollment_id, t.program_id, t.affiliate_org_id, t.status, t.affiliate_emails \
-         FROM UNNEST($1::int[], $2::text[], $3::text[], $4::timestamptz[], $5::int[]) AS q(idx, program_id, subject_ref, at, window_days) \
+        "SELECT q.idx, t.touchpoint_id, t.code, t.occurred_at, t.enrollment_id, t.program_id, t.affiliate_org_id, t.status, \
+         t.affiliate_emails \
+         FROM UNNEST($1::int[], $2::text[], $3::text[], $4::timestamptz[], $5::int[], $6::bool[]) \
+           AS q(idx, program_id, subject_ref, at, window_days, first_touch) \
          CROSS JOIN LATERAL ( \
-           SELECT t.touchpoint_id, t.code, e.enrollment_id, e.program_id, e.affiliate_org_id, e.status, e.affiliate_emails \
-           FROM touchpoints t JOIN enrollments_view e ON e.enrollment_id = t.enrollment_id AND e.status = 'active' \
-           WHERE t.program_id = q.program_id AND t.subject_ref = q.subject_ref \
-             AND t.occurred_at <= q.at AND t.occurred_at >= q.at - make_interval(days => q.window_days) \
-           ORDER BY t.occurred_at DESC LIMIT 1) t",
+           SELECT t.touchpoint_id, t.code, t.occurred_at, e.enrollment_id, e.program_id, e.affiliate_org_id, e.status, \
+             e.affiliate_emails \
+           FROM touchpoints t JOIN enrollments_view e ON e.enrollment_id = t.enrollment_id \
+           WHERE t.program_id = q.program_id AND t.subject_ref = q.subject_ref AND t.occurred_at <= q.at \
+           ORDER BY (e.status = 'active' AND t.occurred_at >= q.at - make_interval(days => q.window_days)) DESC, \
+             CASE WHEN q.first_touch THEN t.occurred_at END ASC, t.occurred_at DESC \
+           LIMIT $7) t",
     )
     .bind(queries.iter().map(|q| q.index).collect::<Vec<_>>())
     .bind(queries.iter().map(|q| q.program_id.clone()).collect::<Vec<_>>())
     .bind(queries.iter().map(|q| q.subject_ref.clone()).collect::<Vec<_>>())
     .bind(queries.iter().map(|q| q.at).collect::<Vec<_>>())
-    .bind(queries.iter().map(|q| q.window_days).collect::<Vec<_>>())
+    .bind(queries.iter().map(|q| q.policy.window_days).collect::<Vec<_>>())
+    .bind(queries.iter().map(|q| q.policy.model == Model::FirstTouch).collect::<Vec<_>>())
+    .bind(TOUCHPOINTS_WEIGHED)
     .fetch_all(conn)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| {
-            (
-                r.idx,
-                TouchpointHit {
-                    touchpoint_id: r.touchpoint_id,
-                    code: r.code,
-                    enrollment: r.enrollment.into(),
-                },
-            )
-        })
-        .collect())
+    let mut found: HashMap<i32, Vec<Touch>> = HashMap::new();
+    for r in rows {
+        found.entry(r.idx).or_default().push(Touch {
+            touchpoint_id: r.touchpoint_id,
+            code: r.code,
+            occurred_at: r.occurred_at,
+            enrollment: r.enrollment.into(),
+        });
+    }
+    Ok(found)
 }

@@ -7,6 +7,7 @@
 //! transfer reversal) are for trusted internal callers and are idempotent per payout item /
 //! reversal id.
 
+mod explain;
 mod export;
 mod payouts;
 mod reads;
@@ -38,6 +39,7 @@ pub fn server(service: Commission) -> RpcServer {
         methods::CLAWBACK_OUTCOME => clawback_outcome,
         methods::RELEASE_HELD => release_held,
         methods::COMMISSIONS_EXPORT => commissions_export,
+        methods::CONVERSION_LEDGER => conversion_ledger,
         methods::PAYABLE_QUOTE => payable_quote,
         methods::PAYOUT_RESERVE => reserve,
         methods::PAYOUT_POST => post,

@@ -22,6 +22,15 @@ pub struct ProgramOptions {
     /// Days after a click during which a conversion is attributed to it (1-365). Default 30.
     #[schemars(range(min = 1, max = 365))]
     pub attribution_window_days: Option<u32>,
+    /// Which touchpoint inside the window gets a sale: last_touch (the latest click, default) or
+    /// first_touch (the earliest). A renewal stays with the bound customer's affiliate either way.
+    #[schemars(extend("enum" = ["last_touch", "first_touch"]))]
+    pub attribution_model: Option<String>,
+    /// When a report carries both a code and a tracked subject with a touchpoint: code_wins (the
+    /// code's affiliate, default) or touch_wins (the touchpoint's). A change of model, precedence
+    /// or window is a new attribution version; each conversion pins the one it was decided under.
+    #[schemars(extend("enum" = ["code_wins", "touch_wins"]))]
+    pub attribution_precedence: Option<String>,
     /// Days commission is held (refund window) before it becomes payable (0-365). Default 30.
     /// Applies to new commissions only (approved after the change): commission already held keeps
     /// its release date (amba_affiliate_commission_release releases it early).
@@ -99,6 +108,10 @@ pub struct ProgramView {
     pub approval_mode: String,
     pub affiliate_approval: String,
     pub attribution_window_days: u32,
+    pub attribution_model: String,
+    pub attribution_precedence: String,
+    /// Bumped when the model, precedence or window changes; conversions name the one they used.
+    pub attribution_version: u32,
     pub hold_days: u32,
     pub payout_threshold_minor: i64,
     pub payout_schedule: String,
@@ -325,6 +338,8 @@ fn options_to_proto(o: ProgramOptions) -> pb::ProgramSettings {
         approval_mode: o.approval_mode,
         affiliate_approval: o.affiliate_approval,
         attribution_window_days: o.attribution_window_days,
+        attribution_model: o.attribution_model,
+        attribution_precedence: o.attribution_precedence,
         hold_days: o.hold_days,
         payout_threshold_minor: o.payout_threshold_minor,
         payout_schedule: o.payout_schedule,
@@ -351,6 +366,9 @@ fn program_view(p: pb::Program, public_url: &str) -> ProgramView {
         approval_mode: p.approval_mode,
         affiliate_approval: p.affiliate_approval,
         attribution_window_days: p.attribution_window_days,
+        attribution_model: p.attribution_model,
+        attribution_precedence: p.attribution_precedence,
+        attribution_version: p.attribution_version,
         hold_days: p.hold_days,
         payout_threshold_minor: p.payout_threshold_minor,
         payout_schedule: p.payout_schedule,

@@ -47,6 +47,10 @@ string_enum!(/// Where a program is in its life.
     ProgramStatus "status" { Draft => "draft", Active => "active", Paused => "paused", Archived => "archived" });
 string_enum!(/// Whether conversions (and applications) need the owner's approval.
     ApprovalMode "approval mode" { Auto => "auto", Manual => "manual" });
+string_enum!(/// Which touchpoint inside the window gets the credit.
+    AttributionModel "attribution model" { LastTouch => "last_touch", FirstTouch => "first_touch" });
+string_enum!(/// What wins when a report has both a code and a tracked subject with a touchpoint.
+    AttributionPrecedence "attribution precedence" { CodeWins => "code_wins", TouchWins => "touch_wins" });
 string_enum!(/// When payouts run unattended.
     PayoutSchedule "payout schedule" { Manual => "manual", Weekly => "weekly", Monthly => "monthly" });
 
@@ -119,6 +123,8 @@ pub struct ProgramSettings {
     /// Whether applications to join need the owner's approval (invites are accepted instead).
     pub affiliate_approval: ApprovalMode,
     pub attribution_window_days: u32,
+    pub attribution_model: AttributionModel,
+    pub attribution_precedence: AttributionPrecedence,
     pub hold_days: u32,
     pub payout_threshold_minor: i64,
     pub payout_schedule: PayoutSchedule,
@@ -136,6 +142,8 @@ pub struct SettingsInput {
     pub approval_mode: Option<String>,
     pub affiliate_approval: Option<String>,
     pub attribution_window_days: Option<u32>,
+    pub attribution_model: Option<String>,
+    pub attribution_precedence: Option<String>,
     pub hold_days: Option<u32>,
     pub payout_threshold_minor: Option<i64>,
     pub payout_schedule: Option<String>,
@@ -158,6 +166,8 @@ impl ProgramSettings {
             approval_mode: ApprovalMode::Auto,
             affiliate_approval: ApprovalMode::Manual,
             attribution_window_days: DEFAULT_ATTRIBUTION_WINDOW_DAYS,
+            attribution_model: AttributionModel::LastTouch,
+            attribution_precedence: AttributionPrecedence::CodeWins,
             hold_days: DEFAULT_HOLD_DAYS,
             payout_threshold_minor: 0,
             payout_schedule: PayoutSchedule::Manual,
@@ -204,6 +214,12 @@ impl ProgramSettings {
         if let Some(days) = input.attribution_window_days {
             next.attribution_window_days = days_in_range("attribution_window_days", days, 1)?;
         }
+        if let Some(model) = input.attribution_model {
+            next.attribution_model = model.parse()?;
+        }
+        if let Some(precedence) = input.attribution_precedence {
+            next.attribution_precedence = precedence.parse()?;
+        }
         if let Some(days) = input.hold_days {
             next.hold_days = days_in_range("hold_days", days, 0)?;
         }
@@ -233,6 +249,14 @@ impl ProgramSettings {
             };
         }
         Ok(next)
+    }
+}
+
+impl ProgramSettings {
+    /// Whether `next` attributes differently: a new attribution policy version.
+    pub fn attribution_changed(&self, next: &ProgramSettings) -> bool {
+        (self.attribution_model, self.attribution_precedence, self.attribution_window_days)
+            != (next.attribution_model, next.attribution_precedence, next.attribution_window_days)
     }
 }
 

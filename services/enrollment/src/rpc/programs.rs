@@ -1,5 +1,5 @@
 use super::{Enrollment, caller};
-use crate::domain::program::{ProgramSettings, ProgramStatus, SettingsInput};
+use crate::domain::program::{AttributionModel, AttributionPrecedence, ProgramSettings, ProgramStatus, SettingsInput};
 use crate::store::{self, programs::ProgramRow};
 use amba_bus::events::{OutboxEvent, new_meta};
 use amba_core::id::ProgramId;
@@ -106,7 +106,11 @@ impl Enrollment {
         } else {
             row.commission_version
         };
-        store::programs::update(&mut tx, program_id.as_str(), &next, next_status, version).await?;
+        let versions = store::programs::Versions {
+            commission: version,
+            attribution: row.attribution_version + i32::from(current.attribution_changed(&next)),
+        };
+        store::programs::update(&mut tx, program_id.as_str(), &next, next_status, versions).await?;
         let updated = store::programs::get(&mut tx, program_id.as_str(), false)
             .await?
             .ok_or_else(ApiError::internal)?;
@@ -218,6 +222,8 @@ fn settings_input(s: pb::ProgramSettings) -> Result<SettingsInput, ApiError> {
         approval_mode: s.approval_mode,
         affiliate_approval: s.affiliate_approval,
         attribution_window_days: s.attribution_window_days,
+        attribution_model: s.attribution_model,
+        attribution_precedence: s.attribution_precedence,
         hold_days: s.hold_days,
         payout_threshold_minor: s.payout_threshold_minor,
         payout_schedule: s.payout_schedule,
@@ -229,7 +235,7 @@ fn settings_input(s: pb::ProgramSettings) -> Result<SettingsInput, ApiError> {
 
 /// A stable digest of validated settings: equal settings, equal fingerprint.
 fn fingerprint(s: &ProgramSettings) -> String {
-    let canonical = serde_json::json!({
+    let mut canonical = serde_json::json!({
         "name": s.name,
         "currency": s.currency.code(),
         "commission": s.commission.to_json(),
@@ -243,6 +249,14 @@ fn fingerprint(s: &ProgramSettings) -> String {
         "multi_level": s.multi_level.to_json(),
         "landing_url": s.landing_url,
     });
+    // Added later: only a policy other than the default takes part, so fingerprints stored
+    // before it existed still match their retries.
+    let default_policy = s.attribution_model == AttributionModel::LastTouch
+        && s.attribution_precedence == AttributionPrecedence::CodeWins;
+    if !default_policy {
+        canonical["attribution_model"] = s.attribution_model.as_str().into();
+        canonical["attribution_precedence"] = s.attribution_precedence.as_str().into();
+    }
     hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
 }
 

@@ -17,6 +17,9 @@ pub struct ProgramRow {
     pub approval_mode: String,
     pub affiliate_approval: String,
     pub attribution_window_days: i32,
+    pub attribution_model: String,
+    pub attribution_precedence: String,
+    pub attribution_version: i32,
     pub hold_days: i32,
     pub payout_threshold_minor: i64,
     pub payout_schedule: String,
@@ -54,6 +57,14 @@ impl ProgramRow {
                 .map_err(|e| corrupt("affiliate_approval", e))?,
             attribution_window_days: u32::try_from(self.attribution_window_days)
                 .map_err(|e| corrupt("attribution_window_days", e))?,
+            attribution_model: self
+                .attribution_model
+                .parse()
+                .map_err(|e| corrupt("attribution_model", e))?,
+            attribution_precedence: self
+                .attribution_precedence
+                .parse()
+                .map_err(|e| corrupt("attribution_precedence", e))?,
             hold_days: u32::try_from(self.hold_days).map_err(|e| corrupt("hold_days", e))?,
             payout_threshold_minor: self.payout_threshold_minor,
             payout_schedule: self
@@ -87,6 +98,9 @@ impl ProgramRow {
             created_at_micros: self.created_at.timestamp_micros(),
             updated_at_micros: self.updated_at.timestamp_micros(),
             version: u64::try_from(self.version).unwrap_or_default(),
+            attribution_model: self.attribution_model.clone(),
+            attribution_precedence: self.attribution_precedence.clone(),
+            attribution_version: u32::try_from(self.attribution_version).unwrap_or_default(),
         }
     }
 }
@@ -97,7 +111,7 @@ macro_rules! select_program {
     ($tail:literal) => {
         concat!(
             "SELECT p.program_id, p.owner_org_id, p.name, p.currency, p.status, p.approval_mode, p.affiliate_approval, \
-    p.attribution_window_days, p.hold_days, p.payout_threshold_minor, p.payout_schedule, p.platform_fee_bps, \
+    p.attribution_window_days, p.attribution_model, p.attribution_precedence, p.attribution_version, p.hold_days, p.payout_threshold_minor, p.payout_schedule, p.platform_fee_bps, \
     p.multi_level, p.landing_url, r.version AS commission_version, r.rule AS commission, p.request_fingerprint, \
     p.created_at, p.updated_at, p.version \
     FROM programs p JOIN commission_rules r ON r.program_id = p.program_id ",
@@ -121,8 +135,8 @@ pub async fn insert(conn: &mut PgConnection, p: &NewProgram<'_>) -> Result<bool,
     let inserted = sqlx::query(
         "INSERT INTO programs (program_id, owner_org_id, name, currency, status, approval_mode, attribution_window_days, \
          hold_days, payout_threshold_minor, payout_schedule, platform_fee_bps, multi_level, landing_url, commission_version, \
-         idempotency_key, request_fingerprint, affiliate_approval) \
-         VALUES ($1, $2, $3, $4, 'draft', $5, $6, $7, $8, $9, $10, $11, $12, 1, $13, $14, $15) \
+         idempotency_key, request_fingerprint, affiliate_approval, attribution_model, attribution_precedence) \
+         VALUES ($1, $2, $3, $4, 'draft', $5, $6, $7, $8, $9, $10, $11, $12, 1, $13, $14, $15, $16, $17) \
          ON CONFLICT (owner_org_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
     )
     .bind(p.program_id)
@@ -140,6 +154,8 @@ pub async fn insert(conn: &mut PgConnection, p: &NewProgram<'_>) -> Result<bool,
     .bind(p.idempotency_key)
     .bind(p.request_fingerprint)
     .bind(s.affiliate_approval.as_str())
+    .bind(s.attribution_model.as_str())
+    .bind(s.attribution_precedence.as_str())
     .execute(&mut *conn)
     .await?
     .rows_affected();
@@ -171,12 +187,13 @@ pub async fn update(
     program_id: &str,
     s: &ProgramSettings,
     status: ProgramStatus,
-    commission_version: i32,
+    versions: Versions,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE programs SET name = $2, currency = $3, status = $4, approval_mode = $5, attribution_window_days = $6, \
          hold_days = $7, payout_threshold_minor = $8, payout_schedule = $9, platform_fee_bps = $10, multi_level = $11, \
-         landing_url = $12, commission_version = $13, affiliate_approval = $14, updated_at = now(), version = version + 1 \
+         landing_url = $12, commission_version = $13, affiliate_approval = $14, attribution_model = $15, \
+         attribution_precedence = $16, attribution_version = $17, updated_at = now(), version = version + 1 \
          WHERE program_id = $1",
     )
     .bind(program_id)
@@ -191,11 +208,21 @@ pub async fn update(
     .bind(to_i32(s.platform_fee_bps))
     .bind(Json(s.multi_level.to_json()))
     .bind(&s.landing_url)
-    .bind(commission_version)
+    .bind(versions.commission)
     .bind(s.affiliate_approval.as_str())
+    .bind(s.attribution_model.as_str())
+    .bind(s.attribution_precedence.as_str())
+    .bind(versions.attribution)
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// The versions an update leaves a program at.
+#[derive(Debug, Clone, Copy)]
+pub struct Versions {
+    pub commission: i32,
+    pub attribution: i32,
 }
 
 /// The program with its current rule; `lock` holds the row until the transaction ends.

@@ -1,0 +1,213 @@
+//! The decision trail: why a conversion went to whom and why its commission is what it is,
+//! recorded when each decision is made (stored with the conversion) and read back by explain.
+//! Never recomputed: a later change of the program's policy or rule leaves it as it was.
+
+use super::policy::{Policy, Verdict};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Everything recorded about one conversion's decisions.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Trail {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attribution: Option<AttributionTrail>,
+    /// An owner's hand assignment of a conversion nobody was credited with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignment: Option<AssignmentTrail>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commission: Option<CommissionTrail>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AssignmentTrail {
+    pub assigned_at: DateTime<Utc>,
+    pub enrollment_id: String,
+    pub affiliate_org_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// How the conversion was attributed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttributionTrail {
+    pub decided_at: DateTime<Utc>,
+    pub policy: Policy,
+    /// The code the report carried, and what it turned out to be.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<CodeCheck>,
+    /// The customer the report named, and whom it was bound to before this conversion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer: Option<CustomerCheck>,
+    /// The report's tracked subject, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_ref: Option<String>,
+    /// Every touchpoint on the subject up to the sale that was weighed, in time order.
+    #[serde(default)]
+    pub touchpoints: Vec<TouchWeighed>,
+    /// code | touchpoint | customer | assigned | none
+    pub winner: String,
+    /// The rule that decided it, in words.
+    pub why: String,
+    /// What the report's status became, and why it waits when it does.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CodeCheck {
+    pub code: String,
+    /// active | unknown | retired | other_program | enrollment_unknown | enrollment_not_active
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrollment_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affiliate_org_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CustomerCheck {
+    pub customer_ref: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound_enrollment_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound_affiliate_org_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound_since: Option<DateTime<Utc>>,
+    pub renewal: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TouchWeighed {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub touchpoint_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrollment_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affiliate_org_id: Option<String>,
+    pub occurred_at: DateTime<Utc>,
+    pub inside_window: bool,
+    pub enrollment_status: String,
+    pub verdict: Verdict,
+}
+
+/// How the commission was computed, step by step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommissionTrail {
+    pub priced_at: DateTime<Utc>,
+    pub rule_version: i32,
+    pub rule: serde_json::Value,
+    /// The sale amount the rule was applied to, in minor units of `currency`.
+    pub base_minor: i64,
+    pub currency: String,
+    /// For a renewal: whole months since the customer's first conversion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal_months_since_first: Option<u32>,
+    /// For tiered rules: the period counted and the affiliate's volume in it before this sale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<TierHit>,
+    /// The rate applied, in basis points (percentage-based rules).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_bps: Option<u32>,
+    /// `base × rate` before rounding, in minor units, as an exact decimal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact_minor: Option<String>,
+    /// How the exact amount became whole minor units.
+    pub rounding: String,
+    pub commission_minor: i64,
+    /// Why the rule gave nothing, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TierHit {
+    pub period: String,
+    pub basis: String,
+    pub prior_conversions: i64,
+    pub prior_revenue_minor: i64,
+    pub index: usize,
+    pub from: i64,
+    pub bps: u32,
+}
+
+impl Trail {
+    /// The trail as an affiliate may see it: nothing that names another affiliate (their
+    /// enrollments, orgs, touchpoint ids), only that a touchpoint or code of someone else existed.
+    pub fn for_affiliate(mut self, enrollment_id: &str) -> Trail {
+        if let Some(a) = self.attribution.as_mut() {
+            let theirs = |e: &Option<String>| e.as_deref() == Some(enrollment_id);
+            for t in &mut a.touchpoints {
+                if !theirs(&t.enrollment_id) {
+                    t.touchpoint_id = None;
+                    t.enrollment_id = None;
+                    t.affiliate_org_id = None;
+                }
+            }
+            if let Some(code) = a.code.as_mut().filter(|c| !theirs(&c.enrollment_id)) {
+                code.code = "(another affiliate's code)".into();
+                code.enrollment_id = None;
+                code.affiliate_org_id = None;
+            }
+            if let Some(customer) = a.customer.as_mut().filter(|c| !theirs(&c.bound_enrollment_id)) {
+                customer.bound_enrollment_id = None;
+                customer.bound_affiliate_org_id = None;
+            }
+        }
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::policy::Policy;
+
+    #[test]
+    fn affiliates_see_no_other_affiliate() {
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+        let touch = |enrollment: &str, verdict| TouchWeighed {
+            touchpoint_id: Some(format!("tch_{enrollment}")),
+            enrollment_id: Some(enrollment.into()),
+            affiliate_org_id: Some(format!("org_{enrollment}")),
+            occurred_at: now,
+            inside_window: true,
+            enrollment_status: "active".into(),
+            verdict,
+        };
+        let trail = Trail {
+            attribution: Some(AttributionTrail {
+                decided_at: now,
+                policy: Policy::default(),
+                code: Some(CodeCheck {
+                    code: "OTHER".into(),
+                    state: "active".into(),
+                    enrollment_id: Some("enr_b".into()),
+                    affiliate_org_id: Some("org_b".into()),
+                }),
+                customer: None,
+                subject_ref: Some("visitor".into()),
+                touchpoints: vec![touch("enr_a", Verdict::Won), touch("enr_b", Verdict::NotLast)],
+                winner: "touchpoint".into(),
+                why: String::new(),
+                status: "approved".into(),
+                held: None,
+            }),
+            assignment: None,
+            commission: None,
+        };
+        let seen = trail.for_affiliate("enr_a");
+        let a = seen.attribution.unwrap_or_else(|| unreachable!());
+        assert_eq!(a.touchpoints[0].touchpoint_id.as_deref(), Some("tch_enr_a"));
+        assert_eq!(
+            (&a.touchpoints[1].touchpoint_id, &a.touchpoints[1].affiliate_org_id),
+            (&None, &None)
+        );
+        let code = a.code.unwrap_or_else(|| unreachable!());
+        assert_eq!((code.code.as_str(), code.affiliate_org_id), ("(another affiliate's code)", None));
+        let json = serde_json::to_string(&a.touchpoints).unwrap_or_default();
+        assert!(!json.contains("enr_b") && !json.contains("org_enr_b"));
+    }
+}
