@@ -175,6 +175,7 @@ pub fn tool_budget(tool: &str) -> Option<Budget> {
         | "my_programs_list"
         | "conversions_list"
         | "my_conversions_list"
+        | "commission_explain"
         | "tokens_list"
         | "notifications_get"
         | "my_notifications_list"

@@ -15,6 +15,7 @@ use tonic::transport::Channel;
 
 mod observability;
 mod owner_tools;
+mod policy;
 mod reports;
 mod touchpoints;
 

@@ -195,7 +195,10 @@ mod tests {
         let tiered = CommissionRule::Tiered {
             basis: TierBasis::Conversions,
             period: TierPeriod::Month,
-            tiers: vec![amba_rules::Tier { from: 0, bps: 1000 }, amba_rules::Tier { from: 2, bps: 1550 }],
+            tiers: vec![
+                amba_rules::Tier { from: 0, bps: 1000 },
+                amba_rules::Tier { from: 2, bps: 1550 },
+            ],
         };
         let ctx = context(12_345, None, (2, 20_000));
         let accrual = tiered.evaluate(&ctx).unwrap_or_else(|_| unreachable!());

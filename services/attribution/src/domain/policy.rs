@@ -190,11 +190,7 @@ mod tests {
         let verdicts: Vec<_> = weighed.iter().map(|w| (w.index, w.verdict)).collect();
         assert_eq!(
             verdicts,
-            vec![
-                (0, Verdict::OutsideWindow),
-                (1, Verdict::NotLast),
-                (2, Verdict::Won)
-            ]
+            vec![(0, Verdict::OutsideWindow), (1, Verdict::NotLast), (2, Verdict::Won)]
         );
         let (first, weighed) = weigh(&policy(Model::FirstTouch), at(0), &touches);
         assert_eq!(first, Some(1));

@@ -206,7 +206,10 @@ pub fn decide(report: &Report, facts: Facts<'_>) -> Result<Decision, ApiError> {
     let (winner, weighed) = policy::weigh(&policy, report.occurred_at, facts.touchpoints);
     let touch = winner.map(|i| &facts.touchpoints[i]);
     let bound = facts.binding.filter(|b| active(&b.enrollment));
-    let code_check = report.code.as_ref().map(|code| code_check(code, &facts.code, &program.program_id));
+    let code_check = report
+        .code
+        .as_ref()
+        .map(|code| code_check(code, &facts.code, &program.program_id));
     // touch_wins: a winning touchpoint beats the code; a bound customer still beats a touchpoint.
     let touch_first = policy.precedence == Precedence::TouchWins && report.code.is_some() && bound.is_none();
     let (attribution, enrollment, code, touchpoint_id, why) = match (touch_first, touch) {
@@ -237,8 +240,9 @@ pub fn decide(report: &Report, facts: Facts<'_>) -> Result<Decision, ApiError> {
                 return Err(ApiError::invalid("that referral code belongs to another program"));
             }
             CodeState::Active { enrollment, .. } => {
-                let enrollment = enrollment
-                    .ok_or_else(|| ApiError::conflict("that referral code's enrollment is not known yet; retry shortly"))?;
+                let enrollment = enrollment.ok_or_else(|| {
+                    ApiError::conflict("that referral code's enrollment is not known yet; retry shortly")
+                })?;
                 if !active(&enrollment) {
                     return Err(ApiError::conflict(format!(
                         "the affiliate's enrollment is {}; it earns no new commission",

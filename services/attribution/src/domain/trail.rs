@@ -69,6 +69,8 @@ pub struct CodeCheck {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CustomerCheck {
+    /// Empty in an affiliate's view (the owner's reference for its customer).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub customer_ref: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bound_enrollment_id: Option<String>,
@@ -135,9 +137,14 @@ pub struct TierHit {
 
 impl Trail {
     /// The trail as an affiliate may see it: nothing that names another affiliate (their
-    /// enrollments, orgs, touchpoint ids), only that a touchpoint or code of someone else existed.
+    /// enrollments, orgs, touchpoint ids), only that a touchpoint or code of someone else existed;
+    /// and, as in its conversion list, not the owner's subject and customer references.
     pub fn for_affiliate(mut self, enrollment_id: &str) -> Trail {
         if let Some(a) = self.attribution.as_mut() {
+            a.subject_ref = None;
+            if let Some(customer) = a.customer.as_mut() {
+                customer.customer_ref.clear();
+            }
             let theirs = |e: &Option<String>| e.as_deref() == Some(enrollment_id);
             for t in &mut a.touchpoints {
                 if !theirs(&t.enrollment_id) {
@@ -206,8 +213,12 @@ mod tests {
             (&None, &None)
         );
         let code = a.code.unwrap_or_else(|| unreachable!());
-        assert_eq!((code.code.as_str(), code.affiliate_org_id), ("(another affiliate's code)", None));
+        assert_eq!(
+            (code.code.as_str(), code.affiliate_org_id),
+            ("(another affiliate's code)", None)
+        );
         let json = serde_json::to_string(&a.touchpoints).unwrap_or_default();
         assert!(!json.contains("enr_b") && !json.contains("org_enr_b"));
+        assert_eq!(a.subject_ref, None);
     }
 }

@@ -125,7 +125,11 @@ pub async fn existing(conn: &mut PgConnection, keys: &[Key]) -> Result<HashMap<K
 /// Inserts new conversions, each with its decision trail (`trails[i]` is `rows[i]`'s), in one
 /// statement; returns how many were inserted. A key another writer (a replica) committed
 /// meanwhile is skipped, not an error: fewer rows than given means a race was lost.
-pub async fn insert_many(conn: &mut PgConnection, rows: &[ConversionRow], trails: &[Trail]) -> Result<u64, sqlx::Error> {
+pub async fn insert_many(
+    conn: &mut PgConnection,
+    rows: &[ConversionRow],
+    trails: &[Trail],
+) -> Result<u64, sqlx::Error> {
     if rows.is_empty() {
         return Ok(0);
     }
@@ -279,10 +283,11 @@ pub async fn extend_trail(conn: &mut PgConnection, conversion_id: &str, trail: &
 
 /// A conversion's stored trail; `None` for conversions recorded before trails were kept.
 pub async fn trail(conn: &mut PgConnection, conversion_id: &str) -> Result<Option<Trail>, sqlx::Error> {
-    let trail: Option<Option<Json<Trail>>> = sqlx::query_scalar("SELECT trail FROM conversions WHERE conversion_id = $1")
-        .bind(conversion_id)
-        .fetch_optional(conn)
-        .await?;
+    let trail: Option<Option<Json<Trail>>> =
+        sqlx::query_scalar("SELECT trail FROM conversions WHERE conversion_id = $1")
+            .bind(conversion_id)
+            .fetch_optional(conn)
+            .await?;
     Ok(trail.flatten().map(|t| t.0))
 }
 

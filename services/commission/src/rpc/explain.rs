@@ -92,7 +92,11 @@ impl Commission {
                     commission_id: if shown { l.commission_id } else { String::new() },
                     level: l.level,
                     enrollment_id: if shown { l.enrollment_id } else { String::new() },
-                    affiliate_org_id: if shown { l.affiliate_org_id.unwrap_or_default() } else { String::new() },
+                    affiliate_org_id: if shown {
+                        l.affiliate_org_id.unwrap_or_default()
+                    } else {
+                        String::new()
+                    },
                     currency: l.currency,
                     sale_minor: l.sale_minor,
                     amount_minor: l.amount_minor,
@@ -121,7 +125,11 @@ impl Commission {
             if let Some(posting) = postings.last_mut() {
                 posting.entries.push(pb::LedgerEntry {
                     account: e.account,
-                    enrollment_id: if visible(&e.enrollment_id) { e.enrollment_id } else { String::new() },
+                    enrollment_id: if visible(&e.enrollment_id) {
+                        e.enrollment_id
+                    } else {
+                        String::new()
+                    },
                     currency: e.currency,
                     amount_minor: e.amount_minor,
                 });

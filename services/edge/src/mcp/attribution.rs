@@ -208,6 +208,11 @@ pub struct ConversionView {
     pub renewal: bool,
     pub clawed_back_minor: i64,
     pub held_for_review: bool,
+    /// The program's attribution policy it was decided under: last_touch | first_touch,
+    /// code_wins | touch_wins, and its version (amba_affiliate_commission_explain tells the rest).
+    pub attribution_model: String,
+    pub attribution_precedence: String,
+    pub attribution_version: u32,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -240,7 +245,7 @@ impl McpServer {
     #[tool(
         name = "amba_affiliate_touchpoint_record",
         description = "Record a click on an affiliate link (public: no token, no session needed). A later conversion \
-                       reported with the same subject_ref and no code is attributed to the latest click inside the \
+                       reported with the same subject_ref and no code is attributed to the latest (first_touch: earliest) click inside the \
                        program's attribution window.",
         annotations(
             read_only_hint = false,
@@ -275,7 +280,8 @@ impl McpServer {
     #[tool(
         name = "amba_affiliate_conversion_report",
         description = "Report a sale. Attributed by code, else by the customer's binding (renewals), else by the latest \
-                       click of subject_ref in the attribution window; otherwise recorded as unattributed. Idempotent on \
+                       (or, under first_touch, the earliest) click of subject_ref in the attribution window; a program \
+                       set to touch_wins credits that click even when a code is given. Otherwise recorded as unattributed. Idempotent on \
                        (program_id, project_id, external_id): a repeat returns the original outcome with duplicate=true.",
         annotations(
             read_only_hint = false,
@@ -605,5 +611,8 @@ pub fn conversion_view(c: pb::Conversion, affiliate_view: bool) -> ConversionVie
         renewal: c.renewal,
         clawed_back_minor: c.clawed_back_minor,
         held_for_review: c.held_for_review,
+        attribution_model: c.attribution_model,
+        attribution_precedence: c.attribution_precedence,
+        attribution_version: c.attribution_version,
     }
 }

@@ -9,6 +9,7 @@ mod attribution;
 mod commission;
 
 mod enrollments;
+mod explain;
 mod guide;
 mod identity;
 mod notifications;
@@ -57,6 +58,7 @@ impl McpServer {
             + Self::token_tools()
             + Self::commission_tools()
             + Self::attribution_tools()
+            + Self::explain_tools()
             + Self::payout_tools()
             + Self::notification_tools();
         for route in tool_router.map.values_mut() {
@@ -263,6 +265,7 @@ mod tests {
             + McpServer::token_tools()
             + McpServer::commission_tools()
             + McpServer::attribution_tools()
+            + McpServer::explain_tools()
             + McpServer::payout_tools()
             + McpServer::notification_tools();
         let tools = tools.list_all();

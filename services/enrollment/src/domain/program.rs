@@ -255,8 +255,15 @@ impl ProgramSettings {
 impl ProgramSettings {
     /// Whether `next` attributes differently: a new attribution policy version.
     pub fn attribution_changed(&self, next: &ProgramSettings) -> bool {
-        (self.attribution_model, self.attribution_precedence, self.attribution_window_days)
-            != (next.attribution_model, next.attribution_precedence, next.attribution_window_days)
+        (
+            self.attribution_model,
+            self.attribution_precedence,
+            self.attribution_window_days,
+        ) != (
+            next.attribution_model,
+            next.attribution_precedence,
+            next.attribution_window_days,
+        )
     }
 }
 
