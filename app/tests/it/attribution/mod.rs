@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
+mod explain;
 mod observability;
 mod owner_tools;
 mod policy;
