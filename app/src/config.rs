@@ -71,6 +71,9 @@ pub struct Settings {
     pub payouts_live: bool,
     /// `MULTI_LEVEL_ENABLED`: the platform switch for upline overrides.
     pub multi_level_enabled: bool,
+    /// `AMBA_DISPOSABLE_DOMAINS_FILE`: throwaway e-mail domains to add to the bundled list for
+    /// the disposable-e-mail fraud check, one per line.
+    pub disposable_domains_file: Option<std::path::PathBuf>,
     pub otlp_endpoint: Option<String>,
     /// `AMBA_LOG_FORMAT=json` for log shippers; text otherwise.
     pub log_json: bool,
@@ -285,6 +288,7 @@ impl Settings {
             },
             payouts_live: flag(&get, "ORG_PAYOUTS_LIVE")?,
             multi_level_enabled: flag(&get, "MULTI_LEVEL_ENABLED")?,
+            disposable_domains_file: get("AMBA_DISPOSABLE_DOMAINS_FILE").map(Into::into),
             otlp_endpoint: get("OTEL_EXPORTER_OTLP_ENDPOINT"),
             log_json,
         })

@@ -471,6 +471,10 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
         source: RunError::Setup(format!("cannot start the background runtime: {source}")),
     })?;
     let url = settings.database_url.expose().to_owned();
+    let attribution_config = attribution_config(settings).map_err(|source| StartError::Service {
+        service: ServiceName::Attribution,
+        source: RunError::Setup(source),
+    })?;
     let commission_config = amba_commission::CommissionConfig {
         multi_level_enabled: settings.multi_level_enabled,
     };
@@ -504,6 +508,7 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
         let (url, stop, payout_config) = (url.clone(), shutdown.clone(), payout_config.clone());
         let notification_config = notification_config.clone();
         let enrollment_config = enrollment_config.clone();
+        let attribution_config = attribution_config.clone();
         let (service_shutdown, failures) = (shutdown.clone(), failures.clone());
         tasks.spawn_on(
             async move {
@@ -511,7 +516,7 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
                 // all five inline would be built on the stack before being moved to the heap.
                 let run: Pin<Box<dyn Future<Output = Result<(), RunError>> + Send>> = match service {
                     ServiceName::Enrollment => Box::pin(amba_enrollment::run(&url, bus, enrollment_config, stop)),
-                    ServiceName::Attribution => Box::pin(amba_attribution::run(&url, bus, stop)),
+                    ServiceName::Attribution => Box::pin(amba_attribution::run(&url, bus, attribution_config, stop)),
                     ServiceName::Commission => Box::pin(amba_commission::run(&url, bus, commission_config, stop)),
                     ServiceName::Payout => Box::pin(amba_payout::run(&url, bus, payout_config.clone(), stop)),
                     ServiceName::Notification => match notification_config.clone() {
@@ -707,6 +712,18 @@ pub async fn local_stripe(settings: &mut Settings) -> Result<amba_stripe_fake::F
 }
 
 /// The payout service's configuration from the settings.
+/// Attribution's configuration: the operator's extra disposable e-mail domains, if any.
+pub fn attribution_config(settings: &Settings) -> Result<amba_attribution::AttributionConfig, String> {
+    let extra_disposable_domains = match &settings.disposable_domains_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| format!("AMBA_DISPOSABLE_DOMAINS_FILE {}: {e}", path.display()))?,
+        None => String::new(),
+    };
+    Ok(amba_attribution::AttributionConfig {
+        extra_disposable_domains,
+    })
+}
+
 pub fn payout_config(settings: &Settings) -> amba_payout::PayoutConfig {
     amba_payout::PayoutConfig {
         stripe: settings

@@ -5,8 +5,10 @@
 //! service that approves it; the amount and the rule version travel with the event, so the
 //! ledger books exactly that and nothing is ever re-rated.
 
+pub mod fraud;
 mod rule;
 
+pub use fraud::FraudChecks;
 pub use rule::{CommissionRule, SCHEMA_VERSION, Tier, TierBasis, TierPeriod};
 
 use amba_core::rounding::apply_bps;

@@ -45,8 +45,21 @@ pub fn consumer_specs(ns: &Namespace) -> [ConsumerSpec; 1] {
     )]
 }
 
+/// What the operator configures.
+#[derive(Debug, Clone, Default)]
+pub struct AttributionConfig {
+    /// Throwaway e-mail domains beyond the bundled list, one per line (the contents of
+    /// `AMBA_DISPOSABLE_DOMAINS_FILE`): the list grows without a release.
+    pub extra_disposable_domains: String,
+}
+
 /// Serves until `shutdown`; then drains requests and writers, and flushes the outbox.
-pub async fn run(database_url: &str, bus: Bus, shutdown: CancellationToken) -> Result<(), RunError> {
+pub async fn run(
+    database_url: &str,
+    bus: Bus,
+    config: AttributionConfig,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
     let service = Service::open(database_url, SCHEMA, &MIGRATIONS, 24, bus, shutdown)
         .await?
         .relays(RELAYS);
@@ -56,6 +69,7 @@ pub async fn run(database_url: &str, bus: Bus, shutdown: CancellationToken) -> R
         ns: service.ns().clone(),
         waker: service.waker.clone(),
         rules: rules.clone(),
+        disposable: Arc::new(domain::fraud::DisposableDomains::new(&config.extra_disposable_domains)),
     };
     let (writers, mut writer_tasks) = actors::writer::Writers::start(deps, WRITER_SHARDS);
     let [facts] = consumer_specs(service.ns());

@@ -5,18 +5,27 @@ use super::*;
 
 async fn explain(org: &Org, conversion_id: &Value) -> anyhow::Result<Value> {
     org.mcp
-        .ok("amba_affiliate_commission_explain", json!({"conversion_id": conversion_id}))
+        .ok(
+            "amba_affiliate_commission_explain",
+            json!({"conversion_id": conversion_id}),
+        )
         .await
 }
 
 /// Explain once the ledger has booked `commissions` lines for the conversion.
 async fn explained_when_booked(org: &Org, conversion_id: &Value, commissions: usize) -> anyhow::Result<Value> {
-    eventually(std::time::Duration::from_secs(30), "the ledger's commissions in explain", || async {
-        let view = explain(org, conversion_id).await?;
-        let booked = view["commissions"].as_array().map_or(0, Vec::len) == commissions
-            && view["ledger_postings"].as_array().is_some_and(|p| p.len() >= commissions);
-        Ok(booked.then_some(view))
-    })
+    eventually(
+        std::time::Duration::from_secs(30),
+        "the ledger's commissions in explain",
+        || async {
+            let view = explain(org, conversion_id).await?;
+            let booked = view["commissions"].as_array().map_or(0, Vec::len) == commissions
+                && view["ledger_postings"]
+                    .as_array()
+                    .is_some_and(|p| p.len() >= commissions);
+            Ok(booked.then_some(view))
+        },
+    )
     .await
 }
 
@@ -78,18 +87,31 @@ async fn tiered_override_and_recurring_commissions_explained_to_the_minor_unit()
     let owner_view = explained_when_booked(&owner, &sales[2], 2).await?;
     let k = &owner_view["decision"]["commission"];
     assert_eq!(
-        (&k["base_minor"], &k["rate_bps"], &k["exact_minor"], &k["commission_minor"]),
+        (
+            &k["base_minor"],
+            &k["rate_bps"],
+            &k["exact_minor"],
+            &k["commission_minor"]
+        ),
         (&json!(12_345), &json!(1_550), &json!("1913.475"), &json!(1_913))
     );
     assert_eq!(
-        (&k["tier"]["index"], &k["tier"]["from"], &k["tier"]["prior_conversions"], &k["tier"]["basis"]),
+        (
+            &k["tier"]["index"],
+            &k["tier"]["from"],
+            &k["tier"]["prior_conversions"],
+            &k["tier"]["basis"]
+        ),
         (&json!(1), &json!(2), &json!(2), &json!("conversions"))
     );
     assert!(text(&k["rounding"]).starts_with("half-even"));
     let lines = owner_view["commissions"].as_array().context("commissions")?;
     let line = |level: i64| lines.iter().find(|l| l["level"] == level);
     let (direct, upline) = (line(0).context("direct")?, line(1).context("override")?);
-    assert_eq!((&direct["enrollment_id"], &direct["amount_minor"]), (&json!(bob_id), &json!(1_913)));
+    assert_eq!(
+        (&direct["enrollment_id"], &direct["amount_minor"]),
+        (&json!(bob_id), &json!(1_913))
+    );
     assert_eq!(
         (&upline["enrollment_id"], &upline["amount_minor"], &upline["rate_bps"]),
         (&json!(ann_id), &json!(191), &json!(1_000))
@@ -100,11 +122,17 @@ async fn tiered_override_and_recurring_commissions_explained_to_the_minor_unit()
     assert_eq!((held.get(&bob_id), held.get(&ann_id)), (Some(&1_913), Some(&191)));
     assert_eq!(moved(&owner_view, "expense").values().sum::<i64>(), -(1_913 + 191));
     let summary = text(&owner_view["summary"]);
-    assert!(summary.contains("12345 × 1550 bps = 1913.475") && summary.contains("Override level 1"), "{summary}");
+    assert!(
+        summary.contains("12345 × 1550 bps = 1913.475") && summary.contains("Override level 1"),
+        "{summary}"
+    );
     // The first sale was in the first tier.
     let first = explain(&owner, &sales[0]).await?;
     assert_eq!(
-        (&first["decision"]["commission"]["tier"]["index"], &first["decision"]["commission"]["commission_minor"]),
+        (
+            &first["decision"]["commission"]["tier"]["index"],
+            &first["decision"]["commission"]["commission_minor"]
+        ),
         (&json!(0), &json!(1_000))
     );
 
@@ -113,10 +141,17 @@ async fn tiered_override_and_recurring_commissions_explained_to_the_minor_unit()
     assert_eq!(bob_view["view"], "affiliate");
     assert_eq!(bob_view["decision"]["commission"], owner_view["decision"]["commission"]);
     let shown = serde_json::to_string(&bob_view)?;
-    assert!(!shown.contains(&ann_id) && !shown.contains(&ann.id), "Bob's view names Ann: {shown}");
+    assert!(
+        !shown.contains(&ann_id) && !shown.contains(&ann.id),
+        "Bob's view names Ann: {shown}"
+    );
     let bob_lines = bob_view["commissions"].as_array().context("commissions")?;
     assert_eq!(bob_lines.len(), 2);
-    assert!(bob_lines.iter().any(|l| l["level"] == 1 && l["amount_minor"] == 191 && l.get("enrollment_id").is_none()));
+    assert!(
+        bob_lines
+            .iter()
+            .any(|l| l["level"] == 1 && l["amount_minor"] == 191 && l.get("enrollment_id").is_none())
+    );
     assert_eq!(moved(&bob_view, "held").get(&bob_id), Some(&1_913));
     // Ann earned an override on it, but the sale is not hers to explain.
     let refused = ann
@@ -178,7 +213,10 @@ async fn tiered_override_and_recurring_commissions_explained_to_the_minor_unit()
     assert!(k["renewal_months_since_first"].as_i64().is_some_and(|m| m >= 2), "{k}");
     assert!(text(&k["note"]).contains("recurring window"), "{k}");
     let a = &renewal_view["decision"]["attribution"];
-    assert_eq!((&a["winner"], &a["customer"]["renewal"]), (&json!("customer"), &json!(true)));
+    assert_eq!(
+        (&a["winner"], &a["customer"]["renewal"]),
+        (&json!("customer"), &json!(true))
+    );
     assert!(text(&renewal_view["summary"]).contains("recurring window"));
     sys.stop().await
 }

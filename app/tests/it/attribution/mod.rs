@@ -14,6 +14,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
 mod explain;
+mod fraud;
 mod observability;
 mod owner_tools;
 mod policy;

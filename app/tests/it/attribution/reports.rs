@@ -275,8 +275,9 @@ async fn manual_approval_renewals_and_self_referral() -> anyhow::Result<()> {
     assert!(
         own["conversion"]["reason"]
             .as_str()
-            .is_some_and(|r| r.contains("self-referral"))
+            .is_some_and(|r| r.contains("self_referral: the customer e-mail belongs to the affiliate's own org"))
     );
+    assert_eq!(own["conversion"]["hold_reasons"], json!(["self_referral"]));
 
     // Affiliates cannot decide (they are told it is the owner's tool); other owners cannot see.
     assert_eq!(

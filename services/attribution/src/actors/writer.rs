@@ -12,8 +12,11 @@
 //! winner (docs/scaling.md).
 
 use super::accrue::{self, Approval, RuleCache};
+use crate::domain::fraud::{self, DisposableDomains};
+use crate::domain::report::ProgramFacts;
 use crate::domain::report::{self, Binding, CodeState, Decision, Facts, Report, Status};
 use crate::domain::trail::Trail;
+use crate::store::conversions::FraudQuery;
 use crate::store::conversions::{ConversionRow, Key};
 use crate::store::{self, read_model::TouchpointQuery};
 use amba_bus::Namespace;
@@ -62,6 +65,7 @@ pub struct WriterDeps {
     pub ns: Namespace,
     pub waker: RelayWaker,
     pub rules: Arc<RuleCache>,
+    pub disposable: Arc<DisposableDomains>,
 }
 
 impl Writers {
@@ -354,6 +358,8 @@ async fn decide_and_write(deps: &WriterDeps, reports: &[Submission]) -> Result<V
         }
     }
 
+    screen(&mut tx, deps, reports, &programs, &mut fresh, now).await?;
+
     // Price the approvals, holding the affiliates' tier counters.
     let approvals: Vec<Approval> = fresh
         .iter()
@@ -421,10 +427,12 @@ async fn decide_and_write(deps: &WriterDeps, reports: &[Submission]) -> Result<V
             attribution_model: decision.policy.model.as_str().to_owned(),
             attribution_precedence: decision.policy.precedence.as_str().to_owned(),
             attribution_version: decision.policy.version,
+            hold_reasons: decision.hold_reasons.join(","),
         };
         trails.push(Trail {
             attribution: Some(decision.trail.clone()),
             assignment: None,
+            review: None,
             commission: priced.map(|p| p.trail.clone()),
         });
         if let (Some(customer), Some(e), false) = (&report.customer_ref, enrollment, decision.renewal) {
@@ -469,6 +477,58 @@ async fn decide_and_write(deps: &WriterDeps, reports: &[Submission]) -> Result<V
         .into_iter()
         .map(|o| o.unwrap_or_else(|| Err(ApiError::internal())))
         .collect())
+}
+
+/// Runs each program's fraud checks on the batch's attributed decisions, in order: a hit holds
+/// the conversion for review. Velocity counts the batch's earlier conversions of the same
+/// affiliate too; the statistics take one statement, and only for programs that use them.
+async fn screen(
+    tx: &mut sqlx::PgConnection,
+    deps: &WriterDeps,
+    reports: &[Submission],
+    programs: &HashMap<String, ProgramFacts>,
+    fresh: &mut [(usize, Decision)],
+    now: chrono::DateTime<Utc>,
+) -> Result<(), BatchError> {
+    let program_of = |i: usize| programs.get(reports[i].report.program_id.as_str());
+    let mut queries: HashMap<String, FraudQuery> = HashMap::new();
+    for (i, decision) in fresh.iter() {
+        let (Some(program), Some(e)) = (program_of(*i), decision.enrollment.as_ref()) else {
+            continue;
+        };
+        let window = program.fraud.velocity.map_or(0, |v| v.max_per_minute);
+        let last_sales = program.fraud.refund_rate.map_or(0, |r| r.last_sales);
+        if window > 0 || last_sales > 0 {
+            queries.entry(e.enrollment_id.clone()).or_insert_with(|| FraudQuery {
+                enrollment_id: e.enrollment_id.clone(),
+                program_id: e.program_id.clone(),
+                affiliate_org_id: e.affiliate_org_id.clone(),
+                velocity_window: i32::try_from(window).unwrap_or(i32::MAX),
+                last_sales: i32::try_from(last_sales).unwrap_or(i32::MAX),
+            });
+        }
+    }
+    let queries: Vec<FraudQuery> = queries.into_values().collect();
+    let stats = store::conversions::fraud_stats(tx, &queries, now).await?;
+    let mut earlier_in_batch: HashMap<String, u32> = HashMap::new();
+    for (i, decision) in fresh.iter_mut() {
+        let (Some(program), Some(e)) = (program_of(*i), decision.enrollment.clone()) else {
+            continue;
+        };
+        let report = &reports[*i].report;
+        let (last_minute, sales, refunded) = stats.get(&e.enrollment_id).copied().unwrap_or_default();
+        let earlier = earlier_in_batch.entry(e.enrollment_id.clone()).or_default();
+        let facts = fraud::Facts {
+            customer_email: report.customer_email.as_deref(),
+            affiliate_emails: &e.emails,
+            last_minute: program.fraud.velocity.map(|_| last_minute.saturating_add(*earlier)),
+            click_to_sale_seconds: decision.clicked_at.map(|at| (report.occurred_at - at).num_seconds()),
+            recent_sales: program.fraud.refund_rate.map(|_| (sales, refunded)),
+        };
+        *earlier = earlier.saturating_add(1);
+        decision.screened(fraud::screen(&program.fraud, &deps.disposable, &facts));
+    }
+    Ok(())
 }
 
 /// The answer to a report whose key is already recorded.

@@ -3,6 +3,7 @@
 
 pub mod accrual;
 pub mod export;
+pub mod fraud;
 pub mod policy;
 pub mod report;
 pub mod trail;

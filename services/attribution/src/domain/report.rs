@@ -12,14 +12,16 @@
 //!
 //! Every decision also yields its trail ([`super::trail`]): what was weighed and why it won.
 //!
-//! A customer e-mail that belongs to the affiliate's own org holds the conversion for review
-//! (pending, with the reason) even in auto-approving programs.
+//! The program's fraud checks then run on an attributed conversion ([`Decision::screened`]): a
+//! hit holds it for review (pending, with reason codes) even in auto-approving programs.
 
+use super::fraud::{self, CheckRun};
 use super::policy::{self, Policy, Precedence, Touch};
 use super::trail::{AttributionTrail, CodeCheck, CustomerCheck, TouchWeighed};
 use amba_core::id::ProgramId;
 use amba_core::{ApiError, Currency, ErrorCode, Money};
 use amba_proto::wire as pb;
+use amba_rules::FraudChecks;
 use chrono::{DateTime, Utc};
 
 /// A validated report.
@@ -87,6 +89,7 @@ pub struct ProgramFacts {
     pub status: String,
     pub auto_approve: bool,
     pub policy: Policy,
+    pub fraud: FraudChecks,
     pub commission_version: i32,
     pub landing_url: Option<String>,
 }
@@ -167,6 +170,10 @@ pub struct Decision {
     pub customer_first_conversion_at: Option<DateTime<Utc>>,
     pub reason: Option<String>,
     pub held_for_review: bool,
+    /// The fraud checks' reason codes when it is held.
+    pub hold_reasons: Vec<String>,
+    /// When the click that attributed it happened (touchpoint attribution).
+    pub clicked_at: Option<DateTime<Utc>>,
     /// The policy it was decided under (pinned on the conversion).
     pub policy: Policy,
     pub trail: AttributionTrail,
@@ -321,6 +328,7 @@ pub fn decide(report: &Report, facts: Facts<'_>) -> Result<Decision, ApiError> {
         why,
         status: String::new(),
         held: None,
+        checks: Vec::new(),
     };
     let Some(enrollment) = enrollment else {
         trail.status = Status::Unattributed.as_str().to_owned();
@@ -334,6 +342,8 @@ pub fn decide(report: &Report, facts: Facts<'_>) -> Result<Decision, ApiError> {
             customer_first_conversion_at: None,
             reason: Some(trail.why.clone()),
             held_for_review: false,
+            hold_reasons: Vec::new(),
+            clicked_at: None,
             policy,
             trail,
         });
@@ -347,27 +357,19 @@ pub fn decide(report: &Report, facts: Facts<'_>) -> Result<Decision, ApiError> {
         (None, Some(_)) => Some(report.occurred_at),
         (None, None) => None,
     };
-    let self_referral = report
-        .customer_email
-        .as_ref()
-        .is_some_and(|email| enrollment.emails.iter().any(|e| e.eq_ignore_ascii_case(email)));
-    let (status, reason) = if self_referral {
-        (
-            Status::Pending,
-            Some("held for review: the customer e-mail belongs to the affiliate's own org (self-referral)".to_owned()),
-        )
-    } else if program.auto_approve {
-        (Status::Approved, None)
+    let status = if program.auto_approve {
+        Status::Approved
     } else {
-        (Status::Pending, None)
+        Status::Pending
     };
     if let Some(customer) = trail.customer.as_mut() {
         customer.renewal = renewal;
     }
     trail.status = status.as_str().to_owned();
-    trail.held = match (&reason, status) {
-        (Some(reason), _) => Some(reason.clone()),
-        (None, Status::Pending) => Some("the program approves conversions by hand (approval_mode manual)".to_owned()),
+    trail.held = (status == Status::Pending)
+        .then(|| "the program approves conversions by hand (approval_mode manual)".to_owned());
+    let clicked_at = match attribution {
+        Attribution::Touchpoint => touch.map(|t| t.occurred_at),
         _ => None,
     };
     Ok(Decision {
@@ -378,11 +380,31 @@ pub fn decide(report: &Report, facts: Facts<'_>) -> Result<Decision, ApiError> {
         touchpoint_id,
         renewal,
         customer_first_conversion_at,
-        reason,
-        held_for_review: self_referral,
+        reason: None,
+        held_for_review: false,
+        hold_reasons: Vec::new(),
+        clicked_at,
         policy,
         trail,
     })
+}
+
+impl Decision {
+    /// Takes the fraud checks' outcome: any hit holds the conversion for review (pending, with
+    /// the reason codes and, for the owner, the details); the trail records every check run.
+    pub fn screened(&mut self, runs: Vec<CheckRun>) {
+        let hits = fraud::hits(&runs);
+        if !hits.is_empty() {
+            self.status = Status::Pending;
+            self.held_for_review = true;
+            self.hold_reasons = hits.iter().map(|h| h.check.clone()).collect();
+            let details: Vec<String> = hits.iter().map(|h| format!("{}: {}", h.check, h.detail)).collect();
+            self.reason = Some(format!("held for review ({})", details.join("; ")));
+            self.trail.status = Status::Pending.as_str().to_owned();
+            self.trail.held = self.reason.clone();
+        }
+        self.trail.checks = runs;
+    }
 }
 
 fn touch_word(policy: &Policy) -> &'static str {
@@ -442,6 +464,7 @@ mod tests {
             status: "active".into(),
             auto_approve: true,
             policy: Policy::default(),
+            fraud: FraudChecks::default(),
             commission_version: 1,
             landing_url: None,
         }
@@ -645,15 +668,39 @@ mod tests {
         );
 
         r.customer_email = Some("ann@aff.example".into());
-        let selfish = decide(
+        let mut selfish = decide(
             &r,
             Facts {
                 touchpoints: &hit,
                 ..facts(&p, CodeState::NotGiven)
             },
         )?;
+        assert_eq!(selfish.clicked_at, Some(now() - Duration::days(1)));
+        let emails = selfish
+            .enrollment
+            .as_ref()
+            .map(|e| e.emails.clone())
+            .unwrap_or_default();
+        let runs = fraud::screen(
+            &p.fraud,
+            &fraud::DisposableDomains::default(),
+            &fraud::Facts {
+                customer_email: r.customer_email.as_deref(),
+                affiliate_emails: &emails,
+                last_minute: None,
+                click_to_sale_seconds: None,
+                recent_sales: None,
+            },
+        );
+        selfish.screened(runs);
         assert_eq!((selfish.status, selfish.held_for_review), (Status::Pending, true));
-        assert!(selfish.reason.is_some_and(|r| r.contains("self-referral")));
+        assert_eq!(selfish.hold_reasons, vec!["self_referral".to_owned()]);
+        assert!(
+            selfish
+                .reason
+                .is_some_and(|r| r.starts_with("held for review (self_referral: "))
+        );
+        assert_eq!(selfish.trail.checks.len(), 2);
         Ok(())
     }
 }

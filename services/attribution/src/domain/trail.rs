@@ -2,6 +2,7 @@
 //! recorded when each decision is made (stored with the conversion) and read back by explain.
 //! Never recomputed: a later change of the program's policy or rule leaves it as it was.
 
+use super::fraud::{CheckRun, Outcome};
 use super::policy::{Policy, Verdict};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -14,6 +15,8 @@ pub struct Trail {
     /// An owner's hand assignment of a conversion nobody was credited with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assignment: Option<AssignmentTrail>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review: Option<ReviewTrail>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commission: Option<CommissionTrail>,
 }
@@ -54,6 +57,22 @@ pub struct AttributionTrail {
     pub status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held: Option<String>,
+    /// The program's fraud checks as run on it (attributed conversions only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<CheckRun>,
+}
+
+/// The owner's decision on a conversion that waited for it (a hold released, or a rejection).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReviewTrail {
+    pub decided_at: DateTime<Utc>,
+    /// approved | rejected
+    pub verdict: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The hold reasons it had, if it was held by a fraud check.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub released_holds: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -140,8 +159,16 @@ impl Trail {
     /// enrollments, orgs, touchpoint ids), only that a touchpoint or code of someone else existed;
     /// and, as in its conversion list, not the owner's subject and customer references.
     pub fn for_affiliate(mut self, enrollment_id: &str) -> Trail {
+        if let Some(review) = self.review.as_mut() {
+            review.released_holds.clear();
+        }
         if let Some(a) = self.attribution.as_mut() {
             a.subject_ref = None;
+            // "Held for review" without the detector's details.
+            if a.checks.iter().any(|c| c.outcome == Outcome::Hit) {
+                a.held = Some("held for review".to_owned());
+            }
+            a.checks.clear();
             if let Some(customer) = a.customer.as_mut() {
                 customer.customer_ref.clear();
             }
@@ -201,8 +228,10 @@ mod tests {
                 why: String::new(),
                 status: "approved".into(),
                 held: None,
+                checks: Vec::new(),
             }),
             assignment: None,
+            review: None,
             commission: None,
         };
         let seen = trail.for_affiliate("enr_a");

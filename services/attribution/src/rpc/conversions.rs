@@ -3,7 +3,7 @@ use crate::actors::accrue::{self, Approval};
 use crate::actors::writer::{Submission, event};
 use crate::domain::export;
 use crate::domain::report::{EnrollmentFacts, Report};
-use crate::domain::trail::{AssignmentTrail, Trail};
+use crate::domain::trail::{AssignmentTrail, ReviewTrail, Trail};
 use crate::store::{self, conversions::ConversionRow};
 use amba_bus::events::{OutboxEvent, new_meta};
 use amba_core::id::{ConversionId, EnrollmentId, ProgramId};
@@ -421,10 +421,11 @@ impl Attribution {
             .transpose()?;
         let status = non_empty(&request.status);
         if let Some(status) = &status
-            && !["pending", "approved", "rejected", "unattributed", "clawed_back"].contains(&status.as_str())
+            && !["pending", "held", "approved", "rejected", "unattributed", "clawed_back"].contains(&status.as_str())
         {
             return Err(ApiError::invalid(format!(
-                "invalid status {status:?}; expected pending, approved, rejected, unattributed or clawed_back"
+                "invalid status {status:?}; expected pending, held (pending for a fraud check), approved, rejected, \
+                 unattributed or clawed_back"
             )));
         }
         let after = cursor::decode(&request.cursor)?;
@@ -525,7 +526,16 @@ impl Attribution {
                 row.commission_minor = priced.commission_minor;
                 row.commission_version = priced.version;
                 row.commission_tier = priced.tier;
-                row.reason = match (non_empty(reason), priced.reason) {
+                // Releasing a fraud hold without a reason still says it was released.
+                let given = non_empty(reason).or_else(|| {
+                    row.held_for_review.then(|| {
+                        format!(
+                            "released after review (held for {})",
+                            row.hold_reasons.replace(',', ", ")
+                        )
+                    })
+                });
+                row.reason = match (given, priced.reason) {
                     (None, None) => row.reason,
                     (given, explained) => joined(given, explained),
                 };
@@ -537,6 +547,23 @@ impl Attribution {
             }
             Verdict::Reject => row.reason = non_empty(reason).or(row.reason),
         }
+        let review = Trail {
+            review: Some(ReviewTrail {
+                decided_at: now,
+                verdict: verdict.status().to_owned(),
+                reason: non_empty(reason),
+                released_holds: row
+                    .hold_reasons
+                    .split(',')
+                    .filter(|r| !r.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            }),
+            ..Trail::default()
+        };
+        store::conversions::extend_trail(&mut tx, &row.conversion_id, &review).await?;
+        // Decided: no longer waiting for review (hold_reasons keep why it waited).
+        row.held_for_review = false;
         row.status = verdict.status().into();
         row.decided_at = Some(now);
         store::conversions::decide(&mut tx, &row).await?;

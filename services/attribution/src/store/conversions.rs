@@ -38,6 +38,8 @@ pub struct ConversionRow {
     pub attribution_model: String,
     pub attribution_precedence: String,
     pub attribution_version: i32,
+    /// Comma-separated reason codes of a fraud hold; empty when not held.
+    pub hold_reasons: String,
 }
 
 impl ConversionRow {
@@ -74,6 +76,12 @@ impl ConversionRow {
             attribution_model: self.attribution_model.clone(),
             attribution_precedence: self.attribution_precedence.clone(),
             attribution_version: u32::try_from(self.attribution_version).unwrap_or_default(),
+            hold_reasons: self
+                .hold_reasons
+                .split(',')
+                .filter(|r| !r.is_empty())
+                .map(str::to_owned)
+                .collect(),
         }
     }
 }
@@ -81,7 +89,8 @@ impl ConversionRow {
 const COLUMNS: &str = "conversion_id, program_id, project_id, external_id, amount_minor, currency, status, attribution, \
     enrollment_id, affiliate_org_id, code, touchpoint_id, subject_ref, customer_ref, reason, occurred_at, recorded_at, \
     decided_at, commission_minor, commission_version, commission_tier, renewal, customer_first_conversion_at, \
-    clawed_back_minor, held_for_review, fingerprint, attribution_model, attribution_precedence, attribution_version";
+    clawed_back_minor, held_for_review, fingerprint, attribution_model, attribution_precedence, attribution_version, \
+    hold_reasons";
 
 macro_rules! select_conversions {
     ($tail:literal) => {
@@ -89,8 +98,8 @@ macro_rules! select_conversions {
             "SELECT conversion_id, program_id, project_id, external_id, amount_minor, currency, status, attribution, \
              enrollment_id, affiliate_org_id, code, touchpoint_id, subject_ref, customer_ref, reason, occurred_at, recorded_at, \
              decided_at, commission_minor, commission_version, commission_tier, renewal, customer_first_conversion_at, \
-             clawed_back_minor, held_for_review, fingerprint, attribution_model, attribution_precedence, attribution_version \
-             FROM conversions ",
+             clawed_back_minor, held_for_review, fingerprint, attribution_model, attribution_precedence, attribution_version, \
+             hold_reasons FROM conversions ",
             $tail
         )
     };
@@ -144,7 +153,7 @@ pub async fn insert_many(
          $5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], \
          $14::text[], $15::text[], $16::timestamptz[], $17::timestamptz[], $18::timestamptz[], $19::bigint[], $20::int[], \
          $21::int[], $22::bool[], $23::timestamptz[], $24::bigint[], $25::bool[], $26::text[], $27::text[], $28::text[], \
-         $29::int[], $30::jsonb[]) \
+         $29::int[], $30::text[], $31::jsonb[]) \
          ON CONFLICT (program_id, project_id, external_id) DO NOTHING"
     );
     // The statement is assembled from the constant column list only.
@@ -178,6 +187,7 @@ pub async fn insert_many(
         .bind(col!(attribution_model))
         .bind(col!(attribution_precedence))
         .bind(col!(attribution_version))
+        .bind(col!(hold_reasons))
         .bind(&trails)
         .execute(conn)
         .await
@@ -281,6 +291,56 @@ pub async fn extend_trail(conn: &mut PgConnection, conversion_id: &str, trail: &
     Ok(())
 }
 
+/// What the velocity and refund-rate checks ask about one affiliate in a program.
+pub struct FraudQuery {
+    pub enrollment_id: String,
+    pub program_id: String,
+    pub affiliate_org_id: String,
+    /// How many of its latest conversions to look at for velocity (the limit per minute).
+    pub velocity_window: i32,
+    /// How many of its latest approved sales the refund rate counts.
+    pub last_sales: i32,
+}
+
+/// Per enrollment: its conversions recorded in the minute before `now` (at most
+/// `velocity_window`), and of its last `last_sales` approved sales, how many and how many refunded.
+/// Two bounded index walks each (conversion ids are time-ordered), one statement.
+pub async fn fraud_stats(
+    conn: &mut PgConnection,
+    queries: &[FraudQuery],
+    now: DateTime<Utc>,
+) -> Result<HashMap<String, (u32, u32, u32)>, sqlx::Error> {
+    if queries.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT k.enrollment_id, \
+           (SELECT count(*) FROM (SELECT c.recorded_at FROM conversions c WHERE c.affiliate_org_id = k.org \
+              AND c.program_id = k.program_id ORDER BY c.conversion_id DESC LIMIT k.velocity_window) v \
+            WHERE v.recorded_at >= $6 - INTERVAL '1 minute'), \
+           r.sales, r.refunded \
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int[], $5::int[]) \
+           AS k(enrollment_id, program_id, org, velocity_window, last_sales) \
+         CROSS JOIN LATERAL (SELECT count(*) AS sales, count(*) FILTER (WHERE x.clawed_back_minor > 0) AS refunded \
+           FROM (SELECT c.clawed_back_minor FROM conversions c WHERE c.affiliate_org_id = k.org \
+             AND c.program_id = k.program_id AND c.enrollment_id = k.enrollment_id \
+             AND c.status IN ('approved', 'clawed_back') ORDER BY c.conversion_id DESC LIMIT k.last_sales) x) r",
+    )
+    .bind(queries.iter().map(|q| q.enrollment_id.as_str()).collect::<Vec<_>>())
+    .bind(queries.iter().map(|q| q.program_id.as_str()).collect::<Vec<_>>())
+    .bind(queries.iter().map(|q| q.affiliate_org_id.as_str()).collect::<Vec<_>>())
+    .bind(queries.iter().map(|q| q.velocity_window).collect::<Vec<_>>())
+    .bind(queries.iter().map(|q| q.last_sales).collect::<Vec<_>>())
+    .bind(now)
+    .fetch_all(conn)
+    .await?;
+    let count = |n: i64| u32::try_from(n).unwrap_or(u32::MAX);
+    Ok(rows
+        .into_iter()
+        .map(|(id, minute, sales, refunded)| (id, (count(minute), count(sales), count(refunded))))
+        .collect())
+}
+
 /// A conversion's stored trail; `None` for conversions recorded before trails were kept.
 pub async fn trail(conn: &mut PgConnection, conversion_id: &str) -> Result<Option<Trail>, sqlx::Error> {
     let trail: Option<Option<Json<Trail>>> =
@@ -374,7 +434,7 @@ pub async fn list(
 ) -> Result<Vec<ConversionRow>, sqlx::Error> {
     sqlx::query_as(select_conversions!(
         "WHERE ($1::text IS NULL OR program_id = $1) AND ($2::text IS NULL OR affiliate_org_id = $2) \
-         AND ($3::text IS NULL OR status = $3) AND ($4::text IS NULL OR conversion_id > $4) ORDER BY conversion_id LIMIT $5"
+         AND ($3::text IS NULL OR status = $3 OR ($3 = 'held' AND status = 'pending' AND held_for_review)) AND ($4::text IS NULL OR conversion_id > $4) ORDER BY conversion_id LIMIT $5"
     ))
     .bind(f.program_id)
     .bind(f.affiliate_org_id)

@@ -4,6 +4,7 @@
 use crate::domain::policy::{Model, Policy, Precedence, Touch};
 use crate::domain::report::{Binding, EnrollmentFacts, ProgramFacts};
 use amba_proto::wire as pb;
+use amba_rules::FraudChecks;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use sqlx::types::Json;
@@ -15,14 +16,15 @@ pub async fn apply_program(conn: &mut PgConnection, p: &pb::Program) -> Result<(
     sqlx::query(
         "INSERT INTO programs_view (program_id, owner_org_id, currency, status, approval_mode, attribution_window_days, \
          landing_url, commission_version, version_micros, version, attribution_model, attribution_precedence, \
-         attribution_version) \
-         VALUES ($1, $2, $3, $4, $5, $6, NULLIF($7, ''), $8, $9, $10, $11, $12, $13) \
+         attribution_version, fraud_checks) \
+         VALUES ($1, $2, $3, $4, $5, $6, NULLIF($7, ''), $8, $9, $10, $11, $12, $13, $14) \
          ON CONFLICT (program_id) DO UPDATE SET owner_org_id = EXCLUDED.owner_org_id, currency = EXCLUDED.currency, \
          status = EXCLUDED.status, approval_mode = EXCLUDED.approval_mode, \
          attribution_window_days = EXCLUDED.attribution_window_days, landing_url = EXCLUDED.landing_url, \
          commission_version = EXCLUDED.commission_version, version_micros = EXCLUDED.version_micros, \
          version = EXCLUDED.version, attribution_model = EXCLUDED.attribution_model, \
-         attribution_precedence = EXCLUDED.attribution_precedence, attribution_version = EXCLUDED.attribution_version \
+         attribution_precedence = EXCLUDED.attribution_precedence, attribution_version = EXCLUDED.attribution_version, \
+         fraud_checks = EXCLUDED.fraud_checks \
          WHERE (programs_view.version, programs_view.version_micros) <= (EXCLUDED.version, EXCLUDED.version_micros)",
     )
     .bind(&p.program_id)
@@ -39,6 +41,7 @@ pub async fn apply_program(conn: &mut PgConnection, p: &pb::Program) -> Result<(
     .bind(Model::parse(&p.attribution_model).as_str())
     .bind(Precedence::parse(&p.attribution_precedence).as_str())
     .bind(i32::try_from(p.attribution_version.max(1)).unwrap_or(i32::MAX))
+    .bind(Json(FraudChecks::from_stored(&p.fraud_checks_json).to_json()))
     .execute(&mut *conn)
     .await?;
     let rule: serde_json::Value = serde_json::from_str(&p.commission_json).unwrap_or(serde_json::Value::Null);
@@ -107,6 +110,7 @@ struct ProgramRow {
     attribution_model: String,
     attribution_precedence: String,
     attribution_version: i32,
+    fraud_checks: Json<serde_json::Value>,
     commission_version: i32,
     landing_url: Option<String>,
 }
@@ -125,6 +129,7 @@ impl From<ProgramRow> for ProgramFacts {
                 window_days: r.attribution_window_days,
                 version: r.attribution_version,
             },
+            fraud: serde_json::from_value(r.fraud_checks.0).unwrap_or_default(),
             commission_version: r.commission_version,
             landing_url: r.landing_url,
         }
@@ -134,7 +139,7 @@ impl From<ProgramRow> for ProgramFacts {
 pub async fn programs(conn: &mut PgConnection, ids: &[String]) -> Result<HashMap<String, ProgramFacts>, sqlx::Error> {
     let rows: Vec<ProgramRow> = sqlx::query_as(
         "SELECT program_id, owner_org_id, currency, status, approval_mode, attribution_window_days, attribution_model, \
-         attribution_precedence, attribution_version, commission_version, landing_url \
+         attribution_precedence, attribution_version, fraud_checks, commission_version, landing_url \
          FROM programs_view WHERE program_id = ANY($1)",
     )
     .bind(ids)

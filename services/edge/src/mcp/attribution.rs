@@ -153,7 +153,9 @@ pub struct ExportOutput {
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct ConversionsListArgs {
     pub program_id: String,
-    #[schemars(extend("enum" = ["pending", "approved", "rejected", "unattributed", "clawed_back"]))]
+    /// `held`: pending because a fraud check held it (see hold_reasons); release one with
+    /// amba_affiliate_conversion_approve, or reject it, each with a reason.
+    #[schemars(extend("enum" = ["pending", "held", "approved", "rejected", "unattributed", "clawed_back"]))]
     pub status: Option<String>,
     pub cursor: Option<String>,
     #[schemars(range(min = 1, max = 200))]
@@ -163,7 +165,7 @@ pub struct ConversionsListArgs {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 pub struct MyConversionsListArgs {
     pub program_id: Option<String>,
-    #[schemars(extend("enum" = ["pending", "approved", "rejected", "clawed_back"]))]
+    #[schemars(extend("enum" = ["pending", "held", "approved", "rejected", "clawed_back"]))]
     pub status: Option<String>,
     pub cursor: Option<String>,
     #[schemars(range(min = 1, max = 200))]
@@ -207,7 +209,12 @@ pub struct ConversionView {
     /// A renewal of a customer bound to the affiliate.
     pub renewal: bool,
     pub clawed_back_minor: i64,
+    /// Held for review by a fraud check (pending until the owner approves or rejects it).
     pub held_for_review: bool,
+    /// Why, as reason codes: self_referral, disposable_email, velocity, click_to_sale,
+    /// refund_rate (owners only; the details are in `reason`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hold_reasons: Vec<String>,
     /// The program's attribution policy it was decided under: last_touch | first_touch,
     /// code_wins | touch_wins, and its version (amba_affiliate_commission_explain tells the rest).
     pub attribution_model: String,
@@ -597,7 +604,13 @@ pub fn conversion_view(c: pb::Conversion, affiliate_view: bool) -> ConversionVie
         } else {
             non_empty(c.customer_ref)
         },
-        reason: non_empty(c.reason),
+        // An affiliate learns that a sale is held, not what the detector saw.
+        reason: if affiliate_view && c.held_for_review && c.status == "pending" {
+            Some("held for review".to_owned())
+        } else {
+            non_empty(c.reason)
+        },
+        hold_reasons: if affiliate_view { Vec::new() } else { c.hold_reasons },
         commission_version: (c.commission_version != 0).then_some(c.commission_version),
         conversion_id: c.conversion_id,
         program_id: c.program_id,

@@ -31,6 +31,11 @@ pub struct ProgramOptions {
     /// or window is a new attribution version; each conversion pins the one it was decided under.
     #[schemars(extend("enum" = ["code_wins", "touch_wins"]))]
     pub attribution_precedence: Option<String>,
+    /// Fraud checks on conversions; a hit holds the sale for your review with a reason code.
+    /// {"self_referral": true, "disposable_email": true, "velocity": {"max_per_minute": 30},
+    /// "click_to_sale": {"min_seconds": 5}, "refund_rate": {"max_bps": 3000, "last_sales": 20}}.
+    /// The first two are on unless set to false; the others run only with a threshold.
+    pub fraud_checks: Option<serde_json::Value>,
     /// Days commission is held (refund window) before it becomes payable (0-365). Default 30.
     /// Applies to new commissions only (approved after the change): commission already held keeps
     /// its release date (amba_affiliate_commission_release releases it early).
@@ -112,6 +117,7 @@ pub struct ProgramView {
     pub attribution_precedence: String,
     /// Bumped when the model, precedence or window changes; conversions name the one they used.
     pub attribution_version: u32,
+    pub fraud_checks: serde_json::Value,
     pub hold_days: u32,
     pub payout_threshold_minor: i64,
     pub payout_schedule: String,
@@ -340,6 +346,7 @@ fn options_to_proto(o: ProgramOptions) -> pb::ProgramSettings {
         attribution_window_days: o.attribution_window_days,
         attribution_model: o.attribution_model,
         attribution_precedence: o.attribution_precedence,
+        fraud_checks_json: o.fraud_checks.map(|v| v.to_string()),
         hold_days: o.hold_days,
         payout_threshold_minor: o.payout_threshold_minor,
         payout_schedule: o.payout_schedule,
@@ -369,6 +376,7 @@ fn program_view(p: pb::Program, public_url: &str) -> ProgramView {
         attribution_model: p.attribution_model,
         attribution_precedence: p.attribution_precedence,
         attribution_version: p.attribution_version,
+        fraud_checks: json_or_null(&p.fraud_checks_json),
         hold_days: p.hold_days,
         payout_threshold_minor: p.payout_threshold_minor,
         payout_schedule: p.payout_schedule,

@@ -3,7 +3,7 @@
 
 use super::identity::normalize_name;
 use amba_core::{ApiError, Currency};
-use amba_rules::CommissionRule;
+use amba_rules::{CommissionRule, FraudChecks};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -125,6 +125,7 @@ pub struct ProgramSettings {
     pub attribution_window_days: u32,
     pub attribution_model: AttributionModel,
     pub attribution_precedence: AttributionPrecedence,
+    pub fraud_checks: FraudChecks,
     pub hold_days: u32,
     pub payout_threshold_minor: i64,
     pub payout_schedule: PayoutSchedule,
@@ -144,6 +145,7 @@ pub struct SettingsInput {
     pub attribution_window_days: Option<u32>,
     pub attribution_model: Option<String>,
     pub attribution_precedence: Option<String>,
+    pub fraud_checks: Option<serde_json::Value>,
     pub hold_days: Option<u32>,
     pub payout_threshold_minor: Option<i64>,
     pub payout_schedule: Option<String>,
@@ -168,6 +170,7 @@ impl ProgramSettings {
             attribution_window_days: DEFAULT_ATTRIBUTION_WINDOW_DAYS,
             attribution_model: AttributionModel::LastTouch,
             attribution_precedence: AttributionPrecedence::CodeWins,
+            fraud_checks: FraudChecks::default(),
             hold_days: DEFAULT_HOLD_DAYS,
             payout_threshold_minor: 0,
             payout_schedule: PayoutSchedule::Manual,
@@ -219,6 +222,9 @@ impl ProgramSettings {
         }
         if let Some(precedence) = input.attribution_precedence {
             next.attribution_precedence = precedence.parse()?;
+        }
+        if let Some(checks) = input.fraud_checks {
+            next.fraud_checks = FraudChecks::from_json(&checks)?;
         }
         if let Some(days) = input.hold_days {
             next.hold_days = days_in_range("hold_days", days, 0)?;

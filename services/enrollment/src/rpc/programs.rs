@@ -5,6 +5,7 @@ use amba_bus::events::{OutboxEvent, new_meta};
 use amba_core::id::ProgramId;
 use amba_core::{ApiError, ErrorCode, cursor};
 use amba_proto::wire as pb;
+use amba_rules::FraudChecks;
 use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 
@@ -224,6 +225,7 @@ fn settings_input(s: pb::ProgramSettings) -> Result<SettingsInput, ApiError> {
         attribution_window_days: s.attribution_window_days,
         attribution_model: s.attribution_model,
         attribution_precedence: s.attribution_precedence,
+        fraud_checks: json("fraud_checks", s.fraud_checks_json)?,
         hold_days: s.hold_days,
         payout_threshold_minor: s.payout_threshold_minor,
         payout_schedule: s.payout_schedule,
@@ -256,6 +258,9 @@ fn fingerprint(s: &ProgramSettings) -> String {
     if !default_policy {
         canonical["attribution_model"] = s.attribution_model.as_str().into();
         canonical["attribution_precedence"] = s.attribution_precedence.as_str().into();
+    }
+    if s.fraud_checks != FraudChecks::default() {
+        canonical["fraud_checks"] = s.fraud_checks.to_json();
     }
     hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
 }

@@ -1,7 +1,7 @@
 use crate::domain::program::{MultiLevel, ProgramSettings, ProgramStatus};
 use amba_core::{ApiError, Currency};
 use amba_proto::wire as pb;
-use amba_rules::CommissionRule;
+use amba_rules::{CommissionRule, FraudChecks};
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use sqlx::types::Json;
@@ -20,6 +20,7 @@ pub struct ProgramRow {
     pub attribution_model: String,
     pub attribution_precedence: String,
     pub attribution_version: i32,
+    pub fraud_checks: Json<serde_json::Value>,
     pub hold_days: i32,
     pub payout_threshold_minor: i64,
     pub payout_schedule: String,
@@ -65,6 +66,7 @@ impl ProgramRow {
                 .attribution_precedence
                 .parse()
                 .map_err(|e| corrupt("attribution_precedence", e))?,
+            fraud_checks: FraudChecks::from_json(&self.fraud_checks.0).map_err(|e| corrupt("fraud_checks", e))?,
             hold_days: u32::try_from(self.hold_days).map_err(|e| corrupt("hold_days", e))?,
             payout_threshold_minor: self.payout_threshold_minor,
             payout_schedule: self
@@ -101,6 +103,7 @@ impl ProgramRow {
             attribution_model: self.attribution_model.clone(),
             attribution_precedence: self.attribution_precedence.clone(),
             attribution_version: u32::try_from(self.attribution_version).unwrap_or_default(),
+            fraud_checks_json: self.fraud_checks.0.to_string(),
         }
     }
 }
@@ -111,7 +114,7 @@ macro_rules! select_program {
     ($tail:literal) => {
         concat!(
             "SELECT p.program_id, p.owner_org_id, p.name, p.currency, p.status, p.approval_mode, p.affiliate_approval, \
-    p.attribution_window_days, p.attribution_model, p.attribution_precedence, p.attribution_version, p.hold_days, p.payout_threshold_minor, p.payout_schedule, p.platform_fee_bps, \
+    p.attribution_window_days, p.attribution_model, p.attribution_precedence, p.attribution_version, p.fraud_checks, p.hold_days, p.payout_threshold_minor, p.payout_schedule, p.platform_fee_bps, \
     p.multi_level, p.landing_url, r.version AS commission_version, r.rule AS commission, p.request_fingerprint, \
     p.created_at, p.updated_at, p.version \
     FROM programs p JOIN commission_rules r ON r.program_id = p.program_id ",
@@ -135,8 +138,8 @@ pub async fn insert(conn: &mut PgConnection, p: &NewProgram<'_>) -> Result<bool,
     let inserted = sqlx::query(
         "INSERT INTO programs (program_id, owner_org_id, name, currency, status, approval_mode, attribution_window_days, \
          hold_days, payout_threshold_minor, payout_schedule, platform_fee_bps, multi_level, landing_url, commission_version, \
-         idempotency_key, request_fingerprint, affiliate_approval, attribution_model, attribution_precedence) \
-         VALUES ($1, $2, $3, $4, 'draft', $5, $6, $7, $8, $9, $10, $11, $12, 1, $13, $14, $15, $16, $17) \
+         idempotency_key, request_fingerprint, affiliate_approval, attribution_model, attribution_precedence, fraud_checks) \
+         VALUES ($1, $2, $3, $4, 'draft', $5, $6, $7, $8, $9, $10, $11, $12, 1, $13, $14, $15, $16, $17, $18) \
          ON CONFLICT (owner_org_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
     )
     .bind(p.program_id)
@@ -156,6 +159,7 @@ pub async fn insert(conn: &mut PgConnection, p: &NewProgram<'_>) -> Result<bool,
     .bind(s.affiliate_approval.as_str())
     .bind(s.attribution_model.as_str())
     .bind(s.attribution_precedence.as_str())
+    .bind(Json(s.fraud_checks.to_json()))
     .execute(&mut *conn)
     .await?
     .rows_affected();
@@ -193,7 +197,8 @@ pub async fn update(
         "UPDATE programs SET name = $2, currency = $3, status = $4, approval_mode = $5, attribution_window_days = $6, \
          hold_days = $7, payout_threshold_minor = $8, payout_schedule = $9, platform_fee_bps = $10, multi_level = $11, \
          landing_url = $12, commission_version = $13, affiliate_approval = $14, attribution_model = $15, \
-         attribution_precedence = $16, attribution_version = $17, updated_at = now(), version = version + 1 \
+         attribution_precedence = $16, attribution_version = $17, fraud_checks = $18, updated_at = now(), \
+         version = version + 1 \
          WHERE program_id = $1",
     )
     .bind(program_id)
@@ -213,6 +218,7 @@ pub async fn update(
     .bind(s.attribution_model.as_str())
     .bind(s.attribution_precedence.as_str())
     .bind(versions.attribution)
+    .bind(Json(s.fraud_checks.to_json()))
     .execute(conn)
     .await?;
     Ok(())
