@@ -74,6 +74,11 @@ pub struct Settings {
     /// `AMBA_DISPOSABLE_DOMAINS_FILE`: throwaway e-mail domains to add to the bundled list for
     /// the disposable-e-mail fraud check, one per line.
     pub disposable_domains_file: Option<std::path::PathBuf>,
+    /// `AMBA_FX_RATES_URL`: reference exchange rates in the ECB's eurofxref XML format,
+    /// `http(s)://` or `file://` (default the ECB's daily feed; `off` fetches none, and sales in
+    /// another currency than their program's then wait); `AMBA_FX_REFRESH_SECONDS` how often
+    /// (default 86400, daily).
+    pub fx_rates: Option<amba_attribution::jobs::fx_rates::RateFeed>,
     pub otlp_endpoint: Option<String>,
     /// `AMBA_LOG_FORMAT=json` for log shippers; text otherwise.
     pub log_json: bool,
@@ -289,6 +294,21 @@ impl Settings {
             payouts_live: flag(&get, "ORG_PAYOUTS_LIVE")?,
             multi_level_enabled: flag(&get, "MULTI_LEVEL_ENABLED")?,
             disposable_domains_file: get("AMBA_DISPOSABLE_DOMAINS_FILE").map(Into::into),
+            fx_rates: match get("AMBA_FX_RATES_URL").as_deref() {
+                Some("off") => None,
+                Some(url)
+                    if !(url.starts_with("https://") || url.starts_with("http://") || url.starts_with("file://")) =>
+                {
+                    return Err(bad(
+                        "AMBA_FX_RATES_URL",
+                        format!("{url:?} is not an http(s):// or file:// URL (or off)"),
+                    ));
+                }
+                url => Some(amba_attribution::jobs::fx_rates::RateFeed {
+                    url: url.unwrap_or(amba_attribution::domain::fx::ECB_DAILY_URL).to_owned(),
+                    refresh: std::time::Duration::from_secs(u64::from(count(&get, "AMBA_FX_REFRESH_SECONDS", 86_400)?)),
+                }),
+            },
             otlp_endpoint: get("OTEL_EXPORTER_OTLP_ENDPOINT"),
             log_json,
         })

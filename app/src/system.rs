@@ -721,6 +721,7 @@ pub fn attribution_config(settings: &Settings) -> Result<amba_attribution::Attri
     };
     Ok(amba_attribution::AttributionConfig {
         extra_disposable_domains,
+        rates: settings.fx_rates.clone(),
     })
 }
 

@@ -66,6 +66,8 @@ impl TestSystem {
             ("AMBA_HTTP_ADDR", format!("127.0.0.1:{port}")),
             ("AMBA_GRPC_ADDR", "127.0.0.1:0".to_owned()),
             ("AMBA_METRICS_ADDR", "127.0.0.1:0".to_owned()),
+            // No internet here: tests that need rates serve their own (file://).
+            ("AMBA_FX_RATES_URL", "off".to_owned()),
             // E-mails (no SMTP server unless a test gives one) go to this test's own folder.
             (
                 "AMBA_DATA_DIR",

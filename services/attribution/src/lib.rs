@@ -9,6 +9,7 @@
 pub mod actors;
 pub mod consumers;
 pub mod domain;
+pub mod jobs;
 pub mod rpc;
 pub mod store;
 
@@ -51,6 +52,9 @@ pub struct AttributionConfig {
     /// Throwaway e-mail domains beyond the bundled list, one per line (the contents of
     /// `AMBA_DISPOSABLE_DOMAINS_FILE`): the list grows without a release.
     pub extra_disposable_domains: String,
+    /// Where reference exchange rates come from (`AMBA_FX_RATES_URL`), and how often they are
+    /// fetched; `None` turns fetching off (sales in another currency then wait).
+    pub rates: Option<jobs::fx_rates::RateFeed>,
 }
 
 /// Serves until `shutdown`; then drains requests and writers, and flushes the outbox.
@@ -73,6 +77,13 @@ pub async fn run(
     };
     let (writers, mut writer_tasks) = actors::writer::Writers::start(deps, WRITER_SHARDS);
     let [facts] = consumer_specs(service.ns());
+    let rates = config.rates.map(|feed| jobs::fx_rates::FxRates {
+        pool: service.pool.clone(),
+        ns: service.ns().clone(),
+        waker: service.waker.clone(),
+        rules: rules.clone(),
+        feed,
+    });
     let attribution = rpc::Attribution::new(
         service.pool.clone(),
         service.ns().clone(),
@@ -89,9 +100,12 @@ pub async fn run(
         served
     };
     // A read model that stopped following fails the service (and so the process) at once.
-    service
+    let mut service = service
         .consume(facts, consumers::read_model::EnrollmentFacts)
-        .part(serving)
-        .run()
-        .await
+        .part(serving);
+    if let Some(rates) = rates {
+        let stop = service.shutdown.clone();
+        service = service.part(rates.run(stop));
+    }
+    service.run().await
 }

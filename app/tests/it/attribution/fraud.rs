@@ -31,7 +31,7 @@ async fn each_fraud_check_holds_with_its_reason_and_the_owner_releases_or_reject
     let Setup {
         sys,
         owner,
-        ann,
+        ann: _,
         program,
         ann_enrollment,
     } = setup_with(

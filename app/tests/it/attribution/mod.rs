@@ -15,6 +15,7 @@ use tonic::transport::Channel;
 
 mod explain;
 mod fraud;
+mod fx;
 mod observability;
 mod owner_tools;
 mod policy;

@@ -13,16 +13,19 @@
 
 use super::accrue::{self, Approval, RuleCache};
 use crate::domain::fraud::{self, DisposableDomains};
+use crate::domain::fx::{self, FxTrail};
 use crate::domain::report::ProgramFacts;
 use crate::domain::report::{self, Binding, CodeState, Decision, Facts, Report, Status};
 use crate::domain::trail::Trail;
 use crate::store::conversions::FraudQuery;
 use crate::store::conversions::{ConversionRow, Key};
+use crate::store::fx::RateQuery;
 use crate::store::{self, read_model::TouchpointQuery};
 use amba_bus::Namespace;
 use amba_bus::events::{OutboxEvent, new_meta, new_meta_in_trace};
 use amba_bus::outbox::RelayWaker;
 use amba_core::ApiError;
+use amba_core::Currency;
 use amba_core::id::ConversionId;
 use amba_proto::wire as pb;
 use chrono::Utc;
@@ -359,6 +362,13 @@ async fn decide_and_write(deps: &WriterDeps, reports: &[Submission]) -> Result<V
     }
 
     screen(&mut tx, deps, reports, &programs, &mut fresh, now).await?;
+    let fx = convert_currencies(&mut tx, reports, &programs, &mut fresh).await?;
+    // The sale in the program's currency: converted, or 0 while it waits for its rate.
+    let program_amount = |i: usize| match fx.get(&i) {
+        Some(Some(converted)) => converted.amount_minor,
+        Some(None) => 0,
+        None => reports[i].report.amount.amount_minor,
+    };
 
     // Price the approvals, holding the affiliates' tier counters.
     let approvals: Vec<Approval> = fresh
@@ -371,8 +381,8 @@ async fn decide_and_write(deps: &WriterDeps, reports: &[Submission]) -> Result<V
                 program_id: report.program_id.to_string(),
                 version: program.commission_version,
                 enrollment_id: d.enrollment.as_ref()?.enrollment_id.clone(),
-                amount_minor: report.amount.amount_minor,
-                currency: report.amount.currency.code().to_owned(),
+                amount_minor: program_amount(*i),
+                currency: program.currency.clone(),
                 renewal_since: d
                     .renewal
                     .then_some(())
@@ -394,13 +404,17 @@ async fn decide_and_write(deps: &WriterDeps, reports: &[Submission]) -> Result<V
         let priced = if approved { prices.next() } else { None };
         let priced = priced.as_ref();
         let enrollment = decision.enrollment.as_ref();
+        let converted = fx.get(i);
+        let rate = converted.and_then(Option::as_ref);
         let row = ConversionRow {
             conversion_id: ConversionId::new().to_string(),
             program_id: report.program_id.to_string(),
             project_id: report.project_id.clone(),
             external_id: report.external_id.clone(),
-            amount_minor: report.amount.amount_minor,
-            currency: report.amount.currency.code().to_owned(),
+            amount_minor: program_amount(*i),
+            currency: programs
+                .get(report.program_id.as_str())
+                .map_or_else(|| report.amount.currency.code().to_owned(), |p| p.currency.clone()),
             status: decision.status.as_str().to_owned(),
             attribution: decision.attribution.as_str().to_owned(),
             enrollment_id: enrollment.map(|e| e.enrollment_id.clone()),
@@ -428,10 +442,16 @@ async fn decide_and_write(deps: &WriterDeps, reports: &[Submission]) -> Result<V
             attribution_precedence: decision.policy.precedence.as_str().to_owned(),
             attribution_version: decision.policy.version,
             hold_reasons: decision.hold_reasons.join(","),
+            sale_amount_minor: converted.map(|_| report.amount.amount_minor),
+            sale_currency: converted.map(|_| report.amount.currency.code().to_owned()),
+            fx_rate: rate.map(|t| t.cross_rate.clone()),
+            fx_rate_date: rate.map(|t| t.rate_date),
+            fx_source: rate.map(|t| t.source.clone()),
         };
         trails.push(Trail {
             attribution: Some(decision.trail.clone()),
             assignment: None,
+            fx: rate.cloned(),
             review: None,
             commission: priced.map(|p| p.trail.clone()),
         });
@@ -443,10 +463,14 @@ async fn decide_and_write(deps: &WriterDeps, reports: &[Submission]) -> Result<V
                 report.occurred_at,
             ));
         }
-        // One event per new conversion: approved on arrival, or recorded (pending, unattributed).
-        let kind = if approved { "approved" } else { "recorded" };
-        let meta = new_meta_in_trace(reports[*i].traceparent.clone());
-        events.push(event_with_meta(&deps.ns, meta, kind, &row.to_proto(), ""));
+        // One event per new conversion: approved on arrival, or recorded (pending, unattributed);
+        // a sale waiting for its exchange rate gets it once converted (the rate job), so the
+        // ledger and the e-mails never see a sale outside its program's currency.
+        if !matches!(converted, Some(None)) {
+            let kind = if approved { "approved" } else { "recorded" };
+            let meta = new_meta_in_trace(reports[*i].traceparent.clone());
+            events.push(event_with_meta(&deps.ns, meta, kind, &row.to_proto(), ""));
+        }
         rows.push(row);
     }
     if store::conversions::insert_many(&mut tx, &rows, &trails).await? < rows.len() as u64 {
@@ -529,6 +553,66 @@ async fn screen(
         decision.screened(fraud::screen(&program.fraud, &deps.disposable, &facts));
     }
     Ok(())
+}
+
+/// Converts the batch's sales in another currency than their program's at the reference rate of
+/// the sale's date (one lookup for the batch): `Some(trail)` per converted sale, `None` for one
+/// whose rate is not known yet, which then waits (see [`Decision::wait_for_rate`]).
+async fn convert_currencies(
+    tx: &mut sqlx::PgConnection,
+    reports: &[Submission],
+    programs: &HashMap<String, ProgramFacts>,
+    fresh: &mut [(usize, Decision)],
+) -> Result<HashMap<usize, Option<FxTrail>>, BatchError> {
+    let foreign = |i: usize| {
+        let report = &reports[i].report;
+        let program = programs.get(report.program_id.as_str())?;
+        let currency = Currency::parse(&program.currency).ok()?;
+        (currency != report.amount.currency).then_some((report, currency))
+    };
+    let queries: Vec<RateQuery> = fresh
+        .iter()
+        .filter_map(|(i, _)| {
+            let (report, program_currency) = foreign(*i)?;
+            Some(RateQuery {
+                index: i32::try_from(*i).ok()?,
+                sale_currency: report.amount.currency.code().to_owned(),
+                program_currency: program_currency.code().to_owned(),
+                day: report.occurred_at.date_naive(),
+            })
+        })
+        .collect();
+    if queries.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rates = store::fx::rates(tx, &queries).await?;
+    let mut converted = HashMap::new();
+    for (i, decision) in fresh.iter_mut() {
+        let Some((report, program_currency)) = foreign(*i) else {
+            continue;
+        };
+        let trail = i32::try_from(*i)
+            .ok()
+            .and_then(|index| rates.get(&index))
+            .and_then(|rates| {
+                fx::convert(
+                    report.amount.amount_minor,
+                    report.amount.currency,
+                    program_currency,
+                    rates,
+                )
+            });
+        if trail.is_none() {
+            decision.wait_for_rate(format!(
+                "no {} and {} reference rates for {} yet; converted once they arrive",
+                report.amount.currency,
+                program_currency,
+                report.occurred_at.date_naive()
+            ));
+        }
+        converted.insert(*i, trail);
+    }
+    Ok(converted)
 }
 
 /// The answer to a report whose key is already recorded.

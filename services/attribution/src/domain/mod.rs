@@ -4,6 +4,7 @@
 pub mod accrual;
 pub mod export;
 pub mod fraud;
+pub mod fx;
 pub mod policy;
 pub mod report;
 pub mod trail;

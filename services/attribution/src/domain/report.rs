@@ -202,12 +202,6 @@ pub fn decide(report: &Report, facts: Facts<'_>) -> Result<Decision, ApiError> {
             program.program_id, program.status
         )));
     }
-    if report.amount.currency.code() != program.currency {
-        return Err(ApiError::invalid(format!(
-            "currency {} is not the program's currency {}",
-            report.amount.currency, program.currency
-        )));
-    }
     let active = |e: &EnrollmentFacts| e.status == "active";
     let policy = program.policy;
     let (winner, weighed) = policy::weigh(&policy, report.occurred_at, facts.touchpoints);
@@ -405,6 +399,26 @@ impl Decision {
         }
         self.trail.checks = runs;
     }
+
+    /// A sale in another currency whose rate is not known yet: it waits, held with reason
+    /// `fx_rate_missing`, and is converted (and then approved if nothing else holds it) once the
+    /// rate arrives. Never converted at 1.
+    pub fn wait_for_rate(&mut self, detail: String) {
+        if self.status == Status::Approved {
+            self.status = Status::Pending;
+        }
+        self.held_for_review = true;
+        self.hold_reasons.push("fx_rate_missing".to_owned());
+        let waiting = format!("fx_rate_missing: {detail}");
+        self.reason = Some(match self.reason.take() {
+            Some(held) if held.starts_with("held for review (") => {
+                format!("{}; {waiting})", held.trim_end_matches(')'))
+            }
+            _ => format!("held for review ({waiting})"),
+        });
+        self.trail.status = self.status.as_str().to_owned();
+        self.trail.held = self.reason.clone();
+    }
 }
 
 fn touch_word(policy: &Policy) -> &'static str {
@@ -569,14 +583,6 @@ mod tests {
             ..p.clone()
         };
         assert_eq!(refuse(facts(&paused, CodeState::NotGiven)), Some(ErrorCode::Conflict));
-        let euro = ProgramFacts {
-            currency: "EUR".into(),
-            ..p.clone()
-        };
-        assert_eq!(
-            refuse(facts(&euro, CodeState::NotGiven)),
-            Some(ErrorCode::InvalidArgument)
-        );
         assert_eq!(refuse(facts(&p, CodeState::Unknown)), Some(ErrorCode::InvalidArgument));
         assert_eq!(refuse(facts(&p, CodeState::Retired)), Some(ErrorCode::Conflict));
         assert_eq!(

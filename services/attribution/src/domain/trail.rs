@@ -3,6 +3,7 @@
 //! Never recomputed: a later change of the program's policy or rule leaves it as it was.
 
 use super::fraud::{CheckRun, Outcome};
+use super::fx::FxTrail;
 use super::policy::{Policy, Verdict};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -15,6 +16,9 @@ pub struct Trail {
     /// An owner's hand assignment of a conversion nobody was credited with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assignment: Option<AssignmentTrail>,
+    /// A sale in another currency: the rate it was converted at, and how.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fx: Option<FxTrail>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub review: Option<ReviewTrail>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -231,6 +235,7 @@ mod tests {
                 checks: Vec::new(),
             }),
             assignment: None,
+            fx: None,
             review: None,
             commission: None,
         };

@@ -515,6 +515,12 @@ impl Attribution {
         let now = Utc::now();
         match verdict {
             Verdict::Approve => {
+                if row.hold_reasons.split(',').any(|r| r == "fx_rate_missing") {
+                    return Err(ApiError::conflict(
+                        "this sale waits for the reference exchange rate of its date; it is converted into the \
+                         program's currency (and can then be approved) once the rate arrives",
+                    ));
+                }
                 let enrollment_id = row.enrollment_id.clone().ok_or_else(ApiError::internal)?;
                 let enrollment = store::read_model::enrollment(&mut tx, &enrollment_id).await?;
                 if enrollment.as_ref().is_none_or(|e| e.status != "active") {

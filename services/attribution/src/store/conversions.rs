@@ -40,6 +40,11 @@ pub struct ConversionRow {
     pub attribution_version: i32,
     /// Comma-separated reason codes of a fraud hold; empty when not held.
     pub hold_reasons: String,
+    pub sale_amount_minor: Option<i64>,
+    pub sale_currency: Option<String>,
+    pub fx_rate: Option<String>,
+    pub fx_rate_date: Option<chrono::NaiveDate>,
+    pub fx_source: Option<String>,
 }
 
 impl ConversionRow {
@@ -82,6 +87,11 @@ impl ConversionRow {
                 .filter(|r| !r.is_empty())
                 .map(str::to_owned)
                 .collect(),
+            sale_amount_minor: self.sale_amount_minor.unwrap_or_default(),
+            sale_currency: self.sale_currency.clone().unwrap_or_default(),
+            fx_rate: self.fx_rate.clone().unwrap_or_default(),
+            fx_rate_date: self.fx_rate_date.map(|d| d.to_string()).unwrap_or_default(),
+            fx_source: self.fx_source.clone().unwrap_or_default(),
         }
     }
 }
@@ -90,7 +100,7 @@ const COLUMNS: &str = "conversion_id, program_id, project_id, external_id, amoun
     enrollment_id, affiliate_org_id, code, touchpoint_id, subject_ref, customer_ref, reason, occurred_at, recorded_at, \
     decided_at, commission_minor, commission_version, commission_tier, renewal, customer_first_conversion_at, \
     clawed_back_minor, held_for_review, fingerprint, attribution_model, attribution_precedence, attribution_version, \
-    hold_reasons";
+    hold_reasons, sale_amount_minor, sale_currency, fx_rate, fx_rate_date, fx_source";
 
 macro_rules! select_conversions {
     ($tail:literal) => {
@@ -99,7 +109,7 @@ macro_rules! select_conversions {
              enrollment_id, affiliate_org_id, code, touchpoint_id, subject_ref, customer_ref, reason, occurred_at, recorded_at, \
              decided_at, commission_minor, commission_version, commission_tier, renewal, customer_first_conversion_at, \
              clawed_back_minor, held_for_review, fingerprint, attribution_model, attribution_precedence, attribution_version, \
-             hold_reasons FROM conversions ",
+             hold_reasons, sale_amount_minor, sale_currency, fx_rate, fx_rate_date, fx_source FROM conversions ",
             $tail
         )
     };
@@ -153,7 +163,7 @@ pub async fn insert_many(
          $5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], \
          $14::text[], $15::text[], $16::timestamptz[], $17::timestamptz[], $18::timestamptz[], $19::bigint[], $20::int[], \
          $21::int[], $22::bool[], $23::timestamptz[], $24::bigint[], $25::bool[], $26::text[], $27::text[], $28::text[], \
-         $29::int[], $30::text[], $31::jsonb[]) \
+         $29::int[], $30::text[], $31::bigint[], $32::text[], $33::text[], $34::date[], $35::text[], $36::jsonb[]) \
          ON CONFLICT (program_id, project_id, external_id) DO NOTHING"
     );
     // The statement is assembled from the constant column list only.
@@ -188,6 +198,11 @@ pub async fn insert_many(
         .bind(col!(attribution_precedence))
         .bind(col!(attribution_version))
         .bind(col!(hold_reasons))
+        .bind(col!(sale_amount_minor))
+        .bind(col!(sale_currency))
+        .bind(col!(fx_rate))
+        .bind(col!(fx_rate_date))
+        .bind(col!(fx_source))
         .bind(&trails)
         .execute(conn)
         .await
@@ -278,6 +293,48 @@ pub async fn get(
         sqlx::query_as(select_conversions!("WHERE conversion_id = $1"))
     };
     query.bind(conversion_id).fetch_optional(conn).await
+}
+
+/// Sales waiting for their exchange rate after `after`, oldest first, locked (rows another
+/// replica holds are skipped).
+pub async fn waiting_for_rate(
+    conn: &mut PgConnection,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<ConversionRow>, sqlx::Error> {
+    sqlx::query_as(select_conversions!(
+        "WHERE hold_reasons LIKE '%fx_rate_missing%' AND ($1::text IS NULL OR conversion_id > $1) \
+         ORDER BY conversion_id LIMIT $2 FOR UPDATE SKIP LOCKED"
+    ))
+    .bind(after)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Records a waiting sale's conversion into the program's currency and what followed from it.
+pub async fn settle_rate(conn: &mut PgConnection, row: &ConversionRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE conversions SET amount_minor = $2, fx_rate = $3, fx_rate_date = $4, fx_source = $5, status = $6, \
+         reason = $7, decided_at = $8, commission_minor = $9, commission_version = $10, commission_tier = $11, \
+         held_for_review = $12, hold_reasons = $13 WHERE conversion_id = $1",
+    )
+    .bind(&row.conversion_id)
+    .bind(row.amount_minor)
+    .bind(&row.fx_rate)
+    .bind(row.fx_rate_date)
+    .bind(&row.fx_source)
+    .bind(&row.status)
+    .bind(&row.reason)
+    .bind(row.decided_at)
+    .bind(row.commission_minor)
+    .bind(row.commission_version)
+    .bind(row.commission_tier)
+    .bind(row.held_for_review)
+    .bind(&row.hold_reasons)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Adds the parts `trail` holds to a conversion's stored trail (a later decision's part, such

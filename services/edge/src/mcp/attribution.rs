@@ -42,7 +42,8 @@ pub struct ReportArgs {
     /// Sale amount in integer minor units of `currency`: 2469 is $24.69 in USD, 500 is ¥500 in JPY.
     #[schemars(range(min = 0, max = 1_000_000_000_000_000i64))]
     pub amount_minor: i64,
-    /// Must be the program's currency.
+    /// ISO 4217. Another currency than the program's is converted at the reference rate of the
+    /// sale's date (ECB); until that rate is known the sale waits, held with fx_rate_missing.
     pub currency: String,
     /// The affiliate's referral code, when the sale carries one.
     pub code: Option<String>,
@@ -178,8 +179,12 @@ pub struct ConversionView {
     pub program_id: String,
     pub project_id: String,
     pub external_id: String,
+    /// In the program's currency (for a sale in another one: converted, see fx).
     pub amount_minor: i64,
     pub currency: String,
+    /// A sale reported in another currency: as reported, and the rate it was converted at.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fx: Option<FxView>,
     /// pending | approved | rejected | unattributed | clawed_back
     pub status: String,
     /// code | touchpoint | customer | none | assigned (credited by the owner)
@@ -220,6 +225,20 @@ pub struct ConversionView {
     pub attribution_model: String,
     pub attribution_precedence: String,
     pub attribution_version: u32,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct FxView {
+    pub sale_amount_minor: i64,
+    pub sale_currency: String,
+    /// Program currency per unit of the sale's currency; absent while the sale waits for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<String>,
+    /// The reference day whose rates were used (YYYY-MM-DD).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_date: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -611,6 +630,13 @@ pub fn conversion_view(c: pb::Conversion, affiliate_view: bool) -> ConversionVie
             non_empty(c.reason)
         },
         hold_reasons: if affiliate_view { Vec::new() } else { c.hold_reasons },
+        fx: (!c.sale_currency.is_empty()).then(|| FxView {
+            sale_amount_minor: c.sale_amount_minor,
+            sale_currency: c.sale_currency,
+            rate: non_empty(c.fx_rate),
+            rate_date: non_empty(c.fx_rate_date),
+            source: non_empty(c.fx_source),
+        }),
         commission_version: (c.commission_version != 0).then_some(c.commission_version),
         conversion_id: c.conversion_id,
         program_id: c.program_id,

@@ -224,6 +224,24 @@ fn summary(c: &pb::Conversion, decision: Option<&Value>, commissions: &[Commissi
             text(assigned, "assigned_at")
         ));
     }
+    if let Some(fx) = decision.and_then(|d| d.get("fx")) {
+        parts.push(format!(
+            "The sale of {} {} minor units was converted at the reference rates of {} ({}: {} {} and {} {} per EUR), \
+             {} per unit = {} minor units, rounded {} to {}.",
+            fx.get("sale_amount_minor").and_then(Value::as_i64).unwrap_or_default(),
+            text(fx, "sale_currency"),
+            text(fx, "rate_date"),
+            text(fx, "source"),
+            text(fx, "sale_per_eur"),
+            text(fx, "sale_currency"),
+            text(fx, "program_per_eur"),
+            text(fx, "program_currency"),
+            text(fx, "cross_rate"),
+            text(fx, "exact_minor"),
+            text(fx, "rounding"),
+            fx.get("amount_minor").and_then(Value::as_i64).unwrap_or_default(),
+        ));
+    }
     if let Some(k) = decision.and_then(|d| d.get("commission")) {
         let base = k.get("base_minor").and_then(Value::as_i64).unwrap_or_default();
         let amount = k.get("commission_minor").and_then(Value::as_i64).unwrap_or_default();
