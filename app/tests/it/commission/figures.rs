@@ -574,7 +574,9 @@ async fn commissions_export_is_the_ledger_movement_by_movement_exact_to_the_mino
     known(&sys, &bob_enr).await?;
 
     // Two sales by code, approved at once and held for 30 days: 20.00 for Ann, 6.67 for Bob.
+    // Ann's is booked before Bob's is reported, so the export's order (booking time) is known.
     let a = report(&owner, &program, "o-1", 10_000, json!({"code": ann_code})).await?;
+    balance_when(&ann, &program, |b| b["held_minor"] == 2_000).await?;
     let b = report(&owner, &program, "o-2", 3_333, json!({"code": bob_in["code"]})).await?;
     let (a_id, b_id) = (
         text(&a["conversion_id"]).to_owned(),
