@@ -14,8 +14,9 @@ pub const EVENT_STREAMS: &[(&str, &[&str])] = &[
     ("payout", &["payout"]),
     ("notification", &["notification"]),
     // Facts from outside, published by the edge (Stripe webhooks, Nats-Msg-Id = the Stripe event
-    // id) and by `amba tick` (settlement ticks, Nats-Msg-Id = tick:<day>).
-    ("edge", &["stripe", "settlement"]),
+    // id; where orgs call from, Nats-Msg-Id = caller:<org, address, hour>) and by `amba tick`
+    // (settlement ticks, Nats-Msg-Id = tick:<day>).
+    ("edge", &["stripe", "settlement", "caller"]),
 ];
 
 /// How long a stream remembers `Nats-Msg-Id`s. Consumers dedupe beyond it with their inbox.

@@ -38,12 +38,19 @@ pub async fn migrate(database_url: &str) -> Result<(), RunError> {
 }
 
 /// The durable consumers this service reads: declared by `amba migrate`, bound by [`run`].
-pub fn consumer_specs(ns: &Namespace) -> [ConsumerSpec; 1] {
-    [ConsumerSpec::new(
-        ns.events_stream("enrollment"),
-        ns.consumer(SERVICE, "enrollment_facts"),
-        String::new(),
-    )]
+pub fn consumer_specs(ns: &Namespace) -> [ConsumerSpec; 2] {
+    [
+        ConsumerSpec::new(
+            ns.events_stream("enrollment"),
+            ns.consumer(SERVICE, "enrollment_facts"),
+            String::new(),
+        ),
+        ConsumerSpec::new(
+            ns.events_stream("edge"),
+            ns.consumer(SERVICE, "callers"),
+            ns.event("caller", "seen"),
+        ),
+    ]
 }
 
 /// What the operator configures.
@@ -76,7 +83,7 @@ pub async fn run(
         disposable: Arc::new(domain::fraud::DisposableDomains::new(&config.extra_disposable_domains)),
     };
     let (writers, mut writer_tasks) = actors::writer::Writers::start(deps, WRITER_SHARDS);
-    let [facts] = consumer_specs(service.ns());
+    let [facts, callers] = consumer_specs(service.ns());
     let rates = config.rates.map(|feed| jobs::fx_rates::FxRates {
         pool: service.pool.clone(),
         ns: service.ns().clone(),
@@ -102,6 +109,7 @@ pub async fn run(
     // A read model that stopped following fails the service (and so the process) at once.
     let mut service = service
         .consume(facts, consumers::read_model::EnrollmentFacts)
+        .consume(callers, consumers::read_model::CallerAddresses)
         .part(serving);
     if let Some(rates) = rates {
         let stop = service.shutdown.clone();

@@ -42,6 +42,8 @@ pub struct TokenCache {
     limits: std::sync::Arc<RateLimits>,
     state: Mutex<CacheState>,
     refused: Mutex<HashMap<[u8; 32], Instant>>,
+    /// Where each org calls from, for the self-referral check.
+    callers: Option<crate::callers::CallerSightings>,
 }
 
 /// The cache and the recent revocations under one lock: writing an entry and evicting a revoked
@@ -107,12 +109,17 @@ impl CacheState {
 }
 
 impl TokenCache {
-    pub fn new(rpc: RpcClient, limits: std::sync::Arc<RateLimits>) -> Self {
+    pub fn new(
+        rpc: RpcClient,
+        limits: std::sync::Arc<RateLimits>,
+        callers: Option<crate::callers::CallerSightings>,
+    ) -> Self {
         TokenCache {
             rpc,
             limits,
             state: Mutex::new(CacheState::default()),
             refused: Mutex::new(HashMap::new()),
+            callers,
         }
     }
 
@@ -127,7 +134,16 @@ impl TokenCache {
     ///
     /// Revocation wins over a lookup in flight: if the token is revoked while enrollment is
     /// being asked (which may have read it just before), the answer is neither cached nor used.
+    /// Every verified call also notes where its org called from (see [`crate::callers`]).
     pub async fn verify(&self, token: &str, client: std::net::IpAddr) -> Result<Principal, ApiError> {
+        let principal = self.lookup(token, client).await?;
+        if let Some(callers) = &self.callers {
+            callers.record(&principal.org_id, client);
+        }
+        Ok(principal)
+    }
+
+    async fn lookup(&self, token: &str, client: std::net::IpAddr) -> Result<Principal, ApiError> {
         let key = digest(token);
         if let Some(principal) = self.cached(&key) {
             return Ok(principal);

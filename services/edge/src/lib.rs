@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod batcher;
+pub mod callers;
 pub mod clicks;
 pub mod client_addr;
 pub mod grpc;
@@ -83,7 +84,11 @@ impl Edge {
         let rpc = RpcClient::new(bus.nats.clone(), bus.ns.clone()).preferring_local();
         let limits = Arc::new(rate_limit::RateLimits::new(&config.budgets));
         let state = EdgeState {
-            tokens: Arc::new(auth::TokenCache::new(rpc.clone(), limits.clone())),
+            tokens: Arc::new(auth::TokenCache::new(
+                rpc.clone(),
+                limits.clone(),
+                Some(callers::CallerSightings::new(bus.nats.clone(), bus.ns.clone())),
+            )),
             limits,
             subjects: Arc::new(clicks::SubjectSigner::new(link_key(config.link_secret.as_ref()))),
             webhook_secrets: config.stripe_webhook_secrets.clone().into(),

@@ -52,6 +52,8 @@ impl Handler for OutsideEvents {
             }
             // The edge's verified webhooks.
             ("stripe", _) => {}
+            // Where orgs call from: attribution's (NATS 2.9 ignores this consumer's filters).
+            ("caller", _) => return Ok(()),
             // No one's to apply here (the consumer's filters keep it out; NATS 2.9 ignores them).
             _ => {
                 return Err(HandlerError::Permanent(format!(

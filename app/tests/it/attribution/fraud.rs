@@ -231,3 +231,75 @@ async fn each_fraud_check_holds_with_its_reason_and_the_owner_releases_or_reject
     let _ = std::fs::remove_file(&extra);
     sys.stop().await
 }
+
+/// An MCP client whose calls come, through a trusted proxy, from `address`.
+async fn from_address(sys: &TestSystem, token: Option<&str>, address: &str) -> anyhow::Result<amba_testkit::McpClient> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("x-forwarded-for", reqwest::header::HeaderValue::from_str(address)?);
+    let http = reqwest::Client::builder().default_headers(headers).build()?;
+    amba_testkit::McpClient::connect_with(http, &sys.mcp_url(), token).await
+}
+
+#[tokio::test]
+async fn a_click_from_where_the_affiliate_calls_from_is_held_as_self_referral() -> anyhow::Result<()> {
+    let Setup {
+        sys,
+        owner,
+        ann,
+        program,
+        ann_enrollment,
+    } = setup_with(json!({}), &[("AMBA_TRUSTED_PROXIES", "127.0.0.1")]).await?;
+    // Ann works from 198.51.100.23; the edge notes it (addresses of no one in particular, like
+    // this test's own 127.0.0.1, are never noted).
+    let ann_at_home = from_address(&sys, Some(&ann.token), "198.51.100.23").await?;
+    ann_at_home.ok("amba_affiliate_my_programs_list", json!({})).await?;
+    let pool = sys.service_pool("attribution").await?;
+    eventually(
+        std::time::Duration::from_secs(15),
+        "Ann's address in attribution",
+        || {
+            let pool = pool.clone();
+            async move {
+                let orgs: Vec<String> =
+                    sqlx::query_scalar("SELECT org_id FROM caller_addresses WHERE address = '198.51.100.23'")
+                        .fetch_all(&pool)
+                        .await?;
+                Ok((!orgs.is_empty()).then_some(orgs))
+            }
+        },
+    )
+    .await
+    .map(|orgs| assert_eq!(orgs, vec![ann.id.clone()]))?;
+    let loopback: i64 = sqlx::query_scalar("SELECT count(*) FROM caller_addresses WHERE address = '127.0.0.1'")
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(loopback, 0);
+    pool.close().await;
+
+    // A click from her address, and one from a stranger's.
+    let code = text(&ann_enrollment["code"]).to_owned();
+    for (address, subject) in [("198.51.100.23", "home"), ("203.0.113.50", "away")] {
+        from_address(&sys, None, address)
+            .await?
+            .ok(
+                "amba_affiliate_touchpoint_record",
+                json!({"program_id": program, "code": code, "subject_ref": subject}),
+            )
+            .await?;
+    }
+    let report = |id: &str, subject: &str| {
+        owner.mcp.ok(
+            "amba_affiliate_conversion_report",
+            sale(&program, id, 5_000, json!({"subject_ref": subject})),
+        )
+    };
+    let home = report("h-1", "home").await?;
+    assert_eq!(
+        (&home["status"], &home["conversion"]["hold_reasons"]),
+        (&json!("pending"), &json!(["self_referral"]))
+    );
+    assert!(text(&home["conversion"]["reason"]).contains("198.51.100.23"));
+    let away = report("a-1", "away").await?;
+    assert_eq!(away["status"], "approved");
+    sys.stop().await
+}

@@ -53,7 +53,7 @@ async fn reports_by_code_are_idempotent_and_refusals_record_nothing() -> anyhow:
             "IDEMPOTENCY_MISMATCH",
         ),
         (
-            with(json!({"external_id": "o-2", "currency": "EUR", "code": code})),
+            with(json!({"external_id": "o-2", "currency": "EURO", "code": code})),
             "INVALID_ARGUMENT",
         ),
         (
@@ -345,7 +345,7 @@ async fn every_grpc_method_with_a_tonic_client() -> anyhow::Result<()> {
         report(&program, "g-4", 2_000, "nosuchcode23"),
         report(&program, "g-1", 10_000, &code),
         pb::ReportConversionRequest {
-            currency: "EUR".into(),
+            currency: "XYZ".into(),
             ..report(&program, "g-5", 3_000, &code)
         },
         report(&program, "g-6", 4_000, &code),

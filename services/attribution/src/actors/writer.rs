@@ -35,6 +35,9 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
+/// How long an address an org called from counts as the org's own, for self-referral.
+const CALLER_MEMORY_DAYS: i64 = 30;
+
 /// Largest batch one commit takes.
 const MAX_BATCH: usize = 1_000;
 
@@ -534,6 +537,16 @@ async fn screen(
     }
     let queries: Vec<FraudQuery> = queries.into_values().collect();
     let stats = store::conversions::fraud_stats(tx, &queries, now).await?;
+    // Self-referral by address: clicks made from where the affiliate's org calls the platform.
+    let click_pairs: Vec<(String, String)> = fresh
+        .iter()
+        .filter(|(i, _)| program_of(*i).is_some_and(|p| p.fraud.self_referral))
+        .filter_map(|(_, d)| Some((d.enrollment.as_ref()?.affiliate_org_id.clone(), d.clicked_from.clone()?)))
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let seen =
+        store::read_model::callers_seen(tx, &click_pairs, now - chrono::Duration::days(CALLER_MEMORY_DAYS)).await?;
     let mut earlier_in_batch: HashMap<String, u32> = HashMap::new();
     for (i, decision) in fresh.iter_mut() {
         let (Some(program), Some(e)) = (program_of(*i), decision.enrollment.clone()) else {
@@ -545,6 +558,12 @@ async fn screen(
         let facts = fraud::Facts {
             customer_email: report.customer_email.as_deref(),
             affiliate_emails: &e.emails,
+            click_address_seen: decision.clicked_from.as_deref().map(|address| {
+                (
+                    address,
+                    seen.get(&(e.affiliate_org_id.clone(), address.to_owned())).copied(),
+                )
+            }),
             last_minute: program.fraud.velocity.map(|_| last_minute.saturating_add(*earlier)),
             click_to_sale_seconds: decision.clicked_at.map(|at| (report.occurred_at - at).num_seconds()),
             recent_sales: program.fraud.refund_rate.map(|_| (sales, refunded)),

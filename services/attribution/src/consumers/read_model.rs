@@ -1,4 +1,5 @@
-//! Keeps the read model of programs, enrollments and codes from enrollment's events.
+//! Keeps the read model of programs, enrollments and codes from enrollment's events, and the
+//! addresses orgs call from from the edge's.
 
 use crate::store::read_model;
 use amba_bus::consumer::{Delivery, Handler, HandlerError};
@@ -27,6 +28,18 @@ impl Handler for EnrollmentFacts {
             }
             "code" => read_model::apply_code(conn, &pb::CodeChanged::decode(delivery.payload.clone())?).await?,
             _ => {} // identity events are not ours to keep
+        }
+        Ok(())
+    }
+}
+
+/// `caller.seen` from the edge's stream (its consumer takes nothing else).
+pub struct CallerAddresses;
+
+impl Handler for CallerAddresses {
+    async fn handle(&self, conn: &mut PgConnection, delivery: &Delivery) -> Result<(), HandlerError> {
+        if delivery.event() == ("caller", "seen") {
+            read_model::apply_caller_seen(conn, &pb::CallerSeen::decode(delivery.payload.clone())?).await?;
         }
         Ok(())
     }

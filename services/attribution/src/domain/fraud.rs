@@ -2,6 +2,7 @@
 //! holds the sale for the owner's review with a reason code and details. Never drops a sale.
 
 use amba_rules::FraudChecks;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 
@@ -45,6 +46,9 @@ impl DisposableDomains {
 pub struct Facts<'a> {
     pub customer_email: Option<&'a str>,
     pub affiliate_emails: &'a [String],
+    /// For a sale attributed by a click: the click's address, and when the affiliate's org last
+    /// called the platform from it (within the last 30 days), if it did.
+    pub click_address_seen: Option<(&'a str, Option<DateTime<Utc>>)>,
     /// The affiliate's conversions in the minute before this one (earlier ones of the same
     /// batch included); `None` when velocity is off.
     pub last_minute: Option<u32>,
@@ -85,17 +89,33 @@ impl CheckRun {
 pub fn screen(checks: &FraudChecks, disposable: &DisposableDomains, f: &Facts<'_>) -> Vec<CheckRun> {
     let mut runs = Vec::new();
     if checks.self_referral {
-        runs.push(match f.customer_email {
-            None => CheckRun::new("self_referral", Outcome::Skipped, "no customer e-mail reported".into()),
-            Some(email) if f.affiliate_emails.iter().any(|e| e.eq_ignore_ascii_case(email)) => CheckRun::new(
+        let own_email = f
+            .customer_email
+            .is_some_and(|email| f.affiliate_emails.iter().any(|e| e.eq_ignore_ascii_case(email)));
+        let own_address = f.click_address_seen.and_then(|(address, seen)| Some((address, seen?)));
+        runs.push(match (own_email, own_address) {
+            (true, _) => CheckRun::new(
                 "self_referral",
                 Outcome::Hit,
                 "the customer e-mail belongs to the affiliate's own org".into(),
             ),
-            Some(_) => CheckRun::new(
+            (false, Some((address, seen))) => CheckRun::new(
+                "self_referral",
+                Outcome::Hit,
+                format!(
+                    "the click came from {address}, an address the affiliate's org called the platform from (last {})",
+                    seen.format("%Y-%m-%d")
+                ),
+            ),
+            (false, None) if f.customer_email.is_none() && f.click_address_seen.is_none() => CheckRun::new(
+                "self_referral",
+                Outcome::Skipped,
+                "no customer e-mail reported and no click address known".into(),
+            ),
+            (false, None) => CheckRun::new(
                 "self_referral",
                 Outcome::Passed,
-                "the customer e-mail is none of the affiliate org's".into(),
+                "neither the customer e-mail nor the click's address is the affiliate org's".into(),
             ),
         });
     }
@@ -194,6 +214,7 @@ mod tests {
         Facts {
             customer_email: None,
             affiliate_emails: emails,
+            click_address_seen: None,
             last_minute: None,
             click_to_sale_seconds: None,
             recent_sales: None,
@@ -215,6 +236,31 @@ mod tests {
         assert_eq!(list.matches("a@BURNER.test").as_deref(), Some("burner.test"));
         assert_eq!(list.matches("ann@example.com"), None);
         assert_eq!(list.matches("no-at-sign"), None);
+    }
+
+    #[test]
+    fn a_click_from_the_affiliate_s_own_address_is_a_self_referral() {
+        let emails = vec!["ann@aff.example".to_owned()];
+        let list = DisposableDomains::default();
+        let seen = DateTime::from_timestamp(1_800_000_000, 0);
+        let run = |address: Option<(&str, Option<DateTime<Utc>>)>, email: Option<&str>| {
+            screen(
+                &FraudChecks::default(),
+                &list,
+                &Facts {
+                    customer_email: email,
+                    click_address_seen: address,
+                    ..facts(&emails)
+                },
+            )
+            .remove(0)
+        };
+        let own = run(Some(("198.51.100.7", seen)), None);
+        assert_eq!(own.outcome, Outcome::Hit);
+        assert!(own.detail.contains("198.51.100.7"), "{}", own.detail);
+        assert_eq!(run(Some(("198.51.100.8", None)), None).outcome, Outcome::Passed);
+        assert_eq!(run(None, Some("carol@shop.example")).outcome, Outcome::Passed);
+        assert_eq!(run(None, None).outcome, Outcome::Skipped);
     }
 
     #[test]

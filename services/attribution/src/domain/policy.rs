@@ -85,6 +85,8 @@ pub struct Touch {
     pub touchpoint_id: String,
     pub code: String,
     pub occurred_at: DateTime<Utc>,
+    /// The clicking client's address, when known.
+    pub client_ip: Option<String>,
     pub enrollment: EnrollmentFacts,
 }
 
@@ -160,6 +162,7 @@ mod tests {
             touchpoint_id: id.into(),
             code: format!("code-{enrollment}"),
             occurred_at: at(day),
+            client_ip: None,
             enrollment: EnrollmentFacts {
                 enrollment_id: enrollment.into(),
                 program_id: "prg".into(),

@@ -172,8 +172,9 @@ pub struct Decision {
     pub held_for_review: bool,
     /// The fraud checks' reason codes when it is held.
     pub hold_reasons: Vec<String>,
-    /// When the click that attributed it happened (touchpoint attribution).
+    /// When the click that attributed it happened (touchpoint attribution), and from where.
     pub clicked_at: Option<DateTime<Utc>>,
+    pub clicked_from: Option<String>,
     /// The policy it was decided under (pinned on the conversion).
     pub policy: Policy,
     pub trail: AttributionTrail,
@@ -338,6 +339,7 @@ pub fn decide(report: &Report, facts: Facts<'_>) -> Result<Decision, ApiError> {
             held_for_review: false,
             hold_reasons: Vec::new(),
             clicked_at: None,
+            clicked_from: None,
             policy,
             trail,
         });
@@ -362,8 +364,8 @@ pub fn decide(report: &Report, facts: Facts<'_>) -> Result<Decision, ApiError> {
     trail.status = status.as_str().to_owned();
     trail.held = (status == Status::Pending)
         .then(|| "the program approves conversions by hand (approval_mode manual)".to_owned());
-    let clicked_at = match attribution {
-        Attribution::Touchpoint => touch.map(|t| t.occurred_at),
+    let click = match attribution {
+        Attribution::Touchpoint => touch,
         _ => None,
     };
     Ok(Decision {
@@ -377,7 +379,8 @@ pub fn decide(report: &Report, facts: Facts<'_>) -> Result<Decision, ApiError> {
         reason: None,
         held_for_review: false,
         hold_reasons: Vec::new(),
-        clicked_at,
+        clicked_at: click.map(|t| t.occurred_at),
+        clicked_from: click.and_then(|t| t.client_ip.clone()),
         policy,
         trail,
     })
@@ -624,6 +627,7 @@ mod tests {
             touchpoint_id: "tch_1".into(),
             code: "abc".into(),
             occurred_at: now() - Duration::days(1),
+            client_ip: None,
             enrollment: enrollment("enr_t", "active"),
         }];
         let both = decide(
@@ -693,6 +697,7 @@ mod tests {
             &fraud::Facts {
                 customer_email: r.customer_email.as_deref(),
                 affiliate_emails: &emails,
+                click_address_seen: None,
                 last_minute: None,
                 click_to_sale_seconds: None,
                 recent_sales: None,

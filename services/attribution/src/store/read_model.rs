@@ -84,6 +84,43 @@ pub async fn apply_enrollment(
     Ok(())
 }
 
+/// Remembers that `org_id` called from `address` (the latest sighting wins).
+pub async fn apply_caller_seen(conn: &mut PgConnection, seen: &pb::CallerSeen) -> Result<(), sqlx::Error> {
+    let at = DateTime::from_timestamp_micros(seen.seen_at_micros).unwrap_or_else(Utc::now);
+    sqlx::query(
+        "INSERT INTO caller_addresses (org_id, address, last_seen_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (org_id, address) DO UPDATE SET last_seen_at = GREATEST(caller_addresses.last_seen_at, EXCLUDED.last_seen_at)",
+    )
+    .bind(&seen.org_id)
+    .bind(&seen.address)
+    .bind(at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Which `(org_id, address)` pairs were seen since `since`, and when last.
+pub async fn callers_seen(
+    conn: &mut PgConnection,
+    pairs: &[(String, String)],
+    since: DateTime<Utc>,
+) -> Result<HashMap<(String, String), DateTime<Utc>>, sqlx::Error> {
+    if pairs.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let (orgs, addresses): (Vec<&str>, Vec<&str>) = pairs.iter().map(|(o, a)| (o.as_str(), a.as_str())).unzip();
+    let rows: Vec<(String, String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT c.org_id, c.address, c.last_seen_at FROM UNNEST($1::text[], $2::text[]) AS k(org_id, address) \
+         JOIN caller_addresses c ON c.org_id = k.org_id AND c.address = k.address WHERE c.last_seen_at >= $3",
+    )
+    .bind(orgs)
+    .bind(addresses)
+    .bind(since)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|(o, a, at)| ((o, a), at)).collect())
+}
+
 /// Codes only ever go active → retired, so a retirement always wins over a late issue.
 pub async fn apply_code(conn: &mut PgConnection, c: &pb::CodeChanged) -> Result<(), sqlx::Error> {
     sqlx::query(
@@ -353,16 +390,17 @@ pub async fn touchpoints(
         touchpoint_id: String,
         code: String,
         occurred_at: DateTime<Utc>,
+        client_ip: Option<String>,
         #[sqlx(flatten)]
         enrollment: EnrollmentRow,
     }
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT q.idx, t.touchpoint_id, t.code, t.occurred_at, t.enrollment_id, t.program_id, t.affiliate_org_id, t.status, \
+        "SELECT q.idx, t.touchpoint_id, t.code, t.occurred_at, t.client_ip, t.enrollment_id, t.program_id, t.affiliate_org_id, t.status, \
          t.affiliate_emails \
          FROM UNNEST($1::int[], $2::text[], $3::text[], $4::timestamptz[], $5::int[], $6::bool[]) \
            AS q(idx, program_id, subject_ref, at, window_days, first_touch) \
          CROSS JOIN LATERAL ( \
-           SELECT t.touchpoint_id, t.code, t.occurred_at, e.enrollment_id, e.program_id, e.affiliate_org_id, e.status, \
+           SELECT t.touchpoint_id, t.code, t.occurred_at, t.client_ip, e.enrollment_id, e.program_id, e.affiliate_org_id, e.status, \
              e.affiliate_emails \
            FROM touchpoints t JOIN enrollments_view e ON e.enrollment_id = t.enrollment_id \
            WHERE t.program_id = q.program_id AND t.subject_ref = q.subject_ref AND t.occurred_at <= q.at \
@@ -385,6 +423,7 @@ pub async fn touchpoints(
             touchpoint_id: r.touchpoint_id,
             code: r.code,
             occurred_at: r.occurred_at,
+            client_ip: r.client_ip,
             enrollment: r.enrollment.into(),
         });
     }
