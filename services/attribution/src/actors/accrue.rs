@@ -117,7 +117,6 @@ pub async fn price(
             period: period.as_deref(),
             currency: &a.currency,
             note: reason.clone(),
-            at: a.decided_at,
         });
         priced.push(Priced {
             commission_minor: accrual.amount_minor,

@@ -331,7 +331,6 @@ async fn decide_and_write(deps: &WriterDeps, reports: &[Submission]) -> Result<V
                 .and_then(|i| touches.get(&i))
                 .map(Vec::as_slice)
                 .unwrap_or_default(),
-            now,
         };
         match report::decide(report, facts) {
             Ok(decision) => {

@@ -69,7 +69,6 @@ pub struct Priced<'a> {
     pub period: Option<&'a str>,
     pub currency: &'a str,
     pub note: Option<String>,
-    pub at: DateTime<Utc>,
 }
 
 /// The commission's computation step by step: base, rate or tier hit, the exact product, its
@@ -92,26 +91,24 @@ pub fn trail(p: Priced<'_>) -> CommissionTrail {
         _ => None,
     };
     let outside_window = p.note.is_some() && p.accrual.amount_minor == 0;
-    let (exact_minor, rounding) = match (p.rule, p.accrual.bps) {
-        (CommissionRule::Flat { .. }, _) => (None, "none: a flat amount per conversion".to_owned()),
-        (_, Some(_)) if outside_window => (None, "none: nothing is due".to_owned()),
-        (_, Some(bps)) => (
-            Some(exact_share(p.context.amount_minor, bps)),
-            "half-even to the minor unit, once".to_owned(),
-        ),
-        (_, None) => (None, "none".to_owned()),
+    let exact_minor = match (p.rule, p.accrual.bps) {
+        (CommissionRule::Flat { .. }, _) => None,
+        (_, Some(_)) if outside_window => None,
+        (_, Some(bps)) => Some(exact_share(p.context.amount_minor, bps)),
+        (_, None) => None,
     };
+    // The rule's text, the time and the rounding's words are filled in when read (Trail::render).
     CommissionTrail {
-        priced_at: p.at,
+        priced_at: None,
         rule_version: p.version,
-        rule: p.rule.to_json(),
+        rule: None,
         base_minor: p.context.amount_minor,
         currency: p.currency.to_owned(),
         renewal_months_since_first: p.context.renewal_months_since_first,
         tier,
         rate_bps: p.accrual.bps,
         exact_minor,
-        rounding,
+        rounding: None,
         commission_minor: p.accrual.amount_minor,
         note: p.note,
     }
@@ -191,7 +188,6 @@ mod tests {
 
     #[test]
     fn trails_show_each_step() {
-        let at = at("2026-11-24T03:00:00Z");
         let tiered = CommissionRule::Tiered {
             basis: TierBasis::Conversions,
             period: TierPeriod::Month,
@@ -210,7 +206,6 @@ mod tests {
             period: Some("2026-11"),
             currency: "USD",
             note: None,
-            at,
         });
         assert_eq!(t.exact_minor.as_deref(), Some("1913.475"));
         assert_eq!(t.commission_minor, 1913);

@@ -17,7 +17,7 @@
 
 use super::fraud::{self, CheckRun};
 use super::policy::{self, Policy, Precedence, Touch};
-use super::trail::{AttributionTrail, CodeCheck, CustomerCheck, TouchWeighed};
+use super::trail::{AttributionTrail, CodeCheck, CustomerCheck, TouchWeighed, Why};
 use amba_core::id::ProgramId;
 use amba_core::{ApiError, Currency, ErrorCode, Money};
 use amba_proto::wire as pb;
@@ -187,8 +187,6 @@ pub struct Facts<'a> {
     pub binding: Option<&'a Binding>,
     /// The touchpoints on the report's subject (any order, any enrollment status).
     pub touchpoints: &'a [Touch],
-    /// When the decision is made.
-    pub now: DateTime<Utc>,
 }
 
 /// Decides a new report, or refuses it with a typed error (then nothing is recorded).
@@ -220,11 +218,7 @@ pub fn decide(report: &Report, facts: Facts<'_>) -> Result<Decision, ApiError> {
             Some(hit.enrollment.clone()),
             Some(hit.code.clone()),
             Some(hit.touchpoint_id.clone()),
-            format!(
-                "touch_wins: the {} touchpoint inside the {}-day window beats the report's code",
-                touch_word(&policy),
-                policy.window_days
-            ),
+            Why::TouchWins,
         ),
         _ => match facts.code {
             CodeState::Unknown => {
@@ -252,10 +246,8 @@ pub fn decide(report: &Report, facts: Facts<'_>) -> Result<Decision, ApiError> {
                     )));
                 }
                 let why = match (policy.precedence, touch) {
-                    (Precedence::CodeWins, Some(_)) => {
-                        "code_wins: the report's code beats the tracked touchpoints".to_owned()
-                    }
-                    _ => "the report's code belongs to this affiliate's active enrollment".to_owned(),
+                    (Precedence::CodeWins, Some(_)) => Why::CodeWins,
+                    _ => Why::Code,
                 };
                 (Attribution::Code, Some(enrollment), report.code.clone(), None, why)
             }
@@ -265,35 +257,21 @@ pub fn decide(report: &Report, facts: Facts<'_>) -> Result<Decision, ApiError> {
                     Some(binding.enrollment.clone()),
                     None,
                     None,
-                    format!(
-                        "the customer has been bound to this enrollment since {}: a renewal stays with its affiliate whatever the attribution model",
-                        binding.first_conversion_at.format("%Y-%m-%d")
-                    ),
+                    Why::Customer,
                 ),
                 (None, Some(hit)) => (
                     Attribution::Touchpoint,
                     Some(hit.enrollment.clone()),
                     Some(hit.code.clone()),
                     Some(hit.touchpoint_id.clone()),
-                    format!(
-                        "{}: the {} touchpoint of an active enrollment inside the {}-day window",
-                        policy.model.as_str(),
-                        touch_word(&policy),
-                        policy.window_days
-                    ),
+                    Why::Touch,
                 ),
-                (None, None) => (
-                    Attribution::None,
-                    None,
-                    None,
-                    None,
-                    "no referral code, bound customer or touchpoint inside the attribution window".to_owned(),
-                ),
+                (None, None) => (Attribution::None, None, None, None, Why::Nobody),
             },
         },
     };
     let mut trail = AttributionTrail {
-        decided_at: facts.now,
+        decided_at: None,
         policy,
         code: code_check,
         customer: report.customer_ref.as_ref().map(|customer_ref| CustomerCheck {
@@ -335,7 +313,7 @@ pub fn decide(report: &Report, facts: Facts<'_>) -> Result<Decision, ApiError> {
             touchpoint_id: None,
             renewal: false,
             customer_first_conversion_at: None,
-            reason: Some(trail.why.clone()),
+            reason: Some(Why::Nobody.sentence(&policy, None)),
             held_for_review: false,
             hold_reasons: Vec::new(),
             clicked_at: None,
@@ -424,13 +402,6 @@ impl Decision {
     }
 }
 
-fn touch_word(policy: &Policy) -> &'static str {
-    match policy.model {
-        policy::Model::FirstTouch => "earliest",
-        policy::Model::LastTouch => "latest",
-    }
-}
-
 /// What the report's code turned out to be, for the trail.
 fn code_check(code: &str, state: &CodeState, program_id: &str) -> CodeCheck {
     let (state, enrollment) = match state {
@@ -504,7 +475,6 @@ mod tests {
             code,
             binding: None,
             touchpoints: &[],
-            now: now(),
         }
     }
 

@@ -1,9 +1,14 @@
 //! The decision trail: why a conversion went to whom and why its commission is what it is,
 //! recorded when each decision is made (stored with the conversion) and read back by explain.
 //! Never recomputed: a later change of the program's policy or rule leaves it as it was.
+//!
+//! It is stored lean (codes and figures, written for every sale on the report path) and put into
+//! words by [`Trail::render`] when it is read: the sentences follow from what was recorded, and
+//! the rule text from its version, which never changes once written.
 
-use super::fraud::{CheckRun, Outcome};
+use super::fraud::{self, CheckRun, Outcome};
 use super::fx::FxTrail;
+use super::policy::Model;
 use super::policy::{Policy, Verdict};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -37,9 +42,59 @@ pub struct AssignmentTrail {
 }
 
 /// How the conversion was attributed.
+/// Which rule of attribution decided it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Why {
+    /// The report's code.
+    Code,
+    /// The code, over a touchpoint that would have won (`code_wins`).
+    CodeWins,
+    /// A touchpoint, over the report's code (`touch_wins`).
+    TouchWins,
+    /// The customer's binding (a renewal).
+    Customer,
+    /// The first or last touchpoint inside the window.
+    Touch,
+    /// Nothing attributed it.
+    Nobody,
+}
+
+impl Why {
+    /// The rule in words.
+    pub fn sentence(self, policy: &Policy, bound_since: Option<DateTime<Utc>>) -> String {
+        let touch = match policy.model {
+            Model::FirstTouch => "earliest",
+            Model::LastTouch => "latest",
+        };
+        let window = policy.window_days;
+        match self {
+            Why::Code => "the report's code belongs to this affiliate's active enrollment".to_owned(),
+            Why::CodeWins => "code_wins: the report's code beats the tracked touchpoints".to_owned(),
+            Why::TouchWins => {
+                format!("touch_wins: the {touch} touchpoint inside the {window}-day window beats the report's code")
+            }
+            Why::Customer => format!(
+                "the customer has been bound to this enrollment since {}: a renewal stays with its affiliate \
+                 whatever the attribution model",
+                bound_since
+                    .map(|t| t.format("%Y-%m-%d").to_string())
+                    .unwrap_or_default()
+            ),
+            Why::Touch => format!(
+                "{}: the {touch} touchpoint of an active enrollment inside the {window}-day window",
+                policy.model.as_str()
+            ),
+            Why::Nobody => "no referral code, bound customer or touchpoint inside the attribution window".to_owned(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AttributionTrail {
-    pub decided_at: DateTime<Utc>,
+    /// Filled in when read (the conversion's `recorded_at`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<DateTime<Utc>>,
     pub policy: Policy,
     /// The code the report carried, and what it turned out to be.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -53,10 +108,10 @@ pub struct AttributionTrail {
     /// Every touchpoint on the subject up to the sale that was weighed, in time order.
     #[serde(default)]
     pub touchpoints: Vec<TouchWeighed>,
-    /// code | touchpoint | customer | assigned | none
+    /// code | touchpoint | customer | none
     pub winner: String,
-    /// The rule that decided it, in words.
-    pub why: String,
+    /// The rule that decided it (in words once rendered).
+    pub why: Why,
     /// What the report's status became, and why it waits when it does.
     pub status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -121,9 +176,13 @@ pub struct TouchWeighed {
 /// How the commission was computed, step by step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CommissionTrail {
-    pub priced_at: DateTime<Utc>,
+    /// Filled in when read (the conversion's `decided_at`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priced_at: Option<DateTime<Utc>>,
     pub rule_version: i32,
-    pub rule: serde_json::Value,
+    /// Filled in when read, from the rule version (versions never change once written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<serde_json::Value>,
     /// The sale amount the rule was applied to, in minor units of `currency`.
     pub base_minor: i64,
     pub currency: String,
@@ -139,8 +198,9 @@ pub struct CommissionTrail {
     /// `base × rate` before rounding, in minor units, as an exact decimal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exact_minor: Option<String>,
-    /// How the exact amount became whole minor units.
-    pub rounding: String,
+    /// How the exact amount became whole minor units (filled in when read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rounding: Option<String>,
     pub commission_minor: i64,
     /// Why the rule gave nothing, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -158,7 +218,48 @@ pub struct TierHit {
     pub bps: u32,
 }
 
+/// What a stored trail is read with: the conversion's times and its rule version's text.
+pub struct ReadWith<'a> {
+    pub recorded_at: DateTime<Utc>,
+    pub decided_at: Option<DateTime<Utc>>,
+    pub rule: Option<&'a serde_json::Value>,
+}
+
 impl Trail {
+    /// The trail as explain shows it: the recorded codes put into words, the times and the rule
+    /// text filled in. Nothing is decided again.
+    pub fn render(mut self, with: ReadWith<'_>) -> serde_json::Value {
+        let mut why = None;
+        if let Some(a) = self.attribution.as_mut() {
+            a.decided_at = Some(with.recorded_at);
+            for check in &mut a.checks {
+                if check.detail.is_empty() {
+                    check.detail = fraud::usual_detail(&check.check, check.outcome).to_owned();
+                }
+            }
+            let bound_since = a.customer.as_ref().and_then(|c| c.bound_since);
+            why = Some(a.why.sentence(&a.policy, bound_since));
+        }
+        if let Some(c) = self.commission.as_mut() {
+            c.priced_at = c.priced_at.or(with.decided_at);
+            c.rule = c.rule.take().or_else(|| with.rule.cloned());
+            let flat = c.rule.as_ref().is_some_and(|r| r["type"] == "flat");
+            c.rounding = Some(
+                match (flat, &c.exact_minor) {
+                    (true, _) => "none: a flat amount per conversion",
+                    (false, Some(_)) => "half-even to the minor unit, once",
+                    (false, None) => "none: nothing is due",
+                }
+                .to_owned(),
+            );
+        }
+        let mut value = serde_json::to_value(&self).unwrap_or_default();
+        if let (Some(why), Some(a)) = (why, value.get_mut("attribution")) {
+            a["why"] = serde_json::Value::String(why);
+        }
+        value
+    }
+
     /// The trail as an affiliate may see it: nothing that names another affiliate (their
     /// enrollments, orgs, touchpoint ids), only that a touchpoint or code of someone else existed;
     /// and, as in its conversion list, not the owner's subject and customer references.
@@ -217,7 +318,7 @@ mod tests {
         };
         let trail = Trail {
             attribution: Some(AttributionTrail {
-                decided_at: now,
+                decided_at: None,
                 policy: Policy::default(),
                 code: Some(CodeCheck {
                     code: "OTHER".into(),
@@ -229,7 +330,7 @@ mod tests {
                 subject_ref: Some("visitor".into()),
                 touchpoints: vec![touch("enr_a", Verdict::Won), touch("enr_b", Verdict::NotLast)],
                 winner: "touchpoint".into(),
-                why: String::new(),
+                why: Why::Touch,
                 status: "approved".into(),
                 held: None,
                 checks: Vec::new(),

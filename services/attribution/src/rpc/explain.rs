@@ -2,6 +2,7 @@
 //! full and to the affiliate credited with it without any other affiliate's identity.
 
 use super::{Attribution, caller};
+use crate::domain::trail::ReadWith;
 use crate::store;
 use amba_core::ApiError;
 use amba_core::id::ConversionId;
@@ -32,10 +33,19 @@ impl Attribution {
             _ => None,
         };
         let trail_json = match trail {
-            Some(trail) => serde_json::to_string(&trail).map_err(|e| {
-                tracing::error!(error = %e, "a decision trail does not serialize");
-                ApiError::internal()
-            })?,
+            Some(trail) => {
+                // The rule of the version it was priced under (versions never change).
+                let rule = match &trail.commission {
+                    Some(c) => store::read_model::rule(&mut conn, &row.program_id, c.rule_version).await?,
+                    None => None,
+                };
+                let with = ReadWith {
+                    recorded_at: row.recorded_at,
+                    decided_at: row.decided_at,
+                    rule: rule.as_ref(),
+                };
+                trail.render(with).to_string()
+            }
             None => String::new(),
         };
         Ok(pb::ConversionExplanation {
