@@ -7,6 +7,7 @@ mod authorization;
 mod budgets;
 mod commission;
 mod enrollments;
+mod events;
 mod hostile;
 mod notifications;
 mod operations;

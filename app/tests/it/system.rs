@@ -125,6 +125,24 @@ impl TestSystem {
         Ok(amba_bus::store::connect(&self.db.url, schema, 2).await?)
     }
 
+    /// Stops every service and starts them again on the same database, streams and addresses, as
+    /// a deployment does on a new release.
+    pub async fn restarted(self) -> anyhow::Result<TestSystem> {
+        self.running
+            .stop()
+            .await
+            .map_err(|failures| anyhow::anyhow!("a service had failed: {failures}"))?;
+        let running = Box::pin(amba::system::start(&self.settings, &ServiceName::ALL)).await?;
+        let http_addr = running.http_addr().context("the edge did not start")?;
+        let grpc_addr = running.grpc_addr().context("the edge's gRPC did not start")?;
+        Ok(TestSystem {
+            running,
+            http_addr,
+            grpc_addr,
+            ..self
+        })
+    }
+
     /// Stops the services, removes the namespace's streams and drops the database. Fails if a
     /// service had stopped on its own (an error or a panic) before.
     pub async fn stop(self) -> anyhow::Result<()> {

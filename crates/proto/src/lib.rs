@@ -179,6 +179,8 @@ pub mod methods {
             LIST = "list" (NotificationsListRequest => NotificationsListReply);
             /// One-click unsubscribe: no caller, a signed token (the edge's public POST).
             UNSUBSCRIBE = "unsubscribe" (UnsubscribeRequest => UnsubscribeReply);
+            /// The caller's events after a cursor (the feed agents resume from).
+            EVENTS_LIST = "events_list" (EventsListRequest => EventsListReply);
         }
     }
 }

@@ -176,6 +176,7 @@ pub fn tool_budget(tool: &str) -> Option<Budget> {
         | "conversions_list"
         | "my_conversions_list"
         | "commission_explain"
+        | "events_list"
         | "tokens_list"
         | "notifications_get"
         | "my_notifications_list"

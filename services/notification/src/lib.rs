@@ -9,6 +9,7 @@
 
 pub mod consumers;
 pub mod domain;
+pub mod feed;
 pub mod jobs;
 pub mod mail;
 pub mod rpc;
@@ -51,8 +52,15 @@ pub async fn migrate(database_url: &str) -> Result<(), RunError> {
         .map(|_| ())
 }
 
-/// The durable consumers this service reads: declared by `amba migrate`, bound by [`run`].
-pub fn consumer_specs(ns: &amba_bus::Namespace) -> [ConsumerSpec; 4] {
+/// The durable consumers this service reads: declared by `amba migrate`, bound by [`run`]: the
+/// e-mails' and the event feed's.
+pub fn consumer_specs(ns: &amba_bus::Namespace) -> Vec<ConsumerSpec> {
+    let mut specs = mail_consumer_specs(ns).to_vec();
+    specs.extend(feed::consumer_specs(ns, SERVICE));
+    specs
+}
+
+fn mail_consumer_specs(ns: &amba_bus::Namespace) -> [ConsumerSpec; 4] {
     // Only what leads to an e-mail: clicks never reach this service.
     let sources = [
         ("enrollment", String::new()),
@@ -94,8 +102,11 @@ pub async fn run(
         public_url: config.public_url.clone(),
         budgets: config.budgets,
     };
-    for spec in consumer_specs(service.ns()) {
+    for spec in mail_consumer_specs(service.ns()) {
         service = service.consume(spec, handler.clone());
+    }
+    for spec in feed::consumer_specs(service.ns(), SERVICE) {
+        service = service.consume(spec, feed::FeedProjection);
     }
     let pool = service.pool.clone();
     let server = rpc::server(rpc::Notification {
@@ -110,6 +121,7 @@ pub async fn run(
         config.send_interval,
         service.shutdown.clone(),
     );
-    let digests = jobs::digests(pool, config.digest_interval, service.shutdown.clone());
-    service.serve(server).part(sender).part(digests).run().await
+    let digests = jobs::digests(pool.clone(), config.digest_interval, service.shutdown.clone());
+    let prune = feed::prune(pool, service.shutdown.clone());
+    service.serve(server).part(sender).part(digests).part(prune).run().await
 }

@@ -22,10 +22,17 @@ pub fn server(service: Notification) -> RpcServer {
         methods::PREFERENCES => preferences,
         methods::LIST => list,
         methods::UNSUBSCRIBE => unsubscribe,
+        methods::EVENTS_LIST => events_list,
     })
 }
 
 impl Notification {
+    /// The caller's events after a cursor (see [`crate::feed`]).
+    pub async fn events_list(&self, request: pb::EventsListRequest) -> Result<pb::EventsListReply, ApiError> {
+        let who = caller(request.caller.clone())?;
+        crate::feed::list(&self.pool, &who, &request).await
+    }
+
     /// Applies `changes` (if any) in the request's program (or the org's own settings) and returns
     /// every kind with its setting there.
     #[tracing::instrument(skip_all, err(level = "info"))]

@@ -9,6 +9,7 @@ mod attribution;
 mod commission;
 
 mod enrollments;
+mod events;
 mod explain;
 mod guide;
 mod identity;
@@ -27,8 +28,8 @@ use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, GetPromptRequestParams, GetPromptResponse, Implementation,
-    ListPromptsResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams, ReadResourceRequestParams,
-    ReadResourceResponse, ServerCapabilities, ServerConfig,
+    ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
+    ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities, ServerConfig,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler, tool_handler};
@@ -59,6 +60,7 @@ impl McpServer {
             + Self::commission_tools()
             + Self::attribution_tools()
             + Self::explain_tools()
+            + Self::event_tools()
             + Self::payout_tools()
             + Self::notification_tools();
         for route in tool_router.map.values_mut() {
@@ -128,11 +130,25 @@ impl ServerHandler for McpServer {
         Ok(ListResourcesResult::with_all_items(guide::resources()))
     }
 
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        Ok(ListResourceTemplatesResult::with_all_items(events::templates()))
+    }
+
     async fn read_resource(
         &self,
         request: ReadResourceRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
+        if let Some((program_id, cursor)) = events::parse_uri(&request.uri) {
+            return self
+                .read_events(&request.uri, program_id, cursor, context_principal(&context))
+                .await
+                .map(ReadResourceResponse::Complete);
+        }
         guide::read(&request.uri).map(ReadResourceResponse::Complete)
     }
 
@@ -266,6 +282,7 @@ mod tests {
             + McpServer::commission_tools()
             + McpServer::attribution_tools()
             + McpServer::explain_tools()
+            + McpServer::event_tools()
             + McpServer::payout_tools()
             + McpServer::notification_tools();
         let tools = tools.list_all();
