@@ -9,7 +9,7 @@ CREATE TABLE feed_events (
     program_id        TEXT NOT NULL,
     affiliate_org_id  TEXT,
     occurred_at       TIMESTAMPTZ NOT NULL,
-    payload           JSONB NOT NULL,
+    payload           JSON NOT NULL,     -- stored as written: read back whole, never queried into
     recorded_at       TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 CREATE INDEX feed_events_by_program ON feed_events (program_id, seq);

@@ -76,7 +76,7 @@ async fn insert(conn: &mut PgConnection, entries: &[Entry]) -> Result<(), sqlx::
     let at = |micros: i64| DateTime::from_timestamp_micros(micros).unwrap_or_else(Utc::now);
     sqlx::query(
         "INSERT INTO feed_events (event_id, type, program_id, affiliate_org_id, occurred_at, payload) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::jsonb[]) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[]::json[]) \
          ON CONFLICT (event_id) DO NOTHING",
     )
     .bind(entries.iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>())
@@ -89,7 +89,7 @@ async fn insert(conn: &mut PgConnection, entries: &[Entry]) -> Result<(), sqlx::
             .collect::<Vec<_>>(),
     )
     .bind(entries.iter().map(|e| at(e.occurred_at_micros)).collect::<Vec<_>>())
-    .bind(entries.iter().map(|e| Json(&e.payload)).collect::<Vec<_>>())
+    .bind(entries.iter().map(|e| e.payload.to_string()).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())

@@ -157,13 +157,16 @@ pub async fn insert_many(
             rows.iter().map(|r| r.$field.clone()).collect::<Vec<_>>()
         };
     }
-    let trails: Vec<Json<&Trail>> = trails.iter().map(Json).collect();
+    let trails: Vec<String> = trails
+        .iter()
+        .map(|t| serde_json::to_string(t).unwrap_or_else(|_| "{}".to_owned()))
+        .collect();
     let sql = format!(
         "INSERT INTO conversions ({COLUMNS}, trail) SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], \
          $5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], \
          $14::text[], $15::text[], $16::timestamptz[], $17::timestamptz[], $18::timestamptz[], $19::bigint[], $20::int[], \
          $21::int[], $22::bool[], $23::timestamptz[], $24::bigint[], $25::bool[], $26::text[], $27::text[], $28::text[], \
-         $29::int[], $30::text[], $31::bigint[], $32::text[], $33::text[], $34::date[], $35::text[], $36::jsonb[]) \
+         $29::int[], $30::text[], $31::bigint[], $32::text[], $33::text[], $34::date[], $35::text[], $36::text[]::json[]) \
          ON CONFLICT (program_id, project_id, external_id) DO NOTHING"
     );
     // The statement is assembled from the constant column list only.
@@ -340,9 +343,11 @@ pub async fn settle_rate(conn: &mut PgConnection, row: &ConversionRow) -> Result
 /// Adds the parts `trail` holds to a conversion's stored trail (a later decision's part, such
 /// as the commission priced at an owner's approval, next to the attribution recorded on arrival).
 pub async fn extend_trail(conn: &mut PgConnection, conversion_id: &str, trail: &Trail) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE conversions SET trail = COALESCE(trail, '{}'::jsonb) || $2 WHERE conversion_id = $1")
-        .bind(conversion_id)
-        .bind(Json(trail))
+    sqlx::query(
+        "UPDATE conversions SET trail = (COALESCE(trail::jsonb, '{}'::jsonb) || $2::jsonb)::json WHERE conversion_id = $1",
+    )
+    .bind(conversion_id)
+    .bind(Json(trail))
         .execute(conn)
         .await?;
     Ok(())
