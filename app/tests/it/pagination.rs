@@ -26,6 +26,7 @@ const LIST_TOOLS: &[&str] = &[
     "amba_affiliate_my_balance_get",
     "amba_affiliate_my_notifications_list",
     "amba_affiliate_payouts_list",
+    "amba_affiliate_events_list",
 ];
 
 /// Pages through `tool` `LIMIT` at a time; the ids (`id` of each element of `field`) in order.
