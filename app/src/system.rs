@@ -337,7 +337,7 @@ pub fn consumer_specs(service: ServiceName, ns: &amba_bus::Namespace) -> Vec<amb
         ServiceName::Attribution => amba_attribution::consumer_specs(ns).into(),
         ServiceName::Commission => amba_commission::consumer_specs(ns).into(),
         ServiceName::Payout => amba_payout::consumer_specs(ns).into(),
-        ServiceName::Notification => amba_notification::consumer_specs(ns).into(),
+        ServiceName::Notification => amba_notification::consumer_specs(ns),
     }
 }
 
