@@ -79,6 +79,12 @@ pub struct Settings {
     /// another currency than their program's then wait); `AMBA_FX_REFRESH_SECONDS` how often
     /// (default 86400, daily).
     pub fx_rates: Option<amba_attribution::jobs::fx_rates::RateFeed>,
+    /// `AMBA_WEBHOOKS_ALLOW_PRIVATE`: webhooks may call http and loopback/private addresses
+    /// (development and tests only; link-local and metadata addresses stay refused).
+    pub webhooks_allow_private: bool,
+    /// `AMBA_WEBHOOK_RETRY_SCALE`: multiplies the webhook retry schedule (default 1; drills and
+    /// tests shrink it, e.g. 0.001).
+    pub webhook_retry_scale: f64,
     pub otlp_endpoint: Option<String>,
     /// `AMBA_LOG_FORMAT=json` for log shippers; text otherwise.
     pub log_json: bool,
@@ -294,6 +300,20 @@ impl Settings {
             payouts_live: flag(&get, "ORG_PAYOUTS_LIVE")?,
             multi_level_enabled: flag(&get, "MULTI_LEVEL_ENABLED")?,
             disposable_domains_file: get("AMBA_DISPOSABLE_DOMAINS_FILE").map(Into::into),
+            webhooks_allow_private: flag(&get, "AMBA_WEBHOOKS_ALLOW_PRIVATE")?,
+            webhook_retry_scale: match get("AMBA_WEBHOOK_RETRY_SCALE") {
+                None => 1.0,
+                Some(v) => v
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| s.is_finite() && *s > 0.0 && *s <= 1.0)
+                    .ok_or_else(|| {
+                        bad(
+                            "AMBA_WEBHOOK_RETRY_SCALE",
+                            format!("{v:?} is not a number above 0, at most 1"),
+                        )
+                    })?,
+            },
             fx_rates: match get("AMBA_FX_RATES_URL").as_deref() {
                 Some("off") => None,
                 Some(url)

@@ -149,12 +149,14 @@ async fn annotations_are_honest() -> anyhow::Result<()> {
             || tool.name == "amba_affiliate_my_payout_request"
             || tool.name == "amba_affiliate_commission_explain";
         assert_eq!(a.read_only_hint, Some(read_only), "{}", tool.name);
-        // Open world: the tools that act at Stripe, outside this system.
+        // Open world: the tools that act outside this system (at Stripe, or at a webhook endpoint).
         let open_world = [
             "amba_affiliate_my_payout_create",
             "amba_affiliate_my_payout_onboarding",
             "amba_affiliate_program_funding_setup",
             "amba_affiliate_payout_run",
+            "amba_affiliate_webhook_create",
+            "amba_affiliate_webhook_test",
         ]
         .contains(&tool.name.as_ref());
         assert_eq!(a.open_world_hint, Some(open_world), "{}", tool.name);

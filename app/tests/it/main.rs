@@ -19,3 +19,4 @@ mod roles;
 mod support;
 mod system;
 mod tokens;
+mod webhooks;

@@ -181,6 +181,12 @@ pub mod methods {
             UNSUBSCRIBE = "unsubscribe" (UnsubscribeRequest => UnsubscribeReply);
             /// The caller's events after a cursor (the feed agents resume from).
             EVENTS_LIST = "events_list" (EventsListRequest => EventsListReply);
+            WEBHOOK_CREATE = "webhook_create" (WebhookCreateRequest => WebhookSecretReply);
+            WEBHOOK_LIST = "webhook_list" (WebhookListRequest => WebhookListReply);
+            WEBHOOK_DELETE = "webhook_delete" (WebhookRequest => WebhookReply);
+            WEBHOOK_TEST = "webhook_test" (WebhookRequest => WebhookReply);
+            /// A new signing secret; the old one keeps signing for a day beside it.
+            WEBHOOK_ROTATE = "webhook_rotate" (WebhookRequest => WebhookSecretReply);
         }
     }
 }

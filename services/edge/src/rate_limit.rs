@@ -155,7 +155,11 @@ pub fn tool_budget(tool: &str) -> Option<Budget> {
         | "my_invite_decline"
         | "my_referral_generate"
         | "tokens_revoke"
-        | "notifications_update" => Budget::Configuration,
+        | "notifications_update"
+        | "webhook_create"
+        | "webhook_delete"
+        | "webhook_test"
+        | "webhook_rotate" => Budget::Configuration,
         "conversion_report" => Budget::Reports,
         "touchpoint_record" => Budget::Touchpoints,
         "conversion_clawback"
@@ -177,6 +181,7 @@ pub fn tool_budget(tool: &str) -> Option<Budget> {
         | "my_conversions_list"
         | "commission_explain"
         | "events_list"
+        | "webhook_list"
         | "tokens_list"
         | "notifications_get"
         | "my_notifications_list"

@@ -64,6 +64,7 @@ impl Handler for FeedProjection {
             return Ok(());
         }
         insert(conn, &entries).await?;
+        crate::webhooks::fan_out(conn, &entries).await?;
         Ok(())
     }
 }

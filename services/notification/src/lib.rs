@@ -15,6 +15,7 @@ pub mod mail;
 pub mod rpc;
 pub mod store;
 pub mod unsubscribe;
+pub mod webhooks;
 
 use amba_bus::consumer::ConsumerSpec;
 use amba_bus::service::Service;
@@ -43,6 +44,8 @@ pub struct NotificationConfig {
     pub link_secret: Option<amba_core::secret::Secret>,
     /// Send budgets per sending and per receiving org.
     pub budgets: consumers::Budgets,
+    /// Outbound webhooks: which targets are allowed, how fast retries come.
+    pub webhooks: webhooks::WebhookConfig,
 }
 
 /// Applies this service's migrations (also done by [`run`]).
@@ -112,6 +115,7 @@ pub async fn run(
     let server = rpc::server(rpc::Notification {
         pool: pool.clone(),
         link_secret: config.link_secret.clone(),
+        webhooks: config.webhooks.clone(),
     });
     let sender = jobs::deliver(
         pool.clone(),
@@ -122,6 +126,14 @@ pub async fn run(
         service.shutdown.clone(),
     );
     let digests = jobs::digests(pool.clone(), config.digest_interval, service.shutdown.clone());
-    let prune = feed::prune(pool, service.shutdown.clone());
-    service.serve(server).part(sender).part(digests).part(prune).run().await
+    let prune = feed::prune(pool.clone(), service.shutdown.clone());
+    let hooks = webhooks::deliver(pool, config.webhooks.clone(), service.shutdown.clone());
+    service
+        .serve(server)
+        .part(sender)
+        .part(digests)
+        .part(prune)
+        .part(hooks)
+        .run()
+        .await
 }

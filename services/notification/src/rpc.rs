@@ -15,6 +15,7 @@ pub struct Notification {
     pub pool: PgPool,
     /// Checks one-click unsubscribe tokens (`AMBA_LINK_SECRET`).
     pub link_secret: Option<amba_core::secret::Secret>,
+    pub webhooks: crate::webhooks::WebhookConfig,
 }
 
 pub fn server(service: Notification) -> RpcServer {
@@ -23,6 +24,11 @@ pub fn server(service: Notification) -> RpcServer {
         methods::LIST => list,
         methods::UNSUBSCRIBE => unsubscribe,
         methods::EVENTS_LIST => events_list,
+        methods::WEBHOOK_CREATE => webhook_create,
+        methods::WEBHOOK_LIST => webhook_list,
+        methods::WEBHOOK_DELETE => webhook_delete,
+        methods::WEBHOOK_TEST => webhook_test,
+        methods::WEBHOOK_ROTATE => webhook_rotate,
     })
 }
 

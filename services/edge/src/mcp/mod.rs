@@ -18,6 +18,7 @@ mod payouts;
 mod programs;
 mod schema;
 mod tokens;
+mod webhooks;
 
 use crate::EdgeState;
 use crate::rate_limit::{self, Budget};
@@ -61,6 +62,7 @@ impl McpServer {
             + Self::attribution_tools()
             + Self::explain_tools()
             + Self::event_tools()
+            + Self::webhook_tools()
             + Self::payout_tools()
             + Self::notification_tools();
         for route in tool_router.map.values_mut() {
@@ -283,6 +285,7 @@ mod tests {
             + McpServer::attribution_tools()
             + McpServer::explain_tools()
             + McpServer::event_tools()
+            + McpServer::webhook_tools()
             + McpServer::payout_tools()
             + McpServer::notification_tools();
         let tools = tools.list_all();

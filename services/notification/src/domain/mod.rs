@@ -4,3 +4,4 @@ pub mod digest;
 pub mod feed;
 pub mod money;
 pub mod templates;
+pub mod webhooks;

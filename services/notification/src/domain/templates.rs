@@ -74,6 +74,10 @@ const TEXT: &[(&str, &str)] = &[
         include_str!("../../templates/text/invitation_sent.txt"),
     ),
     (DIGEST, include_str!("../../templates/text/digest.txt")),
+    (
+        "webhook_disabled",
+        include_str!("../../templates/text/webhook_disabled.txt"),
+    ),
 ];
 
 /// Built once. Filters: `money(currency)` on minor units, `plural(one, many)` on a count,
@@ -415,6 +419,19 @@ pub fn existing_account_signup() -> Result<Email, Error> {
         "existing_account_signup",
         "Someone tried to sign up with your e-mail address".to_owned(),
         context! {},
+    )
+}
+
+/// To a program owner whose webhook endpoint failed for days and was disabled. Not in
+/// [`KINDS`]: an owner must learn that its integration stopped.
+pub fn webhook_disabled(program: &str, url: &str, since: &str, last_error: &str) -> Result<Email, Error> {
+    render(
+        "webhook_disabled",
+        format!(
+            "A webhook endpoint of {} was disabled after failing for days",
+            oneline(program)
+        ),
+        context! { program, url, since, last_error },
     )
 }
 
