@@ -202,6 +202,12 @@ fn program_tools(program: &str, enrollment: &str, outsider: &str) -> Vec<(&'stat
         ),
         ("amba_affiliate_affiliates_list", json!({"program_id": program}), None),
         (
+            "amba_affiliate_webhook_create",
+            json!({"program_id": program, "url": "https://hooks.example/amba"}),
+            None,
+        ),
+        ("amba_affiliate_webhook_list", json!({"program_id": program}), None),
+        (
             "amba_affiliate_conversions_list",
             json!({"program_id": program}),
             Some("amba_affiliate_my_conversions_list"),

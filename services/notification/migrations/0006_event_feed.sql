@@ -15,3 +15,11 @@ CREATE TABLE feed_events (
 CREATE INDEX feed_events_by_program ON feed_events (program_id, seq);
 CREATE INDEX feed_events_by_affiliate ON feed_events (affiliate_org_id, seq) WHERE affiliate_org_id IS NOT NULL;
 CREATE INDEX feed_events_by_age ON feed_events (recorded_at);
+
+-- Which orgs are (or were) in a program as affiliates, from enrollment events (never pruned):
+-- they are told a tool is the owner's rather than that the program does not exist.
+CREATE TABLE program_members (
+    program_id  TEXT NOT NULL,
+    org_id      TEXT NOT NULL,
+    PRIMARY KEY (program_id, org_id)
+);

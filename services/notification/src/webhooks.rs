@@ -155,7 +155,8 @@ async fn own_addresses(config: &WebhookConfig) -> Vec<IpAddr> {
 }
 
 impl Notification {
-    /// The program, if the caller owns it (anyone else: NOT_FOUND).
+    /// The program, if the caller owns it: an affiliate of it is told the tool is the owner's
+    /// (FORBIDDEN), anyone else that it does not exist.
     async fn owned_program(
         &self,
         conn: &mut PgConnection,
@@ -164,10 +165,13 @@ impl Notification {
     ) -> Result<(), ApiError> {
         let owner: Option<String> = sqlx::query_scalar("SELECT owner_org_id FROM programs_view WHERE program_id = $1")
             .bind(program_id)
-            .fetch_optional(conn)
+            .fetch_optional(&mut *conn)
             .await?;
         match owner {
             Some(owner) if owner == caller.org_id => Ok(()),
+            Some(_) if crate::feed::is_member(conn, program_id, &caller.org_id).await? => {
+                Err(ApiError::not_owner(format!("program {program_id}"), true, None))
+            }
             _ => Err(ApiError::not_found(format!("program {program_id}"))),
         }
     }

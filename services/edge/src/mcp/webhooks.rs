@@ -27,6 +27,7 @@ pub struct WebhookListArgs {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct WebhookArgs {
+    /// The endpoint, as amba_affiliate_webhook_create or _list returned it (whk_…).
     pub webhook_id: String,
 }
 
@@ -158,7 +159,8 @@ impl McpServer {
 
     #[tool(
         name = "amba_affiliate_webhook_delete",
-        description = "Stop sending to a webhook endpoint.",
+        description = "Stop sending to a webhook endpoint: no new deliveries are made or retried for it. Its past \
+                       events stay readable with amba_affiliate_events_list.",
         annotations(
             read_only_hint = false,
             destructive_hint = true,
