@@ -177,6 +177,42 @@ async fn a_euro_sale_on_a_dollar_program_at_the_rate_of_its_date_and_a_missing_r
         )
         .await?;
     assert_eq!(held["conversions"][0]["external_id"], "gb-1");
+    // Nobody's waiting sale cannot be credited by hand either; a rejected one is never converted.
+    let nobody = owner
+        .mcp
+        .ok(
+            "amba_affiliate_conversion_report",
+            json!({"program_id": program, "project_id": "web", "external_id": "gb-2", "amount_minor": 500,
+                   "currency": "GBP", "occurred_at": ago(Duration::days(20))}),
+        )
+        .await?;
+    assert_eq!(
+        (&nobody["status"], &nobody["conversion"]["hold_reasons"]),
+        (&json!("unattributed"), &json!(["fx_rate_missing"]))
+    );
+    let assign = owner
+        .mcp
+        .err(
+            "amba_affiliate_conversion_assign",
+            json!({"conversion_id": nobody["conversion_id"], "code": code}),
+        )
+        .await?;
+    assert_eq!(assign["code"], "CONFLICT");
+    let rejected = owner
+        .mcp
+        .ok(
+            "amba_affiliate_conversion_report",
+            json!({"program_id": program, "project_id": "web", "external_id": "gb-3", "amount_minor": 700,
+                   "currency": "GBP", "code": code, "occurred_at": ago(Duration::days(20))}),
+        )
+        .await?;
+    owner
+        .mcp
+        .ok(
+            "amba_affiliate_conversion_reject",
+            json!({"conversion_id": rejected["conversion_id"], "reason": "a test order"}),
+        )
+        .await?;
 
     // The feed gains that day (history kept): the sale is converted, approved and booked.
     // 12.34 GBP / 0.8302 × 1.0498 = 15.6041…  USD → 1,560 cents; 20 % = 312.
@@ -218,6 +254,26 @@ async fn a_euro_sale_on_a_dollar_program_at_the_rate_of_its_date_and_a_missing_r
     );
     assert!(converted.get("hold_reasons").is_none() && converted["held_for_review"] == false);
     held_becomes(&ann, 2_102 + 312).await?;
+    // The unattributed one is converted too (and may now be assigned); the rejected one is not.
+    let all = owner
+        .mcp
+        .ok("amba_affiliate_conversions_list", json!({"program_id": program}))
+        .await?;
+    let find = |id: &str| {
+        all["conversions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["external_id"] == id).cloned())
+            .unwrap_or_default()
+    };
+    // 5.00 GBP / 0.8302 × 1.0498 = 6.3226… USD → 632 cents.
+    assert_eq!(
+        (&find("gb-2")["status"], &find("gb-2")["amount_minor"]),
+        (&json!("unattributed"), &json!(632))
+    );
+    assert_eq!(
+        (&find("gb-3")["status"], &find("gb-3")["amount_minor"]),
+        (&json!("rejected"), &json!(0))
+    );
     let explained = owner
         .mcp
         .ok(

@@ -174,6 +174,12 @@ impl Attribution {
                 row.status
             )));
         }
+        if row.hold_reasons.split(',').any(|r| r == "fx_rate_missing") {
+            return Err(ApiError::conflict(
+                "this sale waits for the reference exchange rate of its date; assign it once it is converted into \
+                 the program's currency",
+            ));
+        }
         if enrollment.status != "active" {
             return Err(ApiError::conflict(format!(
                 "enrollment {} is {}; only an active affiliate can be credited",

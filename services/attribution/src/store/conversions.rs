@@ -299,14 +299,16 @@ pub async fn get(
 }
 
 /// Sales waiting for their exchange rate after `after`, oldest first, locked (rows another
-/// replica holds are skipped).
+/// replica holds are skipped). One the owner rejected meanwhile stays as it is: unconverted,
+/// without commission.
 pub async fn waiting_for_rate(
     conn: &mut PgConnection,
     after: Option<&str>,
     limit: i64,
 ) -> Result<Vec<ConversionRow>, sqlx::Error> {
     sqlx::query_as(select_conversions!(
-        "WHERE hold_reasons LIKE '%fx_rate_missing%' AND ($1::text IS NULL OR conversion_id > $1) \
+        "WHERE hold_reasons LIKE '%fx_rate_missing%' AND status IN ('pending', 'unattributed') \
+         AND ($1::text IS NULL OR conversion_id > $1) \
          ORDER BY conversion_id LIMIT $2 FOR UPDATE SKIP LOCKED"
     ))
     .bind(after)
