@@ -766,7 +766,7 @@ pub fn notification_config(settings: &Settings) -> Result<amba_notification::Not
         digest_interval: std::time::Duration::from_secs(30),
         link_secret: settings.link_secret.clone(),
         budgets: settings.mail_budgets,
-        webhooks: amba_notification::webhooks::WebhookConfig {
+        webhooks: amba_notification::domain::webhooks::WebhookConfig {
             allow_private: settings.webhooks_allow_private,
             retry_scale: settings.webhook_retry_scale,
             own_host: amba_edge::host_of(&settings.public_url),

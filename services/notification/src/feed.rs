@@ -64,7 +64,7 @@ impl Handler for FeedProjection {
             return Ok(());
         }
         insert(conn, &entries).await?;
-        remember_members(conn, &entries).await?;
+        crate::store::remember_members(conn, &entries).await?;
         crate::webhooks::fan_out(conn, &entries).await?;
         Ok(())
     }
@@ -95,33 +95,6 @@ async fn insert(conn: &mut PgConnection, entries: &[Entry]) -> Result<(), sqlx::
     .execute(conn)
     .await?;
     Ok(())
-}
-
-/// Notes the affiliates that enrollment events name as in their programs.
-async fn remember_members(conn: &mut PgConnection, entries: &[Entry]) -> Result<(), sqlx::Error> {
-    let (programs, orgs): (Vec<&str>, Vec<&str>) = entries
-        .iter()
-        .filter(|e| e.kind.starts_with("enrollment."))
-        .filter_map(|e| Some((e.program_id.as_str(), e.affiliate_org_id.as_deref()?)))
-        .unzip();
-    if programs.is_empty() {
-        return Ok(());
-    }
-    sqlx::query("INSERT INTO program_members (program_id, org_id) SELECT * FROM UNNEST($1::text[], $2::text[]) ON CONFLICT DO NOTHING")
-        .bind(&programs)
-        .bind(&orgs)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-/// Whether `org_id` is (or was) an affiliate of `program_id`.
-pub async fn is_member(conn: &mut PgConnection, program_id: &str, org_id: &str) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM program_members WHERE program_id = $1 AND org_id = $2)")
-        .bind(program_id)
-        .bind(org_id)
-        .fetch_one(conn)
-        .await
 }
 
 #[derive(sqlx::FromRow)]

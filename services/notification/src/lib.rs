@@ -45,7 +45,7 @@ pub struct NotificationConfig {
     /// Send budgets per sending and per receiving org.
     pub budgets: consumers::Budgets,
     /// Outbound webhooks: which targets are allowed, how fast retries come.
-    pub webhooks: webhooks::WebhookConfig,
+    pub webhooks: domain::webhooks::WebhookConfig,
 }
 
 /// Applies this service's migrations (also done by [`run`]).

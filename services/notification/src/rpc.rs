@@ -15,7 +15,7 @@ pub struct Notification {
     pub pool: PgPool,
     /// Checks one-click unsubscribe tokens (`AMBA_LINK_SECRET`).
     pub link_secret: Option<amba_core::secret::Secret>,
-    pub webhooks: crate::webhooks::WebhookConfig,
+    pub webhooks: crate::domain::webhooks::WebhookConfig,
 }
 
 pub fn server(service: Notification) -> RpcServer {
@@ -33,6 +33,31 @@ pub fn server(service: Notification) -> RpcServer {
 }
 
 impl Notification {
+    pub async fn webhook_create(&self, request: pb::WebhookCreateRequest) -> Result<pb::WebhookSecretReply, ApiError> {
+        let who = caller(request.caller.clone())?;
+        crate::webhooks::create(&self.pool, &self.webhooks, &who, request).await
+    }
+
+    pub async fn webhook_list(&self, request: pb::WebhookListRequest) -> Result<pb::WebhookListReply, ApiError> {
+        let who = caller(request.caller.clone())?;
+        crate::webhooks::list(&self.pool, &who, request).await
+    }
+
+    pub async fn webhook_delete(&self, request: pb::WebhookRequest) -> Result<pb::WebhookReply, ApiError> {
+        let who = caller(request.caller.clone())?;
+        crate::webhooks::delete(&self.pool, &who, request).await
+    }
+
+    pub async fn webhook_test(&self, request: pb::WebhookRequest) -> Result<pb::WebhookReply, ApiError> {
+        let who = caller(request.caller.clone())?;
+        crate::webhooks::test(&self.pool, &who, request).await
+    }
+
+    pub async fn webhook_rotate(&self, request: pb::WebhookRequest) -> Result<pb::WebhookSecretReply, ApiError> {
+        let who = caller(request.caller.clone())?;
+        crate::webhooks::rotate(&self.pool, &who, request).await
+    }
+
     /// The caller's events after a cursor (see [`crate::feed`]).
     pub async fn events_list(&self, request: pb::EventsListRequest) -> Result<pb::EventsListReply, ApiError> {
         let who = caller(request.caller.clone())?;

@@ -750,3 +750,34 @@ pub async fn digest(conn: &mut PgConnection, org_id: &str, period: &str) -> Resu
             .collect(),
     })
 }
+
+/// Notes the affiliates that enrollment events name as in their programs (the event feed's
+/// consumer, on every enrollment event).
+pub async fn remember_members(
+    conn: &mut PgConnection,
+    entries: &[crate::domain::feed::Entry],
+) -> Result<(), sqlx::Error> {
+    let (programs, orgs): (Vec<&str>, Vec<&str>) = entries
+        .iter()
+        .filter(|e| e.kind.starts_with("enrollment."))
+        .filter_map(|e| Some((e.program_id.as_str(), e.affiliate_org_id.as_deref()?)))
+        .unzip();
+    if programs.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("INSERT INTO program_members (program_id, org_id) SELECT * FROM UNNEST($1::text[], $2::text[]) ON CONFLICT DO NOTHING")
+        .bind(&programs)
+        .bind(&orgs)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Whether `org_id` is (or was) an affiliate of `program_id`.
+pub async fn is_member(conn: &mut PgConnection, program_id: &str, org_id: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM program_members WHERE program_id = $1 AND org_id = $2)")
+        .bind(program_id)
+        .bind(org_id)
+        .fetch_one(conn)
+        .await
+}

@@ -16,10 +16,8 @@
 
 use crate::domain::feed::{Entry, TYPES};
 use crate::domain::templates;
-use crate::domain::webhooks::{self, DISABLE_AFTER_DAYS, TargetError};
-use crate::rpc::Notification;
+use crate::domain::webhooks::{self, DISABLE_AFTER_DAYS, TargetError, WebhookConfig};
 use crate::store;
-use amba_bus::rpc::caller;
 use amba_core::ApiError;
 use amba_proto::wire as pb;
 use chrono::{DateTime, Utc};
@@ -40,28 +38,6 @@ const EXCERPT: usize = 256;
 const ROTATION_OVERLAP_HOURS: i64 = 24;
 /// Deliveries in flight at once (each to a different endpoint).
 const CONCURRENCY: usize = 32;
-
-/// What the operator sets.
-#[derive(Debug, Clone)]
-pub struct WebhookConfig {
-    /// `AMBA_WEBHOOKS_ALLOW_PRIVATE`: http and loopback/private targets, for development and
-    /// tests only (link-local stays refused).
-    pub allow_private: bool,
-    /// Multiplies the retry schedule (1 in production; tests shrink it).
-    pub retry_scale: f64,
-    /// The platform's own host, never a target.
-    pub own_host: Option<String>,
-}
-
-impl Default for WebhookConfig {
-    fn default() -> Self {
-        WebhookConfig {
-            allow_private: false,
-            retry_scale: 1.0,
-            own_host: None,
-        }
-    }
-}
 
 #[derive(sqlx::FromRow)]
 struct WebhookRow {
@@ -154,72 +130,68 @@ async fn own_addresses(config: &WebhookConfig) -> Vec<IpAddr> {
     }
 }
 
-impl Notification {
-    /// The program, if the caller owns it: an affiliate of it is told the tool is the owner's
-    /// (FORBIDDEN), anyone else that it does not exist.
-    async fn owned_program(
-        &self,
-        conn: &mut PgConnection,
-        caller: &pb::Principal,
-        program_id: &str,
-    ) -> Result<(), ApiError> {
-        let owner: Option<String> = sqlx::query_scalar("SELECT owner_org_id FROM programs_view WHERE program_id = $1")
-            .bind(program_id)
-            .fetch_optional(&mut *conn)
-            .await?;
-        match owner {
-            Some(owner) if owner == caller.org_id => Ok(()),
-            Some(_) if crate::feed::is_member(conn, program_id, &caller.org_id).await? => {
-                Err(ApiError::not_owner(format!("program {program_id}"), true, None))
-            }
-            _ => Err(ApiError::not_found(format!("program {program_id}"))),
+/// The program, if the caller owns it: an affiliate of it is told the tool is the owner's
+/// (FORBIDDEN), anyone else that it does not exist.
+async fn owned_program(conn: &mut PgConnection, caller: &pb::Principal, program_id: &str) -> Result<(), ApiError> {
+    let owner: Option<String> = sqlx::query_scalar("SELECT owner_org_id FROM programs_view WHERE program_id = $1")
+        .bind(program_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    match owner {
+        Some(owner) if owner == caller.org_id => Ok(()),
+        Some(_) if store::is_member(conn, program_id, &caller.org_id).await? => {
+            Err(ApiError::not_owner(format!("program {program_id}"), true, None))
         }
+        _ => Err(ApiError::not_found(format!("program {program_id}"))),
     }
+}
 
-    async fn owned_webhook(
-        &self,
-        conn: &mut PgConnection,
-        caller: &pb::Principal,
-        webhook_id: &str,
-    ) -> Result<WebhookRow, ApiError> {
-        match webhook(conn, webhook_id.trim()).await? {
-            Some((row, owner)) if owner == caller.org_id => Ok(row),
-            _ => Err(ApiError::not_found(format!("webhook {webhook_id}"))),
-        }
+async fn owned_webhook(
+    conn: &mut PgConnection,
+    caller: &pb::Principal,
+    webhook_id: &str,
+) -> Result<WebhookRow, ApiError> {
+    match webhook(conn, webhook_id.trim()).await? {
+        Some((row, owner)) if owner == caller.org_id => Ok(row),
+        _ => Err(ApiError::not_found(format!("webhook {webhook_id}"))),
     }
+}
 
-    pub async fn webhook_create(&self, request: pb::WebhookCreateRequest) -> Result<pb::WebhookSecretReply, ApiError> {
-        let who = caller(request.caller)?;
-        let program_id = request.program_id.trim();
-        if let Some(unknown) = request.event_types.iter().find(|t| !TYPES.contains(&t.as_str())) {
-            return Err(ApiError::invalid(format!(
-                "event_types: {unknown:?} is not an event type; expected any of: {}",
-                TYPES.join(", ")
-            )));
-        }
-        let url = request.url.trim();
-        if url.len() > 2_000 {
-            return Err(ApiError::invalid("url must be at most 2000 characters"));
-        }
-        let mut conn = self.pool.acquire().await?;
-        self.owned_program(&mut conn, &who, program_id).await?;
-        check_target(url, &self.webhooks).await?;
-        let count: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM webhooks WHERE program_id = $1 AND status = 'active'")
-                .bind(program_id)
-                .fetch_one(&mut *conn)
-                .await?;
-        if count >= MAX_PER_PROGRAM {
-            return Err(ApiError::conflict(format!(
-                "a program has at most {MAX_PER_PROGRAM} webhook endpoints; delete one first"
-            )));
-        }
-        let webhook_id = format!("whk_{}", amba_core::id::time_ordered_suffix());
-        let secret = webhooks::new_secret();
-        let mut types = request.event_types.clone();
-        types.sort();
-        types.dedup();
-        sqlx::query(
+pub async fn create(
+    pool: &PgPool,
+    config: &WebhookConfig,
+    who: &pb::Principal,
+    request: pb::WebhookCreateRequest,
+) -> Result<pb::WebhookSecretReply, ApiError> {
+    let program_id = request.program_id.trim();
+    if let Some(unknown) = request.event_types.iter().find(|t| !TYPES.contains(&t.as_str())) {
+        return Err(ApiError::invalid(format!(
+            "event_types: {unknown:?} is not an event type; expected any of: {}",
+            TYPES.join(", ")
+        )));
+    }
+    let url = request.url.trim();
+    if url.len() > 2_000 {
+        return Err(ApiError::invalid("url must be at most 2000 characters"));
+    }
+    let mut conn = pool.acquire().await?;
+    owned_program(&mut conn, who, program_id).await?;
+    check_target(url, config).await?;
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM webhooks WHERE program_id = $1 AND status = 'active'")
+        .bind(program_id)
+        .fetch_one(&mut *conn)
+        .await?;
+    if count >= MAX_PER_PROGRAM {
+        return Err(ApiError::conflict(format!(
+            "a program has at most {MAX_PER_PROGRAM} webhook endpoints; delete one first"
+        )));
+    }
+    let webhook_id = format!("whk_{}", amba_core::id::time_ordered_suffix());
+    let secret = webhooks::new_secret();
+    let mut types = request.event_types.clone();
+    types.sort();
+    types.dedup();
+    sqlx::query(
             "INSERT INTO webhooks (webhook_id, program_id, owner_org_id, url, event_types, secret) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(&webhook_id)
@@ -230,62 +202,71 @@ impl Notification {
         .bind(&secret)
         .execute(&mut *conn)
         .await?;
-        let (row, _) = webhook(&mut conn, &webhook_id).await?.ok_or_else(ApiError::internal)?;
-        Ok(pb::WebhookSecretReply {
-            webhook: Some(row.to_proto()),
-            secret,
-        })
-    }
+    let (row, _) = webhook(&mut conn, &webhook_id).await?.ok_or_else(ApiError::internal)?;
+    Ok(pb::WebhookSecretReply {
+        webhook: Some(row.to_proto()),
+        secret,
+    })
+}
 
-    pub async fn webhook_list(&self, request: pb::WebhookListRequest) -> Result<pb::WebhookListReply, ApiError> {
-        let who = caller(request.caller)?;
-        let mut conn = self.pool.acquire().await?;
-        self.owned_program(&mut conn, &who, request.program_id.trim()).await?;
-        let rows: Vec<WebhookRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+pub async fn list(
+    pool: &PgPool,
+    who: &pb::Principal,
+    request: pb::WebhookListRequest,
+) -> Result<pb::WebhookListReply, ApiError> {
+    let mut conn = pool.acquire().await?;
+    owned_program(&mut conn, who, request.program_id.trim()).await?;
+    let rows: Vec<WebhookRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {WEBHOOK_COLUMNS} FROM webhooks w WHERE w.program_id = $1 AND w.status <> 'deleted' ORDER BY w.webhook_id"
         )))
         .bind(request.program_id.trim())
         .fetch_all(&mut *conn)
         .await?;
-        Ok(pb::WebhookListReply {
-            webhooks: rows.iter().map(WebhookRow::to_proto).collect(),
-        })
-    }
+    Ok(pb::WebhookListReply {
+        webhooks: rows.iter().map(WebhookRow::to_proto).collect(),
+    })
+}
 
-    pub async fn webhook_delete(&self, request: pb::WebhookRequest) -> Result<pb::WebhookReply, ApiError> {
-        let who = caller(request.caller)?;
-        let mut conn = self.pool.acquire().await?;
-        let mut row = self.owned_webhook(&mut conn, &who, &request.webhook_id).await?;
-        sqlx::query("UPDATE webhooks SET status = 'deleted' WHERE webhook_id = $1")
-            .bind(&row.webhook_id)
-            .execute(&mut *conn)
-            .await?;
-        row.status = "deleted".into();
-        Ok(pb::WebhookReply {
-            webhook: Some(row.to_proto()),
-            delivery_id: String::new(),
-        })
-    }
+pub async fn delete(
+    pool: &PgPool,
+    who: &pb::Principal,
+    request: pb::WebhookRequest,
+) -> Result<pb::WebhookReply, ApiError> {
+    let mut conn = pool.acquire().await?;
+    let mut row = owned_webhook(&mut conn, who, &request.webhook_id).await?;
+    sqlx::query("UPDATE webhooks SET status = 'deleted' WHERE webhook_id = $1")
+        .bind(&row.webhook_id)
+        .execute(&mut *conn)
+        .await?;
+    row.status = "deleted".into();
+    Ok(pb::WebhookReply {
+        webhook: Some(row.to_proto()),
+        delivery_id: String::new(),
+    })
+}
 
-    /// A `webhook.test` delivery to the endpoint, now (an active one).
-    pub async fn webhook_test(&self, request: pb::WebhookRequest) -> Result<pb::WebhookReply, ApiError> {
-        let who = caller(request.caller)?;
-        let mut conn = self.pool.acquire().await?;
-        let row = self.owned_webhook(&mut conn, &who, &request.webhook_id).await?;
-        if row.status != "active" {
-            return Err(ApiError::conflict(format!(
-                "webhook {} is {}",
-                row.webhook_id, row.status
-            )));
-        }
-        let event_id = format!("test_{}", amba_core::id::time_ordered_suffix());
-        let delivery_id = delivery_id(&row.webhook_id, &event_id);
-        let body = serde_json::json!({
-            "type": "webhook.test",
-            "timestamp": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            "data": {"webhook_id": row.webhook_id, "program_id": row.program_id},
-        });
-        sqlx::query(
+/// A `webhook.test` delivery to the endpoint, now (an active one).
+pub async fn test(
+    pool: &PgPool,
+    who: &pb::Principal,
+    request: pb::WebhookRequest,
+) -> Result<pb::WebhookReply, ApiError> {
+    let mut conn = pool.acquire().await?;
+    let row = owned_webhook(&mut conn, who, &request.webhook_id).await?;
+    if row.status != "active" {
+        return Err(ApiError::conflict(format!(
+            "webhook {} is {}",
+            row.webhook_id, row.status
+        )));
+    }
+    let event_id = format!("test_{}", amba_core::id::time_ordered_suffix());
+    let delivery_id = delivery_id(&row.webhook_id, &event_id);
+    let body = serde_json::json!({
+        "type": "webhook.test",
+        "timestamp": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "data": {"webhook_id": row.webhook_id, "program_id": row.program_id},
+    });
+    sqlx::query(
             "INSERT INTO webhook_deliveries (delivery_id, webhook_id, event_id, type, body) VALUES ($1, $2, $3, 'webhook.test', $4)",
         )
         .bind(&delivery_id)
@@ -294,35 +275,37 @@ impl Notification {
         .bind(body.to_string())
         .execute(&mut *conn)
         .await?;
-        Ok(pb::WebhookReply {
-            webhook: Some(row.to_proto()),
-            delivery_id,
-        })
-    }
+    Ok(pb::WebhookReply {
+        webhook: Some(row.to_proto()),
+        delivery_id,
+    })
+}
 
-    /// A new secret; the old one keeps signing beside it for a day, so receivers switch over.
-    pub async fn webhook_rotate(&self, request: pb::WebhookRequest) -> Result<pb::WebhookSecretReply, ApiError> {
-        let who = caller(request.caller)?;
-        let mut conn = self.pool.acquire().await?;
-        let row = self.owned_webhook(&mut conn, &who, &request.webhook_id).await?;
-        let secret = webhooks::new_secret();
-        sqlx::query(
-            "UPDATE webhooks SET previous_secret = secret, previous_secret_until = now() + make_interval(hours => $2), \
+/// A new secret; the old one keeps signing beside it for a day, so receivers switch over.
+pub async fn rotate(
+    pool: &PgPool,
+    who: &pb::Principal,
+    request: pb::WebhookRequest,
+) -> Result<pb::WebhookSecretReply, ApiError> {
+    let mut conn = pool.acquire().await?;
+    let row = owned_webhook(&mut conn, who, &request.webhook_id).await?;
+    let secret = webhooks::new_secret();
+    sqlx::query(
+        "UPDATE webhooks SET previous_secret = secret, previous_secret_until = now() + make_interval(hours => $2), \
              secret = $3 WHERE webhook_id = $1",
-        )
-        .bind(&row.webhook_id)
-        .bind(i32::try_from(ROTATION_OVERLAP_HOURS).unwrap_or(24))
-        .bind(&secret)
-        .execute(&mut *conn)
-        .await?;
-        let (row, _) = webhook(&mut conn, &row.webhook_id)
-            .await?
-            .ok_or_else(ApiError::internal)?;
-        Ok(pb::WebhookSecretReply {
-            webhook: Some(row.to_proto()),
-            secret,
-        })
-    }
+    )
+    .bind(&row.webhook_id)
+    .bind(i32::try_from(ROTATION_OVERLAP_HOURS).unwrap_or(24))
+    .bind(&secret)
+    .execute(&mut *conn)
+    .await?;
+    let (row, _) = webhook(&mut conn, &row.webhook_id)
+        .await?
+        .ok_or_else(ApiError::internal)?;
+    Ok(pb::WebhookSecretReply {
+        webhook: Some(row.to_proto()),
+        secret,
+    })
 }
 
 /// A delivery's id (the `webhook-id` header): the same for one endpoint and one event, always.

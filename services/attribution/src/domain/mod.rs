@@ -3,6 +3,7 @@
 
 pub mod accrual;
 pub mod export;
+pub mod facts;
 pub mod fraud;
 pub mod fx;
 pub mod policy;

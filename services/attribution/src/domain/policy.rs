@@ -3,7 +3,7 @@
 //! The policy is versioned by enrollment (a change of model, precedence or window is a new
 //! version); each conversion pins the version it was decided under.
 
-use super::report::EnrollmentFacts;
+use super::facts::EnrollmentFacts;
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 

@@ -94,14 +94,7 @@ pub struct ProgramFacts {
     pub landing_url: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct EnrollmentFacts {
-    pub enrollment_id: String,
-    pub program_id: String,
-    pub affiliate_org_id: String,
-    pub status: String,
-    pub emails: Vec<String>,
-}
+pub use super::facts::EnrollmentFacts;
 
 /// What the report's code turned out to be.
 #[derive(Debug, Clone, PartialEq)]

@@ -7,6 +7,28 @@ use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Duration, Utc};
 use std::net::IpAddr;
 
+/// What the operator sets.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// `AMBA_WEBHOOKS_ALLOW_PRIVATE`: http and loopback/private targets, for development and
+    /// tests only (link-local stays refused).
+    pub allow_private: bool,
+    /// Multiplies the retry schedule (1 in production; tests shrink it).
+    pub retry_scale: f64,
+    /// The platform's own host, never a target.
+    pub own_host: Option<String>,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            allow_private: false,
+            retry_scale: 1.0,
+            own_host: None,
+        }
+    }
+}
+
 /// How long after a failure each next attempt comes (the spec's suggested schedule): the last
 /// attempt is 1 day, 8 hours and a half after the first; then the delivery is failed.
 pub const RETRY_AFTER_SECONDS: &[i64] = &[5, 300, 1_800, 7_200, 18_000, 36_000, 36_000, 36_000];
