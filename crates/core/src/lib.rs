@@ -1,6 +1,7 @@
 //! Small, pure building blocks shared by every service: money with a fixed scale per currency,
 //! the one rounding rule, prefixed time-ordered ids and the typed error every surface shows.
 
+pub mod address;
 pub mod csv;
 pub mod cursor;
 pub mod error;

@@ -84,27 +84,7 @@ impl CallerSightings {
 
 /// Whether an address stands for one client rather than a network or a proxy.
 pub fn identifies(address: IpAddr) -> bool {
-    match address {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            let shared = a == 100 && (64..128).contains(&b);
-            !(v4.is_private()
-                || v4.is_loopback()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || shared)
-        }
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => identifies(IpAddr::V4(v4)),
-            None => {
-                let first = v6.segments()[0];
-                let unique_local = first & 0xfe00 == 0xfc00;
-                let link_local = first & 0xffc0 == 0xfe80;
-                !(v6.is_loopback() || v6.is_unspecified() || unique_local || link_local)
-            }
-        },
-    }
+    amba_core::address::reach(address) == amba_core::address::Reach::Public
 }
 
 #[cfg(test)]

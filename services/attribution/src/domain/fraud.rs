@@ -203,6 +203,12 @@ pub fn screen(checks: &FraudChecks, disposable: &DisposableDomains, f: &Facts<'_
     runs
 }
 
+/// The reason a conversion held by `hits` shows its owner.
+pub fn hold_reason<'a>(hits: impl IntoIterator<Item = &'a CheckRun>) -> String {
+    let details: Vec<String> = hits.into_iter().map(|h| format!("{}: {}", h.check, h.detail)).collect();
+    format!("held for review ({})", details.join("; "))
+}
+
 /// The reason codes of the hits, in check order.
 pub fn hits(runs: &[CheckRun]) -> Vec<&CheckRun> {
     runs.iter().filter(|r| r.outcome == Outcome::Hit).collect()

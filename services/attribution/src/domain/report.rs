@@ -366,8 +366,7 @@ impl Decision {
             self.status = Status::Pending;
             self.held_for_review = true;
             self.hold_reasons = hits.iter().map(|h| h.check.clone()).collect();
-            let details: Vec<String> = hits.iter().map(|h| format!("{}: {}", h.check, h.detail)).collect();
-            self.reason = Some(format!("held for review ({})", details.join("; ")));
+            self.reason = Some(fraud::hold_reason(hits.iter().copied()));
             self.trail.status = Status::Pending.as_str().to_owned();
             self.trail.held = self.reason.clone();
         }

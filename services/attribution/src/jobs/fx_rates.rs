@@ -150,14 +150,12 @@ impl FxRates {
             row.reason = if remaining.is_empty() {
                 None
             } else {
-                let details: Vec<String> = trail
+                let still = trail
                     .attribution
                     .iter()
                     .flat_map(|a| &a.checks)
-                    .filter(|c| remaining.contains(&c.check))
-                    .map(|c| format!("{}: {}", c.check, c.detail))
-                    .collect();
-                Some(format!("held for review ({})", details.join("; ")))
+                    .filter(|c| remaining.contains(&c.check));
+                Some(crate::domain::fraud::hold_reason(still))
             };
             let program = programs.get(&row.program_id);
             let approve = row.status == "pending"

@@ -2,6 +2,7 @@
 //! secrets and the Standard Webhooks headers (https://www.standardwebhooks.com), signed with the
 //! spec's own implementation (`standardwebhooks`).
 
+use amba_core::address::Reach;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Duration, Utc};
@@ -83,26 +84,10 @@ pub enum TargetError {
 /// private addresses through; link-local (metadata endpoints live there), multicast, broadcast
 /// and unspecified addresses never are.
 pub fn address_allowed(address: IpAddr, allow_private: bool) -> bool {
-    let address = match address {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(address),
-        v4 => v4,
-    };
-    match address {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            let shared = a == 100 && (64..128).contains(&b);
-            let never = v4.is_link_local() || v4.is_multicast() || v4.is_broadcast() || v4.is_unspecified() || a == 0;
-            let private = v4.is_loopback() || v4.is_private() || shared;
-            !never && (allow_private || !private)
-        }
-        IpAddr::V6(v6) => {
-            let first = v6.segments()[0];
-            let link_local = first & 0xffc0 == 0xfe80;
-            let unique_local = first & 0xfe00 == 0xfc00;
-            let never = link_local || v6.is_multicast() || v6.is_unspecified();
-            let private = v6.is_loopback() || unique_local;
-            !never && (allow_private || !private)
-        }
+    match amba_core::address::reach(address) {
+        Reach::Public => true,
+        Reach::Private => allow_private,
+        Reach::Never => false,
     }
 }
 
