@@ -186,13 +186,24 @@ pub async fn list(
     })
 }
 
-/// Prunes events older than [`KEEP_DAYS`], hourly, until `shutdown`.
+/// Prunes events older than [`KEEP_DAYS`], and webhook deliveries that ended that long ago,
+/// hourly, until `shutdown`: both grow with every sale.
 pub async fn prune(pool: PgPool, shutdown: CancellationToken) -> Result<(), amba_bus::RunError> {
+    let days = i32::try_from(KEEP_DAYS).unwrap_or(35);
     loop {
-        let pruned = sqlx::query("DELETE FROM feed_events WHERE recorded_at < now() - make_interval(days => $1)")
-            .bind(i32::try_from(KEEP_DAYS).unwrap_or(35))
+        let pruned = async {
+            sqlx::query("DELETE FROM feed_events WHERE recorded_at < now() - make_interval(days => $1)")
+                .bind(days)
+                .execute(&pool)
+                .await?;
+            sqlx::query(
+                "DELETE FROM webhook_deliveries WHERE status <> 'pending' AND created_at < now() - make_interval(days => $1)",
+            )
+            .bind(days)
             .execute(&pool)
-            .await;
+            .await
+        }
+        .await;
         if let Err(error) = pruned {
             tracing::warn!(%error, "pruning the event feed failed; trying again later");
         }

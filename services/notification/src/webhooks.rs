@@ -436,6 +436,8 @@ pub async fn deliver(
     let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
     let mut tasks = tokio::task::JoinSet::new();
     loop {
+        // Poll often while there is work, once a second when there is none.
+        let mut idle = true;
         while tasks.try_join_next().is_some() {}
         let busy: Vec<String> = in_flight
             .lock()
@@ -445,6 +447,7 @@ pub async fn deliver(
         if room > 0 {
             match lease(&pool, &busy, i64::try_from(room).unwrap_or(1)).await {
                 Ok(due) => {
+                    idle = due.is_empty();
                     for job in due {
                         if let Ok(mut set) = in_flight.lock() {
                             set.insert(job.webhook_id.clone());
@@ -470,7 +473,7 @@ pub async fn deliver(
                 while tasks.join_next().await.is_some() {}
                 return Ok(());
             }
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = tokio::time::sleep(Duration::from_millis(if idle { 1_000 } else { 100 })) => {}
         }
     }
 }

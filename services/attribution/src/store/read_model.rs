@@ -84,8 +84,14 @@ pub async fn apply_enrollment(
     Ok(())
 }
 
-/// Remembers that `org_id` called from `address` (the latest sighting wins).
+/// Remembers that `org_id` called from `address` (the latest sighting wins), and forgets the
+/// org's addresses not seen for longer than the self-referral check looks back: an org keeps
+/// only the addresses of the last 30 days.
 pub async fn apply_caller_seen(conn: &mut PgConnection, seen: &pb::CallerSeen) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM caller_addresses WHERE org_id = $1 AND last_seen_at < now() - INTERVAL '30 days'")
+        .bind(&seen.org_id)
+        .execute(&mut *conn)
+        .await?;
     let at = DateTime::from_timestamp_micros(seen.seen_at_micros).unwrap_or_else(Utc::now);
     sqlx::query(
         "INSERT INTO caller_addresses (org_id, address, last_seen_at) VALUES ($1, $2, $3) \
