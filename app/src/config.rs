@@ -85,6 +85,10 @@ pub struct Settings {
     /// `AMBA_WEBHOOK_RETRY_SCALE`: multiplies the webhook retry schedule (default 1; drills and
     /// tests shrink it, e.g. 0.001).
     pub webhook_retry_scale: f64,
+    /// `AMBA_BACKGROUND_TRANSACTIONS`: in a process that takes reports and also runs the ledger,
+    /// e-mail or payouts (`amba dev`), how many database transactions of theirs may run at once
+    /// (default 2), so that they never crowd out the report writer.
+    pub background_transactions: usize,
     pub otlp_endpoint: Option<String>,
     /// `AMBA_LOG_FORMAT=json` for log shippers; text otherwise.
     pub log_json: bool,
@@ -329,6 +333,7 @@ impl Settings {
                     refresh: std::time::Duration::from_secs(u64::from(count(&get, "AMBA_FX_REFRESH_SECONDS", 86_400)?)),
                 }),
             },
+            background_transactions: usize::try_from(count(&get, "AMBA_BACKGROUND_TRANSACTIONS", 2)?).unwrap_or(1),
             otlp_endpoint: get("OTEL_EXPORTER_OTLP_ENDPOINT"),
             log_json,
         })

@@ -470,6 +470,10 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
         service: ServiceName::Commission,
         source: RunError::Setup(format!("cannot start the background runtime: {source}")),
     })?;
+    // Beside ingest, the services that work off events share a few database transactions.
+    let budget = background
+        .as_ref()
+        .map(|_| amba_bus::consumer::Budget::new(settings.background_transactions));
     let url = settings.database_url.expose().to_owned();
     let attribution_config = attribution_config(settings).map_err(|source| StartError::Service {
         service: ServiceName::Attribution,
@@ -504,7 +508,9 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
             .filter(|_| service.works_off_events())
             .cloned()
             .unwrap_or_else(tokio::runtime::Handle::current);
-        let bus = service_bus(settings, service, &runtime, &mut connections).await?;
+        let bus = service_bus(settings, service, &runtime, &mut connections)
+            .await?
+            .with_budget(budget.clone().filter(|_| service.works_off_events()));
         let (url, stop, payout_config) = (url.clone(), shutdown.clone(), payout_config.clone());
         let notification_config = notification_config.clone();
         let enrollment_config = enrollment_config.clone();

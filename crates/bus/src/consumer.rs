@@ -121,6 +121,27 @@ pub struct ConsumerSpec {
     /// them (zero: at once). Background consumers linger so that, under load, they commit a
     /// few large groups instead of many small ones and leave the cores to ingest.
     pub linger: Duration,
+    /// Shared with the other work that can wait, in a process that also answers callers: a
+    /// group's transaction starts only when the budget has room (see [`Budget`]).
+    pub budget: Option<Budget>,
+}
+
+/// How many transactions the work that can wait (the ledger, e-mail, the feed) may run at once
+/// in a process that also takes reports. PostgreSQL gives every busy backend its share of the
+/// cores; without a bound, a dozen consumer workers would each take one beside the single report
+/// writer. With it they wait their turn, take bigger groups when they get it, and still catch up.
+#[derive(Debug, Clone)]
+pub struct Budget(Arc<tokio::sync::Semaphore>);
+
+impl Budget {
+    pub fn new(transactions: usize) -> Budget {
+        Budget(Arc::new(tokio::sync::Semaphore::new(transactions.max(1))))
+    }
+
+    /// Waits for room; the transaction may run while the returned permit is held.
+    async fn turn(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.0.clone().acquire_owned().await.ok()
+    }
 }
 
 impl ConsumerSpec {
@@ -138,6 +159,7 @@ impl ConsumerSpec {
             concurrency: 16,
             max_batch: 64,
             linger: Duration::ZERO,
+            budget: None,
         }
     }
 
@@ -151,6 +173,12 @@ impl ConsumerSpec {
     /// a batch at once).
     pub fn with_max_batch(mut self, max_batch: usize) -> Self {
         self.max_batch = max_batch.max(1);
+        self
+    }
+
+    /// Applies each group only when `budget` has room.
+    pub fn with_budget(mut self, budget: Budget) -> Self {
+        self.budget = Some(budget);
         self
     }
 
@@ -294,8 +322,22 @@ pub async fn run<H: Handler>(
         let (pool, spec, handler, meters) = (pool.clone(), spec.clone(), handler.clone(), meters.clone());
         workers.spawn(async move {
             while let Some(first) = inbox.recv().await {
-                let group = gather(first, &mut inbox, spec.max_batch, spec.linger).await;
-                settle_group(&pool, &spec, &meters, handler.as_ref(), group).await;
+                let mut group = gather(first, &mut inbox, spec.max_batch, spec.linger).await;
+                let turn = match &spec.budget {
+                    Some(budget) => {
+                        let waited = std::time::Instant::now();
+                        let turn = budget.turn().await;
+                        meters.budget_wait.record(waited.elapsed().as_secs_f64());
+                        // What arrived while it waited joins the group: a longer wait, a bigger group.
+                        group.extend(
+                            std::iter::from_fn(|| inbox.try_recv().ok())
+                                .take(spec.max_batch.saturating_sub(group.len())),
+                        );
+                        turn
+                    }
+                    None => None,
+                };
+                settle_group(&pool, &spec, &meters, handler.as_ref(), group, turn).await;
             }
         });
     }
@@ -410,6 +452,7 @@ struct Meters {
     dead_lettered: amba_telemetry::metrics::Counter,
     lag: amba_telemetry::metrics::Histogram,
     group: amba_telemetry::metrics::Histogram,
+    budget_wait: amba_telemetry::metrics::Histogram,
 }
 
 impl Meters {
@@ -421,6 +464,7 @@ impl Meters {
             dead_lettered: consumed("dead_lettered"),
             lag: amba_telemetry::metrics::histogram!("amba_event_consume_lag_seconds", "consumer" => consumer.to_owned()),
             group: amba_telemetry::metrics::histogram!("amba_consumer_group_seconds", "consumer" => consumer.to_owned()),
+            budget_wait: amba_telemetry::metrics::histogram!("amba_consumer_budget_wait_seconds", "consumer" => consumer.to_owned()),
         }
     }
 }
@@ -434,9 +478,11 @@ async fn settle_group<H: Handler>(
     meters: &Meters,
     handler: &H,
     group: Vec<(jetstream::Message, Delivery)>,
+    turn: Option<tokio::sync::OwnedSemaphorePermit>,
 ) {
     let started = std::time::Instant::now();
     let applied = apply_group(pool, &spec.durable_name, handler, &group).await;
+    drop(turn);
     // One group's transaction: its handlers and its commit.
     meters.group.record(started.elapsed().as_secs_f64());
     let outcomes = match applied {

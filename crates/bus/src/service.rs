@@ -3,7 +3,7 @@
 //! relays until shutdown. Also the NATS handles and the one error type for start-up.
 
 use crate::Namespace;
-use crate::consumer::{self, ConsumerSpec, Handler};
+use crate::consumer::{self, Budget, ConsumerSpec, Handler};
 use crate::outbox::{Relay, RelayWaker};
 use crate::rpc::RpcServer;
 use async_nats::jetstream;
@@ -60,7 +60,10 @@ impl Service {
     }
 
     /// Applies the durable consumer `spec`'s messages with `handler` until shutdown.
-    pub fn consume<H: Handler>(self, spec: ConsumerSpec, handler: H) -> Self {
+    pub fn consume<H: Handler>(self, mut spec: ConsumerSpec, handler: H) -> Self {
+        if spec.budget.is_none() {
+            spec.budget = self.bus.budget.clone();
+        }
         let run = consumer::run(
             self.bus.js.clone(),
             self.pool.clone(),
@@ -110,12 +113,25 @@ pub struct Bus {
     pub nats: async_nats::Client,
     pub js: jetstream::Context,
     pub ns: Namespace,
+    /// The database budget of this service's consumers, when it shares a process with ingest.
+    pub budget: Option<Budget>,
 }
 
 impl Bus {
     pub fn new(nats: async_nats::Client, ns: Namespace) -> Self {
         let js = jetstream::new(nats.clone());
-        Bus { nats, js, ns }
+        Bus {
+            nats,
+            js,
+            ns,
+            budget: None,
+        }
+    }
+
+    /// Every consumer of the service applies its groups within `budget`.
+    pub fn with_budget(mut self, budget: Option<Budget>) -> Self {
+        self.budget = budget;
+        self
     }
 }
 

@@ -60,3 +60,26 @@ pub fn seconds_since_millis(millis: u64) -> f64 {
         .unwrap_or_default();
     now.saturating_sub(u128::from(millis)) as f64 / 1_000.0
 }
+
+/// Splits one piece of work into named stages: each [`Stages::lap`] records the time since the
+/// previous one into `<name>{stage="…"}`, so `/metrics` shows where a cycle's time goes.
+pub struct Stages {
+    name: &'static str,
+    last: std::time::Instant,
+}
+
+impl Stages {
+    pub fn start(name: &'static str) -> Stages {
+        Stages {
+            name,
+            last: std::time::Instant::now(),
+        }
+    }
+
+    /// Records the time since the last lap (or the start) as `stage`.
+    pub fn lap(&mut self, stage: &'static str) {
+        let now = std::time::Instant::now();
+        metrics::histogram!(self.name, "stage" => stage).record(now.duration_since(self.last).as_secs_f64());
+        self.last = now;
+    }
+}

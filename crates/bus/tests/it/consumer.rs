@@ -480,3 +480,97 @@ async fn a_replayed_dead_letter_is_applied_once_where_it_failed_and_nowhere_else
     assert_eq!(applied, vec!["a:evt_bug", "a:evt_fine", "b:evt_bug", "b:evt_fine"]);
     teardown(s).await
 }
+
+/// Counts how many of its transactions are open at once, across every consumer it serves.
+#[derive(Default)]
+struct Overlap {
+    open: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+}
+
+impl Handler for Overlap {
+    async fn handle(&self, conn: &mut PgConnection, delivery: &Delivery) -> Result<(), HandlerError> {
+        self.handle_batch(conn, &[delivery]).await
+    }
+
+    async fn handle_batch(&self, conn: &mut PgConnection, deliveries: &[&Delivery]) -> Result<(), HandlerError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let open = self.open.fetch_add(1, SeqCst) + 1;
+        self.most.fetch_max(open, SeqCst);
+        // Long enough that unbounded workers would overlap.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let ids: Vec<&str> = deliveries.iter().map(|d| d.event_id.as_str()).collect();
+        let written = sqlx::query("INSERT INTO applied (event_id, attempt) SELECT UNNEST($1::text[]), 1")
+            .bind(&ids)
+            .execute(conn)
+            .await;
+        self.open.fetch_sub(1, SeqCst);
+        written?;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn consumers_sharing_a_budget_of_one_never_overlap_and_apply_everything() -> anyhow::Result<()> {
+    let s = setup().await?;
+    for i in 0..120 {
+        publish(&s.bus.js, &s.subject, Some(&format!("evt_{i:03}")), b"x").await?;
+    }
+    let budget = consumer::Budget::new(1);
+    let overlap = Arc::new(Overlap::default());
+    let stop = CancellationToken::new();
+    let mut durables = Vec::new();
+    let mut runners = Vec::new();
+    for name in ["A", "B"] {
+        let mut spec = spec(&s).with_concurrency(4).with_max_batch(8).with_budget(budget.clone());
+        spec.durable_name = format!("{}_{name}", s.stream);
+        durables.push(spec.durable_name.clone());
+        runners.push(tokio::spawn(consumer::run(
+            s.bus.js.clone(),
+            s.pool.clone(),
+            spec,
+            overlap.clone(),
+            stop.clone(),
+        )));
+    }
+    for durable in &durables {
+        settled(&s, durable, 120).await?;
+    }
+    stop.cancel();
+    for runner in runners {
+        runner.await?.map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    // Eight workers, one transaction at a time: each event applied once per consumer.
+    assert_eq!(overlap.most.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let applied: i64 = sqlx::query_scalar("SELECT count(DISTINCT event_id) FROM applied")
+        .fetch_one(&s.pool)
+        .await?;
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM applied").fetch_one(&s.pool).await?;
+    assert_eq!((applied, rows), (120, 240));
+    teardown(s).await
+}
+
+#[tokio::test]
+async fn without_a_budget_the_same_workers_overlap() -> anyhow::Result<()> {
+    let s = setup().await?;
+    for i in 0..120 {
+        publish(&s.bus.js, &s.subject, Some(&format!("evt_{i:03}")), b"x").await?;
+    }
+    let overlap = Arc::new(Overlap::default());
+    let stop = CancellationToken::new();
+    let spec = spec(&s).with_concurrency(4).with_max_batch(8);
+    let durable = spec.durable_name.clone();
+    let runner = tokio::spawn(consumer::run(
+        s.bus.js.clone(),
+        s.pool.clone(),
+        spec,
+        overlap.clone(),
+        stop.clone(),
+    ));
+    settled(&s, &durable, 120).await?;
+    stop.cancel();
+    runner.await?.map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The control: the budget test's bound is the budget's doing, not the setup's.
+    assert!(overlap.most.load(std::sync::atomic::Ordering::SeqCst) > 1);
+    teardown(s).await
+}

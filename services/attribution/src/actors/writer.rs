@@ -28,8 +28,10 @@ use amba_core::ApiError;
 use amba_core::Currency;
 use amba_core::id::ConversionId;
 use amba_proto::wire as pb;
+use amba_telemetry::metrics::Stages;
 use chrono::Utc;
-use sqlx::PgPool;
+use sqlx::pool::PoolConnection;
+use sqlx::{PgPool, Postgres, Transaction};
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -114,9 +116,37 @@ impl Writers {
     }
 }
 
+/// A writer's own connection, kept from one cycle to the next: a cycle starts with `BEGIN`, not
+/// with a trip to the pool and its health check. After any error it goes back to the pool (which
+/// checks it before lending it again) and the next cycle takes a fresh one.
+struct Held {
+    pool: PgPool,
+    conn: Option<PoolConnection<Postgres>>,
+}
+
+impl Held {
+    async fn begin(&mut self) -> Result<Transaction<'_, Postgres>, sqlx::Error> {
+        if self.conn.is_none() {
+            self.conn = Some(self.pool.acquire().await?);
+        }
+        match &mut self.conn {
+            Some(conn) => sqlx::Connection::begin(&mut **conn).await,
+            None => Err(sqlx::Error::PoolClosed),
+        }
+    }
+
+    fn release(&mut self) {
+        self.conn = None;
+    }
+}
+
 async fn run(mut receiver: mpsc::Receiver<Job>, deps: Arc<WriterDeps>) {
     // From a report handed to its writer to its batch starting: time spent behind earlier commits.
     let queue_wait = amba_telemetry::metrics::histogram!("amba_writer_queue_seconds");
+    let mut held = Held {
+        pool: deps.pool.clone(),
+        conn: None,
+    };
     while let Some(first) = receiver.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -128,16 +158,16 @@ async fn run(mut receiver: mpsc::Receiver<Job>, deps: Arc<WriterDeps>) {
         for job in &batch {
             queue_wait.record(job.queued.elapsed().as_secs_f64());
         }
-        write_batch(&deps, batch).await;
+        write_batch(&deps, &mut held, batch).await;
     }
 }
 
-async fn write_batch(deps: &WriterDeps, jobs: Vec<Job>) {
+async fn write_batch(deps: &WriterDeps, held: &mut Held, jobs: Vec<Job>) {
     let (reports, replies): (Vec<Submission>, Vec<oneshot::Sender<Reply>>) =
         jobs.into_iter().map(|j| (j.submission, j.reply)).unzip();
     let started = std::time::Instant::now();
     amba_telemetry::metrics::histogram!("amba_writer_batch_size").record(reports.len() as f64);
-    let outcomes = write_isolating_failures(deps, &reports).await;
+    let outcomes = write_isolating_failures(deps, held, &reports).await;
     amba_telemetry::metrics::histogram!("amba_writer_batch_seconds").record(started.elapsed().as_secs_f64());
     for (reply, outcome) in replies.into_iter().zip(outcomes) {
         // A caller that gave up is fine: its report is committed and a retry finds it.
@@ -151,10 +181,11 @@ async fn write_batch(deps: &WriterDeps, jobs: Vec<Job>) {
 /// failed group commit).
 fn write_isolating_failures<'a>(
     deps: &'a WriterDeps,
+    held: &'a mut Held,
     reports: &'a [Submission],
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Reply>> + Send + 'a>> {
     Box::pin(async move {
-        let mut attempt = decide_and_write(deps, reports).await;
+        let mut attempt = decide_and_write(deps, held, reports).await;
         // Replicas race on a key only when its callers repeat it at the same moment; each
         // retry sees every winner so far, so a few attempts settle any such batch.
         for _ in 0..RACE_RETRIES {
@@ -162,7 +193,10 @@ fn write_isolating_failures<'a>(
                 break;
             }
             amba_telemetry::metrics::counter!("amba_writer_races_total").increment(1);
-            attempt = decide_and_write(deps, reports).await;
+            attempt = decide_and_write(deps, held, reports).await;
+        }
+        if matches!(attempt, Err(BatchError::Database(_) | BatchError::Accrue(_))) {
+            held.release();
         }
         match attempt {
             Ok(outcomes) => outcomes,
@@ -171,8 +205,8 @@ fn write_isolating_failures<'a>(
             Err(err) if reports.len() > 1 && is_data_error(&err) => {
                 tracing::warn!(error = %err, batch = reports.len(), "report batch failed; retrying its halves apart");
                 let (left, right) = reports.split_at(reports.len() / 2);
-                let mut outcomes = write_isolating_failures(deps, left).await;
-                outcomes.extend(write_isolating_failures(deps, right).await);
+                let mut outcomes = write_isolating_failures(deps, held, left).await;
+                outcomes.extend(write_isolating_failures(deps, held, right).await);
                 outcomes
             }
             Err(err) => {
@@ -225,11 +259,18 @@ fn key_of(report: &Report) -> Key {
     )
 }
 
-async fn decide_and_write(deps: &WriterDeps, reports: &[Submission]) -> Result<Vec<Reply>, BatchError> {
+async fn decide_and_write(
+    deps: &WriterDeps,
+    held: &mut Held,
+    reports: &[Submission],
+) -> Result<Vec<Reply>, BatchError> {
     let now = Utc::now();
-    let mut tx = deps.pool.begin().await?;
+    let mut stages = Stages::start("amba_writer_stage_seconds");
+    let mut tx = held.begin().await?;
+    stages.lap("begin");
     let keys: Vec<Key> = reports.iter().map(|s| key_of(&s.report)).collect();
     let existing = store::conversions::existing(&mut tx, &keys).await?;
+    stages.lap("existing");
 
     // Bulk lookups for the reports that are new.
     let program_ids: Vec<String> = reports
@@ -278,6 +319,7 @@ async fn decide_and_write(deps: &WriterDeps, reports: &[Submission]) -> Result<V
         })
         .collect();
     let touches = store::read_model::touchpoints(&mut tx, &touch_queries).await?;
+    stages.lap("lookups");
 
     // Decide each report in order; a key repeated inside the batch answers like a stored one.
     let mut outcomes: Vec<Option<Reply>> = vec![None; reports.len()];
@@ -363,8 +405,10 @@ async fn decide_and_write(deps: &WriterDeps, reports: &[Submission]) -> Result<V
         }
     }
 
+    stages.lap("decide");
     screen(&mut tx, deps, reports, &programs, &mut fresh, now).await?;
     let fx = convert_currencies(&mut tx, reports, &programs, &mut fresh).await?;
+    stages.lap("screen");
     // The sale in the program's currency: converted, or 0 while it waits for its rate.
     let program_amount = |i: usize| match fx.get(&i) {
         Some(Some(converted)) => converted.amount_minor,
@@ -395,6 +439,7 @@ async fn decide_and_write(deps: &WriterDeps, reports: &[Submission]) -> Result<V
         })
         .collect();
     let mut prices = accrue::price(&mut tx, &deps.rules, &approvals).await?.into_iter();
+    stages.lap("price");
 
     let mut rows = Vec::with_capacity(fresh.len());
     let mut trails = Vec::with_capacity(fresh.len());
@@ -475,14 +520,18 @@ async fn decide_and_write(deps: &WriterDeps, reports: &[Submission]) -> Result<V
         }
         rows.push(row);
     }
+    stages.lap("build");
     if store::conversions::insert_many(&mut tx, &rows, &trails).await? < rows.len() as u64 {
         // Another replica's writer committed one of these keys after our lookup: start over
         // (rolled back on drop); the next lookup sees its row and answers `duplicate` from it.
         return Err(BatchError::Raced);
     }
+    stages.lap("insert");
     store::conversions::bind_customers(&mut tx, &new_bindings).await?;
     amba_bus::outbox::enqueue_many(&mut tx, &events).await?;
+    stages.lap("outbox");
     tx.commit().await?;
+    stages.lap("commit");
     deps.waker.wake();
 
     let by_index: HashMap<usize, &ConversionRow> = fresh.iter().map(|(i, _)| *i).zip(rows.iter()).collect();
@@ -499,6 +548,7 @@ async fn decide_and_write(deps: &WriterDeps, reports: &[Submission]) -> Result<V
             outcomes[i] = Some(replay(first, report));
         }
     }
+    stages.lap("reply");
     Ok(outcomes
         .into_iter()
         .map(|o| o.unwrap_or_else(|| Err(ApiError::internal())))
