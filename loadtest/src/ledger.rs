@@ -148,3 +148,38 @@ async fn booked(conn: &mut sqlx::PgConnection, program_id: &str) -> Result<i64, 
     .fetch_one(conn)
     .await
 }
+
+/// Every durable consumer of the run's namespace has taken and settled every event: the ledger,
+/// e-mail, the feed, payouts — not only the ledger. Some consumers may wait while ingest runs
+/// (in one process they share a database budget); this says when the last one had caught up,
+/// counted from the end of the streaming phase, and which it was. `None`: not within `timeout`.
+pub async fn every_consumer_caught_up(
+    nats_url: &str,
+    namespace: &str,
+    phase_end: Instant,
+    timeout: Duration,
+) -> anyhow::Result<Option<(Duration, String)>> {
+    use futures::TryStreamExt;
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url).await?);
+    let prefix = format!("{namespace}_").replace(['-', '.'], "_").to_ascii_uppercase();
+    let started = Instant::now();
+    let mut last_behind = "none (all had caught up with the ledger)".to_owned();
+    while started.elapsed() < timeout {
+        let names: Vec<String> = js.stream_names().try_collect().await?;
+        let mut behind = None;
+        for name in names.iter().filter(|n| n.starts_with(&prefix)) {
+            let stream = js.get_stream(name).await?;
+            let infos: Vec<async_nats::jetstream::consumer::Info> = stream.consumers().try_collect().await?;
+            if let Some(info) = infos.iter().find(|i| i.num_pending > 0 || i.num_ack_pending > 0) {
+                behind = Some(info.name.clone());
+                break;
+            }
+        }
+        match behind {
+            None => return Ok(Some((phase_end.elapsed(), last_behind))),
+            Some(name) => last_behind = name,
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(None)
+}

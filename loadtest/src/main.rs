@@ -320,6 +320,8 @@ async fn main() -> anyhow::Result<()> {
         options.ledger_wait,
     )
     .await?;
+    let caught_up =
+        ledger::every_consumer_caught_up(&options.nats, &options.namespace, streaming_end, options.ledger_wait).await?;
     cpu.mark("end");
     let at_end = scraper.snapshot().await;
     let mails = mails::count(&options.database_url, run_from, load_from).await?;
@@ -355,6 +357,16 @@ async fn main() -> anyhow::Result<()> {
             options.ledger_wait.as_secs(),
             catch_up.rate,
             catch_up.backlog
+        ),
+    }
+    match caught_up {
+        Some((after, last)) => println!(
+            "  every consumer (ledger, e-mail, feed, payouts) caught up {:.1} s after the phase ended (the last: {last})",
+            after.as_secs_f64()
+        ),
+        None => println!(
+            "  NOT every consumer caught up within {} s",
+            options.ledger_wait.as_secs()
         ),
     }
     unary.print("gRPC unary");
