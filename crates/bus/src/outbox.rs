@@ -28,21 +28,39 @@ pub async fn enqueue(conn: &mut PgConnection, event: &OutboxEvent) -> Result<(),
     Ok(())
 }
 
-/// Adds many events in one statement (the hot path's group commit).
+/// Adds many events in one statement.
 pub async fn enqueue_many(conn: &mut PgConnection, events: &[OutboxEvent]) -> Result<(), sqlx::Error> {
     if events.is_empty() {
         return Ok(());
     }
-    sqlx::query(
-        "INSERT INTO outbox (event_id, subject, payload, traceparent)          SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::text[])",
-    )
-    .bind(events.iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.subject.as_str()).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.payload.as_slice()).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.traceparent.as_str()).collect::<Vec<_>>())
-    .execute(conn)
-    .await?;
+    // The statement is the constant text of `enqueue_step`.
+    bind_events(sqlx::query(sqlx::AssertSqlSafe(enqueue_step(1))), events)
+        .execute(conn)
+        .await?;
     Ok(())
+}
+
+/// The outbox insert as one step of a caller's own statement (`WITH …, queued AS (<this>) …`),
+/// so that a hot path writes its rows and their events in one round trip. Its four parameters
+/// start at `$first`; bind them with [`bind_events`].
+pub fn enqueue_step(first: usize) -> String {
+    let [a, b, c, d] = [first, first + 1, first + 2, first + 3];
+    format!(
+        "INSERT INTO outbox (event_id, subject, payload, traceparent) \
+         SELECT * FROM UNNEST(${a}::text[], ${b}::text[], ${c}::bytea[], ${d}::text[])"
+    )
+}
+
+/// Binds `events` as the next four parameters of `query`, for [`enqueue_step`].
+pub fn bind_events<'q>(
+    query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    events: &[OutboxEvent],
+) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    query
+        .bind(events.iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.subject.as_str()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.payload.as_slice()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.traceparent.as_str()).collect::<Vec<_>>())
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -72,12 +72,19 @@ pub struct Priced {
     pub trail: CommissionTrail,
 }
 
-/// Prices approvals in order, counting each into its affiliate's tier volume.
-pub async fn price(
+/// Approvals with their rules resolved: what pricing them needs, known before any counter is
+/// touched, so the writer opens a transaction only when volume counters are involved.
+pub struct Plan<'a> {
+    approvals: &'a [Approval],
+    resolved: Vec<(CommissionRule, Option<String>)>,
+}
+
+/// Resolves each approval's rule (from the cache, or read once) and its volume period.
+pub async fn plan<'a>(
     conn: &mut PgConnection,
     rules: &RuleCache,
-    approvals: &[Approval],
-) -> Result<Vec<Priced>, AccrueError> {
+    approvals: &'a [Approval],
+) -> Result<Plan<'a>, AccrueError> {
     let mut resolved = Vec::with_capacity(approvals.len());
     for a in approvals {
         let rule = rules
@@ -87,45 +94,73 @@ pub async fn price(
         let period = period_key(&rule, a.decided_at);
         resolved.push((rule, period));
     }
-    let keys: Vec<(String, String)> = approvals
-        .iter()
-        .zip(&resolved)
-        .filter_map(|(a, (_, period))| period.clone().map(|p| (a.enrollment_id.clone(), p)))
-        .collect();
-    let mut counters = store::conversions::lock_counters(conn, &keys).await?;
-    let mut priced = Vec::with_capacity(approvals.len());
-    for (a, (rule, period)) in approvals.iter().zip(&resolved) {
-        let counter_key = period.clone().map(|p| (a.enrollment_id.clone(), p));
-        let prior = counter_key
-            .as_ref()
-            .and_then(|k| counters.get(k).copied())
-            .unwrap_or((0, 0));
-        let ctx = context(a.amount_minor, a.renewal_since, prior);
-        let accrual = rule.evaluate(&ctx).map_err(|_| AccrueError::Overflow)?;
-        if let Some(key) = counter_key {
-            let entry = counters.entry(key).or_insert((0, 0));
-            entry.0 = entry.0.saturating_add(1);
-            entry.1 = entry.1.saturating_add(a.amount_minor);
-        }
-        let tier = accrual.tier.and_then(|t| i32::try_from(t).ok()).unwrap_or(-1);
-        let reason = renewal_outside_window(rule, a.renewal_since);
-        let trail = accrual::trail(accrual::Priced {
-            rule,
-            version: a.version,
-            context: &ctx,
-            accrual: &accrual,
-            period: period.as_deref(),
-            currency: &a.currency,
-            note: reason.clone(),
-        });
-        priced.push(Priced {
-            commission_minor: accrual.amount_minor,
-            version: a.version,
-            tier,
-            reason,
-            trail,
-        });
+    Ok(Plan { approvals, resolved })
+}
+
+impl Plan<'_> {
+    /// The volume counters pricing reads and advances: `(enrollment_id, period)`.
+    fn counter_keys(&self) -> Vec<(String, String)> {
+        self.approvals
+            .iter()
+            .zip(&self.resolved)
+            .filter_map(|(a, (_, period))| period.clone().map(|p| (a.enrollment_id.clone(), p)))
+            .collect()
     }
-    store::conversions::write_counters(conn, &counters).await?;
-    Ok(priced)
+
+    /// Whether pricing locks volume counters, and so must run in the transaction that writes.
+    pub fn counts_volume(&self) -> bool {
+        self.resolved.iter().any(|(_, period)| period.is_some())
+    }
+
+    /// Prices the approvals in order, counting each into its affiliate's tier volume (the
+    /// counters are locked on `conn` until its transaction ends).
+    pub async fn price(self, conn: &mut PgConnection) -> Result<Vec<Priced>, AccrueError> {
+        let keys = self.counter_keys();
+        let mut counters = store::conversions::lock_counters(conn, &keys).await?;
+        let mut priced = Vec::with_capacity(self.approvals.len());
+        for (a, (rule, period)) in self.approvals.iter().zip(&self.resolved) {
+            let counter_key = period.clone().map(|p| (a.enrollment_id.clone(), p));
+            let prior = counter_key
+                .as_ref()
+                .and_then(|k| counters.get(k).copied())
+                .unwrap_or((0, 0));
+            let ctx = context(a.amount_minor, a.renewal_since, prior);
+            let accrual = rule.evaluate(&ctx).map_err(|_| AccrueError::Overflow)?;
+            if let Some(key) = counter_key {
+                let entry = counters.entry(key).or_insert((0, 0));
+                entry.0 = entry.0.saturating_add(1);
+                entry.1 = entry.1.saturating_add(a.amount_minor);
+            }
+            let tier = accrual.tier.and_then(|t| i32::try_from(t).ok()).unwrap_or(-1);
+            let reason = renewal_outside_window(rule, a.renewal_since);
+            let trail = accrual::trail(accrual::Priced {
+                rule,
+                version: a.version,
+                context: &ctx,
+                accrual: &accrual,
+                period: period.as_deref(),
+                currency: &a.currency,
+                note: reason.clone(),
+            });
+            priced.push(Priced {
+                commission_minor: accrual.amount_minor,
+                version: a.version,
+                tier,
+                reason,
+                trail,
+            });
+        }
+        store::conversions::write_counters(conn, &counters).await?;
+        Ok(priced)
+    }
+}
+
+/// Prices approvals in order, counting each into its affiliate's tier volume, on `conn` (a
+/// transaction when counters are involved).
+pub async fn price(
+    conn: &mut PgConnection,
+    rules: &RuleCache,
+    approvals: &[Approval],
+) -> Result<Vec<Priced>, AccrueError> {
+    plan(conn, rules, approvals).await?.price(conn).await
 }

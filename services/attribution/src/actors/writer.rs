@@ -2,14 +2,15 @@
 //!
 //! Reports are routed by their natural key `(program_id, project_id, external_id)` to one of a
 //! few writer actors. Each actor takes everything queued (up to `MAX_BATCH`), decides it with a
-//! handful of bulk lookups, and writes the conversions, customer bindings, tier counters and
-//! outbox events in ONE transaction and ONE commit, then answers every caller. Under load a
+//! handful of bulk lookups run side by side, and writes the conversions, customer bindings and
+//! outbox events in ONE statement and ONE commit (with the tier counters, in one transaction,
+//! when the batch counts volume), then answers every caller. Under load a
 //! batch forms while the previous one commits; when idle a report is written alone at once.
 //! One key always meets the same actor, so concurrent repeats of a key are serialized and the
 //! second one sees the first's outcome (`duplicate: true`). Across replicas the key's unique
-//! index decides: a writer whose insert finds a key another replica committed after its lookup
-//! rolls its batch back and decides it again, and then answers that key as a duplicate of the
-//! winner (docs/scaling.md).
+//! index decides: a writer whose write fails on a key another replica committed after its
+//! lookup has written nothing; it decides the batch again, and then answers that key as a
+//! duplicate of the winner (docs/scaling.md).
 
 use super::accrue::{self, Approval, RuleCache};
 use crate::domain::fraud::{self, DisposableDomains};
@@ -31,7 +32,7 @@ use amba_proto::wire as pb;
 use amba_telemetry::metrics::Stages;
 use chrono::Utc;
 use sqlx::pool::PoolConnection;
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool, Postgres};
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -116,37 +117,62 @@ impl Writers {
     }
 }
 
-/// A writer's own connection, kept from one cycle to the next: a cycle starts with `BEGIN`, not
-/// with a trip to the pool and its health check. After any error it goes back to the pool (which
-/// checks it before lending it again) and the next cycle takes a fresh one.
+/// A writer's own connections, kept from one cycle to the next: one that writes, and three on
+/// which the batch's lookups run at the same time (they read committed rows, all a transaction
+/// would show them too). A cycle then waits on two round trips — the lookups, then the one
+/// statement that writes and commits — not on eight one after another, and never on a trip to
+/// the pool and its health check. After any error they go back to the pool (which checks them
+/// before lending them again) and the next cycle takes fresh ones.
 struct Held {
     pool: PgPool,
-    conn: Option<PoolConnection<Postgres>>,
+    writing: Option<PoolConnection<Postgres>>,
+    reading: [Option<PoolConnection<Postgres>>; 3],
 }
 
 impl Held {
-    async fn begin(&mut self) -> Result<Transaction<'_, Postgres>, sqlx::Error> {
-        if self.conn.is_none() {
-            self.conn = Some(self.pool.acquire().await?);
-        }
-        match &mut self.conn {
-            Some(conn) => sqlx::Connection::begin(&mut **conn).await,
-            None => Err(sqlx::Error::PoolClosed),
+    fn new(pool: PgPool) -> Held {
+        Held {
+            pool,
+            writing: None,
+            reading: [None, None, None],
         }
     }
 
+    async fn connections(&mut self) -> Result<(&mut PgConnection, [&mut PgConnection; 3]), sqlx::Error> {
+        let Held { pool, writing, reading } = self;
+        let writing = take_or_acquire(pool, writing).await?;
+        let [a, b, c] = reading;
+        let reading = [
+            take_or_acquire(pool, a).await?,
+            take_or_acquire(pool, b).await?,
+            take_or_acquire(pool, c).await?,
+        ];
+        Ok((writing, reading))
+    }
+
     fn release(&mut self) {
-        self.conn = None;
+        self.writing = None;
+        self.reading = [None, None, None];
+    }
+}
+
+async fn take_or_acquire<'a>(
+    pool: &PgPool,
+    held: &'a mut Option<PoolConnection<Postgres>>,
+) -> Result<&'a mut PgConnection, sqlx::Error> {
+    if held.is_none() {
+        *held = Some(pool.acquire().await?);
+    }
+    match held {
+        Some(conn) => Ok(&mut **conn),
+        None => Err(sqlx::Error::PoolClosed),
     }
 }
 
 async fn run(mut receiver: mpsc::Receiver<Job>, deps: Arc<WriterDeps>) {
     // From a report handed to its writer to its batch starting: time spent behind earlier commits.
     let queue_wait = amba_telemetry::metrics::histogram!("amba_writer_queue_seconds");
-    let mut held = Held {
-        pool: deps.pool.clone(),
-        conn: None,
-    };
+    let mut held = Held::new(deps.pool.clone());
     while let Some(first) = receiver.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -217,6 +243,37 @@ fn write_isolating_failures<'a>(
     })
 }
 
+/// Where a batch is written: in a transaction when pricing locked tier counters, else by its one
+/// statement alone (which commits it).
+enum Write<'c> {
+    InTransaction(sqlx::Transaction<'c, Postgres>),
+    Alone(&'c mut PgConnection),
+}
+
+impl Write<'_> {
+    fn conn(&mut self) -> &mut PgConnection {
+        match self {
+            Write::InTransaction(tx) => tx,
+            Write::Alone(conn) => conn,
+        }
+    }
+
+    async fn finish(self) -> Result<(), sqlx::Error> {
+        match self {
+            Write::InTransaction(tx) => tx.commit().await,
+            Write::Alone(_) => Ok(()),
+        }
+    }
+}
+
+/// A lost race on a report's key is `Raced`; any other error stays what it is.
+fn raced(err: sqlx::Error) -> BatchError {
+    match &err {
+        sqlx::Error::Database(db) if db.constraint() == Some(store::conversions::NATURAL_KEY) => BatchError::Raced,
+        _ => BatchError::Database(err),
+    }
+}
+
 fn is_data_error(err: &BatchError) -> bool {
     matches!(err, BatchError::Database(sqlx::Error::Database(db))
         if db.code().is_some_and(|c| c.starts_with("22") || c.starts_with("23")))
@@ -266,31 +323,35 @@ async fn decide_and_write(
 ) -> Result<Vec<Reply>, BatchError> {
     let now = Utc::now();
     let mut stages = Stages::start("amba_writer_stage_seconds");
-    let mut tx = held.begin().await?;
-    stages.lap("begin");
+    let (writing, [first, second, third]) = held.connections().await?;
+    stages.lap("connections");
     let keys: Vec<Key> = reports.iter().map(|s| key_of(&s.report)).collect();
-    let existing = store::conversions::existing(&mut tx, &keys).await?;
-    stages.lap("existing");
-
-    // Bulk lookups for the reports that are new.
     let program_ids: Vec<String> = reports
         .iter()
         .map(|s| s.report.program_id.to_string())
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
-    let programs = store::read_model::programs(&mut tx, &program_ids).await?;
     let codes: Vec<String> = reports
         .iter()
         .filter_map(|s| s.report.code.clone())
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
-    let code_rows = if codes.is_empty() {
-        HashMap::new()
-    } else {
-        store::read_model::codes(&mut tx, &codes).await?
+    let lookup_codes = async {
+        if codes.is_empty() {
+            Ok(HashMap::new())
+        } else {
+            store::read_model::codes(&mut *third, &codes).await
+        }
     };
+    let (existing, programs, code_rows) = tokio::try_join!(
+        store::conversions::existing(&mut *first, &keys),
+        store::read_model::programs(&mut *second, &program_ids),
+        lookup_codes,
+    )?;
+    stages.lap("lookups");
+
     let binding_keys: Vec<(String, String)> = reports
         .iter()
         .filter_map(|s| {
@@ -300,7 +361,7 @@ async fn decide_and_write(
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
-    let bindings: HashMap<(String, String), Binding> = store::read_model::bindings(&mut tx, &binding_keys).await?;
+    let lookup_bindings = store::read_model::bindings(&mut *first, &binding_keys);
     // Every report with a tracked subject weighs its touchpoints: they may win (no code, or
     // touch_wins), and the trail shows them either way.
     let touch_queries: Vec<TouchpointQuery> = reports
@@ -318,8 +379,11 @@ async fn decide_and_write(
             })
         })
         .collect();
-    let touches = store::read_model::touchpoints(&mut tx, &touch_queries).await?;
-    stages.lap("lookups");
+    let (bindings, touches): (HashMap<(String, String), Binding>, _) = tokio::try_join!(
+        lookup_bindings,
+        store::read_model::touchpoints(&mut *second, &touch_queries)
+    )?;
+    stages.lap("bindings_touchpoints");
 
     // Decide each report in order; a key repeated inside the batch answers like a stored one.
     let mut outcomes: Vec<Option<Reply>> = vec![None; reports.len()];
@@ -393,7 +457,7 @@ async fn decide_and_write(
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
-        let enrolled = store::read_model::enrolled(&mut tx, &pairs).await?;
+        let enrolled = store::read_model::enrolled(&mut *first, &pairs).await?;
         for i in not_owned {
             let s = &reports[i];
             let pair = (s.report.program_id.to_string(), s.caller_org_id.clone());
@@ -406,8 +470,8 @@ async fn decide_and_write(
     }
 
     stages.lap("decide");
-    screen(&mut tx, deps, reports, &programs, &mut fresh, now).await?;
-    let fx = convert_currencies(&mut tx, reports, &programs, &mut fresh).await?;
+    screen(&mut *first, deps, reports, &programs, &mut fresh, now).await?;
+    let fx = convert_currencies(&mut *first, reports, &programs, &mut fresh).await?;
     stages.lap("screen");
     // The sale in the program's currency: converted, or 0 while it waits for its rate.
     let program_amount = |i: usize| match fx.get(&i) {
@@ -438,7 +502,18 @@ async fn decide_and_write(
             })
         })
         .collect();
-    let mut prices = accrue::price(&mut tx, &deps.rules, &approvals).await?.into_iter();
+    // Tier counters stay locked until the write commits: only a batch that counts volume needs a
+    // transaction. Every other batch is written by one statement, atomic on its own.
+    let plan = accrue::plan(&mut *first, &deps.rules, &approvals).await?;
+    let mut write = match plan.counts_volume() {
+        true => Write::InTransaction(sqlx::Connection::begin(writing).await?),
+        false => Write::Alone(writing),
+    };
+    let prices = match &mut write {
+        Write::InTransaction(tx) => plan.price(tx).await?,
+        Write::Alone(_) => plan.price(&mut *first).await?,
+    };
+    let mut prices = prices.into_iter();
     stages.lap("price");
 
     let mut rows = Vec::with_capacity(fresh.len());
@@ -521,17 +596,14 @@ async fn decide_and_write(
         rows.push(row);
     }
     stages.lap("build");
-    if store::conversions::insert_many(&mut tx, &rows, &trails).await? < rows.len() as u64 {
-        // Another replica's writer committed one of these keys after our lookup: start over
-        // (rolled back on drop); the next lookup sees its row and answers `duplicate` from it.
-        return Err(BatchError::Raced);
-    }
-    stages.lap("insert");
-    store::conversions::bind_customers(&mut tx, &new_bindings).await?;
-    amba_bus::outbox::enqueue_many(&mut tx, &events).await?;
-    stages.lap("outbox");
-    tx.commit().await?;
-    stages.lap("commit");
+    // Another replica's writer may have committed one of these keys after our lookup: then the
+    // statement fails on the key's unique index and writes nothing, and the batch starts over;
+    // the next lookup sees that row and answers `duplicate` from it.
+    store::conversions::insert_many(write.conn(), &rows, &trails, &new_bindings, &events)
+        .await
+        .map_err(raced)?;
+    write.finish().await?;
+    stages.lap("write");
     deps.waker.wake();
 
     let by_index: HashMap<usize, &ConversionRow> = fresh.iter().map(|(i, _)| *i).zip(rows.iter()).collect();

@@ -141,16 +141,25 @@ pub async fn existing(conn: &mut PgConnection, keys: &[Key]) -> Result<HashMap<K
         .collect())
 }
 
-/// Inserts new conversions, each with its decision trail (`trails[i]` is `rows[i]`'s), in one
-/// statement; returns how many were inserted. A key another writer (a replica) committed
-/// meanwhile is skipped, not an error: fewer rows than given means a race was lost.
+/// A customer's first binding to an enrollment: `(program_id, customer_ref, enrollment_id, at)`.
+pub type NewBinding = (String, String, String, DateTime<Utc>);
+
+/// The unique index of a report's natural key `(program_id, project_id, external_id)`.
+pub const NATURAL_KEY: &str = "conversions_program_id_project_id_external_id_key";
+
+/// Writes a batch of new conversions, each with its decision trail (`trails[i]` is `rows[i]`'s),
+/// the customer bindings they make and their outbox events, in ONE statement: one round trip,
+/// and atomic on its own. A key another writer (a replica) committed meanwhile fails the whole
+/// statement on [`NATURAL_KEY`] (unique violation), and nothing of it is written.
 pub async fn insert_many(
     conn: &mut PgConnection,
     rows: &[ConversionRow],
     trails: &[Trail],
-) -> Result<u64, sqlx::Error> {
+    bindings: &[NewBinding],
+    events: &[amba_bus::events::OutboxEvent],
+) -> Result<(), sqlx::Error> {
     if rows.is_empty() {
-        return Ok(0);
+        return Ok(());
     }
     macro_rules! col {
         ($field:ident) => {
@@ -162,15 +171,20 @@ pub async fn insert_many(
         .map(|t| serde_json::to_string(t).unwrap_or_else(|_| "{}".to_owned()))
         .collect();
     let sql = format!(
-        "INSERT INTO conversions ({COLUMNS}, trail) SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], \
-         $5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], \
-         $14::text[], $15::text[], $16::timestamptz[], $17::timestamptz[], $18::timestamptz[], $19::bigint[], $20::int[], \
-         $21::int[], $22::bool[], $23::timestamptz[], $24::bigint[], $25::bool[], $26::text[], $27::text[], $28::text[], \
-         $29::int[], $30::text[], $31::bigint[], $32::text[], $33::text[], $34::date[], $35::text[], $36::text[]::json[]) \
-         ON CONFLICT (program_id, project_id, external_id) DO NOTHING"
+        "WITH inserted AS (INSERT INTO conversions ({COLUMNS}, trail) SELECT * FROM UNNEST($1::text[], $2::text[], \
+         $3::text[], $4::text[], $5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], \
+         $12::text[], $13::text[], $14::text[], $15::text[], $16::timestamptz[], $17::timestamptz[], $18::timestamptz[], \
+         $19::bigint[], $20::int[], $21::int[], $22::bool[], $23::timestamptz[], $24::bigint[], $25::bool[], $26::text[], \
+         $27::text[], $28::text[], $29::int[], $30::text[], $31::bigint[], $32::text[], $33::text[], $34::date[], \
+         $35::text[], $36::text[]::json[])), \
+         bound AS (INSERT INTO customer_bindings (program_id, customer_ref, enrollment_id, first_conversion_at) \
+         SELECT * FROM UNNEST($37::text[], $38::text[], $39::text[], $40::timestamptz[]) ON CONFLICT DO NOTHING), \
+         queued AS ({}) \
+         SELECT 1",
+        amba_bus::outbox::enqueue_step(41)
     );
-    // The statement is assembled from the constant column list only.
-    sqlx::query(sqlx::AssertSqlSafe(sql))
+    // The statement is assembled from constant text only.
+    let query = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(col!(conversion_id))
         .bind(col!(program_id))
         .bind(col!(project_id))
@@ -207,16 +221,16 @@ pub async fn insert_many(
         .bind(col!(fx_rate_date))
         .bind(col!(fx_source))
         .bind(&trails)
-        .execute(conn)
-        .await
-        .map(|done| done.rows_affected())
+        .bind(bindings.iter().map(|b| b.0.as_str()).collect::<Vec<_>>())
+        .bind(bindings.iter().map(|b| b.1.as_str()).collect::<Vec<_>>())
+        .bind(bindings.iter().map(|b| b.2.as_str()).collect::<Vec<_>>())
+        .bind(bindings.iter().map(|b| b.3).collect::<Vec<_>>());
+    amba_bus::outbox::bind_events(query, events).execute(conn).await?;
+    Ok(())
 }
 
 /// Binds customers to enrollments; a customer already bound keeps its first binding.
-pub async fn bind_customers(
-    conn: &mut PgConnection,
-    bindings: &[(String, String, String, DateTime<Utc>)],
-) -> Result<(), sqlx::Error> {
+pub async fn bind_customers(conn: &mut PgConnection, bindings: &[NewBinding]) -> Result<(), sqlx::Error> {
     if bindings.is_empty() {
         return Ok(());
     }
