@@ -31,14 +31,16 @@ pub fn consumer_specs(ns: &Namespace, service: &str) -> [ConsumerSpec; 4] {
         ("payout", ns.event("payout", "*")),
     ]
     .map(|(stream, filter)| {
-        // One worker per stream: the feed keeps each stream's order.
+        // One worker per stream: the feed keeps each stream's order. Its groups are large (a
+        // few statements each, whatever their size): beside ingest it takes turns at the
+        // database with the ledger's eight workers, and it catches up by the group, not the turn.
         ConsumerSpec::new(
             ns.events_stream(stream),
             ns.consumer(service, &format!("feed_{stream}")),
             filter,
         )
         .with_concurrency(1)
-        .with_max_batch(500)
+        .with_max_batch(2_000)
         .with_linger(Duration::from_millis(200))
     })
 }
