@@ -86,8 +86,8 @@ pub struct Settings {
     /// tests shrink it, e.g. 0.001).
     pub webhook_retry_scale: f64,
     /// `AMBA_BACKGROUND_TRANSACTIONS`: in a process that takes reports and also runs the ledger,
-    /// e-mail or payouts (`amba dev`), how many database transactions of theirs may run at once
-    /// (default 2), so that they never crowd out the report writer.
+    /// e-mail or payouts (`amba dev`), how many database transactions those services may run at
+    /// once between them (default 2), so that they never crowd out the report writer.
     pub background_transactions: usize,
     pub otlp_endpoint: Option<String>,
     /// `AMBA_LOG_FORMAT=json` for log shippers; text otherwise.

@@ -470,7 +470,9 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
         service: ServiceName::Commission,
         source: RunError::Setup(format!("cannot start the background runtime: {source}")),
     })?;
-    // Beside ingest, the services that work off events share a few database transactions.
+    // Beside ingest, the services that work off events share a few database transactions. One
+    // budget for all of them, not one each: measured, a budget per service let e-mail take turns
+    // from the ledger (docs/performance.md).
     let budget = background
         .as_ref()
         .map(|_| amba_bus::consumer::Budget::new(settings.background_transactions));

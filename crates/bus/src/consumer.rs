@@ -121,15 +121,16 @@ pub struct ConsumerSpec {
     /// them (zero: at once). Background consumers linger so that, under load, they commit a
     /// few large groups instead of many small ones and leave the cores to ingest.
     pub linger: Duration,
-    /// Shared with the other work that can wait, in a process that also answers callers: a
-    /// group's transaction starts only when the budget has room (see [`Budget`]).
+    /// Shared with the other work that can wait, in a process that also takes reports: a group's
+    /// transaction starts only when the budget has room (see [`Budget`]).
     pub budget: Option<Budget>,
 }
 
-/// How many transactions the work that can wait (the ledger, e-mail, the feed) may run at once
-/// in a process that also takes reports. PostgreSQL gives every busy backend its share of the
-/// cores; without a bound, a dozen consumer workers would each take one beside the single report
-/// writer. With it they wait their turn, take bigger groups when they get it, and still catch up.
+/// How many transactions the consumers whose work can wait (the ledger, e-mail and the feed) may
+/// run at once between them in a process that also takes reports. PostgreSQL gives every busy
+/// backend its share of the cores; without a bound, a dozen consumer workers would each take one
+/// beside the single report writer. With it they wait their turn, take bigger groups when they
+/// get it, and catch up when ingest pauses.
 #[derive(Debug, Clone)]
 pub struct Budget(Arc<tokio::sync::Semaphore>);
 

@@ -522,7 +522,10 @@ async fn consumers_sharing_a_budget_of_one_never_overlap_and_apply_everything() 
     let mut durables = Vec::new();
     let mut runners = Vec::new();
     for name in ["A", "B"] {
-        let mut spec = spec(&s).with_concurrency(4).with_max_batch(8).with_budget(budget.clone());
+        let mut spec = spec(&s)
+            .with_concurrency(4)
+            .with_max_batch(8)
+            .with_budget(budget.clone());
         spec.durable_name = format!("{}_{name}", s.stream);
         durables.push(spec.durable_name.clone());
         runners.push(tokio::spawn(consumer::run(
@@ -545,7 +548,9 @@ async fn consumers_sharing_a_budget_of_one_never_overlap_and_apply_everything() 
     let applied: i64 = sqlx::query_scalar("SELECT count(DISTINCT event_id) FROM applied")
         .fetch_one(&s.pool)
         .await?;
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM applied").fetch_one(&s.pool).await?;
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM applied")
+        .fetch_one(&s.pool)
+        .await?;
     assert_eq!((applied, rows), (120, 240));
     teardown(s).await
 }
