@@ -220,6 +220,15 @@ impl Handler for Events {
                 .ok()
                 .and_then(|e| e.conversion)
                 .map(|c| c.affiliate_org_id),
+            // Their limits are counted before the e-mail is written (once an hour per address,
+            // the owner's invitations per hour): one worker per address or owner, in order, so
+            // two workers never both find room for the last one.
+            ("identity", "existing_account_signup") => pb::ExistingAccountSignup::decode(delivery.payload.as_ref())
+                .ok()
+                .map(|e| e.email.to_lowercase()),
+            ("identity", "invitation_sent") => pb::InvitationSent::decode(delivery.payload.as_ref())
+                .ok()
+                .map(|e| e.owner_org_id),
             _ => None,
         }
     }
