@@ -323,17 +323,15 @@ pub async fn run<H: Handler>(
         let (pool, spec, handler, meters) = (pool.clone(), spec.clone(), handler.clone(), meters.clone());
         workers.spawn(async move {
             while let Some(first) = inbox.recv().await {
-                let mut group = gather(first, &mut inbox, spec.max_batch, spec.linger).await;
+                let mut group = vec![first];
+                fill(&mut group, &mut inbox, spec.max_batch, spec.linger).await;
                 let turn = match &spec.budget {
                     Some(budget) => {
                         let waited = std::time::Instant::now();
                         let turn = budget.turn().await;
                         meters.budget_wait.record(waited.elapsed().as_secs_f64());
                         // What arrived while it waited joins the group: a longer wait, a bigger group.
-                        group.extend(
-                            std::iter::from_fn(|| inbox.try_recv().ok())
-                                .take(spec.max_batch.saturating_sub(group.len())),
-                        );
+                        fill(&mut group, &mut inbox, spec.max_batch, Duration::ZERO).await;
                         turn
                     }
                     None => None,
@@ -400,11 +398,10 @@ pub async fn run<H: Handler>(
     }
 }
 
-/// `first` and what follows it in `inbox`, up to `max_batch`: what is queued now, then what
-/// arrives within `linger` of `first`.
-async fn gather<T>(first: T, inbox: &mut mpsc::Receiver<T>, max_batch: usize, linger: Duration) -> Vec<T> {
+/// Adds to `group` what follows in `inbox`, up to `max_batch`: what is queued now, then what
+/// arrives within `linger` from now.
+async fn fill<T>(group: &mut Vec<T>, inbox: &mut mpsc::Receiver<T>, max_batch: usize, linger: Duration) {
     let deadline = tokio::time::Instant::now() + linger;
-    let mut group = vec![first];
     while group.len() < max_batch {
         match inbox.try_recv() {
             Ok(next) => group.push(next),
@@ -417,7 +414,6 @@ async fn gather<T>(first: T, inbox: &mut mpsc::Receiver<T>, max_batch: usize, li
             Err(_) => break,
         }
     }
-    group
 }
 
 /// The header a replayed dead letter carries its original event id in (its `Nats-Msg-Id` is new,
@@ -674,6 +670,13 @@ mod tests {
         assert_eq!(retry_delay(4), Duration::from_millis(800));
         assert_eq!(retry_delay(50), Duration::from_secs(30));
         assert_eq!(retry_delay(0), Duration::from_millis(100));
+    }
+
+    /// `first` and what [`fill`] adds to it.
+    async fn gather<T>(first: T, inbox: &mut mpsc::Receiver<T>, max_batch: usize, linger: Duration) -> Vec<T> {
+        let mut group = vec![first];
+        fill(&mut group, inbox, max_batch, linger).await;
+        group
     }
 
     #[tokio::test]
