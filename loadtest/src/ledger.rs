@@ -89,12 +89,8 @@ pub async fn catch_up(
     );
     let js = async_nats::jetstream::new(async_nats::connect(nats_url).await?);
     let (stream, durable) = (
-        format!("{namespace}_evt_attribution")
-            .replace(['-', '.'], "_")
-            .to_ascii_uppercase(),
-        format!("{namespace}_commission_attribution")
-            .replace(['-', '.'], "_")
-            .to_ascii_uppercase(),
+        nats_name(&format!("{namespace}_evt_attribution")),
+        nats_name(&format!("{namespace}_commission_attribution")),
     );
     let started = Instant::now();
     // The rate counts from the first progress seen: a ledger started only now (a commission
@@ -161,7 +157,7 @@ pub async fn every_consumer_caught_up(
 ) -> anyhow::Result<Option<(Duration, String)>> {
     use futures::TryStreamExt;
     let js = async_nats::jetstream::new(async_nats::connect(nats_url).await?);
-    let prefix = format!("{namespace}_").replace(['-', '.'], "_").to_ascii_uppercase();
+    let prefix = nats_name(&format!("{namespace}_"));
     let started = Instant::now();
     let mut last_behind = "none (all had caught up with the ledger)".to_owned();
     while started.elapsed() < timeout {
@@ -182,4 +178,9 @@ pub async fn every_consumer_caught_up(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     Ok(None)
+}
+
+/// A stream or durable consumer name as the system spells it: upper case, `_` for `-` and `.`.
+fn nats_name(name: &str) -> String {
+    name.replace(['-', '.'], "_").to_ascii_uppercase()
 }
