@@ -63,13 +63,7 @@ async fn tiered_override_and_recurring_commissions_explained_to_the_minor_unit()
     let ann_id = text(&ann_enrollment["enrollment_id"]).to_owned();
     let bob_enrollment = enroll(&owner, &bob, &program, Some(&ann_id)).await?;
     let bob_id = text(&bob_enrollment["enrollment_id"]).to_owned();
-    read_model_shows(
-        &sys,
-        "SELECT status FROM enrollments_view WHERE enrollment_id = $1",
-        &bob_id,
-        "active",
-    )
-    .await?;
+    attribution_knows(&sys, &bob_enrollment).await?;
     let bob_code = text(&bob_enrollment["code"]).to_owned();
     let mut sales = Vec::new();
     for (id, amount) in [("t-1", 10_000), ("t-2", 10_000), ("t-3", 12_345)] {
@@ -180,13 +174,7 @@ async fn tiered_override_and_recurring_commissions_explained_to_the_minor_unit()
     )
     .await?;
     let ann_sub = enroll(&owner, &ann, &recurring, None).await?;
-    read_model_shows(
-        &sys,
-        "SELECT status FROM enrollments_view WHERE enrollment_id = $1",
-        text(&ann_sub["enrollment_id"]),
-        "active",
-    )
-    .await?;
+    attribution_knows(&sys, &ann_sub).await?;
     let first_purchase = owner
         .mcp
         .ok(

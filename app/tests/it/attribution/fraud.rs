@@ -7,13 +7,7 @@ use super::*;
 async fn affiliate(sys: &TestSystem, owner: &Org, program: &str, name: &str) -> anyhow::Result<(Org, Value)> {
     let org = org(sys, name).await?;
     let enrollment = enroll(owner, &org, program, None).await?;
-    read_model_shows(
-        sys,
-        "SELECT status FROM enrollments_view WHERE enrollment_id = $1",
-        text(&enrollment["enrollment_id"]),
-        "active",
-    )
-    .await?;
+    attribution_knows(sys, &enrollment).await?;
     Ok((org, enrollment))
 }
 

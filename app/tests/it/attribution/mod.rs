@@ -66,6 +66,26 @@ async fn read_model_shows(sys: &TestSystem, sql: &'static str, key: &str, expect
     Ok(())
 }
 
+/// Waits until attribution's read model has an active enrollment and its code. Reports resolve
+/// codes from that read model, built from events that arrive apart (the code is active from the
+/// invite on; the enrollment once the accept's event arrived), so a test waits for both.
+async fn attribution_knows(sys: &TestSystem, enrollment: &Value) -> anyhow::Result<()> {
+    read_model_shows(
+        sys,
+        "SELECT status FROM codes_view WHERE code = $1",
+        text(&enrollment["code"]),
+        "active",
+    )
+    .await?;
+    read_model_shows(
+        sys,
+        "SELECT status FROM enrollments_view WHERE enrollment_id = $1",
+        text(&enrollment["enrollment_id"]),
+        "active",
+    )
+    .await
+}
+
 struct Setup {
     sys: TestSystem,
     owner: Org,
@@ -84,22 +104,7 @@ async fn setup_with(program_settings: Value, vars: &[(&str, &str)]) -> anyhow::R
     let ann = org(&sys, "Ann").await?;
     let program = active_program(&owner, program_settings).await?;
     let ann_enrollment = enroll(&owner, &ann, &program, None).await?;
-    // Reports resolve codes from attribution's read model, built from events: wait for it (the
-    // code is active from the invite on; the enrollment only once the accept's event arrived).
-    read_model_shows(
-        &sys,
-        "SELECT status FROM codes_view WHERE code = $1",
-        text(&ann_enrollment["code"]),
-        "active",
-    )
-    .await?;
-    read_model_shows(
-        &sys,
-        "SELECT status FROM enrollments_view WHERE enrollment_id = $1",
-        text(&ann_enrollment["enrollment_id"]),
-        "active",
-    )
-    .await?;
+    attribution_knows(&sys, &ann_enrollment).await?;
     Ok(Setup {
         sys,
         owner,

@@ -44,13 +44,7 @@ async fn first_or_last_touch_code_or_touch_first_pinned_and_explained() -> anyho
         text(&bob_enrollment["code"]).to_owned(),
     );
     let (ann_id, bob_id) = (&ann_enrollment["enrollment_id"], &bob_enrollment["enrollment_id"]);
-    read_model_shows(
-        &sys,
-        "SELECT status FROM enrollments_view WHERE enrollment_id = $1",
-        text(bob_id),
-        "active",
-    )
-    .await?;
+    attribution_knows(&sys, &bob_enrollment).await?;
     let anonymous = sys.mcp(None).await?;
 
     // One visitor: Ann's click 40 days ago (outside the window), Ann's 5 days ago, Bob's 2 days ago.
