@@ -211,6 +211,20 @@ async fn accrual_clawbacks_payout_and_debt_are_exact() -> anyhow::Result<()> {
         .fetch_one(&pool)
         .await?;
     assert_eq!(kept, 0, "the unbalanced posting's journal row was kept");
+    // Balanced entries of a posting the journal does not hold are refused too (checked per
+    // statement, like the balance).
+    let refused = sqlx::query(
+        "INSERT INTO entries (journal_id, program_id, enrollment_id, account, currency, amount_minor) \
+         VALUES (-1, 'p', 'e', 'held', 'USD', 5), (-1, 'p', 'e', 'expense', 'USD', -5)",
+    )
+    .execute(&pool)
+    .await
+    .err()
+    .map(|e| e.to_string());
+    assert!(
+        refused.as_deref().is_some_and(|e| e.contains("has no journal row")),
+        "entries of a missing posting were written: {refused:?}"
+    );
     pool.close().await;
 
     assert_verifies(&sys).await?;

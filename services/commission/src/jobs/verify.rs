@@ -63,6 +63,17 @@ pub async fn verify(pool: &PgPool) -> Result<VerifyReport, sqlx::Error> {
     for (id, key) in empty {
         report.problems.push(format!("posting {id} ({key}) has no entries"));
     }
+    let orphans: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT e.journal_id, count(*) FROM entries e WHERE NOT EXISTS \
+         (SELECT 1 FROM journal j WHERE j.journal_id = e.journal_id) GROUP BY e.journal_id",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (id, count) in orphans {
+        report.problems.push(format!(
+            "{count} entries name posting {id}, which is not in the journal"
+        ));
+    }
 
     let differences: Vec<(String, String, String, String, i64, i64)> = sqlx::query_as(
         "WITH rebuilt AS (SELECT program_id, enrollment_id, account, currency, sum(amount_minor)::bigint AS amount \
