@@ -24,7 +24,7 @@ pub fn ticks(pid: u32) -> Option<u64> {
 
 /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`), read once through `getconf CLK_TCK` (the
 /// crate has no libc and no unsafe code); 100, Linux's value nearly everywhere, if that fails.
-fn ticks_per_second() -> f64 {
+pub fn ticks_per_second() -> f64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")
         .output()

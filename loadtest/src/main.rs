@@ -29,6 +29,7 @@
 //! with `RATE_LIMITED` is counted apart, and a run that saw any fails after printing its figures.
 
 mod cpu;
+mod database_cpu;
 mod floor;
 mod lag;
 mod ledger;
@@ -276,6 +277,14 @@ async fn main() -> anyhow::Result<()> {
     let world = setup::prepare(&options).await?;
     let load_from = mails::database_now(&options.database_url).await?;
     cpu.mark("unary+MCP");
+    let database_cpu = database_cpu::Sampler::start(&options.database_url).await;
+    let database_totals = || {
+        database_cpu
+            .as_ref()
+            .map(database_cpu::Sampler::totals)
+            .unwrap_or_default()
+    };
+    let database_at_unary = database_totals();
     println!(
         "program {} with {} affiliates' codes ready ({} hot); owner token obtained by signup over MCP",
         world.program_id,
@@ -301,9 +310,11 @@ async fn main() -> anyhow::Result<()> {
     let booked_before = ledger::booked_count(&options.database_url, &world.program_id).await?;
     let streaming_from = memory.as_ref().map(memory::Sampler::now);
     cpu.mark("streaming");
+    let database_at_streaming = database_totals();
     let at_streaming = scraper.snapshot().await;
     let streaming = phases::streaming(&options, &world).await?;
     cpu.mark("catch-up");
+    let database_after_streaming = database_totals();
     let after_streaming = scraper.snapshot().await;
     let streaming_to = memory.as_ref().map(memory::Sampler::now);
     let streaming_end = std::time::Instant::now();
@@ -323,6 +334,8 @@ async fn main() -> anyhow::Result<()> {
     let caught_up =
         ledger::every_consumer_caught_up(&options.nats, &options.namespace, streaming_end, options.ledger_wait).await?;
     cpu.mark("end");
+    let database_at_end = database_totals();
+    drop(database_cpu);
     let at_end = scraper.snapshot().await;
     let mails = mails::count(&options.database_url, run_from, load_from).await?;
     let booked_unary = ledger::booked_lag(&options.database_url, &world.program_id, unary_from, mcp_from).await?;
@@ -396,6 +409,36 @@ async fn main() -> anyhow::Result<()> {
     }
     for line in cpu.summary() {
         println!("{line}");
+    }
+    if database_at_end.is_empty() {
+        println!("PostgreSQL CPU by client application: not measured (the tool could not list the backends)");
+    } else {
+        let phases = [
+            database_cpu::Phase {
+                name: "unary and MCP",
+                from: &database_at_unary,
+                to: &database_at_streaming,
+                per: unary.ok + mcp.ok,
+                per_what: "reports",
+            },
+            database_cpu::Phase {
+                name: "streaming",
+                from: &database_at_streaming,
+                to: &database_after_streaming,
+                per: streaming.ok,
+                per_what: "reports",
+            },
+            database_cpu::Phase {
+                name: "catch-up",
+                from: &database_after_streaming,
+                to: &database_at_end,
+                per: u64::try_from(catch_up.backlog).unwrap_or(0),
+                per_what: "conversions booked",
+            },
+        ];
+        database_cpu::summary(&phases)
+            .iter()
+            .for_each(|line| println!("{line}"));
     }
     for line in mails::summary(mails.as_ref(), catch_up.approved) {
         println!("{line}");
