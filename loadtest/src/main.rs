@@ -435,6 +435,15 @@ async fn main() -> anyhow::Result<()> {
                 per: u64::try_from(catch_up.backlog).unwrap_or(0),
                 per_what: "conversions booked",
             },
+            // Each service's whole cost per report, wherever its work fell (e-mail and the feed
+            // do most of theirs after ingest stops).
+            database_cpu::Phase {
+                name: "the whole run",
+                from: &database_at_unary,
+                to: &database_at_end,
+                per: unary.ok + mcp.ok + streaming.ok,
+                per_what: "reports",
+            },
         ];
         database_cpu::summary(&phases)
             .iter()
