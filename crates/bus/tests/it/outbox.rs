@@ -90,6 +90,55 @@ async fn committed_rows_are_published_once_and_rolled_back_rows_never() -> anyho
 }
 
 #[tokio::test]
+async fn a_row_committed_after_a_later_numbered_one_was_published_is_published_too() -> anyhow::Result<()> {
+    let (db, pool) = store().await?;
+    let bus = test_bus().await?;
+    let waker = RelayWaker::default();
+    let stop = CancellationToken::new();
+    let relay = tokio::spawn(Relay::new(pool.clone(), bus.js.clone(), waker.clone()).run(stop.clone()));
+
+    // `early` takes its number first but commits last; `later` is published meanwhile, so the
+    // relay has seen rows numbered above `early` before `early` is visible.
+    let early = event(&bus, "early");
+    let later = event(&bus, "later");
+    let mut slow = pool.begin().await?;
+    outbox::enqueue(&mut slow, &early).await?;
+    let mut tx = pool.begin().await?;
+    outbox::enqueue(&mut tx, &later).await?;
+    tx.commit().await?;
+    waker.wake();
+    eventually(Duration::from_secs(10), "the later row sent", || {
+        let (pool, later_id) = (pool.clone(), later.event_id.clone());
+        async move {
+            let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE event_id = $1")
+                .bind(&later_id)
+                .fetch_one(&pool)
+                .await?;
+            Ok((left == 0).then_some(()))
+        }
+    })
+    .await?;
+    slow.commit().await?;
+    waker.wake();
+    eventually(Duration::from_secs(10), "the early row sent", || {
+        let pool = pool.clone();
+        async move { Ok((unsent(&pool).await? == 0).then_some(())) }
+    })
+    .await?;
+    stop.cancel();
+    relay.await?;
+
+    let published: HashSet<String> = stream_messages(&bus).await?.into_iter().collect();
+    let expected: HashSet<String> = [early.event_id.clone(), later.event_id.clone()].into();
+    assert_eq!(published, expected);
+
+    amba_bus::streams::delete_event_streams(&bus.js, &bus.ns)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    db.drop_now().await
+}
+
+#[tokio::test]
 async fn a_relay_that_dies_mid_batch_publishes_nothing_twice() -> anyhow::Result<()> {
     let (db, pool) = store().await?;
     let bus = test_bus().await?;
@@ -102,7 +151,7 @@ async fn a_relay_that_dies_mid_batch_publishes_nothing_twice() -> anyhow::Result
 
     // A relay locks the batch, publishes half of it and dies before marking anything sent.
     let mut dying = pool.begin().await?;
-    let batch = outbox::fetch_pending(&mut dying, 10).await?;
+    let batch = outbox::fetch_pending(&mut dying, 0, 10).await?;
     assert_eq!(batch.len(), 10);
     let outcomes = outbox::publish(&bus.js, &batch[..5]).await;
     assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
