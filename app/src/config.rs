@@ -87,8 +87,11 @@ pub struct Settings {
     pub webhook_retry_scale: f64,
     /// `AMBA_BACKGROUND_TRANSACTIONS`: in a process that takes reports and also runs the ledger,
     /// e-mail or payouts (`amba dev`), how many database transactions those services may run at
-    /// once between them (default 2), so that they never crowd out the report writer.
+    /// once between them (default 2), so that they never crowd out the report writer;
+    /// `AMBA_BACKGROUND_TRANSACTIONS_WHILE_INGESTING` (default 1): how many while reports are
+    /// being written (at most the first).
     pub background_transactions: usize,
+    pub background_transactions_while_ingesting: usize,
     pub otlp_endpoint: Option<String>,
     /// `AMBA_LOG_FORMAT=json` for log shippers; text otherwise.
     pub log_json: bool,
@@ -334,6 +337,12 @@ impl Settings {
                 }),
             },
             background_transactions: usize::try_from(count(&get, "AMBA_BACKGROUND_TRANSACTIONS", 2)?).unwrap_or(1),
+            background_transactions_while_ingesting: usize::try_from(count(
+                &get,
+                "AMBA_BACKGROUND_TRANSACTIONS_WHILE_INGESTING",
+                1,
+            )?)
+            .unwrap_or(1),
             otlp_endpoint: get("OTEL_EXPORTER_OTLP_ENDPOINT"),
             log_json,
         })

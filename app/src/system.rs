@@ -470,12 +470,16 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
         service: ServiceName::Commission,
         source: RunError::Setup(format!("cannot start the background runtime: {source}")),
     })?;
-    // Beside ingest, the services that work off events share a few database transactions. One
-    // budget for all of them, not one each: measured, a budget per service let e-mail take turns
-    // from the ledger (docs/performance.md).
-    let budget = background
-        .as_ref()
-        .map(|_| amba_bus::consumer::Budget::new(settings.background_transactions));
+    // Beside ingest, the services that work off events share a few database transactions, fewer
+    // while reports are being written. One budget for all of them, not one each, with the
+    // ledger's turns first: measured, a budget per service let e-mail take turns from the ledger
+    // (docs/performance.md).
+    let budget = background.as_ref().map(|_| {
+        amba_bus::budget::Budget::new(
+            settings.background_transactions_while_ingesting,
+            settings.background_transactions,
+        )
+    });
     let url = settings.database_url.expose().to_owned();
     let attribution_config = attribution_config(settings).map_err(|source| StartError::Service {
         service: ServiceName::Attribution,
@@ -512,7 +516,18 @@ pub async fn start(settings: &Settings, services: &[ServiceName]) -> Result<Runn
             .unwrap_or_else(tokio::runtime::Handle::current);
         let bus = service_bus(settings, service, &runtime, &mut connections)
             .await?
-            .with_budget(budget.clone().filter(|_| service.works_off_events()));
+            .with_budget(budget.clone().filter(|_| service.works_off_events()).map(|budget| {
+                budget.with_precedence(match service {
+                    ServiceName::Notification => amba_bus::budget::Precedence::Later,
+                    _ => amba_bus::budget::Precedence::First,
+                })
+            }))
+            .with_ingest(
+                budget
+                    .as_ref()
+                    .filter(|_| service == ServiceName::Attribution)
+                    .map(amba_bus::budget::Budget::ingest),
+            );
         let (url, stop, payout_config) = (url.clone(), shutdown.clone(), payout_config.clone());
         let notification_config = notification_config.clone();
         let enrollment_config = enrollment_config.clone();

@@ -17,6 +17,7 @@
 //! applied one after another, in stream order — a keyed actor, so writes for one key never
 //! contend. On shutdown no new message is pulled; workers finish and ack what they hold.
 
+pub use crate::budget::Budget;
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use futures::StreamExt;
 use sqlx::{PgConnection, PgPool};
@@ -122,27 +123,8 @@ pub struct ConsumerSpec {
     /// few large groups instead of many small ones and leave the cores to ingest.
     pub linger: Duration,
     /// Shared with the other work that can wait, in a process that also takes reports: a group's
-    /// transaction starts only when the budget has room (see [`Budget`]).
+    /// transaction starts only when the budget gives it a turn (see [`Budget`]).
     pub budget: Option<Budget>,
-}
-
-/// How many transactions the consumers whose work can wait (the ledger, e-mail and the feed) may
-/// run at once between them in a process that also takes reports. PostgreSQL gives every busy
-/// backend its share of the cores; without a bound, a dozen consumer workers would each take one
-/// beside the single report writer. With it they wait their turn, take bigger groups when they
-/// get it, and catch up when ingest pauses.
-#[derive(Debug, Clone)]
-pub struct Budget(Arc<tokio::sync::Semaphore>);
-
-impl Budget {
-    pub fn new(transactions: usize) -> Budget {
-        Budget(Arc::new(tokio::sync::Semaphore::new(transactions.max(1))))
-    }
-
-    /// Waits for room; the transaction may run while the returned permit is held.
-    async fn turn(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        self.0.clone().acquire_owned().await.ok()
-    }
 }
 
 impl ConsumerSpec {
@@ -328,7 +310,7 @@ pub async fn run<H: Handler>(
                 let turn = match &spec.budget {
                     Some(budget) => {
                         let waited = std::time::Instant::now();
-                        let turn = budget.turn().await;
+                        let turn = Some(budget.turn().await);
                         meters.budget_wait.record(waited.elapsed().as_secs_f64());
                         // What arrived while it waited joins the group: a longer wait, a bigger group.
                         fill(&mut group, &mut inbox, spec.max_batch, Duration::ZERO).await;
@@ -475,7 +457,7 @@ async fn settle_group<H: Handler>(
     meters: &Meters,
     handler: &H,
     group: Vec<(jetstream::Message, Delivery)>,
-    turn: Option<tokio::sync::OwnedSemaphorePermit>,
+    turn: Option<crate::budget::Turn>,
 ) {
     let started = std::time::Instant::now();
     let applied = apply_group(pool, &spec.durable_name, handler, &group).await;

@@ -6,6 +6,7 @@
 //! publishes with `Nats-Msg-Id = event_id` and deletes the rows only after every PubAck; consumers
 //! apply an event and record it in their inbox in one transaction, then ack.
 
+pub mod budget;
 pub mod consumer;
 pub mod dead_letters;
 pub mod events;

@@ -3,7 +3,8 @@
 //! relays until shutdown. Also the NATS handles and the one error type for start-up.
 
 use crate::Namespace;
-use crate::consumer::{self, Budget, ConsumerSpec, Handler};
+use crate::budget::{Budget, Ingest};
+use crate::consumer::{self, ConsumerSpec, Handler};
 use crate::outbox::{Relay, RelayWaker};
 use crate::rpc::RpcServer;
 use async_nats::jetstream;
@@ -115,6 +116,8 @@ pub struct Bus {
     pub ns: Namespace,
     /// The database budget of this service's consumers, when it shares a process with ingest.
     pub budget: Option<Budget>,
+    /// Where a report writer says it is writing, when work that can wait shares its process.
+    pub ingest: Option<Ingest>,
 }
 
 impl Bus {
@@ -125,12 +128,19 @@ impl Bus {
             js,
             ns,
             budget: None,
+            ingest: None,
         }
     }
 
     /// Every consumer of the service applies its groups within `budget`.
     pub fn with_budget(mut self, budget: Option<Budget>) -> Self {
         self.budget = budget;
+        self
+    }
+
+    /// The service's report writer tells `ingest` when it writes.
+    pub fn with_ingest(mut self, ingest: Option<Ingest>) -> Self {
+        self.ingest = ingest;
         self
     }
 }

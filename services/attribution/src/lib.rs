@@ -79,6 +79,7 @@ pub async fn run(
         pool: service.pool.clone(),
         ns: service.ns().clone(),
         waker: service.waker.clone(),
+        ingest: service.bus.ingest.clone(),
         rules: rules.clone(),
         disposable: Arc::new(domain::fraud::DisposableDomains::new(&config.extra_disposable_domains)),
     };

@@ -516,7 +516,7 @@ async fn consumers_sharing_a_budget_of_one_never_overlap_and_apply_everything() 
     for i in 0..120 {
         publish(&s.bus.js, &s.subject, Some(&format!("evt_{i:03}")), b"x").await?;
     }
-    let budget = consumer::Budget::new(1);
+    let budget = consumer::Budget::new(1, 1);
     let overlap = Arc::new(Overlap::default());
     let stop = CancellationToken::new();
     let mut durables = Vec::new();

@@ -73,6 +73,9 @@ pub struct WriterDeps {
     pub pool: PgPool,
     pub ns: Namespace,
     pub waker: RelayWaker,
+    /// Told of every batch, when work that can wait shares the process (`amba dev`): it then
+    /// holds back until ingest is quiet.
+    pub ingest: Option<amba_bus::budget::Ingest>,
     pub rules: Arc<RuleCache>,
     pub disposable: Arc<DisposableDomains>,
 }
@@ -183,6 +186,9 @@ async fn run(mut receiver: mpsc::Receiver<Job>, deps: Arc<WriterDeps>) {
         }
         for job in &batch {
             queue_wait.record(job.queued.elapsed().as_secs_f64());
+        }
+        if let Some(ingest) = &deps.ingest {
+            ingest.writing();
         }
         write_batch(&deps, &mut held, batch).await;
     }
