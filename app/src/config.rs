@@ -426,6 +426,11 @@ mod tests {
         assert_eq!(s.public_url, "http://127.0.0.1:8080");
         assert!(!s.payouts_live);
         assert!(!s.multi_level_enabled);
+        // Beside ingest in one process: two background transactions when quiet, one while writing.
+        assert_eq!(
+            (s.background_transactions, s.background_transactions_while_ingesting),
+            (2, 1)
+        );
         Ok(())
     }
 
@@ -449,6 +454,8 @@ mod tests {
             ("AMBA_REPORTS_PER_ORG", "10000,fast"),
             ("AMBA_CONFIGURATION_PER_ORG", "0,1/min"),
             ("AMBA_IN_FLIGHT_PER_ORG", "none"),
+            ("AMBA_BACKGROUND_TRANSACTIONS", "0"),
+            ("AMBA_BACKGROUND_TRANSACTIONS_WHILE_INGESTING", "two"),
         ];
         for (variable, value) in cases {
             let err = Settings::from_map(&vars(&[(variable, value)])).err();
