@@ -161,9 +161,20 @@ pub async fn insert_many(
     if rows.is_empty() {
         return Ok(());
     }
+    // Columns are bound as borrowed slices: a report's strings are not copied to be sent.
     macro_rules! col {
         ($field:ident) => {
-            rows.iter().map(|r| r.$field.clone()).collect::<Vec<_>>()
+            rows.iter().map(|r| r.$field).collect::<Vec<_>>()
+        };
+    }
+    macro_rules! text {
+        ($field:ident) => {
+            rows.iter().map(|r| r.$field.as_str()).collect::<Vec<_>>()
+        };
+    }
+    macro_rules! optional_text {
+        ($field:ident) => {
+            rows.iter().map(|r| r.$field.as_deref()).collect::<Vec<_>>()
         };
     }
     let trails: Vec<String> = trails
@@ -185,21 +196,21 @@ pub async fn insert_many(
     );
     // The statement is assembled from constant text only.
     let query = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(col!(conversion_id))
-        .bind(col!(program_id))
-        .bind(col!(project_id))
-        .bind(col!(external_id))
+        .bind(text!(conversion_id))
+        .bind(text!(program_id))
+        .bind(text!(project_id))
+        .bind(text!(external_id))
         .bind(col!(amount_minor))
-        .bind(col!(currency))
-        .bind(col!(status))
-        .bind(col!(attribution))
-        .bind(col!(enrollment_id))
-        .bind(col!(affiliate_org_id))
-        .bind(col!(code))
-        .bind(col!(touchpoint_id))
-        .bind(col!(subject_ref))
-        .bind(col!(customer_ref))
-        .bind(col!(reason))
+        .bind(text!(currency))
+        .bind(text!(status))
+        .bind(text!(attribution))
+        .bind(optional_text!(enrollment_id))
+        .bind(optional_text!(affiliate_org_id))
+        .bind(optional_text!(code))
+        .bind(optional_text!(touchpoint_id))
+        .bind(optional_text!(subject_ref))
+        .bind(optional_text!(customer_ref))
+        .bind(optional_text!(reason))
         .bind(col!(occurred_at))
         .bind(col!(recorded_at))
         .bind(col!(decided_at))
@@ -210,16 +221,16 @@ pub async fn insert_many(
         .bind(col!(customer_first_conversion_at))
         .bind(col!(clawed_back_minor))
         .bind(col!(held_for_review))
-        .bind(col!(fingerprint))
-        .bind(col!(attribution_model))
-        .bind(col!(attribution_precedence))
+        .bind(text!(fingerprint))
+        .bind(text!(attribution_model))
+        .bind(text!(attribution_precedence))
         .bind(col!(attribution_version))
-        .bind(col!(hold_reasons))
+        .bind(text!(hold_reasons))
         .bind(col!(sale_amount_minor))
-        .bind(col!(sale_currency))
-        .bind(col!(fx_rate))
+        .bind(optional_text!(sale_currency))
+        .bind(optional_text!(fx_rate))
         .bind(col!(fx_rate_date))
-        .bind(col!(fx_source))
+        .bind(optional_text!(fx_source))
         .bind(&trails)
         .bind(bindings.iter().map(|b| b.0.as_str()).collect::<Vec<_>>())
         .bind(bindings.iter().map(|b| b.1.as_str()).collect::<Vec<_>>())
