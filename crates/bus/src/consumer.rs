@@ -10,7 +10,8 @@
 //!
 //! A worker applies what it has queued in one transaction, so one commit (one fsync) serves
 //! many: all at once (one inbox insert, one [`Handler::handle_batch`]), and if that fails, again
-//! one message per transaction so only the bad message fails.
+//! one message per transaction so only the bad message fails. The group's inbox insert is a plain
+//! one, which a redelivered event fails; the group is then applied again skipping known ids.
 //!
 //! Work is spread over `concurrency` worker tasks. A handler may name a partition key (a
 //! conversion, say): messages with the same key always go to the same worker and are
@@ -489,7 +490,14 @@ async fn apply_group<H: Handler>(
     group: &[(jetstream::Message, Delivery)],
 ) -> Result<Vec<Result<(), HandlerError>>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    if apply_all_at_once(&mut tx, consumer, handler, group).await? {
+    let mut all_at_once = apply_all_at_once(&mut tx, consumer, handler, group, Inbox::AllNew).await?;
+    if all_at_once == AllAtOnce::SeenBefore {
+        // Some event of the group was applied before (a redelivery): again, skipping those.
+        tx.rollback().await?;
+        tx = pool.begin().await?;
+        all_at_once = apply_all_at_once(&mut tx, consumer, handler, group, Inbox::SkipKnown).await?;
+    }
+    if all_at_once == AllAtOnce::Applied {
         tx.commit().await?;
         return Ok(group.iter().map(|_| Ok(())).collect());
     }
@@ -517,44 +525,87 @@ async fn apply_group<H: Handler>(
     Ok(outcomes)
 }
 
+/// How a group's events are recorded in the inbox.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Inbox {
+    /// A plain insert, which a known event id fails: about half the cost per row of one that
+    /// skips known ids, and redeliveries are rare.
+    AllNew,
+    /// `ON CONFLICT DO NOTHING`: known ids are skipped and their events not applied again.
+    SkipKnown,
+}
+
+/// What became of applying a group all at once.
+#[derive(Debug, PartialEq)]
+enum AllAtOnce {
+    Applied,
+    /// An event id was in the inbox already (only with [`Inbox::AllNew`]); nothing was applied.
+    SeenBefore,
+    /// A handler failed: the group is applied one message at a time, so a bad one fails alone.
+    OneAtATime,
+}
+
 /// The common case first: every message of the group applies, with one inbox insert and one
-/// [`Handler::handle_batch`] for the whole group. `false`: it did not (the caller rolls the
-/// transaction back and applies the group one message at a time, so a bad message fails alone).
+/// [`Handler::handle_batch`] for the whole group. Anything but `Applied`: the caller rolls the
+/// transaction back.
 async fn apply_all_at_once<H: Handler>(
     tx: &mut PgConnection,
     consumer: &str,
     handler: &H,
     group: &[(jetstream::Message, Delivery)],
-) -> Result<bool, sqlx::Error> {
+    inbox: Inbox,
+) -> Result<AllAtOnce, sqlx::Error> {
     if group.len() < 2 || group.iter().any(|(_, d)| d.event_id.starts_with("missing-id:")) {
-        return Ok(false);
+        return Ok(AllAtOnce::OneAtATime);
     }
     // One inbox row per event id: a repeat inside the group is applied once, like a redelivery.
-    let ids: Vec<&str> = group.iter().map(|(_, d)| d.event_id.as_str()).collect();
-    let subjects: Vec<&str> = group.iter().map(|(_, d)| d.subject.as_str()).collect();
-    let fresh: std::collections::HashSet<String> = sqlx::query_scalar(
-        "INSERT INTO inbox (consumer, event_id, subject) SELECT $1, * FROM UNNEST($2::text[], $3::text[]) \
-         ON CONFLICT DO NOTHING RETURNING event_id",
-    )
-    .bind(consumer)
-    .bind(&ids)
-    .bind(&subjects)
-    .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .collect();
-    let mut seen = std::collections::HashSet::new();
-    let new: Vec<&Delivery> = group
+    let mut repeated = std::collections::HashSet::new();
+    let once: Vec<&Delivery> = group
         .iter()
         .map(|(_, delivery)| delivery)
-        .filter(|d| fresh.contains(&d.event_id) && seen.insert(d.event_id.as_str()))
+        .filter(|d| repeated.insert(d.event_id.as_str()))
         .collect();
+    let ids: Vec<&str> = once.iter().map(|d| d.event_id.as_str()).collect();
+    let subjects: Vec<&str> = once.iter().map(|d| d.subject.as_str()).collect();
+    let new: Vec<&Delivery> = match inbox {
+        Inbox::AllNew => {
+            let inserted = sqlx::query(
+                "INSERT INTO inbox (consumer, event_id, subject) SELECT $1, * FROM UNNEST($2::text[], $3::text[])",
+            )
+            .bind(consumer)
+            .bind(&ids)
+            .bind(&subjects)
+            .execute(&mut *tx)
+            .await;
+            match inserted {
+                Ok(_) => once,
+                Err(sqlx::Error::Database(db)) if db.kind() == sqlx::error::ErrorKind::UniqueViolation => {
+                    return Ok(AllAtOnce::SeenBefore);
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Inbox::SkipKnown => {
+            let fresh: std::collections::HashSet<String> = sqlx::query_scalar(
+                "INSERT INTO inbox (consumer, event_id, subject) SELECT $1, * FROM UNNEST($2::text[], $3::text[]) \
+                 ON CONFLICT DO NOTHING RETURNING event_id",
+            )
+            .bind(consumer)
+            .bind(&ids)
+            .bind(&subjects)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect();
+            once.into_iter().filter(|d| fresh.contains(&d.event_id)).collect()
+        }
+    };
     let span = tracing::info_span!("consume_batch", %consumer, messages = new.len());
     if let Err(err) = handler.handle_batch(&mut *tx, &new).instrument(span).await {
         tracing::debug!(%consumer, error = %err, "batch failed; applying its messages one at a time");
-        return Ok(false);
+        return Ok(AllAtOnce::OneAtATime);
     }
-    Ok(true)
+    Ok(AllAtOnce::Applied)
 }
 
 /// Acks a committed message, naks a transient failure, dead-letters and terminates the rest.

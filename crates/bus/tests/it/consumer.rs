@@ -579,3 +579,74 @@ async fn without_a_budget_the_same_workers_overlap() -> anyhow::Result<()> {
     assert!(overlap.most.load(std::sync::atomic::Ordering::SeqCst) > 1);
     teardown(s).await
 }
+
+/// Records each event it applies with the size of the group it came in.
+struct Grouped;
+
+impl Handler for Grouped {
+    async fn handle(&self, conn: &mut PgConnection, delivery: &Delivery) -> Result<(), HandlerError> {
+        self.handle_batch(conn, &[delivery]).await
+    }
+
+    async fn handle_batch(&self, conn: &mut PgConnection, deliveries: &[&Delivery]) -> Result<(), HandlerError> {
+        let ids: Vec<&str> = deliveries.iter().map(|d| d.event_id.as_str()).collect();
+        sqlx::query("INSERT INTO applied (event_id, attempt) SELECT UNNEST($1::text[]), $2")
+            .bind(&ids)
+            .bind(deliveries.len() as i64)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn an_event_applied_before_is_skipped_in_a_group_of_new_ones() -> anyhow::Result<()> {
+    let s = setup().await?;
+    // One worker that waits for more, so what is in the stream arrives as one group.
+    let spec = || spec(&s).with_concurrency(1).with_linger(Duration::from_millis(300));
+    let durable = spec().durable_name;
+    let run_until_settled = |count: u64| {
+        let (js, pool, spec) = (s.bus.js.clone(), s.pool.clone(), spec());
+        let durable = durable.clone();
+        let s = &s;
+        async move {
+            let stop = CancellationToken::new();
+            let runner = tokio::spawn(consumer::run(js, pool, spec, Arc::new(Grouped), stop.clone()));
+            settled(s, &durable, count).await?;
+            stop.cancel();
+            runner.await?.map_err(|e| anyhow::anyhow!("{e}"))
+        }
+    };
+    publish(&s.bus.js, &s.subject, Some("evt_old"), b"x").await?;
+    run_until_settled(1).await?;
+
+    // Past the duplicate window the same id is stored again, as a republish after a crash is,
+    // and lands in one group with two new events.
+    eventually(Duration::from_secs(5), "duplicate window to pass", || {
+        let js = s.bus.js.clone();
+        let subject = s.subject.clone();
+        async move { Ok((!publish(&js, &subject, Some("evt_old"), b"x").await?).then_some(())) }
+    })
+    .await?;
+    publish(&s.bus.js, &s.subject, Some("evt_new_1"), b"x").await?;
+    publish(&s.bus.js, &s.subject, Some("evt_new_2"), b"x").await?;
+    run_until_settled(4).await?;
+
+    let applied: Vec<(String, i64)> = sqlx::query_as("SELECT event_id, attempt FROM applied ORDER BY event_id")
+        .fetch_all(&s.pool)
+        .await?;
+    assert_eq!(
+        applied,
+        vec![
+            ("evt_new_1".to_owned(), 2),
+            ("evt_new_2".to_owned(), 2),
+            ("evt_old".to_owned(), 1)
+        ],
+        "the new events applied together, the known one not again"
+    );
+    let inbox: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox")
+        .fetch_one(&s.pool)
+        .await?;
+    assert_eq!(inbox, 3);
+    teardown(s).await
+}
