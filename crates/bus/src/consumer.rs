@@ -567,38 +567,31 @@ async fn apply_all_at_once<H: Handler>(
         .collect();
     let ids: Vec<&str> = once.iter().map(|d| d.event_id.as_str()).collect();
     let subjects: Vec<&str> = once.iter().map(|d| d.subject.as_str()).collect();
-    let new: Vec<&Delivery> = match inbox {
+    let insert = match inbox {
         Inbox::AllNew => {
-            let inserted = sqlx::query(
-                "INSERT INTO inbox (consumer, event_id, subject) SELECT $1, * FROM UNNEST($2::text[], $3::text[])",
-            )
-            .bind(consumer)
-            .bind(&ids)
-            .bind(&subjects)
-            .execute(&mut *tx)
-            .await;
-            match inserted {
-                Ok(_) => once,
-                Err(sqlx::Error::Database(db)) if db.kind() == sqlx::error::ErrorKind::UniqueViolation => {
-                    return Ok(AllAtOnce::SeenBefore);
-                }
-                Err(err) => return Err(err),
-            }
+            "INSERT INTO inbox (consumer, event_id, subject) SELECT $1, * FROM UNNEST($2::text[], $3::text[])"
         }
         Inbox::SkipKnown => {
-            let fresh: std::collections::HashSet<String> = sqlx::query_scalar(
-                "INSERT INTO inbox (consumer, event_id, subject) SELECT $1, * FROM UNNEST($2::text[], $3::text[]) \
-                 ON CONFLICT DO NOTHING RETURNING event_id",
-            )
-            .bind(consumer)
-            .bind(&ids)
-            .bind(&subjects)
-            .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .collect();
+            "INSERT INTO inbox (consumer, event_id, subject) SELECT $1, * FROM UNNEST($2::text[], $3::text[]) \
+             ON CONFLICT DO NOTHING RETURNING event_id"
+        }
+    };
+    let returned: Result<Vec<String>, sqlx::Error> = sqlx::query_scalar(insert)
+        .bind(consumer)
+        .bind(&ids)
+        .bind(&subjects)
+        .fetch_all(&mut *tx)
+        .await;
+    let new: Vec<&Delivery> = match (inbox, returned) {
+        (Inbox::AllNew, Ok(_)) => once,
+        (Inbox::SkipKnown, Ok(fresh)) => {
+            let fresh: std::collections::HashSet<String> = fresh.into_iter().collect();
             once.into_iter().filter(|d| fresh.contains(&d.event_id)).collect()
         }
+        (Inbox::AllNew, Err(sqlx::Error::Database(db))) if db.kind() == sqlx::error::ErrorKind::UniqueViolation => {
+            return Ok(AllAtOnce::SeenBefore);
+        }
+        (_, Err(err)) => return Err(err),
     };
     let span = tracing::info_span!("consume_batch", %consumer, messages = new.len());
     if let Err(err) = handler.handle_batch(&mut *tx, &new).instrument(span).await {
