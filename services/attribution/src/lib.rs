@@ -27,7 +27,8 @@ pub static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 /// batches and so the fewest WAL flushes per report; measured best on a 2-core machine (see
 /// docs/performance.md). The sharding by key stays so more cores can use more writers.
 const WRITER_SHARDS: usize = 1;
-/// Outbox relays: every conversion is two events, so publishing needs more than one.
+/// Outbox relays: every new conversion is an event, so publishing needs more than one (they share
+/// the outbox with `SKIP LOCKED`; measured with the writer settings above, docs/performance.md).
 const RELAYS: usize = 2;
 
 /// Applies this service's migrations (also done by [`run`]).
