@@ -123,14 +123,8 @@ pub struct Running {
 /// A runtime of its own, with one worker thread, for the services that work off events (the
 /// ledger, e-mail, payouts) when the process also takes reports (`amba dev`): they catch up
 /// from JetStream whenever there is room, but can never take the cores' worth of threads that
-/// the edge and the report writer need to answer callers (docs/performance.md, issue 27). Its
-/// threads also run at a lower priority ([`BACKGROUND_NICE`]): when a core is wanted by both,
-/// the caller waiting for a reply gets it first.
+/// the edge and the report writer need to answer callers (docs/performance.md, issue 27).
 struct Background(Option<tokio::runtime::Runtime>);
-
-/// The nice value of the background runtime's threads (0 is normal, 19 the lowest). At 10 such a
-/// thread gets about a tenth of a core that a normal thread also wants, and all of an idle one.
-const BACKGROUND_NICE: i32 = 10;
 
 /// How long a stopping process waits for NATS to confirm what it published last.
 const FINAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
@@ -145,7 +139,6 @@ impl Background {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("amba-background")
-            .on_thread_start(lower_priority)
             .enable_all()
             .build()?;
         Ok(Some(Background(Some(runtime))))
@@ -153,16 +146,6 @@ impl Background {
 
     fn handle(&self) -> Option<&tokio::runtime::Handle> {
         self.0.as_ref().map(tokio::runtime::Runtime::handle)
-    }
-}
-
-/// Lowers the calling thread's scheduling priority to [`BACKGROUND_NICE`]. Linux keeps a nice
-/// value per thread, so this leaves the process's other threads as they are; elsewhere it would
-/// lower the whole process, so it is not done there.
-fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    if let Err(err) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), BACKGROUND_NICE) {
-        tracing::warn!(error = %err, "the background runtime runs at normal priority");
     }
 }
 

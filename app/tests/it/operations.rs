@@ -1,7 +1,6 @@
 //! The `amba` binary's operator commands, run as an operator would run them.
 
 use amba_testkit::{TestDatabase, eventually, nats_url, test_bus, unique_namespace};
-use anyhow::Context as _;
 use std::process::Command;
 
 fn amba(namespace: &str, args: &[&str]) -> std::io::Result<std::process::Output> {
@@ -233,46 +232,4 @@ async fn dead_letters_are_listed_and_replayed_by_the_operator() -> anyhow::Resul
     assert!(String::from_utf8_lossy(&none.stderr).contains("no dead letter"));
     commission.close().await;
     sys.stop().await
-}
-
-/// Each thread of this process: its name and its nice value (Linux keeps one per thread).
-#[cfg(target_os = "linux")]
-fn threads_and_nice() -> anyhow::Result<Vec<(String, i64)>> {
-    let mut threads = Vec::new();
-    for task in std::fs::read_dir("/proc/self/task")? {
-        let path = task?.path();
-        let name = std::fs::read_to_string(path.join("comm"))?.trim_end().to_owned();
-        let stat = std::fs::read_to_string(path.join("stat"))?;
-        // Fields after the name (which may hold spaces) start at the state, field 3; nice is 19.
-        let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
-        let nice = after_name
-            .split_whitespace()
-            .nth(19 - 3)
-            .context("no nice field in /proc/self/task/*/stat")?
-            .parse()?;
-        threads.push((name, nice));
-    }
-    Ok(threads)
-}
-
-/// In one process with ingest, the work that can wait yields the cores to callers: its runtime's
-/// threads run at a lower priority, and only they do.
-#[cfg(target_os = "linux")]
-#[tokio::test]
-async fn the_background_runtime_runs_at_a_lower_priority_than_ingest() -> anyhow::Result<()> {
-    let system = crate::system::TestSystem::start().await?;
-    let threads = threads_and_nice()?;
-    let background: Vec<i64> = threads
-        .iter()
-        .filter(|(name, _)| name == "amba-background")
-        .map(|(_, nice)| *nice)
-        .collect();
-    assert!(!background.is_empty(), "no background thread among {threads:?}");
-    assert!(background.iter().all(|&nice| nice == 10), "{threads:?}");
-    let others = threads.iter().filter(|(name, _)| name != "amba-background");
-    assert!(
-        others.clone().count() > 0 && others.clone().all(|(_, nice)| *nice == 0),
-        "{threads:?}"
-    );
-    system.stop().await
 }
