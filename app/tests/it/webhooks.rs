@@ -113,6 +113,19 @@ async fn create(owner: &Org, program: &str, url: &str, types: Value) -> anyhow::
         .await
 }
 
+/// Waits until the notification service, which keeps webhooks, has the program in its read
+/// model (it follows enrollment's events): until then the program is unknown there.
+async fn known_to_webhooks(owner: &Org, program: &str) -> anyhow::Result<()> {
+    eventually(Duration::from_secs(30), "the program known to webhooks", || async {
+        let out = owner
+            .mcp
+            .call("amba_affiliate_webhook_list", json!({"program_id": program}))
+            .await?;
+        Ok((out.is_error != Some(true)).then_some(()))
+    })
+    .await
+}
+
 async fn sale(owner: &Org, program: &str, id: &str, code: &Value) -> anyhow::Result<()> {
     eventually(Duration::from_secs(10), "the sale recorded", || async {
         let out = owner
@@ -139,6 +152,7 @@ async fn signed_deliveries_retries_rotation_refused_targets_and_isolation() -> a
     let ann = org(&sys, "Ann").await?;
     let program = active_program(&owner, json!({})).await?;
     let ann_in = enroll(&owner, &ann, &program, None).await?;
+    known_to_webhooks(&owner, &program).await?;
 
     // Refused targets: link-local and the metadata address (even with private addresses
     // allowed), unknown types, another owner's program.
