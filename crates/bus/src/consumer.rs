@@ -214,7 +214,10 @@ const DECLARED_WAIT: Duration = Duration::from_secs(60);
 /// consumers binds to the one `amba migrate` declared. One that differs and cannot be updated is
 /// used as it is, with a warning (the release's `amba migrate` updates it); one that is missing
 /// and cannot be created is waited for, up to a minute.
-async fn bind(js: &jetstream::Context, spec: &ConsumerSpec) -> Result<pull::Stream, async_nats::Error> {
+async fn bind(
+    js: &jetstream::Context,
+    spec: &ConsumerSpec,
+) -> Result<jetstream::consumer::PullConsumer, async_nats::Error> {
     let wanted = spec.config();
     let deadline = tokio::time::Instant::now() + DECLARED_WAIT;
     let mut pause = Duration::from_millis(200);
@@ -223,20 +226,18 @@ async fn bind(js: &jetstream::Context, spec: &ConsumerSpec) -> Result<pull::Stre
             .get_consumer_from_stream::<pull::Config, _, _>(&spec.durable_name, &spec.stream)
             .await
         {
-            Ok(consumer) if same_consumer(&consumer.cached_info().config, &wanted) => {
-                return messages(consumer, spec).await;
-            }
+            Ok(consumer) if same_consumer(&consumer.cached_info().config, &wanted) => return Ok(consumer),
             Ok(consumer) => Some(consumer),
             Err(_) => None,
         };
         let err = match js.create_consumer_on_stream(wanted.clone(), &spec.stream).await {
-            Ok(consumer) => return messages(consumer, spec).await,
+            Ok(consumer) => return Ok(consumer),
             Err(err) => err,
         };
         if let Some(consumer) = existing {
             tracing::warn!(consumer = %spec.durable_name, error = %err,
                 "the durable consumer differs from this version's and could not be updated (`amba migrate` updates it); using it as it is");
-            return messages(consumer, spec).await;
+            return Ok(consumer);
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(format!(
@@ -253,15 +254,36 @@ async fn bind(js: &jetstream::Context, spec: &ConsumerSpec) -> Result<pull::Stre
     }
 }
 
-async fn messages(
-    consumer: jetstream::consumer::PullConsumer,
+/// How long a pull request waits on the server, and how often the server says it still waits
+/// while it has nothing to send. Two heartbeats missed mean the request is gone (its consumer's
+/// leader moved to another server, say), so a new one is sent: within two seconds, not when the
+/// lost one would have expired.
+const PULL_EXPIRES: Duration = Duration::from_secs(10);
+const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// A stream of the consumer's messages: one pull request out at a time, renewed as it fills.
+async fn open_stream(
+    consumer: &jetstream::consumer::PullConsumer,
     spec: &ConsumerSpec,
 ) -> Result<pull::Stream, async_nats::Error> {
     Ok(consumer
         .stream()
         .max_messages_per_batch(spec.max_batch.clamp(200, 1_000))
+        .expires(PULL_EXPIRES)
+        .heartbeat(PULL_HEARTBEAT)
         .messages()
         .await?)
+}
+
+/// Whether the message stream lives on after `err`. Otherwise it ended (its consumer deleted,
+/// say), and the service stops rather than run without it.
+fn stream_goes_on(err: &pull::MessagesError) -> bool {
+    !matches!(
+        err.kind(),
+        pull::MessagesErrorKind::ConsumerDeleted
+            | pull::MessagesErrorKind::PushBasedConsumer
+            | pull::MessagesErrorKind::RequestLimitExceeded
+    )
 }
 
 /// Whether a durable consumer as the server has it is the one declared (what
@@ -293,7 +315,8 @@ pub async fn run<H: Handler>(
 ) -> Result<(), async_nats::Error> {
     // An older version's durable (a bounded `max_deliver`, say) is updated to this one here.
     // Boxed: the lookups' state would otherwise sit inside every service's consumer futures.
-    let messages = Box::pin(bind(&js, &spec)).await?;
+    let consumer = Box::pin(bind(&js, &spec)).await?;
+    let mut messages = open_stream(&consumer, &spec).await?;
     let spec = Arc::new(spec);
     let meters = Arc::new(Meters::new(&spec.durable_name));
 
@@ -324,16 +347,25 @@ pub async fn run<H: Handler>(
         });
     }
 
-    let mut messages = std::pin::pin!(messages.take_until(shutdown.clone().cancelled_owned()));
     let mut round_robin = 0usize;
     let mut stopped = None;
     loop {
         let message = tokio::select! {
+            () = shutdown.cancelled() => break,
             next = messages.next() => match next {
                 Some(Ok(message)) => message,
                 Some(Err(err)) => {
-                    tracing::warn!(consumer = %spec.durable_name, error = %err, "pull failed");
+                    tracing::warn!(consumer = %spec.durable_name, error = %err, "pull failed; pulling afresh");
                     tokio::time::sleep(Duration::from_millis(500)).await;
+                    // The stream's own state can no longer be trusted to ask for more (a pull
+                    // request it counts on may be gone), so a new one asks now. What the old
+                    // one was sent and never acked is redelivered after `ack_wait`.
+                    if stream_goes_on(&err) {
+                        match open_stream(&consumer, &spec).await {
+                            Ok(fresh) => messages = fresh,
+                            Err(err) => tracing::warn!(consumer = %spec.durable_name, error = %err, "pulling afresh failed; retrying"),
+                        }
+                    }
                     continue;
                 }
                 None => break,
