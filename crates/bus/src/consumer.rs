@@ -355,12 +355,17 @@ pub async fn run<H: Handler>(
             next = messages.next() => match next {
                 Some(Ok(message)) => message,
                 Some(Err(err)) => {
-                    tracing::warn!(consumer = %spec.durable_name, error = %err, "pull failed; pulling afresh");
+                    let goes_on = stream_goes_on(&err);
+                    if goes_on {
+                        tracing::warn!(consumer = %spec.durable_name, error = %err, "pull failed; pulling afresh");
+                    } else {
+                        tracing::warn!(consumer = %spec.durable_name, error = %err, "pull failed; the message stream ends");
+                    }
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     // The stream's own state can no longer be trusted to ask for more (a pull
                     // request it counts on may be gone), so a new one asks now. What the old
                     // one was sent and never acked is redelivered after `ack_wait`.
-                    if stream_goes_on(&err) {
+                    if goes_on {
                         match open_stream(&consumer, &spec).await {
                             Ok(fresh) => messages = fresh,
                             Err(err) => tracing::warn!(consumer = %spec.durable_name, error = %err, "pulling afresh failed; retrying"),
