@@ -334,7 +334,7 @@ pub async fn run<H: Handler>(
                 let turn = match &spec.budget {
                     Some(budget) => {
                         let waited = std::time::Instant::now();
-                        let turn = Some(budget.turn().await);
+                        let turn = Some(budget.turn(oldest_age(&group)).await);
                         meters.budget_wait.record(waited.elapsed().as_secs_f64());
                         // What arrived while it waited joins the group: a longer wait, a bigger group.
                         fill(&mut group, &mut inbox, spec.max_batch, Duration::ZERO).await;
@@ -416,6 +416,16 @@ pub async fn run<H: Handler>(
         Some(reason) => Err(format!("consumer {} stopped: {reason}", spec.durable_name).into()),
         None => Ok(()),
     }
+}
+
+/// How long ago the group's oldest event was made (its id tells).
+fn oldest_age(group: &[(jetstream::Message, Delivery)]) -> Duration {
+    group
+        .iter()
+        .filter_map(|(_, delivery)| amba_core::id::created_at_millis(&delivery.event_id))
+        .min()
+        .and_then(|made| Duration::try_from_secs_f64(amba_telemetry::metrics::seconds_since_millis(made)).ok())
+        .unwrap_or(Duration::MAX)
 }
 
 /// Adds to `group` what follows in `inbox`, up to `max_batch`: what is queued now, then what

@@ -187,10 +187,9 @@ async fn run(mut receiver: mpsc::Receiver<Job>, deps: Arc<WriterDeps>) {
         for job in &batch {
             queue_wait.record(job.queued.elapsed().as_secs_f64());
         }
-        if let Some(ingest) = &deps.ingest {
-            ingest.writing();
-        }
+        let writing = deps.ingest.as_ref().map(amba_bus::budget::Ingest::writing);
         write_batch(&deps, &mut held, batch).await;
+        drop(writing);
     }
 }
 
