@@ -179,6 +179,12 @@ impl Budget {
                 if let Some(quiet) = busy_until
                     && now < due
                 {
+                    // A held turn holds no later one back.
+                    if waiting.counted {
+                        waiting.counted = false;
+                        state.first_waiting -= 1;
+                        self.shared.changed.notify_waiters();
+                    }
                     // Until it is due, or the writer goes quiet; the writer growing less busy
                     // wakes it too.
                     Some(quiet.min(due))
