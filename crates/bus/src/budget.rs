@@ -109,13 +109,20 @@ impl Busy {
     }
 }
 
+impl State {
+    /// When ingest goes quiet, if reports are being written at `now`.
+    fn ingesting_until(&self, now: Instant) -> Option<Instant> {
+        self.last_ingest
+            .map(|at| at + QUIET_AFTER)
+            .filter(|&quiet_at| quiet_at > now)
+    }
+}
+
 impl Limits {
-    /// The limit at `now`, and when it rises if it is the lower one.
-    fn at(self, last_ingest: Option<Instant>, now: Instant) -> (usize, Option<Instant>) {
-        match last_ingest.map(|at| at + QUIET_AFTER) {
-            Some(quiet_at) if quiet_at > now && self.while_ingesting < self.when_quiet => {
-                (self.while_ingesting, Some(quiet_at))
-            }
+    /// The limit while ingest lasts `ingesting_until`, and when it rises if it is the lower one.
+    fn at(self, ingesting_until: Option<Instant>) -> (usize, Option<Instant>) {
+        match ingesting_until {
+            Some(quiet_at) if self.while_ingesting < self.when_quiet => (self.while_ingesting, Some(quiet_at)),
             _ => (self.when_quiet, None),
         }
     }
@@ -171,11 +178,9 @@ impl Budget {
             let look_again_at = {
                 let mut state = self.shared.lock();
                 let now = Instant::now();
-                let (limit, quiet_at) = self.shared.limits.at(state.last_ingest, now);
-                let busy_until = state
-                    .last_ingest
-                    .map(|at| at + QUIET_AFTER)
-                    .filter(|&quiet| quiet > now && state.writer.busy);
+                let ingesting_until = state.ingesting_until(now);
+                let (limit, quiet_at) = self.shared.limits.at(ingesting_until);
+                let busy_until = ingesting_until.filter(|_| state.writer.busy);
                 if let Some(quiet) = busy_until
                     && now < due
                 {
