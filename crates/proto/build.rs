@@ -3,7 +3,9 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     // Handed to prost directly: edition 2024 makes `std::env::set_var("PROTOC", ..)` unsafe.
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read when the script runs, not baked in when it is compiled: a target directory shared by
+    // two checkouts reuses the compiled script.
+    let root = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let files = [
         "amba/affiliate/v1/conversions.proto",
         "amba/affiliate/internal/v1/common.proto",
