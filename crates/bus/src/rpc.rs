@@ -39,12 +39,16 @@ pub fn error_from_proto(err: pb::Error) -> ApiError {
     ApiError::new(code, err.message).with_details(details)
 }
 
+/// How long a call waits for its answer: over NATS, after this a service that took the request
+/// and went silent (a replica killed mid-request) counts as gone, and the caller may retry.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+
 /// Calls services. Cheap to clone.
 #[derive(Clone)]
 pub struct RpcClient {
     nats: async_nats::Client,
     ns: Namespace,
-    timeout: Duration,
+    local_timeout: Duration,
     local: bool,
 }
 
@@ -53,9 +57,18 @@ impl RpcClient {
         RpcClient {
             nats,
             ns,
-            timeout: Duration::from_secs(10),
+            local_timeout: ANSWER_WITHIN,
             local: false,
         }
+    }
+
+    /// How long a call served in this process may wait ([`ANSWER_WITHIN`] by default). Here a
+    /// slow answer is a queue, never a lost service (no replica can vanish mid-request; a handler
+    /// that panics fails its call at once), so work that queues behind a burst may wait as long
+    /// as its own caller does.
+    pub fn with_local_timeout(mut self, timeout: Duration) -> Self {
+        self.local_timeout = timeout;
+        self
     }
 
     /// Calls a service served by this very process directly, without NATS: the same encoded
@@ -107,25 +120,33 @@ impl RpcClient {
         let subject = self.ns.rpc(service, method);
         let mut headers = async_nats::HeaderMap::new();
         amba_telemetry::inject_nats_headers(&mut headers);
-        let send = self
-            .nats
-            .request_with_headers(subject, headers, request.encode_to_vec().into());
+        // This bound, not the NATS client's own request timeout.
+        let send = self.nats.send_request(
+            subject,
+            async_nats::Request::new()
+                .headers(headers)
+                .payload(request.encode_to_vec().into())
+                .timeout(Some(ANSWER_WITHIN)),
+        );
         let started = std::time::Instant::now();
-        let answered = tokio::time::timeout(self.timeout, send).await;
+        // The outer bound also covers a publish held up by a lost connection.
+        let answered = tokio::time::timeout(ANSWER_WITHIN, send)
+            .await
+            .unwrap_or_else(|_| Err(async_nats::RequestErrorKind::TimedOut.into()));
         // The round trip as the caller sees it: NATS both ways, the server's queue and handler.
         amba_telemetry::metrics::histogram!("amba_rpc_client_seconds", "service" => service.to_owned(), "method" => method.to_owned())
             .record(started.elapsed().as_secs_f64());
         let message = match answered {
-            Err(_) => {
+            Err(err) if err.kind() == async_nats::RequestErrorKind::TimedOut => {
                 return Err(ApiError::unavailable(format!("{service} did not answer in time")));
             }
-            Ok(Err(err)) if err.kind() == async_nats::RequestErrorKind::NoResponders => {
+            Err(err) if err.kind() == async_nats::RequestErrorKind::NoResponders => {
                 return Err(ApiError::unavailable(format!("{service} is not running")));
             }
-            Ok(Err(err)) => {
+            Err(err) => {
                 return Err(ApiError::unavailable(format!("{service} request failed: {err}")));
             }
-            Ok(Ok(message)) => message,
+            Ok(message) => message,
         };
         let reply = pb::Reply::decode(message.payload).map_err(|err| {
             tracing::error!(%service, %method, error = %err, "undecodable reply");
@@ -163,7 +184,7 @@ impl RpcClient {
             }
             .in_current_span(),
         );
-        let answered = tokio::time::timeout(self.timeout, handled).await;
+        let answered = tokio::time::timeout(self.local_timeout, handled).await;
         amba_telemetry::metrics::histogram!("amba_rpc_client_seconds", "service" => service.to_owned(), "method" => method.to_owned())
             .record(started.elapsed().as_secs_f64());
         let bytes = match answered {

@@ -26,17 +26,36 @@ type Reply = Result<pb::ReportConversionReply, ApiError>;
 /// A caller's report waiting for a batch, with when it was queued.
 type Queued = (pb::AuthenticatedReport, oneshot::Sender<Reply>, std::time::Instant);
 
+/// How long a batch request waits for attribution in the same process: as long as the caller's
+/// gRPC call may ([`crate::grpc::REQUEST_TIMEOUT`]). A burst queues reports in attribution's
+/// writers, and that queue is the backpressure; a report given up on there is still recorded, so
+/// failing it early would only invite a retry that adds to the queue. Over NATS the usual
+/// [`amba_bus::rpc::ANSWER_WITHIN`] stays: there silence can mean a replica died.
+pub const REPORT_WAIT: std::time::Duration = crate::grpc::REQUEST_TIMEOUT;
+
 #[derive(Clone)]
 pub struct ReportBatcher {
     queue: mpsc::Sender<Queued>,
+    rpc: RpcClient,
 }
 
 impl ReportBatcher {
     /// Starts the batching task; it ends when the last handle is dropped.
     pub fn start(rpc: RpcClient) -> ReportBatcher {
+        let rpc = rpc.with_local_timeout(REPORT_WAIT);
         let (queue, receiver) = mpsc::channel(8 * MAX_BATCH);
-        tokio::spawn(run(receiver, rpc));
-        ReportBatcher { queue }
+        tokio::spawn(run(receiver, rpc.clone()));
+        ReportBatcher { queue, rpc }
+    }
+
+    /// Sends already validated and admitted reports as one batch request (a chunk of a stream).
+    pub async fn send_batch(
+        &self,
+        reports: Vec<pb::AuthenticatedReport>,
+    ) -> Result<pb::ReportConversionsReply, ApiError> {
+        self.rpc
+            .call(methods::REPORT_BATCH, &pb::ReportBatchRequest { reports })
+            .await
     }
 
     /// Reports for `caller` (the principal the edge authenticated), arriving over `surface`.

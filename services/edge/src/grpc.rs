@@ -261,11 +261,7 @@ impl ConversionsApi {
         }
         let replies = futures::future::join_all(requests.into_iter().map(|reports| async move {
             let count = reports.len();
-            let reply: Result<pb::ReportConversionsReply, ApiError> = self
-                .state
-                .rpc
-                .call(methods::REPORT_BATCH, &pb::ReportBatchRequest { reports })
-                .await;
+            let reply = self.state.reports.send_batch(reports).await;
             let reply = reply.map_err(|err| {
                 // The whole request failed (e.g. UNAVAILABLE): exactly what an operator alerts on.
                 crate::batcher::count_reports("grpc_stream", err.code.as_str(), count as u64);

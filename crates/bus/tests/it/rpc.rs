@@ -150,3 +150,68 @@ async fn calls_to_a_server_of_this_process_stay_in_it() -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
 }
+
+/// Over NATS a call waits [`amba_bus::rpc::ANSWER_WITHIN`] whatever the NATS client's own request
+/// timeout; in this process it waits as long as its client allows, so a batch of reports queued
+/// behind a burst is slow rather than failed.
+#[tokio::test]
+async fn calls_wait_for_slow_answers_as_long_as_their_client_allows() -> anyhow::Result<()> {
+    const SLOW: Method<VerifyTokenRequest, Principal> = Method::new("slow-probe", "verify");
+    // A NATS client that would give up on any request after 200 ms by itself.
+    let nats = async_nats::ConnectOptions::new()
+        .request_timeout(Some(std::time::Duration::from_millis(200)))
+        .connect(amba_testkit::nats_url())
+        .await?;
+    let ns = amba_testkit::unique_namespace();
+    let server = RpcServer::new("slow-probe").route(SLOW, |_: VerifyTokenRequest| async move {
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        Ok(Principal {
+            org_id: "org_slow".into(),
+            ..Principal::default()
+        })
+    });
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn(server.serve(nats.clone(), ns.clone(), stop.clone()));
+    let over_nats = RpcClient::new(nats.clone(), ns.clone());
+    let local = RpcClient::new(nats.clone(), ns.clone()).preferring_local();
+    amba_testkit::eventually(std::time::Duration::from_secs(5), "server to answer", || {
+        let (over_nats, local) = (over_nats.clone(), local.clone());
+        async move { Ok((over_nats.ping("slow-probe").await.is_ok() && local.calls_locally("slow-probe")).then_some(())) }
+    })
+    .await?;
+    let hasty = std::time::Duration::from_millis(100);
+    let answered = |answer: Result<Principal, ApiError>| answer.map(|p| p.org_id).ok();
+
+    let slow = over_nats.call(SLOW, &VerifyTokenRequest::default()).await;
+    assert_eq!(
+        answered(slow).as_deref(),
+        Some("org_slow"),
+        "over NATS, past the client's 200 ms"
+    );
+    // The local bound leaves calls over NATS alone.
+    let slow = over_nats
+        .with_local_timeout(hasty)
+        .call(SLOW, &VerifyTokenRequest::default())
+        .await;
+    assert_eq!(
+        answered(slow).as_deref(),
+        Some("org_slow"),
+        "over NATS with a short local bound"
+    );
+
+    let slow = local.clone().call(SLOW, &VerifyTokenRequest::default()).await;
+    assert_eq!(answered(slow).as_deref(), Some("org_slow"), "in this process");
+    let err = local
+        .with_local_timeout(hasty)
+        .call(SLOW, &VerifyTokenRequest::default())
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("a client bound to 100 ms got an answer that takes 600 ms"))?;
+    assert_eq!(
+        (err.code, err.message.as_str()),
+        (ErrorCode::Unavailable, "slow-probe did not answer in time")
+    );
+    stop.cancel();
+    serving.await?.map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
