@@ -3,7 +3,8 @@
 //! Under load, many callers wait at once: instead of one NATS round trip each, whatever is queued
 //! when a batch leaves (up to [`MAX_BATCH`]) travels as one `report_batch` request, and the
 //! outcomes are handed back to each caller. Nothing waits to fill a batch: an idle edge sends a
-//! lone report at once.
+//! lone report at once. A stream's chunks leave from here too ([`ReportBatcher::send_batch`]), so
+//! every report batch to attribution waits for it as long as [`REPORT_WAIT`].
 
 use amba_bus::rpc::{RpcClient, error_from_proto};
 use amba_core::{ApiError, ErrorCode};
