@@ -1,7 +1,10 @@
-//! CPU time of the system's processes over the run (`--pid`, `--service-pid NAME=PID`): each
-//! process's user + system time from `/proc/<pid>/stat` (all its threads), read at the bounds of
-//! the phases, so a service's share of the run (of the listed processes' CPU and of the
-//! machine's: cores × wall time) can be told.
+//! CPU time of the system's processes over the run (`--pid`, `--service-pid NAME=PID`, the local
+//! nats-server and the load generator itself): each process's user + system time from
+//! `/proc/<pid>/stat` (all its threads), read at the bounds of the phases, so a service's share of
+//! the run (of the listed processes' CPU and of the machine's: cores × wall time) can be told.
+//! The machine's idle time (`/proc/stat`) is read at the same bounds: on a small machine the
+//! system, PostgreSQL, NATS and the load generator share the cores, and what is left idle tells
+//! whether a phase was bound by CPU or by waiting.
 
 use std::time::Instant;
 
@@ -20,6 +23,21 @@ pub fn parse_stat(stat: &str) -> Option<u64> {
 /// The process's CPU time in clock ticks; `None`: no such process (or not readable).
 pub fn ticks(pid: u32) -> Option<u64> {
     parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// The machine's idle and total CPU time in clock ticks, all cores (the first line of
+/// `/proc/stat`: user nice system idle iowait irq softirq steal ...); idle counts iowait too.
+pub fn parse_machine(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().next()?;
+    let mut fields = line.split_whitespace();
+    (fields.next()? == "cpu").then_some(())?;
+    let ticks: Vec<u64> = fields.take(8).map(str::parse).collect::<Result<_, _>>().ok()?;
+    let idle = ticks.get(3)? + ticks.get(4)?;
+    Some((idle, ticks.iter().sum()))
+}
+
+fn machine_ticks() -> Option<(u64, u64)> {
+    parse_machine(&std::fs::read_to_string("/proc/stat").ok()?)
 }
 
 /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`), read once through `getconf CLK_TCK` (the
@@ -64,6 +82,8 @@ struct Mark {
     phase: &'static str,
     at: Instant,
     ticks: Vec<Option<u64>>,
+    /// The machine's (idle, total) ticks.
+    machine: Option<(u64, u64)>,
 }
 
 pub struct Watch {
@@ -94,6 +114,7 @@ impl Watch {
             phase,
             at: Instant::now(),
             ticks,
+            machine: machine_ticks(),
         });
     }
 
@@ -141,8 +162,48 @@ impl Watch {
                 phases.join(", ")
             ));
         }
+        let idle: Vec<String> = self
+            .marks
+            .windows(2)
+            .map(|w| match idle_share(&w[0], &w[1]) {
+                Some(share) => format!("{} {:.0} %", w[0].phase, 100.0 * share),
+                None => format!("{} ?", w[0].phase),
+            })
+            .collect();
+        lines.push(format!("  the machine idle, per phase: {}", idle.join(", ")));
         lines
     }
+
+    /// Each process's CPU per item (µs) over the phase that begins at the mark named `phase`,
+    /// and the machine's idle share then: "amba dev 163 µs, ...; machine idle 21 %".
+    pub fn per_item(&self, phase: &str, items: u64) -> Option<String> {
+        let at = self.marks.iter().position(|m| m.phase == phase)?;
+        let (from, to) = (self.marks.get(at)?, self.marks.get(at + 1)?);
+        let per: Vec<String> = self
+            .processes
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _))| {
+                let (a, b) = (from.ticks.get(i).copied().flatten(), to.ticks.get(i).copied().flatten());
+                match (a, b) {
+                    (Some(a), Some(b)) if items > 0 => format!(
+                        "{name} {:.0} µs",
+                        1e6 * b.saturating_sub(a) as f64 / self.ticks_per_second / items as f64
+                    ),
+                    _ => format!("{name} ?"),
+                }
+            })
+            .collect();
+        let idle = idle_share(from, to).map_or_else(|| "?".to_owned(), |s| format!("{:.0} %", 100.0 * s));
+        Some(format!("{}; machine idle {idle}", per.join(", ")))
+    }
+}
+
+/// The machine's idle share between two marks.
+fn idle_share(from: &Mark, to: &Mark) -> Option<f64> {
+    let ((idle_a, total_a), (idle_b, total_b)) = (from.machine?, to.machine?);
+    let total = total_b.checked_sub(total_a).filter(|t| *t > 0)?;
+    Some(idle_b.saturating_sub(idle_a) as f64 / total as f64)
 }
 
 #[cfg(test)]
@@ -160,6 +221,14 @@ mod tests {
     }
 
     #[test]
+    fn the_machine_line_counts_iowait_as_idle() {
+        let stat = "cpu  100 5 50 800 45 0 0 0 0 0\ncpu0 50 2 25 400 20 0 0 0 0 0\n";
+        assert_eq!(parse_machine(stat), Some((845, 1000)));
+        assert_eq!(parse_machine("intr 1 2 3"), None);
+        assert!(machine_ticks().is_some_and(|(idle, total)| idle <= total && total > 0));
+    }
+
+    #[test]
     fn this_process_has_a_cpu_time() {
         assert!(ticks(std::process::id()).is_some());
         assert!(ticks_per_second() > 0.0);
@@ -168,10 +237,11 @@ mod tests {
     #[test]
     fn the_summary_splits_cpu_by_process_and_phase() {
         let start = Instant::now();
-        let mark = |phase, secs, ticks: Vec<Option<u64>>| Mark {
+        let mark = |phase, secs, ticks: Vec<Option<u64>>, machine| Mark {
             phase,
             at: start + Duration::from_secs(secs),
             ticks,
+            machine,
         };
         let watch = Watch {
             processes: vec![
@@ -182,13 +252,13 @@ mod tests {
             ticks_per_second: 100.0,
             cores: 2,
             marks: vec![
-                mark("setup", 0, vec![Some(0), Some(0), Some(0)]),
-                mark("streaming", 10, vec![Some(300), Some(100), None]),
-                mark("end", 20, vec![Some(1_500), Some(500), None]),
+                mark("setup", 0, vec![Some(0), Some(0), Some(0)], Some((0, 0))),
+                mark("streaming", 10, vec![Some(300), Some(100), None], Some((1_200, 2_000))),
+                mark("end", 20, vec![Some(1_500), Some(500), None], None),
             ],
         };
         let lines = watch.summary();
-        assert_eq!(lines.len(), 4, "{lines:?}");
+        assert_eq!(lines.len(), 5, "{lines:?}");
         assert!(lines[0].contains("20.0 s × 2 cores = 40 CPU-s"), "{}", lines[0]);
         assert!(
             lines[1]
@@ -203,5 +273,16 @@ mod tests {
         );
         assert!(lines[2].contains("5.0 CPU-s = 25.0 %"), "{}", lines[2]);
         assert!(lines[3].contains("not measured"), "{}", lines[3]);
+        assert_eq!(lines[4], "  the machine idle, per phase: setup 60 %, streaming ?");
+        // 12 CPU-s of the edge over 4,000 items: 3,000 µs each.
+        assert_eq!(
+            watch.per_item("streaming", 4_000).as_deref(),
+            Some("edge 3000 µs, notification 1000 µs, gone ?; machine idle ?")
+        );
+        assert_eq!(
+            watch.per_item("setup", 0).as_deref(),
+            Some("edge ?, notification ?, gone ?; machine idle 60 %")
+        );
+        assert_eq!(watch.per_item("end", 1), None, "the last mark begins no phase");
     }
 }

@@ -13,8 +13,10 @@
 //! `--affiliates N` enrolls N affiliates and skews the reports: half go to the hottest 1 %.
 //! `--service-pid NAME=PID` (repeatable, e.g. `--service-pid notification=1234 --service-pid
 //! edge=1240`) names the processes of services run apart (`amba serve <service>`): the summary
-//! prints each one's CPU time over the run and per phase, with the `--pid` process's, its share
-//! of the listed processes' CPU and of the machine's (cores × wall time). The summary also prints
+//! prints each one's CPU time over the run and per phase, with the `--pid` process's, the local
+//! nats-server's (the first one found; name another with `--service-pid`) and the tool's own, its
+//! share of the listed processes' CPU and of the machine's (cores × wall time), the machine's idle
+//! share per phase, and each one's CPU per report in the load phases. The summary also prints
 //! the e-mails the run made the notification service write (`notification.emails`): by status,
 //! by template, per 100 approved conversions and still queued at the end.
 //! `--metrics URL` (repeatable, one per process serving `AMBA_METRICS_ADDR`) prints, per phase,
@@ -198,8 +200,9 @@ fn parse_service_pid(value: &str) -> Result<(String, u32), String> {
     Ok((name.to_owned(), pid))
 }
 
-/// The processes whose CPU time to measure: the system process (`--pid` or the one found) and
-/// every `--service-pid`, each once.
+/// The processes whose CPU time to measure: the system process (`--pid` or the one found), every
+/// `--service-pid`, the local nats-server and the load generator itself, each once. On one
+/// machine they all share its cores: what the load generator and NATS take is not the system's.
 fn cpu_processes(pid: Option<u32>, service_pids: &[(String, u32)]) -> anyhow::Result<Vec<(String, u32)>> {
     for (name, pid) in service_pids {
         anyhow::ensure!(
@@ -212,6 +215,18 @@ fn cpu_processes(pid: Option<u32>, service_pids: &[(String, u32)]) -> anyhow::Re
         processes.push((cpu::describe(pid), pid));
     }
     processes.extend(service_pids.iter().cloned());
+    let beside = [
+        (
+            "nats-server".to_owned(),
+            find_process(|words| words.first().is_some_and(|w| w.ends_with(b"nats-server"))),
+        ),
+        ("amba-loadtest (this process)".to_owned(), Some(std::process::id())),
+    ];
+    for (name, pid) in beside {
+        if let Some(pid) = pid.filter(|p| !processes.iter().any(|(_, listed)| listed == p)) {
+            processes.push((name, pid));
+        }
+    }
     Ok(processes)
 }
 
@@ -225,6 +240,15 @@ fn is_loopback(url: &str) -> bool {
 
 /// The pid of a running `amba dev` / `amba serve` process, if one is found.
 fn find_system_pid() -> Option<u32> {
+    find_process(|words| {
+        let is_amba = words.first().is_some_and(|w| w.ends_with(b"/amba") || *w == b"amba");
+        let role = words.get(1).is_some_and(|w| *w == b"dev" || *w == b"serve");
+        is_amba && role
+    })
+}
+
+/// The first process whose command line (its words) `matches`.
+fn find_process(matches: impl Fn(&[&[u8]]) -> bool) -> Option<u32> {
     std::fs::read_dir("/proc")
         .ok()?
         .filter_map(|e| e.ok())
@@ -232,9 +256,7 @@ fn find_system_pid() -> Option<u32> {
             let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
             let words: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            let is_amba = words.first().is_some_and(|w| w.ends_with(b"/amba") || *w == b"amba");
-            let role = words.get(1).is_some_and(|w| *w == b"dev" || *w == b"serve");
-            (is_amba && role).then_some(pid)
+            matches(&words).then_some(pid)
         })
 }
 
@@ -276,7 +298,6 @@ async fn main() -> anyhow::Result<()> {
 
     let world = setup::prepare(&options).await?;
     let load_from = mails::database_now(&options.database_url).await?;
-    cpu.mark("unary+MCP");
     let database_cpu = database_cpu::Sampler::start(&options.database_url).await;
     let database_totals = || {
         database_cpu
@@ -298,8 +319,12 @@ async fn main() -> anyhow::Result<()> {
     // Unary and MCP first, on a quiet system; the streaming phase leaves a backlog for the
     // event consumers (commission) that would slow whatever ran after it.
     let unary_from = chrono::Utc::now();
+    cpu.mark("unary");
     let unary = phases::unary(&options, &world).await?;
     let mcp_from = chrono::Utc::now();
+    cpu.mark("MCP");
+    // Sampled once a second: the unary phase's own figure is good to a second in twenty.
+    let database_at_mcp = database_totals();
     let at_mcp = scraper.snapshot().await;
     let mcp = phases::mcp(&options, &world).await?;
     let mcp_to = chrono::Utc::now();
@@ -410,6 +435,15 @@ async fn main() -> anyhow::Result<()> {
     for line in cpu.summary() {
         println!("{line}");
     }
+    for (phase, name, items) in [
+        ("unary", "gRPC unary", unary.ok),
+        ("MCP", "MCP", mcp.ok),
+        ("streaming", "gRPC streaming", streaming.ok),
+    ] {
+        if let Some(line) = cpu.per_item(phase, items) {
+            println!("CPU per report, {name} (PostgreSQL's below): {line}");
+        }
+    }
     if database_at_end.is_empty() {
         println!("PostgreSQL CPU by client application: not measured (the tool could not list the backends)");
     } else {
@@ -419,6 +453,13 @@ async fn main() -> anyhow::Result<()> {
                 from: &database_at_unary,
                 to: &database_at_streaming,
                 per: unary.ok + mcp.ok,
+                per_what: "reports",
+            },
+            database_cpu::Phase {
+                name: "unary",
+                from: &database_at_unary,
+                to: &database_at_mcp,
+                per: unary.ok,
                 per_what: "reports",
             },
             database_cpu::Phase {
