@@ -127,10 +127,7 @@ impl Watch {
         if self.processes.is_empty() {
             return vec!["CPU per process: not measured (pass --pid or --service-pid NAME=PID)".to_owned()];
         }
-        let seconds = |from: &Mark, to: &Mark, i: usize| -> Option<f64> {
-            let (a, b) = (from.ticks.get(i).copied()??, to.ticks.get(i).copied()??);
-            Some(b.saturating_sub(a) as f64 / self.ticks_per_second)
-        };
+        let seconds = |from: &Mark, to: &Mark, i: usize| self.seconds(from, to, i);
         let machine = |from: &Mark, to: &Mark| -> f64 {
             (to.at.duration_since(from.at).as_secs_f64() * self.cores as f64).max(1e-9)
         };
@@ -174,6 +171,12 @@ impl Watch {
         lines
     }
 
+    /// The `i`th process's CPU seconds between two marks (`None`: unreadable at either).
+    fn seconds(&self, from: &Mark, to: &Mark, i: usize) -> Option<f64> {
+        let (a, b) = (from.ticks.get(i).copied()??, to.ticks.get(i).copied()??);
+        Some(b.saturating_sub(a) as f64 / self.ticks_per_second)
+    }
+
     /// Each process's CPU per item (µs) over the phase that begins at the mark named `phase`,
     /// and the machine's idle share then: "amba dev 163 µs, ...; machine idle 21 %".
     pub fn per_item(&self, phase: &str, items: u64) -> Option<String> {
@@ -183,15 +186,9 @@ impl Watch {
             .processes
             .iter()
             .enumerate()
-            .map(|(i, (name, _))| {
-                let (a, b) = (from.ticks.get(i).copied().flatten(), to.ticks.get(i).copied().flatten());
-                match (a, b) {
-                    (Some(a), Some(b)) if items > 0 => format!(
-                        "{name} {:.0} µs",
-                        1e6 * b.saturating_sub(a) as f64 / self.ticks_per_second / items as f64
-                    ),
-                    _ => format!("{name} ?"),
-                }
+            .map(|(i, (name, _))| match self.seconds(from, to, i) {
+                Some(cpu) if items > 0 => format!("{name} {:.0} µs", 1e6 * cpu / items as f64),
+                _ => format!("{name} ?"),
             })
             .collect();
         let idle = idle_share(from, to).map_or_else(|| "?".to_owned(), |s| format!("{:.0} %", 100.0 * s));

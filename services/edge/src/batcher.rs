@@ -54,9 +54,7 @@ impl ReportBatcher {
         &self,
         reports: Vec<pb::AuthenticatedReport>,
     ) -> Result<pb::ReportConversionsReply, ApiError> {
-        self.rpc
-            .call(methods::REPORT_BATCH, &pb::ReportBatchRequest { reports })
-            .await
+        send(&self.rpc, reports).await
     }
 
     /// Reports for `caller` (the principal the edge authenticated), arriving over `surface`.
@@ -108,6 +106,12 @@ pub fn count_reports(surface: &'static str, outcome: &'static str, n: u64) {
         .increment(n);
 }
 
+/// One `report_batch` request to attribution.
+async fn send(rpc: &RpcClient, reports: Vec<pb::AuthenticatedReport>) -> Result<pb::ReportConversionsReply, ApiError> {
+    rpc.call(methods::REPORT_BATCH, &pb::ReportBatchRequest { reports })
+        .await
+}
+
 async fn run(mut receiver: mpsc::Receiver<Queued>, rpc: RpcClient) {
     let permits = Arc::new(Semaphore::new(IN_FLIGHT));
     // From a caller's report queued to its batch leaving: the price of coalescing.
@@ -143,9 +147,7 @@ async fn run(mut receiver: mpsc::Receiver<Queued>, rpc: RpcClient) {
             .unzip();
         tokio::spawn(async move {
             let count = reports.len();
-            let result: Result<pb::ReportConversionsReply, ApiError> = rpc
-                .call(methods::REPORT_BATCH, &pb::ReportBatchRequest { reports })
-                .await;
+            let result = send(&rpc, reports).await;
             match result {
                 Ok(reply) if reply.outcomes.len() == count => {
                     for (reply, outcome) in replies.into_iter().zip(reply.outcomes) {
